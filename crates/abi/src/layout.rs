@@ -1,0 +1,50 @@
+//! rxen's guest memory layout: where the domain builder puts the special pages.
+//!
+//! Guest-physical and guest-virtual addresses are identical (the domain builder
+//! identity-maps all RAM, `XENFEAT_auto_translated_physmap`), so every address here
+//! is both. Everything below [`KERNEL_MIN`] belongs to the hypervisor's layout; the
+//! guest image must be linked at or above it. See `docs/guest-abi.md`.
+
+/// Page 0 is never mapped, so null-pointer dereferences fault.
+pub const NULL_PAGE: u64 = 0x0;
+/// `start_info` page; `rsi` points here at entry.
+pub const START_INFO: u64 = 0x1000;
+/// `shared_info` page (`start_info.shared_info`).
+pub const SHARED_INFO: u64 = 0x2000;
+/// Hypercall page: entry `nr` is at `HYPERCALL_PAGE + 32 * nr`. Read-only, executable.
+pub const HYPERCALL_PAGE: u64 = 0x3000;
+/// The xenstore ring page (`start_info.store_mfn << 12`).
+pub const XENSTORE_PAGE: u64 = 0x4000;
+/// The console ring page (`start_info.console.domU.mfn << 12`).
+pub const CONSOLE_PAGE: u64 = 0x5000;
+/// First page-table page (PML4), `start_info.pt_base`. Page tables are read-only.
+pub const PAGE_TABLES: u64 = 0x10000;
+/// Room reserved for page tables (32 pages).
+pub const PAGE_TABLES_END: u64 = 0x30000;
+/// Lowest address of the boot stack of vCPU 0. The page below it is unmapped (guard).
+pub const BOOT_STACK_BOTTOM: u64 = 0x200000;
+/// Initial `rsp` of vCPU 0 (the stack grows down from here).
+pub const BOOT_STACK_TOP: u64 = 0x400000;
+/// Lowest address a guest ELF segment may occupy.
+pub const KERNEL_MIN: u64 = 0x400000;
+/// Bytes of RAM mapped with 4 KiB pages from address 0 (the rest uses 2 MiB pages).
+pub const SMALL_PAGE_REGION: u64 = 0x400000;
+
+/// Smallest domain: 8 MiB.
+pub const MIN_MEMORY_BYTES: u64 = 8 << 20;
+/// Largest domain the page-table area can map: 16 GiB.
+pub const MAX_MEMORY_BYTES: u64 = 16 << 30;
+/// Most vCPUs a domain may have (shared_info holds 32 `vcpu_info`s).
+pub const MAX_VCPUS: u32 = crate::xen::LEGACY_MAX_VCPUS as u32;
+
+/// I/O port the hypercall page traps through: `out` of the hypercall number in `eax`.
+pub const HYPERCALL_PORT: u16 = 0xCA;
+/// I/O port whose writes the VMM discards at once (the raw exit-cost baseline).
+pub const NULL_PORT: u16 = 0x80;
+/// Bytes per hypercall page entry.
+pub const HYPERCALL_ENTRY_SIZE: u64 = 32;
+/// Hypercall entries in the page.
+pub const HYPERCALL_ENTRIES: u64 = 4096 / HYPERCALL_ENTRY_SIZE;
+
+/// Magic of `start_info` (NUL-padded to 32 bytes).
+pub const START_INFO_MAGIC: &[u8] = b"xen-3.0-x86_64";
