@@ -121,6 +121,17 @@ pub struct VcpuGuestContext {
     pub gs_base_user: u64,
 }
 
+impl core::fmt::Debug for VcpuGuestContext {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("VcpuGuestContext")
+            .field("flags", &self.flags)
+            .field("rip", &self.user_regs.rip)
+            .field("rsp", &self.user_regs.rsp)
+            .field("fs_base", &self.fs_base)
+            .finish_non_exhaustive()
+    }
+}
+
 /// `VGCF_*` flags of `vcpu_guest_context.flags`.
 pub const VGCF_I387_VALID: u64 = 1 << 0;
 pub const VGCF_IN_KERNEL: u64 = 1 << 2;

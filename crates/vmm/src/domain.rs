@@ -1,0 +1,389 @@
+//! A domain: its KVM VM, RAM, event channels, vCPUs, clock and console, and the
+//! lifecycle operations on it (create, pause, unpause, destroy, wait).
+
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use rxen_abi::event_channel::VIRQ_TIMER;
+use rxen_abi::layout;
+use rxen_abi::xen::{shared_info_offsets, VcpuTimeInfo};
+use rxen_abi::DomId;
+
+use crate::builder::{self, BootChannels, BootInfo, BuildError};
+use crate::clock::DomainClock;
+use crate::console::{Console, ConsoleSink};
+use crate::evtchn::{EventChannels, Kick};
+use crate::exit::DomainExit;
+use crate::memory::{GuestRam, MemoryError};
+use crate::shared_info::SharedInfoPage;
+use crate::timers::{TimerKind, TimerQueue};
+use crate::vcpu::{self, regs, VcpuControl};
+
+/// What a domain is built from.
+#[derive(Clone, Debug)]
+pub struct DomainConfig {
+    pub name: String,
+    pub domid: DomId,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub cmdline: String,
+    pub uuid: [u8; 16],
+}
+
+impl Default for DomainConfig {
+    fn default() -> Self {
+        Self { name: "domain".into(), domid: 1, memory_mib: 32, vcpus: 1, cmdline: String::new(), uuid: [0; 16] }
+    }
+}
+
+/// Errors of creating a domain.
+#[derive(Debug, thiserror::Error)]
+pub enum DomainError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Build(#[from] BuildError),
+    #[error("guest memory: {0}")]
+    Memory(#[from] MemoryError),
+    #[error("KVM {op}: {err}")]
+    Kvm { op: &'static str, err: kvm_ioctls::Error },
+    #[error("starting a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> DomainError {
+    move |err| DomainError::Kvm { op, err }
+}
+
+/// The process-wide handle of `/dev/kvm`.
+pub fn kvm() -> Result<&'static Kvm, DomainError> {
+    static KVM: OnceLock<Result<Kvm, kvm_ioctls::Error>> = OnceLock::new();
+    KVM.get_or_init(Kvm::new).as_ref().map_err(|e| DomainError::Kvm { op: "open /dev/kvm", err: *e })
+}
+
+/// Wakes vCPUs on events.
+struct VcpuKicker(Vec<Arc<VcpuControl>>);
+
+impl Kick for VcpuKicker {
+    fn kick(&self, vcpu: u32) {
+        if let Some(v) = self.0.get(vcpu as usize) {
+            v.wake();
+        }
+        // A vCPU polling a port bound to another vCPU must see it too.
+        for (i, v) in self.0.iter().enumerate() {
+            if i as u32 != vcpu && v.lock().state == vcpu::VcpuState::Blocked {
+                v.wake();
+            }
+        }
+    }
+}
+
+/// Watchdog slots of `SCHEDOP_watchdog` (Xen allows two).
+pub const NR_WATCHDOGS: usize = 2;
+
+/// State shared by every thread of a domain.
+pub struct DomainShared {
+    pub config: DomainConfig,
+    pub ram: Arc<GuestRam>,
+    pub shared_info: SharedInfoPage,
+    pub evtchn: Mutex<EventChannels>,
+    pub vcpus: Vec<Arc<VcpuControl>>,
+    pub clock: DomainClock,
+    /// Guest TSC minus host TSC.
+    pub tsc_offset: i64,
+    pub console: Console,
+    pub timers: Arc<TimerQueue>,
+    pub boot: BootInfo,
+    exit: Mutex<Option<DomainExit>>,
+    exit_cond: Condvar,
+    pub shutdown_code: Mutex<Option<u32>>,
+    /// `(generation, armed)` of each watchdog slot.
+    pub watchdogs: Mutex<[(u64, bool); NR_WATCHDOGS]>,
+}
+
+impl DomainShared {
+    /// Ends the domain with `why` (the first reason wins) and stops every vCPU.
+    pub fn request_exit(&self, why: DomainExit) {
+        {
+            let mut e = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+            if e.is_none() {
+                tracing::info!(domain = %self.config.name, "{why}");
+                *e = Some(why);
+            }
+            self.exit_cond.notify_all();
+        }
+        for v in &self.vcpus {
+            v.lock().stop = true;
+            v.interrupt();
+        }
+        self.timers.stop();
+    }
+
+    /// The exit reason, if the domain has ended.
+    pub fn exit_reason(&self) -> Option<DomainExit> {
+        self.exit.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Blocks until the domain ends.
+    pub fn wait_exit(&self) -> DomainExit {
+        let mut e = self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(x) = e.as_ref() {
+                return x.clone();
+            }
+            e = self.exit_cond.wait(e).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Publishes a fresh pvclock in `vcpu_info[vcpu].time` (Xen's version protocol).
+    pub fn update_time_info(&self, vcpu: u32) {
+        let addr = layout::SHARED_INFO + (shared_info_offsets::vcpu_info(vcpu as usize) + shared_info_offsets::TIME) as u64;
+        let version = self.ram.read_obj::<u32>(addr).unwrap_or(0);
+        let odd = (version | 1).wrapping_add(0);
+        let _ = self.ram.write_obj(addr, &odd);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let ti: VcpuTimeInfo = self.clock.time_info(self.tsc_offset, odd);
+        let _ = self.ram.write_obj(addr + 8, &ti.tsc_timestamp);
+        let _ = self.ram.write_obj(addr + 16, &ti.system_time);
+        let _ = self.ram.write_obj(addr + 24, &ti.tsc_to_system_mul);
+        let _ = self.ram.write_obj(addr + 28, &[ti.tsc_shift as u8, ti.flags]);
+        std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+        let _ = self.ram.write_obj(addr, &odd.wrapping_add(1));
+    }
+
+    fn write_wallclock(&self) {
+        let (sec, nsec) = self.clock.boot_wallclock();
+        let base = layout::SHARED_INFO + shared_info_offsets::WC_VERSION as u64;
+        let _ = self.ram.write_obj(base, &1u32);
+        let _ = self.ram.write_obj(base + 4, &(sec as u32));
+        let _ = self.ram.write_obj(base + 8, &nsec);
+        let _ = self.ram.write_obj(base + 12, &((sec >> 32) as u32));
+        let _ = self.ram.write_obj(base, &2u32);
+    }
+
+    /// Fires vCPU `vcpu`'s singleshot timer if it is still armed with `generation`.
+    pub fn fire_vcpu_timer(&self, vcpu: u32, generation: Option<u64>) {
+        let Some(v) = self.vcpus.get(vcpu as usize) else { return };
+        let fired = v.lock().take_due_timer(generation, u64::MAX);
+        if fired {
+            self.evtchn.lock().unwrap_or_else(|e| e.into_inner()).raise_virq(VIRQ_TIMER, vcpu);
+        }
+    }
+
+    fn on_timer(&self, kind: TimerKind) {
+        match kind {
+            TimerKind::Vcpu { vcpu, generation } => self.fire_vcpu_timer(vcpu, Some(generation)),
+            TimerKind::Watchdog { id, generation } => {
+                let wd = self.watchdogs.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(&(g, true)) = wd.get(id as usize) {
+                    if g == generation {
+                        drop(wd);
+                        tracing::warn!(domain = %self.config.name, watchdog = id + 1, "watchdog expired");
+                        self.request_exit(DomainExit::Watchdog);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pauses every vCPU (they leave guest mode and wait).
+    pub fn pause(&self) {
+        let now = self.clock.now_ns();
+        for v in &self.vcpus {
+            v.lock().set_paused(true, now);
+            v.interrupt();
+        }
+    }
+
+    /// Resumes every vCPU.
+    pub fn unpause(&self) {
+        let now = self.clock.now_ns();
+        for v in &self.vcpus {
+            v.lock().set_paused(false, now);
+            v.wake();
+        }
+    }
+
+    /// Delivers console input to the guest and raises `VIRQ_CONSOLE`.
+    pub fn console_input(&self, bytes: &[u8]) {
+        self.console.push_input(bytes);
+        self.evtchn.lock().unwrap_or_else(|e| e.into_inner()).raise_virq(rxen_abi::event_channel::VIRQ_CONSOLE, 0);
+    }
+}
+
+/// A running domain.
+pub struct Domain {
+    shared: Arc<DomainShared>,
+    _vm: VmFd,
+    threads: Vec<JoinHandle<VcpuFd>>,
+    timer_thread: Option<JoinHandle<()>>,
+    /// When `create` was called, for start-up measurements.
+    pub created_at: Instant,
+}
+
+fn measure_tsc_offset(fd: &VcpuFd) -> i64 {
+    use kvm_bindings::{kvm_msr_entry, Msrs};
+    const MSR_IA32_TSC: u32 = 0x10;
+    let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry { index: MSR_IA32_TSC, ..Default::default() }]) else { return 0 };
+    let before = crate::clock::rdtsc();
+    let ok = fd.get_msrs(&mut msrs).unwrap_or(0) == 1;
+    let after = crate::clock::rdtsc();
+    if !ok {
+        return 0;
+    }
+    let guest = msrs.as_slice()[0].data;
+    guest.wrapping_sub(before / 2 + after / 2) as i64
+}
+
+fn measure_tsc_khz() -> u32 {
+    let t0 = crate::clock::rdtsc();
+    let i0 = Instant::now();
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let t1 = crate::clock::rdtsc();
+    ((t1 - t0) as f64 / i0.elapsed().as_secs_f64() / 1000.0) as u32
+}
+
+impl Domain {
+    /// Builds and starts a domain from a guest ELF image.
+    pub fn create(config: DomainConfig, image: &[u8], sink: Box<dyn ConsoleSink>) -> Result<Domain, DomainError> {
+        let created_at = Instant::now();
+        if config.vcpus == 0 || config.vcpus > layout::MAX_VCPUS {
+            return Err(DomainError::Config(format!("vcpus must be 1..={}, not {}", layout::MAX_VCPUS, config.vcpus)));
+        }
+        let mem_bytes = config
+            .memory_mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| DomainError::Config(format!("memory {} MiB is too large", config.memory_mib)))?;
+        let kvm = kvm()?;
+        let ram = Arc::new(GuestRam::new(&config.name, mem_bytes)?);
+        let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: ram.size(),
+            userspace_addr: ram.host_base(),
+        };
+        // SAFETY: the region is the whole RAM mapping, which `ram` keeps alive for as
+        // long as the VM exists (the Domain holds both; the VM is dropped first).
+        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set memory region"))?;
+
+        let vcpus: Vec<Arc<VcpuControl>> = (0..config.vcpus).map(|i| Arc::new(VcpuControl::new(i))).collect();
+        let shared_info = SharedInfoPage::new(ram.clone(), layout::SHARED_INFO)?;
+        let mut evtchn = EventChannels::new(config.domid, config.vcpus, shared_info.clone(), Arc::new(VcpuKicker(vcpus.clone())));
+        // The store and console pages are connected to domain 0, as Xen's toolstack does.
+        let channels = BootChannels {
+            store_evtchn: evtchn.alloc_unbound(rxen_abi::DOMID_SELF, 0).map_err(|e| DomainError::Config(format!("evtchn {e}")))?,
+            console_evtchn: evtchn.alloc_unbound(rxen_abi::DOMID_SELF, 0).map_err(|e| DomainError::Config(format!("evtchn {e}")))?,
+        };
+        let boot = builder::build(&ram, image, &config.cmdline, channels)?;
+
+        let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        let mut fds = Vec::new();
+        for i in 0..config.vcpus {
+            let fd = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
+            let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
+            fd.set_sregs(&regs::long_mode_sregs(sregs, boot.cr3)).map_err(kvm_err("set sregs"))?;
+            let fpu = kvm_bindings::kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+            fd.set_fpu(&fpu).map_err(kvm_err("set fpu"))?;
+            if i == 0 {
+                fd.set_regs(&regs::boot_regs(boot.entry, boot.stack_top, boot.start_info)).map_err(kvm_err("set regs"))?;
+            }
+            fds.push(fd);
+        }
+        let tsc_khz = fds[0].get_tsc_khz().ok().filter(|&k| k > 0).unwrap_or_else(measure_tsc_khz);
+        let tsc_offset = measure_tsc_offset(&fds[0]);
+
+        let shared = Arc::new(DomainShared {
+            config,
+            ram,
+            shared_info,
+            evtchn: Mutex::new(evtchn),
+            vcpus,
+            clock: DomainClock::new(tsc_khz),
+            tsc_offset,
+            console: Console::new(sink),
+            timers: Arc::new(TimerQueue::default()),
+            boot,
+            exit: Mutex::new(None),
+            exit_cond: Condvar::new(),
+            shutdown_code: Mutex::new(None),
+            watchdogs: Mutex::new([(0, false); NR_WATCHDOGS]),
+        });
+        shared.write_wallclock();
+        for i in 0..shared.config.vcpus {
+            shared.update_time_info(i);
+        }
+
+        vcpu::install_kick_handler().map_err(|e| DomainError::Thread(std::io::Error::from_raw_os_error(e.errno())))?;
+        let timer_shared = Arc::downgrade(&shared);
+        let timers = shared.timers.clone();
+        let timer_thread = std::thread::Builder::new()
+            .name(format!("{}-timers", shared.config.name))
+            .spawn(move || {
+                crate::timers::precise_timer_slack();
+                timers.run(|kind| {
+                    if let Some(s) = timer_shared.upgrade() {
+                        s.on_timer(kind)
+                    }
+                })
+            })
+            .map_err(DomainError::Thread)?;
+        let mut threads = Vec::new();
+        for (i, fd) in fds.into_iter().enumerate() {
+            let s = shared.clone();
+            let t = std::thread::Builder::new()
+                .name(format!("{}-vcpu{i}", s.config.name))
+                .spawn(move || vcpu::thread::run(fd, s, i as u32, sync_regs));
+            match t {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    shared.request_exit(DomainExit::Internal(format!("spawning vCPU thread: {e}")));
+                    for t in threads {
+                        let _ = t.join();
+                    }
+                    return Err(DomainError::Thread(e));
+                }
+            }
+        }
+        Ok(Domain { shared, _vm: vm, threads, timer_thread: Some(timer_thread), created_at })
+    }
+
+    /// State shared with the domain's threads (console input, pause, event channels).
+    pub fn shared(&self) -> &Arc<DomainShared> {
+        &self.shared
+    }
+
+    /// Ends the domain from outside.
+    pub fn destroy(&self) {
+        self.shared.request_exit(DomainExit::Destroyed);
+    }
+
+    /// Waits until the domain ends, stops its threads and returns why it ended.
+    pub fn wait(mut self) -> DomainExit {
+        let why = self.shared.wait_exit();
+        self.join();
+        why
+    }
+
+    fn join(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        self.shared.timers.stop();
+        if let Some(t) = self.timer_thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Domain {
+    fn drop(&mut self) {
+        if !self.threads.is_empty() {
+            self.shared.request_exit(DomainExit::Destroyed);
+            self.join();
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Execution of decoded hypercalls against a domain.
+
+use std::time::Instant;
+
+use kvm_ioctls::VcpuFd;
+use rxen_abi::errno::*;
+use rxen_abi::event_channel::*;
+use rxen_abi::features::*;
+use rxen_abi::hypercall::*;
+use rxen_abi::memory::*;
+use rxen_abi::vcpu::*;
+use rxen_abi::version::*;
+use rxen_abi::{layout, DOMID_SELF};
+use zerocopy::{FromZeros, IntoBytes};
+
+use super::decode::{EvtchnOp, Op, VcpuOp};
+use crate::domain::{DomainShared, NR_WATCHDOGS};
+use crate::evtchn::EventChannels;
+use crate::exit::DomainExit;
+use crate::timers::TimerKind;
+use crate::vcpu::VcpuState;
+
+/// Xen version rxen reports: 4.19.
+pub const XEN_MAJOR: u32 = 4;
+pub const XEN_MINOR: u32 = 19;
+/// Start of the hypervisor's reserved virtual range for 64-bit PV guests.
+const HYPERVISOR_VIRT_START: u64 = 0xFFFF_8000_0000_0000;
+
+fn ok_or(r: Result<(), i32>) -> i64 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => e as i64,
+    }
+}
+
+fn write_back<T: IntoBytes + zerocopy::Immutable>(dom: &DomainShared, ptr: u64, v: &T) -> i64 {
+    match dom.ram.write_guest(ptr, v) {
+        Ok(()) => 0,
+        Err(_) => -EFAULT as i64,
+    }
+}
+
+fn write_string(dom: &DomainShared, ptr: u64, len: usize, s: &str) -> i64 {
+    let mut buf = vec![0u8; len];
+    let n = s.len().min(len - 1);
+    buf[..n].copy_from_slice(&s.as_bytes()[..n]);
+    match dom.ram.write_guest_bytes(ptr, &buf) {
+        Ok(()) => 0,
+        Err(_) => -EFAULT as i64,
+    }
+}
+
+fn is_self(dom: &DomainShared, d: u16) -> bool {
+    d == DOMID_SELF || d == dom.config.domid
+}
+
+pub(super) fn execute(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, op: Op) -> i64 {
+    match op {
+        Op::XenVersion { cmd, ptr } => xen_version(dom, cmd, ptr),
+        Op::ConsoleWrite { bytes } => {
+            dom.console.write(&bytes);
+            bytes.len() as i64
+        }
+        Op::ConsoleRead { ptr, count } => {
+            let input = dom.console.take_input(count as usize);
+            match dom.ram.write_guest_bytes(ptr, &input) {
+                Ok(()) => input.len() as i64,
+                Err(_) => -EFAULT as i64,
+            }
+        }
+        Op::SchedYield => {
+            std::thread::yield_now();
+            0
+        }
+        Op::SchedBlock => {
+            block(dom, vcpu, None, None);
+            0
+        }
+        Op::SchedPoll { ports, timeout } => {
+            let table = dom.evtchn.lock().unwrap_or_else(|e| e.into_inner());
+            if ports.iter().any(|&p| !table.is_bound(p)) {
+                return -EINVAL as i64;
+            }
+            drop(table);
+            let deadline = (timeout != 0).then(|| dom.clock.instant_of(timeout));
+            block(dom, vcpu, Some(&ports), deadline);
+            0
+        }
+        Op::SchedShutdown { reason } => {
+            dom.request_exit(DomainExit::from_reason(reason));
+            0
+        }
+        Op::SchedShutdownCode { reason } => {
+            *dom.shutdown_code.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+            0
+        }
+        Op::SchedRemoteShutdown { dom: d, reason } => {
+            if !is_self(dom, d) {
+                return -EPERM as i64;
+            }
+            dom.request_exit(DomainExit::from_reason(reason));
+            0
+        }
+        Op::SchedWatchdog { ptr, id, timeout } => watchdog(dom, ptr, id, timeout),
+        Op::SetTimer { deadline } => {
+            if deadline == 0 {
+                dom.vcpus[vcpu as usize].lock().disarm_timer();
+            } else {
+                arm_timer(dom, vcpu, deadline);
+            }
+            0
+        }
+        Op::Vcpu { vcpu: target, op } => vcpu_op(dom, vcpu, target, op),
+        Op::Evtchn(op) => {
+            let mut table = dom.evtchn.lock().unwrap_or_else(|e| e.into_inner());
+            evtchn_op(dom, &mut table, op)
+        }
+        Op::MemoryReservation { dom: d, .. } => {
+            if is_self(dom, d) {
+                dom.ram.nr_pages() as i64
+            } else {
+                -ESRCH as i64
+            }
+        }
+        Op::MaximumRamPage => dom.ram.nr_pages() as i64 - 1,
+        Op::MemoryMap { ptr, nr_entries, buffer } => memory_map(dom, ptr, nr_entries, buffer),
+        Op::SetSegmentBase { which, base } => set_segment_base(fd, which, base),
+    }
+}
+
+fn xen_version(dom: &DomainShared, cmd: u64, ptr: u64) -> i64 {
+    match cmd {
+        XENVER_VERSION => ((XEN_MAJOR << 16) | XEN_MINOR) as i64,
+        XENVER_PAGESIZE => rxen_abi::PAGE_SIZE as i64,
+        XENVER_EXTRAVERSION => write_string(dom, ptr, EXTRAVERSION_LEN, ".0-rxen"),
+        XENVER_CAPABILITIES => write_string(dom, ptr, CAPABILITIES_LEN, "xen-3.0-x86_64"),
+        XENVER_CHANGESET => write_string(dom, ptr, CHANGESET_LEN, concat!("rxen ", env!("CARGO_PKG_VERSION"))),
+        XENVER_COMPILE_INFO => {
+            let mut ci = rxen_abi::version::CompileInfo::new_zeroed();
+            ci.compiler[..5].copy_from_slice(b"rustc");
+            ci.compile_by[..4].copy_from_slice(b"rxen");
+            write_back(dom, ptr, &ci)
+        }
+        XENVER_PLATFORM_PARAMETERS => write_back(dom, ptr, &PlatformParameters { virt_start: HYPERVISOR_VIRT_START }),
+        XENVER_GET_FEATURES => {
+            let Ok(mut fi) = dom.ram.read_guest::<FeatureInfo>(ptr) else { return -EFAULT as i64 };
+            if fi.submap_idx >= XENFEAT_NR_SUBMAPS {
+                return -EINVAL as i64;
+            }
+            fi.submap = 1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP;
+            write_back(dom, ptr, &fi)
+        }
+        XENVER_GUEST_HANDLE => match dom.ram.write_guest_bytes(ptr, &dom.config.uuid) {
+            Ok(()) => 0,
+            Err(_) => -EFAULT as i64,
+        },
+        // Only privileged domains may read the hypervisor's command line and build id.
+        XENVER_COMMANDLINE | XENVER_BUILD_ID => -EPERM as i64,
+        _ => -ENOSYS as i64,
+    }
+}
+
+/// Blocks vCPU `vcpu` until an event is pending for it (`ports == None`, Xen's
+/// `SCHEDOP_block`) or one of `ports` is pending (`SCHEDOP_poll`), or `deadline`.
+/// While blocked, the vCPU fires its own singleshot timer when it is due.
+fn block(dom: &DomainShared, vcpu: u32, ports: Option<&[u32]>, deadline: Option<Instant>) {
+    let ctl = &dom.vcpus[vcpu as usize];
+    if ports.is_none() {
+        // SCHEDOP_block enables event delivery, as in Xen.
+        dom.shared_info.set_upcall_mask(vcpu, false);
+    }
+    let ready = || match ports {
+        None => dom.shared_info.upcall_pending(vcpu),
+        Some(ps) => ps.iter().any(|&p| dom.shared_info.is_pending(p)),
+    };
+    let mut s = ctl.lock();
+    s.block(dom.clock.now_ns());
+    loop {
+        if s.stop || s.state != VcpuState::Blocked || ready() {
+            break;
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| d <= now) {
+            break;
+        }
+        let timer_at = s.timer.map(|t| dom.clock.instant_of(t));
+        if let Some(t) = timer_at.filter(|t| *t <= now) {
+            let _ = t;
+            if s.take_due_timer(None, u64::MAX) {
+                drop(s);
+                dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).raise_virq(VIRQ_TIMER, vcpu);
+                s = ctl.lock();
+            }
+            continue;
+        }
+        let wake_at = match (deadline, timer_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        s = ctl.wait(s, wake_at);
+    }
+    s.wake(dom.clock.now_ns());
+    drop(s);
+    dom.update_time_info(vcpu);
+}
+
+fn arm_timer(dom: &DomainShared, vcpu: u32, deadline: u64) {
+    let generation = dom.vcpus[vcpu as usize].lock().arm_timer(deadline);
+    let at = dom.clock.instant_of(deadline);
+    if at <= Instant::now() {
+        dom.fire_vcpu_timer(vcpu, Some(generation));
+    } else {
+        dom.timers.add(at, TimerKind::Vcpu { vcpu, generation });
+    }
+}
+
+fn watchdog(dom: &DomainShared, ptr: u64, id: u32, timeout: u32) -> i64 {
+    let mut wd = dom.watchdogs.lock().unwrap_or_else(|e| e.into_inner());
+    let slot = if id == 0 {
+        // Create: the new watchdog's id (1-based) is returned.
+        if timeout == 0 {
+            return -EINVAL as i64;
+        }
+        match wd.iter().position(|w| !w.1) {
+            Some(i) => i,
+            None => return -EEXIST as i64,
+        }
+    } else {
+        let i = id as usize - 1;
+        if i >= NR_WATCHDOGS || !wd[i].1 {
+            return -EINVAL as i64;
+        }
+        i
+    };
+    let _ = ptr;
+    wd[slot].0 += 1;
+    if timeout == 0 {
+        wd[slot].1 = false;
+        return 0;
+    }
+    wd[slot].1 = true;
+    let generation = wd[slot].0;
+    dom.timers.add(
+        Instant::now() + std::time::Duration::from_secs(timeout as u64),
+        TimerKind::Watchdog { id: slot as u32, generation },
+    );
+    if id == 0 {
+        slot as i64 + 1
+    } else {
+        0
+    }
+}
+
+fn vcpu_op(dom: &DomainShared, current: u32, target: u64, op: VcpuOp) -> i64 {
+    let Some(ctl) = dom.vcpus.get(target as usize) else { return -ENOENT as i64 };
+    let target = target as u32;
+    let now = dom.clock.now_ns();
+    match op {
+        VcpuOp::Initialise(ctx) => ok_or(ctl.lock().initialise(ctx)),
+        VcpuOp::Up => {
+            let r = ctl.lock().up(now);
+            if r.is_ok() {
+                dom.update_time_info(target);
+                ctl.wake();
+            }
+            ok_or(r)
+        }
+        VcpuOp::Down => {
+            let online = dom.vcpus.iter().filter(|v| v.lock().state != VcpuState::Down).count();
+            let mut s = ctl.lock();
+            if s.state != VcpuState::Down && online <= 1 {
+                return -EBUSY as i64;
+            }
+            s.down(now);
+            drop(s);
+            if target != current {
+                ctl.interrupt();
+            }
+            0
+        }
+        VcpuOp::IsUp => (ctl.lock().state != VcpuState::Down) as i64,
+        VcpuOp::GetRunstateInfo { ptr } => {
+            let r = ctl.lock().runstate.snapshot(now);
+            write_back(dom, ptr, &VcpuRunstateInfo { state: r.state, pad: 0, state_entry_time: r.entry_time, time: r.time })
+        }
+        VcpuOp::SetSingleshotTimer { timeout_abs_ns, flags } => {
+            if target != current {
+                return -EINVAL as i64;
+            }
+            if flags & VCPU_SSHOTTMR_FUTURE != 0 && timeout_abs_ns < now {
+                return -ETIME as i64;
+            }
+            arm_timer(dom, current, timeout_abs_ns);
+            0
+        }
+        VcpuOp::StopSingleshotTimer => {
+            if target != current {
+                return -EINVAL as i64;
+            }
+            ctl.lock().disarm_timer();
+            0
+        }
+        // No periodic timer ever runs, so stopping it always succeeds.
+        VcpuOp::StopPeriodicTimer => 0,
+    }
+}
+
+fn evtchn_op(dom: &DomainShared, t: &mut EventChannels, op: EvtchnOp) -> i64 {
+    match op {
+        EvtchnOp::AllocUnbound { ptr, mut arg } => match t.alloc_unbound(arg.dom, arg.remote_dom) {
+            Ok(p) => {
+                arg.port = p;
+                write_back(dom, ptr, &arg)
+            }
+            Err(e) => e as i64,
+        },
+        EvtchnOp::BindInterdomain { ptr, mut arg } => match t.bind_interdomain(arg.remote_dom, arg.remote_port) {
+            Ok(p) => {
+                arg.local_port = p;
+                write_back(dom, ptr, &arg)
+            }
+            Err(e) => e as i64,
+        },
+        EvtchnOp::BindVirq { ptr, mut arg } => match t.bind_virq(arg.virq, arg.vcpu) {
+            Ok(p) => {
+                arg.port = p;
+                write_back(dom, ptr, &arg)
+            }
+            Err(e) => e as i64,
+        },
+        EvtchnOp::BindIpi { ptr, mut arg } => match t.bind_ipi(arg.vcpu) {
+            Ok(p) => {
+                arg.port = p;
+                write_back(dom, ptr, &arg)
+            }
+            Err(e) => e as i64,
+        },
+        EvtchnOp::Close { port } => ok_or(t.close(port)),
+        EvtchnOp::Send { port } => ok_or(t.send(port)),
+        EvtchnOp::Unmask { port } => ok_or(t.unmask(port)),
+        EvtchnOp::BindVcpu { port, vcpu } => ok_or(t.bind_vcpu(port, vcpu)),
+        EvtchnOp::Reset { dom: d } => ok_or(t.reset(d)),
+        EvtchnOp::Status { ptr, dom: d, port } => match t.status(d, port) {
+            Ok(s) => {
+                let out = EvtchnStatus { dom: d, pad: 0, port, status: s.status, vcpu: s.vcpu, u0: s.u0, u1: s.u1 };
+                write_back(dom, ptr, &out)
+            }
+            Err(e) => e as i64,
+        },
+    }
+}
+
+fn memory_map(dom: &DomainShared, ptr: u64, nr_entries: u32, buffer: u64) -> i64 {
+    let map = [
+        E820Entry { addr: 0, size: layout::KERNEL_MIN, kind: E820_RESERVED },
+        E820Entry { addr: layout::KERNEL_MIN, size: dom.ram.size() - layout::KERNEL_MIN, kind: E820_RAM },
+    ];
+    let n = (nr_entries as usize).min(map.len());
+    if dom.ram.write_guest_bytes(buffer, map[..n].as_bytes()).is_err() {
+        return -EFAULT as i64;
+    }
+    write_back(dom, ptr, &XenMemoryMap { nr_entries: n as u32, pad: 0, buffer })
+}
+
+fn set_segment_base(fd: &VcpuFd, which: u64, base: u64) -> i64 {
+    if !crate::vcpu::regs::is_canonical_user(base) {
+        return -EINVAL as i64;
+    }
+    let Ok(mut s) = fd.get_sregs() else { return -EIO as i64 };
+    match which {
+        SEGBASE_FS => s.fs.base = base,
+        SEGBASE_GS_USER => s.gs.base = base,
+        _ => return -EINVAL as i64,
+    }
+    match fd.set_sregs(&s) {
+        Ok(()) => 0,
+        Err(_) => -EIO as i64,
+    }
+}

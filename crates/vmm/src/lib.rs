@@ -1,0 +1,26 @@
+//! rxen's per-domain virtual machine monitor.
+//!
+//! This crate owns one domain's execution on KVM: guest RAM ([`memory`]), the domain
+//! builder ([`elf`], [`builder`]), vCPUs and their threads ([`vcpu`]), Xen's hypercall
+//! ABI ([`hypercall`]), event channels ([`evtchn`], [`shared_info`]), time
+//! ([`clock`], [`timers`]) and the emergency console ([`console`]).
+//!
+//! It must not know about other domains, xenstore or the toolstack's policies: those
+//! belong to `xend` and `xenstored`. Everything a guest hands it is hostile input and
+//! is rejected with a Xen error code, never a panic.
+
+pub mod builder;
+pub mod clock;
+pub mod console;
+pub mod domain;
+pub mod elf;
+pub mod evtchn;
+pub mod exit;
+pub mod hypercall;
+pub mod memory;
+pub mod shared_info;
+pub mod timers;
+pub mod vcpu;
+
+pub use domain::{Domain, DomainConfig, DomainError, DomainShared};
+pub use exit::DomainExit;

@@ -1,0 +1,275 @@
+//! Guest RAM: a memfd mapped into the VMM, with checked accessors.
+//!
+//! All guest memory access in the VMM goes through [`GuestRam`]: every access is
+//! bounds- and overflow-checked against the RAM size, and accesses on behalf of a
+//! guest pointer are additionally checked against the guest's view of its memory
+//! ([`GuestRam::check_guest_range`]): page 0 and the holes of the layout are unmapped,
+//! and the page tables and hypercall page are read-only to the guest.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::atomic::{AtomicU64, AtomicU8};
+
+use rxen_abi::layout;
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// Errors of guest memory access.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("guest range {addr:#x}+{len:#x} is outside guest RAM ({size:#x} bytes)")]
+    OutOfRange { addr: u64, len: u64, size: u64 },
+    #[error("guest range {addr:#x}+{len:#x} is not {access} for the guest")]
+    Forbidden { addr: u64, len: u64, access: &'static str },
+    #[error("guest RAM size {0:#x} is invalid (must be a multiple of 2 MiB between {min} and {max} bytes)", min = layout::MIN_MEMORY_BYTES, max = layout::MAX_MEMORY_BYTES)]
+    BadSize(u64),
+    #[error("creating guest RAM: {0}")]
+    Create(std::io::Error),
+    #[error("mapping guest RAM: {0}")]
+    Map(String),
+    #[error("atomic access at {0:#x} is misaligned or outside the page")]
+    Misaligned(u64),
+}
+
+/// How a guest pointer is used by the VMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The VMM reads what the guest points at.
+    Read,
+    /// The VMM writes to where the guest points.
+    Write,
+}
+
+/// A domain's RAM: one memfd-backed region starting at guest-physical address 0.
+pub struct GuestRam {
+    mem: GuestMemoryMmap,
+    memfd: File,
+    size: u64,
+}
+
+impl std::fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestRam").field("size", &self.size).finish()
+    }
+}
+
+impl GuestRam {
+    /// Creates `size` bytes of zeroed guest RAM in a new memfd named after the domain.
+    pub fn new(name: &str, size: u64) -> Result<Self, MemoryError> {
+        if size < layout::MIN_MEMORY_BYTES || size > layout::MAX_MEMORY_BYTES || size % (2 << 20) != 0 {
+            return Err(MemoryError::BadSize(size));
+        }
+        let cname = std::ffi::CString::new(format!("rxen-ram-{}", name.replace('\0', "")))
+            .map_err(|e| MemoryError::Create(std::io::Error::other(e)))?;
+        // SAFETY: memfd_create with a valid NUL-terminated name; the result is checked.
+        let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(MemoryError::Create(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `fd` is a freshly created descriptor that nothing else owns.
+        let memfd = unsafe { File::from_raw_fd(fd) };
+        memfd.set_len(size).map_err(MemoryError::Create)?;
+        let file_for_map = memfd.try_clone().map_err(MemoryError::Create)?;
+        let mem = GuestMemoryMmap::from_ranges_with_files([(
+            GuestAddress(0),
+            size as usize,
+            Some(FileOffset::new(file_for_map, 0)),
+        )])
+        .map_err(|e| MemoryError::Map(e.to_string()))?;
+        Ok(Self { mem, memfd, size })
+    }
+
+    /// Size of RAM in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Number of 4 KiB pages.
+    pub fn nr_pages(&self) -> u64 {
+        self.size / rxen_abi::PAGE_SIZE
+    }
+
+    /// The memfd holding the RAM (for sharing with backends, save and migration).
+    pub fn memfd(&self) -> &File {
+        &self.memfd
+    }
+
+    /// Host address of the start of RAM, for registering the KVM memory slot.
+    pub fn host_base(&self) -> u64 {
+        self.mem.get_host_address(GuestAddress(0)).map(|p| p as u64).unwrap_or(0)
+    }
+
+    fn check_range(&self, addr: u64, len: u64) -> Result<(), MemoryError> {
+        match addr.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(MemoryError::OutOfRange { addr, len, size: self.size }),
+        }
+    }
+
+    /// Checks that the guest may hand the VMM `[addr, addr+len)` for `access`.
+    ///
+    /// The guest's address space is its identity-mapped RAM minus the unmapped holes of
+    /// the layout; the page tables and the hypercall page are read-only.
+    pub fn check_guest_range(&self, addr: u64, len: u64, access: Access) -> Result<(), MemoryError> {
+        self.check_range(addr, len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let end = addr + len;
+        let overlaps = |lo: u64, hi: u64| addr < hi && end > lo;
+        let unmapped = [
+            (0, layout::START_INFO),
+            (layout::CONSOLE_PAGE + rxen_abi::PAGE_SIZE, layout::PAGE_TABLES),
+            (layout::PAGE_TABLES_END, layout::BOOT_STACK_BOTTOM),
+        ];
+        if unmapped.iter().any(|&(lo, hi)| overlaps(lo, hi)) {
+            return Err(MemoryError::Forbidden { addr, len, access: "mapped" });
+        }
+        if access == Access::Write {
+            let read_only = [
+                (layout::HYPERCALL_PAGE, layout::HYPERCALL_PAGE + rxen_abi::PAGE_SIZE),
+                (layout::PAGE_TABLES, layout::PAGE_TABLES_END),
+            ];
+            if read_only.iter().any(|&(lo, hi)| overlaps(lo, hi)) {
+                return Err(MemoryError::Forbidden { addr, len, access: "writable" });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads bytes from guest RAM (VMM-internal addresses: only bounds-checked).
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.check_range(addr, buf.len() as u64)?;
+        self.mem
+            .read_slice(buf, GuestAddress(addr))
+            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() as u64, size: self.size })
+    }
+
+    /// Writes bytes to guest RAM (VMM-internal addresses: only bounds-checked).
+    pub fn write(&self, addr: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        self.check_range(addr, buf.len() as u64)?;
+        self.mem
+            .write_slice(buf, GuestAddress(addr))
+            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() as u64, size: self.size })
+    }
+
+    /// Reads a plain-old-data value at a VMM-internal address.
+    pub fn read_obj<T: FromBytes + IntoBytes>(&self, addr: u64) -> Result<T, MemoryError> {
+        let mut v = T::new_zeroed();
+        self.read(addr, v.as_mut_bytes())?;
+        Ok(v)
+    }
+
+    /// Writes a plain-old-data value at a VMM-internal address.
+    pub fn write_obj<T: IntoBytes + Immutable>(&self, addr: u64, v: &T) -> Result<(), MemoryError> {
+        self.write(addr, v.as_bytes())
+    }
+
+    /// Reads a value from a guest pointer (checked against the guest's view).
+    pub fn read_guest<T: FromBytes + IntoBytes>(&self, ptr: u64) -> Result<T, MemoryError> {
+        self.check_guest_range(ptr, size_of::<T>() as u64, Access::Read)?;
+        self.read_obj(ptr)
+    }
+
+    /// Writes a value to a guest pointer (checked against the guest's view).
+    pub fn write_guest<T: IntoBytes + Immutable>(&self, ptr: u64, v: &T) -> Result<(), MemoryError> {
+        self.check_guest_range(ptr, size_of::<T>() as u64, Access::Write)?;
+        self.write_obj(ptr, v)
+    }
+
+    /// Reads guest bytes from a guest pointer (checked against the guest's view).
+    pub fn read_guest_bytes(&self, ptr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
+        self.check_guest_range(ptr, buf.len() as u64, Access::Read)?;
+        self.read(ptr, buf)
+    }
+
+    /// Writes bytes to a guest pointer (checked against the guest's view).
+    pub fn write_guest_bytes(&self, ptr: u64, buf: &[u8]) -> Result<(), MemoryError> {
+        self.check_guest_range(ptr, buf.len() as u64, Access::Write)?;
+        self.write(ptr, buf)
+    }
+
+    fn host_ptr(&self, addr: u64, len: u64, align: u64) -> Result<*mut u8, MemoryError> {
+        self.check_range(addr, len)?;
+        if addr % align != 0 {
+            return Err(MemoryError::Misaligned(addr));
+        }
+        self.mem
+            .get_host_address(GuestAddress(addr))
+            .map_err(|_| MemoryError::OutOfRange { addr, len, size: self.size })
+    }
+
+    /// A 64-bit word of guest RAM shared with the guest, for atomic read-modify-write.
+    pub fn atomic_u64(&self, addr: u64) -> Result<&AtomicU64, MemoryError> {
+        let p = self.host_ptr(addr, 8, 8)?;
+        // SAFETY: `p` is 8-byte aligned and the 8 bytes lie inside the RAM mapping, which
+        // lives as long as `self` (the returned reference borrows `self`). The guest
+        // shares the word, so it is only ever accessed atomically through this reference.
+        Ok(unsafe { &*(p as *const AtomicU64) })
+    }
+
+    /// A byte of guest RAM shared with the guest, for atomic access.
+    pub fn atomic_u8(&self, addr: u64) -> Result<&AtomicU8, MemoryError> {
+        let p = self.host_ptr(addr, 1, 1)?;
+        // SAFETY: as for `atomic_u64`; bytes have no alignment requirement.
+        Ok(unsafe { &*(p as *const AtomicU8) })
+    }
+
+    /// The raw fd of the memfd.
+    pub fn memfd_raw(&self) -> i32 {
+        self.memfd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ram() -> GuestRam {
+        GuestRam::new("test", 8 << 20).unwrap()
+    }
+
+    #[test]
+    fn rejects_bad_sizes() {
+        assert!(matches!(GuestRam::new("t", 1 << 20), Err(MemoryError::BadSize(_))));
+        assert!(matches!(GuestRam::new("t", (8 << 20) + 4096), Err(MemoryError::BadSize(_))));
+        assert!(matches!(GuestRam::new("t", 64 << 30), Err(MemoryError::BadSize(_))));
+    }
+
+    #[test]
+    fn bounds_and_overflow_checked() {
+        let r = ram();
+        let mut b = [0u8; 16];
+        assert!(r.read((8 << 20) - 8, &mut b).is_err());
+        assert!(r.read(u64::MAX - 4, &mut b).is_err());
+        r.write(0x500000, b"hello").unwrap();
+        r.read(0x500000, &mut b[..5]).unwrap();
+        assert_eq!(&b[..5], b"hello");
+        assert_eq!(r.read_obj::<u64>(0x500000).unwrap() & 0xff, b'h' as u64);
+    }
+
+    #[test]
+    fn guest_view_rules() {
+        let r = ram();
+        assert!(r.check_guest_range(0, 8, Access::Read).is_err(), "null page");
+        assert!(r.check_guest_range(layout::START_INFO, 8, Access::Write).is_ok());
+        assert!(r.check_guest_range(layout::HYPERCALL_PAGE, 8, Access::Read).is_ok());
+        assert!(r.check_guest_range(layout::HYPERCALL_PAGE, 8, Access::Write).is_err());
+        assert!(r.check_guest_range(layout::PAGE_TABLES + 8, 8, Access::Write).is_err());
+        assert!(r.check_guest_range(0x8000, 8, Access::Read).is_err(), "hole");
+        assert!(r.check_guest_range(layout::BOOT_STACK_BOTTOM - 4, 8, Access::Read).is_err(), "guard");
+        assert!(r.check_guest_range(0x500000, 4096, Access::Write).is_ok());
+        assert!(r.check_guest_range(0x500000, 0, Access::Write).is_ok());
+        assert!(r.check_guest_range(0xffff_8000_0000_0000, 8, Access::Read).is_err());
+    }
+
+    #[test]
+    fn atomics_are_checked() {
+        let r = ram();
+        assert!(r.atomic_u64(3).is_err());
+        assert!(r.atomic_u64((8 << 20) - 4).is_err());
+        let a = r.atomic_u64(0x2000).unwrap();
+        a.fetch_or(5, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(r.read_obj::<u64>(0x2000).unwrap(), 5);
+    }
+}

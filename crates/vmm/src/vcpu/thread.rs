@@ -1,0 +1,169 @@
+//! The vCPU thread: waits until its vCPU may run, enters the guest with `KVM_RUN`,
+//! and handles exits (hypercalls through the hypercall port, faults, kicks).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use rxen_abi::layout::{HYPERCALL_PORT, NULL_PORT};
+
+use crate::domain::DomainShared;
+use crate::exit::DomainExit;
+use crate::hypercall::{self, decode::HypercallArgs};
+use crate::vcpu::regs;
+
+/// Formats the registers of a vCPU for a crash report.
+pub fn dump_registers(fd: &VcpuFd) -> String {
+    match (fd.get_regs(), fd.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            "rip={:#018x} rsp={:#018x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x} \
+             r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x} cs={:#x} ss={:#x} cr2={:#x} cr3={:#x}",
+            r.rip, r.rsp, r.rflags, r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12,
+            r.r13, r.r14, r.r15, s.cs.selector, s.ss.selector, s.cr2, s.cr3
+        ),
+        (Err(e), _) | (_, Err(e)) => format!("registers unavailable: {e}"),
+    }
+}
+
+/// Outcome of a handled exit.
+enum Next {
+    Continue,
+    Stop,
+}
+
+/// Runs vCPU `id` until the domain stops; returns the vCPU fd so that its `kvm_run`
+/// mapping outlives every pointer other threads hold to it.
+pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) -> VcpuFd {
+    crate::timers::precise_timer_slack();
+    let ctl = dom.vcpus[id as usize].clone();
+    let ie: *mut u8 = &mut fd.get_kvm_run().immediate_exit;
+    ctl.publish_thread(ie);
+    if sync_regs {
+        fd.set_sync_valid_reg(SyncReg::Register);
+    }
+    loop {
+        // Scheduling gate: wait until the vCPU may run guest code.
+        let context = {
+            let mut s = ctl.lock();
+            loop {
+                if s.stop {
+                    break;
+                }
+                if s.may_run() {
+                    break;
+                }
+                s = ctl.wait(s, None);
+            }
+            if s.stop {
+                break;
+            }
+            s.pending_context.take()
+        };
+        if let Some(ctx) = context {
+            if let Err(e) = load_context(&fd, &ctx) {
+                dom.request_exit(DomainExit::Internal(format!("vCPU {id}: loading context: {e}")));
+                break;
+            }
+        }
+        ctl.set_in_guest(true);
+        let t0 = Instant::now();
+        let exit = fd.run();
+        ctl.set_in_guest(false);
+        ctl.guest_ns.fetch_add(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        let next = match exit {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                let port_data = (port, data.len(), u32::from_le_bytes([
+                    data.first().copied().unwrap_or(0),
+                    data.get(1).copied().unwrap_or(0),
+                    data.get(2).copied().unwrap_or(0),
+                    data.get(3).copied().unwrap_or(0),
+                ]));
+                handle_out(&mut fd, &dom, id, port_data, sync_regs)
+            }
+            Ok(VcpuExit::IoIn(_, data)) => {
+                data.fill(0xff);
+                Next::Continue
+            }
+            Ok(VcpuExit::MmioRead(_, data)) => {
+                data.fill(0xff);
+                Next::Continue
+            }
+            Ok(VcpuExit::MmioWrite(..)) => Next::Continue,
+            Ok(VcpuExit::Shutdown) => {
+                let registers = dump_registers(&fd);
+                dom.request_exit(DomainExit::TripleFault { vcpu: id, registers });
+                Next::Stop
+            }
+            Ok(VcpuExit::Intr) => {
+                fd.set_kvm_immediate_exit(0);
+                Next::Continue
+            }
+            Ok(other) => {
+                let what = format!("{other:?}");
+                let why = format!("vCPU {id}: unexpected exit {what}; {}", dump_registers(&fd));
+                dom.request_exit(DomainExit::Internal(why));
+                Next::Stop
+            }
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                fd.set_kvm_immediate_exit(0);
+                Next::Continue
+            }
+            Err(e) => {
+                dom.request_exit(DomainExit::Internal(format!("vCPU {id}: KVM_RUN failed: {e}")));
+                Next::Stop
+            }
+        };
+        if let Next::Stop = next {
+            break;
+        }
+    }
+    ctl.unpublish_thread();
+    fd
+}
+
+fn handle_out(fd: &mut VcpuFd, dom: &Arc<DomainShared>, id: u32, (port, len, value): (u16, usize, u32), sync_regs: bool) -> Next {
+    if port == NULL_PORT {
+        return Next::Continue;
+    }
+    if port != HYPERCALL_PORT || len != 4 {
+        tracing::debug!(vcpu = id, port, "write to unassigned I/O port ignored");
+        return Next::Continue;
+    }
+    let r = if sync_regs {
+        fd.sync_regs().regs
+    } else {
+        match fd.get_regs() {
+            Ok(r) => r,
+            Err(e) => {
+                dom.request_exit(DomainExit::Internal(format!("vCPU {id}: get regs: {e}")));
+                return Next::Stop;
+            }
+        }
+    };
+    let call = HypercallArgs { nr: value as u64, args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8] };
+    let result = hypercall::handle(dom, id, fd, call);
+    if sync_regs {
+        fd.sync_regs_mut().regs.rax = result as u64;
+        fd.set_sync_dirty_reg(SyncReg::Register);
+    } else {
+        let mut r = r;
+        r.rax = result as u64;
+        if let Err(e) = fd.set_regs(&r) {
+            dom.request_exit(DomainExit::Internal(format!("vCPU {id}: set regs: {e}")));
+            return Next::Stop;
+        }
+    }
+    Next::Continue
+}
+
+fn load_context(fd: &VcpuFd, ctx: &rxen_abi::vcpu::VcpuGuestContext) -> Result<(), kvm_ioctls::Error> {
+    fd.set_regs(&regs::context_regs(ctx))?;
+    let mut s = fd.get_sregs()?;
+    if regs::is_canonical_user(ctx.fs_base) {
+        s.fs.base = ctx.fs_base;
+    }
+    if regs::is_canonical_user(ctx.gs_base_user) {
+        s.gs.base = ctx.gs_base_user;
+    }
+    fd.set_sregs(&s)
+}
