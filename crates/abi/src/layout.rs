@@ -17,6 +17,13 @@ pub const HYPERCALL_PAGE: u64 = 0x3000;
 pub const XENSTORE_PAGE: u64 = 0x4000;
 /// The console ring page (`start_info.console.domU.mfn << 12`).
 pub const CONSOLE_PAGE: u64 = 0x5000;
+/// Task-state segment with the I/O permission bitmap that lets the guest reach the
+/// hypercall and null ports (3 pages, read-only to the guest). Other ports fault.
+pub const TSS: u64 = 0x6000;
+/// End of the TSS area.
+pub const TSS_END: u64 = 0x9000;
+/// Offset of the I/O permission bitmap in the TSS (`iomap_base`).
+pub const TSS_IOMAP_OFFSET: u64 = 0x68;
 /// First page-table page (PML4), `start_info.pt_base`. Page tables are read-only.
 pub const PAGE_TABLES: u64 = 0x10000;
 /// Room reserved for page tables (32 pages).

@@ -52,7 +52,9 @@ fn small_page_flags(addr: u64) -> Option<u64> {
     match addr {
         START_INFO | SHARED_INFO | XENSTORE_PAGE | CONSOLE_PAGE => Some(rw_data),
         HYPERCALL_PAGE => Some(PTE_PRESENT | PTE_USER),
-        a if (PAGE_TABLES..PAGE_TABLES_END).contains(&a) => Some(PTE_PRESENT | PTE_USER | PTE_NX),
+        a if (PAGE_TABLES..PAGE_TABLES_END).contains(&a) || (TSS..TSS_END).contains(&a) => {
+            Some(PTE_PRESENT | PTE_USER | PTE_NX)
+        }
         a if (BOOT_STACK_BOTTOM..BOOT_STACK_TOP).contains(&a) => Some(rw_data),
         _ => None,
     }
@@ -111,6 +113,24 @@ fn build_hypercall_page(ram: &GuestRam) -> Result<(), MemoryError> {
     ram.write(HYPERCALL_PAGE, &page)
 }
 
+/// Writes the TSS: no stacks (the guest never enters CPL 0), and an I/O permission
+/// bitmap that allows exactly the hypercall and null ports (4 byte ports each). KVM consults it when it
+/// emulates a guest `out`.
+fn build_tss(ram: &GuestRam) -> Result<(), MemoryError> {
+    ram.write_obj(TSS + 0x66, &(TSS_IOMAP_OFFSET as u16))?;
+    let mut bitmap = vec![0xffu8; 8192 + 1];
+    // A 4-byte `out` needs all four of its byte ports allowed.
+    for base in [HYPERCALL_PORT, NULL_PORT] {
+        for port in base..base + 4 {
+            bitmap[port as usize / 8] &= !(1 << (port % 8));
+        }
+    }
+    ram.write(TSS + TSS_IOMAP_OFFSET, &bitmap)
+}
+
+/// Inclusive limit of the TSS segment (header + bitmap + terminating byte).
+pub const TSS_LIMIT: u32 = (TSS_IOMAP_OFFSET + 8192) as u32;
+
 /// Builds the domain: loads `image`, writes page tables, hypercall page and
 /// `start_info`. `shared_info` is left zeroed (the clock code fills its time fields).
 pub fn build(ram: &GuestRam, image: &[u8], cmdline: &str, channels: BootChannels) -> Result<BootInfo, BuildError> {
@@ -121,6 +141,7 @@ pub fn build(ram: &GuestRam, image: &[u8], cmdline: &str, channels: BootChannels
     elf.load(ram)?;
     let nr_pt_frames = build_page_tables(ram)?;
     build_hypercall_page(ram)?;
+    build_tss(ram)?;
 
     let mut si = StartInfo::new_zeroed();
     si.magic[..START_INFO_MAGIC.len()].copy_from_slice(START_INFO_MAGIC);

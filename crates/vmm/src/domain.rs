@@ -280,7 +280,7 @@ impl Domain {
         };
         let boot = builder::build(&ram, image, &config.cmdline, channels)?;
 
-        let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        let sync_regs = kvm.check_extension(Cap::SyncRegs) && std::env::var_os("RXEN_NO_SYNC_REGS").is_none();
         let mut fds = Vec::new();
         for i in 0..config.vcpus {
             let fd = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;

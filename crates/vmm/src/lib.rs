@@ -18,6 +18,7 @@ pub mod evtchn;
 pub mod exit;
 pub mod hypercall;
 pub mod memory;
+pub mod rawimage;
 pub mod shared_info;
 pub mod timers;
 pub mod vcpu;

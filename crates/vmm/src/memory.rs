@@ -119,7 +119,8 @@ impl GuestRam {
         let overlaps = |lo: u64, hi: u64| addr < hi && end > lo;
         let unmapped = [
             (0, layout::START_INFO),
-            (layout::CONSOLE_PAGE + rxen_abi::PAGE_SIZE, layout::PAGE_TABLES),
+            (layout::CONSOLE_PAGE + rxen_abi::PAGE_SIZE, layout::TSS),
+            (layout::TSS_END, layout::PAGE_TABLES),
             (layout::PAGE_TABLES_END, layout::BOOT_STACK_BOTTOM),
         ];
         if unmapped.iter().any(|&(lo, hi)| overlaps(lo, hi)) {
@@ -129,6 +130,7 @@ impl GuestRam {
             let read_only = [
                 (layout::HYPERCALL_PAGE, layout::HYPERCALL_PAGE + rxen_abi::PAGE_SIZE),
                 (layout::PAGE_TABLES, layout::PAGE_TABLES_END),
+                (layout::TSS, layout::TSS_END),
             ];
             if read_only.iter().any(|&(lo, hi)| overlaps(lo, hi)) {
                 return Err(MemoryError::Forbidden { addr, len, access: "writable" });
@@ -256,7 +258,8 @@ mod tests {
         assert!(r.check_guest_range(layout::HYPERCALL_PAGE, 8, Access::Read).is_ok());
         assert!(r.check_guest_range(layout::HYPERCALL_PAGE, 8, Access::Write).is_err());
         assert!(r.check_guest_range(layout::PAGE_TABLES + 8, 8, Access::Write).is_err());
-        assert!(r.check_guest_range(0x8000, 8, Access::Read).is_err(), "hole");
+        assert!(r.check_guest_range(0x9000, 8, Access::Read).is_err(), "hole");
+        assert!(r.check_guest_range(layout::TSS, 8, Access::Write).is_err(), "TSS read-only");
         assert!(r.check_guest_range(layout::BOOT_STACK_BOTTOM - 4, 8, Access::Read).is_err(), "guard");
         assert!(r.check_guest_range(0x500000, 4096, Access::Write).is_ok());
         assert!(r.check_guest_range(0x500000, 0, Access::Write).is_ok());

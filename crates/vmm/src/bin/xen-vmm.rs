@@ -1,1 +1,142 @@
-fn main() {}
+//! `xen-vmm`: runs one rxen domain in the foreground.
+//!
+//! Exit status: 0 poweroff, 1 VMM error, 2 usage error, 3 reboot, 4 guest crash
+//! (SHUTDOWN_crash), 5 triple fault, 6 watchdog, 7 suspend, 8 soft reset,
+//! 9 destroyed (SIGINT/SIGTERM).
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use rxen_vmm::console::StdoutSink;
+use rxen_vmm::{Domain, DomainConfig, DomainExit};
+
+#[derive(Parser)]
+#[command(name = "xen-vmm", version, about = "Run one rxen domain (a Xen PV guest on KVM) in the foreground")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build a domain from a guest ELF and run it; the guest console goes to stdout.
+    ///
+    /// Exit status: 0 poweroff, 1 VMM error, 2 usage error, 3 reboot, 4 guest crash,
+    /// 5 triple fault, 6 watchdog, 7 suspend, 8 soft reset, 9 destroyed by a signal.
+    Run {
+        /// Guest kernel: a static x86-64 ELF linked at or above 0x400000.
+        /// Without it, the embedded default guest runs.
+        #[arg(long)]
+        kernel: Option<PathBuf>,
+        /// Guest memory in MiB (a multiple of 2, 8..=16384).
+        #[arg(long, default_value_t = 32)]
+        memory: u64,
+        /// Number of vCPUs (1..=32).
+        #[arg(long, default_value_t = 1)]
+        vcpus: u32,
+        /// Guest command line (start_info.cmd_line, at most 1023 bytes).
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Domain name.
+        #[arg(long, default_value = "domain")]
+        name: String,
+        /// Domain id (1..32752).
+        #[arg(long, default_value_t = 1)]
+        domid: u16,
+        /// Forward stdin to the guest console (console_io read, VIRQ_CONSOLE).
+        #[arg(long)]
+        stdin: bool,
+    },
+}
+
+fn load_kernel(path: &Option<PathBuf>) -> Result<Vec<u8>, String> {
+    match path {
+        Some(p) => std::fs::read(p).map_err(|e| format!("reading kernel {}: {e}", p.display())),
+        None => default_guest(),
+    }
+}
+
+#[cfg(feature = "embedded-guest")]
+fn default_guest() -> Result<Vec<u8>, String> {
+    Ok(rxen_guest_images::DEFAULT_GUEST.to_vec())
+}
+
+#[cfg(not(feature = "embedded-guest"))]
+fn default_guest() -> Result<Vec<u8>, String> {
+    Err("no --kernel given and this xen-vmm was built without the embedded default guest".into())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // Block SIGINT/SIGTERM in every thread (inherited by the domain's threads) so that
+    // the waiting thread below receives them.
+    // SAFETY: plain libc signal-mask manipulation for the calling thread.
+    unsafe {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+        libc::sigemptyset(set.as_mut_ptr());
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
+    }
+    let Cmd::Run { kernel, memory, vcpus, cmdline, name, domid, stdin } = cli.cmd;
+    if domid == 0 || domid >= rxen_abi::DOMID_FIRST_RESERVED {
+        eprintln!("xen-vmm: domid must be between 1 and {}", rxen_abi::DOMID_FIRST_RESERVED - 1);
+        return ExitCode::from(2);
+    }
+    let image = match load_kernel(&kernel) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("xen-vmm: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let config = DomainConfig { name, domid, memory_mib: memory, vcpus, cmdline, uuid: [0; 16] };
+    let domain = match Domain::create(config, &image, Box::new(StdoutSink)) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("xen-vmm: cannot create domain: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let shared = domain.shared().clone();
+    // SIGINT/SIGTERM destroy the domain cleanly.
+    let signals = shared.clone();
+    std::thread::spawn(move || {
+        let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+        // SAFETY: plain libc signal-set manipulation on a local set.
+        unsafe {
+            libc::sigemptyset(set.as_mut_ptr());
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+            let mut sig = 0;
+            libc::sigwait(set.as_ptr(), &mut sig);
+        }
+        signals.request_exit(DomainExit::Destroyed);
+    });
+    if stdin {
+        let input = shared.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1024];
+            let mut si = std::io::stdin();
+            while let Ok(n) = si.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                input.console_input(&buf[..n]);
+            }
+        });
+    }
+    let why = domain.wait();
+    match &why {
+        DomainExit::Poweroff => {}
+        DomainExit::TripleFault { registers, .. } => eprintln!("xen-vmm: {why}\nxen-vmm: registers: {registers}"),
+        _ => eprintln!("xen-vmm: {why}"),
+    }
+    ExitCode::from(why.exit_code() as u8)
+}

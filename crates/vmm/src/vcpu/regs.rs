@@ -43,6 +43,21 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
     sregs.es = data_segment();
     sregs.fs = data_segment();
     sregs.gs = data_segment();
+    sregs.tr = kvm_segment {
+        base: rxen_abi::layout::TSS,
+        limit: crate::builder::TSS_LIMIT,
+        selector: 0x40,
+        type_: 11,
+        present: 1,
+        dpl: 0,
+        db: 0,
+        s: 0,
+        l: 0,
+        g: 0,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     sregs.cr3 = cr3;
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;

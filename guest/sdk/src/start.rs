@@ -1,0 +1,70 @@
+//! Boot: the ELF entry point, reading `start_info`, setting up the heap, per-vCPU
+//! data and the timer VIRQ, then calling the guest's main.
+
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use rxen_abi::event_channel::VIRQ_TIMER;
+use rxen_abi::hypercall::SEGBASE_FS;
+use rxen_abi::xen::StartInfo;
+
+core::arch::global_asm!(
+    ".globl _start",
+    "_start:",
+    "mov rdi, rsi",
+    "and rsp, -16",
+    "call {start}",
+    "ud2",
+    start = sym rxen_guest_start,
+);
+
+static START_INFO: AtomicU64 = AtomicU64::new(0);
+
+extern "C" {
+    /// End of the image, defined by the linker.
+    static _end: u8;
+}
+
+extern "Rust" {
+    fn __rxen_guest_main();
+}
+
+/// The domain's `start_info`.
+pub fn start_info() -> &'static StartInfo {
+    // SAFETY: set once at boot to the page the domain builder filled, which stays
+    // mapped for the life of the domain.
+    unsafe { &*(START_INFO.load(Ordering::Relaxed) as *const StartInfo) }
+}
+
+/// The command line from `start_info`.
+pub fn cmdline() -> &'static str {
+    let raw = &start_info().cmd_line;
+    let n = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    core::str::from_utf8(&raw[..n]).unwrap_or("")
+}
+
+/// The value of `key=value` in the command line.
+pub fn cmdline_value(key: &str) -> Option<&'static str> {
+    cmdline().split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// Per-vCPU start-up: per-vCPU record and timer VIRQ (vCPU 0 and every secondary).
+pub(crate) fn init_vcpu(id: u32) {
+    crate::percpu::prepare(id);
+    if id == 0 {
+        let _ = crate::hypercall::set_segment_base(SEGBASE_FS, crate::percpu::record_address(0));
+    }
+    if let Ok(p) = crate::events::bind_virq(VIRQ_TIMER, id) {
+        crate::percpu::current().timer_port.store(p, Ordering::Relaxed);
+    }
+}
+
+extern "C" fn rxen_guest_start(si: *const StartInfo) -> ! {
+    START_INFO.store(si as u64, Ordering::Relaxed);
+    init_vcpu(0);
+    let heap_start = (core::ptr::addr_of!(_end) as u64 + 4095) & !4095;
+    let heap_end = start_info().nr_pages * rxen_abi::PAGE_SIZE;
+    crate::heap::init(heap_start, heap_end);
+    // SAFETY: provided by the guest through `entry!`.
+    unsafe { __rxen_guest_main() };
+    crate::hypercall::shutdown(rxen_abi::sched::SHUTDOWN_POWEROFF)
+}
