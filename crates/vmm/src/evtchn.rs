@@ -239,7 +239,8 @@ impl EventChannels {
                 }
             }
             Binding::Virq { virq } => {
-                if let Some(slot) = self.virqs.get_mut(c.vcpu as usize) {
+                let row = if virq_is_per_vcpu(virq) { c.vcpu } else { 0 };
+                if let Some(slot) = self.virqs.get_mut(row as usize) {
                     slot[virq as usize] = None;
                 }
             }
@@ -310,10 +311,8 @@ impl EventChannels {
         let c = *self.chan(port)?;
         match c.binding {
             Binding::Unbound { .. } | Binding::Local { .. } | Binding::Dom0 { .. } => {}
-            Binding::Virq { virq } if !virq_is_per_vcpu(virq) => {
-                self.virqs[c.vcpu as usize][virq as usize] = None;
-                self.virqs[vcpu as usize][virq as usize] = Some(port);
-            }
+            // Global VIRQs stay in vCPU 0's table; only their notified vCPU moves.
+            Binding::Virq { virq } if !virq_is_per_vcpu(virq) => {}
             _ => return Err(-EINVAL),
         }
         self.chans[port as usize].vcpu = vcpu;
@@ -596,7 +595,11 @@ mod tests {
                         if let Some(p) = port {
                             let c = t.chans[*p as usize];
                             proptest::prop_assert_eq!(c.binding, Binding::Virq { virq: virq as u32 });
-                            proptest::prop_assert_eq!(c.vcpu as usize, v);
+                            if virq_is_per_vcpu(virq as u32) {
+                                proptest::prop_assert_eq!(c.vcpu as usize, v);
+                            } else {
+                                proptest::prop_assert_eq!(v, 0);
+                            }
                         }
                     }
                 }

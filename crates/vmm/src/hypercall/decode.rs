@@ -253,7 +253,7 @@ mod tests {
     #[test]
     fn bad_pointers_are_efault() {
         let r = ram();
-        for ptr in [0u64, 0x8000, 8 << 20, u64::MAX, 0xffff_8000_0000_0000, rxen_abi::layout::PAGE_TABLES] {
+        for ptr in [0u64, 0x9000, 8 << 20, u64::MAX, 0xffff_8000_0000_0000, rxen_abi::layout::BOOT_STACK_BOTTOM - 8] {
             assert_eq!(decode(call(nr::SCHED_OP, [SCHEDOP_SHUTDOWN, ptr, 0, 0, 0]), &r).unwrap_err(), -EFAULT, "{ptr:#x}");
             assert_eq!(decode(call(nr::CONSOLE_IO, [CONSOLEIO_WRITE, 4, ptr, 0, 0]), &r).unwrap_err(), -EFAULT);
         }

@@ -24,7 +24,7 @@ fn pointer(r: &mut XorShift, scratch: u64) -> u64 {
         2 => 0xffff_8000_0000_0000 | (x & 0xffff), // kernel half
         3 => layout::PAGE_TABLES + (x % 0x1000),  // read-only
         4 => layout::HYPERCALL_PAGE + (x % 0x1000),
-        5 => 0x8000 + (x % 0x1000),               // unmapped hole
+        5 => 0x9000 + (x % 0x1000),               // unmapped hole
         6 => (start::start_info().nr_pages << 12) - (x % 64), // end of RAM
         7 => 1 << 40,
         _ => scratch + (x % 16000),               // valid scratch memory

@@ -1,0 +1,94 @@
+//! Bad input to `xen-vmm` and to the domain API: every case is a clear error, never
+//! a panic or a hang.
+
+mod common;
+use common::*;
+
+use std::io::Write;
+
+fn stderr_of(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn write_temp(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let p = std::env::temp_dir().join(format!("rxen-test-{}-{name}", std::process::id()));
+    std::fs::File::create(&p).and_then(|mut f| f.write_all(bytes)).expect("temp file");
+    p
+}
+
+#[test]
+fn missing_kernel_file() {
+    let out = xen_vmm(&["--kernel", "/nonexistent/guest.elf"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("reading kernel /nonexistent/guest.elf"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn malformed_kernels_are_rejected() {
+    if !kvm_available("malformed_kernels_are_rejected") {
+        return;
+    }
+    let cases: [(&str, Vec<u8>, &str); 3] = [
+        ("garbage", b"this is not an ELF file at all".to_vec(), "missing ELF magic"),
+        ("truncated", std::fs::read(guest("hello")).expect("hello")[..100].to_vec(), "guest image rejected"),
+        ("script", b"#!/bin/sh\necho hi\n".to_vec(), "missing ELF magic"),
+    ];
+    for (name, bytes, needle) in cases {
+        let p = write_temp(name, &bytes);
+        let out = xen_vmm(&["--kernel", p.to_str().expect("utf-8")]);
+        let _ = std::fs::remove_file(&p);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(stderr_of(&out).contains(needle), "{name}: {}", stderr_of(&out));
+    }
+    // A host binary is an ELF, but dynamic and linked low: rejected with a reason.
+    let out = xen_vmm(&["--kernel", "/bin/true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("guest image rejected"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn bad_configuration_values() {
+    if !kvm_available("bad_configuration_values") {
+        return;
+    }
+    let g = guest("hello");
+    let g = g.to_str().expect("utf-8");
+    let long = "x".repeat(1024);
+    let cases: [(&[&str], i32, &str); 6] = [
+        (&["--memory", "3"], 1, "guest RAM size"),
+        (&["--memory", "999999999999"], 1, "memory"),
+        (&["--vcpus", "0"], 1, "vcpus must be"),
+        (&["--vcpus", "33"], 1, "vcpus must be"),
+        (&["--cmdline", &long], 1, "command line is 1024 bytes"),
+        (&["--domid", "0"], 2, "domid must be"),
+    ];
+    for (args, code, needle) in cases {
+        let mut a = vec!["--kernel", g];
+        a.extend_from_slice(args);
+        let out = xen_vmm(&a);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr_of(&out));
+        assert!(stderr_of(&out).contains(needle), "{args:?}: {}", stderr_of(&out));
+    }
+    let out = xen_vmm(&["--memory", "lots"]);
+    assert_eq!(out.status.code(), Some(2), "clap usage error");
+}
+
+#[test]
+fn sigterm_destroys_the_domain() {
+    if !kvm_available("sigterm_destroys_the_domain") {
+        return;
+    }
+    let g = guest("hello");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_xen-vmm"))
+        .args(["run", "--kernel", g.to_str().expect("utf-8"), "--cmdline", "forever"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: sending SIGTERM to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("goodbye") == false);
+}
