@@ -5,11 +5,21 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const GUESTS: &[&str] = &["hello", "timers", "smp", "cpubench", "membench", "hcall-fuzz", "exitbench"];
+const GUESTS: &[&str] = &[
+    "hello",
+    "timers",
+    "smp",
+    "cpubench",
+    "membench",
+    "hcall-fuzz",
+    "exitbench",
+];
 const DEFAULT_GUEST: &str = "hello";
 
 fn watch(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -25,12 +35,20 @@ fn watch(dir: &Path) {
 }
 
 fn main() {
-    let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest.join("../..").canonicalize().expect("workspace root");
+    let manifest =
+        PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root");
     let guest_dir = root.join("guest");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     // OUT_DIR is <target>/<profile>/build/<pkg>/out.
-    let target_dir = out_dir.ancestors().nth(4).expect("target dir above OUT_DIR").to_path_buf();
+    let target_dir = out_dir
+        .ancestors()
+        .nth(4)
+        .expect("target dir above OUT_DIR")
+        .to_path_buf();
     let guest_target = target_dir.join("guest-build");
 
     watch(&guest_dir);
@@ -44,7 +62,11 @@ fn main() {
         .arg(&guest_target);
     // The outer build's flags and settings must not leak into the guest build.
     for (k, _) in std::env::vars() {
-        if k.starts_with("CARGO_") || k == "RUSTFLAGS" || k == "RUSTC_WRAPPER" || k == "RUSTC_WORKSPACE_WRAPPER" {
+        if k.starts_with("CARGO_")
+            || k == "RUSTFLAGS"
+            || k == "RUSTC_WRAPPER"
+            || k == "RUSTC_WORKSPACE_WRAPPER"
+        {
             if k != "CARGO_HOME" {
                 cmd.env_remove(&k);
             }
@@ -59,8 +81,10 @@ fn main() {
     std::fs::create_dir_all(&install).expect("create target/guests");
     for g in GUESTS {
         let from = built.join(g);
-        std::fs::copy(&from, install.join(g)).unwrap_or_else(|e| panic!("installing {}: {e}", from.display()));
+        std::fs::copy(&from, install.join(g))
+            .unwrap_or_else(|e| panic!("installing {}: {e}", from.display()));
     }
-    std::fs::copy(built.join(DEFAULT_GUEST), out_dir.join("default-guest.elf")).expect("copy default guest");
+    std::fs::copy(built.join(DEFAULT_GUEST), out_dir.join("default-guest.elf"))
+        .expect("copy default guest");
     println!("cargo:rustc-env=RXEN_GUESTS_DIR={}", install.display());
 }

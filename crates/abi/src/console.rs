@@ -24,6 +24,15 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_layout!(XenconsInterface, size = 3088, input = 0, output = 1024, in_cons = 3072, in_prod = 3076, out_cons = 3080, out_prod = 3084);
+        assert_layout!(
+            XenconsInterface,
+            size = 3088,
+            input = 0,
+            output = 1024,
+            in_cons = 3072,
+            in_prod = 3076,
+            out_cons = 3080,
+            out_prod = 3084
+        );
     }
 }

@@ -122,12 +122,33 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_layout!(EvtchnAllocUnbound, size = 8, dom = 0, remote_dom = 2, port = 4);
-        assert_layout!(EvtchnBindInterdomain, size = 12, remote_dom = 0, remote_port = 4, local_port = 8);
+        assert_layout!(
+            EvtchnAllocUnbound,
+            size = 8,
+            dom = 0,
+            remote_dom = 2,
+            port = 4
+        );
+        assert_layout!(
+            EvtchnBindInterdomain,
+            size = 12,
+            remote_dom = 0,
+            remote_port = 4,
+            local_port = 8
+        );
         assert_layout!(EvtchnBindVirq, size = 12, virq = 0, vcpu = 4, port = 8);
         assert_layout!(EvtchnBindIpi, size = 8, vcpu = 0, port = 4);
         assert_layout!(EvtchnPortArg, size = 4, port = 0);
-        assert_layout!(EvtchnStatus, size = 24, dom = 0, port = 4, status = 8, vcpu = 12, u0 = 16, u1 = 20);
+        assert_layout!(
+            EvtchnStatus,
+            size = 24,
+            dom = 0,
+            port = 4,
+            status = 8,
+            vcpu = 12,
+            u0 = 16,
+            u1 = 20
+        );
         assert_layout!(EvtchnBindVcpu, size = 8, port = 0, vcpu = 4);
         assert_layout!(EvtchnReset, size = 2, dom = 0);
     }

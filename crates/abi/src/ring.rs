@@ -49,7 +49,16 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_layout!(SringHeader, size = 64, req_prod = 0, req_event = 4, rsp_prod = 8, rsp_event = 12, pvt = 16, pad = 20);
+        assert_layout!(
+            SringHeader,
+            size = 64,
+            req_prod = 0,
+            req_event = 4,
+            rsp_prod = 8,
+            rsp_event = 12,
+            pvt = 16,
+            pad = 20
+        );
     }
 
     #[test]

@@ -64,7 +64,14 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_layout!(CompileInfo, size = 144, compiler = 0, compile_by = 64, compile_domain = 80, compile_date = 112);
+        assert_layout!(
+            CompileInfo,
+            size = 144,
+            compiler = 0,
+            compile_by = 64,
+            compile_domain = 80,
+            compile_date = 112
+        );
         assert_layout!(PlatformParameters, size = 8, virt_start = 0);
         assert_layout!(FeatureInfo, size = 8, submap_idx = 0, submap = 4);
         assert_layout!(BuildIdHeader, size = 4, len = 0);

@@ -133,12 +133,70 @@ mod tests {
 
     #[test]
     fn layouts() {
-        assert_layout!(VcpuTimeInfo, size = 32, version = 0, pad0 = 4, tsc_timestamp = 8, system_time = 16, tsc_to_system_mul = 24, tsc_shift = 28, flags = 29, pad1 = 30);
+        assert_layout!(
+            VcpuTimeInfo,
+            size = 32,
+            version = 0,
+            pad0 = 4,
+            tsc_timestamp = 8,
+            system_time = 16,
+            tsc_to_system_mul = 24,
+            tsc_shift = 28,
+            flags = 29,
+            pad1 = 30
+        );
         assert_layout!(ArchVcpuInfo, size = 16, cr2 = 0, pad = 8);
-        assert_layout!(VcpuInfo, size = 64, evtchn_upcall_pending = 0, evtchn_upcall_mask = 1, evtchn_pending_sel = 8, arch = 16, time = 32);
-        assert_layout!(ArchSharedInfo, size = 48, max_pfn = 0, pfn_to_mfn_frame_list_list = 8, nmi_reason = 16, p2m_cr3 = 24, p2m_vaddr = 32, p2m_generation = 40);
-        assert_layout!(SharedInfo, size = 3136, vcpu_info = 0, evtchn_pending = 2048, evtchn_mask = 2560, wc_version = 3072, wc_sec = 3076, wc_nsec = 3080, wc_sec_hi = 3084, arch = 3088);
-        assert_layout!(StartInfo, size = 1168, magic = 0, nr_pages = 32, shared_info = 40, flags = 48, store_mfn = 56, store_evtchn = 64, console_mfn = 72, console_evtchn = 80, pt_base = 88, nr_pt_frames = 96, mfn_list = 104, mod_start = 112, mod_len = 120, cmd_line = 128, first_p2m_pfn = 1152, nr_p2m_frames = 1160);
+        assert_layout!(
+            VcpuInfo,
+            size = 64,
+            evtchn_upcall_pending = 0,
+            evtchn_upcall_mask = 1,
+            evtchn_pending_sel = 8,
+            arch = 16,
+            time = 32
+        );
+        assert_layout!(
+            ArchSharedInfo,
+            size = 48,
+            max_pfn = 0,
+            pfn_to_mfn_frame_list_list = 8,
+            nmi_reason = 16,
+            p2m_cr3 = 24,
+            p2m_vaddr = 32,
+            p2m_generation = 40
+        );
+        assert_layout!(
+            SharedInfo,
+            size = 3136,
+            vcpu_info = 0,
+            evtchn_pending = 2048,
+            evtchn_mask = 2560,
+            wc_version = 3072,
+            wc_sec = 3076,
+            wc_nsec = 3080,
+            wc_sec_hi = 3084,
+            arch = 3088
+        );
+        assert_layout!(
+            StartInfo,
+            size = 1168,
+            magic = 0,
+            nr_pages = 32,
+            shared_info = 40,
+            flags = 48,
+            store_mfn = 56,
+            store_evtchn = 64,
+            console_mfn = 72,
+            console_evtchn = 80,
+            pt_base = 88,
+            nr_pt_frames = 96,
+            mfn_list = 104,
+            mod_start = 112,
+            mod_len = 120,
+            cmd_line = 128,
+            first_p2m_pfn = 1152,
+            nr_p2m_frames = 1160
+        );
         assert!(core::mem::size_of::<SharedInfo>() <= 4096);
         assert!(core::mem::size_of::<StartInfo>() <= 4096);
     }

@@ -12,7 +12,15 @@ pub static DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/defa
 pub const GUESTS_DIR: &str = env!("RXEN_GUESTS_DIR");
 
 /// Names of the example guests.
-pub const GUESTS: &[&str] = &["hello", "timers", "smp", "cpubench", "membench", "hcall-fuzz", "exitbench"];
+pub const GUESTS: &[&str] = &[
+    "hello",
+    "timers",
+    "smp",
+    "cpubench",
+    "membench",
+    "hcall-fuzz",
+    "exitbench",
+];
 
 /// Path of example guest `name`.
 pub fn guest_path(name: &str) -> std::path::PathBuf {

@@ -70,7 +70,10 @@ fn build_page_tables(ram: &GuestRam) -> Result<u64, MemoryError> {
     let pt_base = pd_base + gib * PAGE_SIZE;
     let small_pts = SMALL_PAGE_REGION / (2 << 20);
     let frames = 2 + gib + small_pts;
-    assert!(PAGE_TABLES + frames * PAGE_SIZE <= PAGE_TABLES_END, "layout holds 16 GiB of tables");
+    assert!(
+        PAGE_TABLES + frames * PAGE_SIZE <= PAGE_TABLES_END,
+        "layout holds 16 GiB of tables"
+    );
     let table = PTE_PRESENT | PTE_WRITE | PTE_USER;
     ram.write_obj(pml4, &(pdpt | table))?;
     for g in 0..gib {
@@ -133,7 +136,12 @@ pub const TSS_LIMIT: u32 = (TSS_IOMAP_OFFSET + 8192) as u32;
 
 /// Builds the domain: loads `image`, writes page tables, hypercall page and
 /// `start_info`. `shared_info` is left zeroed (the clock code fills its time fields).
-pub fn build(ram: &GuestRam, image: &[u8], cmdline: &str, channels: BootChannels) -> Result<BootInfo, BuildError> {
+pub fn build(
+    ram: &GuestRam,
+    image: &[u8],
+    cmdline: &str,
+    channels: BootChannels,
+) -> Result<BootInfo, BuildError> {
     if cmdline.len() >= MAX_GUEST_CMDLINE {
         return Err(BuildError::CmdlineTooLong(cmdline.len()));
     }
@@ -175,7 +183,16 @@ mod tests {
     fn builds_layout() {
         let ram = GuestRam::new("b", 32 << 20).unwrap();
         let img = build_elf(0x400000, &[(0x400000, 16, 16, 5)], 62, 2);
-        let boot = build(&ram, &img, "hello=1", BootChannels { store_evtchn: 1, console_evtchn: 2 }).unwrap();
+        let boot = build(
+            &ram,
+            &img,
+            "hello=1",
+            BootChannels {
+                store_evtchn: 1,
+                console_evtchn: 2,
+            },
+        )
+        .unwrap();
         assert_eq!(boot.entry, 0x400000);
         assert_eq!(boot.nr_pt_frames, 5);
         let si: StartInfo = ram.read_obj(START_INFO).unwrap();
@@ -204,6 +221,9 @@ mod tests {
         let ram = GuestRam::new("b", 8 << 20).unwrap();
         let img = build_elf(0x400000, &[(0x400000, 16, 16, 5)], 62, 2);
         let long = "x".repeat(1024);
-        assert!(matches!(build(&ram, &img, &long, BootChannels::default()), Err(BuildError::CmdlineTooLong(1024))));
+        assert!(matches!(
+            build(&ram, &img, &long, BootChannels::default()),
+            Err(BuildError::CmdlineTooLong(1024))
+        ));
     }
 }

@@ -32,7 +32,11 @@ pub fn pvclock_scale(tsc_hz: u64) -> (u32, i8) {
 
 /// Applies a pvclock scale to a TSC delta (what the guest computes).
 pub fn scale_delta(delta: u64, mul: u32, shift: i8) -> u64 {
-    let d = if shift >= 0 { (delta as u128) << shift } else { (delta as u128) >> (-shift) };
+    let d = if shift >= 0 {
+        (delta as u128) << shift
+    } else {
+        (delta as u128) >> (-shift)
+    };
     ((d * mul as u128) >> 32) as u64
 }
 
@@ -59,7 +63,9 @@ impl DomainClock {
         let (mul, shift) = pvclock_scale(tsc_hz);
         Self {
             boot: Instant::now(),
-            boot_wall: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default(),
+            boot_wall: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
             tsc_hz,
             mul,
             shift,
@@ -73,7 +79,9 @@ impl DomainClock {
 
     /// The host instant of a guest system time.
     pub fn instant_of(&self, system_time_ns: u64) -> Instant {
-        self.boot.checked_add(Duration::from_nanos(system_time_ns)).unwrap_or_else(|| self.boot + Duration::from_secs(1 << 40))
+        self.boot
+            .checked_add(Duration::from_nanos(system_time_ns))
+            .unwrap_or_else(|| self.boot + Duration::from_secs(1 << 40))
     }
 
     /// TSC frequency in Hz.
@@ -113,11 +121,22 @@ mod tests {
 
     #[test]
     fn scale_is_accurate_across_frequencies() {
-        for hz in [1_000_000u64, 100_000_000, 999_999_999, 1_000_000_000, 2_445_000_000, 3_000_000_000, 5_800_000_000] {
+        for hz in [
+            1_000_000u64,
+            100_000_000,
+            999_999_999,
+            1_000_000_000,
+            2_445_000_000,
+            3_000_000_000,
+            5_800_000_000,
+        ] {
             let (mul, shift) = pvclock_scale(hz);
             assert!(mul >= 1 << 31, "mul normalised for {hz}");
             let one_second = scale_delta(hz, mul, shift);
-            assert!((one_second as i64 - 1_000_000_000).abs() < 2, "{hz}: {one_second}");
+            assert!(
+                (one_second as i64 - 1_000_000_000).abs() < 2,
+                "{hz}: {one_second}"
+            );
         }
     }
 

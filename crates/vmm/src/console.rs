@@ -31,7 +31,10 @@ pub struct CaptureSink(pub std::sync::Arc<Mutex<Vec<u8>>>);
 
 impl ConsoleSink for CaptureSink {
     fn write(&mut self, bytes: &[u8]) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).extend_from_slice(bytes);
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
     }
 }
 
@@ -43,12 +46,18 @@ pub struct Console {
 
 impl Console {
     pub fn new(sink: Box<dyn ConsoleSink>) -> Self {
-        Self { sink: Mutex::new(sink), input: Mutex::new(VecDeque::new()) }
+        Self {
+            sink: Mutex::new(sink),
+            input: Mutex::new(VecDeque::new()),
+        }
     }
 
     /// Guest output.
     pub fn write(&self, bytes: &[u8]) {
-        self.sink.lock().unwrap_or_else(|e| e.into_inner()).write(bytes);
+        self.sink
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write(bytes);
     }
 
     /// Host input for the guest; returns true if the buffer was empty before.

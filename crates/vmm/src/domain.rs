@@ -34,7 +34,14 @@ pub struct DomainConfig {
 
 impl Default for DomainConfig {
     fn default() -> Self {
-        Self { name: "domain".into(), domid: 1, memory_mib: 32, vcpus: 1, cmdline: String::new(), uuid: [0; 16] }
+        Self {
+            name: "domain".into(),
+            domid: 1,
+            memory_mib: 32,
+            vcpus: 1,
+            cmdline: String::new(),
+            uuid: [0; 16],
+        }
     }
 }
 
@@ -48,7 +55,10 @@ pub enum DomainError {
     #[error("guest memory: {0}")]
     Memory(#[from] MemoryError),
     #[error("KVM {op}: {err}")]
-    Kvm { op: &'static str, err: kvm_ioctls::Error },
+    Kvm {
+        op: &'static str,
+        err: kvm_ioctls::Error,
+    },
     #[error("starting a thread: {0}")]
     Thread(std::io::Error),
 }
@@ -60,7 +70,12 @@ fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> DomainError {
 /// The process-wide handle of `/dev/kvm`.
 pub fn kvm() -> Result<&'static Kvm, DomainError> {
     static KVM: OnceLock<Result<Kvm, kvm_ioctls::Error>> = OnceLock::new();
-    KVM.get_or_init(Kvm::new).as_ref().map_err(|e| DomainError::Kvm { op: "open /dev/kvm", err: *e })
+    KVM.get_or_init(Kvm::new)
+        .as_ref()
+        .map_err(|e| DomainError::Kvm {
+            op: "open /dev/kvm",
+            err: *e,
+        })
 }
 
 /// Wakes vCPUs on events.
@@ -139,7 +154,8 @@ impl DomainShared {
 
     /// Publishes a fresh pvclock in `vcpu_info[vcpu].time` (Xen's version protocol).
     pub fn update_time_info(&self, vcpu: u32) {
-        let addr = layout::SHARED_INFO + (shared_info_offsets::vcpu_info(vcpu as usize) + shared_info_offsets::TIME) as u64;
+        let addr = layout::SHARED_INFO
+            + (shared_info_offsets::vcpu_info(vcpu as usize) + shared_info_offsets::TIME) as u64;
         let version = self.ram.read_obj::<u32>(addr).unwrap_or(0);
         let odd = (version | 1).wrapping_add(0);
         let _ = self.ram.write_obj(addr, &odd);
@@ -148,7 +164,9 @@ impl DomainShared {
         let _ = self.ram.write_obj(addr + 8, &ti.tsc_timestamp);
         let _ = self.ram.write_obj(addr + 16, &ti.system_time);
         let _ = self.ram.write_obj(addr + 24, &ti.tsc_to_system_mul);
-        let _ = self.ram.write_obj(addr + 28, &[ti.tsc_shift as u8, ti.flags]);
+        let _ = self
+            .ram
+            .write_obj(addr + 28, &[ti.tsc_shift as u8, ti.flags]);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         let _ = self.ram.write_obj(addr, &odd.wrapping_add(1));
     }
@@ -165,10 +183,15 @@ impl DomainShared {
 
     /// Fires vCPU `vcpu`'s singleshot timer if it is still armed with `generation`.
     pub fn fire_vcpu_timer(&self, vcpu: u32, generation: Option<u64>) {
-        let Some(v) = self.vcpus.get(vcpu as usize) else { return };
+        let Some(v) = self.vcpus.get(vcpu as usize) else {
+            return;
+        };
         let fired = v.lock().take_due_timer(generation, u64::MAX);
         if fired {
-            self.evtchn.lock().unwrap_or_else(|e| e.into_inner()).raise_virq(VIRQ_TIMER, vcpu);
+            self.evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .raise_virq(VIRQ_TIMER, vcpu);
         }
     }
 
@@ -209,7 +232,10 @@ impl DomainShared {
     /// Delivers console input to the guest and raises `VIRQ_CONSOLE`.
     pub fn console_input(&self, bytes: &[u8]) {
         self.console.push_input(bytes);
-        self.evtchn.lock().unwrap_or_else(|e| e.into_inner()).raise_virq(rxen_abi::event_channel::VIRQ_CONSOLE, 0);
+        self.evtchn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .raise_virq(rxen_abi::event_channel::VIRQ_CONSOLE, 0);
     }
 }
 
@@ -226,7 +252,12 @@ pub struct Domain {
 fn measure_tsc_offset(fd: &VcpuFd) -> i64 {
     use kvm_bindings::{kvm_msr_entry, Msrs};
     const MSR_IA32_TSC: u32 = 0x10;
-    let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry { index: MSR_IA32_TSC, ..Default::default() }]) else { return 0 };
+    let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_IA32_TSC,
+        ..Default::default()
+    }]) else {
+        return 0;
+    };
     let before = crate::clock::rdtsc();
     let ok = fd.get_msrs(&mut msrs).unwrap_or(0) == 1;
     let after = crate::clock::rdtsc();
@@ -247,15 +278,22 @@ fn measure_tsc_khz() -> u32 {
 
 impl Domain {
     /// Builds and starts a domain from a guest ELF image.
-    pub fn create(config: DomainConfig, image: &[u8], sink: Box<dyn ConsoleSink>) -> Result<Domain, DomainError> {
+    pub fn create(
+        config: DomainConfig,
+        image: &[u8],
+        sink: Box<dyn ConsoleSink>,
+    ) -> Result<Domain, DomainError> {
         let created_at = Instant::now();
         if config.vcpus == 0 || config.vcpus > layout::MAX_VCPUS {
-            return Err(DomainError::Config(format!("vcpus must be 1..={}, not {}", layout::MAX_VCPUS, config.vcpus)));
+            return Err(DomainError::Config(format!(
+                "vcpus must be 1..={}, not {}",
+                layout::MAX_VCPUS,
+                config.vcpus
+            )));
         }
-        let mem_bytes = config
-            .memory_mib
-            .checked_mul(1 << 20)
-            .ok_or_else(|| DomainError::Config(format!("memory {} MiB is too large", config.memory_mib)))?;
+        let mem_bytes = config.memory_mib.checked_mul(1 << 20).ok_or_else(|| {
+            DomainError::Config(format!("memory {} MiB is too large", config.memory_mib))
+        })?;
         let kvm = kvm()?;
         let ram = Arc::new(GuestRam::new(&config.name, mem_bytes)?);
         let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
@@ -270,30 +308,56 @@ impl Domain {
         // long as the VM exists (the Domain holds both; the VM is dropped first).
         unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set memory region"))?;
 
-        let vcpus: Vec<Arc<VcpuControl>> = (0..config.vcpus).map(|i| Arc::new(VcpuControl::new(i))).collect();
+        let vcpus: Vec<Arc<VcpuControl>> = (0..config.vcpus)
+            .map(|i| Arc::new(VcpuControl::new(i)))
+            .collect();
         let shared_info = SharedInfoPage::new(ram.clone(), layout::SHARED_INFO)?;
-        let mut evtchn = EventChannels::new(config.domid, config.vcpus, shared_info.clone(), Arc::new(VcpuKicker(vcpus.clone())));
+        let mut evtchn = EventChannels::new(
+            config.domid,
+            config.vcpus,
+            shared_info.clone(),
+            Arc::new(VcpuKicker(vcpus.clone())),
+        );
         // The store and console pages are connected to domain 0, as Xen's toolstack does.
         let channels = BootChannels {
-            store_evtchn: evtchn.alloc_unbound(rxen_abi::DOMID_SELF, 0).map_err(|e| DomainError::Config(format!("evtchn {e}")))?,
-            console_evtchn: evtchn.alloc_unbound(rxen_abi::DOMID_SELF, 0).map_err(|e| DomainError::Config(format!("evtchn {e}")))?,
+            store_evtchn: evtchn
+                .alloc_unbound(rxen_abi::DOMID_SELF, 0)
+                .map_err(|e| DomainError::Config(format!("evtchn {e}")))?,
+            console_evtchn: evtchn
+                .alloc_unbound(rxen_abi::DOMID_SELF, 0)
+                .map_err(|e| DomainError::Config(format!("evtchn {e}")))?,
         };
         let boot = builder::build(&ram, image, &config.cmdline, channels)?;
 
-        let sync_regs = kvm.check_extension(Cap::SyncRegs) && std::env::var_os("RXEN_NO_SYNC_REGS").is_none();
+        let sync_regs =
+            kvm.check_extension(Cap::SyncRegs) && std::env::var_os("RXEN_NO_SYNC_REGS").is_none();
         let mut fds = Vec::new();
         for i in 0..config.vcpus {
             let fd = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
             let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
-            fd.set_sregs(&regs::long_mode_sregs(sregs, boot.cr3)).map_err(kvm_err("set sregs"))?;
-            let fpu = kvm_bindings::kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
+            fd.set_sregs(&regs::long_mode_sregs(sregs, boot.cr3))
+                .map_err(kvm_err("set sregs"))?;
+            let fpu = kvm_bindings::kvm_fpu {
+                fcw: 0x37f,
+                mxcsr: 0x1f80,
+                ..Default::default()
+            };
             fd.set_fpu(&fpu).map_err(kvm_err("set fpu"))?;
             if i == 0 {
-                fd.set_regs(&regs::boot_regs(boot.entry, boot.stack_top, boot.start_info)).map_err(kvm_err("set regs"))?;
+                fd.set_regs(&regs::boot_regs(
+                    boot.entry,
+                    boot.stack_top,
+                    boot.start_info,
+                ))
+                .map_err(kvm_err("set regs"))?;
             }
             fds.push(fd);
         }
-        let tsc_khz = fds[0].get_tsc_khz().ok().filter(|&k| k > 0).unwrap_or_else(measure_tsc_khz);
+        let tsc_khz = fds[0]
+            .get_tsc_khz()
+            .ok()
+            .filter(|&k| k > 0)
+            .unwrap_or_else(measure_tsc_khz);
         let tsc_offset = measure_tsc_offset(&fds[0]);
 
         let shared = Arc::new(DomainShared {
@@ -317,7 +381,8 @@ impl Domain {
             shared.update_time_info(i);
         }
 
-        vcpu::install_kick_handler().map_err(|e| DomainError::Thread(std::io::Error::from_raw_os_error(e.errno())))?;
+        vcpu::install_kick_handler()
+            .map_err(|e| DomainError::Thread(std::io::Error::from_raw_os_error(e.errno())))?;
         let timer_shared = Arc::downgrade(&shared);
         let timers = shared.timers.clone();
         let timer_thread = std::thread::Builder::new()
@@ -348,7 +413,13 @@ impl Domain {
                 }
             }
         }
-        Ok(Domain { shared, _vm: vm, threads, timer_thread: Some(timer_thread), created_at })
+        Ok(Domain {
+            shared,
+            _vm: vm,
+            threads,
+            timer_thread: Some(timer_thread),
+            created_at,
+        })
     }
 
     /// State shared with the domain's threads (console input, pause, event channels).

@@ -31,18 +31,36 @@ pub enum ElfError {
     WrongMachine(u16),
     #[error("ELF type is {0}, expected a static executable (ET_EXEC = 2)")]
     WrongType(u16),
-    #[error("image needs a dynamic linker or interpreter (segment type {0:#x}); link it statically")]
+    #[error(
+        "image needs a dynamic linker or interpreter (segment type {0:#x}); link it statically"
+    )]
     Dynamic(u32),
     #[error("{0} program headers, at most {max} allowed", max = MAX_PROGRAM_HEADERS)]
     TooManySegments(usize),
     #[error("no loadable segment")]
     NoSegments,
-    #[error("segment {index}: file range {offset:#x}+{filesz:#x} lies outside the {file_len}-byte file")]
-    SegmentOutsideFile { index: usize, offset: u64, filesz: u64, file_len: usize },
+    #[error(
+        "segment {index}: file range {offset:#x}+{filesz:#x} lies outside the {file_len}-byte file"
+    )]
+    SegmentOutsideFile {
+        index: usize,
+        offset: u64,
+        filesz: u64,
+        file_len: usize,
+    },
     #[error("segment {index}: file size {filesz:#x} exceeds memory size {memsz:#x}")]
-    FileSizeExceedsMemSize { index: usize, filesz: u64, memsz: u64 },
+    FileSizeExceedsMemSize {
+        index: usize,
+        filesz: u64,
+        memsz: u64,
+    },
     #[error("segment {index}: {vaddr:#x}+{memsz:#x} is outside guest RAM [{min:#x}, {ram:#x}) (guests must be linked at or above {min:#x})", min = layout::KERNEL_MIN)]
-    SegmentOutsideRam { index: usize, vaddr: u64, memsz: u64, ram: u64 },
+    SegmentOutsideRam {
+        index: usize,
+        vaddr: u64,
+        memsz: u64,
+        ram: u64,
+    },
     #[error("segments {0} and {1} overlap")]
     Overlap(usize, usize),
     #[error("entry point {0:#x} is not inside an executable loaded segment")]
@@ -81,8 +99,11 @@ impl<'a> ElfImage<'a> {
         if data[4] != elf::ELFCLASS64.0 || data.get(5) != Some(&elf::ELFDATA2LSB.0) {
             return Err(ElfError::WrongClass);
         }
-        let header = FileHeader64::<Endianness>::parse(data).map_err(|e| ElfError::Malformed(e.to_string()))?;
-        let endian = header.endian().map_err(|e| ElfError::Malformed(e.to_string()))?;
+        let header = FileHeader64::<Endianness>::parse(data)
+            .map_err(|e| ElfError::Malformed(e.to_string()))?;
+        let endian = header
+            .endian()
+            .map_err(|e| ElfError::Malformed(e.to_string()))?;
         if endian != Endianness::Little {
             return Err(ElfError::WrongClass);
         }
@@ -115,20 +136,45 @@ impl<'a> ElfImage<'a> {
                 continue;
             }
             if filesz > memsz {
-                return Err(ElfError::FileSizeExceedsMemSize { index, filesz, memsz });
+                return Err(ElfError::FileSizeExceedsMemSize {
+                    index,
+                    filesz,
+                    memsz,
+                });
             }
             match file_offset.checked_add(filesz) {
                 Some(end) if end <= data.len() as u64 => {}
                 _ => {
-                    return Err(ElfError::SegmentOutsideFile { index, offset: file_offset, filesz, file_len: data.len() })
+                    return Err(ElfError::SegmentOutsideFile {
+                        index,
+                        offset: file_offset,
+                        filesz,
+                        file_len: data.len(),
+                    })
                 }
             }
             match vaddr.checked_add(memsz) {
                 Some(end) if vaddr >= layout::KERNEL_MIN && end <= ram_size => {}
-                _ => return Err(ElfError::SegmentOutsideRam { index, vaddr, memsz, ram: ram_size }),
+                _ => {
+                    return Err(ElfError::SegmentOutsideRam {
+                        index,
+                        vaddr,
+                        memsz,
+                        ram: ram_size,
+                    })
+                }
             }
             let executable = ph.p_flags(endian).0 & elf::PF_X.0 != 0;
-            segments.push((index, Segment { vaddr, memsz, file_offset, filesz, executable }));
+            segments.push((
+                index,
+                Segment {
+                    vaddr,
+                    memsz,
+                    file_offset,
+                    filesz,
+                    executable,
+                },
+            ));
         }
         if segments.is_empty() {
             return Err(ElfError::NoSegments);
@@ -147,12 +193,20 @@ impl<'a> ElfImage<'a> {
         if !entry_ok {
             return Err(ElfError::BadEntry(entry));
         }
-        Ok(Self { data, entry, segments: segments.into_iter().map(|(_, s)| s).collect() })
+        Ok(Self {
+            data,
+            entry,
+            segments: segments.into_iter().map(|(_, s)| s).collect(),
+        })
     }
 
     /// Highest address used by the image (end of its last segment).
     pub fn end(&self) -> u64 {
-        self.segments.iter().map(|s| s.vaddr + s.memsz).max().unwrap_or(layout::KERNEL_MIN)
+        self.segments
+            .iter()
+            .map(|s| s.vaddr + s.memsz)
+            .max()
+            .unwrap_or(layout::KERNEL_MIN)
     }
 
     /// Copies the segments into guest RAM and zeroes their BSS parts.
@@ -160,7 +214,8 @@ impl<'a> ElfImage<'a> {
         for s in &self.segments {
             let start = s.file_offset as usize;
             let bytes = &self.data[start..start + s.filesz as usize];
-            ram.write(s.vaddr, bytes).map_err(|e| ElfError::Memory(e.to_string()))?;
+            ram.write(s.vaddr, bytes)
+                .map_err(|e| ElfError::Memory(e.to_string()))?;
             // Fresh guest RAM is zero, so the BSS only needs clearing on reuse; clear it
             // anyway in bounded chunks so a reused RAM never leaks old contents.
             let mut at = s.vaddr + s.filesz;
@@ -168,7 +223,8 @@ impl<'a> ElfImage<'a> {
             let zeros = [0u8; 4096];
             while at < end {
                 let n = (end - at).min(zeros.len() as u64) as usize;
-                ram.write(at, &zeros[..n]).map_err(|e| ElfError::Memory(e.to_string()))?;
+                ram.write(at, &zeros[..n])
+                    .map_err(|e| ElfError::Memory(e.to_string()))?;
                 at += n as u64;
             }
         }
@@ -188,7 +244,12 @@ pub(crate) mod tests {
 
     #[test]
     fn accepts_valid_image() {
-        let e = build_elf(0x400000, &[(0x400000, 16, 16, RX), (0x401000, 8, 0x2000, RW)], 62, 2);
+        let e = build_elf(
+            0x400000,
+            &[(0x400000, 16, 16, RX), (0x401000, 8, 0x2000, RW)],
+            62,
+            2,
+        );
         let img = ElfImage::parse(&e, RAM).unwrap();
         assert_eq!(img.entry, 0x400000);
         assert_eq!(img.segments.len(), 2);
@@ -204,22 +265,100 @@ pub(crate) mod tests {
         let good = build_elf(0x400000, &[(0x400000, 16, 16, RX)], 62, 2);
         let cases: Vec<(&str, Vec<u8>, fn(&ElfError) -> bool)> = vec![
             ("empty", vec![], |e| matches!(e, ElfError::Malformed(_))),
-            ("no magic", b"MZ\0\0\0\0\0\0".to_vec(), |e| matches!(e, ElfError::Malformed(_))),
-            ("truncated header", good[..20].to_vec(), |e| matches!(e, ElfError::Malformed(_))),
-            ("32-bit", { let mut v = good.clone(); v[4] = 1; v }, |e| *e == ElfError::WrongClass),
-            ("big endian", { let mut v = good.clone(); v[5] = 2; v }, |e| *e == ElfError::WrongClass),
-            ("aarch64", build_elf(0x400000, &[(0x400000, 16, 16, RX)], 183, 2), |e| *e == ElfError::WrongMachine(183)),
-            ("shared object", build_elf(0x400000, &[(0x400000, 16, 16, RX)], 62, 3), |e| *e == ElfError::WrongType(3)),
-            ("no segments", build_elf(0x400000, &[], 62, 2), |e| *e == ElfError::NoSegments),
-            ("below kernel min", build_elf(0x1000, &[(0x1000, 16, 16, RX)], 62, 2), |e| matches!(e, ElfError::SegmentOutsideRam { .. })),
-            ("beyond ram", build_elf(0x400000, &[(RAM - 8, 16, 16, RX)], 62, 2), |e| matches!(e, ElfError::SegmentOutsideRam { .. })),
-            ("vaddr overflow", build_elf(0x400000, &[(u64::MAX - 4, 1, 16, RX)], 62, 2), |e| matches!(e, ElfError::SegmentOutsideRam { .. })),
-            ("overlap", build_elf(0x400000, &[(0x400000, 16, 0x2000, RX), (0x401000, 16, 16, RW)], 62, 2), |e| *e == ElfError::Overlap(0, 1)),
-            ("entry outside", build_elf(0x900000, &[(0x400000, 16, 16, RX)], 62, 2), |e| *e == ElfError::BadEntry(0x900000)),
-            ("entry in data", build_elf(0x400000, &[(0x400000, 16, 16, RW)], 62, 2), |e| *e == ElfError::BadEntry(0x400000)),
-            ("filesz > memsz", build_elf(0x400000, &[(0x400000, 32, 16, RX)], 62, 2), |e| matches!(e, ElfError::FileSizeExceedsMemSize { .. })),
-            ("file truncated", { let v = good.clone(); v[..v.len() - 8].to_vec() }, |e| matches!(e, ElfError::SegmentOutsideFile { .. })),
-            ("phdrs outside file", { let mut v = good.clone(); v[32..40].copy_from_slice(&0xffff_ffffu64.to_le_bytes()); v }, |e| matches!(e, ElfError::Malformed(_))),
+            ("no magic", b"MZ\0\0\0\0\0\0".to_vec(), |e| {
+                matches!(e, ElfError::Malformed(_))
+            }),
+            ("truncated header", good[..20].to_vec(), |e| {
+                matches!(e, ElfError::Malformed(_))
+            }),
+            (
+                "32-bit",
+                {
+                    let mut v = good.clone();
+                    v[4] = 1;
+                    v
+                },
+                |e| *e == ElfError::WrongClass,
+            ),
+            (
+                "big endian",
+                {
+                    let mut v = good.clone();
+                    v[5] = 2;
+                    v
+                },
+                |e| *e == ElfError::WrongClass,
+            ),
+            (
+                "aarch64",
+                build_elf(0x400000, &[(0x400000, 16, 16, RX)], 183, 2),
+                |e| *e == ElfError::WrongMachine(183),
+            ),
+            (
+                "shared object",
+                build_elf(0x400000, &[(0x400000, 16, 16, RX)], 62, 3),
+                |e| *e == ElfError::WrongType(3),
+            ),
+            ("no segments", build_elf(0x400000, &[], 62, 2), |e| {
+                *e == ElfError::NoSegments
+            }),
+            (
+                "below kernel min",
+                build_elf(0x1000, &[(0x1000, 16, 16, RX)], 62, 2),
+                |e| matches!(e, ElfError::SegmentOutsideRam { .. }),
+            ),
+            (
+                "beyond ram",
+                build_elf(0x400000, &[(RAM - 8, 16, 16, RX)], 62, 2),
+                |e| matches!(e, ElfError::SegmentOutsideRam { .. }),
+            ),
+            (
+                "vaddr overflow",
+                build_elf(0x400000, &[(u64::MAX - 4, 1, 16, RX)], 62, 2),
+                |e| matches!(e, ElfError::SegmentOutsideRam { .. }),
+            ),
+            (
+                "overlap",
+                build_elf(
+                    0x400000,
+                    &[(0x400000, 16, 0x2000, RX), (0x401000, 16, 16, RW)],
+                    62,
+                    2,
+                ),
+                |e| *e == ElfError::Overlap(0, 1),
+            ),
+            (
+                "entry outside",
+                build_elf(0x900000, &[(0x400000, 16, 16, RX)], 62, 2),
+                |e| *e == ElfError::BadEntry(0x900000),
+            ),
+            (
+                "entry in data",
+                build_elf(0x400000, &[(0x400000, 16, 16, RW)], 62, 2),
+                |e| *e == ElfError::BadEntry(0x400000),
+            ),
+            (
+                "filesz > memsz",
+                build_elf(0x400000, &[(0x400000, 32, 16, RX)], 62, 2),
+                |e| matches!(e, ElfError::FileSizeExceedsMemSize { .. }),
+            ),
+            (
+                "file truncated",
+                {
+                    let v = good.clone();
+                    v[..v.len() - 8].to_vec()
+                },
+                |e| matches!(e, ElfError::SegmentOutsideFile { .. }),
+            ),
+            (
+                "phdrs outside file",
+                {
+                    let mut v = good.clone();
+                    v[32..40].copy_from_slice(&0xffff_ffffu64.to_le_bytes());
+                    v
+                },
+                |e| matches!(e, ElfError::Malformed(_)),
+            ),
         ];
         for (name, bytes, check) in cases {
             match ElfImage::parse(&bytes, RAM) {

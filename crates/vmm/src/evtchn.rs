@@ -31,12 +31,20 @@ pub type EvtResult<T> = Result<T, i32>;
 pub enum Binding {
     Free,
     /// Waiting for `remote_dom` to bind to it.
-    Unbound { remote_dom: DomId },
+    Unbound {
+        remote_dom: DomId,
+    },
     /// Connected to another port of this same domain.
-    Local { remote_port: u32 },
+    Local {
+        remote_port: u32,
+    },
     /// Connected to the domain-0 endpoint `dom0_port` inside the VMM.
-    Dom0 { dom0_port: u32 },
-    Virq { virq: u32 },
+    Dom0 {
+        dom0_port: u32,
+    },
+    Virq {
+        virq: u32,
+    },
     Ipi,
 }
 
@@ -46,7 +54,10 @@ struct Channel {
     vcpu: u32,
 }
 
-const FREE: Channel = Channel { binding: Binding::Free, vcpu: 0 };
+const FREE: Channel = Channel {
+    binding: Binding::Free,
+    vcpu: 0,
+};
 
 /// Domain 0's end of an interdomain channel, held by a backend inside the VMM.
 #[derive(Clone, Debug)]
@@ -124,11 +135,19 @@ impl EventChannels {
     }
 
     fn chan(&self, port: u32) -> EvtResult<&Channel> {
-        self.chans.get(port as usize).filter(|_| port != 0).ok_or(-EINVAL)
+        self.chans
+            .get(port as usize)
+            .filter(|_| port != 0)
+            .ok_or(-EINVAL)
     }
 
     fn alloc_port(&mut self) -> EvtResult<u32> {
-        if let Some(p) = self.chans.iter().skip(1).position(|c| c.binding == Binding::Free) {
+        if let Some(p) = self
+            .chans
+            .iter()
+            .skip(1)
+            .position(|c| c.binding == Binding::Free)
+        {
             return Ok(p as u32 + 1);
         }
         if self.chans.len() >= NR_EVENT_CHANNELS {
@@ -169,7 +188,11 @@ impl EventChannels {
         let remote_dom = self.resolve_dom(remote_dom);
         if remote_dom == self.domid {
             let rc = *self.chan(remote_port)?;
-            if rc.binding != (Binding::Unbound { remote_dom: self.domid }) {
+            if rc.binding
+                != (Binding::Unbound {
+                    remote_dom: self.domid,
+                })
+            {
                 return Err(-EINVAL);
             }
             let port = self.bind(Binding::Local { remote_port }, 0)?;
@@ -187,7 +210,12 @@ impl EventChannels {
                 return Err(-EINVAL);
             }
             let _ = domid;
-            let port = self.bind(Binding::Dom0 { dom0_port: remote_port }, 0)?;
+            let port = self.bind(
+                Binding::Dom0 {
+                    dom0_port: remote_port,
+                },
+                0,
+            )?;
             if let Some(Some(c)) = self.dom0.get_mut(remote_port as usize) {
                 c.guest_port = Some(port);
             }
@@ -229,8 +257,12 @@ impl EventChannels {
             Binding::Unbound { .. } | Binding::Ipi => {}
             Binding::Local { remote_port } => {
                 if remote_port != port {
-                    self.chans[remote_port as usize] =
-                        Channel { binding: Binding::Unbound { remote_dom: self.domid }, vcpu: self.chans[remote_port as usize].vcpu };
+                    self.chans[remote_port as usize] = Channel {
+                        binding: Binding::Unbound {
+                            remote_dom: self.domid,
+                        },
+                        vcpu: self.chans[remote_port as usize].vcpu,
+                    };
                 }
             }
             Binding::Dom0 { dom0_port } => {
@@ -297,12 +329,19 @@ impl EventChannels {
         let (status, u0, u1) = match c.binding {
             Binding::Free => (EVTCHNSTAT_CLOSED, 0, 0),
             Binding::Unbound { remote_dom } => (EVTCHNSTAT_UNBOUND, remote_dom as u32, 0),
-            Binding::Local { remote_port } => (EVTCHNSTAT_INTERDOMAIN, self.domid as u32, remote_port),
+            Binding::Local { remote_port } => {
+                (EVTCHNSTAT_INTERDOMAIN, self.domid as u32, remote_port)
+            }
             Binding::Dom0 { dom0_port } => (EVTCHNSTAT_INTERDOMAIN, 0, dom0_port),
             Binding::Virq { virq } => (EVTCHNSTAT_VIRQ, virq, 0),
             Binding::Ipi => (EVTCHNSTAT_IPI, 0, 0),
         };
-        Ok(PortStatus { status, vcpu: c.vcpu, u0, u1 })
+        Ok(PortStatus {
+            status,
+            vcpu: c.vcpu,
+            u0,
+            u1,
+        })
     }
 
     /// `EVTCHNOP_bind_vcpu`: change which vCPU is notified.
@@ -332,7 +371,9 @@ impl EventChannels {
 
     /// Makes `port` pending and wakes its vCPU (Xen's `evtchn_set_pending`).
     fn raise(&self, port: u32) {
-        let Some(c) = self.chans.get(port as usize) else { return };
+        let Some(c) = self.chans.get(port as usize) else {
+            return;
+        };
         if !self.shared.set_pending(port) {
             return;
         }
@@ -345,7 +386,13 @@ impl EventChannels {
     /// Raises `virq` on `vcpu` if the guest bound it; false if it is not bound.
     pub fn raise_virq(&self, virq: u32, vcpu: u32) -> bool {
         let vcpu = if virq_is_per_vcpu(virq) { vcpu } else { 0 };
-        match self.virqs.get(vcpu as usize).and_then(|v| v.get(virq as usize)).copied().flatten() {
+        match self
+            .virqs
+            .get(vcpu as usize)
+            .and_then(|v| v.get(virq as usize))
+            .copied()
+            .flatten()
+        {
             Some(port) => {
                 self.raise(port);
                 true
@@ -356,12 +403,18 @@ impl EventChannels {
 
     /// The port bound to a global `virq`, if any.
     pub fn virq_port(&self, virq: u32, vcpu: u32) -> Option<u32> {
-        self.virqs.get(vcpu as usize)?.get(virq as usize).copied().flatten()
+        self.virqs
+            .get(vcpu as usize)?
+            .get(virq as usize)
+            .copied()
+            .flatten()
     }
 
     /// Is `port` a valid, allocated port (for `SCHEDOP_poll`)?
     pub fn is_bound(&self, port: u32) -> bool {
-        self.chan(port).map(|c| c.binding != Binding::Free).unwrap_or(false)
+        self.chan(port)
+            .map(|c| c.binding != Binding::Free)
+            .unwrap_or(false)
     }
 
     /// The binding of `port` (for tests and diagnostics).
@@ -381,8 +434,14 @@ impl EventChannels {
             None => return Err(-ENOSPC),
         };
         let notify = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(|_| -ENOMEM)?);
-        self.dom0[slot] = Some(Dom0Channel { guest_port, notify: notify.clone() });
-        Ok(Dom0Port { port: slot as u32, notify })
+        self.dom0[slot] = Some(Dom0Channel {
+            guest_port,
+            notify: notify.clone(),
+        });
+        Ok(Dom0Port {
+            port: slot as u32,
+            notify,
+        })
     }
 
     /// Domain 0 allocates an unbound port that the guest may bind with
@@ -405,7 +464,11 @@ impl EventChannels {
     /// Domain 0 notifies the guest end of `dom0_port`. Unconnected ports drop the
     /// notification, as in Xen.
     pub fn dom0_notify(&self, dom0_port: u32) -> EvtResult<()> {
-        let d = self.dom0.get(dom0_port as usize).and_then(|c| c.as_ref()).ok_or(-EINVAL)?;
+        let d = self
+            .dom0
+            .get(dom0_port as usize)
+            .and_then(|c| c.as_ref())
+            .ok_or(-EINVAL)?;
         if let Some(p) = d.guest_port {
             self.raise(p);
         }
@@ -414,7 +477,11 @@ impl EventChannels {
 
     /// Domain 0 closes its end; the guest's port reverts to unbound (remote dom 0).
     pub fn dom0_close(&mut self, dom0_port: u32) -> EvtResult<()> {
-        let d = self.dom0.get_mut(dom0_port as usize).and_then(|c| c.take()).ok_or(-EINVAL)?;
+        let d = self
+            .dom0
+            .get_mut(dom0_port as usize)
+            .and_then(|c| c.take())
+            .ok_or(-EINVAL)?;
         if let Some(p) = d.guest_port {
             self.chans[p as usize].binding = Binding::Unbound { remote_dom: 0 };
         }
@@ -445,7 +512,11 @@ mod tests {
         let ram = Arc::new(GuestRam::new("evt", 8 << 20).unwrap());
         let shared = SharedInfoPage::new(ram, 0x2000).unwrap();
         let kicks = Arc::new(Kicks::default());
-        (EventChannels::new(5, vcpus, shared.clone(), kicks.clone()), shared, kicks)
+        (
+            EventChannels::new(5, vcpus, shared.clone(), kicks.clone()),
+            shared,
+            kicks,
+        )
     }
 
     #[test]
@@ -481,7 +552,11 @@ mod tests {
         let (mut t, sh, _) = table(2);
         assert_eq!(t.bind_virq(NR_VIRQS, 0), Err(-EINVAL));
         assert_eq!(t.bind_virq(VIRQ_TIMER, 7), Err(-ENOENT));
-        assert_eq!(t.bind_virq(VIRQ_CONSOLE, 1), Err(-EINVAL), "global virq on vcpu 1");
+        assert_eq!(
+            t.bind_virq(VIRQ_CONSOLE, 1),
+            Err(-EINVAL),
+            "global virq on vcpu 1"
+        );
         let p = t.bind_virq(VIRQ_TIMER, 1).unwrap();
         assert_eq!(t.bind_virq(VIRQ_TIMER, 1), Err(-EEXIST));
         assert_eq!(t.send(p), Err(-EINVAL));
@@ -502,9 +577,20 @@ mod tests {
     fn status_and_close() {
         let (mut t, _, _) = table(1);
         let p = t.alloc_unbound(DOMID_SELF, 0).unwrap();
-        assert_eq!(t.status(DOMID_SELF, p).unwrap(), PortStatus { status: EVTCHNSTAT_UNBOUND, vcpu: 0, u0: 0, u1: 0 });
+        assert_eq!(
+            t.status(DOMID_SELF, p).unwrap(),
+            PortStatus {
+                status: EVTCHNSTAT_UNBOUND,
+                vcpu: 0,
+                u0: 0,
+                u1: 0
+            }
+        );
         assert_eq!(t.status(3, p), Err(-EPERM));
-        assert_eq!(t.status(DOMID_SELF, 4095).unwrap().status, EVTCHNSTAT_CLOSED);
+        assert_eq!(
+            t.status(DOMID_SELF, 4095).unwrap().status,
+            EVTCHNSTAT_CLOSED
+        );
         assert_eq!(t.status(DOMID_SELF, 4096), Err(-EINVAL));
         t.close(p).unwrap();
         assert_eq!(t.close(p), Err(-EINVAL));
@@ -535,13 +621,24 @@ mod tests {
         // Guest allocates a port for dom0; the backend binds it.
         let g = t.alloc_unbound(DOMID_SELF, 0).unwrap();
         let d = t.dom0_bind_interdomain(g).unwrap();
-        assert_eq!(t.dom0_bind_interdomain(g).unwrap_err(), -EINVAL, "already bound");
+        assert_eq!(
+            t.dom0_bind_interdomain(g).unwrap_err(),
+            -EINVAL,
+            "already bound"
+        );
         t.send(g).unwrap();
         t.send(g).unwrap();
-        assert_eq!(d.notify.read().unwrap(), 2, "backend sees the guest's notifications");
+        assert_eq!(
+            d.notify.read().unwrap(),
+            2,
+            "backend sees the guest's notifications"
+        );
         t.dom0_notify(d.port).unwrap();
         assert!(sh.is_pending(g));
-        assert_eq!(t.status(DOMID_SELF, g).unwrap().status, EVTCHNSTAT_INTERDOMAIN);
+        assert_eq!(
+            t.status(DOMID_SELF, g).unwrap().status,
+            EVTCHNSTAT_INTERDOMAIN
+        );
         // Backend-allocated port the guest binds to.
         let d2 = t.dom0_alloc_unbound().unwrap();
         let g2 = t.bind_interdomain(0, d2.port).unwrap();

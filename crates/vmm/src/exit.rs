@@ -64,7 +64,9 @@ impl fmt::Display for DomainExit {
             DomainExit::Crash => write!(f, "guest crashed (SHUTDOWN_crash)"),
             DomainExit::Watchdog => write!(f, "guest watchdog expired"),
             DomainExit::SoftReset => write!(f, "guest asked for a soft reset"),
-            DomainExit::TripleFault { vcpu, .. } => write!(f, "vCPU {vcpu} triple-faulted (unhandled guest exception)"),
+            DomainExit::TripleFault { vcpu, .. } => {
+                write!(f, "vCPU {vcpu} triple-faulted (unhandled guest exception)")
+            }
             DomainExit::Internal(m) => write!(f, "VMM error: {m}"),
             DomainExit::Destroyed => write!(f, "domain destroyed"),
         }

@@ -20,7 +20,11 @@ pub enum MemoryError {
     #[error("guest range {addr:#x}+{len:#x} is outside guest RAM ({size:#x} bytes)")]
     OutOfRange { addr: u64, len: u64, size: u64 },
     #[error("guest range {addr:#x}+{len:#x} is not {access} for the guest")]
-    Forbidden { addr: u64, len: u64, access: &'static str },
+    Forbidden {
+        addr: u64,
+        len: u64,
+        access: &'static str,
+    },
     #[error("guest RAM size {0:#x} is invalid (must be a multiple of 2 MiB between {min} and {max} bytes)", min = layout::MIN_MEMORY_BYTES, max = layout::MAX_MEMORY_BYTES)]
     BadSize(u64),
     #[error("creating guest RAM: {0}")]
@@ -49,14 +53,19 @@ pub struct GuestRam {
 
 impl std::fmt::Debug for GuestRam {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestRam").field("size", &self.size).finish()
+        f.debug_struct("GuestRam")
+            .field("size", &self.size)
+            .finish()
     }
 }
 
 impl GuestRam {
     /// Creates `size` bytes of zeroed guest RAM in a new memfd named after the domain.
     pub fn new(name: &str, size: u64) -> Result<Self, MemoryError> {
-        if size < layout::MIN_MEMORY_BYTES || size > layout::MAX_MEMORY_BYTES || size % (2 << 20) != 0 {
+        if size < layout::MIN_MEMORY_BYTES
+            || size > layout::MAX_MEMORY_BYTES
+            || size % (2 << 20) != 0
+        {
             return Err(MemoryError::BadSize(size));
         }
         let cname = std::ffi::CString::new(format!("rxen-ram-{}", name.replace('\0', "")))
@@ -96,13 +105,20 @@ impl GuestRam {
 
     /// Host address of the start of RAM, for registering the KVM memory slot.
     pub fn host_base(&self) -> u64 {
-        self.mem.get_host_address(GuestAddress(0)).map(|p| p as u64).unwrap_or(0)
+        self.mem
+            .get_host_address(GuestAddress(0))
+            .map(|p| p as u64)
+            .unwrap_or(0)
     }
 
     fn check_range(&self, addr: u64, len: u64) -> Result<(), MemoryError> {
         match addr.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
-            _ => Err(MemoryError::OutOfRange { addr, len, size: self.size }),
+            _ => Err(MemoryError::OutOfRange {
+                addr,
+                len,
+                size: self.size,
+            }),
         }
     }
 
@@ -110,7 +126,12 @@ impl GuestRam {
     ///
     /// The guest's address space is its identity-mapped RAM minus the unmapped holes of
     /// the layout; the page tables and the hypercall page are read-only.
-    pub fn check_guest_range(&self, addr: u64, len: u64, access: Access) -> Result<(), MemoryError> {
+    pub fn check_guest_range(
+        &self,
+        addr: u64,
+        len: u64,
+        access: Access,
+    ) -> Result<(), MemoryError> {
         self.check_range(addr, len)?;
         if len == 0 {
             return Ok(());
@@ -124,16 +145,27 @@ impl GuestRam {
             (layout::PAGE_TABLES_END, layout::BOOT_STACK_BOTTOM),
         ];
         if unmapped.iter().any(|&(lo, hi)| overlaps(lo, hi)) {
-            return Err(MemoryError::Forbidden { addr, len, access: "mapped" });
+            return Err(MemoryError::Forbidden {
+                addr,
+                len,
+                access: "mapped",
+            });
         }
         if access == Access::Write {
             let read_only = [
-                (layout::HYPERCALL_PAGE, layout::HYPERCALL_PAGE + rxen_abi::PAGE_SIZE),
+                (
+                    layout::HYPERCALL_PAGE,
+                    layout::HYPERCALL_PAGE + rxen_abi::PAGE_SIZE,
+                ),
                 (layout::PAGE_TABLES, layout::PAGE_TABLES_END),
                 (layout::TSS, layout::TSS_END),
             ];
             if read_only.iter().any(|&(lo, hi)| overlaps(lo, hi)) {
-                return Err(MemoryError::Forbidden { addr, len, access: "writable" });
+                return Err(MemoryError::Forbidden {
+                    addr,
+                    len,
+                    access: "writable",
+                });
             }
         }
         Ok(())
@@ -144,7 +176,11 @@ impl GuestRam {
         self.check_range(addr, buf.len() as u64)?;
         self.mem
             .read_slice(buf, GuestAddress(addr))
-            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() as u64, size: self.size })
+            .map_err(|_| MemoryError::OutOfRange {
+                addr,
+                len: buf.len() as u64,
+                size: self.size,
+            })
     }
 
     /// Writes bytes to guest RAM (VMM-internal addresses: only bounds-checked).
@@ -152,7 +188,11 @@ impl GuestRam {
         self.check_range(addr, buf.len() as u64)?;
         self.mem
             .write_slice(buf, GuestAddress(addr))
-            .map_err(|_| MemoryError::OutOfRange { addr, len: buf.len() as u64, size: self.size })
+            .map_err(|_| MemoryError::OutOfRange {
+                addr,
+                len: buf.len() as u64,
+                size: self.size,
+            })
     }
 
     /// Reads a plain-old-data value at a VMM-internal address.
@@ -174,7 +214,11 @@ impl GuestRam {
     }
 
     /// Writes a value to a guest pointer (checked against the guest's view).
-    pub fn write_guest<T: IntoBytes + Immutable>(&self, ptr: u64, v: &T) -> Result<(), MemoryError> {
+    pub fn write_guest<T: IntoBytes + Immutable>(
+        &self,
+        ptr: u64,
+        v: &T,
+    ) -> Result<(), MemoryError> {
         self.check_guest_range(ptr, size_of::<T>() as u64, Access::Write)?;
         self.write_obj(ptr, v)
     }
@@ -198,7 +242,11 @@ impl GuestRam {
         }
         self.mem
             .get_host_address(GuestAddress(addr))
-            .map_err(|_| MemoryError::OutOfRange { addr, len, size: self.size })
+            .map_err(|_| MemoryError::OutOfRange {
+                addr,
+                len,
+                size: self.size,
+            })
     }
 
     /// A 64-bit word of guest RAM shared with the guest, for atomic read-modify-write.
@@ -233,9 +281,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_sizes() {
-        assert!(matches!(GuestRam::new("t", 1 << 20), Err(MemoryError::BadSize(_))));
-        assert!(matches!(GuestRam::new("t", (8 << 20) + 4096), Err(MemoryError::BadSize(_))));
-        assert!(matches!(GuestRam::new("t", 64 << 30), Err(MemoryError::BadSize(_))));
+        assert!(matches!(
+            GuestRam::new("t", 1 << 20),
+            Err(MemoryError::BadSize(_))
+        ));
+        assert!(matches!(
+            GuestRam::new("t", (8 << 20) + 4096),
+            Err(MemoryError::BadSize(_))
+        ));
+        assert!(matches!(
+            GuestRam::new("t", 64 << 30),
+            Err(MemoryError::BadSize(_))
+        ));
     }
 
     #[test]
@@ -253,17 +310,40 @@ mod tests {
     #[test]
     fn guest_view_rules() {
         let r = ram();
-        assert!(r.check_guest_range(0, 8, Access::Read).is_err(), "null page");
-        assert!(r.check_guest_range(layout::START_INFO, 8, Access::Write).is_ok());
-        assert!(r.check_guest_range(layout::HYPERCALL_PAGE, 8, Access::Read).is_ok());
-        assert!(r.check_guest_range(layout::HYPERCALL_PAGE, 8, Access::Write).is_err());
-        assert!(r.check_guest_range(layout::PAGE_TABLES + 8, 8, Access::Write).is_err());
-        assert!(r.check_guest_range(0x9000, 8, Access::Read).is_err(), "hole");
-        assert!(r.check_guest_range(layout::TSS, 8, Access::Write).is_err(), "TSS read-only");
-        assert!(r.check_guest_range(layout::BOOT_STACK_BOTTOM - 4, 8, Access::Read).is_err(), "guard");
+        assert!(
+            r.check_guest_range(0, 8, Access::Read).is_err(),
+            "null page"
+        );
+        assert!(r
+            .check_guest_range(layout::START_INFO, 8, Access::Write)
+            .is_ok());
+        assert!(r
+            .check_guest_range(layout::HYPERCALL_PAGE, 8, Access::Read)
+            .is_ok());
+        assert!(r
+            .check_guest_range(layout::HYPERCALL_PAGE, 8, Access::Write)
+            .is_err());
+        assert!(r
+            .check_guest_range(layout::PAGE_TABLES + 8, 8, Access::Write)
+            .is_err());
+        assert!(
+            r.check_guest_range(0x9000, 8, Access::Read).is_err(),
+            "hole"
+        );
+        assert!(
+            r.check_guest_range(layout::TSS, 8, Access::Write).is_err(),
+            "TSS read-only"
+        );
+        assert!(
+            r.check_guest_range(layout::BOOT_STACK_BOTTOM - 4, 8, Access::Read)
+                .is_err(),
+            "guard"
+        );
         assert!(r.check_guest_range(0x500000, 4096, Access::Write).is_ok());
         assert!(r.check_guest_range(0x500000, 0, Access::Write).is_ok());
-        assert!(r.check_guest_range(0xffff_8000_0000_0000, 8, Access::Read).is_err());
+        assert!(r
+            .check_guest_range(0xffff_8000_0000_0000, 8, Access::Read)
+            .is_err());
     }
 
     #[test]

@@ -40,7 +40,12 @@ pub fn build_elf(entry: u64, segs: &[(u64, u64, u64, u32)], machine: u16, etype:
 
 /// A single executable segment at `0x400000` holding `code`, entered at its start.
 pub fn code_image(code: &[u8]) -> Vec<u8> {
-    let mut img = build_elf(0x400000, &[(0x400000, code.len() as u64, code.len() as u64, 5)], 62, 2);
+    let mut img = build_elf(
+        0x400000,
+        &[(0x400000, code.len() as u64, code.len() as u64, 5)],
+        62,
+        2,
+    );
     let at = img.len() - code.len();
     img[at..].copy_from_slice(code);
     img

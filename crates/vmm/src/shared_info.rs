@@ -36,7 +36,10 @@ impl SharedInfoPage {
         // Validates that the whole page lies in RAM and yields its host address.
         let first = ram.atomic_u64(base)? as *const _ as *mut u8;
         ram.atomic_u64(base + rxen_abi::PAGE_SIZE - 8)?;
-        Ok(Self { _ram: ram, host: first })
+        Ok(Self {
+            _ram: ram,
+            host: first,
+        })
     }
 
     fn word(&self, offset: usize) -> &AtomicU64 {
@@ -101,17 +104,25 @@ impl SharedInfoPage {
         let vcpu = vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS;
         let sel = self.word(off::vcpu_info(vcpu) + off::PENDING_SEL);
         let newly = sel.fetch_or(1u64 << w, SeqCst) & (1u64 << w) == 0;
-        self.byte(off::vcpu_info(vcpu) + off::UPCALL_PENDING).store(1, SeqCst);
+        self.byte(off::vcpu_info(vcpu) + off::UPCALL_PENDING)
+            .store(1, SeqCst);
         newly
     }
 
     /// The `evtchn_upcall_pending` flag of `vcpu`.
     pub fn upcall_pending(&self, vcpu: u32) -> bool {
-        self.byte(off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_PENDING).load(SeqCst) != 0
+        self.byte(
+            off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_PENDING,
+        )
+        .load(SeqCst)
+            != 0
     }
 
     /// Sets `evtchn_upcall_mask` of `vcpu`.
     pub fn set_upcall_mask(&self, vcpu: u32, masked: bool) {
-        self.byte(off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_MASK).store(masked as u8, SeqCst);
+        self.byte(
+            off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_MASK,
+        )
+        .store(masked as u8, SeqCst);
     }
 }

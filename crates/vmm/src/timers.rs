@@ -73,7 +73,11 @@ impl TimerQueue {
                     q = self.q.lock().unwrap_or_else(|e| e.into_inner());
                 }
                 Some(Reverse((at, _))) => {
-                    q = self.cond.wait_timeout(q, at - now).unwrap_or_else(|e| e.into_inner()).0;
+                    q = self
+                        .cond
+                        .wait_timeout(q, at - now)
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
                 }
                 None => q = self.cond.wait(q).unwrap_or_else(|e| e.into_inner()),
             }

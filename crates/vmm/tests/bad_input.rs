@@ -12,7 +12,9 @@ fn stderr_of(out: &std::process::Output) -> String {
 
 fn write_temp(name: &str, bytes: &[u8]) -> std::path::PathBuf {
     let p = std::env::temp_dir().join(format!("rxen-test-{}-{name}", std::process::id()));
-    std::fs::File::create(&p).and_then(|mut f| f.write_all(bytes)).expect("temp file");
+    std::fs::File::create(&p)
+        .and_then(|mut f| f.write_all(bytes))
+        .expect("temp file");
     p
 }
 
@@ -20,7 +22,11 @@ fn write_temp(name: &str, bytes: &[u8]) -> std::path::PathBuf {
 fn missing_kernel_file() {
     let out = xen_vmm(&["--kernel", "/nonexistent/guest.elf"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains("reading kernel /nonexistent/guest.elf"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("reading kernel /nonexistent/guest.elf"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]
@@ -29,21 +35,41 @@ fn malformed_kernels_are_rejected() {
         return;
     }
     let cases: [(&str, Vec<u8>, &str); 3] = [
-        ("garbage", b"this is not an ELF file at all".to_vec(), "missing ELF magic"),
-        ("truncated", std::fs::read(guest("hello")).expect("hello")[..100].to_vec(), "guest image rejected"),
-        ("script", b"#!/bin/sh\necho hi\n".to_vec(), "missing ELF magic"),
+        (
+            "garbage",
+            b"this is not an ELF file at all".to_vec(),
+            "missing ELF magic",
+        ),
+        (
+            "truncated",
+            std::fs::read(guest("hello")).expect("hello")[..100].to_vec(),
+            "guest image rejected",
+        ),
+        (
+            "script",
+            b"#!/bin/sh\necho hi\n".to_vec(),
+            "missing ELF magic",
+        ),
     ];
     for (name, bytes, needle) in cases {
         let p = write_temp(name, &bytes);
         let out = xen_vmm(&["--kernel", p.to_str().expect("utf-8")]);
         let _ = std::fs::remove_file(&p);
         assert_eq!(out.status.code(), Some(1), "{name}");
-        assert!(stderr_of(&out).contains(needle), "{name}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains(needle),
+            "{name}: {}",
+            stderr_of(&out)
+        );
     }
     // A host binary is an ELF, but dynamic and linked low: rejected with a reason.
     let out = xen_vmm(&["--kernel", "/bin/true"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr_of(&out).contains("guest image rejected"), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("guest image rejected"),
+        "{}",
+        stderr_of(&out)
+    );
 }
 
 #[test]
@@ -66,8 +92,17 @@ fn bad_configuration_values() {
         let mut a = vec!["--kernel", g];
         a.extend_from_slice(args);
         let out = xen_vmm(&a);
-        assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr_of(&out));
-        assert!(stderr_of(&out).contains(needle), "{args:?}: {}", stderr_of(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
+        assert!(
+            stderr_of(&out).contains(needle),
+            "{args:?}: {}",
+            stderr_of(&out)
+        );
     }
     let out = xen_vmm(&["--memory", "lots"]);
     assert_eq!(out.status.code(), Some(2), "clap usage error");
@@ -80,7 +115,13 @@ fn sigterm_destroys_the_domain() {
     }
     let g = guest("hello");
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_xen-vmm"))
-        .args(["run", "--kernel", g.to_str().expect("utf-8"), "--cmdline", "forever"])
+        .args([
+            "run",
+            "--kernel",
+            g.to_str().expect("utf-8"),
+            "--cmdline",
+            "forever",
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -12,8 +12,15 @@ use rxen_vmm::{Domain, DomainConfig, DomainExit};
 fn start(cmdline: &str) -> (Domain, CaptureSink) {
     let image = std::fs::read(guest("hello")).expect("hello guest");
     let sink = CaptureSink::default();
-    let cfg = DomainConfig { name: "api".into(), cmdline: cmdline.into(), ..Default::default() };
-    (Domain::create(cfg, &image, Box::new(sink.clone())).expect("create"), sink)
+    let cfg = DomainConfig {
+        name: "api".into(),
+        cmdline: cmdline.into(),
+        ..Default::default()
+    };
+    (
+        Domain::create(cfg, &image, Box::new(sink.clone())).expect("create"),
+        sink,
+    )
 }
 
 fn output(s: &CaptureSink) -> String {
@@ -49,8 +56,18 @@ fn dom0_endpoint_reaches_a_live_guest() {
     let shared = d.shared().clone();
     // The builder allocated the console port for domain 0; the backend side binds it.
     let console_port = 2;
-    let dom0 = shared.evtchn.lock().unwrap().dom0_bind_interdomain(console_port).expect("bind");
-    shared.evtchn.lock().unwrap().dom0_notify(dom0.port).expect("notify");
+    let dom0 = shared
+        .evtchn
+        .lock()
+        .unwrap()
+        .dom0_bind_interdomain(console_port)
+        .expect("bind");
+    shared
+        .evtchn
+        .lock()
+        .unwrap()
+        .dom0_notify(dom0.port)
+        .expect("notify");
     // The guest blocks in SCHEDOP_block and dispatches: the pending bit gets cleared.
     let mut cleared = false;
     for _ in 0..100 {
@@ -73,7 +90,11 @@ fn many_domains_in_one_process() {
     let image = std::fs::read(guest("hello")).expect("hello guest");
     let domains: Vec<_> = (0..20)
         .map(|i| {
-            let cfg = DomainConfig { name: format!("d{i}"), domid: i + 1, ..Default::default() };
+            let cfg = DomainConfig {
+                name: format!("d{i}"),
+                domid: i + 1,
+                ..Default::default()
+            };
             Domain::create(cfg, &image, Box::new(CaptureSink::default())).expect("create")
         })
         .collect();

@@ -8,13 +8,22 @@ fn hello_reports_start_info_and_powers_off() {
     if !kvm_available("hello_reports_start_info_and_powers_off") {
         return;
     }
-    let (code, out, err) = run_guest("hello", &["--memory", "64", "--cmdline", "greeting=hi there"]);
+    let (code, out, err) = run_guest(
+        "hello",
+        &["--memory", "64", "--cmdline", "greeting=hi there"],
+    );
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("start_info.magic: xen-3.0-x86_64"), "{out}");
     assert!(out.contains("start_info.nr_pages: 16384"), "{out}");
     assert!(out.contains("start_info.shared_info: 0x2000"), "{out}");
-    assert!(out.contains("start_info.cmd_line: greeting=hi there"), "{out}");
-    assert!(out.contains("xen_version: 4.19.0-rxen caps xen-3.0-x86_64"), "{out}");
+    assert!(
+        out.contains("start_info.cmd_line: greeting=hi there"),
+        "{out}"
+    );
+    assert!(
+        out.contains("xen_version: 4.19.0-rxen caps xen-3.0-x86_64"),
+        "{out}"
+    );
     assert!(out.contains("features[0]: 0x4"), "{out}");
     assert!(out.trim_end().ends_with("goodbye"), "{out}");
 }
@@ -88,7 +97,10 @@ fn smp_guest_with_one_vcpu_fails_cleanly() {
     // vCPU 1 does not exist: VCPUOP_* return -ENOENT, the guest panics -> crash status.
     let (code, out, _) = run_guest("smp", &["--vcpus", "1"]);
     assert_eq!(code, 4, "{out}");
-    assert!(out.contains("ENOENT") || out.contains("guest panic"), "{out}");
+    assert!(
+        out.contains("ENOENT") || out.contains("guest panic"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -99,13 +111,22 @@ fn benchmarks_guests_run() {
     let (code, out, _) = run_guest("cpubench", &["--cmdline", "iters=1000000"]);
     assert_eq!(code, 0);
     let sum = rxen_workloads_sum(1_000_000);
-    assert!(out.contains(&format!("sum={sum}")), "guest and host compute the same checksum: {out}");
-    let (code, out, _) = run_guest("membench", &["--memory", "64", "--cmdline", "mib=4 passes=2"]);
+    assert!(
+        out.contains(&format!("sum={sum}")),
+        "guest and host compute the same checksum: {out}"
+    );
+    let (code, out, _) = run_guest(
+        "membench",
+        &["--memory", "64", "--cmdline", "mib=4 passes=2"],
+    );
     assert_eq!(code, 0);
     assert!(out.contains("bytes=16777216"), "{out}");
     let (code, out, _) = run_guest("exitbench", &["--cmdline", "n=500"]);
     assert_eq!(code, 0);
-    assert!(out.contains("hypercall_ns=") && out.contains("raw_exit_ns="), "{out}");
+    assert!(
+        out.contains("hypercall_ns=") && out.contains("raw_exit_ns="),
+        "{out}"
+    );
 }
 
 fn rxen_workloads_sum(iters: u64) -> u64 {
@@ -119,8 +140,16 @@ fn hypercall_fuzzer_cannot_hurt_the_vmm() {
         return;
     }
     for seed in ["1", "2"] {
-        let (code, out, err) = run_guest("hcall-fuzz", &["--cmdline", &format!("calls=150000 seed={seed}")]);
-        assert_eq!(code, 0, "seed {seed}: {}\n{err}", &out[out.len().saturating_sub(500)..]);
+        let (code, out, err) = run_guest(
+            "hcall-fuzz",
+            &["--cmdline", &format!("calls=150000 seed={seed}")],
+        );
+        assert_eq!(
+            code,
+            0,
+            "seed {seed}: {}\n{err}",
+            &out[out.len().saturating_sub(500)..]
+        );
         assert!(out.contains("hcall-fuzz: ok"), "{out}");
     }
 }

@@ -16,7 +16,11 @@ pub fn cpu_work(iters: u64, seed: u64) -> u64 {
         x ^= x >> 7;
         x ^= x << 17;
         let m = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        acc = acc.wrapping_add(if m & 1 == 0 { m.count_ones() as u64 } else { m >> 59 }) ^ i;
+        acc = acc.wrapping_add(if m & 1 == 0 {
+            m.count_ones() as u64
+        } else {
+            m >> 59
+        }) ^ i;
     }
     core::hint::black_box(acc)
 }

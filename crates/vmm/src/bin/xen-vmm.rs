@@ -13,7 +13,11 @@ use rxen_vmm::console::StdoutSink;
 use rxen_vmm::{Domain, DomainConfig, DomainExit};
 
 #[derive(Parser)]
-#[command(name = "xen-vmm", version, about = "Run one rxen domain (a Xen PV guest on KVM) in the foreground")]
+#[command(
+    name = "xen-vmm",
+    version,
+    about = "Run one rxen domain (a Xen PV guest on KVM) in the foreground"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -70,7 +74,10 @@ fn default_guest() -> Result<Vec<u8>, String> {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -84,9 +91,20 @@ fn main() -> ExitCode {
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
     }
-    let Cmd::Run { kernel, memory, vcpus, cmdline, name, domid, stdin } = cli.cmd;
+    let Cmd::Run {
+        kernel,
+        memory,
+        vcpus,
+        cmdline,
+        name,
+        domid,
+        stdin,
+    } = cli.cmd;
     if domid == 0 || domid >= rxen_abi::DOMID_FIRST_RESERVED {
-        eprintln!("xen-vmm: domid must be between 1 and {}", rxen_abi::DOMID_FIRST_RESERVED - 1);
+        eprintln!(
+            "xen-vmm: domid must be between 1 and {}",
+            rxen_abi::DOMID_FIRST_RESERVED - 1
+        );
         return ExitCode::from(2);
     }
     let image = match load_kernel(&kernel) {
@@ -96,7 +114,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let config = DomainConfig { name, domid, memory_mib: memory, vcpus, cmdline, uuid: [0; 16] };
+    let config = DomainConfig {
+        name,
+        domid,
+        memory_mib: memory,
+        vcpus,
+        cmdline,
+        uuid: [0; 16],
+    };
     let domain = match Domain::create(config, &image, Box::new(StdoutSink)) {
         Ok(d) => d,
         Err(e) => {
@@ -135,7 +160,9 @@ fn main() -> ExitCode {
     let why = domain.wait();
     match &why {
         DomainExit::Poweroff => {}
-        DomainExit::TripleFault { registers, .. } => eprintln!("xen-vmm: {why}\nxen-vmm: registers: {registers}"),
+        DomainExit::TripleFault { registers, .. } => {
+            eprintln!("xen-vmm: {why}\nxen-vmm: registers: {registers}")
+        }
         _ => eprintln!("xen-vmm: {why}"),
     }
     ExitCode::from(why.exit_code() as u8)

@@ -28,16 +28,43 @@ pub struct HypercallArgs {
 /// A decoded event-channel operation; `ptr` is where results are written back.
 #[derive(Clone, Copy, Debug)]
 pub enum EvtchnOp {
-    AllocUnbound { ptr: u64, arg: EvtchnAllocUnbound },
-    BindInterdomain { ptr: u64, arg: EvtchnBindInterdomain },
-    BindVirq { ptr: u64, arg: EvtchnBindVirq },
-    BindIpi { ptr: u64, arg: EvtchnBindIpi },
-    Close { port: u32 },
-    Send { port: u32 },
-    Status { ptr: u64, dom: DomId, port: u32 },
-    BindVcpu { port: u32, vcpu: u32 },
-    Unmask { port: u32 },
-    Reset { dom: DomId },
+    AllocUnbound {
+        ptr: u64,
+        arg: EvtchnAllocUnbound,
+    },
+    BindInterdomain {
+        ptr: u64,
+        arg: EvtchnBindInterdomain,
+    },
+    BindVirq {
+        ptr: u64,
+        arg: EvtchnBindVirq,
+    },
+    BindIpi {
+        ptr: u64,
+        arg: EvtchnBindIpi,
+    },
+    Close {
+        port: u32,
+    },
+    Send {
+        port: u32,
+    },
+    Status {
+        ptr: u64,
+        dom: DomId,
+        port: u32,
+    },
+    BindVcpu {
+        port: u32,
+        vcpu: u32,
+    },
+    Unmask {
+        port: u32,
+    },
+    Reset {
+        dom: DomId,
+    },
 }
 
 /// A decoded `vcpu_op`.
@@ -56,23 +83,60 @@ pub enum VcpuOp {
 /// A decoded hypercall.
 #[derive(Clone, Debug)]
 pub enum Op {
-    XenVersion { cmd: u64, ptr: u64 },
-    ConsoleWrite { bytes: Vec<u8> },
-    ConsoleRead { ptr: u64, count: u64 },
+    XenVersion {
+        cmd: u64,
+        ptr: u64,
+    },
+    ConsoleWrite {
+        bytes: Vec<u8>,
+    },
+    ConsoleRead {
+        ptr: u64,
+        count: u64,
+    },
     SchedYield,
     SchedBlock,
-    SchedShutdown { reason: u32 },
-    SchedShutdownCode { reason: u32 },
-    SchedRemoteShutdown { dom: DomId, reason: u32 },
-    SchedPoll { ports: Vec<u32>, timeout: u64 },
-    SchedWatchdog { ptr: u64, id: u32, timeout: u32 },
-    SetTimer { deadline: u64 },
-    Vcpu { vcpu: u64, op: VcpuOp },
+    SchedShutdown {
+        reason: u32,
+    },
+    SchedShutdownCode {
+        reason: u32,
+    },
+    SchedRemoteShutdown {
+        dom: DomId,
+        reason: u32,
+    },
+    SchedPoll {
+        ports: Vec<u32>,
+        timeout: u64,
+    },
+    SchedWatchdog {
+        ptr: u64,
+        id: u32,
+        timeout: u32,
+    },
+    SetTimer {
+        deadline: u64,
+    },
+    Vcpu {
+        vcpu: u64,
+        op: VcpuOp,
+    },
     Evtchn(EvtchnOp),
-    MemoryReservation { maximum: bool, dom: DomId },
+    MemoryReservation {
+        maximum: bool,
+        dom: DomId,
+    },
     MaximumRamPage,
-    MemoryMap { ptr: u64, nr_entries: u32, buffer: u64 },
-    SetSegmentBase { which: u64, base: u64 },
+    MemoryMap {
+        ptr: u64,
+        nr_entries: u32,
+        buffer: u64,
+    },
+    SetSegmentBase {
+        which: u64,
+        base: u64,
+    },
 }
 
 fn read<T: FromBytes + IntoBytes>(ram: &GuestRam, ptr: u64) -> Result<T, i32> {
@@ -80,7 +144,8 @@ fn read<T: FromBytes + IntoBytes>(ram: &GuestRam, ptr: u64) -> Result<T, i32> {
 }
 
 fn check_writable<T>(ram: &GuestRam, ptr: u64) -> Result<(), i32> {
-    ram.check_guest_range(ptr, size_of::<T>() as u64, Access::Write).map_err(|_| -EFAULT)
+    ram.check_guest_range(ptr, size_of::<T>() as u64, Access::Write)
+        .map_err(|_| -EFAULT)
 }
 
 fn check_shutdown_reason(reason: u32) -> Result<u32, i32> {
@@ -98,8 +163,14 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
     match number {
         nr::XEN_VERSION => match a0 {
             XENVER_VERSION | XENVER_PAGESIZE => Ok(Op::XenVersion { cmd: a0, ptr: 0 }),
-            XENVER_EXTRAVERSION | XENVER_COMPILE_INFO | XENVER_CAPABILITIES | XENVER_CHANGESET
-            | XENVER_PLATFORM_PARAMETERS | XENVER_GET_FEATURES | XENVER_GUEST_HANDLE | XENVER_COMMANDLINE
+            XENVER_EXTRAVERSION
+            | XENVER_COMPILE_INFO
+            | XENVER_CAPABILITIES
+            | XENVER_CHANGESET
+            | XENVER_PLATFORM_PARAMETERS
+            | XENVER_GET_FEATURES
+            | XENVER_GUEST_HANDLE
+            | XENVER_COMMANDLINE
             | XENVER_BUILD_ID => Ok(Op::XenVersion { cmd: a0, ptr: a1 }),
             _ => Err(-ENOSYS),
         },
@@ -114,7 +185,8 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
             }
             CONSOLEIO_READ => {
                 let count = a1.min(MAX_CONSOLE_WRITE);
-                ram.check_guest_range(a2, count, Access::Write).map_err(|_| -EFAULT)?;
+                ram.check_guest_range(a2, count, Access::Write)
+                    .map_err(|_| -EFAULT)?;
                 Ok(Op::ConsoleRead { ptr: a2, count })
             }
             _ => Err(-EINVAL),
@@ -124,15 +196,22 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
             SCHEDOP_BLOCK => Ok(Op::SchedBlock),
             SCHEDOP_SHUTDOWN => {
                 let s: SchedShutdown = read(ram, a1)?;
-                Ok(Op::SchedShutdown { reason: check_shutdown_reason(s.reason)? })
+                Ok(Op::SchedShutdown {
+                    reason: check_shutdown_reason(s.reason)?,
+                })
             }
             SCHEDOP_SHUTDOWN_CODE => {
                 let s: SchedShutdown = read(ram, a1)?;
-                Ok(Op::SchedShutdownCode { reason: check_shutdown_reason(s.reason)? })
+                Ok(Op::SchedShutdownCode {
+                    reason: check_shutdown_reason(s.reason)?,
+                })
             }
             SCHEDOP_REMOTE_SHUTDOWN => {
                 let s: SchedRemoteShutdown = read(ram, a1)?;
-                Ok(Op::SchedRemoteShutdown { dom: s.domain_id, reason: check_shutdown_reason(s.reason)? })
+                Ok(Op::SchedRemoteShutdown {
+                    dom: s.domain_id,
+                    reason: check_shutdown_reason(s.reason)?,
+                })
             }
             SCHEDOP_POLL => {
                 let p: SchedPoll = read(ram, a1)?;
@@ -140,12 +219,20 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
                     return Err(-EINVAL);
                 }
                 let mut ports = vec![0u32; p.nr_ports as usize];
-                ram.read_guest_bytes(p.ports, ports.as_mut_bytes()).map_err(|_| -EFAULT)?;
-                Ok(Op::SchedPoll { ports, timeout: p.timeout })
+                ram.read_guest_bytes(p.ports, ports.as_mut_bytes())
+                    .map_err(|_| -EFAULT)?;
+                Ok(Op::SchedPoll {
+                    ports,
+                    timeout: p.timeout,
+                })
             }
             SCHEDOP_WATCHDOG => {
                 let w: SchedWatchdog = read(ram, a1)?;
-                Ok(Op::SchedWatchdog { ptr: a1, id: w.id, timeout: w.timeout })
+                Ok(Op::SchedWatchdog {
+                    ptr: a1,
+                    id: w.id,
+                    timeout: w.timeout,
+                })
             }
             _ => Err(-ENOSYS),
         },
@@ -153,8 +240,10 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
         nr::VCPU_OP => {
             let op = match a0 {
                 VCPUOP_INITIALISE => {
-                    let mut ctx = <VcpuGuestContext as zerocopy::FromZeros>::new_box_zeroed().map_err(|_| -ENOMEM)?;
-                    ram.read_guest_bytes(a2, ctx.as_mut_bytes()).map_err(|_| -EFAULT)?;
+                    let mut ctx = <VcpuGuestContext as zerocopy::FromZeros>::new_box_zeroed()
+                        .map_err(|_| -ENOMEM)?;
+                    ram.read_guest_bytes(a2, ctx.as_mut_bytes())
+                        .map_err(|_| -EFAULT)?;
                     VcpuOp::Initialise(ctx)
                 }
                 VCPUOP_UP => VcpuOp::Up,
@@ -166,7 +255,10 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
                 }
                 VCPUOP_SET_SINGLESHOT_TIMER => {
                     let t: VcpuSetSingleshotTimer = read(ram, a2)?;
-                    VcpuOp::SetSingleshotTimer { timeout_abs_ns: t.timeout_abs_ns, flags: t.flags }
+                    VcpuOp::SetSingleshotTimer {
+                        timeout_abs_ns: t.timeout_abs_ns,
+                        flags: t.flags,
+                    }
                 }
                 VCPUOP_STOP_SINGLESHOT_TIMER => VcpuOp::StopSingleshotTimer,
                 VCPUOP_STOP_PERIODIC_TIMER => VcpuOp::StopPeriodicTimer,
@@ -178,33 +270,60 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
             let op = match a0 {
                 EVTCHNOP_ALLOC_UNBOUND => {
                     check_writable::<EvtchnAllocUnbound>(ram, a1)?;
-                    EvtchnOp::AllocUnbound { ptr: a1, arg: read(ram, a1)? }
+                    EvtchnOp::AllocUnbound {
+                        ptr: a1,
+                        arg: read(ram, a1)?,
+                    }
                 }
                 EVTCHNOP_BIND_INTERDOMAIN => {
                     check_writable::<EvtchnBindInterdomain>(ram, a1)?;
-                    EvtchnOp::BindInterdomain { ptr: a1, arg: read(ram, a1)? }
+                    EvtchnOp::BindInterdomain {
+                        ptr: a1,
+                        arg: read(ram, a1)?,
+                    }
                 }
                 EVTCHNOP_BIND_VIRQ => {
                     check_writable::<EvtchnBindVirq>(ram, a1)?;
-                    EvtchnOp::BindVirq { ptr: a1, arg: read(ram, a1)? }
+                    EvtchnOp::BindVirq {
+                        ptr: a1,
+                        arg: read(ram, a1)?,
+                    }
                 }
                 EVTCHNOP_BIND_IPI => {
                     check_writable::<EvtchnBindIpi>(ram, a1)?;
-                    EvtchnOp::BindIpi { ptr: a1, arg: read(ram, a1)? }
+                    EvtchnOp::BindIpi {
+                        ptr: a1,
+                        arg: read(ram, a1)?,
+                    }
                 }
-                EVTCHNOP_CLOSE => EvtchnOp::Close { port: read::<EvtchnPortArg>(ram, a1)?.port },
-                EVTCHNOP_SEND => EvtchnOp::Send { port: read::<EvtchnPortArg>(ram, a1)?.port },
-                EVTCHNOP_UNMASK => EvtchnOp::Unmask { port: read::<EvtchnPortArg>(ram, a1)?.port },
+                EVTCHNOP_CLOSE => EvtchnOp::Close {
+                    port: read::<EvtchnPortArg>(ram, a1)?.port,
+                },
+                EVTCHNOP_SEND => EvtchnOp::Send {
+                    port: read::<EvtchnPortArg>(ram, a1)?.port,
+                },
+                EVTCHNOP_UNMASK => EvtchnOp::Unmask {
+                    port: read::<EvtchnPortArg>(ram, a1)?.port,
+                },
                 EVTCHNOP_STATUS => {
                     check_writable::<EvtchnStatus>(ram, a1)?;
                     let s: EvtchnStatus = read(ram, a1)?;
-                    EvtchnOp::Status { ptr: a1, dom: s.dom, port: s.port }
+                    EvtchnOp::Status {
+                        ptr: a1,
+                        dom: s.dom,
+                        port: s.port,
+                    }
                 }
                 EVTCHNOP_BIND_VCPU => {
                     let b: EvtchnBindVcpu = read(ram, a1)?;
-                    EvtchnOp::BindVcpu { port: b.port, vcpu: b.vcpu }
+                    EvtchnOp::BindVcpu {
+                        port: b.port,
+                        vcpu: b.vcpu,
+                    }
                 }
-                EVTCHNOP_RESET => EvtchnOp::Reset { dom: read::<EvtchnReset>(ram, a1)?.dom },
+                EVTCHNOP_RESET => EvtchnOp::Reset {
+                    dom: read::<EvtchnReset>(ram, a1)?.dom,
+                },
                 _ => return Err(-ENOSYS),
             };
             Ok(Op::Evtchn(op))
@@ -218,11 +337,18 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
             XENMEM_MEMORY_MAP => {
                 check_writable::<XenMemoryMap>(ram, a1)?;
                 let m: XenMemoryMap = read(ram, a1)?;
-                Ok(Op::MemoryMap { ptr: a1, nr_entries: m.nr_entries, buffer: m.buffer })
+                Ok(Op::MemoryMap {
+                    ptr: a1,
+                    nr_entries: m.nr_entries,
+                    buffer: m.buffer,
+                })
             }
             _ => Err(-ENOSYS),
         },
-        nr::SET_SEGMENT_BASE => Ok(Op::SetSegmentBase { which: a0, base: a1 }),
+        nr::SET_SEGMENT_BASE => Ok(Op::SetSegmentBase {
+            which: a0,
+            base: a1,
+        }),
         _ => Err(-ENOSYS),
     }
 }
@@ -245,35 +371,117 @@ mod tests {
         for n in [0u32, 1, 2, 13, 20, 40, 127, 5000] {
             assert_eq!(decode(call(n, [0; 5]), &r).unwrap_err(), -ENOSYS, "nr {n}");
         }
-        assert_eq!(decode(HypercallArgs { nr: u64::MAX, args: [0; 5] }, &r).unwrap_err(), -ENOSYS);
-        assert_eq!(decode(call(nr::SCHED_OP, [99, 0, 0, 0, 0]), &r).unwrap_err(), -ENOSYS);
-        assert_eq!(decode(call(nr::EVENT_CHANNEL_OP, [EVTCHNOP_BIND_PIRQ, 0x500000, 0, 0, 0]), &r).unwrap_err(), -ENOSYS);
+        assert_eq!(
+            decode(
+                HypercallArgs {
+                    nr: u64::MAX,
+                    args: [0; 5]
+                },
+                &r
+            )
+            .unwrap_err(),
+            -ENOSYS
+        );
+        assert_eq!(
+            decode(call(nr::SCHED_OP, [99, 0, 0, 0, 0]), &r).unwrap_err(),
+            -ENOSYS
+        );
+        assert_eq!(
+            decode(
+                call(
+                    nr::EVENT_CHANNEL_OP,
+                    [EVTCHNOP_BIND_PIRQ, 0x500000, 0, 0, 0]
+                ),
+                &r
+            )
+            .unwrap_err(),
+            -ENOSYS
+        );
     }
 
     #[test]
     fn bad_pointers_are_efault() {
         let r = ram();
-        for ptr in [0u64, 0x9000, 8 << 20, u64::MAX, 0xffff_8000_0000_0000, rxen_abi::layout::BOOT_STACK_BOTTOM - 8] {
-            assert_eq!(decode(call(nr::SCHED_OP, [SCHEDOP_SHUTDOWN, ptr, 0, 0, 0]), &r).unwrap_err(), -EFAULT, "{ptr:#x}");
-            assert_eq!(decode(call(nr::CONSOLE_IO, [CONSOLEIO_WRITE, 4, ptr, 0, 0]), &r).unwrap_err(), -EFAULT);
+        for ptr in [
+            0u64,
+            0x9000,
+            8 << 20,
+            u64::MAX,
+            0xffff_8000_0000_0000,
+            rxen_abi::layout::BOOT_STACK_BOTTOM - 8,
+        ] {
+            assert_eq!(
+                decode(call(nr::SCHED_OP, [SCHEDOP_SHUTDOWN, ptr, 0, 0, 0]), &r).unwrap_err(),
+                -EFAULT,
+                "{ptr:#x}"
+            );
+            assert_eq!(
+                decode(call(nr::CONSOLE_IO, [CONSOLEIO_WRITE, 4, ptr, 0, 0]), &r).unwrap_err(),
+                -EFAULT
+            );
         }
         // Readable but not writable: page tables for an output struct.
         let pt = rxen_abi::layout::PAGE_TABLES;
-        assert_eq!(decode(call(nr::EVENT_CHANNEL_OP, [EVTCHNOP_BIND_IPI, pt, 0, 0, 0]), &r).unwrap_err(), -EFAULT);
+        assert_eq!(
+            decode(
+                call(nr::EVENT_CHANNEL_OP, [EVTCHNOP_BIND_IPI, pt, 0, 0, 0]),
+                &r
+            )
+            .unwrap_err(),
+            -EFAULT
+        );
         assert!(decode(call(nr::EVENT_CHANNEL_OP, [EVTCHNOP_SEND, pt, 0, 0, 0]), &r).is_ok());
     }
 
     #[test]
     fn values_are_validated() {
         let r = ram();
-        r.write_obj(0x500000, &SchedShutdown { reason: 77 }).unwrap();
-        assert_eq!(decode(call(nr::SCHED_OP, [SCHEDOP_SHUTDOWN, 0x500000, 0, 0, 0]), &r).unwrap_err(), -EINVAL);
-        r.write_obj(0x500000, &SchedPoll { ports: 0x500100, nr_ports: 129, pad: 0, timeout: 0 }).unwrap();
-        assert_eq!(decode(call(nr::SCHED_OP, [SCHEDOP_POLL, 0x500000, 0, 0, 0]), &r).unwrap_err(), -EINVAL);
-        assert_eq!(decode(call(nr::CONSOLE_IO, [CONSOLEIO_WRITE, MAX_CONSOLE_WRITE + 1, 0x500000, 0, 0]), &r).unwrap_err(), -EINVAL);
-        assert_eq!(decode(call(nr::CONSOLE_IO, [7, 0, 0, 0, 0]), &r).unwrap_err(), -EINVAL);
+        r.write_obj(0x500000, &SchedShutdown { reason: 77 })
+            .unwrap();
+        assert_eq!(
+            decode(
+                call(nr::SCHED_OP, [SCHEDOP_SHUTDOWN, 0x500000, 0, 0, 0]),
+                &r
+            )
+            .unwrap_err(),
+            -EINVAL
+        );
+        r.write_obj(
+            0x500000,
+            &SchedPoll {
+                ports: 0x500100,
+                nr_ports: 129,
+                pad: 0,
+                timeout: 0,
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            decode(call(nr::SCHED_OP, [SCHEDOP_POLL, 0x500000, 0, 0, 0]), &r).unwrap_err(),
+            -EINVAL
+        );
+        assert_eq!(
+            decode(
+                call(
+                    nr::CONSOLE_IO,
+                    [CONSOLEIO_WRITE, MAX_CONSOLE_WRITE + 1, 0x500000, 0, 0]
+                ),
+                &r
+            )
+            .unwrap_err(),
+            -EINVAL
+        );
+        assert_eq!(
+            decode(call(nr::CONSOLE_IO, [7, 0, 0, 0, 0]), &r).unwrap_err(),
+            -EINVAL
+        );
         r.write(0x500000, b"hi").unwrap();
-        match decode(call(nr::CONSOLE_IO, [CONSOLEIO_WRITE, 2, 0x500000, 0, 0]), &r).unwrap() {
+        match decode(
+            call(nr::CONSOLE_IO, [CONSOLEIO_WRITE, 2, 0x500000, 0, 0]),
+            &r,
+        )
+        .unwrap()
+        {
             Op::ConsoleWrite { bytes } => assert_eq!(bytes, b"hi"),
             other => panic!("{other:?}"),
         }

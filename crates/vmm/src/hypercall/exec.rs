@@ -123,7 +123,11 @@ pub(super) fn execute(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, op: Op) -> i64
             }
         }
         Op::MaximumRamPage => dom.ram.nr_pages() as i64 - 1,
-        Op::MemoryMap { ptr, nr_entries, buffer } => memory_map(dom, ptr, nr_entries, buffer),
+        Op::MemoryMap {
+            ptr,
+            nr_entries,
+            buffer,
+        } => memory_map(dom, ptr, nr_entries, buffer),
         Op::SetSegmentBase { which, base } => set_segment_base(fd, which, base),
     }
 }
@@ -134,16 +138,29 @@ fn xen_version(dom: &DomainShared, cmd: u64, ptr: u64) -> i64 {
         XENVER_PAGESIZE => rxen_abi::PAGE_SIZE as i64,
         XENVER_EXTRAVERSION => write_string(dom, ptr, EXTRAVERSION_LEN, ".0-rxen"),
         XENVER_CAPABILITIES => write_string(dom, ptr, CAPABILITIES_LEN, "xen-3.0-x86_64"),
-        XENVER_CHANGESET => write_string(dom, ptr, CHANGESET_LEN, concat!("rxen ", env!("CARGO_PKG_VERSION"))),
+        XENVER_CHANGESET => write_string(
+            dom,
+            ptr,
+            CHANGESET_LEN,
+            concat!("rxen ", env!("CARGO_PKG_VERSION")),
+        ),
         XENVER_COMPILE_INFO => {
             let mut ci = rxen_abi::version::CompileInfo::new_zeroed();
             ci.compiler[..5].copy_from_slice(b"rustc");
             ci.compile_by[..4].copy_from_slice(b"rxen");
             write_back(dom, ptr, &ci)
         }
-        XENVER_PLATFORM_PARAMETERS => write_back(dom, ptr, &PlatformParameters { virt_start: HYPERVISOR_VIRT_START }),
+        XENVER_PLATFORM_PARAMETERS => write_back(
+            dom,
+            ptr,
+            &PlatformParameters {
+                virt_start: HYPERVISOR_VIRT_START,
+            },
+        ),
         XENVER_GET_FEATURES => {
-            let Ok(mut fi) = dom.ram.read_guest::<FeatureInfo>(ptr) else { return -EFAULT as i64 };
+            let Ok(mut fi) = dom.ram.read_guest::<FeatureInfo>(ptr) else {
+                return -EFAULT as i64;
+            };
             if fi.submap_idx >= XENFEAT_NR_SUBMAPS {
                 return -EINVAL as i64;
             }
@@ -188,7 +205,10 @@ fn block(dom: &DomainShared, vcpu: u32, ports: Option<&[u32]>, deadline: Option<
             let _ = t;
             if s.take_due_timer(None, u64::MAX) {
                 drop(s);
-                dom.evtchn.lock().unwrap_or_else(|e| e.into_inner()).raise_virq(VIRQ_TIMER, vcpu);
+                dom.evtchn
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .raise_virq(VIRQ_TIMER, vcpu);
                 s = ctl.lock();
             }
             continue;
@@ -242,7 +262,10 @@ fn watchdog(dom: &DomainShared, ptr: u64, id: u32, timeout: u32) -> i64 {
     let generation = wd[slot].0;
     dom.timers.add(
         Instant::now() + std::time::Duration::from_secs(timeout as u64),
-        TimerKind::Watchdog { id: slot as u32, generation },
+        TimerKind::Watchdog {
+            id: slot as u32,
+            generation,
+        },
     );
     if id == 0 {
         slot as i64 + 1
@@ -252,7 +275,9 @@ fn watchdog(dom: &DomainShared, ptr: u64, id: u32, timeout: u32) -> i64 {
 }
 
 fn vcpu_op(dom: &DomainShared, current: u32, target: u64, op: VcpuOp) -> i64 {
-    let Some(ctl) = dom.vcpus.get(target as usize) else { return -ENOENT as i64 };
+    let Some(ctl) = dom.vcpus.get(target as usize) else {
+        return -ENOENT as i64;
+    };
     let target = target as u32;
     let now = dom.clock.now_ns();
     match op {
@@ -266,7 +291,11 @@ fn vcpu_op(dom: &DomainShared, current: u32, target: u64, op: VcpuOp) -> i64 {
             ok_or(r)
         }
         VcpuOp::Down => {
-            let online = dom.vcpus.iter().filter(|v| v.lock().state != VcpuState::Down).count();
+            let online = dom
+                .vcpus
+                .iter()
+                .filter(|v| v.lock().state != VcpuState::Down)
+                .count();
             let mut s = ctl.lock();
             if s.state != VcpuState::Down && online <= 1 {
                 return -EBUSY as i64;
@@ -281,9 +310,21 @@ fn vcpu_op(dom: &DomainShared, current: u32, target: u64, op: VcpuOp) -> i64 {
         VcpuOp::IsUp => (ctl.lock().state != VcpuState::Down) as i64,
         VcpuOp::GetRunstateInfo { ptr } => {
             let r = ctl.lock().runstate.snapshot(now);
-            write_back(dom, ptr, &VcpuRunstateInfo { state: r.state, pad: 0, state_entry_time: r.entry_time, time: r.time })
+            write_back(
+                dom,
+                ptr,
+                &VcpuRunstateInfo {
+                    state: r.state,
+                    pad: 0,
+                    state_entry_time: r.entry_time,
+                    time: r.time,
+                },
+            )
         }
-        VcpuOp::SetSingleshotTimer { timeout_abs_ns, flags } => {
+        VcpuOp::SetSingleshotTimer {
+            timeout_abs_ns,
+            flags,
+        } => {
             if target != current {
                 return -EINVAL as i64;
             }
@@ -314,13 +355,15 @@ fn evtchn_op(dom: &DomainShared, t: &mut EventChannels, op: EvtchnOp) -> i64 {
             }
             Err(e) => e as i64,
         },
-        EvtchnOp::BindInterdomain { ptr, mut arg } => match t.bind_interdomain(arg.remote_dom, arg.remote_port) {
-            Ok(p) => {
-                arg.local_port = p;
-                write_back(dom, ptr, &arg)
+        EvtchnOp::BindInterdomain { ptr, mut arg } => {
+            match t.bind_interdomain(arg.remote_dom, arg.remote_port) {
+                Ok(p) => {
+                    arg.local_port = p;
+                    write_back(dom, ptr, &arg)
+                }
+                Err(e) => e as i64,
             }
-            Err(e) => e as i64,
-        },
+        }
         EvtchnOp::BindVirq { ptr, mut arg } => match t.bind_virq(arg.virq, arg.vcpu) {
             Ok(p) => {
                 arg.port = p;
@@ -342,7 +385,15 @@ fn evtchn_op(dom: &DomainShared, t: &mut EventChannels, op: EvtchnOp) -> i64 {
         EvtchnOp::Reset { dom: d } => ok_or(t.reset(d)),
         EvtchnOp::Status { ptr, dom: d, port } => match t.status(d, port) {
             Ok(s) => {
-                let out = EvtchnStatus { dom: d, pad: 0, port, status: s.status, vcpu: s.vcpu, u0: s.u0, u1: s.u1 };
+                let out = EvtchnStatus {
+                    dom: d,
+                    pad: 0,
+                    port,
+                    status: s.status,
+                    vcpu: s.vcpu,
+                    u0: s.u0,
+                    u1: s.u1,
+                };
                 write_back(dom, ptr, &out)
             }
             Err(e) => e as i64,
@@ -352,21 +403,43 @@ fn evtchn_op(dom: &DomainShared, t: &mut EventChannels, op: EvtchnOp) -> i64 {
 
 fn memory_map(dom: &DomainShared, ptr: u64, nr_entries: u32, buffer: u64) -> i64 {
     let map = [
-        E820Entry { addr: 0, size: layout::KERNEL_MIN, kind: E820_RESERVED },
-        E820Entry { addr: layout::KERNEL_MIN, size: dom.ram.size() - layout::KERNEL_MIN, kind: E820_RAM },
+        E820Entry {
+            addr: 0,
+            size: layout::KERNEL_MIN,
+            kind: E820_RESERVED,
+        },
+        E820Entry {
+            addr: layout::KERNEL_MIN,
+            size: dom.ram.size() - layout::KERNEL_MIN,
+            kind: E820_RAM,
+        },
     ];
     let n = (nr_entries as usize).min(map.len());
-    if dom.ram.write_guest_bytes(buffer, map[..n].as_bytes()).is_err() {
+    if dom
+        .ram
+        .write_guest_bytes(buffer, map[..n].as_bytes())
+        .is_err()
+    {
         return -EFAULT as i64;
     }
-    write_back(dom, ptr, &XenMemoryMap { nr_entries: n as u32, pad: 0, buffer })
+    write_back(
+        dom,
+        ptr,
+        &XenMemoryMap {
+            nr_entries: n as u32,
+            pad: 0,
+            buffer,
+        },
+    )
 }
 
 fn set_segment_base(fd: &VcpuFd, which: u64, base: u64) -> i64 {
     if !crate::vcpu::regs::is_canonical_user(base) {
         return -EINVAL as i64;
     }
-    let Ok(mut s) = fd.get_sregs() else { return -EIO as i64 };
+    let Ok(mut s) = fd.get_sregs() else {
+        return -EIO as i64;
+    };
     match which {
         SEGBASE_FS => s.fs.base = base,
         SEGBASE_GS_USER => s.gs.base = base,

@@ -12,12 +12,19 @@ pub use decode::{HypercallArgs, Op};
 /// Handles one hypercall of vCPU `vcpu`; returns the guest's `rax`.
 pub fn handle(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, call: HypercallArgs) -> i64 {
     if let Some(v) = dom.vcpus.get(vcpu as usize) {
-        v.hypercalls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        v.hypercalls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
     let rc = match decode::decode(call, &dom.ram) {
         Ok(op) => exec::execute(dom, vcpu, fd, op),
         Err(e) => e as i64,
     };
-    tracing::trace!(vcpu, nr = call.nr, name = rxen_abi::hypercall::name(call.nr as u32), rc, "hypercall");
+    tracing::trace!(
+        vcpu,
+        nr = call.nr,
+        name = rxen_abi::hypercall::name(call.nr as u32),
+        rc,
+        "hypercall"
+    );
     rc
 }

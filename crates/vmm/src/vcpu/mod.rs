@@ -62,12 +62,19 @@ impl VcpuControl {
     }
 
     /// Waits on the vCPU's condition variable, optionally until `deadline`.
-    pub fn wait<'a>(&self, guard: MutexGuard<'a, VcpuSched>, deadline: Option<Instant>) -> MutexGuard<'a, VcpuSched> {
+    pub fn wait<'a>(
+        &self,
+        guard: MutexGuard<'a, VcpuSched>,
+        deadline: Option<Instant>,
+    ) -> MutexGuard<'a, VcpuSched> {
         match deadline {
             None => self.cond.wait(guard).unwrap_or_else(|e| e.into_inner()),
             Some(d) => {
                 let timeout = d.saturating_duration_since(Instant::now());
-                self.cond.wait_timeout(guard, timeout).unwrap_or_else(|e| e.into_inner()).0
+                self.cond
+                    .wait_timeout(guard, timeout)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
             }
         }
     }
@@ -106,7 +113,8 @@ impl VcpuControl {
     }
 
     pub(crate) fn unpublish_thread(&self) {
-        self.immediate_exit.store(std::ptr::null_mut(), Ordering::SeqCst);
+        self.immediate_exit
+            .store(std::ptr::null_mut(), Ordering::SeqCst);
         self.thread.store(0, Ordering::SeqCst);
     }
 

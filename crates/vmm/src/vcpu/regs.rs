@@ -28,11 +28,39 @@ pub const START_RFLAGS: u64 = 0x3002;
 const GUEST_SETTABLE_FLAGS: u64 = 0x8d5; // CF PF AF ZF SF DF OF
 
 fn code_segment() -> kvm_segment {
-    kvm_segment { base: 0, limit: 0xffff_ffff, selector: USER_CS, type_: 11, present: 1, dpl: 3, db: 0, s: 1, l: 1, g: 1, avl: 0, unusable: 0, padding: 0 }
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: USER_CS,
+        type_: 11,
+        present: 1,
+        dpl: 3,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
 }
 
 fn data_segment() -> kvm_segment {
-    kvm_segment { base: 0, limit: 0xffff_ffff, selector: USER_DS, type_: 3, present: 1, dpl: 3, db: 1, s: 1, l: 0, g: 1, avl: 0, unusable: 0, padding: 0 }
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: USER_DS,
+        type_: 3,
+        present: 1,
+        dpl: 3,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
 }
 
 /// Special registers for long mode at CPL 3 with page tables at `cr3`.
@@ -67,7 +95,13 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
 
 /// General registers of the boot vCPU: entry, stack, `rsi` = `start_info`.
 pub fn boot_regs(entry: u64, stack_top: u64, start_info: u64) -> kvm_regs {
-    kvm_regs { rip: entry, rsp: stack_top, rsi: start_info, rflags: START_RFLAGS, ..Default::default() }
+    kvm_regs {
+        rip: entry,
+        rsp: stack_top,
+        rsi: start_info,
+        rflags: START_RFLAGS,
+        ..Default::default()
+    }
 }
 
 /// General registers from a guest-supplied `vcpu_guest_context` (`VCPUOP_initialise`).
@@ -76,8 +110,22 @@ pub fn boot_regs(entry: u64, stack_top: u64, start_info: u64) -> kvm_regs {
 pub fn context_regs(ctx: &VcpuGuestContext) -> kvm_regs {
     let r = &ctx.user_regs;
     kvm_regs {
-        rax: r.rax, rbx: r.rbx, rcx: r.rcx, rdx: r.rdx, rsi: r.rsi, rdi: r.rdi, rsp: r.rsp, rbp: r.rbp,
-        r8: r.r8, r9: r.r9, r10: r.r10, r11: r.r11, r12: r.r12, r13: r.r13, r14: r.r14, r15: r.r15,
+        rax: r.rax,
+        rbx: r.rbx,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        rsp: r.rsp,
+        rbp: r.rbp,
+        r8: r.r8,
+        r9: r.r9,
+        r10: r.r10,
+        r11: r.r11,
+        r12: r.r12,
+        r13: r.r13,
+        r14: r.r14,
+        r15: r.r15,
         rip: r.rip,
         rflags: START_RFLAGS | (r.rflags & GUEST_SETTABLE_FLAGS),
     }

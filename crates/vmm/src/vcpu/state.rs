@@ -12,7 +12,9 @@
 //! of the state: a paused or stopped vCPU does not run guest code whatever its state.
 
 use rxen_abi::errno::*;
-use rxen_abi::vcpu::{VcpuGuestContext, RUNSTATE_BLOCKED, RUNSTATE_OFFLINE, RUNSTATE_RUNNABLE, RUNSTATE_RUNNING};
+use rxen_abi::vcpu::{
+    VcpuGuestContext, RUNSTATE_BLOCKED, RUNSTATE_OFFLINE, RUNSTATE_RUNNABLE, RUNSTATE_RUNNING,
+};
 
 /// Where a vCPU is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,7 +74,11 @@ impl VcpuSched {
     /// A vCPU as created: vCPU 0 is initialised and running, the others are down.
     pub fn new(boot_vcpu: bool) -> Self {
         Self {
-            state: if boot_vcpu { VcpuState::Running } else { VcpuState::Down },
+            state: if boot_vcpu {
+                VcpuState::Running
+            } else {
+                VcpuState::Down
+            },
             initialised: boot_vcpu,
             pending_context: None,
             paused: false,
@@ -80,7 +86,11 @@ impl VcpuSched {
             timer: None,
             timer_generation: 0,
             runstate: Runstate {
-                state: if boot_vcpu { RUNSTATE_RUNNING } else { RUNSTATE_OFFLINE },
+                state: if boot_vcpu {
+                    RUNSTATE_RUNNING
+                } else {
+                    RUNSTATE_OFFLINE
+                },
                 ..Default::default()
             },
         }
@@ -187,8 +197,12 @@ mod tests {
         let mut v = VcpuSched::new(false);
         assert_eq!(v.state, VcpuState::Down);
         assert_eq!(v.up(0), Err(-EINVAL), "up before initialise");
-        v.initialise(VcpuGuestContext::new_box_zeroed().unwrap()).unwrap();
-        assert_eq!(v.initialise(VcpuGuestContext::new_box_zeroed().unwrap()), Err(-EEXIST));
+        v.initialise(VcpuGuestContext::new_box_zeroed().unwrap())
+            .unwrap();
+        assert_eq!(
+            v.initialise(VcpuGuestContext::new_box_zeroed().unwrap()),
+            Err(-EEXIST)
+        );
         v.up(10).unwrap();
         assert!(v.may_run());
         v.block(20);

@@ -61,7 +61,9 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) -> 
         };
         if let Some(ctx) = context {
             if let Err(e) = load_context(&fd, &ctx) {
-                dom.request_exit(DomainExit::Internal(format!("vCPU {id}: loading context: {e}")));
+                dom.request_exit(DomainExit::Internal(format!(
+                    "vCPU {id}: loading context: {e}"
+                )));
                 break;
             }
         }
@@ -69,15 +71,22 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) -> 
         let t0 = Instant::now();
         let exit = fd.run();
         ctl.set_in_guest(false);
-        ctl.guest_ns.fetch_add(t0.elapsed().as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
+        ctl.guest_ns.fetch_add(
+            t0.elapsed().as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let next = match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
-                let port_data = (port, data.len(), u32::from_le_bytes([
-                    data.first().copied().unwrap_or(0),
-                    data.get(1).copied().unwrap_or(0),
-                    data.get(2).copied().unwrap_or(0),
-                    data.get(3).copied().unwrap_or(0),
-                ]));
+                let port_data = (
+                    port,
+                    data.len(),
+                    u32::from_le_bytes([
+                        data.first().copied().unwrap_or(0),
+                        data.get(1).copied().unwrap_or(0),
+                        data.get(2).copied().unwrap_or(0),
+                        data.get(3).copied().unwrap_or(0),
+                    ]),
+                );
                 handle_out(&mut fd, &dom, id, port_data, sync_regs)
             }
             Ok(VcpuExit::IoIn(_, data)) => {
@@ -91,7 +100,10 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) -> 
             Ok(VcpuExit::MmioWrite(..)) => Next::Continue,
             Ok(VcpuExit::Shutdown) => {
                 let registers = dump_registers(&fd);
-                dom.request_exit(DomainExit::TripleFault { vcpu: id, registers });
+                dom.request_exit(DomainExit::TripleFault {
+                    vcpu: id,
+                    registers,
+                });
                 Next::Stop
             }
             Ok(VcpuExit::Intr) => {
@@ -109,7 +121,9 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) -> 
                 Next::Continue
             }
             Err(e) => {
-                dom.request_exit(DomainExit::Internal(format!("vCPU {id}: KVM_RUN failed: {e}")));
+                dom.request_exit(DomainExit::Internal(format!(
+                    "vCPU {id}: KVM_RUN failed: {e}"
+                )));
                 Next::Stop
             }
         };
@@ -121,7 +135,13 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) -> 
     fd
 }
 
-fn handle_out(fd: &mut VcpuFd, dom: &Arc<DomainShared>, id: u32, (port, len, value): (u16, usize, u32), sync_regs: bool) -> Next {
+fn handle_out(
+    fd: &mut VcpuFd,
+    dom: &Arc<DomainShared>,
+    id: u32,
+    (port, len, value): (u16, usize, u32),
+    sync_regs: bool,
+) -> Next {
     if port == NULL_PORT {
         return Next::Continue;
     }
@@ -140,7 +160,10 @@ fn handle_out(fd: &mut VcpuFd, dom: &Arc<DomainShared>, id: u32, (port, len, val
             }
         }
     };
-    let call = HypercallArgs { nr: value as u64, args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8] };
+    let call = HypercallArgs {
+        nr: value as u64,
+        args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
+    };
     let result = hypercall::handle(dom, id, fd, call);
     if sync_regs {
         fd.sync_regs_mut().regs.rax = result as u64;
@@ -156,7 +179,10 @@ fn handle_out(fd: &mut VcpuFd, dom: &Arc<DomainShared>, id: u32, (port, len, val
     Next::Continue
 }
 
-fn load_context(fd: &VcpuFd, ctx: &rxen_abi::vcpu::VcpuGuestContext) -> Result<(), kvm_ioctls::Error> {
+fn load_context(
+    fd: &VcpuFd,
+    ctx: &rxen_abi::vcpu::VcpuGuestContext,
+) -> Result<(), kvm_ioctls::Error> {
     fd.set_regs(&regs::context_regs(ctx))?;
     let mut s = fd.get_sregs()?;
     if regs::is_canonical_user(ctx.fs_base) {

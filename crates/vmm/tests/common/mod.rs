@@ -7,7 +7,11 @@ use std::process::{Command, Output};
 /// True if `/dev/kvm` can be opened. If not, says loudly that the calling test is
 /// skipped and why.
 pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
         Ok(_) => true,
         Err(e) => {
             eprintln!("SKIPPED {test}: /dev/kvm is not usable here ({e}); this test needs KVM");
@@ -22,7 +26,11 @@ pub fn guest(name: &str) -> PathBuf {
 
 /// Runs `xen-vmm run` with `args`; returns its output.
 pub fn xen_vmm(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xen-vmm")).arg("run").args(args).output().expect("running xen-vmm")
+    Command::new(env!("CARGO_BIN_EXE_xen-vmm"))
+        .arg("run")
+        .args(args)
+        .output()
+        .expect("running xen-vmm")
 }
 
 /// Runs guest `name` through `xen-vmm` and returns (exit code, stdout, stderr).
