@@ -63,8 +63,8 @@ fn main() {
         return;
     }
     println!(
-        "{:<30} {:>12} {:<6} {:>12} {:>9}  {}",
-        "name", "value", "unit", "baseline", "ratio", "(baseline; goal)"
+        "{:<30} {:>12} {:<6} {:>12} {:>9}  (baseline; goal)",
+        "name", "value", "unit", "baseline", "ratio"
     );
     for f in &figures {
         println!(

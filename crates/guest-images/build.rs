@@ -62,14 +62,13 @@ fn main() {
         .arg(&guest_target);
     // The outer build's flags and settings must not leak into the guest build.
     for (k, _) in std::env::vars() {
-        if k.starts_with("CARGO_")
+        if (k.starts_with("CARGO_")
             || k == "RUSTFLAGS"
             || k == "RUSTC_WRAPPER"
-            || k == "RUSTC_WORKSPACE_WRAPPER"
+            || k == "RUSTC_WORKSPACE_WRAPPER")
+            && k != "CARGO_HOME"
         {
-            if k != "CARGO_HOME" {
-                cmd.env_remove(&k);
-            }
+            cmd.env_remove(&k);
         }
     }
     let status = cmd.status().expect("running cargo for the guest workspace");

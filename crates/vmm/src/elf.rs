@@ -263,7 +263,8 @@ pub(crate) mod tests {
     #[test]
     fn malformed_corpus_is_rejected() {
         let good = build_elf(0x400000, &[(0x400000, 16, 16, RX)], 62, 2);
-        let cases: Vec<(&str, Vec<u8>, fn(&ElfError) -> bool)> = vec![
+        type Case = (&'static str, Vec<u8>, fn(&ElfError) -> bool);
+        let cases: Vec<Case> = vec![
             ("empty", vec![], |e| matches!(e, ElfError::Malformed(_))),
             ("no magic", b"MZ\0\0\0\0\0\0".to_vec(), |e| {
                 matches!(e, ElfError::Malformed(_))

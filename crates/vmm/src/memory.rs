@@ -62,9 +62,8 @@ impl std::fmt::Debug for GuestRam {
 impl GuestRam {
     /// Creates `size` bytes of zeroed guest RAM in a new memfd named after the domain.
     pub fn new(name: &str, size: u64) -> Result<Self, MemoryError> {
-        if size < layout::MIN_MEMORY_BYTES
-            || size > layout::MAX_MEMORY_BYTES
-            || size % (2 << 20) != 0
+        if !(layout::MIN_MEMORY_BYTES..=layout::MAX_MEMORY_BYTES).contains(&size)
+            || !size.is_multiple_of(2 << 20)
         {
             return Err(MemoryError::BadSize(size));
         }
@@ -237,7 +236,7 @@ impl GuestRam {
 
     fn host_ptr(&self, addr: u64, len: u64, align: u64) -> Result<*mut u8, MemoryError> {
         self.check_range(addr, len)?;
-        if addr % align != 0 {
+        if !addr.is_multiple_of(align) {
             return Err(MemoryError::Misaligned(addr));
         }
         self.mem

@@ -30,7 +30,7 @@ impl SharedInfoPage {
     /// Accesses the `shared_info` page at guest address `base`, which must be a
     /// page-aligned page inside RAM.
     pub fn new(ram: Arc<GuestRam>, base: u64) -> Result<Self, crate::memory::MemoryError> {
-        if base % rxen_abi::PAGE_SIZE != 0 {
+        if !base.is_multiple_of(rxen_abi::PAGE_SIZE) {
             return Err(crate::memory::MemoryError::Misaligned(base));
         }
         // Validates that the whole page lies in RAM and yields its host address.
@@ -43,7 +43,7 @@ impl SharedInfoPage {
     }
 
     fn word(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= rxen_abi::PAGE_SIZE as usize);
+        assert!(offset.is_multiple_of(8) && offset + 8 <= rxen_abi::PAGE_SIZE as usize);
         // SAFETY: `new` checked that the page [host, host+4096) is mapped guest RAM that
         // lives as long as `_ram`; the offset is 8-aligned and inside the page (asserted;
         // callers derive it from ports reduced modulo NR_EVENT_CHANNELS and vCPU ids < 32,

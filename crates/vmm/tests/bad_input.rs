@@ -131,5 +131,5 @@ fn sigterm_destroys_the_domain() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("goodbye") == false);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("goodbye"));
 }
