@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::path::{self, INTRODUCE_DOMAIN, RELEASE_DOMAIN};
 use crate::perms::{Access, Perm, Perms};
-use crate::wire::{split_fields, Message, MsgType, XsError, PAYLOAD_MAX};
+use crate::wire::{Message, MsgType, XsError, PAYLOAD_MAX};
 
 /// Identifies a client connection.
 pub type ConnId = u64;
