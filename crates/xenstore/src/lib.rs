@@ -6,6 +6,7 @@
 //! sockets. It must not know about KVM, VMMs or the toolstack's policies; it never
 //! trusts a client and never panics on what a client sends.
 
+pub mod client;
 pub mod path;
 pub mod perms;
 pub mod server;

@@ -270,24 +270,20 @@ impl Daemon {
             let _ = log.lock().unwrap_or_else(|e| e.into_inner()).write_all(line.as_bytes());
         }
         let effects = self.store().handle(id, msg);
-        let conns = self.conns();
-        let mut domain_changes = Vec::new();
+        // Domain sockets change before the reply goes out, so a client that sees the
+        // reply to INTRODUCE can connect at once.
+        let mut messages = Vec::with_capacity(effects.len());
         for e in effects {
             match e {
-                Effect::Send(to, m) => {
-                    if let Some(h) = conns.get(&to) {
-                        h.send(m.to_bytes());
-                    }
-                }
-                other => domain_changes.push(other),
-            }
-        }
-        drop(conns);
-        for e in domain_changes {
-            match e {
+                Effect::Send(to, m) => messages.push((to, m)),
                 Effect::DomainIntroduced(d) => self.open_domain_socket(d),
                 Effect::DomainReleased(d) => self.close_domain(d),
-                Effect::Send(..) => {}
+            }
+        }
+        let conns = self.conns();
+        for (to, m) in messages {
+            if let Some(h) = conns.get(&to) {
+                h.send(m.to_bytes());
             }
         }
     }
