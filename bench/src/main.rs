@@ -5,6 +5,7 @@
 //! Owns measurement only; it must not contain VMM or guest logic.
 
 mod vmm_bench;
+mod xenstore_bench;
 
 use clap::Parser;
 use serde::Serialize;
@@ -45,13 +46,19 @@ pub struct Figure {
 fn main() {
     let cli = Cli::parse();
     let wants = |n: &str| cli.filter.as_deref().is_none_or(|f| n.contains(f));
-    let figures = match vmm_bench::run(&wants, cli.quick) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("rxen-bench: {e}");
-            std::process::exit(1);
+    let mut figures = Vec::new();
+    for (what, result) in [
+        ("domains", vmm_bench::run(&wants, cli.quick)),
+        ("xenstore", xenstore_bench::run(&wants, cli.quick)),
+    ] {
+        match result {
+            Ok(f) => figures.extend(f),
+            Err(e) => {
+                eprintln!("rxen-bench: {what}: {e}");
+                std::process::exit(1);
+            }
         }
-    };
+    }
     if cli.json {
         match serde_json::to_string_pretty(&figures) {
             Ok(s) => println!("{s}"),

@@ -28,12 +28,21 @@ pub struct Client {
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        Ok(Client { stream: UnixStream::connect(path)?, decoder: Decoder::default(), events: VecDeque::new(), req_id: 0 })
+        Ok(Client {
+            stream: UnixStream::connect(path)?,
+            decoder: Decoder::default(),
+            events: VecDeque::new(),
+            req_id: 0,
+        })
     }
 
     fn read_message(&mut self) -> Result<Message, ClientError> {
         loop {
-            if let Some(m) = self.decoder.next_message().map_err(|e| ClientError::Protocol(e.to_string()))? {
+            if let Some(m) = self
+                .decoder
+                .next_message()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
                 return Ok(m);
             }
             let mut buf = [0u8; 8192];
@@ -46,7 +55,12 @@ impl Client {
     }
 
     /// Sends a request and waits for its reply (queueing watch events that arrive).
-    pub fn request(&mut self, t: MsgType, tx: u32, payload: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+    pub fn request(
+        &mut self,
+        t: MsgType,
+        tx: u32,
+        payload: Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
         self.req_id = self.req_id.wrapping_add(1);
         let m = Message::new(t as u32, self.req_id, tx, payload);
         self.stream.write_all(&m.to_bytes())?;
@@ -57,10 +71,17 @@ impl Client {
                 continue;
             }
             if r.header.req_id != self.req_id {
-                return Err(ClientError::Protocol(format!("reply for request {} while waiting for {}", r.header.req_id, self.req_id)));
+                return Err(ClientError::Protocol(format!(
+                    "reply for request {} while waiting for {}",
+                    r.header.req_id, self.req_id
+                )));
             }
             if r.header.msg_type == MsgType::Error as u32 {
-                return Err(ClientError::Xs(String::from_utf8_lossy(&r.payload).trim_end_matches('\0').to_string()));
+                return Err(ClientError::Xs(
+                    String::from_utf8_lossy(&r.payload)
+                        .trim_end_matches('\0')
+                        .to_string(),
+                ));
             }
             return Ok(r.payload);
         }
@@ -68,7 +89,11 @@ impl Client {
 
     fn queue_event(&mut self, r: &Message) {
         let f = r.fields();
-        let s = |i: usize| f.get(i).map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+        let s = |i: usize| {
+            f.get(i)
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default()
+        };
         self.events.push_back((s(0), s(1)));
     }
 
@@ -93,50 +118,88 @@ impl Client {
     }
 
     pub fn mkdir(&mut self, tx: u32, path: &str) -> Result<(), ClientError> {
-        self.request(MsgType::Mkdir, tx, Self::strings(&[path.as_bytes()])).map(|_| ())
+        self.request(MsgType::Mkdir, tx, Self::strings(&[path.as_bytes()]))
+            .map(|_| ())
     }
 
     pub fn rm(&mut self, tx: u32, path: &str) -> Result<(), ClientError> {
-        self.request(MsgType::Rm, tx, Self::strings(&[path.as_bytes()])).map(|_| ())
+        self.request(MsgType::Rm, tx, Self::strings(&[path.as_bytes()]))
+            .map(|_| ())
     }
 
     pub fn directory(&mut self, tx: u32, path: &str) -> Result<Vec<String>, ClientError> {
         let r = self.request(MsgType::Directory, tx, Self::strings(&[path.as_bytes()]))?;
-        Ok(crate::wire::split_fields(&r).into_iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect())
+        Ok(crate::wire::split_fields(&r)
+            .into_iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect())
     }
 
     pub fn set_perms(&mut self, tx: u32, path: &str, perms: &[&str]) -> Result<(), ClientError> {
         let mut parts: Vec<&[u8]> = vec![path.as_bytes()];
         parts.extend(perms.iter().map(|p| p.as_bytes()));
-        self.request(MsgType::SetPerms, tx, Self::strings(&parts)).map(|_| ())
+        self.request(MsgType::SetPerms, tx, Self::strings(&parts))
+            .map(|_| ())
     }
 
     pub fn watch(&mut self, path: &str, token: &str) -> Result<(), ClientError> {
-        self.request(MsgType::Watch, 0, Self::strings(&[path.as_bytes(), token.as_bytes()])).map(|_| ())
+        self.request(
+            MsgType::Watch,
+            0,
+            Self::strings(&[path.as_bytes(), token.as_bytes()]),
+        )
+        .map(|_| ())
     }
 
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), ClientError> {
-        self.request(MsgType::Unwatch, 0, Self::strings(&[path.as_bytes(), token.as_bytes()])).map(|_| ())
+        self.request(
+            MsgType::Unwatch,
+            0,
+            Self::strings(&[path.as_bytes(), token.as_bytes()]),
+        )
+        .map(|_| ())
     }
 
     /// Starts a transaction; returns its id.
     pub fn transaction_start(&mut self) -> Result<u32, ClientError> {
         let r = self.request(MsgType::TransactionStart, 0, vec![0])?;
-        String::from_utf8_lossy(&r).trim_end_matches('\0').parse().map_err(|_| ClientError::Protocol("bad transaction id".into()))
+        String::from_utf8_lossy(&r)
+            .trim_end_matches('\0')
+            .parse()
+            .map_err(|_| ClientError::Protocol("bad transaction id".into()))
     }
 
     /// Ends a transaction (commit or abort). A conflict is `Xs("EAGAIN")`.
     pub fn transaction_end(&mut self, tx: u32, commit: bool) -> Result<(), ClientError> {
-        self.request(MsgType::TransactionEnd, tx, if commit { b"T\0".to_vec() } else { b"F\0".to_vec() }).map(|_| ())
+        self.request(
+            MsgType::TransactionEnd,
+            tx,
+            if commit {
+                b"T\0".to_vec()
+            } else {
+                b"F\0".to_vec()
+            },
+        )
+        .map(|_| ())
     }
 
     pub fn introduce(&mut self, domid: u32, mfn: u64, evtchn: u32) -> Result<(), ClientError> {
         let (d, m, e) = (domid.to_string(), mfn.to_string(), evtchn.to_string());
-        self.request(MsgType::Introduce, 0, Self::strings(&[d.as_bytes(), m.as_bytes(), e.as_bytes()])).map(|_| ())
+        self.request(
+            MsgType::Introduce,
+            0,
+            Self::strings(&[d.as_bytes(), m.as_bytes(), e.as_bytes()]),
+        )
+        .map(|_| ())
     }
 
     pub fn release(&mut self, domid: u32) -> Result<(), ClientError> {
-        self.request(MsgType::Release, 0, Self::strings(&[domid.to_string().as_bytes()])).map(|_| ())
+        self.request(
+            MsgType::Release,
+            0,
+            Self::strings(&[domid.to_string().as_bytes()]),
+        )
+        .map(|_| ())
     }
 
     /// The next watch event `(path, token)`, waiting for one if none is queued.
@@ -149,7 +212,10 @@ impl Client {
             if m.header.msg_type == MsgType::WatchEvent as u32 {
                 self.queue_event(&m);
             } else {
-                return Err(ClientError::Protocol(format!("unexpected message type {}", m.header.msg_type)));
+                return Err(ClientError::Protocol(format!(
+                    "unexpected message type {}",
+                    m.header.msg_type
+                )));
             }
         }
     }

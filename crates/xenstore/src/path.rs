@@ -13,7 +13,8 @@ pub fn domain_path(domid: u32) -> String {
 }
 
 fn valid_chars(p: &str) -> bool {
-    p.bytes().all(|c| c.is_ascii_alphanumeric() || b"-/_@".contains(&c))
+    p.bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"-/_@".contains(&c))
 }
 
 /// Turns a client-supplied path into a canonical absolute path. Relative paths are
@@ -35,7 +36,11 @@ pub fn canonicalize(raw: &[u8], domid: u32) -> Result<String, XsError> {
         }
         format!("{}/{p}", domain_path(domid))
     };
-    if abs.contains('@') || abs.contains("//") || (abs.len() > 1 && abs.ends_with('/')) || abs.len() > ABS_PATH_MAX {
+    if abs.contains('@')
+        || abs.contains("//")
+        || (abs.len() > 1 && abs.ends_with('/'))
+        || abs.len() > ABS_PATH_MAX
+    {
         return Err(XsError::EINVAL);
     }
     Ok(abs)
@@ -72,7 +77,9 @@ pub fn basename(p: &str) -> &str {
 pub fn is_within(child: &str, ancestor: &str) -> bool {
     ancestor == "/"
         || child == ancestor
-        || (child.len() > ancestor.len() && child.starts_with(ancestor) && child.as_bytes()[ancestor.len()] == b'/')
+        || (child.len() > ancestor.len()
+            && child.starts_with(ancestor)
+            && child.as_bytes()[ancestor.len()] == b'/')
 }
 
 /// Joins a parent and a child name.
@@ -92,15 +99,38 @@ mod tests {
     fn canonical_forms() {
         assert_eq!(canonicalize(b"/a/b", 0).unwrap(), "/a/b");
         assert_eq!(canonicalize(b"/", 0).unwrap(), "/");
-        assert_eq!(canonicalize(b"device/vif", 5).unwrap(), "/local/domain/5/device/vif");
-        for bad in [&b""[..], b"/a//b", b"/a/", b"/a b", b"/a\xff", b"/a/@b", b"@foo", b"/a.b"] {
-            assert_eq!(canonicalize(bad, 0), Err(XsError::EINVAL), "{:?}", String::from_utf8_lossy(bad));
+        assert_eq!(
+            canonicalize(b"device/vif", 5).unwrap(),
+            "/local/domain/5/device/vif"
+        );
+        for bad in [
+            &b""[..],
+            b"/a//b",
+            b"/a/",
+            b"/a b",
+            b"/a\xff",
+            b"/a/@b",
+            b"@foo",
+            b"/a.b",
+        ] {
+            assert_eq!(
+                canonicalize(bad, 0),
+                Err(XsError::EINVAL),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
         assert!(canonicalize(format!("/{}", "a".repeat(3071)).as_bytes(), 0).is_ok());
         assert!(canonicalize(format!("/{}", "a".repeat(3072)).as_bytes(), 0).is_err());
         assert!(canonicalize("a".repeat(2049).as_bytes(), 0).is_err());
-        assert_eq!(canonicalize_watch(b"@releaseDomain", 3).unwrap(), ("@releaseDomain".into(), false));
-        assert_eq!(canonicalize_watch(b"x", 3).unwrap(), ("/local/domain/3/x".into(), true));
+        assert_eq!(
+            canonicalize_watch(b"@releaseDomain", 3).unwrap(),
+            ("@releaseDomain".into(), false)
+        );
+        assert_eq!(
+            canonicalize_watch(b"x", 3).unwrap(),
+            ("/local/domain/3/x".into(), true)
+        );
     }
 
     #[test]

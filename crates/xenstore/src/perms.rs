@@ -73,7 +73,10 @@ pub struct Perms(pub Vec<Perm>);
 impl Perms {
     /// Owned by `domid`, no access for others.
     pub fn owned_by(domid: u32) -> Self {
-        Perms(vec![Perm { domid, access: Access::None }])
+        Perms(vec![Perm {
+            domid,
+            access: Access::None,
+        }])
     }
 
     pub fn owner(&self) -> u32 {
@@ -111,12 +114,20 @@ mod tests {
 
     #[test]
     fn parse_and_check() {
-        let p = Perms(vec![Perm::parse(b"r5").unwrap(), Perm::parse(b"w7").unwrap(), Perm::parse(b"n9").unwrap()]);
+        let p = Perms(vec![
+            Perm::parse(b"r5").unwrap(),
+            Perm::parse(b"w7").unwrap(),
+            Perm::parse(b"n9").unwrap(),
+        ]);
         assert_eq!(p.owner(), 5);
         assert_eq!(p.access_for(5, false), Access::Both);
         assert_eq!(p.access_for(7, false), Access::Write);
         assert_eq!(p.access_for(9, false), Access::None);
-        assert_eq!(p.access_for(3, false), Access::Read, "default from the first entry");
+        assert_eq!(
+            p.access_for(3, false),
+            Access::Read,
+            "default from the first entry"
+        );
         assert_eq!(p.access_for(9, true), Access::Both);
         assert_eq!(p.to_wire(), b"r5\0w7\0n9\0");
         for bad in [&b""[..], b"x1", b"r", b"r-1", b"r99999", b"r1a"] {

@@ -64,7 +64,12 @@ impl ConnHandle {
             // SAFETY: send(2) on our socket fd with a valid buffer; MSG_DONTWAIT keeps
             // this thread from blocking on a client that does not read.
             let n = unsafe {
-                libc::send(self.stream.as_raw_fd(), bytes.as_ptr() as *const libc::c_void, bytes.len(), libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL)
+                libc::send(
+                    self.stream.as_raw_fd(),
+                    bytes.as_ptr() as *const libc::c_void,
+                    bytes.len(),
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
             };
             if n as usize == bytes.len() {
                 return;
@@ -77,7 +82,10 @@ impl ConnHandle {
         ob.queue.push_back(bytes);
         if ob.bytes > MAX_OUTBOX {
             drop(ob);
-            tracing::warn!(domid = self.domid, "client does not read its replies or watch events; disconnecting");
+            tracing::warn!(
+                domid = self.domid,
+                "client does not read its replies or watch events; disconnecting"
+            );
             self.close();
             return;
         }
@@ -137,8 +145,10 @@ impl Daemon {
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
         let (store, saved) = match &config.state_file {
             Some(p) if p.exists() => {
-                let text = std::fs::read_to_string(p).map_err(|e| format!("reading state file {}: {e}", p.display()))?;
-                let snap: Snapshot = serde_json::from_str(&text).map_err(|e| format!("parsing state file {}: {e}", p.display()))?;
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| format!("reading state file {}: {e}", p.display()))?;
+                let snap: Snapshot = serde_json::from_str(&text)
+                    .map_err(|e| format!("parsing state file {}: {e}", p.display()))?;
                 let saved = snap.domain_watches.clone();
                 (Store::from_snapshot(snap)?, saved)
             }
@@ -146,7 +156,11 @@ impl Daemon {
         };
         let access_log = match &config.access_log {
             Some(p) => Some(Mutex::new(
-                OpenOptions::new().create(true).append(true).open(p).map_err(|e| format!("opening access log {}: {e}", p.display()))?,
+                OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .map_err(|e| format!("opening access log {}: {e}", p.display()))?,
             )),
             None => None,
         };
@@ -202,22 +216,38 @@ impl Daemon {
             }
         };
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let handle = Arc::new(ConnHandle { domid, stream: write_half, outbox: Mutex::default(), cond: Condvar::new(), closed: AtomicBool::new(false) });
+        let handle = Arc::new(ConnHandle {
+            domid,
+            stream: write_half,
+            outbox: Mutex::default(),
+            cond: Condvar::new(),
+            closed: AtomicBool::new(false),
+        });
         {
             let mut store = self.store();
             store.connect(id, domid, privileged);
             if !privileged {
-                if let Some(w) = self.saved_domain_watches.lock().unwrap_or_else(|e| e.into_inner()).remove(&domid) {
+                if let Some(w) = self
+                    .saved_domain_watches
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&domid)
+                {
                     store.restore_watches(id, w);
                 }
             }
         }
         self.conns().insert(id, handle.clone());
         let flusher = handle.clone();
-        let spawned = std::thread::Builder::new().name(format!("xs-flush-{id}")).spawn(move || flusher.flush_loop()).and_then(|_| {
-            let me = self.clone();
-            std::thread::Builder::new().name(format!("xs-conn-{id}")).spawn(move || me.read_loop(id, stream, handle))
-        });
+        let spawned = std::thread::Builder::new()
+            .name(format!("xs-flush-{id}"))
+            .spawn(move || flusher.flush_loop())
+            .and_then(|_| {
+                let me = self.clone();
+                std::thread::Builder::new()
+                    .name(format!("xs-conn-{id}"))
+                    .spawn(move || me.read_loop(id, stream, handle))
+            });
         if let Err(e) = spawned {
             tracing::warn!("cannot start connection threads: {e}");
             self.drop_connection(id);
@@ -248,7 +278,11 @@ impl Daemon {
                     Ok(Some(msg)) => self.execute(id, &msg),
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::warn!(conn = id, domid = handle.domid, "protocol error: {e}; disconnecting");
+                        tracing::warn!(
+                            conn = id,
+                            domid = handle.domid,
+                            "protocol error: {e}; disconnecting"
+                        );
                         break 'outer;
                     }
                 }
@@ -262,12 +296,17 @@ impl Daemon {
             let first = msg.payload.split(|&b| b == 0).next().unwrap_or(&[]);
             let line = format!(
                 "conn={id} type={} req={} tx={} arg={}\n",
-                MsgType::from_u32(msg.header.msg_type).map(|t| format!("{t:?}")).unwrap_or_else(|| msg.header.msg_type.to_string()),
+                MsgType::from_u32(msg.header.msg_type)
+                    .map(|t| format!("{t:?}"))
+                    .unwrap_or_else(|| msg.header.msg_type.to_string()),
                 msg.header.req_id,
                 msg.header.tx_id,
                 String::from_utf8_lossy(&first[..first.len().min(256)])
             );
-            let _ = log.lock().unwrap_or_else(|e| e.into_inner()).write_all(line.as_bytes());
+            let _ = log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(line.as_bytes());
         }
         let effects = self.store().handle(id, msg);
         // Domain sockets change before the reply goes out, so a client that sees the
@@ -303,29 +342,44 @@ impl Daemon {
             }
         };
         let stop = Arc::new(AtomicBool::new(false));
-        self.domain_listeners.lock().unwrap_or_else(|e| e.into_inner()).insert(d, stop.clone());
+        self.domain_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d, stop.clone());
         let me = self.clone();
-        let _ = std::thread::Builder::new().name(format!("xs-dom{d}")).spawn(move || {
-            for s in listener.incoming() {
-                if stop.load(Ordering::SeqCst) {
-                    break;
+        let _ = std::thread::Builder::new()
+            .name(format!("xs-dom{d}"))
+            .spawn(move || {
+                for s in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(s) = s {
+                        me.clone().spawn_connection(s, d, false);
+                    }
                 }
-                if let Ok(s) = s {
-                    me.clone().spawn_connection(s, d, false);
-                }
-            }
-        });
+            });
     }
 
     fn close_domain(&self, d: u32) {
-        if let Some(stop) = self.domain_listeners.lock().unwrap_or_else(|e| e.into_inner()).remove(&d) {
+        if let Some(stop) = self
+            .domain_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&d)
+        {
             stop.store(true, Ordering::SeqCst);
             let path = self.domain_socket_path(d);
             // Wake the accept loop so that it sees the stop flag.
             let _ = UnixStream::connect(&path);
             let _ = std::fs::remove_file(&path);
         }
-        let gone: Vec<ConnId> = self.conns().iter().filter(|(_, h)| h.domid == d).map(|(k, _)| *k).collect();
+        let gone: Vec<ConnId> = self
+            .conns()
+            .iter()
+            .filter(|(_, h)| h.domid == d)
+            .map(|(k, _)| *k)
+            .collect();
         for id in gone {
             self.drop_connection(id);
         }
@@ -333,11 +387,17 @@ impl Daemon {
 
     /// Writes the state file (nodes, domains, watches of domain connections).
     pub fn save_state(&self) -> Result<(), String> {
-        let Some(p) = &self.config.state_file else { return Ok(()) };
+        let Some(p) = &self.config.state_file else {
+            return Ok(());
+        };
         let store = self.store();
         let mut snap = store.snapshot();
         let conns = self.conns();
-        let mut dw = self.saved_domain_watches.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut dw = self
+            .saved_domain_watches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         for (id, h) in conns.iter() {
             if h.domid != 0 {
                 dw.entry(h.domid).or_default().extend(store.watches_of(*id));
@@ -354,7 +414,12 @@ impl Daemon {
     /// Removes the sockets (at shutdown).
     pub fn remove_sockets(&self) {
         let _ = std::fs::remove_file(&self.config.socket);
-        for d in self.domain_listeners.lock().unwrap_or_else(|e| e.into_inner()).keys() {
+        for d in self
+            .domain_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+        {
             let _ = std::fs::remove_file(self.domain_socket_path(*d));
         }
     }
@@ -373,6 +438,7 @@ fn bind(path: &Path) -> Result<UnixListener, String> {
         let _ = std::fs::remove_file(path);
     }
     let l = UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
     Ok(l)
 }

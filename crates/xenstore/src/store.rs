@@ -33,7 +33,14 @@ pub struct Quota {
 
 impl Default for Quota {
     fn default() -> Self {
-        Quota { nodes: 1000, node_size: 2048, watches: 128, transactions: 10, transaction_nodes: 1024, perms: 5 }
+        Quota {
+            nodes: 1000,
+            node_size: 2048,
+            watches: 128,
+            transactions: 10,
+            transaction_nodes: 1024,
+            perms: 5,
+        }
     }
 }
 
@@ -92,9 +99,15 @@ pub struct DomainInfo {
 #[derive(Clone, Debug)]
 enum Event {
     /// Node written, created, or its permissions changed (perms used for the read check).
-    Changed { path: String, perms: Perms },
+    Changed {
+        path: String,
+        perms: Perms,
+    },
     /// Subtree removed.
-    Removed { path: String, perms: Perms },
+    Removed {
+        path: String,
+        perms: Perms,
+    },
     Special(&'static str),
 }
 
@@ -157,7 +170,15 @@ impl Store {
     /// A store holding only the root node (owned by domain 0, readable by nobody else).
     pub fn new() -> Self {
         let mut nodes = HashMap::new();
-        nodes.insert("/".to_string(), Node { value: Vec::new(), perms: Perms::owned_by(0), children: BTreeSet::new(), generation: 1 });
+        nodes.insert(
+            "/".to_string(),
+            Node {
+                value: Vec::new(),
+                perms: Perms::owned_by(0),
+                children: BTreeSet::new(),
+                generation: 1,
+            },
+        );
         let mut s = Store {
             nodes,
             generation: 1,
@@ -174,7 +195,15 @@ impl Store {
 
     /// Registers a connection acting for `domid`.
     pub fn connect(&mut self, id: ConnId, domid: u32, privileged: bool) {
-        self.conns.insert(id, Conn { domid, privileged, watches: Vec::new(), txns: HashMap::new() });
+        self.conns.insert(
+            id,
+            Conn {
+                domid,
+                privileged,
+                watches: Vec::new(),
+                txns: HashMap::new(),
+            },
+        );
     }
 
     /// Forgets a connection: its watches and open transactions go away.
@@ -184,7 +213,10 @@ impl Store {
 
     /// Watches of a connection (for persistence).
     pub fn watches_of(&self, id: ConnId) -> Vec<Watch> {
-        self.conns.get(&id).map(|c| c.watches.clone()).unwrap_or_default()
+        self.conns
+            .get(&id)
+            .map(|c| c.watches.clone())
+            .unwrap_or_default()
     }
 
     /// Restores watches of a connection (after a daemon restart).
@@ -222,18 +254,29 @@ impl Store {
                 return n.clone();
             }
             let n = self.nodes.get(p).cloned();
-            t.seen.entry(p.to_string()).or_insert(n.as_ref().map(|n| n.generation).unwrap_or(0));
+            t.seen
+                .entry(p.to_string())
+                .or_insert(n.as_ref().map(|n| n.generation).unwrap_or(0));
             t.reads.insert(p.to_string(), n.clone());
             return n;
         }
         self.nodes.get(p).cloned()
     }
 
-    fn put(&mut self, tx: &mut Option<Txn>, p: &str, mut node: Node, quota: bool) -> Result<(), XsError> {
+    fn put(
+        &mut self,
+        tx: &mut Option<Txn>,
+        p: &str,
+        mut node: Node,
+        quota: bool,
+    ) -> Result<(), XsError> {
         if let Some(t) = tx.as_mut() {
             let base_gen = self.nodes.get(p).map(|n| n.generation).unwrap_or(0);
             t.seen.entry(p.to_string()).or_insert(base_gen);
-            if quota && !t.overlay.contains_key(p) && t.overlay.len() >= self.quota.transaction_nodes {
+            if quota
+                && !t.overlay.contains_key(p)
+                && t.overlay.len() >= self.quota.transaction_nodes
+            {
                 return Err(XsError::ENOSPC);
             }
             t.overlay.insert(p.to_string(), Some(node));
@@ -323,7 +366,10 @@ impl Store {
         }
         if !conn.privileged {
             let already = self.owned.get(&conn.domid).copied().unwrap_or(0) as isize
-                + tx.as_ref().and_then(|t| t.created.get(&conn.domid)).copied().unwrap_or(0);
+                + tx.as_ref()
+                    .and_then(|t| t.created.get(&conn.domid))
+                    .copied()
+                    .unwrap_or(0);
             if already + missing.len() as isize > self.quota.nodes as isize {
                 return Err(XsError::ENOSPC);
             }
@@ -336,7 +382,12 @@ impl Store {
                     first.domid = conn.domid;
                 }
             }
-            let node = Node { value: Vec::new(), perms, children: BTreeSet::new(), generation: 0 };
+            let node = Node {
+                value: Vec::new(),
+                perms,
+                children: BTreeSet::new(),
+                generation: 0,
+            };
             parent.children.insert(path::basename(&m).to_string());
             self.put(tx, &parent_path, parent, true)?;
             if let Some(t) = tx.as_mut() {
@@ -365,8 +416,15 @@ impl Store {
     /// Executes one request of connection `id`.
     pub fn handle(&mut self, id: ConnId, msg: &Message) -> Vec<Effect> {
         self.stats.requests += 1;
-        let Some(conn) = self.conns.get(&id) else { return Vec::new() };
-        let conn = Conn { domid: conn.domid, privileged: conn.privileged, watches: Vec::new(), txns: HashMap::new() };
+        let Some(conn) = self.conns.get(&id) else {
+            return Vec::new();
+        };
+        let conn = Conn {
+            domid: conn.domid,
+            privileged: conn.privileged,
+            watches: Vec::new(),
+            txns: HashMap::new(),
+        };
         let txid = msg.header.tx_id;
         let mtype = MsgType::from_u32(msg.header.msg_type);
         // Take the transaction out of the connection while the request runs.
@@ -391,7 +449,10 @@ impl Store {
             }
         }
         let mut out = vec![match result {
-            Ok(payload) => Effect::Send(id, Message::new(msg.header.msg_type, msg.header.req_id, txid, payload)),
+            Ok(payload) => Effect::Send(
+                id,
+                Message::new(msg.header.msg_type, msg.header.req_id, txid, payload),
+            ),
             Err(e) => self.error(id, msg, e),
         }];
         for e in events {
@@ -405,7 +466,15 @@ impl Store {
         self.stats.errors += 1;
         let mut p = e.as_str().as_bytes().to_vec();
         p.push(0);
-        Effect::Send(id, Message::new(MsgType::Error as u32, msg.header.req_id, msg.header.tx_id, p))
+        Effect::Send(
+            id,
+            Message::new(
+                MsgType::Error as u32,
+                msg.header.req_id,
+                msg.header.tx_id,
+                p,
+            ),
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -468,7 +537,11 @@ impl Store {
                     out.push(0);
                 } else {
                     // Cut at the last child boundary that fits.
-                    let cut = rest[..room].iter().rposition(|&b| b == 0).map(|i| i + 1).unwrap_or(0);
+                    let cut = rest[..room]
+                        .iter()
+                        .rposition(|&b| b == 0)
+                        .map(|i| i + 1)
+                        .unwrap_or(0);
                     out.extend_from_slice(&rest[..cut]);
                 }
                 Ok(out)
@@ -506,7 +579,14 @@ impl Store {
                     return Ok(ok());
                 }
                 let n = self.create(conn, tx, &p)?;
-                emit(Event::Changed { path: p, perms: n.perms }, tx, events);
+                emit(
+                    Event::Changed {
+                        path: p,
+                        perms: n.perms,
+                    },
+                    tx,
+                    events,
+                );
                 Ok(ok())
             }
             MsgType::Rm => {
@@ -530,12 +610,20 @@ impl Store {
                 self.remove_subtree(tx, &p);
                 parent.children.remove(path::basename(&p));
                 self.put(tx, &parent_path, parent, false)?;
-                emit(Event::Removed { path: p, perms: n.perms }, tx, events);
+                emit(
+                    Event::Removed {
+                        path: p,
+                        perms: n.perms,
+                    },
+                    tx,
+                    events,
+                );
                 Ok(ok())
             }
             MsgType::SetPerms => {
                 let p = path_arg(0)?;
-                let list: Result<Vec<Perm>, XsError> = f.iter().skip(1).map(|e| Perm::parse(e)).collect();
+                let list: Result<Vec<Perm>, XsError> =
+                    f.iter().skip(1).map(|e| Perm::parse(e)).collect();
                 let list = list?;
                 if list.is_empty() || (!conn.privileged && list.len() > self.quota.perms) {
                     return Err(XsError::EINVAL);
@@ -557,14 +645,26 @@ impl Store {
                 if c.watches.iter().any(|w| w.path == p && w.token == token) {
                     return Err(XsError::EEXIST);
                 }
-                let limit = if conn.privileged { MAX_WATCHES_PER_CONN } else { self.quota.watches };
+                let limit = if conn.privileged {
+                    MAX_WATCHES_PER_CONN
+                } else {
+                    self.quota.watches
+                };
                 if c.watches.len() >= limit {
                     return Err(XsError::E2BIG);
                 }
-                let w = Watch { path: p, token, relative };
+                let w = Watch {
+                    path: p,
+                    token,
+                    relative,
+                };
                 c.watches.push(w.clone());
                 // The initial event, as Xen sends it.
-                let shown = if w.relative { relative_path(&w.path, conn.domid) } else { w.path.clone() };
+                let shown = if w.relative {
+                    relative_path(&w.path, conn.domid)
+                } else {
+                    w.path.clone()
+                };
                 effects.push(Effect::Send(id, watch_event(&shown, &w.token)));
                 self.stats.watch_events += 1;
                 Ok(ok())
@@ -592,7 +692,11 @@ impl Store {
                 if msg.header.tx_id != 0 {
                     return Err(XsError::EBUSY);
                 }
-                let limit = if conn.privileged { MAX_TRANSACTIONS_PER_CONN } else { self.quota.transactions };
+                let limit = if conn.privileged {
+                    MAX_TRANSACTIONS_PER_CONN
+                } else {
+                    self.quota.transactions
+                };
                 let txid = self.next_txid.max(1);
                 let c = self.conns.get_mut(&id).ok_or(XsError::EINVAL)?;
                 if c.txns.len() >= limit {
@@ -625,9 +729,20 @@ impl Store {
                     return Err(XsError::EINVAL);
                 }
                 if let Some(d) = self.domains.get(&domid) {
-                    return if d.mfn == mfn && d.evtchn == evtchn { Ok(ok()) } else { Err(XsError::EEXIST) };
+                    return if d.mfn == mfn && d.evtchn == evtchn {
+                        Ok(ok())
+                    } else {
+                        Err(XsError::EEXIST)
+                    };
                 }
-                self.domains.insert(domid, DomainInfo { mfn, evtchn, target: None });
+                self.domains.insert(
+                    domid,
+                    DomainInfo {
+                        mfn,
+                        evtchn,
+                        target: None,
+                    },
+                );
                 events.push(Event::Special(INTRODUCE_DOMAIN));
                 effects.push(Effect::DomainIntroduced(domid));
                 Ok(ok())
@@ -638,7 +753,12 @@ impl Store {
                 if self.domains.remove(&domid).is_none() {
                     return Err(XsError::ENOENT);
                 }
-                let gone: Vec<ConnId> = self.conns.iter().filter(|(_, c)| c.domid == domid && !c.privileged).map(|(k, _)| *k).collect();
+                let gone: Vec<ConnId> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.domid == domid && !c.privileged)
+                    .map(|(k, _)| *k)
+                    .collect();
                 for g in gone {
                     self.conns.remove(&g);
                 }
@@ -655,7 +775,11 @@ impl Store {
             MsgType::IsDomainIntroduced => {
                 let domid: u32 = num_arg(arg(0)?)?;
                 let yes = domid == 0 || self.domains.contains_key(&domid);
-                Ok(if yes { b"T\0".to_vec() } else { b"F\0".to_vec() })
+                Ok(if yes {
+                    b"T\0".to_vec()
+                } else {
+                    b"F\0".to_vec()
+                })
             }
             MsgType::Resume => {
                 self.need_privilege(conn)?;
@@ -680,7 +804,9 @@ impl Store {
                 self.need_privilege(conn)?;
                 self.control(&f)
             }
-            MsgType::GetFeature | MsgType::SetFeature | MsgType::GetQuota | MsgType::SetQuota => Err(XsError::ENOSYS),
+            MsgType::GetFeature | MsgType::SetFeature | MsgType::GetQuota | MsgType::SetQuota => {
+                Err(XsError::ENOSYS)
+            }
             MsgType::WatchEvent | MsgType::Error => Err(XsError::EINVAL),
         }
     }
@@ -776,9 +902,9 @@ impl Store {
             for w in &c.watches {
                 let hit = match e {
                     Event::Special(s) => (w.path == *s && c.privileged).then(|| s.to_string()),
-                    Event::Changed { path: p, perms } => {
-                        (path::is_within(p, &w.path) && self.access(c, perms).can_read()).then(|| p.clone())
-                    }
+                    Event::Changed { path: p, perms } => (path::is_within(p, &w.path)
+                        && self.access(c, perms).can_read())
+                    .then(|| p.clone()),
                     Event::Removed { path: p, perms } => {
                         if !self.access(c, perms).can_read() {
                             None
@@ -792,7 +918,11 @@ impl Store {
                     }
                 };
                 if let Some(p) = hit {
-                    let shown = if w.relative { relative_path(&p, c.domid) } else { p };
+                    let shown = if w.relative {
+                        relative_path(&p, c.domid)
+                    } else {
+                        p
+                    };
                     sends.push(Effect::Send(*cid, watch_event(&shown, &w.token)));
                 }
             }
@@ -805,7 +935,13 @@ impl Store {
 
     /// The persistent part of the store.
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { nodes: self.nodes.clone(), domains: self.domains.clone(), generation: self.generation, quota: self.quota.clone(), domain_watches: BTreeMap::new() }
+        Snapshot {
+            nodes: self.nodes.clone(),
+            domains: self.domains.clone(),
+            generation: self.generation,
+            quota: self.quota.clone(),
+            domain_watches: BTreeMap::new(),
+        }
     }
 
     /// A store from a snapshot.

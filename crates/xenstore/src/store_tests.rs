@@ -23,7 +23,9 @@ fn call(s: &mut Store, c: u64, m: Message) -> Result<Vec<u8>, String> {
         Some(Effect::Send(id, r)) if *id == c => {
             assert_eq!(r.header.req_id, m.header.req_id, "req_id echoed");
             if r.header.msg_type == MsgType::Error as u32 {
-                Err(String::from_utf8_lossy(&r.payload).trim_end_matches('\0').to_string())
+                Err(String::from_utf8_lossy(&r.payload)
+                    .trim_end_matches('\0')
+                    .to_string())
             } else {
                 assert_eq!(r.header.msg_type, m.header.msg_type);
                 Ok(r.payload.clone())
@@ -37,7 +39,12 @@ fn events(eff: &[Effect], c: u64) -> Vec<String> {
     eff.iter()
         .filter_map(|e| match e {
             Effect::Send(id, m) if *id == c && m.header.msg_type == MsgType::WatchEvent as u32 => {
-                Some(String::from_utf8_lossy(&m.payload).replace('\0', " ").trim_end().to_string())
+                Some(
+                    String::from_utf8_lossy(&m.payload)
+                        .replace('\0', " ")
+                        .trim_end()
+                        .to_string(),
+                )
             }
             _ => None,
         })
@@ -51,19 +58,47 @@ fn rd(s: &mut Store, c: u64, p: &str) -> Result<Vec<u8>, String> {
 #[test]
 fn write_read_directory_rm() {
     let mut s = store();
-    assert_eq!(call(&mut s, DOM0, write(0, "/a/b/c", b"v")), Ok(b"OK\0".to_vec()));
+    assert_eq!(
+        call(&mut s, DOM0, write(0, "/a/b/c", b"v")),
+        Ok(b"OK\0".to_vec())
+    );
     assert_eq!(rd(&mut s, DOM0, "/a/b/c"), Ok(b"v".to_vec()));
-    assert_eq!(rd(&mut s, DOM0, "/a/b"), Ok(b"".to_vec()), "parents are created empty");
+    assert_eq!(
+        rd(&mut s, DOM0, "/a/b"),
+        Ok(b"".to_vec()),
+        "parents are created empty"
+    );
     call(&mut s, DOM0, write(0, "/a/x", b"with\0nul")).unwrap();
     assert_eq!(rd(&mut s, DOM0, "/a/x"), Ok(b"with\0nul".to_vec()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Directory, 0, &[b"/a"])), Ok(b"b\0x\0".to_vec()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Rm, 0, &[b"/a/b"])), Ok(b"OK\0".to_vec()));
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Directory, 0, &[b"/a"])),
+        Ok(b"b\0x\0".to_vec())
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Rm, 0, &[b"/a/b"])),
+        Ok(b"OK\0".to_vec())
+    );
     assert_eq!(rd(&mut s, DOM0, "/a/b/c"), Err("ENOENT".into()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Rm, 0, &[b"/a/nothing"])), Ok(b"OK\0".to_vec()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Rm, 0, &[b"/no/such"])), Err("ENOENT".into()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Rm, 0, &[b"/"])), Err("EINVAL".into()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Mkdir, 0, &[b"/m/n"])), Ok(b"OK\0".to_vec()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Mkdir, 0, &[b"/m/n"])), Ok(b"OK\0".to_vec()));
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Rm, 0, &[b"/a/nothing"])),
+        Ok(b"OK\0".to_vec())
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Rm, 0, &[b"/no/such"])),
+        Err("ENOENT".into())
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Rm, 0, &[b"/"])),
+        Err("EINVAL".into())
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Mkdir, 0, &[b"/m/n"])),
+        Ok(b"OK\0".to_vec())
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Mkdir, 0, &[b"/m/n"])),
+        Ok(b"OK\0".to_vec())
+    );
     assert_eq!(s.check_consistency(), "OK\n");
 }
 
@@ -71,15 +106,52 @@ fn write_read_directory_rm() {
 fn malformed_requests_get_errors() {
     let mut s = store();
     for p in [&b"a//b"[..], b"/bad path", b"/trailing/", b"", b"/x\xff"] {
-        assert_eq!(rd(&mut s, DOM0, &String::from_utf8_lossy(p)).err(), Some("EINVAL".into()));
+        assert_eq!(
+            rd(&mut s, DOM0, &String::from_utf8_lossy(p)).err(),
+            Some("EINVAL".into())
+        );
     }
-    assert_eq!(call(&mut s, DOM0, Message::new(99, 1, 0, vec![])), Err("EINVAL".into()));
-    assert_eq!(call(&mut s, DOM0, Message::new(MsgType::Read as u32, 1, 0, vec![])), Err("EINVAL".into()));
-    assert_eq!(call(&mut s, DOM0, Message::new(MsgType::WatchEvent as u32, 1, 0, b"/a\0t\0".to_vec())), Err("EINVAL".into()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Read, 77, &[b"/"])), Err("ENOENT".into()), "unknown transaction");
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::SetPerms, 0, &[b"/", b"q1"])), Err("EINVAL".into()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Introduce, 0, &[b"x", b"1", b"2"])), Err("EINVAL".into()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::GetQuota, 0, &[])), Err("ENOSYS".into()));
+    assert_eq!(
+        call(&mut s, DOM0, Message::new(99, 1, 0, vec![])),
+        Err("EINVAL".into())
+    );
+    assert_eq!(
+        call(
+            &mut s,
+            DOM0,
+            Message::new(MsgType::Read as u32, 1, 0, vec![])
+        ),
+        Err("EINVAL".into())
+    );
+    assert_eq!(
+        call(
+            &mut s,
+            DOM0,
+            Message::new(MsgType::WatchEvent as u32, 1, 0, b"/a\0t\0".to_vec())
+        ),
+        Err("EINVAL".into())
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Read, 77, &[b"/"])),
+        Err("ENOENT".into()),
+        "unknown transaction"
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::SetPerms, 0, &[b"/", b"q1"])),
+        Err("EINVAL".into())
+    );
+    assert_eq!(
+        call(
+            &mut s,
+            DOM0,
+            strings(MsgType::Introduce, 0, &[b"x", b"1", b"2"])
+        ),
+        Err("EINVAL".into())
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::GetQuota, 0, &[])),
+        Err("ENOSYS".into())
+    );
 }
 
 #[test]
@@ -87,51 +159,130 @@ fn permissions_follow_xen() {
     let mut s = store();
     call(&mut s, DOM0, write(0, "/local/domain/5/name", b"guest")).unwrap();
     // dom0 owns it: domU 5 cannot read until permitted.
-    assert_eq!(rd(&mut s, DOMU, "/local/domain/5/name"), Err("EACCES".into()));
-    call(&mut s, DOM0, strings(MsgType::SetPerms, 0, &[b"/local/domain/5", b"n5"])).unwrap();
-    call(&mut s, DOM0, strings(MsgType::SetPerms, 0, &[b"/local/domain/5/name", b"n0", b"r5"])).unwrap();
-    assert_eq!(rd(&mut s, DOMU, "name"), Ok(b"guest".to_vec()), "relative path, r5");
-    assert_eq!(call(&mut s, DOMU, write(0, "name", b"x")), Err("EACCES".into()));
+    assert_eq!(
+        rd(&mut s, DOMU, "/local/domain/5/name"),
+        Err("EACCES".into())
+    );
+    call(
+        &mut s,
+        DOM0,
+        strings(MsgType::SetPerms, 0, &[b"/local/domain/5", b"n5"]),
+    )
+    .unwrap();
+    call(
+        &mut s,
+        DOM0,
+        strings(
+            MsgType::SetPerms,
+            0,
+            &[b"/local/domain/5/name", b"n0", b"r5"],
+        ),
+    )
+    .unwrap();
+    assert_eq!(
+        rd(&mut s, DOMU, "name"),
+        Ok(b"guest".to_vec()),
+        "relative path, r5"
+    );
+    assert_eq!(
+        call(&mut s, DOMU, write(0, "name", b"x")),
+        Err("EACCES".into())
+    );
     // Domain 5 owns its home: it can create below it, and the new node is its own.
     call(&mut s, DOMU, write(0, "data/key", b"1")).unwrap();
-    assert_eq!(call(&mut s, DOMU, strings(MsgType::GetPerms, 0, &[b"data/key"])), Ok(b"n5\0".to_vec()));
+    assert_eq!(
+        call(&mut s, DOMU, strings(MsgType::GetPerms, 0, &[b"data/key"])),
+        Ok(b"n5\0".to_vec())
+    );
     // Domain 6 sees nothing of domain 5.
-    assert_eq!(rd(&mut s, DOMU2, "/local/domain/5/data/key"), Err("EACCES".into()));
-    assert_eq!(call(&mut s, DOMU2, write(0, "/local/domain/5/evil", b"x")), Err("EACCES".into()));
+    assert_eq!(
+        rd(&mut s, DOMU2, "/local/domain/5/data/key"),
+        Err("EACCES".into())
+    );
+    assert_eq!(
+        call(&mut s, DOMU2, write(0, "/local/domain/5/evil", b"x")),
+        Err("EACCES".into())
+    );
     // Owner may grant; only the owner or dom0 may change permissions.
-    assert_eq!(call(&mut s, DOMU2, strings(MsgType::SetPerms, 0, &[b"/local/domain/5/data/key", b"b6"])), Err("EACCES".into()));
-    call(&mut s, DOMU, strings(MsgType::SetPerms, 0, &[b"data/key", b"n5", b"r6"])).unwrap();
-    assert_eq!(rd(&mut s, DOMU2, "/local/domain/5/data/key"), Ok(b"1".to_vec()));
+    assert_eq!(
+        call(
+            &mut s,
+            DOMU2,
+            strings(MsgType::SetPerms, 0, &[b"/local/domain/5/data/key", b"b6"])
+        ),
+        Err("EACCES".into())
+    );
+    call(
+        &mut s,
+        DOMU,
+        strings(MsgType::SetPerms, 0, &[b"data/key", b"n5", b"r6"]),
+    )
+    .unwrap();
+    assert_eq!(
+        rd(&mut s, DOMU2, "/local/domain/5/data/key"),
+        Ok(b"1".to_vec())
+    );
     // Privileged operations.
-    assert_eq!(call(&mut s, DOMU, strings(MsgType::Introduce, 0, &[b"9", b"1", b"2"])), Err("EACCES".into()));
-    assert_eq!(call(&mut s, DOMU, strings(MsgType::Control, 0, &[b"check"])), Err("EACCES".into()));
+    assert_eq!(
+        call(
+            &mut s,
+            DOMU,
+            strings(MsgType::Introduce, 0, &[b"9", b"1", b"2"])
+        ),
+        Err("EACCES".into())
+    );
+    assert_eq!(
+        call(&mut s, DOMU, strings(MsgType::Control, 0, &[b"check"])),
+        Err("EACCES".into())
+    );
 }
 
 #[test]
 fn transactions_isolate_and_conflict() {
     let mut s = store();
     call(&mut s, DOM0, write(0, "/t/a", b"a")).unwrap();
-    let id: u32 = String::from_utf8(call(&mut s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap())
-        .unwrap()
-        .trim_end_matches('\0')
-        .parse()
-        .unwrap();
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Read, id, &[b"/t/a"])), Ok(b"a".to_vec()));
+    let id: u32 = String::from_utf8(
+        call(&mut s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap(),
+    )
+    .unwrap()
+    .trim_end_matches('\0')
+    .parse()
+    .unwrap();
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Read, id, &[b"/t/a"])),
+        Ok(b"a".to_vec())
+    );
     call(&mut s, DOM0, write(0, "/t/a", b"b")).unwrap();
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Read, id, &[b"/t/a"])), Ok(b"a".to_vec()), "isolation");
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Read, id, &[b"/t/a"])),
+        Ok(b"a".to_vec()),
+        "isolation"
+    );
     call(&mut s, DOM0, write(id, "/t/a", b"c")).unwrap();
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Read, id, &[b"/t/a"])), Ok(b"c".to_vec()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::TransactionEnd, id, &[b"T"])), Err("EAGAIN".into()));
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Read, id, &[b"/t/a"])),
+        Ok(b"c".to_vec())
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::TransactionEnd, id, &[b"T"])),
+        Err("EAGAIN".into())
+    );
     assert_eq!(rd(&mut s, DOM0, "/t/a"), Ok(b"b".to_vec()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::TransactionEnd, id, &[b"T"])), Err("ENOENT".into()), "ended");
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::TransactionEnd, id, &[b"T"])),
+        Err("ENOENT".into()),
+        "ended"
+    );
 
     // A clean read-modify-write commits, with its events at commit time.
     call(&mut s, DOM0, strings(MsgType::Watch, 0, &[b"/t", b"tok"])).unwrap();
-    let id2: u32 = String::from_utf8(call(&mut s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap())
-        .unwrap()
-        .trim_end_matches('\0')
-        .parse()
-        .unwrap();
+    let id2: u32 = String::from_utf8(
+        call(&mut s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap(),
+    )
+    .unwrap()
+    .trim_end_matches('\0')
+    .parse()
+    .unwrap();
     call(&mut s, DOM0, strings(MsgType::Read, id2, &[b"/t/a"])).unwrap();
     let eff = s.handle(DOM0, &write(id2, "/t/new/deep", b"d"));
     assert!(events(&eff, DOM0).is_empty(), "no events before commit");
@@ -141,11 +292,13 @@ fn transactions_isolate_and_conflict() {
     assert_eq!(s.check_consistency(), "OK\n");
 
     // Abort discards.
-    let id3: u32 = String::from_utf8(call(&mut s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap())
-        .unwrap()
-        .trim_end_matches('\0')
-        .parse()
-        .unwrap();
+    let id3: u32 = String::from_utf8(
+        call(&mut s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap(),
+    )
+    .unwrap()
+    .trim_end_matches('\0')
+    .parse()
+    .unwrap();
     call(&mut s, DOM0, strings(MsgType::Rm, id3, &[b"/t"])).unwrap();
     call(&mut s, DOM0, strings(MsgType::TransactionEnd, id3, &[b"F"])).unwrap();
     assert_eq!(rd(&mut s, DOM0, "/t/a"), Ok(b"b".to_vec()));
@@ -156,50 +309,139 @@ fn watches_fire_for_subtree_and_respect_permissions() {
     let mut s = store();
     let eff = s.handle(DOM0, &strings(MsgType::Watch, 0, &[b"/w", b"t1"]));
     assert_eq!(events(&eff, DOM0), vec!["/w t1"], "initial event");
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Watch, 0, &[b"/w", b"t1"])), Err("EEXIST".into()));
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Watch, 0, &[b"/w", b"t1"])),
+        Err("EEXIST".into())
+    );
     let eff = s.handle(DOM0, &write(0, "/w/x/y", b"1"));
     assert_eq!(events(&eff, DOM0), vec!["/w/x/y t1"]);
     let eff = s.handle(DOM0, &write(0, "/other", b"1"));
     assert!(events(&eff, DOM0).is_empty());
     // A watch below a removed subtree reports its own path.
-    call(&mut s, DOM0, strings(MsgType::Watch, 0, &[b"/w/x/y", b"t2"])).unwrap();
+    call(
+        &mut s,
+        DOM0,
+        strings(MsgType::Watch, 0, &[b"/w/x/y", b"t2"]),
+    )
+    .unwrap();
     let eff = s.handle(DOM0, &strings(MsgType::Rm, 0, &[b"/w/x"]));
     let mut ev = events(&eff, DOM0);
     ev.sort();
     assert_eq!(ev, vec!["/w/x t1", "/w/x/y t2"]);
     // Relative watches of a domain; no events for nodes it may not read.
-    call(&mut s, DOM0, strings(MsgType::Mkdir, 0, &[b"/local/domain/5"])).unwrap();
-    call(&mut s, DOM0, strings(MsgType::SetPerms, 0, &[b"/local/domain/5", b"n5"])).unwrap();
+    call(
+        &mut s,
+        DOM0,
+        strings(MsgType::Mkdir, 0, &[b"/local/domain/5"]),
+    )
+    .unwrap();
+    call(
+        &mut s,
+        DOM0,
+        strings(MsgType::SetPerms, 0, &[b"/local/domain/5", b"n5"]),
+    )
+    .unwrap();
     s.handle(DOMU, &strings(MsgType::Watch, 0, &[b"device", b"dev"]));
     let eff = s.handle(DOM0, &write(0, "/local/domain/5/device/vif", b"x"));
     assert_eq!(events(&eff, DOMU), vec!["device/vif dev"]);
-    call(&mut s, DOM0, strings(MsgType::SetPerms, 0, &[b"/local/domain/5/device/vif", b"n0"])).unwrap();
+    call(
+        &mut s,
+        DOM0,
+        strings(
+            MsgType::SetPerms,
+            0,
+            &[b"/local/domain/5/device/vif", b"n0"],
+        ),
+    )
+    .unwrap();
     let eff = s.handle(DOM0, &write(0, "/local/domain/5/device/vif", b"y"));
-    assert!(events(&eff, DOMU).is_empty(), "not readable by domain 5 any more");
-    assert_eq!(call(&mut s, DOMU, strings(MsgType::Unwatch, 0, &[b"device", b"dev"])), Ok(b"OK\0".to_vec()));
-    assert_eq!(call(&mut s, DOMU, strings(MsgType::Unwatch, 0, &[b"device", b"dev"])), Err("ENOENT".into()));
+    assert!(
+        events(&eff, DOMU).is_empty(),
+        "not readable by domain 5 any more"
+    );
+    assert_eq!(
+        call(
+            &mut s,
+            DOMU,
+            strings(MsgType::Unwatch, 0, &[b"device", b"dev"])
+        ),
+        Ok(b"OK\0".to_vec())
+    );
+    assert_eq!(
+        call(
+            &mut s,
+            DOMU,
+            strings(MsgType::Unwatch, 0, &[b"device", b"dev"])
+        ),
+        Err("ENOENT".into())
+    );
 }
 
 #[test]
 fn domains_and_special_watches() {
     let mut s = store();
-    s.handle(DOM0, &strings(MsgType::Watch, 0, &[b"@introduceDomain", b"i"]));
-    s.handle(DOM0, &strings(MsgType::Watch, 0, &[b"@releaseDomain", b"r"]));
-    s.handle(DOMU, &strings(MsgType::Watch, 0, &[b"@introduceDomain", b"i"]));
+    s.handle(
+        DOM0,
+        &strings(MsgType::Watch, 0, &[b"@introduceDomain", b"i"]),
+    );
+    s.handle(
+        DOM0,
+        &strings(MsgType::Watch, 0, &[b"@releaseDomain", b"r"]),
+    );
+    s.handle(
+        DOMU,
+        &strings(MsgType::Watch, 0, &[b"@introduceDomain", b"i"]),
+    );
     let eff = s.handle(DOM0, &strings(MsgType::Introduce, 0, &[b"7", b"4", b"1"]));
     assert_eq!(events(&eff, DOM0), vec!["@introduceDomain i"]);
-    assert!(events(&eff, DOMU).is_empty(), "unprivileged domains do not see it");
+    assert!(
+        events(&eff, DOMU).is_empty(),
+        "unprivileged domains do not see it"
+    );
     assert!(eff.contains(&Effect::DomainIntroduced(7)));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Introduce, 0, &[b"7", b"5", b"1"])), Err("EEXIST".into()));
-    assert_eq!(call(&mut s, DOMU, strings(MsgType::IsDomainIntroduced, 0, &[b"7"])), Ok(b"T\0".to_vec()));
-    assert_eq!(call(&mut s, DOMU, strings(MsgType::GetDomainPath, 0, &[b"7"])), Ok(b"/local/domain/7\0".to_vec()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Resume, 0, &[b"7"])), Ok(b"OK\0".to_vec()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::SetTarget, 0, &[b"7", b"8"])), Err("ENOENT".into()));
+    assert_eq!(
+        call(
+            &mut s,
+            DOM0,
+            strings(MsgType::Introduce, 0, &[b"7", b"5", b"1"])
+        ),
+        Err("EEXIST".into())
+    );
+    assert_eq!(
+        call(
+            &mut s,
+            DOMU,
+            strings(MsgType::IsDomainIntroduced, 0, &[b"7"])
+        ),
+        Ok(b"T\0".to_vec())
+    );
+    assert_eq!(
+        call(&mut s, DOMU, strings(MsgType::GetDomainPath, 0, &[b"7"])),
+        Ok(b"/local/domain/7\0".to_vec())
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Resume, 0, &[b"7"])),
+        Ok(b"OK\0".to_vec())
+    );
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::SetTarget, 0, &[b"7", b"8"])),
+        Err("ENOENT".into())
+    );
     let eff = s.handle(DOM0, &strings(MsgType::Release, 0, &[b"7"]));
     assert_eq!(events(&eff, DOM0), vec!["@releaseDomain r"]);
     assert!(eff.contains(&Effect::DomainReleased(7)));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Release, 0, &[b"7"])), Err("ENOENT".into()));
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::IsDomainIntroduced, 0, &[b"7"])), Ok(b"F\0".to_vec()));
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Release, 0, &[b"7"])),
+        Err("ENOENT".into())
+    );
+    assert_eq!(
+        call(
+            &mut s,
+            DOM0,
+            strings(MsgType::IsDomainIntroduced, 0, &[b"7"])
+        ),
+        Ok(b"F\0".to_vec())
+    );
 }
 
 #[test]
@@ -208,22 +450,50 @@ fn quotas_apply_to_domains() {
     s.quota.nodes = 5;
     s.quota.watches = 2;
     s.quota.transactions = 1;
-    call(&mut s, DOM0, strings(MsgType::Mkdir, 0, &[b"/local/domain/5"])).unwrap();
-    call(&mut s, DOM0, strings(MsgType::SetPerms, 0, &[b"/local/domain/5", b"n5"])).unwrap();
+    call(
+        &mut s,
+        DOM0,
+        strings(MsgType::Mkdir, 0, &[b"/local/domain/5"]),
+    )
+    .unwrap();
+    call(
+        &mut s,
+        DOM0,
+        strings(MsgType::SetPerms, 0, &[b"/local/domain/5", b"n5"]),
+    )
+    .unwrap();
     // domain 5 now owns its home (1 node); 4 more fit.
     for i in 0..4 {
         call(&mut s, DOMU, write(0, &format!("k{i}"), b"v")).unwrap();
     }
-    assert_eq!(call(&mut s, DOMU, write(0, "k9", b"v")), Err("ENOSPC".into()));
-    assert_eq!(call(&mut s, DOMU, write(0, "k0", &vec![b'x'; 2049])), Err("ENOSPC".into()), "node size");
+    assert_eq!(
+        call(&mut s, DOMU, write(0, "k9", b"v")),
+        Err("ENOSPC".into())
+    );
+    assert_eq!(
+        call(&mut s, DOMU, write(0, "k0", &vec![b'x'; 2049])),
+        Err("ENOSPC".into()),
+        "node size"
+    );
     call(&mut s, DOMU, strings(MsgType::Watch, 0, &[b"a", b"1"])).unwrap();
     call(&mut s, DOMU, strings(MsgType::Watch, 0, &[b"b", b"1"])).unwrap();
-    assert_eq!(call(&mut s, DOMU, strings(MsgType::Watch, 0, &[b"c", b"1"])), Err("E2BIG".into()));
+    assert_eq!(
+        call(&mut s, DOMU, strings(MsgType::Watch, 0, &[b"c", b"1"])),
+        Err("E2BIG".into())
+    );
     call(&mut s, DOMU, strings(MsgType::TransactionStart, 0, &[b""])).unwrap();
-    assert_eq!(call(&mut s, DOMU, strings(MsgType::TransactionStart, 0, &[b""])), Err("ENOSPC".into()));
+    assert_eq!(
+        call(&mut s, DOMU, strings(MsgType::TransactionStart, 0, &[b""])),
+        Err("ENOSPC".into())
+    );
     // dom0 is not limited.
     for i in 0..20 {
-        call(&mut s, DOM0, write(0, &format!("/big/{i}"), &vec![b'x'; 3000])).unwrap();
+        call(
+            &mut s,
+            DOM0,
+            write(0, &format!("/big/{i}"), &vec![b'x'; 3000]),
+        )
+        .unwrap();
     }
     let q = call(&mut s, DOM0, strings(MsgType::Control, 0, &[b"quota"])).unwrap();
     assert!(String::from_utf8_lossy(&q).contains("domain 5: nodes=5"));
@@ -234,19 +504,41 @@ fn quotas_apply_to_domains() {
 fn directory_part_pages_large_directories() {
     let mut s = store();
     for i in 0..600 {
-        call(&mut s, DOM0, write(0, &format!("/big/child-with-a-long-name-{i:04}"), b"")).unwrap();
+        call(
+            &mut s,
+            DOM0,
+            write(0, &format!("/big/child-with-a-long-name-{i:04}"), b""),
+        )
+        .unwrap();
     }
-    assert_eq!(call(&mut s, DOM0, strings(MsgType::Directory, 0, &[b"/big"])), Err("E2BIG".into()));
+    assert_eq!(
+        call(&mut s, DOM0, strings(MsgType::Directory, 0, &[b"/big"])),
+        Err("E2BIG".into())
+    );
     let mut names = Vec::new();
     let mut offset = 0usize;
     loop {
-        let r = call(&mut s, DOM0, strings(MsgType::DirectoryPart, 0, &[b"/big", offset.to_string().as_bytes()])).unwrap();
+        let r = call(
+            &mut s,
+            DOM0,
+            strings(
+                MsgType::DirectoryPart,
+                0,
+                &[b"/big", offset.to_string().as_bytes()],
+            ),
+        )
+        .unwrap();
         let gen_end = r.iter().position(|&b| b == 0).unwrap();
         let body = &r[gen_end + 1..];
         let done = body.ends_with(b"\0\0") || body == b"\0";
         let chunk = if done { &body[..body.len() - 1] } else { body };
         offset += chunk.len();
-        names.extend(chunk.split(|&b| b == 0).filter(|n| !n.is_empty()).map(|n| String::from_utf8_lossy(n).to_string()));
+        names.extend(
+            chunk
+                .split(|&b| b == 0)
+                .filter(|n| !n.is_empty())
+                .map(|n| String::from_utf8_lossy(n).to_string()),
+        );
         if done {
             break;
         }
@@ -258,7 +550,12 @@ fn directory_part_pages_large_directories() {
 fn snapshot_roundtrip() {
     let mut s = store();
     call(&mut s, DOM0, write(0, "/p/q", b"v")).unwrap();
-    call(&mut s, DOM0, strings(MsgType::Introduce, 0, &[b"3", b"1", b"2"])).unwrap();
+    call(
+        &mut s,
+        DOM0,
+        strings(MsgType::Introduce, 0, &[b"3", b"1", b"2"]),
+    )
+    .unwrap();
     let json = serde_json::to_string(&s.snapshot()).unwrap();
     let mut r = Store::from_snapshot(serde_json::from_str(&json).unwrap()).unwrap();
     r.connect(DOM0, 0, true);

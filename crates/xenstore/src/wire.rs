@@ -146,7 +146,12 @@ pub struct Header {
 impl Header {
     pub fn parse(b: &[u8; HEADER_LEN]) -> Self {
         let w = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        Header { msg_type: w(0), req_id: w(4), tx_id: w(8), len: w(12) }
+        Header {
+            msg_type: w(0),
+            req_id: w(4),
+            tx_id: w(8),
+            len: w(12),
+        }
     }
 
     pub fn to_bytes(self) -> [u8; HEADER_LEN] {
@@ -169,7 +174,15 @@ pub struct Message {
 impl Message {
     /// Builds a message; `payload` must not exceed [`PAYLOAD_MAX`] (callers guarantee it).
     pub fn new(msg_type: u32, req_id: u32, tx_id: u32, payload: Vec<u8>) -> Self {
-        Message { header: Header { msg_type, req_id, tx_id, len: payload.len() as u32 }, payload }
+        Message {
+            header: Header {
+                msg_type,
+                req_id,
+                tx_id,
+                len: payload.len() as u32,
+            },
+            payload,
+        }
     }
 
     /// Serializes header and payload.
@@ -267,7 +280,15 @@ mod tests {
     #[test]
     fn oversized_payload_is_fatal() {
         let mut d = Decoder::default();
-        d.push(&Header { msg_type: 2, req_id: 0, tx_id: 0, len: 4097 }.to_bytes());
+        d.push(
+            &Header {
+                msg_type: 2,
+                req_id: 0,
+                tx_id: 0,
+                len: 4097,
+            }
+            .to_bytes(),
+        );
         assert_eq!(d.next_message(), Err(FrameError::TooLong(4097)));
     }
 

@@ -21,18 +21,40 @@ fn malformed_messages() {
     let mut d = Daemon::start("malformed", &[]);
     let mut c = Client::connect(&d.socket).unwrap();
     // Unknown type, missing terminator, bad characters, too long paths.
-    assert_eq!(xs_err(c.request(MsgType::Error, 0, b"/a\0".to_vec())), "EINVAL");
-    c.send_raw(&Message::new(999, 5, 0, b"x".to_vec()).to_bytes()).unwrap();
+    assert_eq!(
+        xs_err(c.request(MsgType::Error, 0, b"/a\0".to_vec())),
+        "EINVAL"
+    );
+    c.send_raw(&Message::new(999, 5, 0, b"x".to_vec()).to_bytes())
+        .unwrap();
     let r = c.read_raw().unwrap();
-    assert_eq!((r.header.msg_type, r.header.req_id, r.payload.as_slice()), (MsgType::Error as u32, 5, &b"EINVAL\0"[..]));
+    assert_eq!(
+        (r.header.msg_type, r.header.req_id, r.payload.as_slice()),
+        (MsgType::Error as u32, 5, &b"EINVAL\0"[..])
+    );
     assert_eq!(xs_err(c.read(0, "/bad path")), "EINVAL");
-    assert_eq!(xs_err(c.read(0, &format!("/{}", "a".repeat(3100)))), "EINVAL");
+    assert_eq!(
+        xs_err(c.read(0, &format!("/{}", "a".repeat(3100)))),
+        "EINVAL"
+    );
     assert_eq!(xs_err(c.request(MsgType::Read, 0, b"".to_vec())), "EINVAL");
-    assert_eq!(xs_err(c.request(MsgType::TransactionEnd, 12345, b"T\0".to_vec())), "ENOENT");
+    assert_eq!(
+        xs_err(c.request(MsgType::TransactionEnd, 12345, b"T\0".to_vec())),
+        "ENOENT"
+    );
     c.write(0, "/ok", b"still works").unwrap();
     // Length over 4096: the connection is dropped; the daemon lives on.
     let mut bad = Client::connect(&d.socket).unwrap();
-    bad.send_raw(&Header { msg_type: 2, req_id: 1, tx_id: 0, len: 5000 }.to_bytes()).unwrap();
+    bad.send_raw(
+        &Header {
+            msg_type: 2,
+            req_id: 1,
+            tx_id: 0,
+            len: 5000,
+        }
+        .to_bytes(),
+    )
+    .unwrap();
     bad.set_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(bad.read_raw().is_err(), "connection closed");
     assert_eq!(c.read(0, "/ok").unwrap(), b"still works");
@@ -88,8 +110,16 @@ fn floods_and_disconnects() {
     for i in 0..3000 {
         admin.write(0, &format!("/noisy/{}", i % 10), &big).unwrap();
     }
-    let stats = String::from_utf8_lossy(&admin.request(MsgType::Control, 0, b"stats\0".to_vec()).unwrap()).to_string();
-    assert!(stats.contains("connections=3"), "deaf client dropped: {stats}");
+    let stats = String::from_utf8_lossy(
+        &admin
+            .request(MsgType::Control, 0, b"stats\0".to_vec())
+            .unwrap(),
+    )
+    .to_string();
+    assert!(
+        stats.contains("connections=3"),
+        "deaf client dropped: {stats}"
+    );
     assert!(d.alive());
 }
 
@@ -111,7 +141,11 @@ fn domain_connections_act_as_their_domain() {
     assert_eq!(xs_err(dom.read(0, "/local/domain/8/secret")), "EACCES");
     assert_eq!(xs_err(dom.introduce(9, 1, 1)), "EACCES");
     dom.watch("data", "tok").unwrap();
-    assert_eq!(dom.next_event().unwrap(), ("data".into(), "tok".into()), "relative initial event");
+    assert_eq!(
+        dom.next_event().unwrap(),
+        ("data".into(), "tok".into()),
+        "relative initial event"
+    );
     admin.write(0, "/local/domain/7/data/x", b"1").unwrap();
     assert_eq!(dom.next_event().unwrap(), ("data/x".into(), "tok".into()));
     admin.release(7).unwrap();
@@ -138,8 +172,16 @@ fn state_file_survives_restart() {
     let d2 = Daemon::start_in(dir, &["--state-file", &st]);
     let mut c = Client::connect(&d2.socket).unwrap();
     assert_eq!(c.read(0, "/keep/me").unwrap(), b"value");
-    assert_eq!(c.request(MsgType::GetPerms, 0, b"/keep/me\0".to_vec()).unwrap(), b"n0\0r3\0");
-    assert_eq!(c.request(MsgType::IsDomainIntroduced, 0, b"3\0".to_vec()).unwrap(), b"T\0");
+    assert_eq!(
+        c.request(MsgType::GetPerms, 0, b"/keep/me\0".to_vec())
+            .unwrap(),
+        b"n0\0r3\0"
+    );
+    assert_eq!(
+        c.request(MsgType::IsDomainIntroduced, 0, b"3\0".to_vec())
+            .unwrap(),
+        b"T\0"
+    );
     assert!(d2.domain_socket(3).exists(), "domain socket recreated");
 }
 
@@ -149,7 +191,12 @@ fn corrupt_state_file_is_refused() {
     let state = dir.join("state.json");
     std::fs::write(&state, "{not json").unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xenstored"))
-        .args(["--socket", dir.join("s").to_str().unwrap(), "--state-file", state.to_str().unwrap()])
+        .args([
+            "--socket",
+            dir.join("s").to_str().unwrap(),
+            "--state-file",
+            state.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());

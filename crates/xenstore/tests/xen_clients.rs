@@ -7,8 +7,15 @@ use common::*;
 use std::process::Command;
 
 fn tool(d: &Daemon, name: &str, args: &[&str]) -> (i32, String) {
-    let out = Command::new(name).args(args).env("XENSTORED_PATH", &d.socket).output().expect(name);
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    let out = Command::new(name)
+        .args(args)
+        .env("XENSTORED_PATH", &d.socket)
+        .output()
+        .expect(name);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 #[test]
@@ -17,11 +24,17 @@ fn xenstore_utils_work() {
         return;
     }
     let d = Daemon::start("utils", &[]);
-    assert_eq!(tool(&d, "xenstore-write", &["/vm/a", "1", "/vm/b/c", "two"]).0, 0);
+    assert_eq!(
+        tool(&d, "xenstore-write", &["/vm/a", "1", "/vm/b/c", "two"]).0,
+        0
+    );
     assert_eq!(tool(&d, "xenstore-read", &["/vm/b/c"]), (0, "two\n".into()));
     let (code, ls) = tool(&d, "xenstore-ls", &["/vm"]);
     assert_eq!(code, 0);
-    assert!(ls.contains("a = \"1\"") && ls.contains("c = \"two\""), "{ls}");
+    assert!(
+        ls.contains("a = \"1\"") && ls.contains("c = \"two\""),
+        "{ls}"
+    );
     let (code, list) = tool(&d, "xenstore-list", &["/vm"]);
     assert_eq!((code, list.as_str()), (0, "a\nb\n"));
     assert_eq!(tool(&d, "xenstore-exists", &["/vm/a"]).0, 0);
@@ -43,7 +56,11 @@ fn xenstore_utils_work() {
     tool(&d, "xenstore-rm", &["/vm/w"]);
     let out = child.wait_with_output().expect("watch output");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().collect::<Vec<_>>(), vec!["/vm", "/vm/w", "/vm/w"], "{text}");
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        vec!["/vm", "/vm/w", "/vm/w"],
+        "{text}"
+    );
 }
 
 #[test]
@@ -54,9 +71,17 @@ fn xen_test_xenstore_passes() {
     }
     let d = Daemon::start("testxs", &[]);
     for args in [&[][..], &["-i", "20"][..], &["-r", "3"][..]] {
-        let out = Command::new(prog).args(args).env("XENSTORED_PATH", &d.socket).output().expect("test-xenstore");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "test-xenstore {args:?} failed: {text}");
+        let out = Command::new(prog)
+            .args(args)
+            .env("XENSTORED_PATH", &d.socket)
+            .output()
+            .expect("test-xenstore");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "test-xenstore {args:?} failed: {text}"
+        );
         for t in ["read 1", "write 2000", "rm dir", "ta rmw", "ta err"] {
             if args.is_empty() {
                 assert!(text.contains(t), "{t} ran: {text}");

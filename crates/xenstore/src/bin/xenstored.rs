@@ -56,15 +56,25 @@ fn main() -> ExitCode {
         }
     }
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let set = block_signals();
-    let domain_dir = cli
-        .domain_socket_dir
-        .clone()
-        .unwrap_or_else(|| cli.socket.parent().map(|p| p.join("domains")).unwrap_or_else(|| PathBuf::from("domains")));
-    let config = Config { socket: cli.socket.clone(), domain_socket_dir: domain_dir, state_file: cli.state_file.clone(), access_log: cli.access_log.clone() };
+    let domain_dir = cli.domain_socket_dir.clone().unwrap_or_else(|| {
+        cli.socket
+            .parent()
+            .map(|p| p.join("domains"))
+            .unwrap_or_else(|| PathBuf::from("domains"))
+    });
+    let config = Config {
+        socket: cli.socket.clone(),
+        domain_socket_dir: domain_dir,
+        state_file: cli.state_file.clone(),
+        access_log: cli.access_log.clone(),
+    };
     let daemon = match Daemon::new(config) {
         Ok(d) => d,
         Err(e) => {

@@ -39,10 +39,17 @@ impl Daemon {
             .expect("start xenstored");
         let t = Instant::now();
         while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(10), "xenstored did not come up");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "xenstored did not come up"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
-        Daemon { child: Some(child), dir, socket }
+        Daemon {
+            child: Some(child),
+            dir,
+            socket,
+        }
     }
 
     /// Sends SIGTERM and waits; returns the exit code.
