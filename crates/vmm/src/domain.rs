@@ -229,6 +229,14 @@ impl DomainShared {
         }
     }
 
+    /// Raises `VIRQ_DEBUG` on every vCPU that bound it (`xen-vmm` does this on SIGUSR1).
+    pub fn raise_debug_virq(&self) {
+        let table = self.evtchn.lock().unwrap_or_else(|e| e.into_inner());
+        for v in 0..self.config.vcpus {
+            table.raise_virq(rxen_abi::event_channel::VIRQ_DEBUG, v);
+        }
+    }
+
     /// Delivers console input to the guest and raises `VIRQ_CONSOLE`.
     pub fn console_input(&self, bytes: &[u8]) {
         self.console.push_input(bytes);

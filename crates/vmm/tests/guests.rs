@@ -153,3 +153,51 @@ fn hypercall_fuzzer_cannot_hurt_the_vmm() {
         assert!(out.contains("hcall-fuzz: ok"), "{out}");
     }
 }
+
+#[test]
+fn console_input_and_debug_virq_reach_the_guest() {
+    if !kvm_available("console_input_and_debug_virq_reach_the_guest") {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let g = guest("hello");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xen-vmm"))
+        .args([
+            "run",
+            "--stdin",
+            "--kernel",
+            g.to_str().expect("utf-8"),
+            "--cmdline",
+            "forever",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    let mut wait_for = |needle: &str| loop {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).expect("read") > 0,
+            "output ended before {needle:?}"
+        );
+        if line.contains(needle) {
+            return;
+        }
+    };
+    wait_for("waiting for events");
+    child
+        .stdin
+        .as_mut()
+        .expect("stdin")
+        .write_all(b"ping\n")
+        .expect("write");
+    wait_for("console input: ping");
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    wait_for("VIRQ_DEBUG received");
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert_eq!(child.wait().expect("wait").code(), Some(9));
+}

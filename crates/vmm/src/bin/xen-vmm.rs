@@ -89,6 +89,7 @@ fn main() -> ExitCode {
         libc::sigemptyset(set.as_mut_ptr());
         libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
         libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
+        libc::sigaddset(set.as_mut_ptr(), libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, set.as_ptr(), std::ptr::null_mut());
     }
     let Cmd::Run {
@@ -130,19 +131,26 @@ fn main() -> ExitCode {
         }
     };
     let shared = domain.shared().clone();
-    // SIGINT/SIGTERM destroy the domain cleanly.
+    // SIGINT/SIGTERM destroy the domain cleanly; SIGUSR1 raises VIRQ_DEBUG on every
+    // vCPU (Xen's debug key).
     let signals = shared.clone();
-    std::thread::spawn(move || {
+    std::thread::spawn(move || loop {
         let mut set = std::mem::MaybeUninit::<libc::sigset_t>::zeroed();
+        let mut sig = 0;
         // SAFETY: plain libc signal-set manipulation on a local set.
         unsafe {
             libc::sigemptyset(set.as_mut_ptr());
             libc::sigaddset(set.as_mut_ptr(), libc::SIGINT);
             libc::sigaddset(set.as_mut_ptr(), libc::SIGTERM);
-            let mut sig = 0;
+            libc::sigaddset(set.as_mut_ptr(), libc::SIGUSR1);
             libc::sigwait(set.as_ptr(), &mut sig);
         }
+        if sig == libc::SIGUSR1 {
+            signals.raise_debug_virq();
+            continue;
+        }
         signals.request_exit(DomainExit::Destroyed);
+        break;
     });
     if stdin {
         let input = shared.clone();

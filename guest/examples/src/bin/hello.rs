@@ -47,9 +47,26 @@ fn main() {
                 // SAFETY: deliberately touches the unmapped page 0 to test fault handling.
                 unsafe { core::ptr::read_volatile(8 as *const u64) };
             }
-            "forever" => loop {
-                rxen_guest::events::wait_and_dispatch();
-            },
+            "forever" => {
+                // Echo console input and report the debug key until shut down from outside.
+                use rxen_guest::abi::event_channel::{VIRQ_CONSOLE, VIRQ_DEBUG};
+                use rxen_guest::events;
+                if let Ok(p) = events::bind_virq(VIRQ_CONSOLE, 0) {
+                    events::set_handler(p, |_| {
+                        let mut buf = [0u8; 256];
+                        let n = rxen_guest::console::read(&mut buf);
+                        let text = core::str::from_utf8(&buf[..n]).unwrap_or("?");
+                        println!("console input: {}", text.trim_end());
+                    });
+                }
+                if let Ok(p) = events::bind_virq(VIRQ_DEBUG, 0) {
+                    events::set_handler(p, |_| println!("VIRQ_DEBUG received"));
+                }
+                println!("waiting for events");
+                loop {
+                    events::wait_and_dispatch();
+                }
+            }
             _ => {}
         }
     }
