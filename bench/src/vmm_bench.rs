@@ -123,15 +123,20 @@ fn exit_costs(quick: bool) -> Result<Figure, String> {
 }
 
 fn cpu_ratio(quick: bool) -> Result<Figure, String> {
-    let iters: u64 = if quick { 10_000_000 } else { 200_000_000 };
-    let out = run_guest("cpubench", 32, 1, &format!("iters={iters}"))?;
-    let guest_ns = field(&out, "ns")?;
-    rxen_workloads::cpu_work(iters / 100, 1);
-    let t0 = Instant::now();
-    let sum = rxen_workloads::cpu_work(iters, 7);
-    let native_ns = t0.elapsed().as_nanos() as f64;
-    if !out.contains(&format!("sum={sum}")) {
-        return Err("guest and native CPU workloads disagree".into());
+    let iters: u64 = if quick { 10_000_000 } else { 100_000_000 };
+    // Interleave guest and native runs and keep the best of each: the host is shared
+    // and noisy, and the minimum is the least disturbed run of the same code.
+    let (mut guest_ns, mut native_ns) = (f64::MAX, f64::MAX);
+    for _ in 0..if quick { 1 } else { 3 } {
+        let out = run_guest("cpubench", 32, 1, &format!("iters={iters}"))?;
+        guest_ns = guest_ns.min(field(&out, "ns")?);
+        rxen_workloads::cpu_work(iters / 100, 1);
+        let t0 = Instant::now();
+        let sum = rxen_workloads::cpu_work(iters, 7);
+        native_ns = native_ns.min(t0.elapsed().as_nanos() as f64);
+        if !out.contains(&format!("sum={sum}")) {
+            return Err("guest and native CPU workloads disagree".into());
+        }
     }
     Ok(Figure {
         name: "cpu_ratio".into(),
@@ -139,32 +144,30 @@ fn cpu_ratio(quick: bool) -> Result<Figure, String> {
         unit: "ms".into(),
         baseline: native_ns / 1e6,
         ratio: native_ns / guest_ns,
-        note: "same code natively; ratio = native/guest time, goal >= 0.98".into(),
+        note: "same code natively, best of runs; ratio = native/guest time, goal >= 0.98".into(),
     })
 }
 
 fn mem_ratio(quick: bool) -> Result<Figure, String> {
     let (mib, passes) = if quick { (8usize, 2u32) } else { (64, 8) };
-    let out = run_guest(
-        "membench",
-        (mib as u64) * 2 + 32,
-        1,
-        &format!("mib={mib} passes={passes}"),
-    )?;
-    let guest_ns = field(&out, "ns")?;
-    let bytes = field(&out, "bytes")?;
+    let (mut guest_ns, mut native_ns, mut bytes) = (f64::MAX, f64::MAX, 0.0);
     let mut buf = vec![0u64; mib * 1024 * 1024 / 8];
     rxen_workloads::mem_work(&mut buf, 1);
-    let t0 = Instant::now();
-    rxen_workloads::mem_work(&mut buf, passes);
-    let native_ns = t0.elapsed().as_nanos() as f64;
+    for _ in 0..if quick { 1 } else { 3 } {
+        let out = run_guest("membench", (mib as u64) * 2 + 32, 1, &format!("mib={mib} passes={passes}"))?;
+        guest_ns = guest_ns.min(field(&out, "ns")?);
+        bytes = field(&out, "bytes")?;
+        let t0 = Instant::now();
+        rxen_workloads::mem_work(&mut buf, passes);
+        native_ns = native_ns.min(t0.elapsed().as_nanos() as f64);
+    }
     Ok(Figure {
         name: "mem_ratio".into(),
         value: bytes / guest_ns,
         unit: "GB/s".into(),
         baseline: bytes / native_ns,
         ratio: native_ns / guest_ns,
-        note: "same code natively; ratio = guest/native bandwidth, goal >= 0.98".into(),
+        note: "same code natively, best of runs; ratio = guest/native bandwidth, goal >= 0.98".into(),
     })
 }
 
