@@ -154,7 +154,12 @@ fn mem_ratio(quick: bool) -> Result<Figure, String> {
     let mut buf = vec![0u64; mib * 1024 * 1024 / 8];
     rxen_workloads::mem_work(&mut buf, 1);
     for _ in 0..if quick { 1 } else { 3 } {
-        let out = run_guest("membench", (mib as u64) * 2 + 32, 1, &format!("mib={mib} passes={passes}"))?;
+        let out = run_guest(
+            "membench",
+            (mib as u64) * 2 + 32,
+            1,
+            &format!("mib={mib} passes={passes}"),
+        )?;
         guest_ns = guest_ns.min(field(&out, "ns")?);
         bytes = field(&out, "bytes")?;
         let t0 = Instant::now();
@@ -167,7 +172,8 @@ fn mem_ratio(quick: bool) -> Result<Figure, String> {
         unit: "GB/s".into(),
         baseline: bytes / native_ns,
         ratio: native_ns / guest_ns,
-        note: "same code natively, best of runs; ratio = guest/native bandwidth, goal >= 0.98".into(),
+        note: "same code natively, best of runs; ratio = guest/native bandwidth, goal >= 0.98"
+            .into(),
     })
 }
 

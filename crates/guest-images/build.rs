@@ -14,7 +14,7 @@ const GUESTS: &[&str] = &[
     "hcall-fuzz",
     "exitbench",
 ];
-const DEFAULT_GUEST: &str = "hello";
+const DEFAULT_GUEST: &str = "idle";
 
 fn watch(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else {

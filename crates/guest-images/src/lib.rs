@@ -4,8 +4,9 @@
 //! results: the embedded default guest and the directory where every example guest is
 //! installed (`target/guests/NAME`). It must not contain guest or VMM logic.
 
-/// The default guest (`hello`), embedded for the demo and for `xen-vmm run` without
-/// `--kernel`.
+/// The default guest (`idle`: runs until shut down through xenstore), embedded for
+/// the demo, for `xm create` of configs without `kernel`, and for `xen-vmm run`
+/// without `--kernel`.
 pub static DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default-guest.elf"));
 
 /// Where the build installed the example guests.

@@ -111,6 +111,8 @@ pub struct DomainShared {
     pub console: Console,
     pub timers: Arc<TimerQueue>,
     pub boot: BootInfo,
+    /// Event channels the builder allocated for domain 0 (xenstore, console).
+    pub boot_channels: BootChannels,
     exit: Mutex<Option<DomainExit>>,
     exit_cond: Condvar,
     pub shutdown_code: Mutex<Option<u32>>,
@@ -379,6 +381,7 @@ impl Domain {
             console: Console::new(sink),
             timers: Arc::new(TimerQueue::default()),
             boot,
+            boot_channels: channels,
             exit: Mutex::new(None),
             exit_cond: Condvar::new(),
             shutdown_code: Mutex::new(None),

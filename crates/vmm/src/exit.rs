@@ -41,6 +41,22 @@ impl DomainExit {
         }
     }
 
+    /// Short machine-readable name: poweroff, reboot, suspend, crash, watchdog,
+    /// soft_reset, triple_fault, internal, destroyed.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DomainExit::Poweroff => "poweroff",
+            DomainExit::Reboot => "reboot",
+            DomainExit::Suspend => "suspend",
+            DomainExit::Crash => "crash",
+            DomainExit::Watchdog => "watchdog",
+            DomainExit::SoftReset => "soft_reset",
+            DomainExit::TripleFault { .. } => "triple_fault",
+            DomainExit::Internal(_) => "internal",
+            DomainExit::Destroyed => "destroyed",
+        }
+    }
+
     /// From a Xen `SHUTDOWN_*` reason (validated by the decoder).
     pub fn from_reason(reason: u32) -> Self {
         use rxen_abi::sched::*;

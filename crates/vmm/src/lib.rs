@@ -12,6 +12,7 @@
 pub mod builder;
 pub mod clock;
 pub mod console;
+pub mod control;
 pub mod domain;
 pub mod elf;
 pub mod evtchn;
@@ -22,6 +23,7 @@ pub mod rawimage;
 pub mod shared_info;
 pub mod timers;
 pub mod vcpu;
+pub mod xsrelay;
 
 pub use domain::{Domain, DomainConfig, DomainError, DomainShared};
 pub use exit::DomainExit;

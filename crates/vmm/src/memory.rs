@@ -257,6 +257,13 @@ impl GuestRam {
         Ok(unsafe { &*(p as *const AtomicU64) })
     }
 
+    /// A 32-bit word of guest RAM shared with the guest (ring indices).
+    pub fn atomic_u32(&self, addr: u64) -> Result<&std::sync::atomic::AtomicU32, MemoryError> {
+        let p = self.host_ptr(addr, 4, 4)?;
+        // SAFETY: as for `atomic_u64`, with 4-byte alignment checked.
+        Ok(unsafe { &*(p as *const std::sync::atomic::AtomicU32) })
+    }
+
     /// A byte of guest RAM shared with the guest, for atomic access.
     pub fn atomic_u8(&self, addr: u64) -> Result<&AtomicU8, MemoryError> {
         let p = self.host_ptr(addr, 1, 1)?;

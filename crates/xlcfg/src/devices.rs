@@ -35,7 +35,10 @@ pub struct VifSpec {
 }
 
 fn valid_vdev(v: &str) -> bool {
-    let rest = v.strip_prefix("xvd").or_else(|| v.strip_prefix("hd")).or_else(|| v.strip_prefix("sd"));
+    let rest = v
+        .strip_prefix("xvd")
+        .or_else(|| v.strip_prefix("hd"))
+        .or_else(|| v.strip_prefix("sd"));
     match rest {
         Some(r) => {
             let letters = r.bytes().take_while(|c| c.is_ascii_lowercase()).count();
@@ -56,10 +59,18 @@ fn access(s: &str) -> Result<DiskAccess, String> {
 impl DiskSpec {
     pub fn parse(s: &str) -> Result<Self, String> {
         let items: Vec<&str> = s.split(',').map(str::trim).collect();
-        let mut d = DiskSpec { target: String::new(), format: "raw".into(), vdev: String::new(), access: DiskAccess::ReadWrite, backend_type: "file".into() };
+        let mut d = DiskSpec {
+            target: String::new(),
+            format: "raw".into(),
+            vdev: String::new(),
+            access: DiskAccess::ReadWrite,
+            backend_type: "file".into(),
+        };
         if items.iter().any(|i| i.contains('=')) {
             for it in items {
-                let (k, v) = it.split_once('=').ok_or_else(|| format!("{it:?} is not key=value"))?;
+                let (k, v) = it
+                    .split_once('=')
+                    .ok_or_else(|| format!("{it:?} is not key=value"))?;
                 match k.trim() {
                     "target" => d.target = v.trim().into(),
                     "format" => d.format = v.trim().into(),
@@ -74,7 +85,11 @@ impl DiskSpec {
             let (target, format, vdev, acc) = match items.as_slice() {
                 [t, v, a] => (*t, None, *v, *a),
                 [t, f, v, a] => (*t, Some(*f), *v, *a),
-                _ => return Err(format!("{s:?}: expected target,vdev,access or target,format,vdev,access")),
+                _ => {
+                    return Err(format!(
+                        "{s:?}: expected target,vdev,access or target,format,vdev,access"
+                    ))
+                }
             };
             d.target = target.into();
             if let Some(f) = format {
@@ -83,7 +98,12 @@ impl DiskSpec {
             d.vdev = vdev.into();
             d.access = access(acc)?;
         }
-        for (prefix, kind) in [("phy:", "phy"), ("file:", "file"), ("tap:aio:", "file"), ("aio:", "file")] {
+        for (prefix, kind) in [
+            ("phy:", "phy"),
+            ("file:", "file"),
+            ("tap:aio:", "file"),
+            ("aio:", "file"),
+        ] {
             if let Some(t) = d.target.strip_prefix(prefix) {
                 d.backend_type = kind.into();
                 d.target = t.into();
@@ -93,10 +113,16 @@ impl DiskSpec {
             return Err(format!("{s:?}: no target"));
         }
         if !valid_vdev(&d.vdev) {
-            return Err(format!("{s:?}: virtual device {:?} must look like xvda, hdb or sdc1", d.vdev));
+            return Err(format!(
+                "{s:?}: virtual device {:?} must look like xvda, hdb or sdc1",
+                d.vdev
+            ));
         }
         if !["raw", "qcow2", "vhd", "qcow"].contains(&d.format.as_str()) {
-            return Err(format!("{s:?}: format {:?} must be raw, qcow, qcow2 or vhd", d.format));
+            return Err(format!(
+                "{s:?}: format {:?} must be raw, qcow, qcow2 or vhd",
+                d.format
+            ));
         }
         Ok(d)
     }
@@ -104,14 +130,19 @@ impl DiskSpec {
 
 fn valid_mac(m: &str) -> bool {
     let parts: Vec<&str> = m.split(':').collect();
-    parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_hexdigit()))
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 impl VifSpec {
     pub fn parse(s: &str) -> Result<Self, String> {
         let mut v = VifSpec::default();
         for it in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-            let (k, val) = it.split_once('=').ok_or_else(|| format!("{it:?} is not key=value"))?;
+            let (k, val) = it
+                .split_once('=')
+                .ok_or_else(|| format!("{it:?} is not key=value"))?;
             let val = Some(val.trim().to_string());
             match k.trim() {
                 "mac" => v.mac = val,
@@ -127,7 +158,9 @@ impl VifSpec {
         }
         if let Some(m) = &v.mac {
             if !valid_mac(m) {
-                return Err(format!("mac {m:?} must be six hex pairs like 00:16:3e:12:34:56"));
+                return Err(format!(
+                    "mac {m:?} must be six hex pairs like 00:16:3e:12:34:56"
+                ));
             }
         }
         Ok(v)
@@ -141,12 +174,31 @@ mod tests {
     #[test]
     fn disks() {
         let d = DiskSpec::parse("phy:/dev/vg/web,xvda,w").unwrap();
-        assert_eq!((d.target.as_str(), d.vdev.as_str(), d.access, d.backend_type.as_str()), ("/dev/vg/web", "xvda", DiskAccess::ReadWrite, "phy"));
+        assert_eq!(
+            (
+                d.target.as_str(),
+                d.vdev.as_str(),
+                d.access,
+                d.backend_type.as_str()
+            ),
+            ("/dev/vg/web", "xvda", DiskAccess::ReadWrite, "phy")
+        );
         let d = DiskSpec::parse("/img.qcow2,qcow2,xvdb,ro").unwrap();
-        assert_eq!((d.format.as_str(), d.access), ("qcow2", DiskAccess::ReadOnly));
+        assert_eq!(
+            (d.format.as_str(), d.access),
+            ("qcow2", DiskAccess::ReadOnly)
+        );
         let d = DiskSpec::parse("format=raw, vdev=xvdc, access=rw, target=/x").unwrap();
         assert_eq!(d.target, "/x");
-        for bad in ["/img", "/img,xvda,q", "/img,floppy,w", ",xvda,w", "/i,xvda,w,extra,more", "/i,vmdk,xvda,w", "color=red"] {
+        for bad in [
+            "/img",
+            "/img,xvda,q",
+            "/img,floppy,w",
+            ",xvda,w",
+            "/i,xvda,w,extra,more",
+            "/i,vmdk,xvda,w",
+            "color=red",
+        ] {
             assert!(DiskSpec::parse(bad).is_err(), "{bad}");
         }
     }

@@ -71,19 +71,43 @@ pub enum SpecError {
     #[error("{0}")]
     Syntax(#[from] ParseError),
     #[error("line {line}, column {col}: {key}: {msg}")]
-    Invalid { line: usize, col: usize, key: String, msg: String },
+    Invalid {
+        line: usize,
+        col: usize,
+        key: String,
+        msg: String,
+    },
     #[error("{0}")]
     Missing(String),
 }
 
 /// Keys this parser knows.
 pub const KNOWN_KEYS: &[&str] = &[
-    "name", "uuid", "memory", "maxmem", "vcpus", "maxvcpus", "kernel", "cmdline", "extra", "on_poweroff", "on_reboot",
-    "on_crash", "disk", "vif", "type", "builder",
+    "name",
+    "uuid",
+    "memory",
+    "maxmem",
+    "vcpus",
+    "maxvcpus",
+    "kernel",
+    "cmdline",
+    "extra",
+    "on_poweroff",
+    "on_reboot",
+    "on_crash",
+    "disk",
+    "vif",
+    "type",
+    "builder",
 ];
 
 fn invalid(s: &Setting, msg: impl Into<String>) -> SpecError {
-    SpecError::Invalid { line: s.line, col: s.col, key: s.key.clone(), msg: msg.into() }
+    SpecError::Invalid {
+        line: s.line,
+        col: s.col,
+        key: s.key.clone(),
+        msg: msg.into(),
+    }
 }
 
 fn string(s: &Setting) -> Result<String, SpecError> {
@@ -96,7 +120,10 @@ fn string(s: &Setting) -> Result<String, SpecError> {
 fn number(s: &Setting, min: i64, max: i64) -> Result<i64, SpecError> {
     let n = match &s.value {
         Value::Number(n) => *n,
-        Value::String(v) => v.trim().parse().map_err(|_| invalid(s, format!("expected a number, found {v:?}")))?,
+        Value::String(v) => v
+            .trim()
+            .parse()
+            .map_err(|_| invalid(s, format!("expected a number, found {v:?}")))?,
         other => return Err(invalid(s, format!("expected a number, found {other}"))),
     };
     if n < min || n > max {
@@ -111,11 +138,17 @@ fn strings(s: &Setting) -> Result<Vec<String>, SpecError> {
             .iter()
             .map(|v| match v {
                 Value::String(x) => Ok(x.clone()),
-                other => Err(invalid(s, format!("list items must be strings, found {other}"))),
+                other => Err(invalid(
+                    s,
+                    format!("list items must be strings, found {other}"),
+                )),
             })
             .collect(),
         Value::String(x) => Ok(vec![x.clone()]),
-        other => Err(invalid(s, format!("expected a list of strings, found {other}"))),
+        other => Err(invalid(
+            s,
+            format!("expected a list of strings, found {other}"),
+        )),
     }
 }
 
@@ -123,7 +156,9 @@ fn strings(s: &Setting) -> Result<Vec<String>, SpecError> {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
         && !name.bytes().all(|c| c.is_ascii_digit())
 }
 
@@ -131,7 +166,10 @@ pub fn valid_name(name: &str) -> bool {
 pub fn valid_uuid(u: &str) -> bool {
     let groups: Vec<&str> = u.split('-').collect();
     groups.len() == 5
-        && groups.iter().zip([8, 4, 4, 4, 12]).all(|(g, n)| g.len() == n && g.bytes().all(|c| c.is_ascii_hexdigit()))
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
 /// Largest memory, MiB.
@@ -200,7 +238,12 @@ impl DomainSpec {
                 }
                 "on_poweroff" | "on_reboot" | "on_crash" => {
                     let v = string(s)?;
-                    let a = Action::parse(&v).ok_or_else(|| invalid(s, format!("{v:?} must be destroy, restart, preserve or rename-restart")))?;
+                    let a = Action::parse(&v).ok_or_else(|| {
+                        invalid(
+                            s,
+                            format!("{v:?} must be destroy, restart, preserve or rename-restart"),
+                        )
+                    })?;
                     match s.key.as_str() {
                         "on_poweroff" => spec.on_poweroff = a,
                         "on_reboot" => spec.on_reboot = a,
@@ -213,7 +256,8 @@ impl DomainSpec {
                         spec.disks.clear();
                     }
                     for d in list {
-                        spec.disks.push(DiskSpec::parse(&d).map_err(|m| invalid(s, m))?);
+                        spec.disks
+                            .push(DiskSpec::parse(&d).map_err(|m| invalid(s, m))?);
                     }
                 }
                 "vif" => {
@@ -222,7 +266,8 @@ impl DomainSpec {
                         spec.vifs.clear();
                     }
                     for v in list {
-                        spec.vifs.push(VifSpec::parse(&v).map_err(|m| invalid(s, m))?);
+                        spec.vifs
+                            .push(VifSpec::parse(&v).map_err(|m| invalid(s, m))?);
                     }
                 }
                 "type" | "builder" => {
@@ -231,7 +276,10 @@ impl DomainSpec {
                         return Err(invalid(s, format!("only PV domains exist here, not {v:?}")));
                     }
                 }
-                other => warnings.push(format!("line {}, column {}: unknown setting {other:?} ignored", s.line, s.col)),
+                other => warnings.push(format!(
+                    "line {}, column {}: unknown setting {other:?} ignored",
+                    s.line, s.col
+                )),
             }
         }
         spec.validate()?;
@@ -244,7 +292,10 @@ impl DomainSpec {
             return Err(SpecError::Missing("name is required".into()));
         }
         if !valid_name(&self.name) {
-            return Err(SpecError::Missing(format!("{:?} is not a valid name", self.name)));
+            return Err(SpecError::Missing(format!(
+                "{:?} is not a valid name",
+                self.name
+            )));
         }
         if let Some(u) = &self.uuid {
             if !valid_uuid(u) {
@@ -252,32 +303,52 @@ impl DomainSpec {
             }
         }
         if !(8..=MAX_MEMORY_MIB as u64).contains(&self.memory) || self.memory % 2 != 0 {
-            return Err(SpecError::Missing(format!("memory {} MiB must be even and within 8..={MAX_MEMORY_MIB}", self.memory)));
+            return Err(SpecError::Missing(format!(
+                "memory {} MiB must be even and within 8..={MAX_MEMORY_MIB}",
+                self.memory
+            )));
         }
         if let Some(m) = self.maxmem {
             if m < self.memory {
-                return Err(SpecError::Missing(format!("maxmem {m} is below memory {}", self.memory)));
+                return Err(SpecError::Missing(format!(
+                    "maxmem {m} is below memory {}",
+                    self.memory
+                )));
             }
         }
         if !(1..=MAX_VCPUS as u32).contains(&self.vcpus) {
-            return Err(SpecError::Missing(format!("vcpus {} must be within 1..={MAX_VCPUS}", self.vcpus)));
+            return Err(SpecError::Missing(format!(
+                "vcpus {} must be within 1..={MAX_VCPUS}",
+                self.vcpus
+            )));
         }
         if let Some(m) = self.maxvcpus {
             if m < self.vcpus || m > MAX_VCPUS as u32 {
-                return Err(SpecError::Missing(format!("maxvcpus {m} must be within vcpus..={MAX_VCPUS}")));
+                return Err(SpecError::Missing(format!(
+                    "maxvcpus {m} must be within vcpus..={MAX_VCPUS}"
+                )));
             }
         }
         if self.cmdline.len() > 1023 {
-            return Err(SpecError::Missing("command line longer than 1023 bytes".into()));
+            return Err(SpecError::Missing(
+                "command line longer than 1023 bytes".into(),
+            ));
         }
         Ok(())
     }
 
     /// Applies `key=value` overrides (as `xm create cfg key=value` does).
-    pub fn with_overrides(src: &str, overrides: &[String]) -> Result<(DomainSpec, Vec<String>), SpecError> {
+    pub fn with_overrides(
+        src: &str,
+        overrides: &[String],
+    ) -> Result<(DomainSpec, Vec<String>), SpecError> {
         let mut settings = parse(src)?;
         for (i, o) in overrides.iter().enumerate() {
-            let mut extra = parse(o).map_err(|e| ParseError { line: e.line, col: e.col, msg: format!("override {}: {}", i + 1, e.msg) })?;
+            let mut extra = parse(o).map_err(|e| ParseError {
+                line: e.line,
+                col: e.col,
+                msg: format!("override {}: {}", i + 1, e.msg),
+            })?;
             settings.append(&mut extra);
         }
         Self::from_settings(&settings)
@@ -306,28 +377,55 @@ colour = "blue"
 "#;
         let (s, w) = DomainSpec::from_xl(src).unwrap();
         assert_eq!(s.name, "web");
-        assert_eq!(s.uuid.as_deref(), Some("6f8c3c3a-1234-4f5e-9abc-0123456789ab"));
-        assert_eq!((s.memory, s.maxmem, s.vcpus, s.maxvcpus), (256, Some(512), 2, Some(4)));
+        assert_eq!(
+            s.uuid.as_deref(),
+            Some("6f8c3c3a-1234-4f5e-9abc-0123456789ab")
+        );
+        assert_eq!(
+            (s.memory, s.maxmem, s.vcpus, s.maxvcpus),
+            (256, Some(512), 2, Some(4))
+        );
         assert_eq!(s.cmdline, "port=80");
-        assert_eq!((s.on_poweroff, s.on_reboot, s.on_crash), (Action::Destroy, Action::Restart, Action::Preserve));
+        assert_eq!(
+            (s.on_poweroff, s.on_reboot, s.on_crash),
+            (Action::Destroy, Action::Restart, Action::Preserve)
+        );
         assert_eq!(s.disks.len(), 1);
         assert_eq!(s.vifs[0].bridge.as_deref(), Some("xenbr0"));
-        assert_eq!(w, vec!["line 13, column 1: unknown setting \"colour\" ignored"]);
+        assert_eq!(
+            w,
+            vec!["line 13, column 1: unknown setting \"colour\" ignored"]
+        );
     }
 
     #[test]
     fn invalid_values_name_the_place() {
         let cases = [
             ("name = 'x y'", "line 1, column 1: name"),
-            ("name='a'\nmemory = 3", "line 2, column 1: memory: 3 is out of range"),
-            ("name='a'\nvcpus = 'two'", "line 2, column 1: vcpus: expected a number"),
-            ("name='a'\non_crash = 'explode'", "line 2, column 1: on_crash"),
+            (
+                "name='a'\nmemory = 3",
+                "line 2, column 1: memory: 3 is out of range",
+            ),
+            (
+                "name='a'\nvcpus = 'two'",
+                "line 2, column 1: vcpus: expected a number",
+            ),
+            (
+                "name='a'\non_crash = 'explode'",
+                "line 2, column 1: on_crash",
+            ),
             ("name='a'\ndisk = ['/x,floppy,w']", "line 2, column 1: disk"),
-            ("name='a'\nvif = [1]", "line 2, column 1: vif: list items must be strings"),
+            (
+                "name='a'\nvif = [1]",
+                "line 2, column 1: vif: list items must be strings",
+            ),
             ("name='a'\nuuid='nope'", "line 2, column 1: uuid"),
             ("name='a'\ntype='hvm'", "only PV"),
             ("memory = 64", "name is required"),
-            ("name='a'\nmemory=64\nmaxmem=32", "maxmem 32 is below memory 64"),
+            (
+                "name='a'\nmemory=64\nmaxmem=32",
+                "maxmem 32 is below memory 64",
+            ),
             ("name='a'\nmemory=33", "must be even"),
             ("name='a'\nvcpus=4\nmaxvcpus=2", "maxvcpus 2"),
             ("name = ", "line 1, column 8: expected a value"),
@@ -340,9 +438,16 @@ colour = "blue"
 
     #[test]
     fn overrides_apply_last() {
-        let (s, _) = DomainSpec::with_overrides("name='a'\nmemory=64", &["memory=128".into(), "name='b'".into()]).unwrap();
+        let (s, _) = DomainSpec::with_overrides(
+            "name='a'\nmemory=64",
+            &["memory=128".into(), "name='b'".into()],
+        )
+        .unwrap();
         assert_eq!((s.name.as_str(), s.memory), ("b", 128));
-        assert!(DomainSpec::with_overrides("name='a'", &["memory=".into()]).unwrap_err().to_string().contains("override 1"));
+        assert!(DomainSpec::with_overrides("name='a'", &["memory=".into()])
+            .unwrap_err()
+            .to_string()
+            .contains("override 1"));
     }
 
     #[test]
@@ -350,7 +455,8 @@ colour = "blue"
         let s: DomainSpec = serde_json::from_str(r#"{"name":"j","memory":64,"vcpus":1}"#).unwrap();
         assert!(s.validate().is_ok());
         assert_eq!(s.on_reboot, Action::Restart);
-        let bad: DomainSpec = serde_json::from_str(r#"{"name":"j","memory":64,"vcpus":99}"#).unwrap();
+        let bad: DomainSpec =
+            serde_json::from_str(r#"{"name":"j","memory":64,"vcpus":99}"#).unwrap();
         assert!(bad.validate().is_err());
     }
 }

@@ -67,7 +67,11 @@ struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     fn err<T>(&self, msg: impl Into<String>) -> Result<T, ParseError> {
-        Err(ParseError { line: self.line, col: self.col, msg: msg.into() })
+        Err(ParseError {
+            line: self.line,
+            col: self.col,
+            msg: msg.into(),
+        })
     }
 
     fn peek(&self) -> Option<char> {
@@ -128,7 +132,13 @@ impl<'a> Lexer<'a> {
         let mut s = String::new();
         loop {
             match self.bump() {
-                None | Some('\n') => return Err(ParseError { line, col, msg: "unterminated string".into() }),
+                None | Some('\n') => {
+                    return Err(ParseError {
+                        line,
+                        col,
+                        msg: "unterminated string".into(),
+                    })
+                }
                 Some(c) if c == quote => return Ok(s),
                 Some('\\') => match self.bump() {
                     Some('n') => s.push('\n'),
@@ -137,7 +147,13 @@ impl<'a> Lexer<'a> {
                     Some('\'') => s.push('\''),
                     Some('"') => s.push('"'),
                     Some(c) => return self.err(format!("unknown escape \\{c}")),
-                    None => return Err(ParseError { line, col, msg: "unterminated string".into() }),
+                    None => {
+                        return Err(ParseError {
+                            line,
+                            col,
+                            msg: "unterminated string".into(),
+                        })
+                    }
                 },
                 Some(c) => s.push(c),
             }
@@ -160,7 +176,11 @@ impl<'a> Lexer<'a> {
         } else {
             s.parse::<i64>().ok()
         };
-        parsed.ok_or(ParseError { line, col, msg: format!("invalid number {s:?}") })
+        parsed.ok_or(ParseError {
+            line,
+            col,
+            msg: format!("invalid number {s:?}"),
+        })
     }
 
     fn value(&mut self, depth: usize) -> Result<Value, ParseError> {
@@ -190,12 +210,16 @@ impl<'a> Lexer<'a> {
                             self.bump();
                         }
                         Some(']') => {}
-                        Some(c) => return self.err(format!("expected ',' or ']' in list, found {c:?}")),
+                        Some(c) => {
+                            return self.err(format!("expected ',' or ']' in list, found {c:?}"))
+                        }
                         None => return self.err("unterminated list: missing ']'"),
                     }
                 }
             }
-            Some(c) => self.err(format!("expected a value (string, number or list), found {c:?}")),
+            Some(c) => self.err(format!(
+                "expected a value (string, number or list), found {c:?}"
+            )),
             None => self.err("expected a value"),
         }
     }
@@ -204,9 +228,19 @@ impl<'a> Lexer<'a> {
 /// Parses an xl.cfg file into its settings, in order.
 pub fn parse(src: &str) -> Result<Vec<Setting>, ParseError> {
     if src.len() > MAX_CONFIG_BYTES {
-        return Err(ParseError { line: 1, col: 1, msg: format!("file is larger than {MAX_CONFIG_BYTES} bytes") });
+        return Err(ParseError {
+            line: 1,
+            col: 1,
+            msg: format!("file is larger than {MAX_CONFIG_BYTES} bytes"),
+        });
     }
-    let mut lx = Lexer { chars: src.chars().collect(), pos: 0, line: 1, col: 1, _src: src };
+    let mut lx = Lexer {
+        chars: src.chars().collect(),
+        pos: 0,
+        line: 1,
+        col: 1,
+        _src: src,
+    };
     let mut out = Vec::new();
     loop {
         lx.skip(true);
@@ -240,7 +274,13 @@ pub fn parse(src: &str) -> Result<Vec<Setting>, ParseError> {
             None | Some('\n') | Some(';') => {}
             Some(c) => return lx.err(format!("unexpected {c:?} after the value of {key:?}")),
         }
-        out.push(Setting { key, value, append, line, col });
+        out.push(Setting {
+            key,
+            value,
+            append,
+            line,
+            col,
+        });
     }
 }
 
@@ -254,13 +294,31 @@ mod tests {
                    disk = [ 'phy:/dev/vg/web,xvda,w',\n  \"file:/img,xvdb,r\", ]\nextra += \"quiet\"\n";
         let s = parse(src).unwrap();
         assert_eq!(s.len(), 6);
-        assert_eq!(s[0], Setting { key: "name".into(), value: Value::String("web".into()), append: false, line: 2, col: 1 });
+        assert_eq!(
+            s[0],
+            Setting {
+                key: "name".into(),
+                value: Value::String("web".into()),
+                append: false,
+                line: 2,
+                col: 1
+            }
+        );
         assert_eq!(s[1].value, Value::Number(512));
         assert_eq!(s[2].value, Value::Number(2));
         assert_eq!((s[3].key.as_str(), s[3].line, s[3].col), ("kernel", 4, 12));
-        assert_eq!(s[4].value, Value::List(vec![Value::String("phy:/dev/vg/web,xvda,w".into()), Value::String("file:/img,xvdb,r".into())]));
+        assert_eq!(
+            s[4].value,
+            Value::List(vec![
+                Value::String("phy:/dev/vg/web,xvda,w".into()),
+                Value::String("file:/img,xvdb,r".into())
+            ])
+        );
         assert!(s[5].append);
-        assert_eq!(parse("s = 'a\\'b\\n'").unwrap()[0].value, Value::String("a'b\n".into()));
+        assert_eq!(
+            parse("s = 'a\\'b\\n'").unwrap()[0].value,
+            Value::String("a'b\n".into())
+        );
         assert_eq!(parse("").unwrap(), vec![]);
     }
 

@@ -24,6 +24,7 @@ pub mod percpu;
 pub mod smp;
 pub mod start;
 pub mod time;
+pub mod xenstore;
 
 pub use rxen_abi as abi;
 
@@ -49,3 +50,10 @@ fn panic(info: &core::panic::PanicInfo) -> ! {
 /// though guests are built with `panic = "abort"` and never unwind; it is never called.
 #[no_mangle]
 pub extern "C" fn rust_eh_personality() {}
+
+/// Referenced by landing pads in the precompiled `alloc`; with `panic = "abort"` no
+/// unwinding ever starts, so reaching it is a bug: crash the domain.
+#[no_mangle]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    hypercall::shutdown(abi::sched::SHUTDOWN_CRASH)
+}

@@ -52,6 +52,18 @@ enum Cmd {
         /// Forward stdin to the guest console (console_io read, VIRQ_CONSOLE).
         #[arg(long)]
         stdin: bool,
+        /// Serve the control socket here (JSON lines: status, pause, unpause, destroy).
+        #[arg(long)]
+        control: Option<PathBuf>,
+        /// Relay the guest's xenstore ring to this xenstored domain socket.
+        #[arg(long)]
+        xenstore_socket: Option<PathBuf>,
+        /// Write how the domain ended here (JSON) before exiting.
+        #[arg(long)]
+        exit_file: Option<PathBuf>,
+        /// Domain UUID (xen_version guest_handle), 8-4-4-4-12 hex.
+        #[arg(long)]
+        uuid: Option<String>,
     },
 }
 
@@ -70,6 +82,18 @@ fn default_guest() -> Result<Vec<u8>, String> {
 #[cfg(not(feature = "embedded-guest"))]
 fn default_guest() -> Result<Vec<u8>, String> {
     Err("no --kernel given and this xen-vmm was built without the embedded default guest".into())
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || s.len() != 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
 
 fn main() -> ExitCode {
@@ -100,7 +124,19 @@ fn main() -> ExitCode {
         name,
         domid,
         stdin,
+        control,
+        xenstore_socket,
+        exit_file,
+        uuid,
     } = cli.cmd;
+    let uuid = match uuid.as_deref().map(parse_uuid) {
+        None => [0u8; 16],
+        Some(Some(u)) => u,
+        Some(None) => {
+            eprintln!("xen-vmm: --uuid must look like 01234567-89ab-cdef-0123-456789abcdef");
+            return ExitCode::from(2);
+        }
+    };
     if domid == 0 || domid >= rxen_abi::DOMID_FIRST_RESERVED {
         eprintln!(
             "xen-vmm: domid must be between 1 and {}",
@@ -121,7 +157,7 @@ fn main() -> ExitCode {
         memory_mib: memory,
         vcpus,
         cmdline,
-        uuid: [0; 16],
+        uuid,
     };
     let domain = match Domain::create(config, &image, Box::new(StdoutSink)) {
         Ok(d) => d,
@@ -131,6 +167,22 @@ fn main() -> ExitCode {
         }
     };
     let shared = domain.shared().clone();
+    if let Some(p) = &control {
+        if let Err(e) = rxen_vmm::control::start(shared.clone(), p) {
+            eprintln!("xen-vmm: {e}");
+            domain.destroy();
+            domain.wait();
+            return ExitCode::from(1);
+        }
+    }
+    if let Some(p) = &xenstore_socket {
+        if let Err(e) = rxen_vmm::xsrelay::start(shared.clone(), p) {
+            eprintln!("xen-vmm: {e}");
+            domain.destroy();
+            domain.wait();
+            return ExitCode::from(1);
+        }
+    }
     // SIGINT/SIGTERM destroy the domain cleanly; SIGUSR1 raises VIRQ_DEBUG on every
     // vCPU (Xen's debug key).
     let signals = shared.clone();
@@ -166,6 +218,15 @@ fn main() -> ExitCode {
         });
     }
     let why = domain.wait();
+    if let Some(p) = &exit_file {
+        let record = serde_json::json!({"code": why.exit_code(), "reason": why.to_string(), "kind": why.kind()});
+        if let Err(e) = std::fs::write(p, record.to_string()) {
+            eprintln!("xen-vmm: writing {}: {e}", p.display());
+        }
+    }
+    if let Some(p) = &control {
+        let _ = std::fs::remove_file(p);
+    }
     match &why {
         DomainExit::Poweroff => {}
         DomainExit::TripleFault { registers, .. } => {

@@ -1,0 +1,164 @@
+//! Connects the guest's xenstore ring (the page and event channel named in
+//! `start_info`) to xenstored as that domain: bytes the guest produces in the request
+//! ring go to the domain's xenstored socket, and what xenstored sends comes back
+//! through the response ring. xenstored parses the messages; this relay only moves
+//! bytes, so it needs no knowledge of the protocol.
+//!
+//! Ring indices come from guest memory and are hostile: each is read once, checked
+//! (`prod - cons` never exceeds the ring size), then used. A guest that breaks the
+//! protocol gets `XENSTORE_ERROR_RINGIDX` in the page and its relay stops; the VMM
+//! and xenstored carry on.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::Arc;
+
+use rxen_abi::layout::XENSTORE_PAGE;
+use rxen_abi::ring::*;
+
+use crate::domain::DomainShared;
+
+const RING: u32 = XENSTORE_RING_SIZE as u32;
+
+/// Starts the relay thread for `dom`, connected to xenstored at `socket`.
+pub fn start(dom: Arc<DomainShared>, socket: &Path) -> Result<std::thread::JoinHandle<()>, String> {
+    let stream = UnixStream::connect(socket)
+        .map_err(|e| format!("connecting to xenstored at {}: {e}", socket.display()))?;
+    let store_port = dom.boot_channels.store_evtchn;
+    let endpoint = dom
+        .evtchn
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .dom0_bind_interdomain(store_port)
+        .map_err(|e| format!("binding the xenstore event channel: {e}"))?;
+    std::thread::Builder::new()
+        .name(format!("{}-xenstore", dom.config.name))
+        .spawn(move || {
+            if let Err(e) = relay(&dom, stream, &endpoint) {
+                tracing::warn!(domain = %dom.config.name, "xenstore relay stopped: {e}");
+            }
+        })
+        .map_err(|e| format!("starting the xenstore relay: {e}"))
+}
+
+fn idx(dom: &DomainShared, off: u64) -> Result<&std::sync::atomic::AtomicU32, String> {
+    dom.ram
+        .atomic_u32(XENSTORE_PAGE + off)
+        .map_err(|e| e.to_string())
+}
+
+fn relay(
+    dom: &DomainShared,
+    mut stream: UnixStream,
+    endpoint: &crate::evtchn::Dom0Port,
+) -> Result<(), String> {
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let (req_cons, req_prod) = (idx(dom, XS_REQ_CONS)?, idx(dom, XS_REQ_PROD)?);
+    let (rsp_cons, rsp_prod) = (idx(dom, XS_RSP_CONS)?, idx(dom, XS_RSP_PROD)?);
+    let notify = || {
+        let _ = dom
+            .evtchn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .dom0_notify(endpoint.port);
+    };
+    let fail = |why: &str| -> Result<(), String> {
+        if let Ok(e) = idx(dom, XS_ERROR) {
+            e.store(XENSTORE_ERROR_RINGIDX, SeqCst);
+        }
+        notify();
+        Err(why.to_string())
+    };
+    let mut to_guest: Vec<u8> = Vec::new();
+    let mut to_store: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        if dom.exit_reason().is_some() {
+            return Ok(());
+        }
+        // Guest -> xenstored.
+        let (cons, prod) = (req_cons.load(SeqCst), req_prod.load(SeqCst));
+        let avail = prod.wrapping_sub(cons);
+        if avail > RING {
+            return fail("guest request ring indices are inconsistent");
+        }
+        let mut progressed = false;
+        if avail > 0 && to_store.len() < 65536 {
+            for i in 0..avail {
+                let at = XENSTORE_PAGE + ((cons.wrapping_add(i)) % RING) as u64;
+                to_store.push(dom.ram.read_obj::<u8>(at).map_err(|e| e.to_string())?);
+            }
+            req_cons.store(prod, SeqCst);
+            progressed = true;
+        }
+        if !to_store.is_empty() {
+            match stream.write(&to_store) {
+                Ok(n) => {
+                    to_store.drain(..n);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("xenstored connection: {e}")),
+            }
+        }
+        // xenstored -> guest.
+        if to_guest.len() < 65536 {
+            match stream.read(&mut buf) {
+                Ok(0) => return Err("xenstored closed the connection".into()),
+                Ok(n) => {
+                    to_guest.extend_from_slice(&buf[..n]);
+                    progressed = true;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(format!("xenstored connection: {e}")),
+            }
+        }
+        if !to_guest.is_empty() {
+            let (cons, prod) = (rsp_cons.load(SeqCst), rsp_prod.load(SeqCst));
+            let used = prod.wrapping_sub(cons);
+            if used > RING {
+                return fail("guest response ring indices are inconsistent");
+            }
+            let room = (RING - used) as usize;
+            let n = room.min(to_guest.len());
+            for (i, b) in to_guest.drain(..n).enumerate() {
+                let at = XENSTORE_PAGE
+                    + XENSTORE_RING_SIZE as u64
+                    + ((prod.wrapping_add(i as u32)) % RING) as u64;
+                dom.ram.write_obj(at, &b).map_err(|e| e.to_string())?;
+            }
+            if n > 0 {
+                std::sync::atomic::fence(SeqCst);
+                rsp_prod.store(prod.wrapping_add(n as u32), SeqCst);
+                progressed = true;
+            }
+        }
+        if progressed {
+            notify();
+            continue;
+        }
+        // Sleep until the guest notifies or xenstored sends something.
+        let mut fds = [
+            libc::pollfd {
+                fd: endpoint.notify.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: if to_guest.len() < 65536 {
+                    libc::POLLIN
+                } else {
+                    0
+                },
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on two valid descriptors owned by this thread for 200 ms at most.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 200) };
+        let _ = endpoint.notify.read();
+    }
+}
