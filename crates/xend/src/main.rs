@@ -1,0 +1,297 @@
+//! `xend`: the rxen control daemon. `xend start` runs it in the background (starting
+//! xenstored first if it is not running), `xend foreground` runs it in the terminal
+//! (systemd, tests), `xend stop|status|restart` manage the background daemon.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use rxen_xend::api::{self, AppState};
+use rxen_xend::state::{Xend, XendConfig};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{filter::LevelFilter, Layer};
+
+#[derive(Parser)]
+#[command(name = "xend", version, about = "rxen control daemon: HTTP API for domains (default 127.0.0.1:8000)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start xend in the background (and xenstored if it is not running).
+    Start(Opts),
+    /// Run xend in the foreground (for systemd and tests).
+    Foreground(Opts),
+    /// Stop the background xend (its domains keep running).
+    Stop(Opts),
+    /// Say whether xend is running.
+    Status(Opts),
+    /// Stop, then start.
+    Restart(Opts),
+}
+
+#[derive(Args, Clone)]
+struct Opts {
+    /// Address to listen on. A non-loopback address needs --auth-token.
+    #[arg(long, default_value = "127.0.0.1")]
+    listen: String,
+    /// TCP port.
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Also serve the API on this Unix socket.
+    #[arg(long)]
+    unix_socket: Option<PathBuf>,
+    /// Bearer token clients must send (`Authorization: Bearer TOKEN`); also from
+    /// XEND_AUTH_TOKEN.
+    #[arg(long, env = "XEND_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    /// State directory: database, domain files, pid file.
+    #[arg(long, default_value = "/var/lib/rxen")]
+    state_dir: PathBuf,
+    /// Log directory: xend.log (INFO and up) and xend-debug.log (DEBUG), rotated daily.
+    #[arg(long, default_value = "/var/log/rxen")]
+    log_dir: PathBuf,
+    /// xenstored's socket.
+    #[arg(long, default_value = "/run/xenstored/socket")]
+    xenstored_socket: PathBuf,
+    /// The xen-vmm binary (default: next to xend).
+    #[arg(long)]
+    xen_vmm: Option<PathBuf>,
+    /// Create this domain (xl.cfg file) once xend is up, unless a domain of that name exists.
+    #[arg(long)]
+    create: Option<PathBuf>,
+}
+
+fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(name))).unwrap_or_else(|| PathBuf::from(name))
+}
+
+fn pid_file(o: &Opts) -> PathBuf {
+    o.state_dir.join("xend.pid")
+}
+
+fn running_pid(o: &Opts) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pid_file(o)).ok()?.trim().parse().ok()?;
+    // SAFETY: signal 0 only probes the process.
+    (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+}
+
+fn ensure_xenstored(o: &Opts) -> Result<(), String> {
+    if rxen_xend::xs::alive(&o.xenstored_socket) {
+        return Ok(());
+    }
+    let bin = sibling("xenstored");
+    std::fs::create_dir_all(&o.state_dir).map_err(|e| e.to_string())?;
+    let status = std::process::Command::new(&bin)
+        .arg("--socket")
+        .arg(&o.xenstored_socket)
+        .arg("--state-file")
+        .arg(o.state_dir.join("xenstored.json"))
+        .arg("--pid-file")
+        .arg(o.state_dir.join("xenstored.pid"))
+        .arg("--daemon")
+        .status()
+        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
+    if !status.success() {
+        return Err(format!("xenstored failed to start ({status})"));
+    }
+    for _ in 0..200 {
+        if rxen_xend::xs::alive(&o.xenstored_socket) {
+            eprintln!("xend: started xenstored on {}", o.xenstored_socket.display());
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err("xenstored did not come up".into())
+}
+
+fn start(o: &Opts) -> Result<(), String> {
+    if let Some(pid) = running_pid(o) {
+        return Err(format!("xend is already running (pid {pid})"));
+    }
+    ensure_xenstored(o)?;
+    std::fs::create_dir_all(&o.log_dir).map_err(|e| e.to_string())?;
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(o.log_dir.join("xend-stderr.log")).map_err(|e| e.to_string())?;
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
+    args.insert(0, "foreground".into());
+    let child = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().map_err(|e| e.to_string())?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| format!("starting xend: {e}"))?
+    };
+    let url = format!("http://{}:{}/health", o.listen, o.port);
+    for _ in 0..500 {
+        if running_pid(o).is_some() && health(&url) {
+            println!("xend started (pid {}), API on {}:{}", child.id(), o.listen, o.port);
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!("xend did not come up; see {}", o.log_dir.join("xend-stderr.log").display()))
+}
+
+fn health(url: &str) -> bool {
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let Some((hostport, _)) = rest.split_once('/') else { return false };
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(hostport) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf.starts_with("HTTP/1.0 200") || buf.starts_with("HTTP/1.1 200")
+}
+
+fn stop(o: &Opts) -> Result<(), String> {
+    let Some(pid) = running_pid(o) else { return Err("xend is not running".into()) };
+    // SAFETY: asking the recorded xend process to stop.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    for _ in 0..500 {
+        // SAFETY: probe only.
+        if unsafe { libc::kill(pid, 0) } != 0 {
+            println!("xend stopped (domains keep running)");
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err(format!("xend (pid {pid}) did not stop"))
+}
+
+fn init_logs(log_dir: &Path) -> Result<Vec<tracing_appender::non_blocking::WorkerGuard>, String> {
+    std::fs::create_dir_all(log_dir).map_err(|e| format!("creating log dir {}: {e}", log_dir.display()))?;
+    let (info, g1) = tracing_appender::non_blocking(tracing_appender::rolling::daily(log_dir, "xend.log"));
+    let (debug, g2) = tracing_appender::non_blocking(tracing_appender::rolling::daily(log_dir, "xend-debug.log"));
+    let console_level = std::env::var("RXEN_LOG").ok().and_then(|v| v.parse::<LevelFilter>().ok()).unwrap_or(LevelFilter::INFO);
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(info).with_filter(LevelFilter::INFO))
+        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(debug).with_filter(LevelFilter::DEBUG))
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(console_level))
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    Ok(vec![g1, g2])
+}
+
+fn is_loopback(addr: &str) -> bool {
+    addr.parse::<std::net::IpAddr>().map(|a| a.is_loopback()).unwrap_or(addr == "localhost")
+}
+
+async fn foreground(o: Opts) -> Result<(), String> {
+    if !is_loopback(&o.listen) && o.auth_token.as_deref().unwrap_or("").is_empty() {
+        return Err(format!("listening on {} (not loopback) needs --auth-token", o.listen));
+    }
+    let _guards = init_logs(&o.log_dir)?;
+    std::fs::create_dir_all(&o.state_dir).map_err(|e| format!("creating state dir: {e}"))?;
+    if let Some(pid) = running_pid(&o) {
+        if pid as u32 != std::process::id() {
+            return Err(format!("another xend is running (pid {pid})"));
+        }
+    }
+    if !rxen_xend::xs::alive(&o.xenstored_socket) {
+        return Err(format!("xenstored is not answering on {} (xend start starts it)", o.xenstored_socket.display()));
+    }
+    let cfg = XendConfig {
+        state_dir: o.state_dir.clone(),
+        xenstored_socket: o.xenstored_socket.clone(),
+        xen_vmm: o.xen_vmm.clone().unwrap_or_else(|| sibling("xen-vmm")),
+        start_timeout: Duration::from_secs(10),
+    };
+    let xend = Xend::new(cfg)?;
+    xend.adopt().await;
+    let refresher = xend.clone();
+    tokio::spawn(async move {
+        loop {
+            refresher.refresh().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let state = AppState { xend: xend.clone(), metrics: Arc::new(Mutex::new(Default::default())), auth_token: o.auth_token.clone().filter(|t| !t.is_empty()), log_dir: o.log_dir.clone() };
+    let app = api::router(state);
+    let addr: SocketAddr = format!("{}:{}", if o.listen == "localhost" { "127.0.0.1" } else { &o.listen }, o.port)
+        .parse()
+        .map_err(|e| format!("bad listen address: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding {addr}: {e}"))?;
+    std::fs::write(pid_file(&o), format!("{}\n", std::process::id())).map_err(|e| format!("writing pid file: {e}"))?;
+    tracing::info!(%addr, "xend listening");
+    if let Some(p) = &o.unix_socket {
+        let _ = std::fs::remove_file(p);
+        let ul = tokio::net::UnixListener::bind(p).map_err(|e| format!("binding {}: {e}", p.display()))?;
+        let app2 = app.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(ul, app2).await;
+        });
+    }
+    if let Some(cfg) = &o.create {
+        let text = std::fs::read_to_string(cfg).map_err(|e| format!("reading {}: {e}", cfg.display()))?;
+        let (spec, warnings) = rxen_xlcfg::DomainSpec::from_xl(&text).map_err(|e| format!("{}: {e}", cfg.display()))?;
+        for w in warnings {
+            tracing::warn!("{}: {w}", cfg.display());
+        }
+        if xend.info(&spec.name).is_err() {
+            match xend.create(spec, false).await {
+                Ok(i) => tracing::info!(name = i.name, domid = i.domid, "created domain from {}", cfg.display()),
+                Err(e) => tracing::error!("creating domain from {}: {e}", cfg.display()),
+            }
+        }
+    }
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {},
+        }
+    };
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(pid_file(&o));
+    if let Some(p) = &o.unix_socket {
+        let _ = std::fs::remove_file(p);
+    }
+    tracing::info!("xend stopped; domains keep running");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Foreground(o) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(foreground(o)),
+            Err(e) => Err(e.to_string()),
+        },
+        Cmd::Start(o) => start(&o),
+        Cmd::Stop(o) => stop(&o),
+        Cmd::Restart(o) => {
+            let _ = stop(&o);
+            start(&o)
+        }
+        Cmd::Status(o) => match running_pid(&o) {
+            Some(pid) => {
+                println!("xend is running (pid {pid})");
+                Ok(())
+            }
+            None => {
+                println!("xend is not running");
+                return ExitCode::from(3);
+            }
+        },
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xend: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
