@@ -41,8 +41,14 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/health", get(|| async { Json(serde_json::json!({"status": "ok"})) }))
-        .route("/openapi.json", get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .route("/metrics", get(metrics))
         .route("/events", get(events))
         .route("/dmesg", get(dmesg))
@@ -63,7 +69,13 @@ pub fn router(state: AppState) -> Router {
         .route("/managed/{name}/start", post(start_managed))
         .route("/managed/{name}", axum::routing::delete(delete_managed))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no_route", "no such endpoint") })
-        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed here") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            )
+        })
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -83,7 +95,12 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
             .is_some_and(|t| t == token);
         if !ok && route != "/health" {
             tracing::info!(target: "xend::api", %method, %path, status = 401, "unauthenticated request refused");
-            return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong bearer token").into_response();
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "missing or wrong bearer token",
+            )
+            .into_response();
         }
     }
     let t0 = Instant::now();
@@ -118,11 +135,16 @@ fn route_label(path: &str) -> String {
         }
     }
     let r = out.join("/");
-    if r.len() > 64 { "other".into() } else { r }
+    if r.len() > 64 {
+        "other".into()
+    } else {
+        r
+    }
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
 /// Body of `POST /domains` and `POST /managed`: an xl.cfg text (with optional
@@ -139,12 +161,16 @@ struct CreateBody {
 fn spec_of(body: &Bytes) -> ApiResult<(DomainSpec, Vec<String>)> {
     let b: CreateBody = parse_json(body)?;
     match (b.config, b.spec) {
-        (Some(text), None) => DomainSpec::with_overrides(&text, &b.overrides).map_err(|e| ApiError::invalid_config(e.to_string())),
+        (Some(text), None) => DomainSpec::with_overrides(&text, &b.overrides)
+            .map_err(|e| ApiError::invalid_config(e.to_string())),
         (None, Some(spec)) => {
-            spec.validate().map_err(|e| ApiError::invalid_config(e.to_string()))?;
+            spec.validate()
+                .map_err(|e| ApiError::invalid_config(e.to_string()))?;
             Ok((spec, Vec::new()))
         }
-        _ => Err(ApiError::bad_request("give exactly one of \"config\" (xl.cfg text) or \"spec\" (JSON)")),
+        _ => Err(ApiError::bad_request(
+            "give exactly one of \"config\" (xl.cfg text) or \"spec\" (JSON)",
+        )),
     }
 }
 
@@ -158,14 +184,20 @@ async fn create(State(st): State<AppState>, body: Bytes) -> ApiResult<impl IntoR
         tracing::warn!("config: {w}");
     }
     let info = st.xend.create(spec, false).await?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({"domain": info, "warnings": warnings}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"domain": info, "warnings": warnings})),
+    ))
 }
 
 async fn info(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
     Ok(Json(st.xend.info(&id)?))
 }
 
-async fn destroy(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn destroy(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     st.xend.destroy(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -182,19 +214,38 @@ struct ShutdownQuery {
 fn wait_of(q: &ShutdownQuery) -> ApiResult<Option<Duration>> {
     match q.wait {
         None => Ok(None),
-        Some(w) if w.is_finite() && (0.0..=3600.0).contains(&w) => Ok(Some(Duration::from_secs_f64(w))),
-        Some(_) => Err(ApiError::bad_request("wait must be between 0 and 3600 seconds")),
+        Some(w) if w.is_finite() && (0.0..=3600.0).contains(&w) => {
+            Ok(Some(Duration::from_secs_f64(w)))
+        }
+        Some(_) => Err(ApiError::bad_request(
+            "wait must be between 0 and 3600 seconds",
+        )),
     }
 }
 
-async fn shutdown(State(st): State<AppState>, Path(id): Path<String>, q: Result<Query<ShutdownQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<impl IntoResponse> {
+async fn shutdown(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<ShutdownQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let waited = q.wait.is_some();
     let info = st.xend.shutdown(&id, false, wait_of(&q)?, q.force).await?;
-    Ok((if waited { StatusCode::OK } else { StatusCode::ACCEPTED }, Json(info)))
+    Ok((
+        if waited {
+            StatusCode::OK
+        } else {
+            StatusCode::ACCEPTED
+        },
+        Json(info),
+    ))
 }
 
-async fn reboot(State(st): State<AppState>, Path(id): Path<String>, q: Result<Query<ShutdownQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<impl IntoResponse> {
+async fn reboot(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<ShutdownQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let info = st.xend.shutdown(&id, true, wait_of(&q)?, q.force).await?;
     Ok((StatusCode::ACCEPTED, Json(info)))
@@ -204,7 +255,10 @@ async fn pause(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<
     Ok(Json(st.xend.pause(&id, true).await?))
 }
 
-async fn unpause(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn unpause(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     Ok(Json(st.xend.pause(&id, false).await?))
 }
 
@@ -214,7 +268,11 @@ struct RenameBody {
     name: String,
 }
 
-async fn rename(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn rename(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let b: RenameBody = parse_json(&body)?;
     Ok(Json(st.xend.rename(&id, &b.name).await?))
 }
@@ -225,7 +283,11 @@ struct VcpusBody {
     count: u32,
 }
 
-async fn vcpus(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn vcpus(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let b: VcpusBody = parse_json(&body)?;
     Ok(Json(st.xend.vcpu_set(&id, b.count).await?))
 }
@@ -236,23 +298,42 @@ struct MemoryBody {
     mib: u64,
 }
 
-async fn memory(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn memory(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let b: MemoryBody = parse_json(&body)?;
     Ok(Json(st.xend.mem_set(&id, b.mib, false).await?))
 }
 
-async fn maxmem(State(st): State<AppState>, Path(id): Path<String>, body: Bytes) -> ApiResult<impl IntoResponse> {
+async fn maxmem(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
     let b: MemoryBody = parse_json(&body)?;
     Ok(Json(st.xend.mem_set(&id, b.mib, true).await?))
 }
 
-async fn uptime(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn uptime(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     let i = st.xend.info(&id)?;
-    Ok(Json(serde_json::json!({"name": i.name, "domid": i.domid, "uptime_s": i.uptime_s})))
+    Ok(Json(
+        serde_json::json!({"name": i.name, "domid": i.domid, "uptime_s": i.uptime_s}),
+    ))
 }
 
-async fn console(State(st): State<AppState>, Path(id): Path<String>) -> ApiResult<impl IntoResponse> {
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], st.xend.console(&id)?))
+async fn console(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        st.xend.console(&id)?,
+    ))
 }
 
 async fn dmesg(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
@@ -261,22 +342,35 @@ async fn dmesg(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             if name.starts_with("xend.log") {
-                let m = e.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
+                let m = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
                 if newest.as_ref().is_none_or(|(t, _)| m > *t) {
                     newest = Some((m, e.path()));
                 }
             }
         }
     }
-    let text = newest.and_then(|(_, p)| std::fs::read(p).ok()).unwrap_or_default();
+    let text = newest
+        .and_then(|(_, p)| std::fs::read(p).ok())
+        .unwrap_or_default();
     let tail = text.len().saturating_sub(64 * 1024);
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], String::from_utf8_lossy(&text[tail..]).into_owned()))
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        String::from_utf8_lossy(&text[tail..]).into_owned(),
+    ))
 }
 
 async fn host_info(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let field = |k: &str| {
-        meminfo.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<u64>().ok()).map(|kib| kib / 1024)
+        meminfo
+            .lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|kib| kib / 1024)
     };
     let doms = st.xend.snapshot();
     Ok(Json(serde_json::json!({
@@ -295,14 +389,26 @@ async fn host_info(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {
 async fn new_managed(State(st): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let (spec, warnings) = spec_of(&body)?;
     st.xend.new_managed(&spec)?;
-    Ok((StatusCode::CREATED, Json(serde_json::json!({"name": spec.name, "warnings": warnings}))))
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({"name": spec.name, "warnings": warnings})),
+    ))
 }
 
-async fn start_managed(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
-    Ok((StatusCode::CREATED, Json(st.xend.start_managed(&name).await?)))
+async fn start_managed(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok((
+        StatusCode::CREATED,
+        Json(st.xend.start_managed(&name).await?),
+    ))
 }
 
-async fn delete_managed(State(st): State<AppState>, Path(name): Path<String>) -> ApiResult<impl IntoResponse> {
+async fn delete_managed(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> ApiResult<impl IntoResponse> {
     st.xend.delete_managed(&name)?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -310,22 +416,36 @@ async fn delete_managed(State(st): State<AppState>, Path(name): Path<String>) ->
 async fn events(State(st): State<AppState>) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let rx = st.xend.events.subscribe();
     let stream = tokio_stream::wrappers::BroadcastStream::new(rx).filter_map(|m| async move {
-        m.ok().map(|v| Ok(Event::default().event("domain").data(v.to_string())))
+        m.ok()
+            .map(|v| Ok(Event::default().event("domain").data(v.to_string())))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     use std::fmt::Write;
     let doms = st.xend.snapshot();
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP xend_domains Domains by state.\n# TYPE xend_domains gauge");
+    let _ = writeln!(
+        out,
+        "# HELP xend_domains Domains by state.\n# TYPE xend_domains gauge"
+    );
     let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
-    for s in ["creating", "running", "paused", "shutting_down", "destroying", "crashed", "shutdown"] {
+    for s in [
+        "creating",
+        "running",
+        "paused",
+        "shutting_down",
+        "destroying",
+        "crashed",
+        "shutdown",
+    ] {
         by_state.insert(s.into(), 0);
     }
     for d in &doms {
@@ -336,25 +456,55 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     }
     let _ = writeln!(out, "# HELP xend_domain_cpu_seconds_total Guest CPU time of all vCPUs.\n# TYPE xend_domain_cpu_seconds_total counter");
     for d in &doms {
-        let _ = writeln!(out, "xend_domain_cpu_seconds_total{{domain=\"{}\",domid=\"{}\"}} {}", escape(&d.name), d.domid.unwrap_or(0), d.cpu_time_s);
+        let _ = writeln!(
+            out,
+            "xend_domain_cpu_seconds_total{{domain=\"{}\",domid=\"{}\"}} {}",
+            escape(&d.name),
+            d.domid.unwrap_or(0),
+            d.cpu_time_s
+        );
     }
     let _ = writeln!(out, "# HELP xend_domain_memory_bytes Memory target of the domain.\n# TYPE xend_domain_memory_bytes gauge");
     for d in &doms {
-        let _ = writeln!(out, "xend_domain_memory_bytes{{domain=\"{}\",domid=\"{}\"}} {}", escape(&d.name), d.domid.unwrap_or(0), d.memory_mib * 1024 * 1024);
+        let _ = writeln!(
+            out,
+            "xend_domain_memory_bytes{{domain=\"{}\",domid=\"{}\"}} {}",
+            escape(&d.name),
+            d.domid.unwrap_or(0),
+            d.memory_mib * 1024 * 1024
+        );
     }
-    let _ = writeln!(out, "# HELP xend_domain_vcpus Online vCPUs.\n# TYPE xend_domain_vcpus gauge");
+    let _ = writeln!(
+        out,
+        "# HELP xend_domain_vcpus Online vCPUs.\n# TYPE xend_domain_vcpus gauge"
+    );
     for d in &doms {
-        let _ = writeln!(out, "xend_domain_vcpus{{domain=\"{}\",domid=\"{}\"}} {}", escape(&d.name), d.domid.unwrap_or(0), d.vcpus);
+        let _ = writeln!(
+            out,
+            "xend_domain_vcpus{{domain=\"{}\",domid=\"{}\"}} {}",
+            escape(&d.name),
+            d.domid.unwrap_or(0),
+            d.vcpus
+        );
     }
     let _ = writeln!(out, "# HELP xend_domain_hypercalls_total Hypercalls made by the domain.\n# TYPE xend_domain_hypercalls_total counter");
     for d in &doms {
-        let _ = writeln!(out, "xend_domain_hypercalls_total{{domain=\"{}\",domid=\"{}\"}} {}", escape(&d.name), d.domid.unwrap_or(0), d.hypercalls);
+        let _ = writeln!(
+            out,
+            "xend_domain_hypercalls_total{{domain=\"{}\",domid=\"{}\"}} {}",
+            escape(&d.name),
+            d.domid.unwrap_or(0),
+            d.hypercalls
+        );
     }
     let _ = writeln!(out, "# HELP xend_api_requests_total API requests by route and status.\n# TYPE xend_api_requests_total counter");
     let _ = writeln!(out, "# HELP xend_api_request_seconds_sum Total time spent answering, by route and status.\n# TYPE xend_api_request_seconds_sum counter");
     if let Ok(m) = st.metrics.lock() {
         for ((method, route, status), (n, secs)) in &m.by_route {
-            let labels = format!("method=\"{method}\",route=\"{}\",status=\"{status}\"", escape(route));
+            let labels = format!(
+                "method=\"{method}\",route=\"{}\",status=\"{status}\"",
+                escape(route)
+            );
             let _ = writeln!(out, "xend_api_requests_total{{{labels}}} {n}");
             let _ = writeln!(out, "xend_api_request_seconds_sum{{{labels}}} {secs}");
         }

@@ -48,7 +48,13 @@ impl Db {
     /// The next domain id after the highest ever handed out (1..32751, wrapping and
     /// skipping ids in `live`).
     pub fn allocate_domid(&self, live: &dyn Fn(u32) -> bool) -> Result<Option<u32>, DbError> {
-        let last: u32 = self.conn.query_row("SELECT value FROM meta WHERE key='last_domid'", [], |r| r.get(0)).optional()?.unwrap_or(0);
+        let last: u32 = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key='last_domid'", [], |r| {
+                r.get(0)
+            })
+            .optional()?
+            .unwrap_or(0);
         let mut id = last;
         for _ in 0..32751 {
             id = if id >= 32751 { 1 } else { id + 1 };
@@ -69,16 +75,24 @@ impl Db {
     }
 
     pub fn delete_managed(&self, name: &str) -> Result<bool, DbError> {
-        Ok(self.conn.execute("DELETE FROM managed WHERE name=?1", params![name])? > 0)
+        Ok(self
+            .conn
+            .execute("DELETE FROM managed WHERE name=?1", params![name])?
+            > 0)
     }
 
     pub fn rename_managed(&self, old: &str, spec: &DomainSpec) -> Result<(), DbError> {
-        self.conn.execute("UPDATE managed SET name=?2, spec=?3 WHERE name=?1", params![old, spec.name, serde_json::to_string(spec)?])?;
+        self.conn.execute(
+            "UPDATE managed SET name=?2, spec=?3 WHERE name=?1",
+            params![old, spec.name, serde_json::to_string(spec)?],
+        )?;
         Ok(())
     }
 
     pub fn managed(&self) -> Result<Vec<DomainSpec>, DbError> {
-        let mut st = self.conn.prepare("SELECT spec FROM managed ORDER BY name")?;
+        let mut st = self
+            .conn
+            .prepare("SELECT spec FROM managed ORDER BY name")?;
         let rows = st.query_map([], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for r in rows {
@@ -96,19 +110,38 @@ impl Db {
     }
 
     pub fn delete_running(&self, domid: u32) -> Result<(), DbError> {
-        self.conn.execute("DELETE FROM running WHERE domid=?1", params![domid])?;
+        self.conn
+            .execute("DELETE FROM running WHERE domid=?1", params![domid])?;
         Ok(())
     }
 
     pub fn running(&self) -> Result<Vec<RunningRecord>, DbError> {
-        let mut st = self.conn.prepare("SELECT domid, name, uuid, spec, pid, started, managed FROM running ORDER BY domid")?;
+        let mut st = self.conn.prepare(
+            "SELECT domid, name, uuid, spec, pid, started, managed FROM running ORDER BY domid",
+        )?;
         let rows = st.query_map([], |r| {
-            Ok((r.get::<_, u32>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, String>(3)?, r.get::<_, u32>(4)?, r.get::<_, f64>(5)?, r.get::<_, i32>(6)?))
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, u32>(4)?,
+                r.get::<_, f64>(5)?,
+                r.get::<_, i32>(6)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (domid, name, uuid, spec, pid, started, managed) = row?;
-            out.push(RunningRecord { domid, name, uuid, spec: serde_json::from_str(&spec)?, pid, started, managed: managed != 0 });
+            out.push(RunningRecord {
+                domid,
+                name,
+                uuid,
+                spec: serde_json::from_str(&spec)?,
+                pid,
+                started,
+                managed: managed != 0,
+            });
         }
         Ok(out)
     }
@@ -128,7 +161,16 @@ mod tests {
         assert_eq!(db.managed().unwrap(), vec![spec.clone()]);
         assert_eq!(db.allocate_domid(&|_| false).unwrap(), Some(1));
         assert_eq!(db.allocate_domid(&|id| id == 2).unwrap(), Some(3));
-        db.put_running(&RunningRecord { domid: 3, name: "a".into(), uuid: "u".into(), spec, pid: 7, started: 1.5, managed: true }).unwrap();
+        db.put_running(&RunningRecord {
+            domid: 3,
+            name: "a".into(),
+            uuid: "u".into(),
+            spec,
+            pid: 7,
+            started: 1.5,
+            managed: true,
+        })
+        .unwrap();
         assert_eq!(db.running().unwrap()[0].pid, 7);
         db.delete_running(3).unwrap();
         assert!(db.running().unwrap().is_empty());

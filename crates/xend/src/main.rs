@@ -16,7 +16,11 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{filter::LevelFilter, Layer};
 
 #[derive(Parser)]
-#[command(name = "xend", version, about = "rxen control daemon: HTTP API for domains (default 127.0.0.1:8000)")]
+#[command(
+    name = "xend",
+    version,
+    about = "rxen control daemon: HTTP API for domains (default 127.0.0.1:8000)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -69,7 +73,10 @@ struct Opts {
 }
 
 fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe().ok().and_then(|p| p.parent().map(|d| d.join(name))).unwrap_or_else(|| PathBuf::from(name))
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join(name)))
+        .unwrap_or_else(|| PathBuf::from(name))
 }
 
 fn pid_file(o: &Opts) -> PathBuf {
@@ -77,7 +84,11 @@ fn pid_file(o: &Opts) -> PathBuf {
 }
 
 fn running_pid(o: &Opts) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file(o)).ok()?.trim().parse().ok()?;
+    let pid: i32 = std::fs::read_to_string(pid_file(o))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     // SAFETY: signal 0 only probes the process.
     (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
 }
@@ -103,7 +114,10 @@ fn ensure_xenstored(o: &Opts) -> Result<(), String> {
     }
     for _ in 0..200 {
         if rxen_xend::xs::alive(&o.xenstored_socket) {
-            eprintln!("xend: started xenstored on {}", o.xenstored_socket.display());
+            eprintln!(
+                "xend: started xenstored on {}",
+                o.xenstored_socket.display()
+            );
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -117,7 +131,11 @@ fn start(o: &Opts) -> Result<(), String> {
     }
     ensure_xenstored(o)?;
     std::fs::create_dir_all(&o.log_dir).map_err(|e| e.to_string())?;
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(o.log_dir.join("xend-stderr.log")).map_err(|e| e.to_string())?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(o.log_dir.join("xend-stderr.log"))
+        .map_err(|e| e.to_string())?;
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
     args.insert(0, "foreground".into());
     let child = {
@@ -134,21 +152,37 @@ fn start(o: &Opts) -> Result<(), String> {
     let url = format!("http://{}:{}/health", o.listen, o.port);
     for _ in 0..500 {
         if running_pid(o).is_some() && health(&url) {
-            println!("xend started (pid {}), API on {}:{}", child.id(), o.listen, o.port);
+            println!(
+                "xend started (pid {}), API on {}:{}",
+                child.id(),
+                o.listen,
+                o.port
+            );
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    Err(format!("xend did not come up; see {}", o.log_dir.join("xend-stderr.log").display()))
+    Err(format!(
+        "xend did not come up; see {}",
+        o.log_dir.join("xend-stderr.log").display()
+    ))
 }
 
 fn health(url: &str) -> bool {
-    let Some(rest) = url.strip_prefix("http://") else { return false };
-    let Some((hostport, _)) = rest.split_once('/') else { return false };
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let Some((hostport, _)) = rest.split_once('/') else {
+        return false;
+    };
     use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(hostport) else { return false };
+    let Ok(mut s) = std::net::TcpStream::connect(hostport) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes()).is_err() {
+    if s.write_all(format!("GET /health HTTP/1.0\r\nHost: {hostport}\r\n\r\n").as_bytes())
+        .is_err()
+    {
         return false;
     }
     let mut buf = String::new();
@@ -157,7 +191,9 @@ fn health(url: &str) -> bool {
 }
 
 fn stop(o: &Opts) -> Result<(), String> {
-    let Some(pid) = running_pid(o) else { return Err("xend is not running".into()) };
+    let Some(pid) = running_pid(o) else {
+        return Err("xend is not running".into());
+    };
     // SAFETY: asking the recorded xend process to stop.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     for _ in 0..500 {
@@ -172,26 +208,51 @@ fn stop(o: &Opts) -> Result<(), String> {
 }
 
 fn init_logs(log_dir: &Path) -> Result<Vec<tracing_appender::non_blocking::WorkerGuard>, String> {
-    std::fs::create_dir_all(log_dir).map_err(|e| format!("creating log dir {}: {e}", log_dir.display()))?;
-    let (info, g1) = tracing_appender::non_blocking(tracing_appender::rolling::daily(log_dir, "xend.log"));
-    let (debug, g2) = tracing_appender::non_blocking(tracing_appender::rolling::daily(log_dir, "xend-debug.log"));
-    let console_level = std::env::var("RXEN_LOG").ok().and_then(|v| v.parse::<LevelFilter>().ok()).unwrap_or(LevelFilter::INFO);
+    std::fs::create_dir_all(log_dir)
+        .map_err(|e| format!("creating log dir {}: {e}", log_dir.display()))?;
+    let (info, g1) =
+        tracing_appender::non_blocking(tracing_appender::rolling::daily(log_dir, "xend.log"));
+    let (debug, g2) =
+        tracing_appender::non_blocking(tracing_appender::rolling::daily(log_dir, "xend-debug.log"));
+    let console_level = std::env::var("RXEN_LOG")
+        .ok()
+        .and_then(|v| v.parse::<LevelFilter>().ok())
+        .unwrap_or(LevelFilter::INFO);
     tracing_subscriber::registry()
-        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(info).with_filter(LevelFilter::INFO))
-        .with(tracing_subscriber::fmt::layer().with_ansi(false).with_writer(debug).with_filter(LevelFilter::DEBUG))
-        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(console_level))
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(info)
+                .with_filter(LevelFilter::INFO),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(false)
+                .with_writer(debug)
+                .with_filter(LevelFilter::DEBUG),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(console_level),
+        )
         .try_init()
         .map_err(|e| e.to_string())?;
     Ok(vec![g1, g2])
 }
 
 fn is_loopback(addr: &str) -> bool {
-    addr.parse::<std::net::IpAddr>().map(|a| a.is_loopback()).unwrap_or(addr == "localhost")
+    addr.parse::<std::net::IpAddr>()
+        .map(|a| a.is_loopback())
+        .unwrap_or(addr == "localhost")
 }
 
 async fn foreground(o: Opts) -> Result<(), String> {
     if !is_loopback(&o.listen) && o.auth_token.as_deref().unwrap_or("").is_empty() {
-        return Err(format!("listening on {} (not loopback) needs --auth-token", o.listen));
+        return Err(format!(
+            "listening on {} (not loopback) needs --auth-token",
+            o.listen
+        ));
     }
     let _guards = init_logs(&o.log_dir)?;
     std::fs::create_dir_all(&o.state_dir).map_err(|e| format!("creating state dir: {e}"))?;
@@ -201,7 +262,10 @@ async fn foreground(o: Opts) -> Result<(), String> {
         }
     }
     if !rxen_xend::xs::alive(&o.xenstored_socket) {
-        return Err(format!("xenstored is not answering on {} (xend start starts it)", o.xenstored_socket.display()));
+        return Err(format!(
+            "xenstored is not answering on {} (xend start starts it)",
+            o.xenstored_socket.display()
+        ));
     }
     let cfg = XendConfig {
         state_dir: o.state_dir.clone(),
@@ -218,43 +282,71 @@ async fn foreground(o: Opts) -> Result<(), String> {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });
-    let state = AppState { xend: xend.clone(), metrics: Arc::new(Mutex::new(Default::default())), auth_token: o.auth_token.clone().filter(|t| !t.is_empty()), log_dir: o.log_dir.clone() };
+    let state = AppState {
+        xend: xend.clone(),
+        metrics: Arc::new(Mutex::new(Default::default())),
+        auth_token: o.auth_token.clone().filter(|t| !t.is_empty()),
+        log_dir: o.log_dir.clone(),
+    };
     let app = api::router(state);
-    let addr: SocketAddr = format!("{}:{}", if o.listen == "localhost" { "127.0.0.1" } else { &o.listen }, o.port)
-        .parse()
-        .map_err(|e| format!("bad listen address: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("binding {addr}: {e}"))?;
-    std::fs::write(pid_file(&o), format!("{}\n", std::process::id())).map_err(|e| format!("writing pid file: {e}"))?;
+    let addr: SocketAddr = format!(
+        "{}:{}",
+        if o.listen == "localhost" {
+            "127.0.0.1"
+        } else {
+            &o.listen
+        },
+        o.port
+    )
+    .parse()
+    .map_err(|e| format!("bad listen address: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("binding {addr}: {e}"))?;
+    std::fs::write(pid_file(&o), format!("{}\n", std::process::id()))
+        .map_err(|e| format!("writing pid file: {e}"))?;
     tracing::info!(%addr, "xend listening");
     if let Some(p) = &o.unix_socket {
         let _ = std::fs::remove_file(p);
-        let ul = tokio::net::UnixListener::bind(p).map_err(|e| format!("binding {}: {e}", p.display()))?;
+        let ul = tokio::net::UnixListener::bind(p)
+            .map_err(|e| format!("binding {}: {e}", p.display()))?;
         let app2 = app.clone();
         tokio::spawn(async move {
             let _ = axum::serve(ul, app2).await;
         });
     }
     if let Some(cfg) = &o.create {
-        let text = std::fs::read_to_string(cfg).map_err(|e| format!("reading {}: {e}", cfg.display()))?;
-        let (spec, warnings) = rxen_xlcfg::DomainSpec::from_xl(&text).map_err(|e| format!("{}: {e}", cfg.display()))?;
+        let text =
+            std::fs::read_to_string(cfg).map_err(|e| format!("reading {}: {e}", cfg.display()))?;
+        let (spec, warnings) = rxen_xlcfg::DomainSpec::from_xl(&text)
+            .map_err(|e| format!("{}: {e}", cfg.display()))?;
         for w in warnings {
             tracing::warn!("{}: {w}", cfg.display());
         }
         if xend.info(&spec.name).is_err() {
             match xend.create(spec, false).await {
-                Ok(i) => tracing::info!(name = i.name, domid = i.domid, "created domain from {}", cfg.display()),
+                Ok(i) => tracing::info!(
+                    name = i.name,
+                    domid = i.domid,
+                    "created domain from {}",
+                    cfg.display()
+                ),
                 Err(e) => tracing::error!("creating domain from {}: {e}", cfg.display()),
             }
         }
     }
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {},
         }
     };
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.map_err(|e| e.to_string())?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(|e| e.to_string())?;
     let _ = std::fs::remove_file(pid_file(&o));
     if let Some(p) = &o.unix_socket {
         let _ = std::fs::remove_file(p);
@@ -266,7 +358,10 @@ async fn foreground(o: Opts) -> Result<(), String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Foreground(o) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Cmd::Foreground(o) => match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
             Ok(rt) => rt.block_on(foreground(o)),
             Err(e) => Err(e.to_string()),
         },

@@ -80,7 +80,10 @@ pub struct DomainInfo {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 fn flags(d: &Domain) -> String {
@@ -104,7 +107,10 @@ impl Domain {
             domid: Some(self.domid),
             name: self.name.clone(),
             uuid: self.uuid.clone(),
-            state: serde_json::to_value(self.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            state: serde_json::to_value(self.state)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
             state_flags: flags(self),
             memory_mib: self.target_mib,
             maxmem_mib: self.spec.maxmem.unwrap_or(self.spec.memory),
@@ -120,7 +126,15 @@ impl Domain {
     }
 
     fn record(&self) -> RunningRecord {
-        RunningRecord { domid: self.domid, name: self.name.clone(), uuid: self.uuid.clone(), spec: self.spec.clone(), pid: self.pid, started: self.started, managed: self.managed }
+        RunningRecord {
+            domid: self.domid,
+            name: self.name.clone(),
+            uuid: self.uuid.clone(),
+            spec: self.spec.clone(),
+            pid: self.pid,
+            started: self.started,
+            managed: self.managed,
+        }
     }
 }
 
@@ -142,10 +156,16 @@ fn internal<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> ApiEr
 
 impl Xend {
     pub fn new(cfg: XendConfig) -> Result<Arc<Self>, String> {
-        std::fs::create_dir_all(cfg.state_dir.join("domains")).map_err(|e| format!("creating state dir: {e}"))?;
+        std::fs::create_dir_all(cfg.state_dir.join("domains"))
+            .map_err(|e| format!("creating state dir: {e}"))?;
         let db = Db::open(&cfg.state_dir.join("xend.db")).map_err(|e| e.to_string())?;
         let (events, _) = broadcast::channel(1024);
-        Ok(Arc::new(Xend { cfg, db: Mutex::new(db), doms: Mutex::new(BTreeMap::new()), events }))
+        Ok(Arc::new(Xend {
+            cfg,
+            db: Mutex::new(db),
+            doms: Mutex::new(BTreeMap::new()),
+            events,
+        }))
     }
 
     fn emit(&self, domid: Option<u32>, name: &str, event: &str, detail: serde_json::Value) {
@@ -161,11 +181,17 @@ impl Xend {
                 return Ok(n);
             }
         }
-        doms.values().find(|d| d.name == id).map(|d| d.domid).ok_or_else(|| ApiError::not_found(id))
+        doms.values()
+            .find(|d| d.name == id)
+            .map(|d| d.domid)
+            .ok_or_else(|| ApiError::not_found(id))
     }
 
     fn get(&self, domid: u32) -> ApiResult<Domain> {
-        lock(&self.doms).get(&domid).cloned().ok_or_else(|| ApiError::not_found(domid))
+        lock(&self.doms)
+            .get(&domid)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(domid))
     }
 
     fn set_state(&self, domid: u32, s: DomState) {
@@ -178,7 +204,9 @@ impl Xend {
 
     pub fn list(&self) -> ApiResult<Vec<DomainInfo>> {
         let mut out: Vec<DomainInfo> = lock(&self.doms).values().map(Domain::info).collect();
-        let managed = lock(&self.db).managed().map_err(internal("reading managed domains"))?;
+        let managed = lock(&self.db)
+            .managed()
+            .map_err(internal("reading managed domains"))?;
         for spec in managed {
             if !out.iter().any(|d| d.name == spec.name && d.pid.is_some()) {
                 out.push(DomainInfo {
@@ -221,23 +249,39 @@ impl Xend {
     // ------------------------------------------------------------------ create
 
     /// Creates and starts a domain.
-    pub async fn create(self: &Arc<Self>, mut spec: DomainSpec, managed: bool) -> ApiResult<DomainInfo> {
-        spec.validate().map_err(|e| ApiError::invalid_config(e.to_string()))?;
+    pub async fn create(
+        self: &Arc<Self>,
+        mut spec: DomainSpec,
+        managed: bool,
+    ) -> ApiResult<DomainInfo> {
+        spec.validate()
+            .map_err(|e| ApiError::invalid_config(e.to_string()))?;
         if let Some(k) = &spec.kernel {
             if !std::path::Path::new(k).is_file() {
-                return Err(ApiError::invalid_config(format!("kernel {k:?} does not exist or is not a file")));
+                return Err(ApiError::invalid_config(format!(
+                    "kernel {k:?} does not exist or is not a file"
+                )));
             }
         }
-        let uuid = spec.uuid.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let uuid = spec
+            .uuid
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         spec.uuid = Some(uuid.clone());
         // Reserve the name and a domain id.
         let domid = {
             let mut doms = lock(&self.doms);
             if doms.values().any(|d| d.name == spec.name) {
-                return Err(ApiError::conflict("name_in_use", format!("a domain named {:?} exists", spec.name)));
+                return Err(ApiError::conflict(
+                    "name_in_use",
+                    format!("a domain named {:?} exists", spec.name),
+                ));
             }
             if doms.values().any(|d| d.uuid == uuid) {
-                return Err(ApiError::conflict("uuid_in_use", format!("a domain with UUID {uuid} exists")));
+                return Err(ApiError::conflict(
+                    "uuid_in_use",
+                    format!("a domain with UUID {uuid} exists"),
+                ));
             }
             let domid = lock(&self.db)
                 .allocate_domid(&|id| doms.contains_key(&id))
@@ -266,7 +310,9 @@ impl Xend {
             Ok(child) => {
                 let d = {
                     let mut doms = lock(&self.doms);
-                    let Some(d) = doms.get_mut(&domid) else { return Err(ApiError::internal("domain vanished while starting")) };
+                    let Some(d) = doms.get_mut(&domid) else {
+                        return Err(ApiError::internal("domain vanished while starting"));
+                    };
                     d.pid = child.id().unwrap_or(0);
                     d.state = DomState::Running;
                     d.clone()
@@ -275,7 +321,12 @@ impl Xend {
                     tracing::error!(domid, "recording running domain: {e}");
                 }
                 self.clone().watch_child(domid, child);
-                self.emit(Some(domid), &d.name, "created", serde_json::json!({"uuid": uuid}));
+                self.emit(
+                    Some(domid),
+                    &d.name,
+                    "created",
+                    serde_json::json!({"uuid": uuid}),
+                );
                 Ok(d.info())
             }
             Err(e) => {
@@ -287,10 +338,16 @@ impl Xend {
 
     /// xenstore entries, VMM process, wait for its control socket. Undoes everything
     /// on failure.
-    async fn start_domain(&self, domid: u32, uuid: &str, spec: &DomainSpec) -> ApiResult<tokio::process::Child> {
+    async fn start_domain(
+        &self,
+        domid: u32,
+        uuid: &str,
+        spec: &DomainSpec,
+    ) -> ApiResult<tokio::process::Child> {
         let sock = self.cfg.xenstored_socket.clone();
         let (u, s) = (uuid.to_string(), spec.clone());
-        let populated = tokio::task::spawn_blocking(move || xs::populate(&sock, domid, &u, &s)).await;
+        let populated =
+            tokio::task::spawn_blocking(move || xs::populate(&sock, domid, &u, &s)).await;
         let undo_xs = || {
             let sock = self.cfg.xenstored_socket.clone();
             let u = uuid.to_string();
@@ -307,7 +364,12 @@ impl Xend {
             Err(e) => return Err(ApiError::internal(format!("xenstore task: {e}"))),
         }
         let files = DomainFiles::new(&self.cfg.state_dir, domid);
-        let xs_dom_socket = self.cfg.xenstored_socket.parent().map(|p| p.join("domains").join(domid.to_string())).unwrap_or_default();
+        let xs_dom_socket = self
+            .cfg
+            .xenstored_socket
+            .parent()
+            .map(|p| p.join("domains").join(domid.to_string()))
+            .unwrap_or_default();
         let launch = Launch {
             vmm: &self.cfg.xen_vmm,
             domid,
@@ -325,7 +387,10 @@ impl Xend {
             Err(e) => {
                 undo_xs().await;
                 let _ = std::fs::remove_dir_all(&files.dir);
-                return Err(ApiError::internal(format!("starting xen-vmm ({}): {e}", self.cfg.xen_vmm.display())));
+                return Err(ApiError::internal(format!(
+                    "starting xen-vmm ({}): {e}",
+                    self.cfg.xen_vmm.display()
+                )));
             }
         };
         let deadline = tokio::time::Instant::now() + self.cfg.start_timeout;
@@ -339,7 +404,11 @@ impl Xend {
                 let _ = std::fs::remove_dir_all(&files.dir);
                 let msg = format!("xen-vmm exited ({status}) while starting: {}", log.trim());
                 // A config the VMM rejects (bad image, sizes) is the client's mistake.
-                let status = if msg.contains("cannot create domain") { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::INTERNAL_SERVER_ERROR };
+                let status = if msg.contains("cannot create domain") {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
                 return Err(ApiError::new(status, "create_failed", msg));
             }
             if tokio::time::Instant::now() > deadline {
@@ -379,13 +448,30 @@ impl Xend {
             (_, "reboot") => Some(d.spec.on_reboot),
             _ => Some(d.spec.on_crash),
         };
-        self.emit(Some(domid), &d.name, "exited", serde_json::json!({"reason": kind}));
+        self.emit(
+            Some(domid),
+            &d.name,
+            "exited",
+            serde_json::json!({"reason": kind}),
+        );
         match action {
             None | Some(Action::Destroy) => self.cleanup(domid).await,
             Some(Action::Preserve) => {
-                self.set_state(domid, if kind == "poweroff" || kind == "reboot" { DomState::Shutdown } else { DomState::Crashed });
+                self.set_state(
+                    domid,
+                    if kind == "poweroff" || kind == "reboot" {
+                        DomState::Shutdown
+                    } else {
+                        DomState::Crashed
+                    },
+                );
                 let _ = lock(&self.db).delete_running(domid);
-                self.emit(Some(domid), &d.name, "preserved", serde_json::json!({"reason": kind}));
+                self.emit(
+                    Some(domid),
+                    &d.name,
+                    "preserved",
+                    serde_json::json!({"reason": kind}),
+                );
             }
             Some(Action::Restart) => {
                 self.cleanup(domid).await;
@@ -411,14 +497,21 @@ impl Xend {
             Ok(i) => self.emit(i.domid, &name, "restarted", serde_json::json!({})),
             Err(e) => {
                 tracing::error!(name, "restart failed: {e}");
-                self.emit(None, &name, "restart_failed", serde_json::json!({"error": e.message}));
+                self.emit(
+                    None,
+                    &name,
+                    "restart_failed",
+                    serde_json::json!({"error": e.message}),
+                );
             }
         }
     }
 
     /// Forgets a domain: xenstore entries, release, records, files.
     async fn cleanup(&self, domid: u32) {
-        let Some(d) = lock(&self.doms).remove(&domid) else { return };
+        let Some(d) = lock(&self.doms).remove(&domid) else {
+            return;
+        };
         let sock = self.cfg.xenstored_socket.clone();
         let uuid = d.uuid.clone();
         let _ = tokio::task::spawn_blocking(move || xs::teardown(&sock, domid, &uuid)).await;
@@ -434,7 +527,12 @@ impl Xend {
         let domid = self.resolve(id)?;
         let d = self.get(domid)?;
         match d.state {
-            DomState::Creating => return Err(ApiError::conflict("wrong_state", "domain is still being created")),
+            DomState::Creating => {
+                return Err(ApiError::conflict(
+                    "wrong_state",
+                    "domain is still being created",
+                ))
+            }
             DomState::Crashed | DomState::Shutdown => {
                 self.cleanup(domid).await;
                 return Ok(());
@@ -462,14 +560,30 @@ impl Xend {
     }
 
     /// Clean shutdown or reboot through `control/shutdown`.
-    pub async fn shutdown(self: &Arc<Self>, id: &str, reboot: bool, wait: Option<Duration>, force: bool) -> ApiResult<DomainInfo> {
+    pub async fn shutdown(
+        self: &Arc<Self>,
+        id: &str,
+        reboot: bool,
+        wait: Option<Duration>,
+        force: bool,
+    ) -> ApiResult<DomainInfo> {
         let domid = self.resolve(id)?;
         let d = self.get(domid)?;
-        if !matches!(d.state, DomState::Running | DomState::Paused | DomState::ShuttingDown) {
-            return Err(ApiError::conflict("wrong_state", format!("domain is {}", d.info().state)));
+        if !matches!(
+            d.state,
+            DomState::Running | DomState::Paused | DomState::ShuttingDown
+        ) {
+            return Err(ApiError::conflict(
+                "wrong_state",
+                format!("domain is {}", d.info().state),
+            ));
         }
         if d.state == DomState::Paused {
-            let _ = vmm::control(&DomainFiles::new(&self.cfg.state_dir, domid).control(), "unpause").await;
+            let _ = vmm::control(
+                &DomainFiles::new(&self.cfg.state_dir, domid).control(),
+                "unpause",
+            )
+            .await;
         }
         let sock = self.cfg.xenstored_socket.clone();
         let what = if reboot { "reboot" } else { "poweroff" };
@@ -478,7 +592,16 @@ impl Xend {
             .map_err(internal("xenstore task"))?
             .map_err(|e| ApiError::unavailable(format!("xenstore: {e}")))?;
         self.set_state(domid, DomState::ShuttingDown);
-        self.emit(Some(domid), &d.name, if reboot { "reboot_requested" } else { "shutdown_requested" }, serde_json::json!({}));
+        self.emit(
+            Some(domid),
+            &d.name,
+            if reboot {
+                "reboot_requested"
+            } else {
+                "shutdown_requested"
+            },
+            serde_json::json!({}),
+        );
         let info = d.info();
         let Some(timeout) = wait else { return Ok(info) };
         let deadline = tokio::time::Instant::now() + timeout;
@@ -499,33 +622,58 @@ impl Xend {
             self.destroy(&domid.to_string()).await?;
             return Ok(info);
         }
-        Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "shutdown_timeout", "the guest did not shut down in time (use force to destroy it)"))
+        Err(ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            "shutdown_timeout",
+            "the guest did not shut down in time (use force to destroy it)",
+        ))
     }
 
     pub async fn pause(&self, id: &str, pause: bool) -> ApiResult<DomainInfo> {
         let domid = self.resolve(id)?;
         let d = self.get(domid)?;
-        let (from, to, op) = if pause { (DomState::Running, DomState::Paused, "pause") } else { (DomState::Paused, DomState::Running, "unpause") };
+        let (from, to, op) = if pause {
+            (DomState::Running, DomState::Paused, "pause")
+        } else {
+            (DomState::Paused, DomState::Running, "unpause")
+        };
         if d.state != from {
-            return Err(ApiError::conflict("wrong_state", format!("cannot {op} a domain that is {}", d.info().state)));
+            return Err(ApiError::conflict(
+                "wrong_state",
+                format!("cannot {op} a domain that is {}", d.info().state),
+            ));
         }
-        vmm::control(&DomainFiles::new(&self.cfg.state_dir, domid).control(), op).await.map_err(ApiError::internal)?;
+        vmm::control(&DomainFiles::new(&self.cfg.state_dir, domid).control(), op)
+            .await
+            .map_err(ApiError::internal)?;
         self.set_state(domid, to);
-        self.emit(Some(domid), &d.name, if pause { "paused" } else { "unpaused" }, serde_json::json!({}));
+        self.emit(
+            Some(domid),
+            &d.name,
+            if pause { "paused" } else { "unpaused" },
+            serde_json::json!({}),
+        );
         self.get(domid).map(|d| d.info())
     }
 
     pub async fn rename(&self, id: &str, new: &str) -> ApiResult<DomainInfo> {
         if !rxen_xlcfg::spec::valid_name(new) {
-            return Err(ApiError::bad_request(format!("{new:?} is not a valid domain name")));
+            return Err(ApiError::bad_request(format!(
+                "{new:?} is not a valid domain name"
+            )));
         }
         let domid = self.resolve(id)?;
         let d = {
             let mut doms = lock(&self.doms);
             if doms.values().any(|x| x.name == new && x.domid != domid) {
-                return Err(ApiError::conflict("name_in_use", format!("a domain named {new:?} exists")));
+                return Err(ApiError::conflict(
+                    "name_in_use",
+                    format!("a domain named {new:?} exists"),
+                ));
             }
-            let d = doms.get_mut(&domid).ok_or_else(|| ApiError::not_found(domid))?;
+            let d = doms
+                .get_mut(&domid)
+                .ok_or_else(|| ApiError::not_found(domid))?;
             let old = d.name.clone();
             d.name = new.to_string();
             d.spec.name = new.to_string();
@@ -546,7 +694,12 @@ impl Xend {
             xs::write_abs(&sock, &format!("/vm/{u}/name"), &n)
         })
         .await;
-        self.emit(Some(domid), new, "renamed", serde_json::json!({"from": old}));
+        self.emit(
+            Some(domid),
+            new,
+            "renamed",
+            serde_json::json!({"from": old}),
+        );
         Ok(d.info())
     }
 
@@ -555,12 +708,19 @@ impl Xend {
         let d = self.get(domid)?;
         let max = d.spec.maxvcpus.unwrap_or(d.spec.vcpus);
         if count == 0 || count > max {
-            return Err(ApiError::bad_request(format!("vcpus must be within 1..={max} (maxvcpus)")));
+            return Err(ApiError::bad_request(format!(
+                "vcpus must be within 1..={max} (maxvcpus)"
+            )));
         }
         let sock = self.cfg.xenstored_socket.clone();
         tokio::task::spawn_blocking(move || {
             for i in 0..max {
-                xs::write(&sock, domid, &format!("cpu/{i}/availability"), if i < count { "online" } else { "offline" })?;
+                xs::write(
+                    &sock,
+                    domid,
+                    &format!("cpu/{i}/availability"),
+                    if i < count { "online" } else { "offline" },
+                )?;
             }
             Ok::<(), rxen_xenstore::client::ClientError>(())
         })
@@ -576,20 +736,33 @@ impl Xend {
         let cap = d.spec.maxmem.unwrap_or(d.spec.memory);
         if max {
             if mib < d.target_mib {
-                return Err(ApiError::bad_request(format!("maxmem {mib} MiB is below the current target {} MiB", d.target_mib)));
+                return Err(ApiError::bad_request(format!(
+                    "maxmem {mib} MiB is below the current target {} MiB",
+                    d.target_mib
+                )));
             }
             if mib > cap {
-                return Err(ApiError::bad_request(format!("maxmem cannot grow beyond the {cap} MiB the domain was built with")));
+                return Err(ApiError::bad_request(format!(
+                    "maxmem cannot grow beyond the {cap} MiB the domain was built with"
+                )));
             }
         } else if mib < 8 || mib > cap {
-            return Err(ApiError::bad_request(format!("memory target must be within 8..={cap} MiB (maxmem)")));
+            return Err(ApiError::bad_request(format!(
+                "memory target must be within 8..={cap} MiB (maxmem)"
+            )));
         }
         let sock = self.cfg.xenstored_socket.clone();
-        let key = if max { "memory/static-max" } else { "memory/target" };
-        tokio::task::spawn_blocking(move || xs::write(&sock, domid, key, &(mib * 1024).to_string()))
-            .await
-            .map_err(internal("xenstore task"))?
-            .map_err(|e| ApiError::unavailable(format!("xenstore: {e}")))?;
+        let key = if max {
+            "memory/static-max"
+        } else {
+            "memory/target"
+        };
+        tokio::task::spawn_blocking(move || {
+            xs::write(&sock, domid, key, &(mib * 1024).to_string())
+        })
+        .await
+        .map_err(internal("xenstore task"))?
+        .map_err(|e| ApiError::unavailable(format!("xenstore: {e}")))?;
         if max {
             self.update_spec(domid, |s| s.maxmem = Some(mib))
         } else {
@@ -603,7 +776,9 @@ impl Xend {
     fn update_spec(&self, domid: u32, f: impl FnOnce(&mut DomainSpec)) -> ApiResult<DomainInfo> {
         let d = {
             let mut doms = lock(&self.doms);
-            let d = doms.get_mut(&domid).ok_or_else(|| ApiError::not_found(domid))?;
+            let d = doms
+                .get_mut(&domid)
+                .ok_or_else(|| ApiError::not_found(domid))?;
             f(&mut d.spec);
             d.clone()
         };
@@ -614,11 +789,17 @@ impl Xend {
     // ------------------------------------------------------------------ managed
 
     pub fn new_managed(&self, spec: &DomainSpec) -> ApiResult<()> {
-        spec.validate().map_err(|e| ApiError::invalid_config(e.to_string()))?;
+        spec.validate()
+            .map_err(|e| ApiError::invalid_config(e.to_string()))?;
         if lock(&self.doms).values().any(|d| d.name == spec.name) {
-            return Err(ApiError::conflict("name_in_use", format!("domain {:?} is running", spec.name)));
+            return Err(ApiError::conflict(
+                "name_in_use",
+                format!("domain {:?} is running", spec.name),
+            ));
         }
-        lock(&self.db).put_managed(spec).map_err(internal("storing config"))
+        lock(&self.db)
+            .put_managed(spec)
+            .map_err(internal("storing config"))
     }
 
     pub async fn start_managed(self: &Arc<Self>, name: &str) -> ApiResult<DomainInfo> {
@@ -627,18 +808,34 @@ impl Xend {
             .map_err(internal("reading managed domains"))?
             .into_iter()
             .find(|s| s.name == name)
-            .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no managed domain {name}")))?;
+            .ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not_found",
+                    format!("no managed domain {name}"),
+                )
+            })?;
         self.create(spec, true).await
     }
 
     pub fn delete_managed(&self, name: &str) -> ApiResult<()> {
         if lock(&self.doms).values().any(|d| d.name == name) {
-            return Err(ApiError::conflict("wrong_state", format!("domain {name} is running; shut it down first")));
+            return Err(ApiError::conflict(
+                "wrong_state",
+                format!("domain {name} is running; shut it down first"),
+            ));
         }
-        if lock(&self.db).delete_managed(name).map_err(internal("deleting config"))? {
+        if lock(&self.db)
+            .delete_managed(name)
+            .map_err(internal("deleting config"))?
+        {
             Ok(())
         } else {
-            Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no managed domain {name}")))
+            Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no managed domain {name}"),
+            ))
         }
     }
 
@@ -651,7 +848,11 @@ impl Xend {
         for r in records {
             let files = DomainFiles::new(&self.cfg.state_dir, r.domid);
             let status = vmm::control(&files.control(), "status").await;
-            let paused = status.as_ref().ok().and_then(|v| v["status"]["paused"].as_bool()).unwrap_or(false);
+            let paused = status
+                .as_ref()
+                .ok()
+                .and_then(|v| v["status"]["paused"].as_bool())
+                .unwrap_or(false);
             let alive = vmm::pid_alive(r.pid) && status.is_ok();
             let d = Domain {
                 domid: r.domid,
@@ -661,7 +862,11 @@ impl Xend {
                 spec: r.spec.clone(),
                 pid: r.pid,
                 started: r.started,
-                state: if paused { DomState::Paused } else { DomState::Running },
+                state: if paused {
+                    DomState::Paused
+                } else {
+                    DomState::Running
+                },
                 managed: r.managed,
                 cpu_ns: 0,
                 hypercalls: 0,
@@ -670,12 +875,24 @@ impl Xend {
             lock(&self.doms).insert(r.domid, d);
             if alive {
                 tracing::info!(domid = r.domid, name = r.name, "re-adopted running domain");
-                self.emit(Some(r.domid), &r.name, "adopted", serde_json::json!({"pid": r.pid}));
+                self.emit(
+                    Some(r.domid),
+                    &r.name,
+                    "adopted",
+                    serde_json::json!({"pid": r.pid}),
+                );
                 self.clone().watch_pid(r.domid, r.pid);
             } else {
-                tracing::warn!(domid = r.domid, name = r.name, "VMM died while xend was down: crashed");
+                tracing::warn!(
+                    domid = r.domid,
+                    name = r.name,
+                    "VMM died while xend was down: crashed"
+                );
                 if vmm::read_exit(&files).is_none() {
-                    let _ = std::fs::write(files.exit_file(), r#"{"kind":"crash","reason":"VMM died while xend was down"}"#);
+                    let _ = std::fs::write(
+                        files.exit_file(),
+                        r#"{"kind":"crash","reason":"VMM died while xend was down"}"#,
+                    );
                 }
                 self.on_vmm_exit(r.domid).await;
             }
@@ -684,13 +901,28 @@ impl Xend {
 
     /// Refreshes per-domain figures from the VMMs (for list, top and metrics).
     pub async fn refresh(&self) {
-        let ids: Vec<u32> = lock(&self.doms).values().filter(|d| matches!(d.state, DomState::Running | DomState::Paused | DomState::ShuttingDown)).map(|d| d.domid).collect();
+        let ids: Vec<u32> = lock(&self.doms)
+            .values()
+            .filter(|d| {
+                matches!(
+                    d.state,
+                    DomState::Running | DomState::Paused | DomState::ShuttingDown
+                )
+            })
+            .map(|d| d.domid)
+            .collect();
         for domid in ids {
             let files = DomainFiles::new(&self.cfg.state_dir, domid);
             if let Ok(v) = vmm::control(&files.control(), "status").await {
                 let vcpus = v["status"]["vcpus"].as_array().cloned().unwrap_or_default();
-                let cpu: u64 = vcpus.iter().map(|x| x["guest_ns"].as_u64().unwrap_or(0)).sum();
-                let hc: u64 = vcpus.iter().map(|x| x["hypercalls"].as_u64().unwrap_or(0)).sum();
+                let cpu: u64 = vcpus
+                    .iter()
+                    .map(|x| x["guest_ns"].as_u64().unwrap_or(0))
+                    .sum();
+                let hc: u64 = vcpus
+                    .iter()
+                    .map(|x| x["hypercalls"].as_u64().unwrap_or(0))
+                    .sum();
                 let running = vcpus.iter().any(|x| x["state"] == "running");
                 if let Some(d) = lock(&self.doms).get_mut(&domid) {
                     d.cpu_ns = cpu;

@@ -15,7 +15,9 @@ pub struct DomainFiles {
 
 impl DomainFiles {
     pub fn new(state_dir: &Path, domid: u32) -> Self {
-        DomainFiles { dir: state_dir.join("domains").join(domid.to_string()) }
+        DomainFiles {
+            dir: state_dir.join("domains").join(domid.to_string()),
+        }
     }
     pub fn control(&self) -> PathBuf {
         self.dir.join("control.sock")
@@ -51,11 +53,26 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     std::fs::create_dir_all(&l.files.dir)?;
     let _ = std::fs::remove_file(l.files.exit_file());
     let console = std::fs::File::create(l.files.console())?;
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(l.files.vmm_log())?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(l.files.vmm_log())?;
     let mut cmd = tokio::process::Command::new(l.vmm);
     cmd.arg("run")
-        .args(["--name", l.name, "--domid", &l.domid.to_string(), "--uuid", l.uuid])
-        .args(["--memory", &l.memory_mib.to_string(), "--vcpus", &l.vcpus.to_string()])
+        .args([
+            "--name",
+            l.name,
+            "--domid",
+            &l.domid.to_string(),
+            "--uuid",
+            l.uuid,
+        ])
+        .args([
+            "--memory",
+            &l.memory_mib.to_string(),
+            "--vcpus",
+            &l.vcpus.to_string(),
+        ])
         .args(["--cmdline", l.cmdline])
         .arg("--control")
         .arg(l.files.control())
@@ -66,26 +83,43 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     if let Some(k) = l.kernel {
         cmd.args(["--kernel", k]);
     }
-    cmd.stdin(Stdio::null()).stdout(console).stderr(log).process_group(0).kill_on_drop(false);
+    cmd.stdin(Stdio::null())
+        .stdout(console)
+        .stderr(log)
+        .process_group(0)
+        .kill_on_drop(false);
     cmd.spawn()
 }
 
 /// Sends one control request and returns the reply.
 pub async fn control(socket: &Path, op: &str) -> Result<Value, String> {
     let fut = async {
-        let s = UnixStream::connect(socket).await.map_err(|e| format!("control socket: {e}"))?;
+        let s = UnixStream::connect(socket)
+            .await
+            .map_err(|e| format!("control socket: {e}"))?;
         let (r, mut w) = s.into_split();
-        w.write_all(format!("{{\"op\":\"{op}\"}}\n").as_bytes()).await.map_err(|e| e.to_string())?;
+        w.write_all(format!("{{\"op\":\"{op}\"}}\n").as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
         let mut line = String::new();
-        BufReader::new(r).read_line(&mut line).await.map_err(|e| e.to_string())?;
+        BufReader::new(r)
+            .read_line(&mut line)
+            .await
+            .map_err(|e| e.to_string())?;
         let v: Value = serde_json::from_str(&line).map_err(|e| format!("control reply: {e}"))?;
         if v.get("ok") == Some(&Value::Bool(true)) {
             Ok(v)
         } else {
-            Err(v.get("error").and_then(Value::as_str).unwrap_or("control request failed").to_string())
+            Err(v
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("control request failed")
+                .to_string())
         }
     };
-    tokio::time::timeout(std::time::Duration::from_secs(5), fut).await.map_err(|_| "control socket timed out".to_string())?
+    tokio::time::timeout(std::time::Duration::from_secs(5), fut)
+        .await
+        .map_err(|_| "control socket timed out".to_string())?
 }
 
 /// Is process `pid` alive?

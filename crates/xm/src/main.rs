@@ -12,7 +12,12 @@ use serde_json::{json, Value};
 #[command(name = "xm", version, about = "Manage rxen domains through xend")]
 struct Cli {
     /// xend's URL.
-    #[arg(long, env = "XEND_URL", default_value = "http://127.0.0.1:8000", global = true)]
+    #[arg(
+        long,
+        env = "XEND_URL",
+        default_value = "http://127.0.0.1:8000",
+        global = true
+    )]
     url: String,
     /// Bearer token for a xend that requires one.
     #[arg(long, env = "XEND_AUTH_TOKEN", hide_env_values = true, global = true)]
@@ -86,7 +91,10 @@ enum Cmd {
     /// xend's log.
     Dmesg,
     /// Add a managed domain (config kept by xend; not started).
-    New { config: String, overrides: Vec<String> },
+    New {
+        config: String,
+        overrides: Vec<String>,
+    },
     /// Start a managed domain.
     Start { name: String },
     /// Remove a managed domain's config.
@@ -129,7 +137,10 @@ impl Api {
                 r.call()
             }
             (_, body) => {
-                let mut r = self.agent.post(&url).header("Content-Type", "application/json");
+                let mut r = self
+                    .agent
+                    .post(&url)
+                    .header("Content-Type", "application/json");
                 if let Some(a) = &auth {
                     r = r.header("Authorization", a);
                 }
@@ -138,7 +149,10 @@ impl Api {
         };
         let mut resp = result.map_err(|e| format!("cannot reach xend at {}: {e}", self.base))?;
         let status = resp.status().as_u16();
-        let text = resp.body_mut().read_to_string().map_err(|e| format!("reading xend's reply: {e}"))?;
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("reading xend's reply: {e}"))?;
         Ok((status, text))
     }
 
@@ -169,14 +183,26 @@ impl Api {
 
 fn enc(s: &str) -> String {
     s.bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
         .collect()
 }
 
 fn table(domains: &[Value]) -> String {
-    let mut out = format!("{:<32} {:>5} {:>7} {:>5} {:>6} {:>10}\n", "Name", "ID", "Mem", "VCPUs", "State", "Time(s)");
+    let mut out = format!(
+        "{:<32} {:>5} {:>7} {:>5} {:>6} {:>10}\n",
+        "Name", "ID", "Mem", "VCPUs", "State", "Time(s)"
+    );
     for d in domains {
-        let id = d["domid"].as_u64().map(|i| i.to_string()).unwrap_or_else(|| "-".into());
+        let id = d["domid"]
+            .as_u64()
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "-".into());
         out.push_str(&format!(
             "{:<32} {:>5} {:>7} {:>5} {:>6} {:>10.1}\n",
             d["name"].as_str().unwrap_or("?"),
@@ -216,8 +242,16 @@ fn follow_console(api: &Api, domain: &str, follow: bool) -> Res<()> {
 }
 
 fn run(cli: Cli) -> Res<()> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).timeout_global(None).build().into();
-    let api = Api { agent, base: cli.url.clone(), token: cli.token.clone() };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(None)
+        .build()
+        .into();
+    let api = Api {
+        agent,
+        base: cli.url.clone(),
+        token: cli.token.clone(),
+    };
     let print = |v: &Value, human: &dyn Fn(&Value) -> String| {
         if cli.json {
             println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
@@ -227,12 +261,22 @@ fn run(cli: Cli) -> Res<()> {
     };
     let one = |path: String| -> Res<Value> { api.json("POST", &path, None) };
     match cli.cmd {
-        Cmd::Create { config, overrides, console } => {
+        Cmd::Create {
+            config,
+            overrides,
+            console,
+        } => {
             let v = api.json("POST", "/domains", Some(config_body(&config, &overrides)?))?;
             for w in v["warnings"].as_array().into_iter().flatten() {
                 eprintln!("warning: {}", w.as_str().unwrap_or(""));
             }
-            print(&v["domain"], &|d| format!("Started domain {} (id={})\n", d["name"].as_str().unwrap_or("?"), d["domid"]));
+            print(&v["domain"], &|d| {
+                format!(
+                    "Started domain {} (id={})\n",
+                    d["name"].as_str().unwrap_or("?"),
+                    d["domid"]
+                )
+            });
             if console {
                 follow_console(&api, v["domain"]["name"].as_str().unwrap_or(""), true)?;
             }
@@ -243,7 +287,12 @@ fn run(cli: Cli) -> Res<()> {
                 let all = v.as_array().cloned().unwrap_or_default();
                 let picked: Vec<Value> = all
                     .into_iter()
-                    .filter(|d| domains.iter().any(|n| d["name"].as_str() == Some(n) || d["domid"].as_u64().map(|i| i.to_string()).as_deref() == Some(n)))
+                    .filter(|d| {
+                        domains.iter().any(|n| {
+                            d["name"].as_str() == Some(n)
+                                || d["domid"].as_u64().map(|i| i.to_string()).as_deref() == Some(n)
+                        })
+                    })
                     .collect();
                 if picked.is_empty() {
                     return Err(format!("no domain {}", domains.join(", ")));
@@ -253,7 +302,9 @@ fn run(cli: Cli) -> Res<()> {
             if long && !cli.json {
                 println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             } else {
-                print(&v, &|v| table(v.as_array().map(Vec::as_slice).unwrap_or(&[])));
+                print(&v, &|v| {
+                    table(v.as_array().map(Vec::as_slice).unwrap_or(&[]))
+                });
             }
         }
         Cmd::Info => {
@@ -273,8 +324,17 @@ fn run(cli: Cli) -> Res<()> {
         Cmd::Destroy { domain } => {
             api.json("DELETE", &format!("/domains/{}", enc(&domain)), None)?;
         }
-        Cmd::Shutdown { domain, wait, timeout, force } => {
-            let q = if wait { format!("?wait={timeout}&force={force}") } else { String::new() };
+        Cmd::Shutdown {
+            domain,
+            wait,
+            timeout,
+            force,
+        } => {
+            let q = if wait {
+                format!("?wait={timeout}&force={force}")
+            } else {
+                String::new()
+            };
             one(format!("/domains/{}/shutdown{q}", enc(&domain)))?;
         }
         Cmd::Reboot { domain } => {
@@ -287,11 +347,19 @@ fn run(cli: Cli) -> Res<()> {
             one(format!("/domains/{}/unpause", enc(&domain)))?;
         }
         Cmd::Rename { domain, new_name } => {
-            api.json("POST", &format!("/domains/{}/rename", enc(&domain)), Some(json!({"name": new_name})))?;
+            api.json(
+                "POST",
+                &format!("/domains/{}/rename", enc(&domain)),
+                Some(json!({"name": new_name})),
+            )?;
         }
         Cmd::Console { domain, no_follow } => follow_console(&api, &domain, !no_follow)?,
         Cmd::VcpuSet { domain, count } => {
-            api.json("POST", &format!("/domains/{}/vcpus", enc(&domain)), Some(json!({"count": count})))?;
+            api.json(
+                "POST",
+                &format!("/domains/{}/vcpus", enc(&domain)),
+                Some(json!({"count": count})),
+            )?;
         }
         Cmd::VcpuList { domains } => {
             let all = api.json("GET", "/domains", None)?;
@@ -309,16 +377,30 @@ fn run(cli: Cli) -> Res<()> {
             print(&v, &|v| {
                 let mut s = format!("{:<32} {:>5} {:>5} {:>8}\n", "Name", "ID", "VCPU", "State");
                 for r in v.as_array().into_iter().flatten() {
-                    s.push_str(&format!("{:<32} {:>5} {:>5} {:>8}\n", r["name"].as_str().unwrap_or(""), r["domid"].to_string(), r["vcpu"].to_string(), r["state"].as_str().unwrap_or("")));
+                    s.push_str(&format!(
+                        "{:<32} {:>5} {:>5} {:>8}\n",
+                        r["name"].as_str().unwrap_or(""),
+                        r["domid"].to_string(),
+                        r["vcpu"].to_string(),
+                        r["state"].as_str().unwrap_or("")
+                    ));
                 }
                 s
             });
         }
         Cmd::MemSet { domain, mib } => {
-            api.json("POST", &format!("/domains/{}/memory", enc(&domain)), Some(json!({"mib": mib})))?;
+            api.json(
+                "POST",
+                &format!("/domains/{}/memory", enc(&domain)),
+                Some(json!({"mib": mib})),
+            )?;
         }
         Cmd::MemMax { domain, mib } => {
-            api.json("POST", &format!("/domains/{}/maxmem", enc(&domain)), Some(json!({"mib": mib})))?;
+            api.json(
+                "POST",
+                &format!("/domains/{}/maxmem", enc(&domain)),
+                Some(json!({"mib": mib})),
+            )?;
         }
         Cmd::Uptime { domains } => {
             let all = api.json("GET", "/domains", None)?;
@@ -326,7 +408,11 @@ fn run(cli: Cli) -> Res<()> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|d| d["uptime_s"].is_number() && (domains.is_empty() || domains.iter().any(|n| d["name"].as_str() == Some(n))))
+                .filter(|d| {
+                    d["uptime_s"].is_number()
+                        && (domains.is_empty()
+                            || domains.iter().any(|n| d["name"].as_str() == Some(n)))
+                })
                 .map(|d| json!({"name": d["name"], "domid": d["domid"], "uptime_s": d["uptime_s"]}))
                 .collect();
             let v = Value::Array(rows);
@@ -334,7 +420,14 @@ fn run(cli: Cli) -> Res<()> {
                 let mut s = format!("{:<32} {:>5} {:>12}\n", "Name", "ID", "Uptime");
                 for r in v.as_array().into_iter().flatten() {
                     let t = r["uptime_s"].as_f64().unwrap_or(0.0) as u64;
-                    s.push_str(&format!("{:<32} {:>5} {:>6}:{:02}:{:02}\n", r["name"].as_str().unwrap_or(""), r["domid"].to_string(), t / 3600, t / 60 % 60, t % 60));
+                    s.push_str(&format!(
+                        "{:<32} {:>5} {:>6}:{:02}:{:02}\n",
+                        r["name"].as_str().unwrap_or(""),
+                        r["domid"].to_string(),
+                        t / 3600,
+                        t / 60 % 60,
+                        t % 60
+                    ));
                 }
                 s
             });
@@ -345,7 +438,13 @@ fn run(cli: Cli) -> Res<()> {
         }
         Cmd::Start { name } => {
             let v = one(format!("/managed/{}/start", enc(&name)))?;
-            print(&v, &|d| format!("Started domain {} (id={})\n", d["name"].as_str().unwrap_or("?"), d["domid"]));
+            print(&v, &|d| {
+                format!(
+                    "Started domain {} (id={})\n",
+                    d["name"].as_str().unwrap_or("?"),
+                    d["domid"]
+                )
+            });
         }
         Cmd::Delete { name } => {
             api.json("DELETE", &format!("/managed/{}", enc(&name)), None)?;
@@ -368,7 +467,13 @@ fn run(cli: Cli) -> Res<()> {
                     if cli.json {
                         println!("{v}");
                     } else {
-                        println!("{:<20} {:>5} {:<24} {}", v["event"].as_str().unwrap_or(""), v["domid"].to_string(), v["name"].as_str().unwrap_or(""), v["detail"]);
+                        println!(
+                            "{:<20} {:>5} {:<24} {}",
+                            v["event"].as_str().unwrap_or(""),
+                            v["domid"].to_string(),
+                            v["name"].as_str().unwrap_or(""),
+                            v["detail"]
+                        );
                     }
                     let _ = std::io::stdout().flush();
                 }
@@ -378,7 +483,10 @@ fn run(cli: Cli) -> Res<()> {
             let mut n = 0u64;
             loop {
                 let v = api.json("GET", "/domains", None)?;
-                print!("\x1b[2J\x1b[H{}", table(v.as_array().map(Vec::as_slice).unwrap_or(&[])));
+                print!(
+                    "\x1b[2J\x1b[H{}",
+                    table(v.as_array().map(Vec::as_slice).unwrap_or(&[]))
+                );
                 let _ = std::io::stdout().flush();
                 n += 1;
                 if iterations.is_some_and(|i| n >= i) {
