@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 if [ ! -r /dev/kvm ]; then
     echo "test: WARNING: /dev/kvm missing: every KVM test will report SKIPPED" >&2
 fi
+cargo build --workspace
 cargo test --workspace
 if [ -r /dev/kvm ]; then
     cargo run --release -q -p rxen-bench -- --quick

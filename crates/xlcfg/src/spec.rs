@@ -344,6 +344,15 @@ impl DomainSpec {
     ) -> Result<(DomainSpec, Vec<String>), SpecError> {
         let mut settings = parse(src)?;
         for (i, o) in overrides.iter().enumerate() {
+            // `key=word` on a command line means a string, as with xl.
+            let quoted;
+            let o = match o.split_once('=') {
+                Some((k, v)) if parse(o).is_err() && !v.is_empty() && !v.starts_with(['"', '\'', '[']) && !v.contains(['"', '\'', '\n']) => {
+                    quoted = format!("{k}=\"{v}\"");
+                    &quoted
+                }
+                _ => o,
+            };
             let mut extra = parse(o).map_err(|e| ParseError {
                 line: e.line,
                 col: e.col,
