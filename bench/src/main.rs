@@ -5,6 +5,7 @@
 //! Owns measurement only; it must not contain VMM or guest logic.
 
 mod vmm_bench;
+mod xend_bench;
 mod xenstore_bench;
 
 use clap::Parser;
@@ -50,6 +51,7 @@ fn main() {
     for (what, result) in [
         ("domains", vmm_bench::run(&wants, cli.quick)),
         ("xenstore", xenstore_bench::run(&wants, cli.quick)),
+        ("xend", xend_bench::run(&wants, cli.quick)),
     ] {
         match result {
             Ok(f) => figures.extend(f),

@@ -347,7 +347,12 @@ impl DomainSpec {
             // `key=word` on a command line means a string, as with xl.
             let quoted;
             let o = match o.split_once('=') {
-                Some((k, v)) if parse(o).is_err() && !v.is_empty() && !v.starts_with(['"', '\'', '[']) && !v.contains(['"', '\'', '\n']) => {
+                Some((k, v))
+                    if parse(o).is_err()
+                        && !v.is_empty()
+                        && !v.starts_with(['"', '\'', '['])
+                        && !v.contains(['"', '\'', '\n']) =>
+                {
                     quoted = format!("{k}=\"{v}\"");
                     &quoted
                 }
