@@ -56,7 +56,7 @@ fn write_entries(
 ) -> Result<(), ClientError> {
     let home = domain_path(domid);
     let vm = format!("/vm/{uuid}");
-    let read_only = [format!("n0"), format!("r{domid}")];
+    let read_only = ["n0".to_string(), format!("r{domid}")];
     let ro: Vec<&str> = read_only.iter().map(String::as_str).collect();
     let own = format!("n{domid}");
     {

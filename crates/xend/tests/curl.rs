@@ -6,7 +6,11 @@ use common::*;
 use std::process::Command;
 
 fn curl(env: &Env, args: &[&str]) -> (String, String) {
-    let out = Command::new("curl").args(["-s", "-w", "\n%{http_code}"]).args(args).output().expect("curl");
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
     let _ = env;
@@ -24,7 +28,17 @@ fn curl_scenario() {
     }
     let env = Env::start("curl");
     let u = |p: &str| env.url(p);
-    let (body, code) = curl(&env, &["-XPOST", &u("/domains"), "-H", "Content-Type: application/json", "-d", r#"{"config":"name = \"c1\"\nmemory = 32\n"}"#]);
+    let (body, code) = curl(
+        &env,
+        &[
+            "-XPOST",
+            &u("/domains"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"config":"name = \"c1\"\nmemory = 32\n"}"#,
+        ],
+    );
     assert_eq!(code, "201", "{body}");
     let (body, code) = curl(&env, &[&u("/domains")]);
     assert_eq!(code, "200");

@@ -42,7 +42,7 @@ fn valid_vdev(v: &str) -> bool {
     match rest {
         Some(r) => {
             let letters = r.bytes().take_while(|c| c.is_ascii_lowercase()).count();
-            letters >= 1 && letters <= 3 && r[letters..].bytes().all(|c| c.is_ascii_digit())
+            (1..=3).contains(&letters) && r[letters..].bytes().all(|c| c.is_ascii_digit())
         }
         None => false,
     }

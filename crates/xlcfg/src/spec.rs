@@ -302,7 +302,7 @@ impl DomainSpec {
                 return Err(SpecError::Missing(format!("{u:?} is not a UUID")));
             }
         }
-        if !(8..=MAX_MEMORY_MIB as u64).contains(&self.memory) || self.memory % 2 != 0 {
+        if !(8..=MAX_MEMORY_MIB as u64).contains(&self.memory) || !self.memory.is_multiple_of(2) {
             return Err(SpecError::Missing(format!(
                 "memory {} MiB must be even and within 8..={MAX_MEMORY_MIB}",
                 self.memory
