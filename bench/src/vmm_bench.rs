@@ -61,17 +61,10 @@ impl ConsoleSink for FirstWrite {
 fn bare_vm_create_ms() -> Result<f64, String> {
     let kvm = rxen_vmm::domain::kvm().map_err(|e| e.to_string())?;
     let t0 = Instant::now();
-    let vm = kvm.create_vm().map_err(|e| e.to_string())?;
     let ram = rxen_vmm::memory::GuestRam::new("bare", 32 << 20).map_err(|e| e.to_string())?;
-    let region = kvm_bindings::kvm_userspace_memory_region {
-        slot: 0,
-        flags: 0,
-        guest_phys_addr: 0,
-        memory_size: ram.size(),
-        userspace_addr: ram.host_base(),
-    };
-    // SAFETY: `ram` outlives `vm` (dropped at the end of this function, after `vm`).
-    unsafe { vm.set_user_memory_region(region) }.map_err(|e| e.to_string())?;
+    let vm = kvm.create_vm().map_err(|e| e.to_string())?;
+    // SAFETY: `ram` is declared before `vm`, so it is dropped after it.
+    unsafe { ram.register(&vm) }.map_err(|e| e.to_string())?;
     let _vcpu = vm.create_vcpu(0).map_err(|e| e.to_string())?;
     Ok(t0.elapsed().as_secs_f64() * 1e3)
 }

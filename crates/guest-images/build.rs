@@ -86,4 +86,10 @@ fn main() {
     std::fs::copy(built.join(DEFAULT_GUEST), out_dir.join("default-guest.elf"))
         .expect("copy default guest");
     println!("cargo:rustc-env=RXEN_GUESTS_DIR={}", install.display());
+    let list: Vec<String> = GUESTS.iter().map(|g| format!("{g:?}")).collect();
+    std::fs::write(
+        out_dir.join("guests.rs"),
+        format!("pub const GUESTS: &[&str] = &[{}];\n", list.join(", ")),
+    )
+    .expect("write guests.rs");
 }

@@ -251,8 +251,9 @@ impl DomainShared {
 
 /// A running domain.
 pub struct Domain {
-    shared: Arc<DomainShared>,
+    /// Declared (and so dropped) before `shared`, which owns the guest RAM.
     _vm: VmFd,
+    shared: Arc<DomainShared>,
     threads: Vec<JoinHandle<VcpuFd>>,
     timer_thread: Option<JoinHandle<()>>,
     /// When `create` was called, for start-up measurements.
@@ -307,16 +308,9 @@ impl Domain {
         let kvm = kvm()?;
         let ram = Arc::new(GuestRam::new(&config.name, mem_bytes)?);
         let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
-        let region = kvm_bindings::kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: ram.size(),
-            userspace_addr: ram.host_base(),
-        };
-        // SAFETY: the region is the whole RAM mapping, which `ram` keeps alive for as
-        // long as the VM exists (the Domain holds both; the VM is dropped first).
-        unsafe { vm.set_user_memory_region(region) }.map_err(kvm_err("set memory region"))?;
+        // SAFETY: `ram` is kept in `DomainShared`, which the Domain holds; the Domain
+        // declares its VM first so that the VM is closed before the RAM can go away.
+        unsafe { ram.register(&vm) }.map_err(kvm_err("set memory region"))?;
 
         let vcpus: Vec<Arc<VcpuControl>> = (0..config.vcpus)
             .map(|i| Arc::new(VcpuControl::new(i)))

@@ -170,6 +170,23 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Registers this RAM as memory slot 0 of `vm`, at guest-physical address 0.
+    ///
+    /// # Safety
+    /// `self` must outlive `vm`: KVM keeps using the mapping until the VM is closed.
+    pub unsafe fn register(&self, vm: &kvm_ioctls::VmFd) -> Result<(), kvm_ioctls::Error> {
+        let region = kvm_bindings::kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: self.size,
+            userspace_addr: self.host_base(),
+        };
+        // SAFETY: the region is this whole RAM mapping, and the caller guarantees that
+        // it outlives the VM.
+        unsafe { vm.set_user_memory_region(region) }
+    }
+
     /// Reads bytes from guest RAM (VMM-internal addresses: only bounds-checked).
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.check_range(addr, buf.len() as u64)?;
