@@ -11,5 +11,7 @@ fi
 cargo build --workspace
 cargo test --workspace
 if [ -r /dev/kvm ]; then
-    cargo run --release -q -p rxen-bench -- --quick
+    # The benchmark smoke run starts xenstored, xend, xm and xen-vmm from target/release.
+    cargo build --release --workspace --bins
+    ./target/release/rxen-bench --quick
 fi
