@@ -2,7 +2,8 @@
 //! without being its parent, so that it can be restarted and re-adopt the domain.
 //!
 //! Protocol: one JSON object per line each way. Requests `{"op": "status"}`,
-//! `"pause"`, `"unpause"`, `"destroy"`, `"debug-key"`; replies `{"ok": true, ...}` or
+//! `"pause"`, `"unpause"`, `"destroy"`, `"debug-key"`, and
+//! `{"op": "console-input", "data": "text"}`; replies `{"ok": true, ...}` or
 //! `{"ok": false, "error": "..."}`. Anything else (bad JSON, unknown op, over-long
 //! lines) gets an error reply; the socket is mode 0600.
 
@@ -24,7 +25,13 @@ const MAX_LINE: usize = 4096;
 #[derive(Deserialize)]
 struct Request {
     op: String,
+    /// Text for `console-input`.
+    #[serde(default)]
+    data: Option<String>,
 }
+
+/// Most bytes one `console-input` request may carry.
+pub const MAX_CONSOLE_INPUT: usize = 2048;
 
 /// State of one vCPU, as reported by `status`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
@@ -99,6 +106,16 @@ fn answer(dom: &DomainShared, line: &str) -> serde_json::Value {
             dom.request_exit(DomainExit::Destroyed);
             serde_json::json!({"ok": true})
         }
+        "console-input" => match req.data {
+            Some(d) if d.len() <= MAX_CONSOLE_INPUT => {
+                dom.console_input(d.as_bytes());
+                serde_json::json!({"ok": true})
+            }
+            Some(_) => {
+                serde_json::json!({"ok": false, "error": format!("console input over {MAX_CONSOLE_INPUT} bytes")})
+            }
+            None => serde_json::json!({"ok": false, "error": "console-input needs \"data\""}),
+        },
         "debug-key" => {
             dom.raise_debug_virq();
             serde_json::json!({"ok": true})

@@ -64,7 +64,7 @@ pub fn router(state: AppState) -> Router {
         .route("/domains/{id}/memory", post(memory))
         .route("/domains/{id}/maxmem", post(maxmem))
         .route("/domains/{id}/uptime", get(uptime))
-        .route("/domains/{id}/console", get(console))
+        .route("/domains/{id}/console", get(console).post(console_input))
         .route("/managed", post(new_managed))
         .route("/managed/{name}/start", post(start_managed))
         .route("/managed/{name}", axum::routing::delete(delete_managed))
@@ -334,6 +334,22 @@ async fn console(
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         st.xend.console(&id)?,
     ))
+}
+
+async fn console_input(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad_request("console input must be UTF-8 text"))?;
+    if text.len() > 2048 {
+        return Err(ApiError::bad_request(
+            "console input is limited to 2048 bytes per request",
+        ));
+    }
+    st.xend.console_input(&id, text).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn dmesg(State(st): State<AppState>) -> ApiResult<impl IntoResponse> {

@@ -246,6 +246,29 @@ impl Xend {
         Ok(String::from_utf8_lossy(&bytes[tail..]).into_owned())
     }
 
+    /// Sends text to the guest's console input (`VIRQ_CONSOLE`).
+    pub async fn console_input(&self, id: &str, text: &str) -> ApiResult<()> {
+        let domid = self.resolve(id)?;
+        let d = self.get(domid)?;
+        if !matches!(
+            d.state,
+            DomState::Running | DomState::Paused | DomState::ShuttingDown
+        ) {
+            return Err(ApiError::conflict(
+                "wrong_state",
+                format!("domain is {}", d.info().state),
+            ));
+        }
+        let socket = DomainFiles::new(&self.cfg.state_dir, domid).control();
+        vmm::control_request(
+            &socket,
+            serde_json::json!({"op": "console-input", "data": text}),
+        )
+        .await
+        .map(|_| ())
+        .map_err(ApiError::bad_request)
+    }
+
     // ------------------------------------------------------------------ create
 
     /// Creates and starts a domain.

@@ -93,12 +93,17 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
 
 /// Sends one control request and returns the reply.
 pub async fn control(socket: &Path, op: &str) -> Result<Value, String> {
+    control_request(socket, serde_json::json!({"op": op})).await
+}
+
+/// Sends a control request object and returns the reply.
+pub async fn control_request(socket: &Path, request: Value) -> Result<Value, String> {
     let fut = async {
         let s = UnixStream::connect(socket)
             .await
             .map_err(|e| format!("control socket: {e}"))?;
         let (r, mut w) = s.into_split();
-        w.write_all(format!("{{\"op\":\"{op}\"}}\n").as_bytes())
+        w.write_all(format!("{request}\n").as_bytes())
             .await
             .map_err(|e| e.to_string())?;
         let mut line = String::new();

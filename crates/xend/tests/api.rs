@@ -46,6 +46,24 @@ fn lifecycle_through_the_api() {
     );
     let uuid = v["domain"]["uuid"].as_str().unwrap().to_string();
     assert_eq!(xs.read(0, &format!("/vm/{uuid}/name")).unwrap(), b"web");
+    // Console input reaches the guest (VIRQ_CONSOLE) and it echoes it.
+    let mut r = env
+        .agent
+        .post(env.url("/domains/web/console"))
+        .send("ping\n")
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        204,
+        "{}",
+        r.body_mut().read_to_string().unwrap_or_default()
+    );
+    env.wait_until("the echo", || {
+        env.get("/domains/web/console")
+            .1
+            .as_str()
+            .is_some_and(|c| c.contains("console input: ping"))
+    });
     // List and info.
     let (s, list) = env.get("/domains");
     assert_eq!(s, 200);

@@ -71,7 +71,8 @@ enum Cmd {
     Unpause { domain: String },
     /// Rename a domain.
     Rename { domain: String, new_name: String },
-    /// Print a domain's console output; follows it until the domain ends or Ctrl-C.
+    /// Print a domain's console output and follow it until the domain ends or Ctrl-C;
+    /// lines typed on stdin go to the guest's console input.
     Console {
         domain: String,
         /// Print what there is and return.
@@ -221,7 +222,44 @@ fn config_body(path: &str, overrides: &[String]) -> Res<Value> {
     Ok(json!({"config": text, "overrides": overrides}))
 }
 
+fn send_input(api: &Api, domain: &str, text: &str) -> Res<()> {
+    let url = format!(
+        "{}/domains/{}/console",
+        api.base.trim_end_matches('/'),
+        enc(domain)
+    );
+    let mut r = api.agent.post(&url).header("Content-Type", "text/plain");
+    if let Some(t) = &api.token {
+        r = r.header("Authorization", format!("Bearer {t}"));
+    }
+    let resp = r
+        .send(text.to_string())
+        .map_err(|e| format!("cannot reach xend: {e}"))?;
+    if resp.status().as_u16() >= 400 {
+        return Err(format!("console input refused ({})", resp.status()));
+    }
+    Ok(())
+}
+
 fn follow_console(api: &Api, domain: &str, follow: bool) -> Res<()> {
+    if follow {
+        // Lines typed on stdin go to the guest's console input.
+        let api2 = Api {
+            agent: api.agent.clone(),
+            base: api.base.clone(),
+            token: api.token.clone(),
+        };
+        let dom = domain.to_string();
+        std::thread::spawn(move || {
+            let stdin = std::io::stdin();
+            for line in stdin.lock().lines() {
+                let Ok(line) = line else { break };
+                if let Err(e) = send_input(&api2, &dom, &format!("{line}\n")) {
+                    eprintln!("xm: {e}");
+                }
+            }
+        });
+    }
     let mut shown = 0usize;
     loop {
         let text = match api.text(&format!("/domains/{}/console", enc(domain))) {

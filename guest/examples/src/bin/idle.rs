@@ -1,6 +1,6 @@
 //! The default guest: reports itself, connects to xenstore, publishes its features,
 //! and runs until the toolstack shuts it down through `control/shutdown` (or the VMM
-//! is stopped). Memory-target changes are logged.
+//! is stopped). Console input is echoed.
 #![no_std]
 #![no_main]
 
@@ -18,5 +18,17 @@ fn main() {
         Err(e) => println!("xenstore: name unavailable ({})", e.0),
     }
     let _ = xs.write("data/state", "running");
+    // Echo console input (xm console), line by line.
+    use rxen_guest::abi::event_channel::VIRQ_CONSOLE;
+    if let Ok(p) = rxen_guest::events::bind_virq(VIRQ_CONSOLE, 0) {
+        rxen_guest::events::set_handler(p, |_| {
+            let mut buf = [0u8; 512];
+            let n = rxen_guest::console::read(&mut buf);
+            if n > 0 {
+                let text = core::str::from_utf8(&buf[..n]).unwrap_or("?");
+                println!("console input: {}", text.trim_end());
+            }
+        });
+    }
     serve_control_shutdown(&mut xs)
 }
