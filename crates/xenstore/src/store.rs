@@ -860,8 +860,15 @@ impl Store {
                 s
             }
             "stats" => format!(
-                "nodes={} connections={} domains={} requests={} errors={} watch_events={} conflicts={}\n",
-                self.nodes.len(), self.conns.len(), self.domains.len(), self.stats.requests, self.stats.errors, self.stats.watch_events, self.stats.conflicts
+                "nodes={} connections={} domains={} watches={} requests={} errors={} watch_events={} conflicts={}\n",
+                self.nodes.len(),
+                self.conns.len(),
+                self.domains.len(),
+                self.conns.values().map(|c| c.watches.len()).sum::<usize>(),
+                self.stats.requests,
+                self.stats.errors,
+                self.stats.watch_events,
+                self.stats.conflicts
             ),
             "help" => "commands: check (consistency check), quota (limits and usage), stats (counters), help\n".to_string(),
             _ => return Err(XsError::EINVAL),
