@@ -12,16 +12,8 @@ pub static DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/defa
 /// Where the build installed the example guests.
 pub const GUESTS_DIR: &str = env!("RXEN_GUESTS_DIR");
 
-/// Names of the example guests.
-pub const GUESTS: &[&str] = &[
-    "hello",
-    "timers",
-    "smp",
-    "cpubench",
-    "membench",
-    "hcall-fuzz",
-    "exitbench",
-];
+// Names of the example guests (`GUESTS`), as the build script installed them.
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
 /// Path of example guest `name`.
 pub fn guest_path(name: &str) -> std::path::PathBuf {

@@ -194,6 +194,22 @@ impl Xend {
             .ok_or_else(|| ApiError::not_found(domid))
     }
 
+    /// A domain whose VMM runs (running, paused or shutting down), else `409`.
+    fn live(&self, id: &str) -> ApiResult<(u32, Domain)> {
+        let domid = self.resolve(id)?;
+        let d = self.get(domid)?;
+        if !matches!(
+            d.state,
+            DomState::Running | DomState::Paused | DomState::ShuttingDown
+        ) {
+            return Err(ApiError::conflict(
+                "wrong_state",
+                format!("domain is {}", d.info().state),
+            ));
+        }
+        Ok((domid, d))
+    }
+
     fn set_state(&self, domid: u32, s: DomState) {
         if let Some(d) = lock(&self.doms).get_mut(&domid) {
             d.state = s;
@@ -248,17 +264,7 @@ impl Xend {
 
     /// Sends text to the guest's console input (`VIRQ_CONSOLE`).
     pub async fn console_input(&self, id: &str, text: &str) -> ApiResult<()> {
-        let domid = self.resolve(id)?;
-        let d = self.get(domid)?;
-        if !matches!(
-            d.state,
-            DomState::Running | DomState::Paused | DomState::ShuttingDown
-        ) {
-            return Err(ApiError::conflict(
-                "wrong_state",
-                format!("domain is {}", d.info().state),
-            ));
-        }
+        let (domid, _) = self.live(id)?;
         let socket = DomainFiles::new(&self.cfg.state_dir, domid).control();
         vmm::control_request(
             &socket,
@@ -590,17 +596,7 @@ impl Xend {
         wait: Option<Duration>,
         force: bool,
     ) -> ApiResult<DomainInfo> {
-        let domid = self.resolve(id)?;
-        let d = self.get(domid)?;
-        if !matches!(
-            d.state,
-            DomState::Running | DomState::Paused | DomState::ShuttingDown
-        ) {
-            return Err(ApiError::conflict(
-                "wrong_state",
-                format!("domain is {}", d.info().state),
-            ));
-        }
+        let (domid, d) = self.live(id)?;
         if d.state == DomState::Paused {
             let _ = vmm::control(
                 &DomainFiles::new(&self.cfg.state_dir, domid).control(),

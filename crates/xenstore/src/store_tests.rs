@@ -51,6 +51,15 @@ fn events(eff: &[Effect], c: u64) -> Vec<String> {
         .collect()
 }
 
+fn start_tx(s: &mut Store) -> u32 {
+    let r = call(s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap();
+    String::from_utf8(r)
+        .unwrap()
+        .trim_end_matches('\0')
+        .parse()
+        .unwrap()
+}
+
 fn rd(s: &mut Store, c: u64, p: &str) -> Result<Vec<u8>, String> {
     call(s, c, strings(MsgType::Read, 0, &[p.as_bytes()]))
 }
@@ -241,13 +250,7 @@ fn permissions_follow_xen() {
 fn transactions_isolate_and_conflict() {
     let mut s = store();
     call(&mut s, DOM0, write(0, "/t/a", b"a")).unwrap();
-    let id: u32 = String::from_utf8(
-        call(&mut s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap(),
-    )
-    .unwrap()
-    .trim_end_matches('\0')
-    .parse()
-    .unwrap();
+    let id = start_tx(&mut s);
     assert_eq!(
         call(&mut s, DOM0, strings(MsgType::Read, id, &[b"/t/a"])),
         Ok(b"a".to_vec())
@@ -276,13 +279,7 @@ fn transactions_isolate_and_conflict() {
 
     // A clean read-modify-write commits, with its events at commit time.
     call(&mut s, DOM0, strings(MsgType::Watch, 0, &[b"/t", b"tok"])).unwrap();
-    let id2: u32 = String::from_utf8(
-        call(&mut s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap(),
-    )
-    .unwrap()
-    .trim_end_matches('\0')
-    .parse()
-    .unwrap();
+    let id2 = start_tx(&mut s);
     call(&mut s, DOM0, strings(MsgType::Read, id2, &[b"/t/a"])).unwrap();
     let eff = s.handle(DOM0, &write(id2, "/t/new/deep", b"d"));
     assert!(events(&eff, DOM0).is_empty(), "no events before commit");
@@ -292,13 +289,7 @@ fn transactions_isolate_and_conflict() {
     assert_eq!(s.check_consistency(), "OK\n");
 
     // Abort discards.
-    let id3: u32 = String::from_utf8(
-        call(&mut s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap(),
-    )
-    .unwrap()
-    .trim_end_matches('\0')
-    .parse()
-    .unwrap();
+    let id3 = start_tx(&mut s);
     call(&mut s, DOM0, strings(MsgType::Rm, id3, &[b"/t"])).unwrap();
     call(&mut s, DOM0, strings(MsgType::TransactionEnd, id3, &[b"F"])).unwrap();
     assert_eq!(rd(&mut s, DOM0, "/t/a"), Ok(b"b".to_vec()));
