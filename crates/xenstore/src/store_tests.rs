@@ -51,6 +51,17 @@ fn events(eff: &[Effect], c: u64) -> Vec<String> {
         .collect()
 }
 
+/// Creates `/local/domain/5` owned by domain 5, as the toolstack does.
+fn give_home_to_domain5(s: &mut Store) {
+    call(s, DOM0, strings(MsgType::Mkdir, 0, &[b"/local/domain/5"])).unwrap();
+    call(
+        s,
+        DOM0,
+        strings(MsgType::SetPerms, 0, &[b"/local/domain/5", b"n5"]),
+    )
+    .unwrap();
+}
+
 fn start_tx(s: &mut Store) -> u32 {
     let r = call(s, DOM0, strings(MsgType::TransactionStart, 0, &[b""])).unwrap();
     String::from_utf8(r)
@@ -320,18 +331,7 @@ fn watches_fire_for_subtree_and_respect_permissions() {
     ev.sort();
     assert_eq!(ev, vec!["/w/x t1", "/w/x/y t2"]);
     // Relative watches of a domain; no events for nodes it may not read.
-    call(
-        &mut s,
-        DOM0,
-        strings(MsgType::Mkdir, 0, &[b"/local/domain/5"]),
-    )
-    .unwrap();
-    call(
-        &mut s,
-        DOM0,
-        strings(MsgType::SetPerms, 0, &[b"/local/domain/5", b"n5"]),
-    )
-    .unwrap();
+    give_home_to_domain5(&mut s);
     s.handle(DOMU, &strings(MsgType::Watch, 0, &[b"device", b"dev"]));
     let eff = s.handle(DOM0, &write(0, "/local/domain/5/device/vif", b"x"));
     assert_eq!(events(&eff, DOMU), vec!["device/vif dev"]);
@@ -441,18 +441,7 @@ fn quotas_apply_to_domains() {
     s.quota.nodes = 5;
     s.quota.watches = 2;
     s.quota.transactions = 1;
-    call(
-        &mut s,
-        DOM0,
-        strings(MsgType::Mkdir, 0, &[b"/local/domain/5"]),
-    )
-    .unwrap();
-    call(
-        &mut s,
-        DOM0,
-        strings(MsgType::SetPerms, 0, &[b"/local/domain/5", b"n5"]),
-    )
-    .unwrap();
+    give_home_to_domain5(&mut s);
     // domain 5 now owns its home (1 node); 4 more fit.
     for i in 0..4 {
         call(&mut s, DOMU, write(0, &format!("k{i}"), b"v")).unwrap();
