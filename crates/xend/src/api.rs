@@ -480,6 +480,17 @@ async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             d.cpu_time_s
         );
     }
+    let _ = writeln!(out, "# HELP xend_domain_vcpu_seconds_total Guest CPU time of each vCPU.\n# TYPE xend_domain_vcpu_seconds_total counter");
+    for d in &doms {
+        for (i, t) in d.vcpu_time_s.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "xend_domain_vcpu_seconds_total{{domain=\"{}\",domid=\"{}\",vcpu=\"{i}\"}} {t}",
+                escape(&d.name),
+                d.domid.unwrap_or(0)
+            );
+        }
+    }
     let _ = writeln!(out, "# HELP xend_domain_memory_bytes Memory target of the domain.\n# TYPE xend_domain_memory_bytes gauge");
     for d in &doms {
         let _ = writeln!(

@@ -54,6 +54,8 @@ struct Domain {
     target_mib: u64,
     /// Latest figures from the VMM (refreshed in the background).
     cpu_ns: u64,
+    /// Guest time of each vCPU, ns.
+    vcpu_ns: Vec<u64>,
     hypercalls: u64,
     vcpu_running: bool,
 }
@@ -73,6 +75,8 @@ pub struct DomainInfo {
     pub maxvcpus: u32,
     pub uptime_s: Option<f64>,
     pub cpu_time_s: f64,
+    /// Guest CPU time of each vCPU (seconds).
+    pub vcpu_time_s: Vec<f64>,
     pub hypercalls: u64,
     pub managed: bool,
     pub pid: Option<u32>,
@@ -118,6 +122,7 @@ impl Domain {
             maxvcpus: self.spec.maxvcpus.unwrap_or(self.spec.vcpus),
             uptime_s: live.then(|| (now() - self.started).max(0.0)),
             cpu_time_s: self.cpu_ns as f64 / 1e9,
+            vcpu_time_s: self.vcpu_ns.iter().map(|n| *n as f64 / 1e9).collect(),
             hypercalls: self.hypercalls,
             managed: self.managed,
             pid: live.then_some(self.pid),
@@ -237,6 +242,7 @@ impl Xend {
                     maxvcpus: spec.maxvcpus.unwrap_or(spec.vcpus),
                     uptime_s: None,
                     cpu_time_s: 0.0,
+                    vcpu_time_s: Vec::new(),
                     hypercalls: 0,
                     managed: true,
                     pid: None,
@@ -329,6 +335,7 @@ impl Xend {
                     managed,
                     target_mib: spec.memory,
                     cpu_ns: 0,
+                    vcpu_ns: Vec::new(),
                     hypercalls: 0,
                     vcpu_running: false,
                 },
@@ -888,6 +895,7 @@ impl Xend {
                 },
                 managed: r.managed,
                 cpu_ns: 0,
+                vcpu_ns: Vec::new(),
                 hypercalls: 0,
                 vcpu_running: false,
             };
@@ -943,7 +951,12 @@ impl Xend {
                     .map(|x| x["hypercalls"].as_u64().unwrap_or(0))
                     .sum();
                 let running = vcpus.iter().any(|x| x["state"] == "running");
+                let per: Vec<u64> = vcpus
+                    .iter()
+                    .map(|x| x["guest_ns"].as_u64().unwrap_or(0))
+                    .collect();
                 if let Some(d) = lock(&self.doms).get_mut(&domid) {
+                    d.vcpu_ns = per;
                     d.cpu_ns = cpu;
                     d.hypercalls = hc;
                     d.vcpu_running = running;

@@ -111,6 +111,20 @@ fn lifecycle_through_the_api() {
             .unwrap()
             > 0.0
     );
+    // Per-domain and per-vCPU figures reach /metrics (refreshed every second).
+    env.wait_until("vCPU metrics", || {
+        let m = env
+            .agent
+            .get(env.url("/metrics"))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        m.contains(&format!(
+            "xend_domain_vcpu_seconds_total{{domain=\"web2\",domid=\"{domid}\",vcpu=\"1\"}}"
+        )) && m.contains("xend_domains{state=\"running\"} 1")
+    });
     // Clean shutdown with the guest's cooperation.
     let (s, v) = env.post("/domains/web2/shutdown?wait=10", "");
     assert_eq!(s, 200, "{v}");
