@@ -32,7 +32,10 @@ impl Write for LineBuffer {
     }
 }
 
-static CONSOLE: spin::Mutex<LineBuffer> = spin::Mutex::new(LineBuffer { buf: [0; 512], len: 0 });
+static CONSOLE: spin::Mutex<LineBuffer> = spin::Mutex::new(LineBuffer {
+    buf: [0; 512],
+    len: 0,
+});
 
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments) {
@@ -43,7 +46,10 @@ pub fn _print(args: fmt::Arguments) {
 
 /// Prints without taking the console lock (panic path).
 pub fn emergency_print(args: fmt::Arguments) {
-    let mut b = LineBuffer { buf: [0; 512], len: 0 };
+    let mut b = LineBuffer {
+        buf: [0; 512],
+        len: 0,
+    };
     let _ = b.write_fmt(args);
     b.flush();
 }

@@ -18,33 +18,54 @@ fn shared_info() -> *mut SharedInfo {
 
 fn pending_word(w: usize) -> &'static AtomicU64 {
     // SAFETY: shared_info is mapped for the life of the domain; w < 64.
-    unsafe { AtomicU64::from_ptr(core::ptr::addr_of_mut!((*shared_info()).evtchn_pending[w % 64])) }
+    unsafe {
+        AtomicU64::from_ptr(core::ptr::addr_of_mut!(
+            (*shared_info()).evtchn_pending[w % 64]
+        ))
+    }
 }
 
 fn mask_word(w: usize) -> &'static AtomicU64 {
     // SAFETY: as above.
-    unsafe { AtomicU64::from_ptr(core::ptr::addr_of_mut!((*shared_info()).evtchn_mask[w % 64])) }
+    unsafe {
+        AtomicU64::from_ptr(core::ptr::addr_of_mut!(
+            (*shared_info()).evtchn_mask[w % 64]
+        ))
+    }
 }
 
 fn vcpu_sel(v: u32) -> &'static AtomicU64 {
     // SAFETY: as above; v < 32.
-    unsafe { AtomicU64::from_ptr(core::ptr::addr_of_mut!((*shared_info()).vcpu_info[v as usize % 32].evtchn_pending_sel)) }
+    unsafe {
+        AtomicU64::from_ptr(core::ptr::addr_of_mut!(
+            (*shared_info()).vcpu_info[v as usize % 32].evtchn_pending_sel
+        ))
+    }
 }
 
 fn vcpu_upcall_pending(v: u32) -> &'static AtomicU8 {
     // SAFETY: as above.
-    unsafe { AtomicU8::from_ptr(core::ptr::addr_of_mut!((*shared_info()).vcpu_info[v as usize % 32].evtchn_upcall_pending)) }
+    unsafe {
+        AtomicU8::from_ptr(core::ptr::addr_of_mut!(
+            (*shared_info()).vcpu_info[v as usize % 32].evtchn_upcall_pending
+        ))
+    }
 }
 
 type Handler = fn(Port);
 
-static HANDLERS: spin::Mutex<[Option<Handler>; NR_EVENT_CHANNELS]> = spin::Mutex::new([None; NR_EVENT_CHANNELS]);
+static HANDLERS: spin::Mutex<[Option<Handler>; NR_EVENT_CHANNELS]> =
+    spin::Mutex::new([None; NR_EVENT_CHANNELS]);
 /// Ports that fired since their waiter last looked ([`take_fired`]).
 static FIRED: [AtomicU64; 64] = [const { AtomicU64::new(0) }; 64];
 
 /// Binds a VIRQ to vCPU `vcpu`.
 pub fn bind_virq(virq: u32, vcpu: u32) -> Result<Port, Errno> {
-    let mut a = EvtchnBindVirq { virq, vcpu, port: 0 };
+    let mut a = EvtchnBindVirq {
+        virq,
+        vcpu,
+        port: 0,
+    };
     event_channel_op(EVTCHNOP_BIND_VIRQ, &mut a)?;
     Ok(a.port)
 }
@@ -58,14 +79,23 @@ pub fn bind_ipi(vcpu: u32) -> Result<Port, Errno> {
 
 /// Allocates a port that domain `remote` may bind to.
 pub fn alloc_unbound(remote: u16) -> Result<Port, Errno> {
-    let mut a = EvtchnAllocUnbound { dom: DOMID_SELF, remote_dom: remote, port: 0 };
+    let mut a = EvtchnAllocUnbound {
+        dom: DOMID_SELF,
+        remote_dom: remote,
+        port: 0,
+    };
     event_channel_op(EVTCHNOP_ALLOC_UNBOUND, &mut a)?;
     Ok(a.port)
 }
 
 /// Connects to port `remote_port` of domain `remote`.
 pub fn bind_interdomain(remote: u16, remote_port: Port) -> Result<Port, Errno> {
-    let mut a = EvtchnBindInterdomain { remote_dom: remote, pad: 0, remote_port, local_port: 0 };
+    let mut a = EvtchnBindInterdomain {
+        remote_dom: remote,
+        pad: 0,
+        remote_port,
+        local_port: 0,
+    };
     event_channel_op(EVTCHNOP_BIND_INTERDOMAIN, &mut a)?;
     Ok(a.local_port)
 }
@@ -98,7 +128,11 @@ pub fn unmask(port: Port) -> Result<(), Errno> {
 
 /// Status of a port of this domain.
 pub fn status(port: Port) -> Result<EvtchnStatus, Errno> {
-    let mut s = EvtchnStatus { dom: DOMID_SELF, port, ..Default::default() };
+    let mut s = EvtchnStatus {
+        dom: DOMID_SELF,
+        port,
+        ..Default::default()
+    };
     event_channel_op(EVTCHNOP_STATUS, &mut s)?;
     Ok(s)
 }

@@ -5,11 +5,11 @@
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
+use alloc::task::Wake;
 use alloc::vec::Vec;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicBool, Ordering};
-use alloc::task::Wake;
 use core::task::{Context, Poll, Waker};
 
 struct TaskWaker {
@@ -61,7 +61,12 @@ impl Executor {
 
     /// Adds a task.
     pub fn spawn(&mut self, f: impl Future<Output = ()> + 'static) {
-        self.tasks.push(Task { future: Box::pin(f), waker: Arc::new(TaskWaker { ready: AtomicBool::new(true) }) });
+        self.tasks.push(Task {
+            future: Box::pin(f),
+            waker: Arc::new(TaskWaker {
+                ready: AtomicBool::new(true),
+            }),
+        });
     }
 
     /// Runs until every task has completed.
@@ -86,7 +91,12 @@ impl Executor {
             }
             let now = crate::time::now_ns();
             let next = fire_timers(now);
-            if progressed || self.tasks.iter().any(|t| t.waker.ready.load(Ordering::SeqCst)) {
+            if progressed
+                || self
+                    .tasks
+                    .iter()
+                    .any(|t| t.waker.ready.load(Ordering::SeqCst))
+            {
                 crate::events::dispatch();
                 continue;
             }
@@ -146,7 +156,10 @@ impl Future for Sleep {
 
 /// Sleeps for `ns` nanoseconds without blocking other tasks.
 pub fn sleep_ns(ns: u64) -> Sleep {
-    Sleep { deadline: crate::time::now_ns().saturating_add(ns), registered: None }
+    Sleep {
+        deadline: crate::time::now_ns().saturating_add(ns),
+        registered: None,
+    }
 }
 
 /// A future that completes when `port` fires.

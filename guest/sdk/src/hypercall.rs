@@ -104,13 +104,27 @@ pub fn xen_version<T>(cmd: u64, arg: Option<&mut T>) -> i64 {
 /// `console_io(CONSOLEIO_write)`.
 pub fn console_write(bytes: &[u8]) -> i64 {
     // SAFETY: the slice is valid for its length.
-    unsafe { hypercall3(nr::CONSOLE_IO, rxen_abi::console::CONSOLEIO_WRITE, bytes.len() as u64, bytes.as_ptr() as u64) }
+    unsafe {
+        hypercall3(
+            nr::CONSOLE_IO,
+            rxen_abi::console::CONSOLEIO_WRITE,
+            bytes.len() as u64,
+            bytes.as_ptr() as u64,
+        )
+    }
 }
 
 /// `console_io(CONSOLEIO_read)`: reads available console input into `buf`.
 pub fn console_read(buf: &mut [u8]) -> Result<usize, Errno> {
     // SAFETY: the slice is valid for writes of its length.
-    let rc = unsafe { hypercall3(nr::CONSOLE_IO, rxen_abi::console::CONSOLEIO_READ, buf.len() as u64, buf.as_mut_ptr() as u64) };
+    let rc = unsafe {
+        hypercall3(
+            nr::CONSOLE_IO,
+            rxen_abi::console::CONSOLEIO_READ,
+            buf.len() as u64,
+            buf.as_mut_ptr() as u64,
+        )
+    };
     check(rc).map(|n| n as usize)
 }
 

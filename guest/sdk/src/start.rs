@@ -44,7 +44,9 @@ pub fn cmdline() -> &'static str {
 
 /// The value of `key=value` in the command line.
 pub fn cmdline_value(key: &str) -> Option<&'static str> {
-    cmdline().split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+    cmdline()
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Per-vCPU start-up: per-vCPU record and timer VIRQ (vCPU 0 and every secondary).
@@ -54,7 +56,9 @@ pub(crate) fn init_vcpu(id: u32) {
         let _ = crate::hypercall::set_segment_base(SEGBASE_FS, crate::percpu::record_address(0));
     }
     if let Ok(p) = crate::events::bind_virq(VIRQ_TIMER, id) {
-        crate::percpu::current().timer_port.store(p, Ordering::Relaxed);
+        crate::percpu::current()
+            .timer_port
+            .store(p, Ordering::Relaxed);
     }
 }
 

@@ -4,7 +4,9 @@
 use core::ptr::{addr_of, read_volatile};
 use core::sync::atomic::{fence, Ordering};
 
-use rxen_abi::vcpu::{VcpuSetSingleshotTimer, VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER};
+use rxen_abi::vcpu::{
+    VcpuSetSingleshotTimer, VCPUOP_SET_SINGLESHOT_TIMER, VCPUOP_STOP_SINGLESHOT_TIMER,
+};
 use rxen_abi::xen::SharedInfo;
 
 fn shared() -> *const SharedInfo {
@@ -16,7 +18,7 @@ fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Nanoseconds of system time (monotonic, since the domain was built).
+/// Nanoseconds of system time since the domain was built; never decreases on a vCPU.
 pub fn now_ns() -> u64 {
     let v = crate::percpu::vcpu_id() as usize % 32;
     // SAFETY: shared_info is mapped for the life of the domain; fields are read with
@@ -40,8 +42,17 @@ pub fn now_ns() -> u64 {
                 continue;
             }
             let delta = tsc.wrapping_sub(ts);
-            let d = if shift >= 0 { (delta as u128) << shift } else { (delta as u128) >> (-shift) };
-            return sys.wrapping_add(((d * mul as u128) >> 32) as u64);
+            let d = if shift >= 0 {
+                (delta as u128) << shift
+            } else {
+                (delta as u128) >> (-shift)
+            };
+            let now = sys.wrapping_add(((d * mul as u128) >> 32) as u64);
+            // Never step back (the hypervisor re-anchors the clock after blocks).
+            let prev = crate::percpu::current()
+                .last_ns
+                .fetch_max(now, Ordering::Relaxed);
+            return prev.max(now);
         }
     }
 }
@@ -64,19 +75,34 @@ pub fn wallclock() -> (u64, u32) {
         }
     };
     let total = sec as u128 * 1_000_000_000 + nsec as u128 + now_ns() as u128;
-    ((total / 1_000_000_000) as u64, (total % 1_000_000_000) as u32)
+    (
+        (total / 1_000_000_000) as u64,
+        (total % 1_000_000_000) as u32,
+    )
 }
 
 /// Arms the calling vCPU's singleshot timer for system time `deadline_ns`; it raises
 /// `VIRQ_TIMER` (bound by the SDK for every vCPU).
 pub fn set_timer(deadline_ns: u64) {
-    let mut t = VcpuSetSingleshotTimer { timeout_abs_ns: deadline_ns, flags: 0, pad: 0 };
-    let _ = crate::hypercall::vcpu_op(VCPUOP_SET_SINGLESHOT_TIMER, crate::percpu::vcpu_id(), Some(&mut t));
+    let mut t = VcpuSetSingleshotTimer {
+        timeout_abs_ns: deadline_ns,
+        flags: 0,
+        pad: 0,
+    };
+    let _ = crate::hypercall::vcpu_op(
+        VCPUOP_SET_SINGLESHOT_TIMER,
+        crate::percpu::vcpu_id(),
+        Some(&mut t),
+    );
 }
 
 /// Disarms the calling vCPU's singleshot timer.
 pub fn stop_timer() {
-    let _ = crate::hypercall::vcpu_op::<()>(VCPUOP_STOP_SINGLESHOT_TIMER, crate::percpu::vcpu_id(), None);
+    let _ = crate::hypercall::vcpu_op::<()>(
+        VCPUOP_STOP_SINGLESHOT_TIMER,
+        crate::percpu::vcpu_id(),
+        None,
+    );
 }
 
 /// Blocks the calling vCPU until system time `deadline_ns`, handling events meanwhile.

@@ -72,7 +72,11 @@ impl Default for Xenstore {
 impl Xenstore {
     /// The client of this domain's ring.
     pub fn new() -> Self {
-        Xenstore { port: crate::start::start_info().store_evtchn, req_id: 0, events: VecDeque::new() }
+        Xenstore {
+            port: crate::start::start_info().store_evtchn,
+            req_id: 0,
+            events: VecDeque::new(),
+        }
     }
 
     fn wait(&self) {
@@ -91,7 +95,9 @@ impl Xenstore {
             for (i, b) in data[..n].iter().enumerate() {
                 let at = (prod.wrapping_add(i as u32) % RING) as usize;
                 // SAFETY: `at` < ring size; the request ring is ours to fill up to cons.
-                unsafe { core::ptr::write_volatile(core::ptr::addr_of_mut!((*iface()).req[at]), *b) };
+                unsafe {
+                    core::ptr::write_volatile(core::ptr::addr_of_mut!((*iface()).req[at]), *b)
+                };
             }
             fence(SeqCst);
             req_prod().store(prod.wrapping_add(n as u32), SeqCst);
@@ -114,7 +120,9 @@ impl Xenstore {
             for i in 0..k {
                 let at = (cons.wrapping_add(i as u32) % RING) as usize;
                 // SAFETY: `at` < ring size; bytes between cons and prod are ours to read.
-                out.push(unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*iface()).rsp[at])) });
+                out.push(unsafe {
+                    core::ptr::read_volatile(core::ptr::addr_of!((*iface()).rsp[at]))
+                });
             }
             fence(SeqCst);
             rsp_cons().store(cons.wrapping_add(k as u32), SeqCst);
@@ -134,7 +142,9 @@ impl Xenstore {
     }
 
     fn queue_event(&mut self, payload: &[u8]) {
-        let mut parts = payload.split(|&b| b == 0).map(|p| String::from_utf8_lossy(p).into_owned());
+        let mut parts = payload
+            .split(|&b| b == 0)
+            .map(|p| String::from_utf8_lossy(p).into_owned());
         let path = parts.next().unwrap_or_default();
         let token = parts.next().unwrap_or_default();
         self.events.push_back((path, token));
@@ -162,7 +172,11 @@ impl Xenstore {
                 continue;
             }
             if rt == ERROR {
-                return Err(XsError(String::from_utf8_lossy(&p).trim_end_matches('\0').to_string()));
+                return Err(XsError(
+                    String::from_utf8_lossy(&p)
+                        .trim_end_matches('\0')
+                        .to_string(),
+                ));
             }
             return Ok(p);
         }
@@ -181,7 +195,8 @@ impl Xenstore {
 
     /// Reads a node inside transaction `tx`.
     pub fn read_tx(&mut self, tx: u32, path: &str) -> Result<String, XsError> {
-        self.path_req(READ, tx, path).map(|v| String::from_utf8_lossy(&v).into_owned())
+        self.path_req(READ, tx, path)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
     }
 
     /// Writes a node (creating it and its parents).
@@ -208,7 +223,10 @@ impl Xenstore {
     /// Lists the children of a node.
     pub fn directory(&mut self, path: &str) -> Result<Vec<String>, XsError> {
         let v = self.path_req(DIRECTORY, 0, path)?;
-        Ok(v.split(|&b| b == 0).filter(|s| !s.is_empty()).map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+        Ok(v.split(|&b| b == 0)
+            .filter(|s| !s.is_empty())
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect())
     }
 
     /// Watches `path` (and below); events come from [`Xenstore::next_event`].
@@ -231,12 +249,16 @@ impl Xenstore {
     /// Starts a transaction.
     pub fn transaction_start(&mut self) -> Result<u32, XsError> {
         let v = self.request(TRANSACTION_START, 0, b"\0")?;
-        String::from_utf8_lossy(&v).trim_end_matches('\0').parse().map_err(|_| XsError("bad transaction id".into()))
+        String::from_utf8_lossy(&v)
+            .trim_end_matches('\0')
+            .parse()
+            .map_err(|_| XsError("bad transaction id".into()))
     }
 
     /// Ends a transaction; `Err(XsError("EAGAIN"))` means retry.
     pub fn transaction_end(&mut self, tx: u32, commit: bool) -> Result<(), XsError> {
-        self.request(TRANSACTION_END, tx, if commit { b"T\0" } else { b"F\0" }).map(|_| ())
+        self.request(TRANSACTION_END, tx, if commit { b"T\0" } else { b"F\0" })
+            .map(|_| ())
     }
 
     /// The next watch event `(path, token)`, blocking until one arrives.
@@ -264,7 +286,9 @@ pub fn serve_control_shutdown(xs: &mut Xenstore) -> ! {
         crate::println!("xenstore: cannot watch control/shutdown");
     }
     loop {
-        let Ok((path, _)) = xs.next_event() else { continue };
+        let Ok((path, _)) = xs.next_event() else {
+            continue;
+        };
         if path != "control/shutdown" {
             continue;
         }

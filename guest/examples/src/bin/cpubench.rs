@@ -7,7 +7,9 @@ use rxen_guest::{println, start, time};
 rxen_guest::entry!(main);
 
 fn main() {
-    let iters: u64 = start::cmdline_value("iters").and_then(|v| v.parse().ok()).unwrap_or(200_000_000);
+    let iters: u64 = start::cmdline_value("iters")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200_000_000);
     rxen_workloads::cpu_work(iters / 100, 1); // warm-up
     let t0 = time::now_ns();
     let sum = rxen_workloads::cpu_work(iters, 7);

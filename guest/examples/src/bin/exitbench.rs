@@ -11,11 +11,15 @@ rxen_guest::entry!(main);
 
 fn raw_exit() {
     // SAFETY: the VMM allows and discards writes to the null port.
-    unsafe { core::arch::asm!("out {port}, eax", port = const NULL_PORT, in("eax") 0u32, options(nostack, nomem)) };
+    unsafe {
+        core::arch::asm!("out {port}, eax", port = const NULL_PORT, in("eax") 0u32, options(nostack, nomem))
+    };
 }
 
 fn main() {
-    let n: u64 = start::cmdline_value("n").and_then(|v| v.parse().ok()).unwrap_or(20000);
+    let n: u64 = start::cmdline_value("n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20000);
     let mut best_h = u64::MAX;
     let mut best_r = u64::MAX;
     // Interleave the two measurements so both see the same host conditions.

@@ -20,14 +20,14 @@ fn pointer(r: &mut XorShift, scratch: u64) -> u64 {
     let x = r.next_u64();
     match x % 12 {
         0 => 0,
-        1 => x,                                   // anything, mostly non-canonical
+        1 => x,                                    // anything, mostly non-canonical
         2 => 0xffff_8000_0000_0000 | (x & 0xffff), // kernel half
-        3 => layout::PAGE_TABLES + (x % 0x1000),  // read-only
+        3 => layout::PAGE_TABLES + (x % 0x1000),   // read-only
         4 => layout::HYPERCALL_PAGE + (x % 0x1000),
-        5 => 0x9000 + (x % 0x1000),               // unmapped hole
+        5 => 0x9000 + (x % 0x1000), // unmapped hole
         6 => (start::start_info().nr_pages << 12) - (x % 64), // end of RAM
         7 => 1 << 40,
-        _ => scratch + (x % 16000),               // valid scratch memory
+        _ => scratch + (x % 16000), // valid scratch memory
     }
 }
 
@@ -43,8 +43,12 @@ fn value(r: &mut XorShift) -> u64 {
 }
 
 fn main() {
-    let calls: u64 = start::cmdline_value("calls").and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
-    let seed: u64 = start::cmdline_value("seed").and_then(|v| v.parse().ok()).unwrap_or(0x5eed);
+    let calls: u64 = start::cmdline_value("calls")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let seed: u64 = start::cmdline_value("seed")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0x5eed);
     let mut r = XorShift(seed | 1);
     let scratch = core::ptr::addr_of_mut!(SCRATCH) as u64;
     let (mut ok, mut err, mut skipped) = (0u64, 0u64, 0u64);
@@ -52,13 +56,33 @@ fn main() {
     for _ in 0..calls {
         let number = match r.next_u64() % 8 {
             0 => (r.next_u64() % 200) as u32,
-            _ => [nr::XEN_VERSION, nr::CONSOLE_IO, nr::SCHED_OP, nr::SET_TIMER_OP, nr::VCPU_OP, nr::EVENT_CHANNEL_OP, nr::MEMORY_OP][(r.next_u64() % 7) as usize],
+            _ => [
+                nr::XEN_VERSION,
+                nr::CONSOLE_IO,
+                nr::SCHED_OP,
+                nr::SET_TIMER_OP,
+                nr::VCPU_OP,
+                nr::EVENT_CHANNEL_OP,
+                nr::MEMORY_OP,
+            ][(r.next_u64() % 7) as usize],
         };
         let cmd = value(&mut r) % 20;
-        let a = [cmd, pointer(&mut r, scratch), pointer(&mut r, scratch), value(&mut r), value(&mut r)];
+        let a = [
+            cmd,
+            pointer(&mut r, scratch),
+            pointer(&mut r, scratch),
+            value(&mut r),
+            value(&mut r),
+        ];
         let dangerous = match number {
-            nr::SCHED_OP => !matches!(cmd, sched::SCHEDOP_YIELD | sched::SCHEDOP_SHUTDOWN_CODE | sched::SCHEDOP_WATCHDOG),
-            nr::VCPU_OP => matches!(cmd, vcpu::VCPUOP_DOWN | vcpu::VCPUOP_INITIALISE | vcpu::VCPUOP_UP),
+            nr::SCHED_OP => !matches!(
+                cmd,
+                sched::SCHEDOP_YIELD | sched::SCHEDOP_SHUTDOWN_CODE | sched::SCHEDOP_WATCHDOG
+            ),
+            nr::VCPU_OP => matches!(
+                cmd,
+                vcpu::VCPUOP_DOWN | vcpu::VCPUOP_INITIALISE | vcpu::VCPUOP_UP
+            ),
             nr::SET_SEGMENT_BASE => true,
             // Console writes from readable memory would only print noise.
             nr::CONSOLE_IO => cmd == 0 && a[2] != 0,
@@ -73,9 +97,20 @@ fn main() {
         }
         // SAFETY: the arguments are deliberately garbage; the hypervisor must cope.
         let rc = unsafe { hypercall5(number, a[0], a[1], a[2], a[3], a[4]) };
-        if rc < 0 { err += 1 } else { ok += 1 }
+        if rc < 0 {
+            err += 1
+        } else {
+            ok += 1
+        }
     }
     let ms = (time::now_ns() - t0) / 1_000_000;
-    println!("hcall-fuzz: {} calls ({} ok, {} errors, {} skipped) in {} ms", ok + err, ok, err, skipped, ms);
+    println!(
+        "hcall-fuzz: {} calls ({} ok, {} errors, {} skipped) in {} ms",
+        ok + err,
+        ok,
+        err,
+        skipped,
+        ms
+    );
     println!("hcall-fuzz: ok");
 }

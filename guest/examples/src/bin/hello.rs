@@ -21,17 +21,35 @@ fn main() {
     println!("start_info.magic: {}", cstr(&si.magic));
     println!("start_info.nr_pages: {}", si.nr_pages);
     println!("start_info.shared_info: {:#x}", si.shared_info);
-    println!("start_info.store: mfn {:#x} evtchn {}", si.store_mfn, si.store_evtchn);
-    println!("start_info.console: mfn {:#x} evtchn {}", si.console_mfn, si.console_evtchn);
-    println!("start_info.pt_base: {:#x} nr_pt_frames {}", si.pt_base, si.nr_pt_frames);
+    println!(
+        "start_info.store: mfn {:#x} evtchn {}",
+        si.store_mfn, si.store_evtchn
+    );
+    println!(
+        "start_info.console: mfn {:#x} evtchn {}",
+        si.console_mfn, si.console_evtchn
+    );
+    println!(
+        "start_info.pt_base: {:#x} nr_pt_frames {}",
+        si.pt_base, si.nr_pt_frames
+    );
     println!("start_info.cmd_line: {}", start::cmdline());
     let v = xen_version::<()>(XENVER_VERSION, None);
     let mut extra = [0u8; EXTRAVERSION_LEN];
     xen_version(XENVER_EXTRAVERSION, Some(&mut extra));
     let mut caps = [0u8; CAPABILITIES_LEN];
     xen_version(XENVER_CAPABILITIES, Some(&mut caps));
-    println!("xen_version: {}.{}{} caps {}", v >> 16, v & 0xffff, cstr(&extra), cstr(&caps));
-    let mut fi = FeatureInfo { submap_idx: 0, submap: 0 };
+    println!(
+        "xen_version: {}.{}{} caps {}",
+        v >> 16,
+        v & 0xffff,
+        cstr(&extra),
+        cstr(&caps)
+    );
+    let mut fi = FeatureInfo {
+        submap_idx: 0,
+        submap: 0,
+    };
     xen_version(XENVER_GET_FEATURES, Some(&mut fi));
     println!("features[0]: {:#x}", fi.submap);
     let (sec, _) = time::wallclock();

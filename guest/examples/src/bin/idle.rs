@@ -11,7 +11,11 @@ rxen_guest::entry!(main);
 
 fn main() {
     let si = start::start_info();
-    println!("rxen idle guest: {} MiB, cmdline {:?}", si.nr_pages / 256, start::cmdline());
+    println!(
+        "rxen idle guest: {} MiB, cmdline {:?}",
+        si.nr_pages / 256,
+        start::cmdline()
+    );
     let mut xs = Xenstore::new();
     match xs.read("name") {
         Ok(name) => println!("xenstore: I am {name}"),

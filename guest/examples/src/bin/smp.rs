@@ -35,7 +35,9 @@ fn secondary(id: u32) {
 }
 
 fn main() {
-    let rounds: u32 = start::cmdline_value("rounds").and_then(|v| v.parse().ok()).unwrap_or(2000);
+    let rounds: u32 = start::cmdline_value("rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
     ROUNDS.store(rounds, SeqCst);
     assert_eq!(smp::is_up(1), Ok(false));
     smp::start_vcpu(1, secondary).expect("start vcpu 1");
@@ -62,7 +64,12 @@ fn main() {
         hypercall::yield_now();
     }
     let rs = smp::runstate(1).expect("runstate");
-    println!("vcpu 1: up={:?} runstate={} blocked_ns={}", smp::is_up(1), rs.state, rs.time[2]);
+    println!(
+        "vcpu 1: up={:?} runstate={} blocked_ns={}",
+        smp::is_up(1),
+        rs.state,
+        rs.time[2]
+    );
     assert_eq!(smp::is_up(1), Ok(false));
     println!("smp: ok");
 }

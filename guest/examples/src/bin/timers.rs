@@ -12,7 +12,9 @@ use rxen_guest::{executor, println, start, time};
 rxen_guest::entry!(main);
 
 fn main() {
-    let rounds: usize = start::cmdline_value("rounds").and_then(|v| v.parse().ok()).unwrap_or(200);
+    let rounds: usize = start::cmdline_value("rounds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
     let mut errors = Vec::with_capacity(rounds);
     let durations = [50_000u64, 200_000, 1_000_000, 3_000_000];
     for i in 0..rounds {
@@ -28,7 +30,12 @@ fn main() {
     }
     errors.sort_unstable();
     let pct = |p: usize| errors[(errors.len() - 1) * p / 100] / 1000;
-    println!("timer_error_us p50={} p99={} max={}", pct(50), pct(99), errors[errors.len() - 1] / 1000);
+    println!(
+        "timer_error_us p50={} p99={} max={}",
+        pct(50),
+        pct(99),
+        errors[errors.len() - 1] / 1000
+    );
 
     // Concurrent sleepers on the executor must finish in deadline order.
     static ORDER: spin::Mutex<Vec<u32>> = spin::Mutex::new(Vec::new());
