@@ -86,9 +86,9 @@ impl Kick for VcpuKicker {
         if let Some(v) = self.0.get(vcpu as usize) {
             v.wake();
         }
-        // A vCPU polling a port bound to another vCPU must see it too.
+        // A vCPU in SCHEDOP_poll may wait for a port bound to another vCPU.
         for (i, v) in self.0.iter().enumerate() {
-            if i as u32 != vcpu && v.lock().state == vcpu::VcpuState::Blocked {
+            if i as u32 != vcpu && v.polling.load(std::sync::atomic::Ordering::SeqCst) {
                 v.wake();
             }
         }
@@ -159,7 +159,7 @@ impl DomainShared {
         let addr = layout::SHARED_INFO
             + (shared_info_offsets::vcpu_info(vcpu as usize) + shared_info_offsets::TIME) as u64;
         let version = self.ram.read_obj::<u32>(addr).unwrap_or(0);
-        let odd = (version | 1).wrapping_add(0);
+        let odd = version | 1;
         let _ = self.ram.write_obj(addr, &odd);
         std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
         let ti: VcpuTimeInfo = self.clock.time_info(self.tsc_offset, odd);

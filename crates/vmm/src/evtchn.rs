@@ -200,7 +200,6 @@ impl EventChannels {
             return Ok(port);
         }
         if remote_dom == 0 {
-            let domid = self.domid;
             let slot = self
                 .dom0
                 .get(remote_port as usize)
@@ -209,7 +208,6 @@ impl EventChannels {
             if slot.guest_port.is_some() {
                 return Err(-EINVAL);
             }
-            let _ = domid;
             let port = self.bind(
                 Binding::Dom0 {
                     dom0_port: remote_port,

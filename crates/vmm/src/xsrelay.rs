@@ -44,6 +44,18 @@ pub fn start(dom: Arc<DomainShared>, socket: &Path) -> Result<std::thread::JoinH
         .map_err(|e| format!("starting the xenstore relay: {e}"))
 }
 
+/// The (ring offset, byte range) pieces of `len` bytes starting at free-running index
+/// `start`: one piece, or two when they wrap around the end of the ring.
+fn ring_spans(start: u32, len: u32) -> Vec<(u64, std::ops::Range<usize>)> {
+    let first = start % RING;
+    let head = len.min(RING - first);
+    let mut out = vec![(first as u64, 0..head as usize)];
+    if head < len {
+        out.push((0, head as usize..len as usize));
+    }
+    out
+}
+
 fn idx(dom: &DomainShared, off: u64) -> Result<&std::sync::atomic::AtomicU32, String> {
     dom.ram
         .atomic_u32(XENSTORE_PAGE + off)
@@ -87,10 +99,13 @@ fn relay(
         }
         let mut progressed = false;
         if avail > 0 && to_store.len() < 65536 {
-            for i in 0..avail {
-                let at = XENSTORE_PAGE + ((cons.wrapping_add(i)) % RING) as u64;
-                to_store.push(dom.ram.read_obj::<u8>(at).map_err(|e| e.to_string())?);
+            let mut bytes = vec![0u8; avail as usize];
+            for (off, range) in ring_spans(cons, avail) {
+                dom.ram
+                    .read(XENSTORE_PAGE + off, &mut bytes[range])
+                    .map_err(|e| e.to_string())?;
             }
+            to_store.extend_from_slice(&bytes);
             req_cons.store(prod, SeqCst);
             progressed = true;
         }
@@ -124,12 +139,13 @@ fn relay(
             }
             let room = (RING - used) as usize;
             let n = room.min(to_guest.len());
-            for (i, b) in to_guest.drain(..n).enumerate() {
-                let at = XENSTORE_PAGE
-                    + XENSTORE_RING_SIZE as u64
-                    + ((prod.wrapping_add(i as u32)) % RING) as u64;
-                dom.ram.write_obj(at, &b).map_err(|e| e.to_string())?;
+            let rsp_base = XENSTORE_PAGE + XENSTORE_RING_SIZE as u64;
+            for (off, range) in ring_spans(prod, n as u32) {
+                dom.ram
+                    .write(rsp_base + off, &to_guest[range])
+                    .map_err(|e| e.to_string())?;
             }
+            to_guest.drain(..n);
             if n > 0 {
                 std::sync::atomic::fence(SeqCst);
                 rsp_prod.store(prod.wrapping_add(n as u32), SeqCst);
@@ -160,5 +176,18 @@ fn relay(
         // SAFETY: poll on two valid descriptors owned by this thread for 200 ms at most.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, 200) };
         let _ = endpoint.notify.read();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ring_spans;
+
+    #[test]
+    fn spans_wrap_once() {
+        assert_eq!(ring_spans(10, 5), vec![(10, 0..5)]);
+        assert_eq!(ring_spans(1020, 10), vec![(1020, 0..4), (0, 4..10)]);
+        assert_eq!(ring_spans(u32::MAX, 2), vec![(1023, 0..1), (0, 1..2)]);
+        assert_eq!(ring_spans(2048, 1024), vec![(0, 0..1024)]);
     }
 }

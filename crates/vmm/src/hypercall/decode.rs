@@ -111,7 +111,6 @@ pub enum Op {
         timeout: u64,
     },
     SchedWatchdog {
-        ptr: u64,
         id: u32,
         timeout: u32,
     },
@@ -229,7 +228,6 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
             SCHEDOP_WATCHDOG => {
                 let w: SchedWatchdog = read(ram, a1)?;
                 Ok(Op::SchedWatchdog {
-                    ptr: a1,
                     id: w.id,
                     timeout: w.timeout,
                 })

@@ -101,7 +101,7 @@ pub(super) fn execute(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, op: Op) -> i64
             dom.request_exit(DomainExit::from_reason(reason));
             0
         }
-        Op::SchedWatchdog { ptr, id, timeout } => watchdog(dom, ptr, id, timeout),
+        Op::SchedWatchdog { id, timeout } => watchdog(dom, id, timeout),
         Op::SetTimer { deadline } => {
             if deadline == 0 {
                 dom.vcpus[vcpu as usize].lock().disarm_timer();
@@ -191,6 +191,10 @@ fn block(dom: &DomainShared, vcpu: u32, ports: Option<&[u32]>, deadline: Option<
         Some(ps) => ps.iter().any(|&p| dom.shared_info.is_pending(p)),
     };
     let mut s = ctl.lock();
+    // Set before `ready()` is first checked, so a sender either sees the flag or its
+    // event is seen by the check (both sides use SeqCst).
+    ctl.polling
+        .store(ports.is_some(), std::sync::atomic::Ordering::SeqCst);
     s.block(dom.clock.now_ns());
     loop {
         if s.stop || s.state != VcpuState::Blocked || ready() {
@@ -201,8 +205,7 @@ fn block(dom: &DomainShared, vcpu: u32, ports: Option<&[u32]>, deadline: Option<
             break;
         }
         let timer_at = s.timer.map(|t| dom.clock.instant_of(t));
-        if let Some(t) = timer_at.filter(|t| *t <= now) {
-            let _ = t;
+        if timer_at.is_some_and(|t| t <= now) {
             if s.take_due_timer(None, u64::MAX) {
                 drop(s);
                 dom.evtchn
@@ -220,6 +223,8 @@ fn block(dom: &DomainShared, vcpu: u32, ports: Option<&[u32]>, deadline: Option<
         s = ctl.wait(s, wake_at);
     }
     s.wake(dom.clock.now_ns());
+    ctl.polling
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     drop(s);
     dom.update_time_info(vcpu);
 }
@@ -234,7 +239,7 @@ fn arm_timer(dom: &DomainShared, vcpu: u32, deadline: u64) {
     }
 }
 
-fn watchdog(dom: &DomainShared, ptr: u64, id: u32, timeout: u32) -> i64 {
+fn watchdog(dom: &DomainShared, id: u32, timeout: u32) -> i64 {
     let mut wd = dom.watchdogs.lock().unwrap_or_else(|e| e.into_inner());
     let slot = if id == 0 {
         // Create: the new watchdog's id (1-based) is returned.
@@ -252,7 +257,6 @@ fn watchdog(dom: &DomainShared, ptr: u64, id: u32, timeout: u32) -> i64 {
         }
         i
     };
-    let _ = ptr;
     wd[slot].0 += 1;
     if timeout == 0 {
         wd[slot].1 = false;

@@ -35,6 +35,9 @@ pub struct VcpuControl {
     immediate_exit: AtomicPtr<u8>,
     /// Set while the thread is inside (or about to enter) `KVM_RUN`.
     in_guest: AtomicBool,
+    /// Set while the vCPU waits in `SCHEDOP_poll` (senders then wake it whatever
+    /// vCPU the port notifies).
+    pub polling: AtomicBool,
     /// Hypercalls handled, for metrics.
     pub hypercalls: AtomicU64,
     /// Cumulative ns spent in KVM_RUN.
@@ -50,6 +53,7 @@ impl VcpuControl {
             thread: AtomicU64::new(0),
             immediate_exit: AtomicPtr::new(std::ptr::null_mut()),
             in_guest: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
             hypercalls: AtomicU64::new(0),
             guest_ns: AtomicU64::new(0),
         }
