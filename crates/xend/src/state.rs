@@ -545,16 +545,19 @@ impl Xend {
 
     /// Forgets a domain: xenstore entries, release, records, files.
     async fn cleanup(&self, domid: u32) {
-        let Some(d) = lock(&self.doms).remove(&domid) else {
+        let Ok(d) = self.get(domid) else {
             return;
         };
+        // Everything outside the registry goes first, so that a domain is gone from
+        // xenstore, the database and the disk by the time callers no longer see it.
         let sock = self.cfg.xenstored_socket.clone();
         let uuid = d.uuid.clone();
         let _ = tokio::task::spawn_blocking(move || xs::teardown(&sock, domid, &uuid)).await;
         let _ = lock(&self.db).delete_running(domid);
-        let files = DomainFiles::new(&self.cfg.state_dir, domid);
-        let _ = std::fs::remove_file(files.control());
-        self.emit(Some(domid), &d.name, "destroyed", serde_json::json!({}));
+        let _ = std::fs::remove_file(DomainFiles::new(&self.cfg.state_dir, domid).control());
+        if lock(&self.doms).remove(&domid).is_some() {
+            self.emit(Some(domid), &d.name, "destroyed", serde_json::json!({}));
+        }
     }
 
     // ------------------------------------------------------------------ lifecycle
