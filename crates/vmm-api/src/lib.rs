@@ -1,0 +1,394 @@
+//! The control protocol between the toolstack (`xend`) and a domain's VMM (`xen-vmm`).
+//!
+//! This crate owns the *types* both sides exchange and their wire encoding: requests
+//! ([`Request`]), replies ([`Reply`]), the domain status ([`Status`]) with the boot
+//! report ([`BootReport`]: where the builder put the xenstore and console rings), and
+//! the exit record ([`ExitRecord`]) a VMM leaves behind when its domain ends.
+//!
+//! The wire format is one JSON object per line each way on the VMM's control socket
+//! (mode 0600). Requests are tagged by `op`, replies by `reply`. Lines longer than
+//! [`MAX_LINE`] are refused.
+//!
+//! It must not contain behaviour of either side: no sockets, no domain state. Both
+//! `xen-vmm` and `xend` (and tests) depend on it; it depends on neither.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest request or reply line the peer must accept, in bytes (without the newline).
+pub const MAX_LINE: usize = 64 * 1024;
+/// Longest request line a VMM accepts.
+pub const MAX_REQUEST_LINE: usize = 4096;
+/// Most bytes one [`Request::ConsoleInput`] may carry.
+pub const MAX_CONSOLE_INPUT: usize = 2048;
+
+/// What the toolstack asks of a VMM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Report the domain's [`Status`].
+    Status,
+    /// Stop every vCPU (they keep their state).
+    Pause,
+    /// Let the vCPUs run again.
+    Unpause,
+    /// End the domain now ([`ExitKind::Destroyed`]).
+    Destroy,
+    /// Raise `VIRQ_DEBUG` on every vCPU (Xen's debug key).
+    DebugKey,
+    /// Queue text on the guest's console input and raise `VIRQ_CONSOLE`.
+    ConsoleInput { data: String },
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Not a request this protocol knows (bad JSON, unknown op, missing field).
+    BadRequest,
+    /// The request line or its payload is over a limit.
+    TooLarge,
+    /// The request is valid but the domain cannot do it now.
+    WrongState,
+}
+
+/// A VMM's answer to one [`Request`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Reply {
+    /// The request was carried out.
+    Done,
+    /// The answer to [`Request::Status`].
+    Status(Status),
+    /// The request was refused.
+    Error { kind: ErrorKind, message: String },
+}
+
+impl Reply {
+    /// An error reply.
+    pub fn error(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Reply::Error {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a vCPU is in its life (Xen's runstates, as the VMM schedules them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VcpuRunState {
+    /// Not running guest code: never brought up, or taken down.
+    Down,
+    /// Running (or ready to run) guest code.
+    Running,
+    /// Waiting in `SCHEDOP_block` / `SCHEDOP_poll`.
+    Blocked,
+}
+
+/// Time a vCPU spent in each of Xen's runstates (`VCPUOP_get_runstate_info`), ns.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunstateTimes {
+    pub running_ns: u64,
+    pub runnable_ns: u64,
+    pub blocked_ns: u64,
+    pub offline_ns: u64,
+}
+
+/// One vCPU in a [`Status`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VcpuStatus {
+    pub id: u32,
+    pub state: VcpuRunState,
+    pub paused: bool,
+    /// Host CPU time consumed by the vCPU's thread (guest code and the hypercalls it
+    /// made), ns: what Xen reports as a vCPU's CPU time.
+    pub cpu_ns: u64,
+    /// Time in each runstate since the domain was built.
+    pub runstate: RunstateTimes,
+    /// Hypercalls made by this vCPU.
+    pub hypercalls: u64,
+    /// Host CPU the vCPU thread last ran on, if known.
+    pub host_cpu: Option<u32>,
+}
+
+/// Where the domain builder put the rings the toolstack connects (Xen's
+/// `start_info.store_*` and `console.domU.*`). The toolstack introduces the domain to
+/// xenstored with `store_mfn` and `store_evtchn`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootReport {
+    pub store_mfn: u64,
+    pub store_evtchn: u32,
+    pub console_mfn: u64,
+    pub console_evtchn: u32,
+}
+
+/// The answer to [`Request::Status`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub name: String,
+    pub domid: u16,
+    pub memory_mib: u64,
+    /// Guest system time (ns since the domain was built).
+    pub uptime_ns: u64,
+    /// Every vCPU is paused by the toolstack.
+    pub paused: bool,
+    pub vcpus: Vec<VcpuStatus>,
+    /// The VMM's process id.
+    pub pid: u32,
+    pub boot: BootReport,
+}
+
+impl Status {
+    /// CPU time of all vCPUs, ns.
+    pub fn cpu_ns(&self) -> u64 {
+        self.vcpus.iter().map(|v| v.cpu_ns).sum()
+    }
+    /// Hypercalls of all vCPUs.
+    pub fn hypercalls(&self) -> u64 {
+        self.vcpus.iter().map(|v| v.hypercalls).sum()
+    }
+    /// Whether any vCPU is running guest code (xl's `r` flag; else `b`).
+    pub fn any_running(&self) -> bool {
+        self.vcpus
+            .iter()
+            .any(|v| v.state == VcpuRunState::Running && !v.paused)
+    }
+}
+
+/// How a domain ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitKind {
+    /// `SHUTDOWN_poweroff`.
+    Poweroff,
+    /// `SHUTDOWN_reboot`.
+    Reboot,
+    /// `SHUTDOWN_suspend`.
+    Suspend,
+    /// `SHUTDOWN_crash` from the guest, or the VMM died unexpectedly.
+    Crash,
+    /// The guest's watchdog expired.
+    Watchdog,
+    /// `SHUTDOWN_soft_reset`.
+    SoftReset,
+    /// A vCPU faulted with no handler.
+    TripleFault,
+    /// The VMM itself failed.
+    Internal,
+    /// Destroyed from outside (signal or [`Request::Destroy`]).
+    Destroyed,
+}
+
+impl ExitKind {
+    /// Exit status of `xen-vmm run` for this ending (documented in the README).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            ExitKind::Poweroff => 0,
+            ExitKind::Internal => 1,
+            ExitKind::Reboot => 3,
+            ExitKind::Crash => 4,
+            ExitKind::TripleFault => 5,
+            ExitKind::Watchdog => 6,
+            ExitKind::Suspend => 7,
+            ExitKind::SoftReset => 8,
+            ExitKind::Destroyed => 9,
+        }
+    }
+
+    /// The ending an exit status stands for (2, usage error, and unknown codes have none).
+    pub fn from_exit_code(code: i32) -> Option<Self> {
+        Some(match code {
+            0 => ExitKind::Poweroff,
+            1 => ExitKind::Internal,
+            3 => ExitKind::Reboot,
+            4 => ExitKind::Crash,
+            5 => ExitKind::TripleFault,
+            6 => ExitKind::Watchdog,
+            7 => ExitKind::Suspend,
+            8 => ExitKind::SoftReset,
+            9 => ExitKind::Destroyed,
+            _ => return None,
+        })
+    }
+
+    /// Xen's name of the shutdown reason (`xl` prints these).
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::Poweroff => "poweroff",
+            ExitKind::Reboot => "reboot",
+            ExitKind::Suspend => "suspend",
+            ExitKind::Crash => "crash",
+            ExitKind::Watchdog => "watchdog",
+            ExitKind::SoftReset => "soft_reset",
+            ExitKind::TripleFault => "triple_fault",
+            ExitKind::Internal => "internal",
+            ExitKind::Destroyed => "destroyed",
+        }
+    }
+}
+
+/// What a VMM writes to its exit file when its domain ends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    pub kind: ExitKind,
+    /// `xen-vmm`'s exit status.
+    pub code: u8,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+impl ExitRecord {
+    pub fn new(kind: ExitKind, reason: impl Into<String>) -> Self {
+        ExitRecord {
+            kind,
+            code: kind.exit_code(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A line that is not a message of this protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("line of {0} bytes is over the {MAX_LINE}-byte limit")]
+    TooLong(usize),
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Encodes a message as one line (with its newline).
+pub fn encode<T: Serialize>(msg: &T) -> String {
+    // Serialising these plain data types cannot fail (no maps with non-string keys,
+    // no custom serialisers); fall back to an error reply shape if it ever did.
+    let mut s = serde_json::to_string(msg).unwrap_or_else(|e| {
+        format!("{{\"reply\":\"error\",\"kind\":\"bad_request\",\"message\":\"encoding: {e}\"}}")
+    });
+    s.push('\n');
+    s
+}
+
+/// Decodes one line (a trailing newline is allowed) into a message.
+pub fn decode<T: serde::de::DeserializeOwned>(line: &str, limit: usize) -> Result<T, DecodeError> {
+    let line = line.trim_end_matches(['\n', '\r']);
+    if line.len() > limit {
+        return Err(DecodeError::TooLong(line.len()));
+    }
+    Ok(serde_json::from_str(line)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample_status() -> Status {
+        Status {
+            name: "web".into(),
+            domid: 3,
+            memory_mib: 64,
+            uptime_ns: 12,
+            paused: false,
+            vcpus: vec![VcpuStatus {
+                id: 0,
+                state: VcpuRunState::Blocked,
+                paused: false,
+                cpu_ns: 5_000_000_000,
+                runstate: RunstateTimes {
+                    running_ns: 1,
+                    runnable_ns: 2,
+                    blocked_ns: 3,
+                    offline_ns: 4,
+                },
+                hypercalls: 9,
+                host_cpu: Some(1),
+            }],
+            pid: 42,
+            boot: BootReport {
+                store_mfn: 4,
+                store_evtchn: 1,
+                console_mfn: 5,
+                console_evtchn: 2,
+            },
+        }
+    }
+
+    #[test]
+    fn requests_round_trip_and_have_stable_wire_names() {
+        for (r, wire) in [
+            (Request::Status, r#"{"op":"status"}"#),
+            (Request::Pause, r#"{"op":"pause"}"#),
+            (Request::DebugKey, r#"{"op":"debug-key"}"#),
+            (
+                Request::ConsoleInput {
+                    data: "ls\n".into(),
+                },
+                r#"{"op":"console-input","data":"ls\n"}"#,
+            ),
+        ] {
+            assert_eq!(encode(&r), format!("{wire}\n"));
+            assert_eq!(decode::<Request>(wire, MAX_REQUEST_LINE).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        for r in [
+            Reply::Done,
+            Reply::Status(sample_status()),
+            Reply::error(ErrorKind::TooLarge, "too big"),
+        ] {
+            let line = encode(&r);
+            assert_eq!(decode::<Reply>(&line, MAX_LINE).unwrap(), r);
+        }
+        assert_eq!(sample_status().cpu_ns(), 5_000_000_000);
+        assert!(!sample_status().any_running());
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        for bad in [
+            "",
+            "{",
+            r#"{"op":"launch-missiles"}"#,
+            r#"{"op":"console-input"}"#,
+            r#"["status"]"#,
+        ] {
+            assert!(decode::<Request>(bad, MAX_REQUEST_LINE).is_err(), "{bad}");
+        }
+        let long = format!(r#"{{"op":"console-input","data":"{}"}}"#, "a".repeat(5000));
+        assert!(matches!(
+            decode::<Request>(&long, MAX_REQUEST_LINE),
+            Err(DecodeError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn exit_codes_are_distinct_and_invertible() {
+        let all = [
+            ExitKind::Poweroff,
+            ExitKind::Reboot,
+            ExitKind::Suspend,
+            ExitKind::Crash,
+            ExitKind::Watchdog,
+            ExitKind::SoftReset,
+            ExitKind::TripleFault,
+            ExitKind::Internal,
+            ExitKind::Destroyed,
+        ];
+        for k in all {
+            assert_ne!(k.exit_code(), 2, "2 is the usage-error status");
+            assert_eq!(ExitKind::from_exit_code(k.exit_code() as i32), Some(k));
+        }
+        let rec = ExitRecord::new(ExitKind::Crash, "x");
+        assert_eq!(decode::<ExitRecord>(&encode(&rec), MAX_LINE).unwrap(), rec);
+    }
+
+    proptest! {
+        #[test]
+        fn decoding_arbitrary_lines_never_panics(s in ".{0,300}") {
+            let _ = decode::<Request>(&s, MAX_REQUEST_LINE);
+            let _ = decode::<Reply>(&s, MAX_LINE);
+            let _ = decode::<ExitRecord>(&s, MAX_LINE);
+        }
+    }
+}
