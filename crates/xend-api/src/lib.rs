@@ -1,0 +1,293 @@
+//! The request and reply bodies of xend's HTTP API (`docs/openapi.json`).
+//!
+//! This crate owns the *shapes* that cross the API: xend serialises them, `xm`, the
+//! benchmarks and the tests deserialise them, so a field renamed on one side is a
+//! compile error on the other. It must not contain behaviour: no HTTP, no domain
+//! state, no I/O.
+
+use rxen_xlcfg::DomainSpec;
+use serde::{Deserialize, Serialize};
+
+/// Domain id of the host (Xen's domain 0), listed first by `GET /domains`.
+pub const DOM0_ID: u32 = 0;
+/// Name xl gives domain 0.
+pub const DOM0_NAME: &str = "Domain-0";
+
+/// Where a domain is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainState {
+    Creating,
+    Running,
+    Paused,
+    ShuttingDown,
+    Destroying,
+    /// Ended and kept for inspection (`on_* = preserve`) until destroyed.
+    Crashed,
+    /// Ended and kept (`on_* = preserve` after a clean shutdown).
+    Shutdown,
+    /// A managed domain that is not running.
+    Halted,
+}
+
+impl DomainState {
+    /// Every state, in a fixed order (for metrics).
+    pub const ALL: [DomainState; 8] = [
+        DomainState::Creating,
+        DomainState::Running,
+        DomainState::Paused,
+        DomainState::ShuttingDown,
+        DomainState::Destroying,
+        DomainState::Crashed,
+        DomainState::Shutdown,
+        DomainState::Halted,
+    ];
+
+    /// The wire name (`running`, `shutting_down`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DomainState::Creating => "creating",
+            DomainState::Running => "running",
+            DomainState::Paused => "paused",
+            DomainState::ShuttingDown => "shutting_down",
+            DomainState::Destroying => "destroying",
+            DomainState::Crashed => "crashed",
+            DomainState::Shutdown => "shutdown",
+            DomainState::Halted => "halted",
+        }
+    }
+
+    /// Whether a VMM process exists for a domain in this state.
+    pub fn has_vmm(self) -> bool {
+        matches!(
+            self,
+            DomainState::Creating
+                | DomainState::Running
+                | DomainState::Paused
+                | DomainState::ShuttingDown
+                | DomainState::Destroying
+        )
+    }
+}
+
+impl std::fmt::Display for DomainState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One vCPU of a domain (`xm vcpu-list`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VcpuInfo {
+    pub id: u32,
+    /// Online (brought up by the guest) or not.
+    pub online: bool,
+    /// xl's state letters: `r` running, `b` blocked, `p` paused, `-` offline.
+    pub state: String,
+    /// CPU time of the vCPU's thread, seconds.
+    pub cpu_time_s: f64,
+    /// Host CPU it last ran on.
+    pub host_cpu: Option<u32>,
+    /// Host CPUs it may run on (`all`, or a list such as `0-1`).
+    pub affinity: String,
+}
+
+/// What the API reports about a domain.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DomainInfo {
+    /// Absent for a halted managed domain.
+    pub domid: Option<u32>,
+    pub name: String,
+    pub uuid: String,
+    pub state: DomainState,
+    /// xl's state letters: r b p s c d (`------` for halted managed domains).
+    pub state_flags: String,
+    pub memory_mib: u64,
+    pub maxmem_mib: u64,
+    pub vcpus: u32,
+    pub maxvcpus: u32,
+    pub uptime_s: Option<f64>,
+    /// CPU time of all vCPUs, seconds.
+    pub cpu_time_s: f64,
+    /// Each vCPU.
+    #[serde(default)]
+    pub vcpu_list: Vec<VcpuInfo>,
+    pub hypercalls: u64,
+    pub managed: bool,
+    /// The VMM process (absent when none runs).
+    pub pid: Option<u32>,
+    /// Unix time the domain was started.
+    #[serde(default)]
+    pub start_time: Option<f64>,
+    /// How the domain ended, for `crashed` and `shutdown` domains.
+    #[serde(default)]
+    pub exit_reason: Option<String>,
+    pub config: DomainSpec,
+}
+
+impl DomainInfo {
+    /// Whether this is the host's entry (domain 0).
+    pub fn is_dom0(&self) -> bool {
+        self.domid == Some(DOM0_ID)
+    }
+}
+
+/// Body of `POST /domains` and `POST /managed`: exactly one of `config` (xl.cfg text,
+/// with optional `key=value` overrides) and `spec` (JSON).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<DomainSpec>,
+    /// Directory relative `kernel=`/`ramdisk=` paths are resolved against (xm sends
+    /// the config file's directory, as xl resolves them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_dir: Option<String>,
+    /// Leave the domain paused after creation (`xm create -p`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub paused: bool,
+}
+
+/// Reply of `POST /domains`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreateReply {
+    pub domain: DomainInfo,
+    /// Settings that were accepted but are ignored or not applied yet.
+    pub warnings: Vec<String>,
+}
+
+/// Reply of `POST /managed`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ManagedReply {
+    pub name: String,
+    pub warnings: Vec<String>,
+}
+
+/// Body of `POST /domains/{id}/rename`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenameRequest {
+    pub name: String,
+}
+
+/// Body of `POST /domains/{id}/vcpus`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VcpusRequest {
+    pub count: u32,
+}
+
+/// Body of `POST /domains/{id}/memory` and `/maxmem`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryRequest {
+    pub mib: u64,
+}
+
+/// Query of `POST /domains/{id}/shutdown` and `/reboot`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShutdownQuery {
+    /// Seconds to wait for the guest (absent: return at once).
+    pub wait: Option<f64>,
+    /// Destroy the domain if it does not shut down in time.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Reply of `GET /domains/{id}/uptime`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UptimeReply {
+    pub name: String,
+    pub domid: Option<u32>,
+    pub uptime_s: Option<f64>,
+}
+
+/// Body of every error reply.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub error: ErrorBody,
+}
+
+/// A stable machine code and a message.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+/// Reply of `GET /info`: the host, with xl info's keys where they make sense here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostInfo {
+    pub host: String,
+    pub release: String,
+    pub version: String,
+    pub machine: String,
+    pub nr_cpus: u32,
+    pub max_cpu_id: u32,
+    pub nr_nodes: u32,
+    pub cores_per_socket: u32,
+    pub threads_per_core: u32,
+    pub cpu_mhz: u64,
+    pub virt_caps: String,
+    /// MiB.
+    pub total_memory: u64,
+    /// MiB not used by the host or domains (MemAvailable).
+    pub free_memory: u64,
+    pub xen_major: u32,
+    pub xen_minor: u32,
+    pub xen_extra: String,
+    pub xen_version: String,
+    pub xen_caps: String,
+    pub xen_scheduler: String,
+    pub xen_pagesize: u32,
+    pub xend_version: String,
+    /// Domains xend knows (domain 0 not counted).
+    pub domains: u32,
+    /// MiB given to domains.
+    pub domain_memory_mib: u64,
+}
+
+/// One message of `GET /events` (server-sent events of type `domain`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DomainEvent {
+    /// Unix time.
+    pub time: f64,
+    pub domid: Option<u32>,
+    pub name: String,
+    /// `created`, `destroyed`, `crashed`, `paused`, ...
+    pub event: String,
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_have_their_wire_names() {
+        for s in DomainState::ALL {
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::Value::String(s.as_str().into())
+            );
+        }
+    }
+
+    #[test]
+    fn create_request_refuses_unknown_fields_and_skips_empty_ones() {
+        assert!(serde_json::from_str::<CreateRequest>(r#"{"cfg":"x"}"#).is_err());
+        let r = CreateRequest {
+            config: Some("name='a'".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"config":"name='a'"}"#
+        );
+    }
+}
