@@ -33,11 +33,13 @@ pub struct DomainSpec {
     pub name: String,
     #[serde(default)]
     pub uuid: Option<String>,
-    /// MiB.
+    /// MiB (default 128, as for a config file without `memory`).
+    #[serde(default = "default_memory")]
     pub memory: u64,
     /// MiB; at least `memory`.
     #[serde(default)]
     pub maxmem: Option<u64>,
+    #[serde(default = "default_vcpus")]
     pub vcpus: u32,
     #[serde(default)]
     pub maxvcpus: Option<u32>,
@@ -58,6 +60,15 @@ pub struct DomainSpec {
     pub vifs: Vec<VifSpec>,
 }
 
+/// Memory of a domain whose config does not say (MiB), for both config forms.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+
+fn default_memory() -> u64 {
+    DEFAULT_MEMORY_MIB
+}
+fn default_vcpus() -> u32 {
+    1
+}
 fn destroy() -> Action {
     Action::Destroy
 }
@@ -191,9 +202,9 @@ impl DomainSpec {
         let mut spec = DomainSpec {
             name: String::new(),
             uuid: None,
-            memory: 128,
+            memory: default_memory(),
             maxmem: None,
-            vcpus: 1,
+            vcpus: default_vcpus(),
             maxvcpus: None,
             kernel: None,
             cmdline: String::new(),
@@ -372,6 +383,15 @@ impl DomainSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn json_spec_gets_the_same_defaults_as_a_config_file() {
+        // Regression: the JSON form had no defaults ("missing field vcpus").
+        let from_json: DomainSpec = serde_json::from_str(r#"{"name":"a"}"#).unwrap();
+        let (from_cfg, _) = DomainSpec::from_xl("name='a'").unwrap();
+        assert_eq!(from_json, from_cfg);
+        from_json.validate().unwrap();
+    }
 
     #[test]
     fn full_config() {
