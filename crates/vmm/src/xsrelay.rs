@@ -4,6 +4,11 @@
 //! through the response ring. xenstored parses the messages; this relay only moves
 //! bytes, so it needs no knowledge of the protocol.
 //!
+//! The toolstack introduces the domain to xenstored only after the VMM reported where
+//! the builder put the ring (the boot report of the control protocol), so xenstored's
+//! domain socket may not exist yet when the relay starts: the relay connects when it
+//! appears, and the guest's requests wait in the ring until then.
+//!
 //! Ring indices come from guest memory and are hostile: each is read once, checked
 //! (`prod - cons` never exceeds the ring size), then used. A guest that breaks the
 //! protocol gets `XENSTORE_ERROR_RINGIDX` in the page and its relay stops; the VMM
@@ -23,10 +28,33 @@ use crate::domain::DomainShared;
 
 const RING: u32 = XENSTORE_RING_SIZE as u32;
 
-/// Starts the relay thread for `dom`, connected to xenstored at `socket`.
+/// How often the relay retries connecting to a domain socket that is not there yet.
+const CONNECT_RETRY: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Connects to `socket` once it exists; `None` if the domain ends first.
+fn connect_when_introduced(dom: &DomainShared, socket: &Path) -> Option<UnixStream> {
+    let mut logged = false;
+    loop {
+        if dom.exit_reason().is_some() {
+            return None;
+        }
+        match UnixStream::connect(socket) {
+            Ok(s) => return Some(s),
+            Err(e) => {
+                if !logged {
+                    tracing::debug!(socket = %socket.display(), "waiting for xenstored's domain socket: {e}");
+                    logged = true;
+                }
+                std::thread::sleep(CONNECT_RETRY);
+            }
+        }
+    }
+}
+
+/// Starts the relay thread for `dom`, connected to xenstored's domain socket `socket`
+/// as soon as it exists.
 pub fn start(dom: Arc<DomainShared>, socket: &Path) -> Result<std::thread::JoinHandle<()>, String> {
-    let stream = UnixStream::connect(socket)
-        .map_err(|e| format!("connecting to xenstored at {}: {e}", socket.display()))?;
+    let socket = socket.to_path_buf();
     let store_port = dom.boot_channels.store_evtchn;
     let endpoint = dom
         .evtchn
@@ -37,6 +65,9 @@ pub fn start(dom: Arc<DomainShared>, socket: &Path) -> Result<std::thread::JoinH
     std::thread::Builder::new()
         .name(format!("{}-xenstore", dom.config.name))
         .spawn(move || {
+            let Some(stream) = connect_when_introduced(&dom, &socket) else {
+                return;
+            };
             if let Err(e) = relay(&dom, stream, &endpoint) {
                 tracing::warn!(domain = %dom.config.name, "xenstore relay stopped: {e}");
             }

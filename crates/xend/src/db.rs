@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension};
+use rxen_xend_api::DomainState;
 use rxen_xlcfg::DomainSpec;
 
 #[derive(Debug, thiserror::Error)]
@@ -13,9 +14,11 @@ pub enum DbError {
     Sql(#[from] rusqlite::Error),
     #[error("stored config is unreadable: {0}")]
     Json(#[from] serde_json::Error),
+    #[error("stored domain state {0:?} is unknown")]
+    State(String),
 }
 
-/// A running domain as recorded for re-adoption.
+/// A domain with a VMM, or a preserved one, as recorded for re-adoption.
 #[derive(Debug, Clone)]
 pub struct RunningRecord {
     pub domid: u32,
@@ -25,6 +28,15 @@ pub struct RunningRecord {
     pub pid: u32,
     pub started: f64,
     pub managed: bool,
+    /// Running/paused/... for live domains; crashed/shutdown for preserved ones.
+    pub state: DomainState,
+    /// How a preserved domain ended.
+    pub exit_reason: Option<String>,
+}
+
+fn state_from_str(s: &str) -> Result<DomainState, DbError> {
+    serde_json::from_value(serde_json::Value::String(s.into()))
+        .map_err(|_| DbError::State(s.to_string()))
 }
 
 pub struct Db {
@@ -42,6 +54,16 @@ impl Db {
                  spec TEXT NOT NULL, pid INTEGER NOT NULL, started REAL NOT NULL, managed INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
         )?;
+        // Columns added after the first release: preserved domains survive restarts.
+        let has_state: bool = conn
+            .prepare("SELECT 1 FROM pragma_table_info('running') WHERE name='state'")?
+            .exists([])?;
+        if !has_state {
+            conn.execute_batch(
+                "ALTER TABLE running ADD COLUMN state TEXT NOT NULL DEFAULT 'running';
+                 ALTER TABLE running ADD COLUMN exit_reason TEXT;",
+            )?;
+        }
         Ok(Db { conn })
     }
 
@@ -103,8 +125,8 @@ impl Db {
 
     pub fn put_running(&self, r: &RunningRecord) -> Result<(), DbError> {
         self.conn.execute(
-            "INSERT OR REPLACE INTO running(domid, name, uuid, spec, pid, started, managed) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![r.domid, r.name, r.uuid, serde_json::to_string(&r.spec)?, r.pid, r.started, r.managed as i32],
+            "INSERT OR REPLACE INTO running(domid, name, uuid, spec, pid, started, managed, state, exit_reason) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![r.domid, r.name, r.uuid, serde_json::to_string(&r.spec)?, r.pid, r.started, r.managed as i32, r.state.as_str(), r.exit_reason],
         )?;
         Ok(())
     }
@@ -117,7 +139,7 @@ impl Db {
 
     pub fn running(&self) -> Result<Vec<RunningRecord>, DbError> {
         let mut st = self.conn.prepare(
-            "SELECT domid, name, uuid, spec, pid, started, managed FROM running ORDER BY domid",
+            "SELECT domid, name, uuid, spec, pid, started, managed, state, exit_reason FROM running ORDER BY domid",
         )?;
         let rows = st.query_map([], |r| {
             Ok((
@@ -128,11 +150,13 @@ impl Db {
                 r.get::<_, u32>(4)?,
                 r.get::<_, f64>(5)?,
                 r.get::<_, i32>(6)?,
+                r.get::<_, String>(7)?,
+                r.get::<_, Option<String>>(8)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (domid, name, uuid, spec, pid, started, managed) = row?;
+            let (domid, name, uuid, spec, pid, started, managed, state, exit_reason) = row?;
             out.push(RunningRecord {
                 domid,
                 name,
@@ -141,6 +165,8 @@ impl Db {
                 pid,
                 started,
                 managed: managed != 0,
+                state: state_from_str(&state)?,
+                exit_reason,
             });
         }
         Ok(out)
@@ -169,9 +195,12 @@ mod tests {
             pid: 7,
             started: 1.5,
             managed: true,
+            state: DomainState::Crashed,
+            exit_reason: Some("crash".into()),
         })
         .unwrap();
         assert_eq!(db.running().unwrap()[0].pid, 7);
+        assert_eq!(db.running().unwrap()[0].state, DomainState::Crashed);
         db.delete_running(3).unwrap();
         assert!(db.running().unwrap().is_empty());
         assert!(db.delete_managed("a").unwrap());

@@ -1,9 +1,13 @@
 //! API errors: a stable machine code, a message, and the HTTP status. Client mistakes
-//! are 4xx; only failures of xend or the host are 5xx.
+//! are 4xx; only failures of xend or the host are 5xx. Domain errors become HTTP here
+//! and nowhere else.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use rxen_xend_api::{ErrorBody, ErrorReply};
+
+use crate::state::DomainError;
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
@@ -56,9 +60,35 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        use DomainError as D;
+        let message = e.to_string();
+        let (status, code) = match e {
+            D::NotFound(_) | D::NoManaged(_) => (StatusCode::NOT_FOUND, "not_found"),
+            D::InvalidConfig(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config"),
+            D::BuildFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "create_failed"),
+            D::BadRequest(_) | D::Refused(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            D::NameInUse(_) => (StatusCode::CONFLICT, "name_in_use"),
+            D::UuidInUse(_) => (StatusCode::CONFLICT, "uuid_in_use"),
+            D::WrongState(_) => (StatusCode::CONFLICT, "wrong_state"),
+            D::Dom0(_) => (StatusCode::CONFLICT, "domain0"),
+            D::NoFreeDomid | D::Xenstore(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            D::ShutdownTimeout => (StatusCode::GATEWAY_TIMEOUT, "shutdown_timeout"),
+            D::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        ApiError::new(status, code, message)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
+        let body = ErrorReply {
+            error: ErrorBody {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

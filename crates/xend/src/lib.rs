@@ -9,6 +9,7 @@
 pub mod api;
 pub mod db;
 pub mod error;
+pub mod process;
 pub mod state;
 pub mod vmm;
 pub mod xs;

@@ -125,10 +125,52 @@ fn ensure_xenstored(o: &Opts) -> Result<(), String> {
     Err("xenstored did not come up".into())
 }
 
+/// Checks what `foreground` would refuse, so that `start` can say why at once instead
+/// of "did not come up".
+fn check_options(o: &Opts) -> Result<(), String> {
+    if !is_loopback(&o.listen) && o.auth_token.as_deref().unwrap_or("").is_empty() {
+        return Err(format!(
+            "listening on {} (not loopback) needs --auth-token",
+            o.listen
+        ));
+    }
+    if let Some(cfg) = &o.create {
+        read_create_config(cfg)?;
+    }
+    Ok(())
+}
+
+/// The domain `--create` names: its xl.cfg parsed, with a relative `kernel=` resolved
+/// against the config file's directory (as xl does).
+fn read_create_config(cfg: &Path) -> Result<(rxen_xlcfg::DomainSpec, Vec<String>), String> {
+    let text =
+        std::fs::read_to_string(cfg).map_err(|e| format!("reading {}: {e}", cfg.display()))?;
+    let (mut spec, warnings) = rxen_xlcfg::DomainSpec::from_xl(&text)
+        .map_err(|e| format!("{}: {e}", cfg.display()))?;
+    if let Some(k) = &spec.kernel {
+        if Path::new(k).is_relative() {
+            let dir = std::path::absolute(cfg)
+                .ok()
+                .and_then(|p| p.parent().map(Path::to_path_buf))
+                .unwrap_or_default();
+            spec.kernel = Some(dir.join(k).to_string_lossy().into_owned());
+        }
+    }
+    Ok((spec, warnings))
+}
+
+/// The last lines of a log file, for error messages.
+fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 fn start(o: &Opts) -> Result<(), String> {
     if let Some(pid) = running_pid(o) {
         return Err(format!("xend is already running (pid {pid})"));
     }
+    check_options(o)?;
     ensure_xenstored(o)?;
     std::fs::create_dir_all(&o.log_dir).map_err(|e| e.to_string())?;
     let out = std::fs::OpenOptions::new()
@@ -138,7 +180,9 @@ fn start(o: &Opts) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().skip(2).collect();
     args.insert(0, "foreground".into());
-    let child = {
+    let stderr_log = o.log_dir.join("xend-stderr.log");
+    let log_start = std::fs::metadata(&stderr_log).map_or(0, |m| m.len());
+    let mut child = {
         use std::os::unix::process::CommandExt;
         std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
             .args(&args)
@@ -160,11 +204,24 @@ fn start(o: &Opts) -> Result<(), String> {
             );
             return Ok(());
         }
+        if let Ok(Some(status)) = child.try_wait() {
+            // Only what this start wrote to the log.
+            let text = std::fs::read(&stderr_log).unwrap_or_default();
+            let ours = String::from_utf8_lossy(&text[(log_start as usize).min(text.len())..])
+                .trim()
+                .to_string();
+            return Err(format!(
+                "xend exited at start ({status}): {}",
+                if ours.is_empty() { log_tail(&stderr_log, 5) } else { ours }
+            ));
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
     Err(format!(
-        "xend did not come up; see {}",
-        o.log_dir.join("xend-stderr.log").display()
+        "xend did not answer on {}:{} in 5 s; see {}",
+        o.listen,
+        o.port,
+        stderr_log.display()
     ))
 }
 
@@ -274,6 +331,14 @@ async fn foreground(o: Opts) -> Result<(), String> {
         start_timeout: Duration::from_secs(10),
     };
     let xend = Xend::new(cfg)?;
+    let sock = o.xenstored_socket.clone();
+    if let Err(e) = tokio::task::spawn_blocking(move || rxen_xend::xs::populate_dom0(&sock))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
+    {
+        tracing::warn!("writing Domain-0's xenstore entries: {e}");
+    }
     xend.adopt().await;
     let refresher = xend.clone();
     tokio::spawn(async move {
@@ -316,15 +381,15 @@ async fn foreground(o: Opts) -> Result<(), String> {
         });
     }
     if let Some(cfg) = &o.create {
-        let text =
-            std::fs::read_to_string(cfg).map_err(|e| format!("reading {}: {e}", cfg.display()))?;
-        let (spec, warnings) = rxen_xlcfg::DomainSpec::from_xl(&text)
-            .map_err(|e| format!("{}: {e}", cfg.display()))?;
+        let (spec, warnings) = read_create_config(cfg)?;
         for w in warnings {
             tracing::warn!("{}: {w}", cfg.display());
         }
         if xend.info(&spec.name).is_err() {
-            match xend.create(spec, false).await {
+            match xend
+                .create(spec, false, rxen_xend::state::create::CreateOptions::default())
+                .await
+            {
                 Ok(i) => tracing::info!(
                     name = i.name,
                     domid = i.domid,

@@ -1,11 +1,16 @@
-//! Starting `xen-vmm` processes and talking to their control sockets.
+//! Starting `xen-vmm` processes and talking to their control sockets with the typed
+//! protocol of `rxen-vmm-api`.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
-use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use rxen_vmm_api::{decode, encode, ErrorKind, ExitRecord, Reply, Request, Status};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+/// How long one control request may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Files of one domain under `STATE_DIR/domains/<domid>/`.
 #[derive(Debug, Clone)]
@@ -48,7 +53,8 @@ pub struct Launch<'a> {
 }
 
 /// Starts the VMM in its own process group (so that signals to xend do not reach it
-/// and it outlives xend). Returns its pid and a handle to reap it while xend lives.
+/// and it outlives xend). Values are passed as `--flag=value`, so that a name or a
+/// command line can never be taken for a flag.
 pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     std::fs::create_dir_all(&l.files.dir)?;
     let _ = std::fs::remove_file(l.files.exit_file());
@@ -58,30 +64,23 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
         .append(true)
         .open(l.files.vmm_log())?;
     let mut cmd = tokio::process::Command::new(l.vmm);
+    let path_arg = |flag: &str, p: &Path| {
+        let mut a = std::ffi::OsString::from(format!("--{flag}="));
+        a.push(p.as_os_str());
+        a
+    };
     cmd.arg("run")
-        .args([
-            "--name",
-            l.name,
-            "--domid",
-            &l.domid.to_string(),
-            "--uuid",
-            l.uuid,
-        ])
-        .args([
-            "--memory",
-            &l.memory_mib.to_string(),
-            "--vcpus",
-            &l.vcpus.to_string(),
-        ])
-        .args(["--cmdline", l.cmdline])
-        .arg("--control")
-        .arg(l.files.control())
-        .arg("--xenstore-socket")
-        .arg(l.xenstore_socket)
-        .arg("--exit-file")
-        .arg(l.files.exit_file());
+        .arg(format!("--name={}", l.name))
+        .arg(format!("--domid={}", l.domid))
+        .arg(format!("--uuid={}", l.uuid))
+        .arg(format!("--memory={}", l.memory_mib))
+        .arg(format!("--vcpus={}", l.vcpus))
+        .arg(format!("--cmdline={}", l.cmdline))
+        .arg(path_arg("control", &l.files.control()))
+        .arg(path_arg("xenstore-socket", l.xenstore_socket))
+        .arg(path_arg("exit-file", &l.files.exit_file()));
     if let Some(k) = l.kernel {
-        cmd.args(["--kernel", k]);
+        cmd.arg(format!("--kernel={k}"));
     }
     cmd.stdin(Stdio::null())
         .stdout(console)
@@ -91,51 +90,65 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     cmd.spawn()
 }
 
-/// Sends one control request and returns the reply.
-pub async fn control(socket: &Path, op: &str) -> Result<Value, String> {
-    control_request(socket, serde_json::json!({"op": op})).await
+/// Why a control request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("control socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("control socket timed out")]
+    Timeout,
+    #[error("malformed control reply: {0}")]
+    Malformed(#[from] rxen_vmm_api::DecodeError),
+    #[error("the VMM refused ({kind:?}): {message}")]
+    Refused { kind: ErrorKind, message: String },
+    #[error("unexpected control reply to {0:?}")]
+    Unexpected(&'static str),
 }
 
-/// Sends a control request object and returns the reply.
-pub async fn control_request(socket: &Path, request: Value) -> Result<Value, String> {
+/// Sends one control request and returns the reply (errors from the VMM included).
+pub async fn control(socket: &Path, request: &Request) -> Result<Reply, ControlError> {
     let fut = async {
-        let s = UnixStream::connect(socket)
-            .await
-            .map_err(|e| format!("control socket: {e}"))?;
+        let s = UnixStream::connect(socket).await?;
         let (r, mut w) = s.into_split();
-        w.write_all(format!("{request}\n").as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
+        w.write_all(encode(request).as_bytes()).await?;
         let mut line = String::new();
         BufReader::new(r)
+            .take(rxen_vmm_api::MAX_LINE as u64 + 2)
             .read_line(&mut line)
-            .await
-            .map_err(|e| e.to_string())?;
-        let v: Value = serde_json::from_str(&line).map_err(|e| format!("control reply: {e}"))?;
-        if v.get("ok") == Some(&Value::Bool(true)) {
-            Ok(v)
-        } else {
-            Err(v
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("control request failed")
-                .to_string())
-        }
+            .await?;
+        Ok::<_, ControlError>(decode::<Reply>(&line, rxen_vmm_api::MAX_LINE)?)
     };
-    tokio::time::timeout(std::time::Duration::from_secs(5), fut)
-        .await
-        .map_err(|_| "control socket timed out".to_string())?
+    match tokio::time::timeout(CONTROL_TIMEOUT, fut).await {
+        Err(_) => Err(ControlError::Timeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Reply::Error { kind, message })) => Err(ControlError::Refused { kind, message }),
+        Ok(Ok(reply)) => Ok(reply),
+    }
 }
 
-/// Is process `pid` alive?
-pub fn pid_alive(pid: u32) -> bool {
-    // SAFETY: kill with signal 0 only checks for existence and permission.
-    pid != 0 && unsafe { libc::kill(pid as i32, 0) } == 0
+/// Sends a request that is answered with [`Reply::Done`].
+pub async fn command(socket: &Path, request: Request) -> Result<(), ControlError> {
+    match control(socket, &request).await? {
+        Reply::Done => Ok(()),
+        _ => Err(ControlError::Unexpected("command")),
+    }
 }
 
-/// How a VMM recorded its domain's end (`kind` as in `DomainExit::kind`).
-pub fn read_exit(files: &DomainFiles) -> Option<String> {
+/// Asks a VMM for its domain's status.
+pub async fn status(socket: &Path) -> Result<Status, ControlError> {
+    match control(socket, &Request::Status).await? {
+        Reply::Status(s) => Ok(s),
+        _ => Err(ControlError::Unexpected("status")),
+    }
+}
+
+/// How a VMM recorded its domain's end, if it did.
+pub fn read_exit(files: &DomainFiles) -> Option<ExitRecord> {
     let text = std::fs::read_to_string(files.exit_file()).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    v.get("kind").and_then(Value::as_str).map(String::from)
+    decode(&text, rxen_vmm_api::MAX_LINE).ok()
+}
+
+/// Records an ending for a VMM that could not write its own (it died).
+pub fn write_exit(files: &DomainFiles, record: &ExitRecord) -> std::io::Result<()> {
+    std::fs::write(files.exit_file(), encode(record))
 }

@@ -6,30 +6,21 @@ use std::path::Path;
 use rxen_xenstore::client::{Client, ClientError};
 use rxen_xlcfg::DomainSpec;
 
-/// Event channel and page the builder gives every domain's xenstore ring.
-pub const STORE_EVTCHN: u32 = 1;
-pub const STORE_MFN: u64 = 4;
+use rxen_vmm_api::BootReport;
 
 fn domain_path(domid: u32) -> String {
     format!("/local/domain/{domid}")
 }
 
-/// Introduces the domain to xenstored and writes its entries:
-/// `/local/domain/N/{name, domid, vm, memory/target, memory/static-max,
-/// cpu/I/availability, control, data}` and `/vm/UUID/...`. The domain may read its
-/// subtree and write `control` and `data`; it sees nothing of other domains.
-pub fn populate(
-    socket: &Path,
-    domid: u32,
-    uuid: &str,
-    spec: &DomainSpec,
+/// Runs `write` in a transaction, retrying on conflict (`EAGAIN`) as Xen's toolstack
+/// does when concurrent creates touch `/local/domain` together.
+fn in_transaction(
+    c: &mut Client,
+    write: impl Fn(&mut Client, u32) -> Result<(), ClientError>,
 ) -> Result<(), ClientError> {
-    let mut c = Client::connect(socket)?;
-    // Concurrent creates touch /local/domain together: retry on conflict, as Xen's
-    // toolstack does.
     for attempt in 0.. {
         let tx = c.transaction_start()?;
-        match write_entries(&mut c, tx, domid, uuid, spec) {
+        match write(c, tx) {
             Ok(()) => match c.transaction_end(tx, true) {
                 Ok(()) => break,
                 Err(ClientError::Xs(e)) if e == "EAGAIN" && attempt < 100 => {
@@ -44,7 +35,58 @@ pub fn populate(
             }
         }
     }
-    c.introduce(domid, STORE_MFN, STORE_EVTCHN)
+    Ok(())
+}
+
+/// Writes a domain's entries as libxl does: `/local/domain/N/{name, domid, vm,
+/// memory/target, memory/static-max, cpu/I/availability, control, data}`,
+/// `/vm/UUID/{name, uuid, start_time, image/ostype, ...}` and `/libxl/N`. The domain
+/// may read its subtree and write `control` and `data`; it sees nothing of other
+/// domains. The domain is introduced later ([`introduce`]), once its VMM reported
+/// where its ring is.
+pub fn populate(
+    socket: &Path,
+    domid: u32,
+    uuid: &str,
+    spec: &DomainSpec,
+    start_time: f64,
+) -> Result<(), ClientError> {
+    let mut c = Client::connect(socket)?;
+    in_transaction(&mut c, |c, tx| {
+        write_entries(c, tx, domid, uuid, spec, start_time)
+    })
+}
+
+/// Publishes where the domain's xenstore and console rings are
+/// (`/local/domain/N/{store,console}/{ring-ref,port}`) and introduces the domain to
+/// xenstored, which then opens its domain socket for the VMM's relay.
+pub fn introduce(socket: &Path, domid: u32, boot: &BootReport) -> Result<(), ClientError> {
+    let mut c = Client::connect(socket)?;
+    let home = domain_path(domid);
+    in_transaction(&mut c, |c, tx| {
+        for (key, value) in [
+            ("store/ring-ref", boot.store_mfn.to_string()),
+            ("store/port", boot.store_evtchn.to_string()),
+            ("console/ring-ref", boot.console_mfn.to_string()),
+            ("console/port", boot.console_evtchn.to_string()),
+            ("console/type", "xenconsoled".to_string()),
+            ("console/output", "pty".to_string()),
+        ] {
+            c.write(tx, &format!("{home}/{key}"), value.as_bytes())?;
+        }
+        Ok(())
+    })?;
+    c.introduce(domid, boot.store_mfn, boot.store_evtchn)
+}
+
+/// Writes domain 0's own entries (`/local/domain/0/{name,domid}`), as xl's host does.
+pub fn populate_dom0(socket: &Path) -> Result<(), ClientError> {
+    let mut c = Client::connect(socket)?;
+    in_transaction(&mut c, |c, tx| {
+        c.write(tx, "/local/domain/0/name", rxen_xend_api::DOM0_NAME.as_bytes())?;
+        c.write(tx, "/local/domain/0/domid", b"0")?;
+        Ok(())
+    })
 }
 
 fn write_entries(
@@ -53,6 +95,7 @@ fn write_entries(
     domid: u32,
     uuid: &str,
     spec: &DomainSpec,
+    start_time: f64,
 ) -> Result<(), ClientError> {
     let home = domain_path(domid);
     let vm = format!("/vm/{uuid}");
@@ -98,6 +141,15 @@ fn write_entries(
         c.write(tx, &format!("{vm}/uuid"), uuid.as_bytes())?;
         c.write(
             tx,
+            &format!("{vm}/start_time"),
+            format!("{start_time:.2}").as_bytes(),
+        )?;
+        c.write(tx, &format!("{vm}/image/ostype"), b"linux")?;
+        let libxl = format!("/libxl/{domid}");
+        c.write(tx, &format!("{libxl}/type"), b"pv")?;
+        c.write(tx, &format!("{libxl}/dm-version"), b"none")?;
+        c.write(
+            tx,
             &format!("{vm}/memory"),
             spec.memory.to_string().as_bytes(),
         )?;
@@ -136,6 +188,7 @@ pub fn teardown(socket: &Path, domid: u32, uuid: &str) -> Result<(), ClientError
     let _ = c.release(domid);
     let _ = c.rm(0, &domain_path(domid));
     let _ = c.rm(0, &format!("/vm/{uuid}"));
+    let _ = c.rm(0, &format!("/libxl/{domid}"));
     Ok(())
 }
 

@@ -1,0 +1,251 @@
+//! Creating a domain: reserve its name, UUID and id, write its xenstore entries,
+//! start its VMM, wait for the boot report, introduce it to xenstored.
+//!
+//! A guest may finish before its VMM has answered once (a guest that powers off at
+//! once). That is a successful create followed by a normal exit: the domain is
+//! registered and its `on_poweroff` (or other) action applies as for any exit. Only a
+//! VMM that ends without recording an exit failed to build the domain.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rxen_xend_api::{DomainInfo, DomainState, DOM0_NAME};
+use rxen_xlcfg::DomainSpec;
+
+use super::error::{internal, xenstore};
+use super::registry::Domain;
+use super::{lock, DomainError, DomainResult, Xend};
+use crate::vmm::{self, Launch};
+use crate::xs;
+
+/// How often `create` asks a starting VMM whether it is up.
+const BOOT_POLL: Duration = Duration::from_millis(2);
+
+/// Options of one create.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CreateOptions {
+    /// Leave the domain paused (`xm create -p`).
+    pub paused: bool,
+}
+
+/// How a VMM start ended.
+enum Started {
+    /// The VMM answered; the domain runs.
+    Running(tokio::process::Child),
+    /// The guest ran and ended before the VMM answered (its exit is recorded).
+    AlreadyEnded(tokio::process::Child),
+}
+
+/// Settings the domain has that nothing acts on yet (told to the client and logged).
+pub fn unapplied_settings(spec: &DomainSpec) -> Vec<String> {
+    let mut w = Vec::new();
+    for d in &spec.disks {
+        w.push(format!(
+            "disk {:?} is accepted but not attached: block devices are not implemented yet",
+            d.vdev
+        ));
+    }
+    for (i, _) in spec.vifs.iter().enumerate() {
+        w.push(format!(
+            "vif {i} is accepted but not attached: network devices are not implemented yet"
+        ));
+    }
+    w
+}
+
+impl Xend {
+    /// Creates and starts a domain.
+    pub async fn create(
+        self: &Arc<Self>,
+        mut spec: DomainSpec,
+        managed: bool,
+        opts: CreateOptions,
+    ) -> DomainResult<DomainInfo> {
+        spec.validate()
+            .map_err(|e| DomainError::InvalidConfig(e.to_string()))?;
+        if spec.name == DOM0_NAME {
+            return Err(DomainError::NameInUse(spec.name));
+        }
+        if let Some(k) = &spec.kernel {
+            if !std::path::Path::new(k).is_file() {
+                return Err(DomainError::InvalidConfig(format!(
+                    "kernel {k:?} does not exist or is not a file"
+                )));
+            }
+        }
+        let uuid = spec
+            .uuid
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        spec.uuid = Some(uuid.clone());
+        let domid = self.reserve(&spec, &uuid, managed)?;
+        match self.start_domain(domid, &uuid, &spec, opts).await {
+            Ok(started) => {
+                let (child, ended) = match started {
+                    Started::Running(c) => (c, false),
+                    Started::AlreadyEnded(c) => (c, true),
+                };
+                let to = if opts.paused && !ended {
+                    DomainState::Paused
+                } else {
+                    DomainState::Running
+                };
+                let pid = child.id().unwrap_or(0);
+                let d = lock(&self.reg)
+                    .update(domid, |d| {
+                        d.pid = pid;
+                        d.state = to;
+                        d.clone()
+                    })
+                    .ok_or_else(|| DomainError::Internal("domain vanished while starting".into()))?;
+                // A domain whose record cannot be written would be lost at the next
+                // restart: the create fails and the domain goes away.
+                if let Err(e) = self.persist(&d) {
+                    crate::process::kill(pid);
+                    self.clone().watch_child(domid, child);
+                    return Err(e);
+                }
+                self.emit(
+                    Some(domid),
+                    &d.name,
+                    "created",
+                    serde_json::json!({"uuid": uuid, "ended_during_start": ended}),
+                );
+                self.clone().watch_child(domid, child);
+                Ok(d.info())
+            }
+            Err(e) => {
+                lock(&self.reg).remove(domid);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reserves the name, the UUID and a domain id (state `creating`).
+    fn reserve(&self, spec: &DomainSpec, uuid: &str, managed: bool) -> DomainResult<u32> {
+        let mut reg = lock(&self.reg);
+        if reg.by_name(&spec.name).is_some() {
+            return Err(DomainError::NameInUse(spec.name.clone()));
+        }
+        if reg.by_uuid(uuid).is_some() {
+            return Err(DomainError::UuidInUse(uuid.to_string()));
+        }
+        let domid = lock(&self.db)
+            .allocate_domid(&|id| reg.contains(id))
+            .map_err(internal("allocating a domain id"))?
+            .ok_or(DomainError::NoFreeDomid)?;
+        reg.insert(Domain::new(domid, spec.clone(), uuid.to_string(), managed));
+        Ok(domid)
+    }
+
+    /// xenstore entries, VMM process, boot report, introduction. Undoes everything on
+    /// failure.
+    async fn start_domain(
+        &self,
+        domid: u32,
+        uuid: &str,
+        spec: &DomainSpec,
+        opts: CreateOptions,
+    ) -> DomainResult<Started> {
+        let started_at = lock(&self.reg).get(domid).map_or(0.0, |d| d.started);
+        let sock = self.cfg.xenstored_socket.clone();
+        let (u, s) = (uuid.to_string(), spec.clone());
+        let populated =
+            tokio::task::spawn_blocking(move || xs::populate(&sock, domid, &u, &s, started_at))
+                .await
+                .map_err(internal("xenstore task"))?;
+        let files = self.files(domid);
+        if let Err(e) = populated {
+            self.undo_start(domid, uuid).await;
+            return Err(xenstore(e));
+        }
+        let xs_dom_socket = self
+            .cfg
+            .xenstored_socket
+            .parent()
+            .map(|p| p.join("domains").join(domid.to_string()))
+            .unwrap_or_default();
+        let launch = Launch {
+            vmm: &self.cfg.xen_vmm,
+            domid,
+            name: &spec.name,
+            uuid,
+            memory_mib: spec.memory.max(spec.maxmem.unwrap_or(0)),
+            vcpus: spec.maxvcpus.unwrap_or(spec.vcpus),
+            kernel: spec.kernel.as_deref(),
+            cmdline: &spec.cmdline,
+            xenstore_socket: &xs_dom_socket,
+            files: &files,
+        };
+        let mut child = match vmm::spawn(&launch) {
+            Ok(c) => c,
+            Err(e) => {
+                self.undo_start(domid, uuid).await;
+                return Err(DomainError::Internal(format!(
+                    "starting xen-vmm ({}): {e}",
+                    self.cfg.xen_vmm.display()
+                )));
+            }
+        };
+        let deadline = tokio::time::Instant::now() + self.cfg.start_timeout;
+        loop {
+            if let Ok(status) = vmm::status(&files.control()).await {
+                let sock = self.cfg.xenstored_socket.clone();
+                let boot = status.boot;
+                let introduced =
+                    tokio::task::spawn_blocking(move || xs::introduce(&sock, domid, &boot))
+                        .await
+                        .map_err(internal("xenstore task"))?;
+                if let Err(e) = introduced {
+                    let _ = child.kill().await;
+                    self.undo_start(domid, uuid).await;
+                    return Err(xenstore(e));
+                }
+                if opts.paused {
+                    if let Err(e) =
+                        vmm::command(&files.control(), rxen_vmm_api::Request::Pause).await
+                    {
+                        let _ = child.kill().await;
+                        self.undo_start(domid, uuid).await;
+                        return Err(DomainError::Internal(format!("pausing: {e}")));
+                    }
+                }
+                return Ok(Started::Running(child));
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                if vmm::read_exit(&files).is_some() {
+                    return Ok(Started::AlreadyEnded(child));
+                }
+                self.undo_start(domid, uuid).await;
+                let log = std::fs::read_to_string(files.vmm_log()).unwrap_or_default();
+                let _ = std::fs::remove_dir_all(&files.dir);
+                let detail = log.trim();
+                let detail = if detail.is_empty() {
+                    format!("xen-vmm exited ({status}) and logged nothing")
+                } else {
+                    detail.to_string()
+                };
+                // Killed by a signal: the host's fault. Exited with a status: the VMM
+                // refused what it was given (image, sizes), the config's fault.
+                return Err(if status.code().is_some() {
+                    DomainError::BuildFailed(detail)
+                } else {
+                    DomainError::Internal(format!("xen-vmm died while starting: {detail}"))
+                });
+            }
+            if tokio::time::Instant::now() > deadline {
+                let _ = child.kill().await;
+                self.undo_start(domid, uuid).await;
+                let _ = std::fs::remove_dir_all(&files.dir);
+                return Err(DomainError::Internal("xen-vmm did not come up in time".into()));
+            }
+            tokio::time::sleep(BOOT_POLL).await;
+        }
+    }
+
+    async fn undo_start(&self, domid: u32, uuid: &str) {
+        let sock = self.cfg.xenstored_socket.clone();
+        let u = uuid.to_string();
+        let _ = tokio::task::spawn_blocking(move || xs::teardown(&sock, domid, &u)).await;
+    }
+}

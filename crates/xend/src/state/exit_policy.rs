@@ -1,0 +1,145 @@
+//! What happens when a domain's VMM ends: Xen's `on_poweroff`, `on_reboot` and
+//! `on_crash` actions (destroy, restart, preserve, rename-restart), and forgetting a
+//! domain completely (xenstore, database, files, registry).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rxen_vmm_api::{ExitKind, ExitRecord};
+use rxen_xend_api::DomainState;
+use rxen_xlcfg::{Action, DomainSpec};
+
+use super::create::CreateOptions;
+use super::{lock, Xend};
+use crate::process;
+use crate::vmm;
+use crate::xs;
+
+/// How often an adopted VMM (not xend's child) is checked for life.
+const ADOPTED_POLL: Duration = Duration::from_millis(200);
+
+impl Xend {
+    /// Waits for a VMM xend started, then applies its domain's exit policy.
+    pub(super) fn watch_child(self: Arc<Self>, domid: u32, mut child: tokio::process::Child) {
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            self.on_vmm_exit(domid).await;
+        });
+    }
+
+    /// Waits for an adopted VMM (started by an earlier xend) to end.
+    pub(super) fn watch_pid(self: Arc<Self>, domid: u32, pid: u32) {
+        tokio::spawn(async move {
+            while process::pid_alive(pid) {
+                tokio::time::sleep(ADOPTED_POLL).await;
+            }
+            self.on_vmm_exit(domid).await;
+        });
+    }
+
+    /// A domain's VMM ended: apply the configured action.
+    pub(super) async fn on_vmm_exit(self: &Arc<Self>, domid: u32) {
+        let Ok(d) = self.get(domid) else { return };
+        let files = self.files(domid);
+        let record = vmm::read_exit(&files)
+            .unwrap_or_else(|| ExitRecord::new(ExitKind::Crash, "the VMM died"));
+        let action = match (d.state, record.kind) {
+            (DomainState::Destroying, _) | (_, ExitKind::Destroyed) => None,
+            (_, ExitKind::Poweroff | ExitKind::Suspend) => Some(d.spec.on_poweroff),
+            (_, ExitKind::Reboot) => Some(d.spec.on_reboot),
+            _ => Some(d.spec.on_crash),
+        };
+        self.emit(
+            Some(domid),
+            &d.name,
+            "exited",
+            serde_json::json!({"reason": record.kind.name(), "detail": record.reason}),
+        );
+        let _ = std::fs::remove_file(files.control());
+        match action {
+            None | Some(Action::Destroy) => self.cleanup(domid).await,
+            Some(Action::Preserve) => {
+                let state = match record.kind {
+                    ExitKind::Poweroff | ExitKind::Reboot | ExitKind::Suspend => {
+                        DomainState::Shutdown
+                    }
+                    _ => DomainState::Crashed,
+                };
+                self.preserve(domid, state, &record, None);
+            }
+            Some(Action::Restart) => {
+                self.cleanup(domid).await;
+                self.restart(d.spec, d.managed).await;
+            }
+            Some(Action::RenameRestart) => {
+                let old = format!("{}-{}", d.name, domid);
+                self.preserve(domid, DomainState::Crashed, &record, Some(old));
+                let mut spec = d.spec;
+                spec.uuid = None;
+                self.restart(spec, d.managed).await;
+            }
+        }
+    }
+
+    /// Keeps an ended domain listed (and recorded, so that restarts keep it) until it
+    /// is destroyed.
+    fn preserve(&self, domid: u32, state: DomainState, record: &ExitRecord, rename: Option<String>) {
+        let d = lock(&self.reg).update(domid, |d| {
+            d.state = state;
+            d.exit_reason = Some(format!("{}: {}", record.kind.name(), record.reason));
+            d.status = None;
+            if let Some(n) = &rename {
+                d.name = n.clone();
+                d.spec.name = n.clone();
+            }
+            d.clone()
+        });
+        let Some(d) = d else { return };
+        let _ = self.persist(&d);
+        self.emit(
+            Some(domid),
+            &d.name,
+            "preserved",
+            serde_json::json!({"reason": record.kind.name()}),
+        );
+    }
+
+    async fn restart(self: &Arc<Self>, spec: DomainSpec, managed: bool) {
+        let name = spec.name.clone();
+        match Box::pin(self.create(spec, managed, CreateOptions::default())).await {
+            Ok(i) => self.emit(i.domid, &name, "restarted", serde_json::json!({})),
+            Err(e) => {
+                tracing::error!(name, "restart failed: {e}");
+                self.emit(
+                    None,
+                    &name,
+                    "restart_failed",
+                    serde_json::json!({"error": e.to_string()}),
+                );
+            }
+        }
+    }
+
+    /// Forgets a domain: xenstore entries and introduction, record, control socket,
+    /// and last the registry entry (so that a caller who sees it gone sees nothing
+    /// else of it either).
+    pub(super) async fn cleanup(&self, domid: u32) {
+        let Ok(d) = self.get(domid) else {
+            return;
+        };
+        let sock = self.cfg.xenstored_socket.clone();
+        let uuid = d.uuid.clone();
+        match tokio::task::spawn_blocking(move || xs::teardown(&sock, domid, &uuid)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(domid, "removing xenstore entries: {e}"),
+            Err(e) => tracing::error!(domid, "xenstore task: {e}"),
+        }
+        if let Err(e) = lock(&self.db).delete_running(domid) {
+            tracing::error!(domid, "deleting the domain's record: {e}");
+        }
+        let _ = std::fs::remove_file(self.files(domid).control());
+        if lock(&self.reg).remove(domid).is_some() {
+            self.emit(Some(domid), &d.name, "destroyed", serde_json::json!({}));
+        }
+    }
+}
