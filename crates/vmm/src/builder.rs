@@ -7,6 +7,8 @@ use rxen_abi::xen::{StartInfo, MAX_GUEST_CMDLINE};
 use rxen_abi::PAGE_SIZE;
 use zerocopy::FromZeros;
 
+use rxen_vmm_api::BootReport;
+
 use crate::elf::{ElfError, ElfImage};
 use crate::memory::{GuestRam, MemoryError};
 
@@ -37,6 +39,8 @@ pub struct BootInfo {
     pub nr_pt_frames: u64,
     /// End of the loaded image.
     pub image_end: u64,
+    /// The xenstore and console rings as written into `start_info`.
+    pub report: BootReport,
 }
 
 /// Event channels the builder wires into `start_info`.
@@ -163,6 +167,12 @@ pub fn build(
     si.nr_pt_frames = nr_pt_frames;
     si.cmd_line[..cmdline.len()].copy_from_slice(cmdline.as_bytes());
     ram.write_obj(START_INFO, &si)?;
+    let report = BootReport {
+        store_mfn: si.store_mfn,
+        store_evtchn: si.store_evtchn,
+        console_mfn: si.console_mfn,
+        console_evtchn: si.console_evtchn,
+    };
 
     Ok(BootInfo {
         entry: elf.entry,
@@ -171,6 +181,7 @@ pub fn build(
         cr3: PAGE_TABLES,
         nr_pt_frames,
         image_end: elf.end(),
+        report,
     })
 }
 
@@ -199,6 +210,15 @@ mod tests {
         assert_eq!(&si.magic[..14], b"xen-3.0-x86_64");
         assert_eq!(si.nr_pages, 8192);
         assert_eq!(si.console_evtchn, 2);
+        assert_eq!(
+            boot.report,
+            BootReport {
+                store_mfn: si.store_mfn,
+                store_evtchn: 1,
+                console_mfn: si.console_mfn,
+                console_evtchn: 2,
+            }
+        );
         assert_eq!(&si.cmd_line[..8], b"hello=1\0");
         // PML4[0] -> PDPT, user + present.
         let pml4e: u64 = ram.read_obj(PAGE_TABLES).unwrap();

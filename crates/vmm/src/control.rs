@@ -1,155 +1,195 @@
 //! The VMM's control socket: how the toolstack (xend) manages a running domain
 //! without being its parent, so that it can be restarted and re-adopt the domain.
 //!
-//! Protocol: one JSON object per line each way. Requests `{"op": "status"}`,
-//! `"pause"`, `"unpause"`, `"destroy"`, `"debug-key"`, and
-//! `{"op": "console-input", "data": "text"}`; replies `{"ok": true, ...}` or
-//! `{"ok": false, "error": "..."}`. Anything else (bad JSON, unknown op, over-long
-//! lines) gets an error reply; the socket is mode 0600.
+//! The protocol is `rxen_vmm_api`'s: one JSON [`Request`] per line in (tagged by
+//! `op`: `status`, `pause`, `unpause`, `destroy`, `debug-key`, `console-input` with
+//! `data`), one [`Reply`] per line out (tagged by `reply`: `done`, `status` with the
+//! [`Status`], or `error` with an [`ErrorKind`] and a message). A line over
+//! [`MAX_REQUEST_LINE`] bytes or console input over [`MAX_CONSOLE_INPUT`] bytes gets
+//! `too_large`; anything that is not a request (bad JSON or UTF-8, unknown op, missing
+//! field) gets `bad_request`; pause, unpause, console input and the debug key after
+//! the domain ended get `wrong_state`. The socket is mode 0600.
+//!
+//! This module only translates requests into [`DomainShared`] operations; it owns no
+//! domain state.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use rxen_abi::vcpu::{RUNSTATE_BLOCKED, RUNSTATE_OFFLINE, RUNSTATE_RUNNABLE, RUNSTATE_RUNNING};
+use rxen_vmm_api::{
+    decode, encode, DecodeError, ErrorKind, Reply, Request, RunstateTimes, Status, VcpuRunState,
+    VcpuStatus, MAX_CONSOLE_INPUT, MAX_REQUEST_LINE,
+};
 
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
-use crate::vcpu::VcpuState;
+use crate::vcpu::{VcpuControl, VcpuState};
 
-/// Longest request line.
-const MAX_LINE: usize = 4096;
-
-#[derive(Deserialize)]
-struct Request {
-    op: String,
-    /// Text for `console-input`.
-    #[serde(default)]
-    data: Option<String>,
-}
-
-/// Most bytes one `console-input` request may carry.
-pub const MAX_CONSOLE_INPUT: usize = 2048;
-
-/// State of one vCPU, as reported by `status`.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct VcpuStatus {
-    pub id: u32,
-    pub state: String,
-    pub paused: bool,
-    pub guest_ns: u64,
-    pub hypercalls: u64,
-}
-
-/// Reply to `status`.
-#[derive(Serialize, Deserialize, Debug, Clone)]
-pub struct Status {
-    pub name: String,
-    pub domid: u16,
-    pub memory_mib: u64,
-    pub uptime_ns: u64,
-    pub paused: bool,
-    pub vcpus: Vec<VcpuStatus>,
-    pub pid: u32,
+fn vcpu_status(v: &VcpuControl, now: u64) -> VcpuStatus {
+    let (state, paused, runstate) = {
+        let s = v.lock();
+        let state = match s.state {
+            VcpuState::Down => VcpuRunState::Down,
+            VcpuState::Running => VcpuRunState::Running,
+            VcpuState::Blocked => VcpuRunState::Blocked,
+        };
+        (state, s.paused, s.runstate.snapshot(now))
+    };
+    VcpuStatus {
+        id: v.id,
+        state,
+        paused,
+        cpu_ns: v.thread.cpu_ns(),
+        runstate: RunstateTimes {
+            running_ns: runstate.time[RUNSTATE_RUNNING as usize],
+            runnable_ns: runstate.time[RUNSTATE_RUNNABLE as usize],
+            blocked_ns: runstate.time[RUNSTATE_BLOCKED as usize],
+            offline_ns: runstate.time[RUNSTATE_OFFLINE as usize],
+        },
+        hypercalls: v.hypercalls.load(Ordering::Relaxed),
+        host_cpu: v.thread.host_cpu(),
+    }
 }
 
 /// Snapshot of a domain's state.
 pub fn status(dom: &DomainShared) -> Status {
-    let vcpus: Vec<VcpuStatus> = dom
-        .vcpus
-        .iter()
-        .map(|v| {
-            let s = v.lock();
-            VcpuStatus {
-                id: v.id,
-                state: match s.state {
-                    VcpuState::Down => "down",
-                    VcpuState::Running => "running",
-                    VcpuState::Blocked => "blocked",
-                }
-                .into(),
-                paused: s.paused,
-                guest_ns: v.guest_ns.load(std::sync::atomic::Ordering::Relaxed),
-                hypercalls: v.hypercalls.load(std::sync::atomic::Ordering::Relaxed),
-            }
-        })
-        .collect();
+    let now = dom.clock.now_ns();
+    let vcpus: Vec<VcpuStatus> = dom.vcpus.iter().map(|v| vcpu_status(v, now)).collect();
     Status {
         name: dom.config.name.clone(),
         domid: dom.config.domid,
         memory_mib: dom.config.memory_mib,
-        uptime_ns: dom.clock.now_ns(),
+        uptime_ns: now,
         paused: vcpus.iter().all(|v| v.paused),
         vcpus,
         pid: std::process::id(),
+        boot: dom.boot.report,
     }
 }
 
-fn answer(dom: &DomainShared, line: &str) -> serde_json::Value {
-    let req: Request = match serde_json::from_str(line) {
+/// Carries out one request line.
+pub fn answer(dom: &DomainShared, line: &str) -> Reply {
+    let req: Request = match decode(line, MAX_REQUEST_LINE) {
         Ok(r) => r,
-        Err(e) => return serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+        Err(e @ DecodeError::TooLong(_)) => {
+            return Reply::error(ErrorKind::TooLarge, e.to_string())
+        }
+        Err(e) => return Reply::error(ErrorKind::BadRequest, e.to_string()),
     };
-    match req.op.as_str() {
-        "status" => serde_json::json!({"ok": true, "status": status(dom)}),
-        "pause" => {
-            dom.pause();
-            serde_json::json!({"ok": true})
-        }
-        "unpause" => {
-            dom.unpause();
-            serde_json::json!({"ok": true})
-        }
-        "destroy" => {
+    let ended = dom.exit_reason();
+    match req {
+        Request::Status => Reply::Status(status(dom)),
+        Request::Destroy => {
             dom.request_exit(DomainExit::Destroyed);
-            serde_json::json!({"ok": true})
+            Reply::Done
         }
-        "console-input" => match req.data {
-            Some(d) if d.len() <= MAX_CONSOLE_INPUT => {
-                dom.console_input(d.as_bytes());
-                serde_json::json!({"ok": true})
-            }
-            Some(_) => {
-                serde_json::json!({"ok": false, "error": format!("console input over {MAX_CONSOLE_INPUT} bytes")})
-            }
-            None => serde_json::json!({"ok": false, "error": "console-input needs \"data\""}),
-        },
-        "debug-key" => {
+        _ if ended.is_some() => Reply::error(
+            ErrorKind::WrongState,
+            format!(
+                "the domain has ended ({})",
+                ended.map(|e| e.to_string()).unwrap_or_default()
+            ),
+        ),
+        Request::Pause => {
+            dom.pause();
+            Reply::Done
+        }
+        Request::Unpause => {
+            dom.unpause();
+            Reply::Done
+        }
+        Request::DebugKey => {
             dom.raise_debug_virq();
-            serde_json::json!({"ok": true})
+            Reply::Done
         }
-        other => serde_json::json!({"ok": false, "error": format!("unknown op {other:?}")}),
+        Request::ConsoleInput { data } if data.len() > MAX_CONSOLE_INPUT => Reply::error(
+            ErrorKind::TooLarge,
+            format!(
+                "console input of {} bytes is over the {MAX_CONSOLE_INPUT}-byte limit",
+                data.len()
+            ),
+        ),
+        Request::ConsoleInput { data } => {
+            dom.console_input(data.as_bytes());
+            Reply::Done
+        }
+    }
+}
+
+/// One line read from a peer.
+enum Line {
+    End,
+    Text(String),
+    NotUtf8,
+    /// Over the limit; the rest of it was discarded.
+    TooLong,
+}
+
+fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Line> {
+    use std::io::Read;
+    buf.clear();
+    let n = r
+        .by_ref()
+        .take(MAX_REQUEST_LINE as u64 + 2)
+        .read_until(b'\n', buf)?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    let complete = buf.last() == Some(&b'\n');
+    let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+    let body = body.strip_suffix(b"\r").unwrap_or(body);
+    if body.len() > MAX_REQUEST_LINE {
+        // Skip to the end of the over-long line so the next request is read whole.
+        if !complete {
+            loop {
+                let chunk = r.fill_buf()?;
+                if chunk.is_empty() {
+                    break;
+                }
+                match chunk.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        r.consume(i + 1);
+                        break;
+                    }
+                    None => {
+                        let len = chunk.len();
+                        r.consume(len);
+                    }
+                }
+            }
+        }
+        return Ok(Line::TooLong);
+    }
+    match std::str::from_utf8(body) {
+        Ok(s) => Ok(Line::Text(s.to_owned())),
+        Err(_) => Ok(Line::NotUtf8),
     }
 }
 
 fn serve_conn(dom: Arc<DomainShared>, s: UnixStream) {
     let Ok(mut w) = s.try_clone() else { return };
     let mut r = BufReader::new(s);
-    let mut line = String::new();
+    let mut buf = Vec::new();
     loop {
-        line.clear();
-        match (&mut r).take(MAX_LINE as u64 + 1).read_line(&mut line) {
-            Ok(0) | Err(_) => return,
-            Ok(n) if n > MAX_LINE => {
-                let _ = writeln!(
-                    w,
-                    "{}",
-                    serde_json::json!({"ok": false, "error": "request line too long"})
-                );
-                return;
-            }
-            Ok(_) => {}
-        }
-        let reply = answer(&dom, line.trim());
-        if writeln!(w, "{reply}").is_err() {
+        let reply = match read_line(&mut r, &mut buf) {
+            Ok(Line::End) | Err(_) => return,
+            Ok(Line::Text(line)) => answer(&dom, &line),
+            Ok(Line::NotUtf8) => Reply::error(ErrorKind::BadRequest, "request is not UTF-8"),
+            Ok(Line::TooLong) => Reply::error(
+                ErrorKind::TooLarge,
+                format!("request line over {MAX_REQUEST_LINE} bytes"),
+            ),
+        };
+        if w.write_all(encode(&reply).as_bytes()).is_err() {
             return;
         }
     }
 }
-
-use std::io::Read;
 
 /// Serves the control socket at `path` for the life of the domain.
 pub fn start(dom: Arc<DomainShared>, path: &Path) -> Result<(), String> {
@@ -170,4 +210,41 @@ pub fn start(dom: Arc<DomainShared>, path: &Path) -> Result<(), String> {
         })
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8]) -> Vec<String> {
+        let mut r = std::io::BufReader::with_capacity(64, input);
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            match read_line(&mut r, &mut buf).expect("read") {
+                Line::End => return out,
+                Line::Text(t) => out.push(t),
+                Line::NotUtf8 => out.push("<not utf-8>".into()),
+                Line::TooLong => out.push("<too long>".into()),
+            }
+        }
+    }
+
+    #[test]
+    fn over_long_lines_are_skipped_whole() {
+        let mut input = b"{\"op\":\"status\"}\r\n".to_vec();
+        input.extend(std::iter::repeat_n(b'a', MAX_REQUEST_LINE + 1000));
+        input.extend(b"\n\xff\xfe\n{\"op\":\"pause\"}");
+        assert_eq!(
+            lines(&input),
+            [
+                "{\"op\":\"status\"}",
+                "<too long>",
+                "<not utf-8>",
+                "{\"op\":\"pause\"}"
+            ]
+        );
+        let exact = vec![b'b'; MAX_REQUEST_LINE];
+        assert_eq!(lines(&exact), [String::from_utf8(exact).expect("ascii")]);
+    }
 }

@@ -19,7 +19,7 @@ use crate::exit::DomainExit;
 use crate::memory::{GuestRam, MemoryError};
 use crate::shared_info::SharedInfoPage;
 use crate::timers::{TimerKind, TimerQueue};
-use crate::vcpu::{self, regs, VcpuControl};
+use crate::vcpu::{self, regs, OnlineVcpus, VcpuControl};
 
 /// What a domain is built from.
 #[derive(Clone, Debug)]
@@ -42,6 +42,46 @@ impl Default for DomainConfig {
             cmdline: String::new(),
             uuid: [0; 16],
         }
+    }
+}
+
+impl DomainConfig {
+    /// Checks the values a user chooses (memory, vCPUs, domain id, command line)
+    /// before anything is created; the message says what is allowed.
+    pub fn validate(&self) -> Result<(), DomainError> {
+        let bad = |m: String| Err(DomainError::Config(m));
+        if self.vcpus == 0 || self.vcpus > layout::MAX_VCPUS {
+            return bad(format!(
+                "vcpus must be 1..={}, not {}",
+                layout::MAX_VCPUS,
+                self.vcpus
+            ));
+        }
+        let (min, max) = (
+            layout::MIN_MEMORY_BYTES >> 20,
+            layout::MAX_MEMORY_BYTES >> 20,
+        );
+        if !(min..=max).contains(&self.memory_mib) || !self.memory_mib.is_multiple_of(2) {
+            return bad(format!(
+                "memory must be a multiple of 2 MiB between {min} and {max} MiB, not {}",
+                self.memory_mib
+            ));
+        }
+        if self.domid == 0 || self.domid >= rxen_abi::DOMID_FIRST_RESERVED {
+            return bad(format!(
+                "domid must be between 1 and {}, not {}",
+                rxen_abi::DOMID_FIRST_RESERVED - 1,
+                self.domid
+            ));
+        }
+        let max_cmdline = rxen_abi::xen::MAX_GUEST_CMDLINE - 1;
+        if self.cmdline.len() > max_cmdline {
+            return bad(format!(
+                "command line is {} bytes; at most {max_cmdline} allowed",
+                self.cmdline.len()
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -105,6 +145,8 @@ pub struct DomainShared {
     pub shared_info: SharedInfoPage,
     pub evtchn: Mutex<EventChannels>,
     pub vcpus: Vec<Arc<VcpuControl>>,
+    /// How many vCPUs are online (`VCPUOP_up`/`VCPUOP_down` go through it).
+    pub online: OnlineVcpus,
     pub clock: DomainClock,
     /// Guest TSC minus host TSC.
     pub tsc_offset: i64,
@@ -254,7 +296,7 @@ pub struct Domain {
     /// Declared (and so dropped) before `shared`, which owns the guest RAM.
     _vm: VmFd,
     shared: Arc<DomainShared>,
-    threads: Vec<JoinHandle<VcpuFd>>,
+    threads: Vec<JoinHandle<()>>,
     timer_thread: Option<JoinHandle<()>>,
     /// When `create` was called, for start-up measurements.
     pub created_at: Instant,
@@ -295,16 +337,8 @@ impl Domain {
         sink: Box<dyn ConsoleSink>,
     ) -> Result<Domain, DomainError> {
         let created_at = Instant::now();
-        if config.vcpus == 0 || config.vcpus > layout::MAX_VCPUS {
-            return Err(DomainError::Config(format!(
-                "vcpus must be 1..={}, not {}",
-                layout::MAX_VCPUS,
-                config.vcpus
-            )));
-        }
-        let mem_bytes = config.memory_mib.checked_mul(1 << 20).ok_or_else(|| {
-            DomainError::Config(format!("memory {} MiB is too large", config.memory_mib))
-        })?;
+        config.validate()?;
+        let mem_bytes = config.memory_mib << 20;
         let kvm = kvm()?;
         let ram = Arc::new(GuestRam::new(&config.name, mem_bytes)?);
         let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
@@ -370,6 +404,7 @@ impl Domain {
             shared_info,
             evtchn: Mutex::new(evtchn),
             vcpus,
+            online: OnlineVcpus::at_boot(),
             clock: DomainClock::new(tsc_khz),
             tsc_offset,
             console: Console::new(sink),

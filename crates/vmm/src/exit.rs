@@ -1,6 +1,10 @@
-//! How a domain ended, and the exit statuses `xen-vmm` maps them to.
+//! How a domain ended. The exit statuses and the exit file's format belong to
+//! [`rxen_vmm_api::ExitKind`] and [`rxen_vmm_api::ExitRecord`]; this module only maps
+//! each ending to its kind.
 
 use std::fmt;
+
+use rxen_vmm_api::{ExitKind, ExitRecord};
 
 /// Why a domain stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,35 +30,29 @@ pub enum DomainExit {
 }
 
 impl DomainExit {
-    /// Exit status of `xen-vmm run` (documented in `docs/guest-abi.md`).
-    pub fn exit_code(&self) -> i32 {
+    /// The kind of ending, as the control protocol and the exit file name it.
+    pub fn kind(&self) -> ExitKind {
         match self {
-            DomainExit::Poweroff => 0,
-            DomainExit::Internal(_) => 1,
-            DomainExit::Reboot => 3,
-            DomainExit::Crash => 4,
-            DomainExit::TripleFault { .. } => 5,
-            DomainExit::Watchdog => 6,
-            DomainExit::Suspend => 7,
-            DomainExit::SoftReset => 8,
-            DomainExit::Destroyed => 9,
+            DomainExit::Poweroff => ExitKind::Poweroff,
+            DomainExit::Reboot => ExitKind::Reboot,
+            DomainExit::Suspend => ExitKind::Suspend,
+            DomainExit::Crash => ExitKind::Crash,
+            DomainExit::Watchdog => ExitKind::Watchdog,
+            DomainExit::SoftReset => ExitKind::SoftReset,
+            DomainExit::TripleFault { .. } => ExitKind::TripleFault,
+            DomainExit::Internal(_) => ExitKind::Internal,
+            DomainExit::Destroyed => ExitKind::Destroyed,
         }
     }
 
-    /// Short machine-readable name: poweroff, reboot, suspend, crash, watchdog,
-    /// soft_reset, triple_fault, internal, destroyed.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DomainExit::Poweroff => "poweroff",
-            DomainExit::Reboot => "reboot",
-            DomainExit::Suspend => "suspend",
-            DomainExit::Crash => "crash",
-            DomainExit::Watchdog => "watchdog",
-            DomainExit::SoftReset => "soft_reset",
-            DomainExit::TripleFault { .. } => "triple_fault",
-            DomainExit::Internal(_) => "internal",
-            DomainExit::Destroyed => "destroyed",
-        }
+    /// Exit status of `xen-vmm run` ([`ExitKind::exit_code`], documented in the README).
+    pub fn exit_code(&self) -> u8 {
+        self.kind().exit_code()
+    }
+
+    /// What `xen-vmm` writes to its exit file.
+    pub fn record(&self) -> ExitRecord {
+        ExitRecord::new(self.kind(), self.to_string())
     }
 
     /// From a Xen `SHUTDOWN_*` reason (validated by the decoder).
@@ -85,6 +83,39 @@ impl fmt::Display for DomainExit {
             }
             DomainExit::Internal(m) => write!(f, "VMM error: {m}"),
             DomainExit::Destroyed => write!(f, "domain destroyed"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_and_exit_codes_come_from_the_protocol() {
+        let cases = [
+            (DomainExit::Poweroff, 0),
+            (DomainExit::Internal("x".into()), 1),
+            (DomainExit::Reboot, 3),
+            (DomainExit::Crash, 4),
+            (
+                DomainExit::TripleFault {
+                    vcpu: 0,
+                    registers: String::new(),
+                },
+                5,
+            ),
+            (DomainExit::Watchdog, 6),
+            (DomainExit::Suspend, 7),
+            (DomainExit::SoftReset, 8),
+            (DomainExit::Destroyed, 9),
+        ];
+        for (why, code) in cases {
+            assert_eq!(why.exit_code(), code, "{why}");
+            let rec = why.record();
+            assert_eq!(rec.code, code);
+            assert_eq!(rec.kind, why.kind());
+            assert_eq!(rec.reason, why.to_string());
         }
     }
 }

@@ -102,3 +102,58 @@ fn many_domains_in_one_process() {
         assert_eq!(d.wait(), DomainExit::Poweroff);
     }
 }
+
+/// Bug 5c: kicking a vCPU read a pointer into the vCPU thread's `kvm_run` mapping,
+/// which joining the domain unmaps. Kickers now touch only what they own.
+#[test]
+fn kicking_vcpus_while_the_domain_is_joined_is_safe() {
+    if !kvm_available("kicking_vcpus_while_the_domain_is_joined_is_safe") {
+        return;
+    }
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let image = std::fs::read(guest("cpubench")).expect("cpubench guest");
+    for round in 0..25 {
+        let cfg = DomainConfig {
+            name: format!("kick{round}"),
+            vcpus: 2,
+            cmdline: "iters=1000000000000".into(),
+            ..Default::default()
+        };
+        let d = Domain::create(cfg, &image, Box::new(CaptureSink::default())).expect("create");
+        let stop = Arc::new(AtomicBool::new(false));
+        let kicks = Arc::new(AtomicU64::new(0));
+        let kickers: Vec<_> = (0..2)
+            .map(|_| {
+                let vcpus = d.shared().vcpus.clone();
+                let (stop, kicks) = (stop.clone(), kicks.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        for v in &vcpus {
+                            v.interrupt();
+                            let _ = v.thread.cpu_ns();
+                            let _ = v.thread.host_cpu();
+                        }
+                        kicks.fetch_add(1, Ordering::Relaxed);
+                    }
+                })
+            })
+            .collect();
+        // Let the guest run (and be kicked) for a moment, then join under the kicks.
+        let shared = d.shared().clone();
+        wait_until("the guest to run", Duration::from_secs(10), || {
+            (shared.vcpus[0].thread.cpu_ns() > 2_000_000).then_some(())
+        });
+        d.destroy();
+        assert_eq!(d.wait(), DomainExit::Destroyed, "round {round}");
+        // Kicks after the join touch only what the kickers own.
+        let after_join = kicks.load(Ordering::Relaxed);
+        wait_until("kicks after the join", Duration::from_secs(10), || {
+            (kicks.load(Ordering::Relaxed) > after_join + 50).then_some(())
+        });
+        stop.store(true, Ordering::Relaxed);
+        for k in kickers {
+            k.join().expect("kicker");
+        }
+    }
+}

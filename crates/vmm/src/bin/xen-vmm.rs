@@ -2,7 +2,8 @@
 //!
 //! Exit status: 0 poweroff, 1 VMM error, 2 usage error, 3 reboot, 4 guest crash
 //! (SHUTDOWN_crash), 5 triple fault, 6 watchdog, 7 suspend, 8 soft reset,
-//! 9 destroyed (SIGINT/SIGTERM).
+//! 9 destroyed (SIGINT/SIGTERM or the control socket's `destroy`). The statuses other
+//! than 2 come from `rxen_vmm_api::ExitKind::exit_code`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -11,6 +12,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use rxen_vmm::console::StdoutSink;
 use rxen_vmm::{Domain, DomainConfig, DomainExit};
+use rxen_vmm_api::ExitKind;
+
+/// Exit status of a usage error (bad arguments; clap uses it too).
+const USAGE_ERROR: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -46,19 +51,21 @@ enum Cmd {
         /// Domain name.
         #[arg(long, default_value = "domain")]
         name: String,
-        /// Domain id (1..32752).
+        /// Domain id (1..=32751).
         #[arg(long, default_value_t = 1)]
         domid: u16,
         /// Forward stdin to the guest console (console_io read, VIRQ_CONSOLE).
         #[arg(long)]
         stdin: bool,
-        /// Serve the control socket here (JSON lines: status, pause, unpause, destroy).
+        /// Serve the control socket here (JSON lines of rxen-vmm-api: status, pause,
+        /// unpause, destroy, debug-key, console-input).
         #[arg(long)]
         control: Option<PathBuf>,
         /// Relay the guest's xenstore ring to this xenstored domain socket.
         #[arg(long)]
         xenstore_socket: Option<PathBuf>,
-        /// Write how the domain ended here (JSON) before exiting.
+        /// Write how the domain ended here before exiting: one JSON line
+        /// {"kind", "code", "reason"} (rxen-vmm-api's ExitRecord).
         #[arg(long)]
         exit_file: Option<PathBuf>,
         /// Domain UUID (xen_version guest_handle), 8-4-4-4-12 hex.
@@ -134,21 +141,7 @@ fn main() -> ExitCode {
         Some(Some(u)) => u,
         Some(None) => {
             eprintln!("xen-vmm: --uuid must look like 01234567-89ab-cdef-0123-456789abcdef");
-            return ExitCode::from(2);
-        }
-    };
-    if domid == 0 || domid >= rxen_abi::DOMID_FIRST_RESERVED {
-        eprintln!(
-            "xen-vmm: domid must be between 1 and {}",
-            rxen_abi::DOMID_FIRST_RESERVED - 1
-        );
-        return ExitCode::from(2);
-    }
-    let image = match load_kernel(&kernel) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("xen-vmm: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(USAGE_ERROR);
         }
     };
     let config = DomainConfig {
@@ -159,11 +152,24 @@ fn main() -> ExitCode {
         cmdline,
         uuid,
     };
+    // Usage errors (exit status 2) are found before anything is created.
+    if let Err(e) = config.validate() {
+        eprintln!("xen-vmm: {e}");
+        eprintln!("Try 'xen-vmm run --help' for the allowed values.");
+        return ExitCode::from(USAGE_ERROR);
+    }
+    let image = match load_kernel(&kernel) {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("xen-vmm: {e}");
+            return ExitCode::from(ExitKind::Internal.exit_code());
+        }
+    };
     let domain = match Domain::create(config, &image, Box::new(StdoutSink)) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("xen-vmm: cannot create domain: {e}");
-            return ExitCode::from(1);
+            return ExitCode::from(ExitKind::Internal.exit_code());
         }
     };
     let shared = domain.shared().clone();
@@ -172,7 +178,7 @@ fn main() -> ExitCode {
             eprintln!("xen-vmm: {e}");
             domain.destroy();
             domain.wait();
-            return ExitCode::from(1);
+            return ExitCode::from(ExitKind::Internal.exit_code());
         }
     }
     if let Some(p) = &xenstore_socket {
@@ -180,7 +186,7 @@ fn main() -> ExitCode {
             eprintln!("xen-vmm: {e}");
             domain.destroy();
             domain.wait();
-            return ExitCode::from(1);
+            return ExitCode::from(ExitKind::Internal.exit_code());
         }
     }
     // SIGINT/SIGTERM destroy the domain cleanly; SIGUSR1 raises VIRQ_DEBUG on every
@@ -219,8 +225,7 @@ fn main() -> ExitCode {
     }
     let why = domain.wait();
     if let Some(p) = &exit_file {
-        let record = serde_json::json!({"code": why.exit_code(), "reason": why.to_string(), "kind": why.kind()});
-        if let Err(e) = std::fs::write(p, record.to_string()) {
+        if let Err(e) = std::fs::write(p, rxen_vmm_api::encode(&why.record())) {
             eprintln!("xen-vmm: writing {}: {e}", p.display());
         }
     }
@@ -234,5 +239,5 @@ fn main() -> ExitCode {
         }
         _ => eprintln!("xen-vmm: {why}"),
     }
-    ExitCode::from(why.exit_code() as u8)
+    ExitCode::from(why.exit_code())
 }

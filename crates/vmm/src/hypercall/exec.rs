@@ -287,7 +287,7 @@ fn vcpu_op(dom: &DomainShared, current: u32, target: u64, op: VcpuOp) -> i64 {
     match op {
         VcpuOp::Initialise(ctx) => ok_or(ctl.lock().initialise(ctx)),
         VcpuOp::Up => {
-            let r = ctl.lock().up(now);
+            let r = dom.online.up(ctl, now);
             if r.is_ok() {
                 dom.update_time_info(target);
                 ctl.wake();
@@ -295,17 +295,9 @@ fn vcpu_op(dom: &DomainShared, current: u32, target: u64, op: VcpuOp) -> i64 {
             ok_or(r)
         }
         VcpuOp::Down => {
-            let online = dom
-                .vcpus
-                .iter()
-                .filter(|v| v.lock().state != VcpuState::Down)
-                .count();
-            let mut s = ctl.lock();
-            if s.state != VcpuState::Down && online <= 1 {
-                return -EBUSY as i64;
+            if let Err(e) = dom.online.down(ctl, now) {
+                return e as i64;
             }
-            s.down(now);
-            drop(s);
             if target != current {
                 ctl.interrupt();
             }

@@ -2,7 +2,6 @@
 //! and handles exits (hypercalls through the hypercall port, faults, kicks).
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use rxen_abi::layout::{HYPERCALL_PORT, NULL_PORT};
@@ -31,13 +30,15 @@ enum Next {
     Stop,
 }
 
-/// Runs vCPU `id` until the domain stops; returns the vCPU fd so that its `kvm_run`
-/// mapping outlives every pointer other threads hold to it.
-pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) -> VcpuFd {
+/// Runs vCPU `id` until the domain stops. The vCPU's `kvm_run` mapping (owned by `fd`)
+/// is touched only by this thread and its kick-signal handler (see [`super::kick`]).
+pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
     crate::timers::precise_timer_slack();
     let ctl = dom.vcpus[id as usize].clone();
     let ie: *mut u8 = &mut fd.get_kvm_run().immediate_exit;
-    ctl.publish_thread(ie);
+    // SAFETY: `ie` points into `fd`'s kvm_run mapping; `fd` is a parameter, so it is
+    // dropped after this local guard, which is dropped on this thread.
+    let _attached = unsafe { ctl.thread.attach(ie) };
     if sync_regs {
         fd.set_sync_valid_reg(SyncReg::Register);
     }
@@ -67,14 +68,12 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) -> 
                 break;
             }
         }
-        ctl.set_in_guest(true);
-        let t0 = Instant::now();
+        if !ctl.thread.enter_guest() {
+            // Kicked between the gate and here: read the scheduling record again.
+            continue;
+        }
         let exit = fd.run();
-        ctl.set_in_guest(false);
-        ctl.guest_ns.fetch_add(
-            t0.elapsed().as_nanos() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        ctl.thread.leave_guest();
         let next = match exit {
             Ok(VcpuExit::IoOut(port, data)) => {
                 let port_data = (
@@ -131,8 +130,6 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) -> 
             break;
         }
     }
-    ctl.unpublish_thread();
-    fd
 }
 
 fn handle_out(

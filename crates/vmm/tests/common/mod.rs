@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// True if `/dev/kvm` can be opened. If not, says loudly that the calling test is
-/// skipped and why.
+/// skipped and why, or fails the test when `RXEN_REQUIRE_KVM=1` (CI on KVM hosts).
 pub fn kvm_available(test: &str) -> bool {
     match std::fs::OpenOptions::new()
         .read(true)
@@ -14,6 +14,9 @@ pub fn kvm_available(test: &str) -> bool {
     {
         Ok(_) => true,
         Err(e) => {
+            if std::env::var("RXEN_REQUIRE_KVM").as_deref() == Ok("1") {
+                panic!("{test}: /dev/kvm is not usable ({e}) and RXEN_REQUIRE_KVM=1");
+            }
             eprintln!("SKIPPED {test}: /dev/kvm is not usable here ({e}); this test needs KVM");
             false
         }
@@ -44,4 +47,41 @@ pub fn run_guest(name: &str, extra: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A temporary directory for one test (removed on drop).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(test: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("rxen-vmm-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits for `cond` until `timeout`, polling; panics with `what` if it never holds.
+pub fn wait_until<T>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut cond: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
