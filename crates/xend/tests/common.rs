@@ -136,6 +136,17 @@ impl Env {
         }
     }
 
+    /// `GET /domains` without Domain-0, after checking that Domain-0 comes first.
+    pub fn domains(&self) -> Value {
+        let (s, mut v) = self.get("/domains");
+        assert_eq!(s, 200, "{v}");
+        let list = v.as_array_mut().expect("a list");
+        assert_eq!(list[0]["name"], "Domain-0", "Domain-0 is listed first");
+        assert_eq!(list[0]["domid"], 0);
+        list.remove(0);
+        v
+    }
+
     pub fn post(&self, path: &str, body: &str) -> (u16, Value) {
         Self::decode(
             self.agent
@@ -159,10 +170,17 @@ impl Env {
     }
 
     /// Domain ids that have nodes under /local/domain.
+    /// Guest domains in xenstore (`/local/domain/*` but Domain-0, and `/libxl/*`).
     pub fn xs_domains(&self) -> Vec<String> {
-        self.xenstore()
+        let mut c = self.xenstore();
+        let mut out: Vec<String> = c
             .directory(0, "/local/domain")
             .unwrap_or_default()
+            .into_iter()
+            .filter(|d| d != "0")
+            .collect();
+        out.extend(c.directory(0, "/libxl").unwrap_or_default());
+        out
     }
 
     pub fn wait_until(&self, what: &str, mut f: impl FnMut() -> bool) {
