@@ -140,6 +140,11 @@ fn domain_commands_in_xl_shapes() {
     assert_eq!(mem(&env).1, Some(80));
     assert!(!env.xm(&["mem-set", "web", "1000k"]).status.success());
     assert_eq!(mem(&env).0, Some(60));
+    // console --no-follow prints the guest's output.
+    wait_until("the guest's console line", || {
+        env.xm_ok(&["console", "web", "--no-follow"])
+            .contains("xenstore: I am web")
+    });
     // uptime NAME
     let r = rows(&env.xm_ok(&["uptime", "web"]));
     assert_eq!(r[0], ["Name", "ID", "Uptime"]);
