@@ -1,0 +1,310 @@
+//! What each `xm` command does: API calls through [`Api`], output through
+//! [`crate::format`] and [`crate::libxl_json`] (or the API's JSON with `--json`).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rxen_xend_api::{CreateRequest, DomainEvent, DomainInfo, ShutdownQuery};
+use serde_json::Value;
+
+use crate::client::{Api, Decoded};
+use crate::error::{XmError, XmResult};
+use crate::{console, format, libxl_json, size};
+
+/// How to print.
+#[derive(Clone, Copy)]
+pub struct Output {
+    /// `--json`: the API's JSON.
+    pub json: bool,
+}
+
+impl Output {
+    fn show(&self, json: &Value, human: impl FnOnce() -> String) {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(json).unwrap_or_default());
+        } else {
+            print!("{}", human());
+        }
+    }
+}
+
+/// The request for `create`/`new`: the file's text, overrides, and the file's
+/// absolute directory so xend resolves relative `kernel=` paths as xl does.
+pub fn config_request(path: &str, overrides: &[String], paused: bool) -> XmResult<CreateRequest> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| XmError::io(format!("reading {path}"), e))?;
+    let abs =
+        std::fs::canonicalize(path).map_err(|e| XmError::io(format!("resolving {path}"), e))?;
+    let base_dir = abs
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .to_string_lossy()
+        .into_owned();
+    Ok(CreateRequest {
+        config: Some(text),
+        overrides: overrides.to_vec(),
+        spec: None,
+        base_dir: Some(base_dir),
+        paused,
+    })
+}
+
+fn started(d: &DomainInfo) -> String {
+    match d.domid {
+        Some(id) => format!("Started domain {} (id={id})\n", d.name),
+        None => format!("Started domain {}\n", d.name),
+    }
+}
+
+pub fn create(
+    api: &Api,
+    out: Output,
+    config: &str,
+    overrides: &[String],
+    paused: bool,
+    attach: bool,
+) -> XmResult<()> {
+    let reply = api.create(&config_request(config, overrides, paused)?)?;
+    for w in &reply.value.warnings {
+        eprintln!("warning: {w}");
+    }
+    out.show(&reply.json, || started(&reply.value.domain));
+    if attach {
+        console::follow(api, &reply.value.domain.name, true)?;
+    }
+    Ok(())
+}
+
+pub fn new_managed(api: &Api, out: Output, config: &str, overrides: &[String]) -> XmResult<()> {
+    let reply = api.new_managed(&config_request(config, overrides, false)?)?;
+    for w in &reply.value.warnings {
+        eprintln!("warning: {w}");
+    }
+    out.show(&reply.json, || {
+        format!("Added managed domain {}\n", reply.value.name)
+    });
+    Ok(())
+}
+
+/// The named domains (in the order given), or all of them with Domain-0 first.
+fn domains(api: &Api, names: &[String]) -> XmResult<Vec<Decoded<DomainInfo>>> {
+    if names.is_empty() {
+        let all = api.list()?;
+        let jsons = match all.json {
+            Value::Array(a) => a,
+            _ => Vec::new(),
+        };
+        let mut pairs: Vec<Decoded<DomainInfo>> = all
+            .value
+            .into_iter()
+            .zip(jsons)
+            .map(|(value, json)| Decoded { value, json })
+            .collect();
+        pairs.sort_by_key(|d| format::domain_order(&d.value));
+        Ok(pairs)
+    } else {
+        names.iter().map(|n| api.domain(n)).collect()
+    }
+}
+
+fn split(d: Vec<Decoded<DomainInfo>>) -> (Vec<DomainInfo>, Value) {
+    let (v, j): (Vec<_>, Vec<_>) = d.into_iter().map(|d| (d.value, d.json)).unzip();
+    (v, Value::Array(j))
+}
+
+pub fn list(api: &Api, out: Output, long: bool, names: &[String]) -> XmResult<()> {
+    let (doms, json) = split(domains(api, names)?);
+    if long && !out.json {
+        let v = libxl_json::domains_config(&doms);
+        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+    } else {
+        out.show(&json, || format::list_table(&doms));
+    }
+    Ok(())
+}
+
+pub fn domid(api: &Api, name: &str) -> XmResult<()> {
+    let d = api.domain(name)?.value;
+    match d.domid {
+        Some(id) => {
+            println!("{id}");
+            Ok(())
+        }
+        None => Err(XmError::Usage(format!(
+            "domain {name} is not running, so it has no id"
+        ))),
+    }
+}
+
+pub fn domname(api: &Api, id: &str) -> XmResult<()> {
+    if id.parse::<u32>().is_err() {
+        return Err(XmError::Usage(format!("invalid domain id {id:?}")));
+    }
+    println!("{}", api.domain(id)?.value.name);
+    Ok(())
+}
+
+pub fn info(api: &Api, out: Output) -> XmResult<()> {
+    let h = api.info()?;
+    out.show(&h.json, || format::info_lines(&h.value));
+    Ok(())
+}
+
+pub fn vcpu_list(api: &Api, out: Output, names: &[String]) -> XmResult<()> {
+    let (doms, json) = split(domains(api, names)?);
+    out.show(&json, || format::vcpu_table(&doms));
+    Ok(())
+}
+
+pub fn uptime(api: &Api, out: Output, names: &[String]) -> XmResult<()> {
+    let mut rows = Vec::new();
+    let mut jsons = Vec::new();
+    if names.is_empty() {
+        for d in domains(api, &[])? {
+            if let Some(u) = d.value.uptime_s {
+                jsons.push(serde_json::json!({"name": d.value.name, "domid": d.value.domid, "uptime_s": u}));
+                rows.push(rxen_xend_api::UptimeReply {
+                    name: d.value.name,
+                    domid: d.value.domid,
+                    uptime_s: Some(u),
+                });
+            }
+        }
+    } else {
+        for n in names {
+            let r = api.uptime(n)?;
+            rows.push(r.value);
+            jsons.push(r.json);
+        }
+    }
+    out.show(&Value::Array(jsons), || format::uptime_table(&rows));
+    Ok(())
+}
+
+pub fn mem(api: &Api, domain: &str, size_text: &str, maxmem: bool) -> XmResult<()> {
+    let mib = size::parse_mib(size_text).map_err(|e| XmError::Usage(e.to_string()))?;
+    api.memory(domain, mib, maxmem)
+}
+
+/// `shutdown DOMAIN` (xend waits with `-w`) or `shutdown -a` (all but Domain-0;
+/// with `-w` xm waits for all of them).
+pub fn shutdown(
+    api: &Api,
+    domain: Option<&str>,
+    all: bool,
+    wait: bool,
+    timeout: f64,
+    force: bool,
+) -> XmResult<()> {
+    let query = ShutdownQuery {
+        wait: wait.then_some(timeout),
+        force,
+    };
+    if !all {
+        let domain = domain.ok_or_else(|| XmError::Usage("name a domain or use -a".into()))?;
+        return api.shutdown(domain, &query);
+    }
+    let targets: Vec<u32> = api
+        .list()?
+        .value
+        .into_iter()
+        .filter(|d| !d.is_dom0() && d.state.has_vmm())
+        .filter_map(|d| d.domid)
+        .collect();
+    let mut failed = Vec::new();
+    for id in &targets {
+        if let Err(e) = api.shutdown(&id.to_string(), &ShutdownQuery::default()) {
+            eprintln!("xm: domain {id}: {e}");
+            failed.push(*id);
+        }
+    }
+    if wait {
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+        loop {
+            let left: Vec<u32> = api
+                .list()?
+                .value
+                .into_iter()
+                .filter(|d| d.state.has_vmm() && d.domid.is_some_and(|i| targets.contains(&i)))
+                .filter_map(|d| d.domid)
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            if Instant::now() >= deadline {
+                if force {
+                    for id in &left {
+                        api.destroy(&id.to_string())?;
+                    }
+                    break;
+                }
+                return Err(XmError::Usage(format!(
+                    "domains {left:?} did not shut down within {timeout} s"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    if !failed.is_empty() {
+        return Err(XmError::Usage(format!(
+            "could not shut down domains {failed:?}"
+        )));
+    }
+    Ok(())
+}
+
+pub fn start(api: &Api, out: Output, name: &str) -> XmResult<()> {
+    let d = api.start_managed(name)?;
+    out.show(&d.json, || started(&d.value));
+    Ok(())
+}
+
+pub fn dmesg(api: &Api) -> XmResult<()> {
+    let text = api.dmesg()?;
+    std::io::stdout()
+        .write_all(&text)
+        .map_err(|e| XmError::io("writing", e))
+}
+
+pub fn events(api: &Api, out: Output) -> XmResult<()> {
+    let reply = api.events()?;
+    let mut stdout = std::io::stdout();
+    for line in BufReader::new(reply.body).lines() {
+        let line = line.map_err(|e| XmError::BadReply(format!("event stream: {e}")))?;
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let data = data.trim();
+        if out.json {
+            println!("{data}");
+        } else {
+            match serde_json::from_str::<DomainEvent>(data) {
+                Ok(ev) => println!(
+                    "{:<20} {:>5} {:<24} {}",
+                    ev.event,
+                    ev.domid.map_or_else(|| "-".into(), |i| i.to_string()),
+                    ev.name,
+                    ev.detail
+                ),
+                Err(e) => eprintln!("xm: unreadable event ({e}): {data}"),
+            }
+        }
+        let _ = stdout.flush();
+    }
+    Ok(())
+}
+
+pub fn top(api: &Api, iterations: Option<u64>) -> XmResult<()> {
+    let mut n = 0u64;
+    loop {
+        let (doms, _) = split(domains(api, &[])?);
+        print!("\x1b[2J\x1b[H{}", format::list_table(&doms));
+        let _ = std::io::stdout().flush();
+        n += 1;
+        if iterations.is_some_and(|i| n >= i) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
