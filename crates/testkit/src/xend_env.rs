@@ -8,7 +8,6 @@ use serde_json::Value;
 
 use crate::{bin, free_port};
 
-
 pub struct Env {
     pub dir: PathBuf,
     pub xs: Option<Child>,
@@ -63,6 +62,8 @@ impl Env {
             .arg(self.dir.join("log"))
             .arg("--xenstored-socket")
             .arg(self.dir.join("xs/socket"))
+            .arg("--unix-socket")
+            .arg(self.unix_socket())
             .args(&self.extra)
             .stderr(Stdio::null())
             .spawn()
@@ -78,6 +79,11 @@ impl Env {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The Unix socket xend also serves the API on.
+    pub fn unix_socket(&self) -> PathBuf {
+        self.dir.join("xend.sock")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -173,4 +179,3 @@ impl Drop for Env {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
-

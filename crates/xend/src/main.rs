@@ -145,8 +145,8 @@ fn check_options(o: &Opts) -> Result<(), String> {
 fn read_create_config(cfg: &Path) -> Result<(rxen_xlcfg::DomainSpec, Vec<String>), String> {
     let text =
         std::fs::read_to_string(cfg).map_err(|e| format!("reading {}: {e}", cfg.display()))?;
-    let (mut spec, warnings) = rxen_xlcfg::DomainSpec::from_xl(&text)
-        .map_err(|e| format!("{}: {e}", cfg.display()))?;
+    let (mut spec, warnings) =
+        rxen_xlcfg::DomainSpec::from_xl(&text).map_err(|e| format!("{}: {e}", cfg.display()))?;
     if let Some(k) = &spec.kernel {
         if Path::new(k).is_relative() {
             let dir = std::path::absolute(cfg)
@@ -212,7 +212,11 @@ fn start(o: &Opts) -> Result<(), String> {
                 .to_string();
             return Err(format!(
                 "xend exited at start ({status}): {}",
-                if ours.is_empty() { log_tail(&stderr_log, 5) } else { ours }
+                if ours.is_empty() {
+                    log_tail(&stderr_log, 5)
+                } else {
+                    ours
+                }
             ));
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -387,7 +391,11 @@ async fn foreground(o: Opts) -> Result<(), String> {
         }
         if xend.info(&spec.name).is_err() {
             match xend
-                .create(spec, false, rxen_xend::state::create::CreateOptions::default())
+                .create(
+                    spec,
+                    false,
+                    rxen_xend::state::create::CreateOptions::default(),
+                )
                 .await
             {
                 Ok(i) => tracing::info!(

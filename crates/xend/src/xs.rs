@@ -83,7 +83,11 @@ pub fn introduce(socket: &Path, domid: u32, boot: &BootReport) -> Result<(), Cli
 pub fn populate_dom0(socket: &Path) -> Result<(), ClientError> {
     let mut c = Client::connect(socket)?;
     in_transaction(&mut c, |c, tx| {
-        c.write(tx, "/local/domain/0/name", rxen_xend_api::DOM0_NAME.as_bytes())?;
+        c.write(
+            tx,
+            "/local/domain/0/name",
+            rxen_xend_api::DOM0_NAME.as_bytes(),
+        )?;
         c.write(tx, "/local/domain/0/domid", b"0")?;
         Ok(())
     })

@@ -193,11 +193,7 @@ fn client_mistakes_are_4xx_and_failed_creates_leave_nothing() {
             .contains("guest image rejected"),
         "{e}"
     );
-    assert_eq!(
-        env.domains(),
-        Value::Array(vec![]),
-        "nothing left behind"
-    );
+    assert_eq!(env.domains(), Value::Array(vec![]), "nothing left behind");
     assert!(env.xs_domains().is_empty(), "no xenstore nodes left");
     assert_eq!(env.get("/domains/nosuch").0, 404);
     assert_eq!(env.delete("/domains/nosuch").0, 404);

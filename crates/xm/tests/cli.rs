@@ -41,7 +41,6 @@ fn bad_sizes_and_ids_fail_before_any_request() {
 }
 
 #[test]
-#[ignore = "needs xend to list Domain-0 (issue 7 server side)"]
 fn list_shows_domain0_first_and_list_0_works() {
     let env = Env::start("dom0");
     let out = env.xm_ok(&["list"]);
@@ -56,7 +55,6 @@ fn list_shows_domain0_first_and_list_0_works() {
 }
 
 #[test]
-#[ignore = "needs xend's GET /info to return HostInfo (issue 7 server side)"]
 fn info_prints_xl_keys() {
     let env = Env::start("info");
     let out = env.xm_ok(&["info"]);
@@ -159,7 +157,6 @@ fn domain_commands_in_xl_shapes() {
 
 /// Needs xend to fill `vcpu_list` (issue 7, server side).
 #[test]
-#[ignore = "needs xend to fill vcpu_list and list Domain-0 (issue 7 server side)"]
 fn vcpu_list_has_a_row_per_vcpu() {
     if !kvm_available("vcpu_list_has_a_row_per_vcpu") {
         return;
@@ -180,7 +177,6 @@ fn vcpu_list_has_a_row_per_vcpu() {
 
 /// Needs xend to take `base_dir` and `paused` (issue 7, server side).
 #[test]
-#[ignore = "needs xend to take base_dir and paused (issue 7 server side)"]
 fn create_paused_from_a_relative_path_and_shutdown_all() {
     if !kvm_available("create_paused_from_a_relative_path_and_shutdown_all") {
         return;

@@ -78,10 +78,7 @@ pub async fn create(State(st): State<AppState>, body: Bytes) -> ApiResult<impl I
     }
     let opts = CreateOptions { paused: req.paused };
     let domain = st.xend.create(spec, false, opts).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreateReply { domain, warnings }),
-    ))
+    Ok((StatusCode::CREATED, Json(CreateReply { domain, warnings })))
 }
 
 pub async fn info(
@@ -235,10 +232,7 @@ pub async fn console_input(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn new_managed(
-    State(st): State<AppState>,
-    body: Bytes,
-) -> ApiResult<impl IntoResponse> {
+pub async fn new_managed(State(st): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
     let (spec, warnings, _) = spec_of(&body)?;
     st.xend.new_managed(&spec)?;
     Ok((
@@ -295,8 +289,7 @@ mod tests {
         let (a, _, _) = spec_of(br#"{"spec":{"name":"a"}}"#).unwrap();
         let (b, _, _) = spec_of(br#"{"config":"name='a'"}"#).unwrap();
         assert_eq!(a, b);
-        let (_, w, _) =
-            spec_of(br#"{"config":"name='a'\ndisk=['file:/x.img,xvda,w']"}"#).unwrap();
+        let (_, w, _) = spec_of(br#"{"config":"name='a'\ndisk=['file:/x.img,xvda,w']"}"#).unwrap();
         assert!(w.iter().any(|w| w.contains("not attached")), "{w:?}");
         assert!(spec_of(br#"{"config":"name='a'","spec":{"name":"a"}}"#).is_err());
     }

@@ -66,8 +66,5 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         Ok(m) => super::metrics::render(&doms, &m),
         Err(e) => super::metrics::render(&doms, &e.into_inner()),
     };
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        text,
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
 }

@@ -232,9 +232,15 @@ mod tests {
         for line in text.lines() {
             if let Some(rest) = line.strip_prefix("# TYPE ") {
                 let (name, kind) = rest.split_once(' ').unwrap();
-                assert!(seen.insert(name.to_string()), "family {name} declared twice");
+                assert!(
+                    seen.insert(name.to_string()),
+                    "family {name} declared twice"
+                );
                 if kind == "counter" {
-                    assert!(name.ends_with("_total"), "counter {name} must end in _total");
+                    assert!(
+                        name.ends_with("_total"),
+                        "counter {name} must end in _total"
+                    );
                 }
                 current = Some((name.to_string(), kind.to_string()));
             } else if line.starts_with('#') {
@@ -272,7 +278,9 @@ mod tests {
         assert!(text.contains(
             "xend_api_request_duration_seconds_bucket{method=\"GET\",route=\"unmatched\",le=\"+Inf\"} 1"
         ));
-        assert!(text.contains("xend_api_request_duration_seconds_count{method=\"GET\",route=\"unmatched\"} 1"));
+        assert!(text.contains(
+            "xend_api_request_duration_seconds_count{method=\"GET\",route=\"unmatched\"} 1"
+        ));
         assert!(!text.contains("_seconds_sum{method=\"GET\",route=\"/domains\",status"));
     }
 }

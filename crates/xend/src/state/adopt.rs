@@ -39,7 +39,11 @@ impl Xend {
                     _ => DomainState::Running,
                 };
                 if let Err(e) = &status {
-                    tracing::warn!(domid = r.domid, name = r.name, "adopted VMM does not answer: {e}");
+                    tracing::warn!(
+                        domid = r.domid,
+                        name = r.name,
+                        "adopted VMM does not answer: {e}"
+                    );
                 }
                 d.status = status.ok();
                 lock(&self.reg).insert(d);

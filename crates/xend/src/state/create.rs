@@ -31,7 +31,7 @@ pub struct CreateOptions {
 /// How a VMM start ended.
 enum Started {
     /// The VMM answered; the domain runs.
-    Running(tokio::process::Child),
+    Running(tokio::process::Child, Box<rxen_vmm_api::Status>),
     /// The guest ran and ended before the VMM answered (its exit is recorded).
     AlreadyEnded(tokio::process::Child),
 }
@@ -81,9 +81,9 @@ impl Xend {
         let domid = self.reserve(&spec, &uuid, managed)?;
         match self.start_domain(domid, &uuid, &spec, opts).await {
             Ok(started) => {
-                let (child, ended) = match started {
-                    Started::Running(c) => (c, false),
-                    Started::AlreadyEnded(c) => (c, true),
+                let (child, status, ended) = match started {
+                    Started::Running(c, s) => (c, Some(*s), false),
+                    Started::AlreadyEnded(c) => (c, None, true),
                 };
                 let to = if opts.paused && !ended {
                     DomainState::Paused
@@ -95,9 +95,12 @@ impl Xend {
                     .update(domid, |d| {
                         d.pid = pid;
                         d.state = to;
+                        d.status = status;
                         d.clone()
                     })
-                    .ok_or_else(|| DomainError::Internal("domain vanished while starting".into()))?;
+                    .ok_or_else(|| {
+                        DomainError::Internal("domain vanished while starting".into())
+                    })?;
                 // A domain whose record cannot be written would be lost at the next
                 // restart: the create fails and the domain goes away.
                 if let Err(e) = self.persist(&d) {
@@ -189,7 +192,7 @@ impl Xend {
         };
         let deadline = tokio::time::Instant::now() + self.cfg.start_timeout;
         loop {
-            if let Ok(status) = vmm::status(&files.control()).await {
+            if let Ok(mut status) = vmm::status(&files.control()).await {
                 let sock = self.cfg.xenstored_socket.clone();
                 let boot = status.boot;
                 let introduced =
@@ -209,8 +212,12 @@ impl Xend {
                         self.undo_start(domid, uuid).await;
                         return Err(DomainError::Internal(format!("pausing: {e}")));
                     }
+                    status.paused = true;
+                    for v in &mut status.vcpus {
+                        v.paused = true;
+                    }
                 }
-                return Ok(Started::Running(child));
+                return Ok(Started::Running(child, Box::new(status)));
             }
             if let Ok(Some(status)) = child.try_wait() {
                 if vmm::read_exit(&files).is_some() {
@@ -237,7 +244,9 @@ impl Xend {
                 let _ = child.kill().await;
                 self.undo_start(domid, uuid).await;
                 let _ = std::fs::remove_dir_all(&files.dir);
-                return Err(DomainError::Internal("xen-vmm did not come up in time".into()));
+                return Err(DomainError::Internal(
+                    "xen-vmm did not come up in time".into(),
+                ));
             }
             tokio::time::sleep(BOOT_POLL).await;
         }

@@ -83,7 +83,13 @@ impl Xend {
 
     /// Keeps an ended domain listed (and recorded, so that restarts keep it) until it
     /// is destroyed.
-    fn preserve(&self, domid: u32, state: DomainState, record: &ExitRecord, rename: Option<String>) {
+    fn preserve(
+        &self,
+        domid: u32,
+        state: DomainState,
+        record: &ExitRecord,
+        rename: Option<String>,
+    ) {
         let d = lock(&self.reg).update(domid, |d| {
             d.state = state;
             d.exit_reason = Some(format!("{}: {}", record.kind.name(), record.reason));

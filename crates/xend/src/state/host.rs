@@ -1,7 +1,7 @@
 //! The host as Xen's toolstack shows it: Domain-0's entry in the domain list and the
 //! figures of `xm info` (xl info's keys where they make sense on a KVM host).
 
-use rxen_xend_api::{DomainInfo, DomainState, HostInfo, DOM0_ID, DOM0_NAME};
+use rxen_xend_api::{DomainInfo, DomainState, HostInfo, VcpuInfo, DOM0_ID, DOM0_NAME};
 use rxen_xlcfg::{Action, DomainSpec};
 
 /// Version of the Xen interface rxen implements (what guests see in `xen_version`).
@@ -39,11 +39,31 @@ fn host_cpu_seconds() -> f64 {
         .collect();
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    let busy: u64 = [0usize, 1, 2, 5, 6]
-        .iter()
-        .filter_map(|i| f.get(*i))
-        .sum();
+    let busy: u64 = [0usize, 1, 2, 5, 6].iter().filter_map(|i| f.get(*i)).sum();
     busy as f64 / hz
+}
+
+/// Domain-0's vCPUs: the host's CPUs, with their busy time from /proc/stat.
+fn host_vcpus() -> Vec<VcpuInfo> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    stat.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let id: u32 = f.next()?.strip_prefix("cpu")?.parse().ok()?;
+            let v: Vec<u64> = f.filter_map(|x| x.parse().ok()).collect();
+            let busy: u64 = [0usize, 1, 2, 5, 6].iter().filter_map(|i| v.get(*i)).sum();
+            Some(VcpuInfo {
+                id,
+                online: true,
+                state: "r".into(),
+                cpu_time_s: busy as f64 / hz,
+                host_cpu: Some(id),
+                affinity: "all".into(),
+            })
+        })
+        .collect()
 }
 
 fn uptime_s() -> Option<f64> {
@@ -87,7 +107,7 @@ pub fn dom0_info() -> DomainInfo {
         maxvcpus: cpus,
         uptime_s: uptime,
         cpu_time_s: host_cpu_seconds(),
-        vcpu_list: Vec::new(),
+        vcpu_list: host_vcpus(),
         hypercalls: 0,
         managed: false,
         pid: None,
@@ -113,12 +133,7 @@ fn uname() -> (String, String, String, String) {
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
     };
-    (
-        s(&u.nodename),
-        s(&u.release),
-        s(&u.version),
-        s(&u.machine),
-    )
+    (s(&u.nodename), s(&u.release), s(&u.version), s(&u.machine))
 }
 
 fn cpu_mhz() -> u64 {

@@ -109,7 +109,12 @@ impl Xend {
         let domid = self.resolve(id)?;
         let d = self.get(domid)?;
         let (from, to, req, event) = if pause {
-            (DomainState::Running, DomainState::Paused, Request::Pause, "paused")
+            (
+                DomainState::Running,
+                DomainState::Paused,
+                Request::Pause,
+                "paused",
+            )
         } else {
             (
                 DomainState::Paused,

@@ -13,8 +13,7 @@ impl Xend {
     pub fn new_managed(&self, spec: &DomainSpec) -> DomainResult<()> {
         spec.validate()
             .map_err(|e| DomainError::InvalidConfig(e.to_string()))?;
-        if spec.name == rxen_xend_api::DOM0_NAME || lock(&self.reg).by_name(&spec.name).is_some()
-        {
+        if spec.name == rxen_xend_api::DOM0_NAME || lock(&self.reg).by_name(&spec.name).is_some() {
             return Err(DomainError::NameInUse(spec.name.clone()));
         }
         lock(&self.db)

@@ -184,5 +184,4 @@ impl Xend {
     pub fn host_info(&self) -> rxen_xend_api::HostInfo {
         host::host_info(&self.snapshot())
     }
-
 }
