@@ -1,3 +1,5 @@
+// A build script reports failure by panicking with a message: expect is its error path.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
 //! Builds the separate `guest/` workspace with the stable toolchain (its own
 //! `.cargo/config.toml` makes freestanding static ELFs), installs every example guest
 //! at `target/guests/NAME`, and copies the default guest into OUT_DIR for embedding.

@@ -4,6 +4,8 @@
 //! loudly, or fail when `RXEN_REQUIRE_KVM=1`), waiting on a condition with a deadline
 //! ([`wait_until`], never a fixed sleep), finding built binaries and guests, and a real
 //! xenstored + xend environment ([`xend_env::Env`]). It must not contain product code.
+// Test support: a failed expectation here is a failed test, so panicking is its error path.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod xend_env;
 

@@ -1,5 +1,7 @@
 //! Bad input to `xen-vmm` and to the domain API: every case is a clear error, never
 //! a panic or a hang.
+// A test fails by panicking: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

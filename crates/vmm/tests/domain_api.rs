@@ -1,5 +1,7 @@
 //! The in-process domain API: pause/unpause, destroy, console input, event channels to
 //! the domain-0 endpoint, and state of a live domain.
+// A test fails by panicking: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

@@ -1,4 +1,6 @@
 //! Boots every example guest on KVM through `xen-vmm` and checks output and exit status.
+// A test fails by panicking: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

@@ -1,4 +1,6 @@
 //! xend's API against real daemons and real domains.
+// A test fails by panicking: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

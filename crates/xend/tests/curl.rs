@@ -1,4 +1,6 @@
 //! The API scenario driven with curl, as an operator would.
+// A test fails by panicking: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

@@ -1,5 +1,7 @@
 //! Hostile and broken clients: the daemon answers with errors or disconnects the
 //! client, and stays alive and responsive for everyone else.
+// A test fails by panicking: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

@@ -1,4 +1,6 @@
 //! The real `xm` binary against a real xenstored + xend.
+// A test fails by panicking: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 use common::*;

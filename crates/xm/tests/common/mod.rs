@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub use rxen_testkit::{bin, kvm_available};
+pub use rxen_testkit::kvm_available;
 
 pub fn wait_until(what: &str, f: impl FnMut() -> bool) {
     rxen_testkit::wait_until(what, Duration::from_secs(15), f)
