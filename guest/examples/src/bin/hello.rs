@@ -62,8 +62,11 @@ fn main() {
             "reboot" => shutdown(rxen_guest::abi::sched::SHUTDOWN_REBOOT),
             "crash" => shutdown(rxen_guest::abi::sched::SHUTDOWN_CRASH),
             "fault" => {
+                // An address in the unmapped null page (not a dangling-pointer idiom:
+                // this is the point of the test).
+                let null_page = core::ptr::without_provenance::<u64>(8);
                 // SAFETY: deliberately touches the unmapped page 0 to test fault handling.
-                unsafe { core::ptr::read_volatile(8 as *const u64) };
+                unsafe { core::ptr::read_volatile(null_page) };
             }
             "forever" => {
                 // Echo console input and report the debug key until shut down from outside.
