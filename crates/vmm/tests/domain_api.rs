@@ -113,7 +113,7 @@ fn kicking_vcpus_while_the_domain_is_joined_is_safe() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let image = std::fs::read(guest("cpubench")).expect("cpubench guest");
-    for round in 0..25 {
+    for round in 0..50 {
         let cfg = DomainConfig {
             name: format!("kick{round}"),
             vcpus: 2,
