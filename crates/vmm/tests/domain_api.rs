@@ -157,3 +157,33 @@ fn kicking_vcpus_while_the_domain_is_joined_is_safe() {
         }
     }
 }
+
+#[test]
+fn control_requests_after_the_end_are_wrong_state() {
+    if !kvm_available("control_requests_after_the_end_are_wrong_state") {
+        return;
+    }
+    use rxen_vmm::control::answer;
+    use rxen_vmm_api::{ErrorKind, Reply};
+    let (d, _sink) = start("");
+    let shared = d.shared().clone();
+    assert_eq!(d.wait(), DomainExit::Poweroff);
+    for op in ["pause", "unpause", "debug-key"] {
+        let r = answer(&shared, &format!(r#"{{"op":"{op}"}}"#));
+        assert!(
+            matches!(
+                r,
+                Reply::Error {
+                    kind: ErrorKind::WrongState,
+                    ..
+                }
+            ),
+            "{op}: {r:?}"
+        );
+    }
+    assert!(matches!(
+        answer(&shared, r#"{"op":"status"}"#),
+        Reply::Status(_)
+    ));
+    assert_eq!(answer(&shared, r#"{"op":"destroy"}"#), Reply::Done);
+}
