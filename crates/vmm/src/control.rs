@@ -76,8 +76,11 @@ pub fn status(dom: &DomainShared) -> Status {
 pub fn answer(dom: &DomainShared, line: &str) -> Reply {
     let req: Request = match decode(line, MAX_REQUEST_LINE) {
         Ok(r) => r,
-        Err(e @ DecodeError::TooLong(_)) => {
-            return Reply::error(ErrorKind::TooLarge, e.to_string())
+        Err(DecodeError::TooLong(len)) => {
+            return Reply::error(
+                ErrorKind::TooLarge,
+                format!("request line of {len} bytes is over {MAX_REQUEST_LINE} bytes"),
+            )
         }
         Err(e) => return Reply::error(ErrorKind::BadRequest, e.to_string()),
     };

@@ -3,7 +3,8 @@
 //! This crate owns one domain's execution on KVM: guest RAM ([`memory`]), the domain
 //! builder ([`elf`], [`builder`]), vCPUs and their threads ([`vcpu`]), Xen's hypercall
 //! ABI ([`hypercall`]), event channels ([`evtchn`], [`shared_info`]), time
-//! ([`clock`], [`timers`]) and the emergency console ([`console`]).
+//! ([`clock`], [`timers`]), the emergency console ([`console`]) and the control socket
+//! ([`control`], speaking `rxen_vmm_api`'s protocol).
 //!
 //! It must not know about other domains, xenstore or the toolstack's policies: those
 //! belong to `xend` and `xenstored`. Everything a guest hands it is hostile input and

@@ -115,7 +115,7 @@ fn kicking_vcpus_while_the_domain_is_joined_is_safe() {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
     let image = std::fs::read(guest("cpubench")).expect("cpubench guest");
-    for round in 0..25 {
+    for round in 0..50 {
         let cfg = DomainConfig {
             name: format!("kick{round}"),
             vcpus: 2,
@@ -158,4 +158,34 @@ fn kicking_vcpus_while_the_domain_is_joined_is_safe() {
             k.join().expect("kicker");
         }
     }
+}
+
+#[test]
+fn control_requests_after_the_end_are_wrong_state() {
+    if !kvm_available("control_requests_after_the_end_are_wrong_state") {
+        return;
+    }
+    use rxen_vmm::control::answer;
+    use rxen_vmm_api::{ErrorKind, Reply};
+    let (d, _sink) = start("");
+    let shared = d.shared().clone();
+    assert_eq!(d.wait(), DomainExit::Poweroff);
+    for op in ["pause", "unpause", "debug-key"] {
+        let r = answer(&shared, &format!(r#"{{"op":"{op}"}}"#));
+        assert!(
+            matches!(
+                r,
+                Reply::Error {
+                    kind: ErrorKind::WrongState,
+                    ..
+                }
+            ),
+            "{op}: {r:?}"
+        );
+    }
+    assert!(matches!(
+        answer(&shared, r#"{"op":"status"}"#),
+        Reply::Status(_)
+    ));
+    assert_eq!(answer(&shared, r#"{"op":"destroy"}"#), Reply::Done);
 }

@@ -60,7 +60,8 @@ impl OnlineVcpus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Barrier};
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
     use zerocopy::FromZeros;
 
     fn online_pair() -> (Arc<OnlineVcpus>, Arc<Vec<VcpuControl>>) {
@@ -88,34 +89,50 @@ mod tests {
     }
 
     #[test]
-    fn two_vcpus_downing_each_other_leave_one_online() {
-        for round in 0..3000 {
-            let (online, vcpus) = online_pair();
-            let start = Arc::new(Barrier::new(2));
-            let racers: Vec<_> = [(0usize, 1usize), (1, 0)]
-                .into_iter()
-                .map(|(_me, target)| {
-                    let (online, vcpus, start) = (online.clone(), vcpus.clone(), start.clone());
-                    std::thread::spawn(move || {
-                        start.wait();
-                        online.down(&vcpus[target], 10).is_ok()
-                    })
+    fn two_vcpus_downing_each_other_never_leave_none_online() {
+        const ITERATIONS: usize = 200_000;
+        let online = Arc::new(OnlineVcpus::at_boot());
+        let vcpus = Arc::new(vec![VcpuControl::new(0), VcpuControl::new(1)]);
+        vcpus[1]
+            .lock()
+            .initialise(rxen_abi::vcpu::VcpuGuestContext::new_box_zeroed().expect("ctx"))
+            .expect("initialise");
+        online.up(&vcpus[1], 0).expect("up");
+        let violations = Arc::new(AtomicUsize::new(0));
+        // vCPU 0's thread keeps taking vCPU 1 down and bringing it back, and vCPU 1's
+        // thread does the same to vCPU 0, both at full speed on their own host CPUs.
+        let racers: Vec<_> = [1usize, 0]
+            .into_iter()
+            .map(|target| {
+                let (online, vcpus, violations) =
+                    (online.clone(), vcpus.clone(), violations.clone());
+                std::thread::spawn(move || {
+                    let mut downs = 0;
+                    for _ in 0..ITERATIONS {
+                        if online.down(&vcpus[target], 10).is_ok() {
+                            downs += 1;
+                            // Both records locked at once: an exact snapshot (down and
+                            // up lock one vCPU only, so this cannot deadlock).
+                            let s0 = vcpus[0].lock();
+                            let s1 = vcpus[1].lock();
+                            if s0.state == VcpuState::Down && s1.state == VcpuState::Down {
+                                violations.fetch_add(1, Ordering::SeqCst);
+                            }
+                            drop((s0, s1));
+                            online.up(&vcpus[target], 20).expect("up");
+                        }
+                    }
+                    downs
                 })
-                .collect();
-            let ok: usize = racers
-                .into_iter()
-                .map(|t| t.join().expect("racer") as usize)
-                .sum();
-            let up = vcpus
-                .iter()
-                .filter(|v| v.lock().state != VcpuState::Down)
-                .count();
-            assert_eq!(
-                up, 1,
-                "round {round}: {ok} downs succeeded, {up} vCPUs online"
-            );
-            assert_eq!(ok, 1, "round {round}");
-            assert_eq!(online.count(), 1);
-        }
+            })
+            .collect();
+        let downs: usize = racers.into_iter().map(|t| t.join().expect("racer")).sum();
+        assert_eq!(
+            violations.load(Ordering::SeqCst),
+            0,
+            "no vCPU was online after a successful VCPUOP_down ({downs} downs)"
+        );
+        assert!(downs > 0);
+        assert_eq!(online.count(), 2);
     }
 }
