@@ -250,8 +250,8 @@ impl ExitRecord {
 /// A line that is not a message of this protocol.
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
-    #[error("line of {0} bytes is over the {MAX_LINE}-byte limit")]
-    TooLong(usize),
+    #[error("line of {len} bytes is over the {limit}-byte limit")]
+    TooLong { len: usize, limit: usize },
     #[error("malformed message: {0}")]
     Malformed(#[from] serde_json::Error),
 }
@@ -271,7 +271,10 @@ pub fn encode<T: Serialize>(msg: &T) -> String {
 pub fn decode<T: serde::de::DeserializeOwned>(line: &str, limit: usize) -> Result<T, DecodeError> {
     let line = line.trim_end_matches(['\n', '\r']);
     if line.len() > limit {
-        return Err(DecodeError::TooLong(line.len()));
+        return Err(DecodeError::TooLong {
+            len: line.len(),
+            limit,
+        });
     }
     Ok(serde_json::from_str(line)?)
 }
@@ -357,7 +360,10 @@ mod tests {
         let long = format!(r#"{{"op":"console-input","data":"{}"}}"#, "a".repeat(5000));
         assert!(matches!(
             decode::<Request>(&long, MAX_REQUEST_LINE),
-            Err(DecodeError::TooLong(_))
+            Err(DecodeError::TooLong {
+                limit: MAX_REQUEST_LINE,
+                ..
+            })
         ));
     }
 

@@ -76,11 +76,8 @@ pub fn status(dom: &DomainShared) -> Status {
 pub fn answer(dom: &DomainShared, line: &str) -> Reply {
     let req: Request = match decode(line, MAX_REQUEST_LINE) {
         Ok(r) => r,
-        Err(DecodeError::TooLong(len)) => {
-            return Reply::error(
-                ErrorKind::TooLarge,
-                format!("request line of {len} bytes is over {MAX_REQUEST_LINE} bytes"),
-            )
+        Err(e @ DecodeError::TooLong { .. }) => {
+            return Reply::error(ErrorKind::TooLarge, e.to_string())
         }
         Err(e) => return Reply::error(ErrorKind::BadRequest, e.to_string()),
     };
