@@ -9,10 +9,18 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 # Xen's own xenstore clients and test program, run against our xenstored by the tests.
 command -v xenstore-read >/dev/null 2>&1 || need+=(xenstore-utils)
 [ -x /usr/lib/xen-4.17/bin/test-xenstore ] || need+=(xen-utils-4.17)
+# promtool checks the exposition of xend's /metrics in the tests.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# The gates of scripts/test.sh need rustfmt and clippy.
+if command -v rustup >/dev/null 2>&1; then
+    for c in rustfmt clippy; do
+        rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+    done
 fi
 if [ ! -e /dev/kvm ]; then
     echo "setup: WARNING: /dev/kvm is missing; domains cannot run here (KVM tests will be skipped)" >&2
