@@ -118,7 +118,7 @@ fn sigterm_destroys_the_domain() {
         return;
     }
     let g = guest("hello");
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_xen-vmm"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_xen-vmm"))
         .args([
             "run",
             "--kernel",
@@ -130,10 +130,20 @@ fn sigterm_destroys_the_domain() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    // Wait until the guest runs (it prints its heap figures), then signal.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    while !seen.contains("heap free") {
+        let mut line = String::new();
+        let n = std::io::BufRead::read_line(&mut stdout, &mut line).expect("read");
+        assert!(n > 0, "the guest ended before it was up: {seen}");
+        seen.push_str(&line);
+    }
     // SAFETY: sending SIGTERM to our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).expect("read");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
-    assert!(!String::from_utf8_lossy(&out.stdout).contains("goodbye"));
+    assert!(!rest.contains("goodbye"));
 }

@@ -35,10 +35,10 @@ fn pause_unpause_destroy() {
         return;
     }
     let (d, sink) = start("forever");
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(output(&sink).contains("heap free"));
+    wait_until("the guest to be up", Duration::from_secs(10), || {
+        output(&sink).contains("heap free").then_some(())
+    });
     d.shared().pause();
-    std::thread::sleep(Duration::from_millis(20));
     for v in &d.shared().vcpus {
         assert!(!v.lock().may_run(), "paused vCPU does not run");
     }
@@ -53,8 +53,10 @@ fn dom0_endpoint_reaches_a_live_guest() {
     if !kvm_available("dom0_endpoint_reaches_a_live_guest") {
         return;
     }
-    let (d, _sink) = start("forever");
-    std::thread::sleep(Duration::from_millis(100));
+    let (d, sink) = start("forever");
+    wait_until("the guest to be up", Duration::from_secs(10), || {
+        output(&sink).contains("heap free").then_some(())
+    });
     let shared = d.shared().clone();
     // The builder allocated the console port for domain 0; the backend side binds it.
     let console_port = 2;
@@ -71,15 +73,11 @@ fn dom0_endpoint_reaches_a_live_guest() {
         .dom0_notify(dom0.port)
         .expect("notify");
     // The guest blocks in SCHEDOP_block and dispatches: the pending bit gets cleared.
-    let mut cleared = false;
-    for _ in 0..100 {
-        if !shared.shared_info.is_pending(console_port) {
-            cleared = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(cleared, "guest handled the event from the dom0 endpoint");
+    wait_until(
+        "the guest to handle the event from the dom0 endpoint",
+        Duration::from_secs(10),
+        || (!shared.shared_info.is_pending(console_port)).then_some(()),
+    );
     d.destroy();
     assert_eq!(d.wait(), DomainExit::Destroyed);
 }

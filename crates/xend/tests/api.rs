@@ -221,12 +221,15 @@ fn managed_domains_and_events() {
     let env = Env::start("managed");
     // Follow the event stream.
     let url = env.url("/events");
+    let (subscribed_tx, subscribed) = std::sync::mpsc::channel();
     let events = std::thread::spawn(move || {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(20)))
             .build()
             .into();
+        // The reply's headers come after xend subscribed this stream to the events.
         let mut r = agent.get(&url).call().unwrap();
+        subscribed_tx.send(()).unwrap();
         use std::io::BufRead;
         let mut seen = Vec::new();
         for line in std::io::BufReader::new(r.body_mut().as_reader()).lines() {
@@ -241,7 +244,9 @@ fn managed_domains_and_events() {
         }
         seen
     });
-    std::thread::sleep(Duration::from_millis(200));
+    subscribed
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the event stream answers");
     assert_eq!(
         env.post("/managed", r#"{"config": "name = 'm'\nmemory = 32"}"#)
             .0,
@@ -310,7 +315,11 @@ fn xend_restart_loses_nothing() {
         // SAFETY: killing a domain's VMM while xend is down.
         unsafe { libc::kill(d["domain"]["pid"].as_u64().unwrap() as i32, libc::SIGKILL) };
     }
-    std::thread::sleep(Duration::from_millis(200));
+    env.wait_until("the killed VMMs to be gone", || {
+        [&b, &c]
+            .iter()
+            .all(|d| !pid_alive(d["domain"]["pid"].as_u64().unwrap()))
+    });
     env.start_xend();
     let keep = env.get("/domains/keep").1;
     assert_eq!(keep["state"], "running", "{keep}");
