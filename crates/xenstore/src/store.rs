@@ -429,7 +429,12 @@ impl Store {
         let mtype = MsgType::from_u32(msg.header.msg_type);
         // Take the transaction out of the connection while the request runs.
         let mut tx = None;
-        if txid != 0 && !matches!(mtype, Some(MsgType::TransactionStart)) {
+        // WATCH and UNWATCH ignore the transaction id, as Xen's (XS_FLAG_NOTID).
+        let uses_txid = !matches!(
+            mtype,
+            Some(MsgType::TransactionStart | MsgType::Watch | MsgType::Unwatch)
+        );
+        if txid != 0 && uses_txid {
             match self.conns.get_mut(&id).and_then(|c| c.txns.remove(&txid)) {
                 Some(t) => tx = Some(t),
                 None => return vec![self.error(id, msg, XsError::ENOENT)],

@@ -203,3 +203,42 @@ fn corrupt_state_file_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("parsing state file"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The next message that is not a watch event.
+fn raw_reply(c: &mut Client) -> Message {
+    loop {
+        let m = c.read_raw().expect("reply");
+        if m.header.msg_type != MsgType::WatchEvent as u32 {
+            return m;
+        }
+    }
+}
+
+/// Xen's xenstored ignores the transaction id of WATCH and UNWATCH (`XS_FLAG_NOTID` in
+/// its `wire_funcs[]`): a stale id, or one never started, must not make them fail.
+#[test]
+fn watch_and_unwatch_ignore_the_transaction_id() {
+    let d = Daemon::start("notid", &[]);
+    let mut c = Client::connect(&d.socket).unwrap();
+    c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    let stale_tx = 12345;
+    let body = b"/notid\0tok\0".to_vec();
+    c.send_raw(&Message::new(MsgType::Watch as u32, 41, stale_tx, body.clone()).to_bytes())
+        .unwrap();
+    let r = raw_reply(&mut c);
+    assert_eq!(
+        (r.header.msg_type, r.header.req_id, r.payload.as_slice()),
+        (MsgType::Watch as u32, 41, &b"OK\0"[..]),
+        "WATCH with an unknown transaction id"
+    );
+    c.send_raw(&Message::new(MsgType::Unwatch as u32, 42, stale_tx, body).to_bytes())
+        .unwrap();
+    let r = raw_reply(&mut c);
+    assert_eq!(
+        (r.header.msg_type, r.header.req_id, r.payload.as_slice()),
+        (MsgType::Unwatch as u32, 42, &b"OK\0"[..]),
+        "UNWATCH with an unknown transaction id"
+    );
+    // Other requests still check the id.
+    assert_eq!(xs_err(c.read(stale_tx, "/notid")), "ENOENT");
+}
