@@ -865,7 +865,7 @@ impl Store {
                 s
             }
             "stats" => format!(
-                "nodes={} connections={} domains={} watches={} requests={} errors={} watch_events={} conflicts={}\n",
+                "nodes={} connections={} domains={} watches={} requests={} errors={} watch_events={} conflicts={} transactions={}\n",
                 self.nodes.len(),
                 self.conns.len(),
                 self.domains.len(),
@@ -873,7 +873,8 @@ impl Store {
                 self.stats.requests,
                 self.stats.errors,
                 self.stats.watch_events,
-                self.stats.conflicts
+                self.stats.conflicts,
+                self.conns.values().map(|c| c.txns.len()).sum::<usize>()
             ),
             "help" => "commands: check (consistency check), quota (limits and usage), stats (counters), help\n".to_string(),
             _ => return Err(XsError::EINVAL),

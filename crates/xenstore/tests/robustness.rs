@@ -6,6 +6,9 @@ use common::*;
 
 use std::time::Duration;
 
+/// How long a test waits for the daemon to notice a client went away.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
 use rxen_xenstore::client::{Client, ClientError};
 use rxen_xenstore::wire::{Header, Message, MsgType};
 
@@ -97,28 +100,58 @@ fn floods_and_disconnects() {
     }
     assert_eq!(xs_err(last), "ENOSPC");
     // Disconnect mid-transaction: its transaction is gone, nothing leaks.
+    let before = stats(&mut admin);
     let mut t = Client::connect(&d.socket).unwrap();
     let tx = t.transaction_start().unwrap();
     t.write(tx, "/half/done", b"x").unwrap();
+    t.watch("/half", "w").unwrap();
+    assert_eq!(stat(&mut admin, "transactions"), before["transactions"] + 1);
     drop(t);
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until("the connection to go away", TIMEOUT, || {
+        stat(&mut admin, "connections") == before["connections"]
+    });
+    let after = stats(&mut admin);
+    for what in ["transactions", "watches", "nodes"] {
+        assert_eq!(after[what], before[what], "{what} leaked: {after:?}");
+    }
     assert_eq!(xs_err(admin.read(0, "/half/done")), "ENOENT");
     // A client that never reads its watch events is disconnected; others carry on.
+    let before = stats(&mut admin);
     let mut deaf = Client::connect(&d.socket).unwrap();
     deaf.watch("/noisy", "t").unwrap();
-    let big = vec![b'x'; 3000];
+    // Long paths make large events: far more than the 1 MiB output bound plus what
+    // the socket buffers hold.
+    let long = "n".repeat(2000);
     for i in 0..3000 {
-        admin.write(0, &format!("/noisy/{}", i % 10), &big).unwrap();
+        admin
+            .write(0, &format!("/noisy/{}{long}", i % 10), b"x")
+            .unwrap();
+        if i % 100 == 99 && stat(&mut admin, "connections") == before["connections"] {
+            break;
+        }
     }
-    let stats = String::from_utf8_lossy(
-        &admin
-            .request(MsgType::Control, 0, b"stats\0".to_vec())
-            .unwrap(),
-    )
-    .to_string();
-    assert!(
-        stats.contains("connections=3"),
-        "deaf client dropped: {stats}"
+    wait_until("the deaf client to be disconnected", TIMEOUT, || {
+        stat(&mut admin, "connections") == before["connections"]
+    });
+    assert_eq!(
+        stat(&mut admin, "watches"),
+        before["watches"],
+        "its watch went with it"
+    );
+    assert_eq!(stat(&mut admin, "transactions"), before["transactions"]);
+    admin.write(0, "/after/deaf", b"ok").unwrap();
+    assert_eq!(dom.read(0, "n0").unwrap(), b"x", "others carry on");
+    drop(deaf);
+    // The flooding domain goes away: its open transactions and watches go with it.
+    drop(dom);
+    wait_until("the domain connection to go away", TIMEOUT, || {
+        stat(&mut admin, "connections") == 1
+    });
+    let after = stats(&mut admin);
+    assert_eq!(
+        (after["transactions"], after["watches"]),
+        (0, 0),
+        "{after:?}"
     );
     assert!(d.alive());
 }
