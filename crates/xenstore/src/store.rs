@@ -429,7 +429,12 @@ impl Store {
         let mtype = MsgType::from_u32(msg.header.msg_type);
         // Take the transaction out of the connection while the request runs.
         let mut tx = None;
-        if txid != 0 && !matches!(mtype, Some(MsgType::TransactionStart)) {
+        // WATCH and UNWATCH ignore the transaction id, as Xen's (XS_FLAG_NOTID).
+        let uses_txid = !matches!(
+            mtype,
+            Some(MsgType::TransactionStart | MsgType::Watch | MsgType::Unwatch)
+        );
+        if txid != 0 && uses_txid {
             match self.conns.get_mut(&id).and_then(|c| c.txns.remove(&txid)) {
                 Some(t) => tx = Some(t),
                 None => return vec![self.error(id, msg, XsError::ENOENT)],
@@ -860,7 +865,7 @@ impl Store {
                 s
             }
             "stats" => format!(
-                "nodes={} connections={} domains={} watches={} requests={} errors={} watch_events={} conflicts={}\n",
+                "nodes={} connections={} domains={} watches={} requests={} errors={} watch_events={} conflicts={} transactions={}\n",
                 self.nodes.len(),
                 self.conns.len(),
                 self.domains.len(),
@@ -868,7 +873,8 @@ impl Store {
                 self.stats.requests,
                 self.stats.errors,
                 self.stats.watch_events,
-                self.stats.conflicts
+                self.stats.conflicts,
+                self.conns.values().map(|c| c.txns.len()).sum::<usize>()
             ),
             "help" => "commands: check (consistency check), quota (limits and usage), stats (counters), help\n".to_string(),
             _ => return Err(XsError::EINVAL),

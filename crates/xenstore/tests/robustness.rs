@@ -8,6 +8,9 @@ use common::*;
 
 use std::time::Duration;
 
+/// How long a test waits for the daemon to notice a client went away.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
 use rxen_xenstore::client::{Client, ClientError};
 use rxen_xenstore::wire::{Header, Message, MsgType};
 
@@ -99,28 +102,58 @@ fn floods_and_disconnects() {
     }
     assert_eq!(xs_err(last), "ENOSPC");
     // Disconnect mid-transaction: its transaction is gone, nothing leaks.
+    let before = stats(&mut admin);
     let mut t = Client::connect(&d.socket).unwrap();
     let tx = t.transaction_start().unwrap();
     t.write(tx, "/half/done", b"x").unwrap();
+    t.watch("/half", "w").unwrap();
+    assert_eq!(stat(&mut admin, "transactions"), before["transactions"] + 1);
     drop(t);
-    std::thread::sleep(Duration::from_millis(100));
+    wait_until("the connection to go away", TIMEOUT, || {
+        stat(&mut admin, "connections") == before["connections"]
+    });
+    let after = stats(&mut admin);
+    for what in ["transactions", "watches", "nodes"] {
+        assert_eq!(after[what], before[what], "{what} leaked: {after:?}");
+    }
     assert_eq!(xs_err(admin.read(0, "/half/done")), "ENOENT");
     // A client that never reads its watch events is disconnected; others carry on.
+    let before = stats(&mut admin);
     let mut deaf = Client::connect(&d.socket).unwrap();
     deaf.watch("/noisy", "t").unwrap();
-    let big = vec![b'x'; 3000];
+    // Long paths make large events: far more than the 1 MiB output bound plus what
+    // the socket buffers hold.
+    let long = "n".repeat(2000);
     for i in 0..3000 {
-        admin.write(0, &format!("/noisy/{}", i % 10), &big).unwrap();
+        admin
+            .write(0, &format!("/noisy/{}{long}", i % 10), b"x")
+            .unwrap();
+        if i % 100 == 99 && stat(&mut admin, "connections") == before["connections"] {
+            break;
+        }
     }
-    let stats = String::from_utf8_lossy(
-        &admin
-            .request(MsgType::Control, 0, b"stats\0".to_vec())
-            .unwrap(),
-    )
-    .to_string();
-    assert!(
-        stats.contains("connections=3"),
-        "deaf client dropped: {stats}"
+    wait_until("the deaf client to be disconnected", TIMEOUT, || {
+        stat(&mut admin, "connections") == before["connections"]
+    });
+    assert_eq!(
+        stat(&mut admin, "watches"),
+        before["watches"],
+        "its watch went with it"
+    );
+    assert_eq!(stat(&mut admin, "transactions"), before["transactions"]);
+    admin.write(0, "/after/deaf", b"ok").unwrap();
+    assert_eq!(dom.read(0, "n0").unwrap(), b"x", "others carry on");
+    drop(deaf);
+    // The flooding domain goes away: its open transactions and watches go with it.
+    drop(dom);
+    wait_until("the domain connection to go away", TIMEOUT, || {
+        stat(&mut admin, "connections") == 1
+    });
+    let after = stats(&mut admin);
+    assert_eq!(
+        (after["transactions"], after["watches"]),
+        (0, 0),
+        "{after:?}"
     );
     assert!(d.alive());
 }
@@ -204,4 +237,43 @@ fn corrupt_state_file_is_refused() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("parsing state file"));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The next message that is not a watch event.
+fn raw_reply(c: &mut Client) -> Message {
+    loop {
+        let m = c.read_raw().expect("reply");
+        if m.header.msg_type != MsgType::WatchEvent as u32 {
+            return m;
+        }
+    }
+}
+
+/// Xen's xenstored ignores the transaction id of WATCH and UNWATCH (`XS_FLAG_NOTID` in
+/// its `wire_funcs[]`): a stale id, or one never started, must not make them fail.
+#[test]
+fn watch_and_unwatch_ignore_the_transaction_id() {
+    let d = Daemon::start("notid", &[]);
+    let mut c = Client::connect(&d.socket).unwrap();
+    c.set_timeout(Some(Duration::from_secs(10))).unwrap();
+    let stale_tx = 12345;
+    let body = b"/notid\0tok\0".to_vec();
+    c.send_raw(&Message::new(MsgType::Watch as u32, 41, stale_tx, body.clone()).to_bytes())
+        .unwrap();
+    let r = raw_reply(&mut c);
+    assert_eq!(
+        (r.header.msg_type, r.header.req_id, r.payload.as_slice()),
+        (MsgType::Watch as u32, 41, &b"OK\0"[..]),
+        "WATCH with an unknown transaction id"
+    );
+    c.send_raw(&Message::new(MsgType::Unwatch as u32, 42, stale_tx, body).to_bytes())
+        .unwrap();
+    let r = raw_reply(&mut c);
+    assert_eq!(
+        (r.header.msg_type, r.header.req_id, r.payload.as_slice()),
+        (MsgType::Unwatch as u32, 42, &b"OK\0"[..]),
+        "UNWATCH with an unknown transaction id"
+    );
+    // Other requests still check the id.
+    assert_eq!(xs_err(c.read(stale_tx, "/notid")), "ENOENT");
 }

@@ -55,22 +55,11 @@ fn xenstore_utils_work() {
         .expect("xenstore-watch");
     // Wait until xenstore-watch has registered its watch.
     let mut admin = rxen_xenstore::client::Client::connect(&d.socket).unwrap();
-    for _ in 0..500 {
-        let stats = String::from_utf8_lossy(
-            &admin
-                .request(
-                    rxen_xenstore::wire::MsgType::Control,
-                    0,
-                    b"stats\0".to_vec(),
-                )
-                .unwrap(),
-        )
-        .to_string();
-        if stats.contains("watches=1 ") {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    wait_until(
+        "xenstore-watch to register its watch",
+        std::time::Duration::from_secs(10),
+        || stat(&mut admin, "watches") == 1,
+    );
     tool(&d, "xenstore-write", &["/vm/w", "x"]);
     tool(&d, "xenstore-rm", &["/vm/w"]);
     let out = child.wait_with_output().expect("watch output");

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use rxen_xenstore::pidfile::{PidFile, PidFileError};
 use rxen_xenstore::server::{Config, Daemon};
 
 #[derive(Parser)]
@@ -27,7 +28,8 @@ struct Cli {
     /// Detach from the terminal and run in the background.
     #[arg(long)]
     daemon: bool,
-    /// Write the daemon's process id here.
+    /// Write the daemon's process id here and hold an exclusive lock on the file for
+    /// the daemon's life; a second xenstored with the same pid file refuses to start.
     #[arg(long)]
     pid_file: Option<PathBuf>,
 }
@@ -48,6 +50,12 @@ fn block_signals() -> libc::sigset_t {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Checked before detaching so that the refusal reaches the terminal; the lock
+    // taken after detaching is what decides.
+    if let Some(pid) = cli.pid_file.as_deref().and_then(PidFile::holder) {
+        eprintln!("{}", refusal(cli.pid_file.as_deref(), pid));
+        return ExitCode::FAILURE;
+    }
     if cli.daemon {
         // SAFETY: daemon(3) before any thread is started; keeps the working directory.
         if unsafe { libc::daemon(1, 0) } != 0 {
@@ -62,6 +70,17 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let _pid_file = match cli.pid_file.as_deref().map(PidFile::acquire).transpose() {
+        Ok(p) => p,
+        Err(PidFileError::Held { pid, .. }) => {
+            eprintln!("{}", refusal(cli.pid_file.as_deref(), pid));
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("xenstored: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let set = block_signals();
     let domain_dir = cli.domain_socket_dir.clone().unwrap_or_else(|| {
         cli.socket
@@ -82,12 +101,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(p) = &cli.pid_file {
-        if let Err(e) = std::fs::write(p, format!("{}\n", std::process::id())) {
-            eprintln!("xenstored: writing pid file {}: {e}", p.display());
-            return ExitCode::FAILURE;
-        }
-    }
     let server = daemon.clone();
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let tx2 = tx.clone();
@@ -115,8 +128,15 @@ fn main() -> ExitCode {
         }
         daemon.remove_sockets();
     }
-    if let Some(p) = &cli.pid_file {
-        let _ = std::fs::remove_file(p);
-    }
+    // `_pid_file` is dropped here: the file is removed and its lock released.
     code
+}
+
+fn refusal(path: Option<&std::path::Path>, pid: u32) -> String {
+    let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+    if pid == 0 {
+        format!("xenstored: another xenstored is starting with pid file {path}; not starting")
+    } else {
+        format!("xenstored: already running as pid {pid} (pid file {path} is locked); not starting")
+    }
 }

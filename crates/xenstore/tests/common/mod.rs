@@ -37,14 +37,9 @@ impl Daemon {
             .stderr(Stdio::null())
             .spawn()
             .expect("start xenstored");
-        let t = Instant::now();
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "xenstored did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until("xenstored to come up", Duration::from_secs(10), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        });
         Daemon {
             child: Some(child),
             dir,
@@ -94,4 +89,39 @@ fn which(tool: &str) -> bool {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
         .unwrap_or(false)
+}
+
+/// Waits until `cond` holds; fails the test if it does not within `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The counters of `CONTROL stats` (`name=value` pairs).
+pub fn stats(c: &mut rxen_xenstore::client::Client) -> std::collections::BTreeMap<String, u64> {
+    let raw = c
+        .request(
+            rxen_xenstore::wire::MsgType::Control,
+            0,
+            b"stats\0".to_vec(),
+        )
+        .expect("CONTROL stats");
+    String::from_utf8_lossy(&raw)
+        .trim_end_matches('\0')
+        .split_whitespace()
+        .filter_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// One counter of `CONTROL stats` (panics if the daemon does not report it).
+pub fn stat(c: &mut rxen_xenstore::client::Client, name: &str) -> u64 {
+    *stats(c)
+        .get(name)
+        .unwrap_or_else(|| panic!("CONTROL stats has no {name}"))
 }
