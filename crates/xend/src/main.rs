@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use rxen_xend::api::{self, AppState};
+use rxen_xend::process::{StateDirLock, StateDirLockError};
 use rxen_xend::state::{Xend, XendConfig};
+use rxen_xenstore::pidfile::{PidFile, PidFileError};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{filter::LevelFilter, Layer};
@@ -83,14 +85,12 @@ fn pid_file(o: &Opts) -> PathBuf {
     o.state_dir.join("xend.pid")
 }
 
+/// The pid of the running xend of this state directory: the process holding its pid
+/// file's lock (a file left by a dead or zombie daemon names nobody).
 fn running_pid(o: &Opts) -> Option<i32> {
-    let pid: i32 = std::fs::read_to_string(pid_file(o))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    // SAFETY: signal 0 only probes the process.
-    (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    PidFile::holder(&pid_file(o))
+        .filter(|p| *p != 0)
+        .map(|p| p as i32)
 }
 
 fn ensure_xenstored(o: &Opts) -> Result<(), String> {
@@ -255,11 +255,10 @@ fn stop(o: &Opts) -> Result<(), String> {
     let Some(pid) = running_pid(o) else {
         return Err("xend is not running".into());
     };
-    // SAFETY: asking the recorded xend process to stop.
+    // SAFETY: asking the process that holds xend's pid-file lock to stop.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     for _ in 0..500 {
-        // SAFETY: probe only.
-        if unsafe { libc::kill(pid, 0) } != 0 {
+        if running_pid(o).is_none() {
             println!("xend stopped (domains keep running)");
             return Ok(());
         }
@@ -317,11 +316,20 @@ async fn foreground(o: Opts) -> Result<(), String> {
     }
     let _guards = init_logs(&o.log_dir)?;
     std::fs::create_dir_all(&o.state_dir).map_err(|e| format!("creating state dir: {e}"))?;
-    if let Some(pid) = running_pid(&o) {
-        if pid as u32 != std::process::id() {
-            return Err(format!("another xend is running (pid {pid})"));
-        }
-    }
+    // One xend per state directory, for its whole life: the directory's lock, then
+    // the pid file (`xend stop`/`status` find the daemon through it).
+    let _state_lock = StateDirLock::acquire(&o.state_dir).map_err(|e| match e {
+        StateDirLockError::Held => format!(
+            "another xend is running on state directory {}{}",
+            o.state_dir.display(),
+            running_pid(&o).map_or(String::new(), |p| format!(" (pid {p})"))
+        ),
+        e => e.to_string(),
+    })?;
+    let _pid_file = PidFile::acquire(&pid_file(&o)).map_err(|e| match e {
+        PidFileError::Held { pid, .. } => format!("another xend is running (pid {pid})"),
+        e => e.to_string(),
+    })?;
     if !rxen_xend::xs::alive(&o.xenstored_socket) {
         return Err(format!(
             "xenstored is not answering on {} (xend start starts it)",
@@ -372,8 +380,6 @@ async fn foreground(o: Opts) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("binding {addr}: {e}"))?;
-    std::fs::write(pid_file(&o), format!("{}\n", std::process::id()))
-        .map_err(|e| format!("writing pid file: {e}"))?;
     tracing::info!(%addr, "xend listening");
     if let Some(p) = &o.unix_socket {
         let _ = std::fs::remove_file(p);
@@ -420,7 +426,6 @@ async fn foreground(o: Opts) -> Result<(), String> {
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = std::fs::remove_file(pid_file(&o));
     if let Some(p) = &o.unix_socket {
         let _ = std::fs::remove_file(p);
     }

@@ -20,6 +20,42 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// An exclusive `flock` on a state directory, held for a daemon's life: two xends can
+/// never share one state directory, even if its pid file was removed (the lock is on
+/// the directory itself, which cannot be removed while in use). The kernel drops it
+/// when the holder dies, so a killed daemon never blocks the next one.
+pub struct StateDirLock {
+    _dir: std::fs::File,
+}
+
+impl StateDirLock {
+    /// Locks `dir` without waiting; `Err` says whether another process holds it.
+    pub fn acquire(dir: &std::path::Path) -> Result<StateDirLock, StateDirLockError> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(dir).map_err(|e| StateDirLockError::Io(e.to_string()))?;
+        loop {
+            // SAFETY: flock(2) on a descriptor we own; no memory is passed.
+            if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(StateDirLock { _dir: f });
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EWOULDBLOCK) => return Err(StateDirLockError::Held),
+                _ => return Err(StateDirLockError::Io(e.to_string())),
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateDirLockError {
+    #[error("another process holds the state directory's lock")]
+    Held,
+    #[error("locking the state directory: {0}")]
+    Io(String),
+}
+
 /// Sends SIGKILL to `pid` if it is alive.
 pub fn kill(pid: u32) {
     if pid_alive(pid) {
@@ -31,6 +67,20 @@ pub fn kill(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_state_dir_is_locked_once() {
+        let dir = std::env::temp_dir().join(format!("rxen-statelock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let held = StateDirLock::acquire(&dir).unwrap();
+        assert!(matches!(
+            StateDirLock::acquire(&dir),
+            Err(StateDirLockError::Held)
+        ));
+        drop(held);
+        StateDirLock::acquire(&dir).unwrap();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn zombies_are_not_alive() {

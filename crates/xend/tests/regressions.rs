@@ -132,21 +132,29 @@ fn a_second_xend_on_one_state_dir_is_refused() {
         return;
     }
     let env = Env::start("two-xends");
-    let out = Command::new(bin("xend"))
-        .arg("foreground")
-        .args(["--port", &rxen_testkit::free_port().to_string()])
-        .arg("--state-dir")
-        .arg(env.dir.join("state"))
-        .arg("--log-dir")
-        .arg(env.dir.join("log2"))
-        .arg("--xenstored-socket")
-        .arg(env.dir.join("xs/socket"))
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let second = || {
+        let out = Command::new(bin("xend"))
+            .arg("foreground")
+            .args(["--port", &rxen_testkit::free_port().to_string()])
+            .arg("--state-dir")
+            .arg(env.dir.join("state"))
+            .arg("--log-dir")
+            .arg(env.dir.join("log2"))
+            .arg("--xenstored-socket")
+            .arg(env.dir.join("xs/socket"))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = second();
     assert!(err.contains("another xend"), "{err}");
+    // Even without its pid file, the state directory stays locked.
+    std::fs::remove_file(env.dir.join("state/xend.pid")).unwrap();
+    let err = second();
+    assert!(err.contains("another xend"), "{err}");
+    assert_eq!(env.get("/health").0, 200, "the first xend carries on");
 }
 
 /// Bug 7: `xend start` only said "xend did not come up".
