@@ -82,11 +82,8 @@ fn pid_file_of_a_zombie_does_not_block() {
             .unwrap_or(false)
     });
     // SAFETY: signal 0 only checks that the pid exists; it sends nothing.
-    assert_eq!(
-        unsafe { libc::kill(zpid as i32, 0) },
-        0,
-        "zombie looks alive"
-    );
+    let probe = unsafe { libc::kill(zpid as i32, 0) };
+    assert_eq!(probe, 0, "zombie looks alive");
     std::fs::write(&pid_file, format!("{zpid}\n")).unwrap();
     let pf = pid_file.to_str().unwrap().to_string();
     let d = Daemon::start_in(dir, &["--pid-file", &pf]);
