@@ -107,7 +107,11 @@ fn start() -> Result<Daemons, String> {
 }
 
 fn create(d: &Daemons, name: &str) -> Result<u64, String> {
-    let body = serde_json::json!({"config": format!("name='{name}'\nmemory=16")}).to_string();
+    let body = serde_json::to_string(&rxen_xend_api::CreateRequest {
+        config: Some(format!("name='{name}'\nmemory=16")),
+        ..Default::default()
+    })
+    .map_err(|e| e.to_string())?;
     let mut r = d
         .agent
         .post(format!("{}/domains", d.url))
@@ -118,8 +122,13 @@ fn create(d: &Daemons, name: &str) -> Result<u64, String> {
     if r.status().as_u16() != 201 {
         return Err(format!("create {name}: {text}"));
     }
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    v["domain"]["pid"].as_u64().ok_or_else(|| "no pid".into())
+    let reply: rxen_xend_api::CreateReply =
+        serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    reply
+        .domain
+        .pid
+        .map(u64::from)
+        .ok_or_else(|| "no pid".into())
 }
 
 fn destroy(d: &Daemons, name: &str) {
