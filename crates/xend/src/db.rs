@@ -16,6 +16,8 @@ pub enum DbError {
     Json(#[from] serde_json::Error),
     #[error("stored domain state {0:?} is unknown")]
     State(String),
+    #[error("the database file is gone or was replaced: {0}")]
+    Detached(String),
 }
 
 /// A domain with a VMM, or a preserved one, as recorded for re-adoption.
@@ -41,6 +43,15 @@ fn state_from_str(s: &str) -> Result<DomainState, DbError> {
 
 pub struct Db {
     conn: Connection,
+    path: std::path::PathBuf,
+    /// (device, inode) of the file opened, to notice it being removed or replaced.
+    identity: (u64, u64),
+}
+
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino()))
 }
 
 impl Db {
@@ -64,7 +75,32 @@ impl Db {
                  ALTER TABLE running ADD COLUMN exit_reason TEXT;",
             )?;
         }
-        Ok(Db { conn })
+        let identity = file_identity(path).map_err(|e| DbError::Detached(e.to_string()))?;
+        Ok(Db {
+            conn,
+            path: path.to_path_buf(),
+            identity,
+        })
+    }
+
+    /// Whether the file this database was opened from is still at its path (someone
+    /// may have removed or replaced it while xend runs).
+    pub fn detached(&self) -> bool {
+        file_identity(&self.path).map_or(true, |id| id != self.identity)
+    }
+
+    /// Writes everything this (still open) database holds back to its path and reopens
+    /// it there: nothing is lost when the file was removed under a running xend.
+    pub fn restore(&mut self) -> Result<(), DbError> {
+        let tmp = self.path.with_extension("restore");
+        let _ = std::fs::remove_file(&tmp);
+        self.conn.execute(
+            "VACUUM INTO ?1",
+            params![tmp.to_string_lossy().into_owned()],
+        )?;
+        std::fs::rename(&tmp, &self.path).map_err(|e| DbError::Detached(e.to_string()))?;
+        *self = Db::open(&self.path.clone())?;
+        Ok(())
     }
 
     /// The next domain id after the highest ever handed out (1..32751, wrapping and
@@ -184,6 +220,13 @@ mod tests {
         let db = Db::open(&dir.join("t.db")).unwrap();
         let (spec, _) = DomainSpec::from_xl("name='a'\nmemory=64").unwrap();
         db.put_managed(&spec).unwrap();
+        // Removing the file under the open database is noticed and repaired.
+        assert!(!db.detached());
+        std::fs::remove_file(dir.join("t.db")).unwrap();
+        assert!(db.detached());
+        let mut db = db;
+        db.restore().unwrap();
+        assert!(!db.detached());
         assert_eq!(db.managed().unwrap(), vec![spec.clone()]);
         assert_eq!(db.allocate_domid(&|_| false).unwrap(), Some(1));
         assert_eq!(db.allocate_domid(&|id| id == 2).unwrap(), Some(3));
