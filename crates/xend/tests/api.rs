@@ -411,21 +411,3 @@ fn auth_token_is_enforced() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs --auth-token"));
 }
-
-#[test]
-fn openapi_document_is_served_and_complete() {
-    let env = Env::start("openapi");
-    let (s, doc) = env.get("/openapi.json");
-    assert_eq!(s, 200);
-    assert_eq!(doc["openapi"], "3.0.3");
-    for p in [
-        "/domains",
-        "/domains/{id}",
-        "/domains/{id}/shutdown",
-        "/managed",
-        "/metrics",
-        "/events",
-    ] {
-        assert!(doc["paths"][p].is_object(), "{p} documented");
-    }
-}
