@@ -73,6 +73,7 @@ impl From<DomainError> for ApiError {
             D::UuidInUse(_) => (StatusCode::CONFLICT, "uuid_in_use"),
             D::WrongState(_) => (StatusCode::CONFLICT, "wrong_state"),
             D::Dom0(_) => (StatusCode::CONFLICT, "domain0"),
+            D::InsufficientMemory(_) => (StatusCode::INSUFFICIENT_STORAGE, "insufficient_memory"),
             D::NoFreeDomid | D::Xenstore(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             D::ShutdownTimeout => (StatusCode::GATEWAY_TIMEOUT, "shutdown_timeout"),
             D::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

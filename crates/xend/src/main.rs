@@ -72,6 +72,13 @@ struct Opts {
     /// Create this domain (xl.cfg file) once xend is up, unless a domain of that name exists.
     #[arg(long)]
     create: Option<PathBuf>,
+    /// Host memory (MiB) kept for domain 0 (the host itself); domains get the rest.
+    #[arg(long, default_value_t = 1024)]
+    dom0_memory: u64,
+    /// How much of the memory left for domains their maximum memory may add up to
+    /// (1.0: no overcommit; creates beyond it are refused).
+    #[arg(long, default_value_t = 1.0)]
+    memory_overcommit: f64,
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -341,6 +348,10 @@ async fn foreground(o: Opts) -> Result<(), String> {
         xenstored_socket: o.xenstored_socket.clone(),
         xen_vmm: o.xen_vmm.clone().unwrap_or_else(|| sibling("xen-vmm")),
         start_timeout: Duration::from_secs(10),
+        memory_capacity_mib: rxen_xend::state::memory_capacity_mib(
+            o.dom0_memory,
+            o.memory_overcommit,
+        ),
     };
     let xend = Xend::new(cfg)?;
     let sock = o.xenstored_socket.clone();
@@ -352,6 +363,7 @@ async fn foreground(o: Opts) -> Result<(), String> {
         tracing::warn!("writing Domain-0's xenstore entries: {e}");
     }
     xend.adopt().await;
+    xend.reconcile().await;
     let refresher = xend.clone();
     tokio::spawn(async move {
         loop {

@@ -56,6 +56,21 @@ pub enum StateDirLockError {
     Io(String),
 }
 
+/// Whether `pid` is the VMM serving `control` (its command line names that control
+/// socket), so that a recorded pid reused by an unrelated process is never signalled.
+pub fn is_vmm_of(pid: u32, control: &std::path::Path) -> bool {
+    if !pid_alive(pid) {
+        return false;
+    }
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let want = format!("--control={}", control.display());
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == want.as_bytes())
+}
+
 /// Sends SIGKILL to `pid` if it is alive.
 pub fn kill(pid: u32) {
     if pid_alive(pid) {

@@ -216,3 +216,36 @@ pub fn alive(socket: &Path) -> bool {
         .and_then(|mut c| c.read(0, "/"))
         .is_ok()
 }
+
+/// Removes what xenstore holds of domains xend does not know (after a crash of xend in
+/// the middle of a create or destroy): `/local/domain/N` (but domain 0), `/libxl/N`,
+/// `/vm/UUID`, and their introduction. Returns what it removed.
+pub fn remove_unknown(
+    socket: &Path,
+    known_domids: &[u32],
+    known_uuids: &[String],
+) -> Result<Vec<String>, ClientError> {
+    let mut c = Client::connect(socket)?;
+    let mut removed = Vec::new();
+    let mut ids: Vec<String> = c.directory(0, "/local/domain").unwrap_or_default();
+    ids.extend(c.directory(0, "/libxl").unwrap_or_default());
+    ids.sort();
+    ids.dedup();
+    for id in ids {
+        let Ok(n) = id.parse::<u32>() else { continue };
+        if n == 0 || known_domids.contains(&n) {
+            continue;
+        }
+        let _ = c.release(n);
+        let _ = c.rm(0, &domain_path(n));
+        let _ = c.rm(0, &format!("/libxl/{n}"));
+        removed.push(format!("domain {n}"));
+    }
+    for uuid in c.directory(0, "/vm").unwrap_or_default() {
+        if !known_uuids.contains(&uuid) {
+            let _ = c.rm(0, &format!("/vm/{uuid}"));
+            removed.push(format!("/vm/{uuid}"));
+        }
+    }
+    Ok(removed)
+}

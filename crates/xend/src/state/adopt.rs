@@ -26,13 +26,28 @@ impl Xend {
         };
         for r in records {
             let mut d = Domain::from_record(&r);
-            if matches!(r.state, DomainState::Crashed | DomainState::Shutdown) {
-                tracing::info!(domid = r.domid, name = r.name, state = %r.state, "kept preserved domain");
-                lock(&self.reg).insert(d);
-                continue;
-            }
             let files = self.files(r.domid);
-            if process::pid_alive(r.pid) {
+            match r.state {
+                DomainState::Crashed | DomainState::Shutdown => {
+                    tracing::info!(domid = r.domid, name = r.name, state = %r.state, "kept preserved domain");
+                    lock(&self.reg).insert(d);
+                    continue;
+                }
+                // A create or destroy that a crash of xend interrupted: finish it the
+                // safe way, by removing the domain (a create never answered 201).
+                DomainState::Creating | DomainState::Destroying => {
+                    tracing::warn!(domid = r.domid, name = r.name, state = %r.state, "rolling back an interrupted operation");
+                    if process::is_vmm_of(r.pid, &files.control()) {
+                        process::kill(r.pid);
+                    }
+                    d.state = DomainState::Destroying;
+                    lock(&self.reg).insert(d);
+                    self.cleanup(r.domid).await;
+                    continue;
+                }
+                _ => {}
+            }
+            if process::is_vmm_of(r.pid, &files.control()) {
                 let status = vmm::status(&files.control()).await;
                 d.state = match &status {
                     Ok(s) if s.paused => DomainState::Paused,
@@ -71,6 +86,47 @@ impl Xend {
                 }
                 self.on_vmm_exit(r.domid).await;
             }
+        }
+    }
+
+    /// After adoption: stops VMMs and removes files and xenstore entries of domains
+    /// that have no record (xend died between starting them and recording them, or
+    /// its database was lost), so that no two live domains share a name or UUID.
+    pub async fn reconcile(self: &Arc<Self>) {
+        let known: Vec<u32> = lock(&self.reg).iter().map(|d| d.domid).collect();
+        if let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join("domains")) {
+            for e in rd.flatten() {
+                let Some(domid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
+                else {
+                    continue;
+                };
+                if known.contains(&domid) {
+                    continue;
+                }
+                let files = self.files(domid);
+                if let Ok(s) = vmm::status(&files.control()).await {
+                    tracing::warn!(domid, name = s.name, pid = s.pid, "stopping a VMM xend has no record of");
+                    let _ = vmm::command(&files.control(), rxen_vmm_api::Request::Destroy).await;
+                    if process::is_vmm_of(s.pid, &files.control()) {
+                        process::kill(s.pid);
+                    }
+                }
+                let _ = std::fs::remove_dir_all(&files.dir);
+            }
+        }
+        let uuids: Vec<String> = lock(&self.reg).iter().map(|d| d.uuid.clone()).collect();
+        let sock = self.cfg.xenstored_socket.clone();
+        match tokio::task::spawn_blocking(move || {
+            crate::xs::remove_unknown(&sock, &known, &uuids)
+        })
+        .await
+        {
+            Ok(Ok(removed)) if !removed.is_empty() => {
+                tracing::warn!(?removed, "removed xenstore entries of unknown domains")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!("reconciling xenstore: {e}"),
+            Err(e) => tracing::error!("reconciling xenstore: {e}"),
         }
     }
 

@@ -36,6 +36,14 @@ enum Started {
     AlreadyEnded(tokio::process::Child),
 }
 
+/// Host memory a domain may come to use: its maximum memory and the VMM's overhead.
+pub fn domain_footprint_mib(spec: &DomainSpec) -> u64 {
+    spec.maxmem.unwrap_or(spec.memory).max(spec.memory) + DOMAIN_OVERHEAD_MIB
+}
+
+/// What a VMM process costs besides guest memory (page tables, threads, buffers).
+pub const DOMAIN_OVERHEAD_MIB: u64 = 8;
+
 /// Settings the domain has that nothing acts on yet (told to the client and logged).
 pub fn unapplied_settings(spec: &DomainSpec) -> Vec<String> {
     let mut w = Vec::new();
@@ -119,12 +127,18 @@ impl Xend {
             }
             Err(e) => {
                 lock(&self.reg).remove(domid);
+                if let Err(db) = lock(&self.db).delete_running(domid) {
+                    // The intent record stays: the next start rolls it back.
+                    tracing::error!(domid, "removing the create intent: {db}");
+                }
                 Err(e)
             }
         }
     }
 
-    /// Reserves the name, the UUID and a domain id (state `creating`).
+    /// Reserves the name, the UUID, the memory and a domain id, and writes the intent
+    /// record (state `creating`) before anything starts, so that a crash of xend at
+    /// any later point is rolled back at its next start.
     fn reserve(&self, spec: &DomainSpec, uuid: &str, managed: bool) -> DomainResult<u32> {
         let mut reg = lock(&self.reg);
         if reg.by_name(&spec.name).is_some() {
@@ -133,11 +147,32 @@ impl Xend {
         if reg.by_uuid(uuid).is_some() {
             return Err(DomainError::UuidInUse(uuid.to_string()));
         }
+        let wanted = domain_footprint_mib(spec);
+        let used: u64 = reg
+            .iter()
+            .filter(|d| d.state.has_vmm())
+            .map(|d| domain_footprint_mib(&d.spec))
+            .sum();
+        let capacity = self.cfg.memory_capacity_mib;
+        if used + wanted > capacity {
+            return Err(DomainError::InsufficientMemory(format!(
+                "the domain needs {wanted} MiB (maxmem and overhead); {} of the host's {capacity} MiB for domains are free (see --dom0-memory and --memory-overcommit)",
+                capacity.saturating_sub(used)
+            )));
+        }
+        let files_root = self.cfg.state_dir.join("domains");
         let domid = lock(&self.db)
-            .allocate_domid(&|id| reg.contains(id))
+            .allocate_domid(&|id| {
+                // Never an id a live VMM may still use, even one xend lost track of.
+                reg.contains(id) || files_root.join(id.to_string()).join("control.sock").exists()
+            })
             .map_err(internal("allocating a domain id"))?
             .ok_or(DomainError::NoFreeDomid)?;
-        reg.insert(Domain::new(domid, spec.clone(), uuid.to_string(), managed));
+        let d = Domain::new(domid, spec.clone(), uuid.to_string(), managed);
+        lock(&self.db)
+            .put_running(&d.record())
+            .map_err(internal("recording the create intent"))?;
+        reg.insert(d);
         Ok(domid)
     }
 
@@ -181,7 +216,22 @@ impl Xend {
             files: &files,
         };
         let mut child = match vmm::spawn(&launch) {
-            Ok(c) => c,
+            Ok(c) => {
+                // The intent record learns the pid at once, so that a crash of xend
+                // from here on finds the VMM to stop.
+                let d = lock(&self.reg).update(domid, |d| {
+                    d.pid = c.id().unwrap_or(0);
+                    d.clone()
+                });
+                if let Some(d) = d {
+                    if let Err(e) = self.persist(&d) {
+                        crate::process::kill(d.pid);
+                        self.undo_start(domid, uuid).await;
+                        return Err(e);
+                    }
+                }
+                c
+            }
             Err(e) => {
                 self.undo_start(domid, uuid).await;
                 return Err(DomainError::Internal(format!(

@@ -23,6 +23,8 @@ pub enum DomainError {
     Refused(String),
     #[error("Domain-0 is the host: it cannot be {0}")]
     Dom0(&'static str),
+    #[error("not enough host memory: {0}")]
+    InsufficientMemory(String),
     #[error("no free domain id")]
     NoFreeDomid,
     #[error("xenstore: {0}")]

@@ -15,10 +15,74 @@ use crate::process;
 use crate::vmm;
 use crate::xs;
 
+/// Logs of this many ended domains are kept (`STATE_DIR/logs/`), the oldest go first.
+pub const KEPT_LOGS: usize = 32;
+
+/// Keeps the `keep` newest directories of `dir` (by modification time).
+fn prune_logs(dir: &std::path::Path, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let mut entries: Vec<(std::time::SystemTime, std::path::PathBuf)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            Some((m.modified().ok()?, e.path()))
+        })
+        .collect();
+    if entries.len() <= keep {
+        return;
+    }
+    entries.sort();
+    for (_, p) in &entries[..entries.len() - keep] {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
 /// How often an adopted VMM (not xend's child) is checked for life.
 const ADOPTED_POLL: Duration = Duration::from_millis(200);
 
+/// How often a failed delete of a domain's record is tried before giving up (the
+/// record, marked destroying or creating, is then removed at the next start).
+const RECORD_DELETE_ATTEMPTS: u32 = 5;
+
 impl Xend {
+    /// Deletes a domain's record, retrying a failing database a few times.
+    async fn forget_record(&self, domid: u32) {
+        for attempt in 1..=RECORD_DELETE_ATTEMPTS {
+            match lock(&self.db).delete_running(domid) {
+                Ok(()) => return,
+                Err(e) if attempt == RECORD_DELETE_ATTEMPTS => {
+                    tracing::error!(
+                        domid,
+                        "deleting the domain's record failed {attempt} times, the next start removes it: {e}"
+                    );
+                }
+                Err(e) => tracing::warn!(domid, attempt, "deleting the domain's record: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50 * u64::from(attempt))).await;
+        }
+    }
+
+    /// Removes a domain's directory, keeping its logs (console and VMM) under
+    /// `STATE_DIR/logs/NAME-DOMID/` for the newest [`KEPT_LOGS`] ended domains.
+    fn retire_files(&self, domid: u32, name: &str) {
+        let files = self.files(domid);
+        let logs = self.cfg.state_dir.join("logs");
+        let keep = logs.join(format!("{name}-{domid}"));
+        if std::fs::create_dir_all(&keep).is_ok() {
+            for f in [files.console(), files.vmm_log()] {
+                if let Some(n) = f.file_name() {
+                    let _ = std::fs::rename(&f, keep.join(n));
+                }
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&files.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(domid, "removing {}: {e}", files.dir.display());
+            }
+        }
+        prune_logs(&logs, KEPT_LOGS);
+    }
+
     /// Waits for a VMM xend started, then applies its domain's exit policy.
     pub(super) fn watch_child(self: Arc<Self>, domid: u32, mut child: tokio::process::Child) {
         tokio::spawn(async move {
@@ -140,10 +204,8 @@ impl Xend {
             Ok(Err(e)) => tracing::error!(domid, "removing xenstore entries: {e}"),
             Err(e) => tracing::error!(domid, "xenstore task: {e}"),
         }
-        if let Err(e) = lock(&self.db).delete_running(domid) {
-            tracing::error!(domid, "deleting the domain's record: {e}");
-        }
-        let _ = std::fs::remove_file(self.files(domid).control());
+        self.forget_record(domid).await;
+        self.retire_files(domid, &d.name);
         if lock(&self.reg).remove(domid).is_some() {
             self.emit(Some(domid), &d.name, "destroyed", serde_json::json!({}));
         }

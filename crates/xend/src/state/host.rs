@@ -9,7 +9,7 @@ const XEN_MAJOR: u32 = 4;
 const XEN_MINOR: u32 = 19;
 
 /// A field of /proc/meminfo, in MiB.
-fn meminfo_mib(key: &str) -> u64 {
+pub(super) fn meminfo_mib(key: &str) -> u64 {
     std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -33,7 +33,18 @@ impl Xend {
         let Some(mut watch) = lock(&self.reg).watch(domid) else {
             return Ok(());
         };
+        // The intent is recorded first: if it cannot be, nothing is destroyed (a
+        // domain whose record still said "running" would come back at the next start).
+        let before = d.state;
         self.set_state(domid, DomainState::Destroying);
+        if let Err(e) = self.get(domid).and_then(|d| self.persist(&d)) {
+            lock(&self.reg).update(domid, |x| {
+                if x.state == DomainState::Destroying {
+                    x.state = before;
+                }
+            });
+            return Err(e);
+        }
         if vmm::command(&self.files(domid).control(), Request::Destroy)
             .await
             .is_err()

@@ -36,6 +36,15 @@ pub struct XendConfig {
     pub xen_vmm: PathBuf,
     /// How long `create` waits for a new VMM to answer.
     pub start_timeout: Duration,
+    /// Host memory domains may use in all (MiB): what the host has, less what domain 0
+    /// keeps, times the overcommit ratio. A create beyond it is refused.
+    pub memory_capacity_mib: u64,
+}
+
+/// Memory domains may use on this host: `(MemTotal - dom0_mib) * overcommit`.
+pub fn memory_capacity_mib(dom0_mib: u64, overcommit: f64) -> u64 {
+    let total = host::meminfo_mib("MemTotal:");
+    (total.saturating_sub(dom0_mib) as f64 * overcommit.max(0.0)) as u64
 }
 
 /// The daemon's state, shared by all requests.
