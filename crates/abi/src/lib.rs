@@ -3,7 +3,7 @@
 //! This crate owns the *numbers and layouts* a paravirtualized guest and the rxen
 //! hypervisor agree on: hypercall numbers, sub-operation numbers, error numbers and
 //! the structures of `xen/include/public` (xen.h, event_channel.h, sched.h, vcpu.h,
-//! memory.h, version.h, io/ring.h, io/console.h), plus rxen's own documented guest
+//! memory.h, version.h, io/ring.h, io/console.h, io/xs_wire.h), plus rxen's own documented guest
 //! memory layout ([`layout`]). Every structure has a layout test against the sizes and
 //! offsets of Xen's x86-64 headers.
 //!
@@ -25,6 +25,7 @@ pub mod sched;
 pub mod vcpu;
 pub mod version;
 pub mod xen;
+pub mod xs_wire;
 
 /// Size of a guest page (x86-64, 4 KiB).
 pub const PAGE_SIZE: u64 = 4096;

@@ -1,81 +1,114 @@
 //! The xenstore wire protocol (xen/include/public/io/xs_wire.h): the 16-byte
 //! `xsd_sockmsg` header, message types, error strings, and an incremental frame
-//! decoder that rejects malformed input without panicking.
+//! decoder that rejects malformed input without panicking. The numbers come from
+//! [`rxen_abi::xs_wire`].
 
 use std::fmt;
 
+use rxen_abi::xs_wire as xs;
+
 /// Largest payload of one message.
-pub const PAYLOAD_MAX: usize = 4096;
+pub const PAYLOAD_MAX: usize = xs::XENSTORE_PAYLOAD_MAX;
 /// Longest absolute path.
-pub const ABS_PATH_MAX: usize = 3072;
+pub const ABS_PATH_MAX: usize = xs::XENSTORE_ABS_PATH_MAX;
 /// Longest relative path.
-pub const REL_PATH_MAX: usize = 2048;
+pub const REL_PATH_MAX: usize = xs::XENSTORE_REL_PATH_MAX;
 /// Size of the header.
-pub const HEADER_LEN: usize = 16;
+pub const HEADER_LEN: usize = xs::XSD_SOCKMSG_LEN;
 
 /// Message types (`enum xsd_sockmsg_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum MsgType {
-    Control = 0,
-    Directory = 1,
-    Read = 2,
-    GetPerms = 3,
-    Watch = 4,
-    Unwatch = 5,
-    TransactionStart = 6,
-    TransactionEnd = 7,
-    Introduce = 8,
-    Release = 9,
-    GetDomainPath = 10,
-    Write = 11,
-    Mkdir = 12,
-    Rm = 13,
-    SetPerms = 14,
-    WatchEvent = 15,
-    Error = 16,
-    IsDomainIntroduced = 17,
-    Resume = 18,
-    SetTarget = 19,
-    ResetWatches = 21,
-    DirectoryPart = 22,
-    GetFeature = 23,
-    SetFeature = 24,
-    GetQuota = 25,
-    SetQuota = 26,
+    Control = xs::XS_CONTROL,
+    Directory = xs::XS_DIRECTORY,
+    Read = xs::XS_READ,
+    GetPerms = xs::XS_GET_PERMS,
+    Watch = xs::XS_WATCH,
+    Unwatch = xs::XS_UNWATCH,
+    TransactionStart = xs::XS_TRANSACTION_START,
+    TransactionEnd = xs::XS_TRANSACTION_END,
+    Introduce = xs::XS_INTRODUCE,
+    Release = xs::XS_RELEASE,
+    GetDomainPath = xs::XS_GET_DOMAIN_PATH,
+    Write = xs::XS_WRITE,
+    Mkdir = xs::XS_MKDIR,
+    Rm = xs::XS_RM,
+    SetPerms = xs::XS_SET_PERMS,
+    WatchEvent = xs::XS_WATCH_EVENT,
+    Error = xs::XS_ERROR,
+    IsDomainIntroduced = xs::XS_IS_DOMAIN_INTRODUCED,
+    Resume = xs::XS_RESUME,
+    SetTarget = xs::XS_SET_TARGET,
+    ResetWatches = xs::XS_RESET_WATCHES,
+    DirectoryPart = xs::XS_DIRECTORY_PART,
+    GetFeature = xs::XS_GET_FEATURE,
+    SetFeature = xs::XS_SET_FEATURE,
+    GetQuota = xs::XS_GET_QUOTA,
+    SetQuota = xs::XS_SET_QUOTA,
 }
 
 impl MsgType {
+    /// Every message type, in number order.
+    pub const ALL: [MsgType; 26] = [
+        MsgType::Control,
+        MsgType::Directory,
+        MsgType::Read,
+        MsgType::GetPerms,
+        MsgType::Watch,
+        MsgType::Unwatch,
+        MsgType::TransactionStart,
+        MsgType::TransactionEnd,
+        MsgType::Introduce,
+        MsgType::Release,
+        MsgType::GetDomainPath,
+        MsgType::Write,
+        MsgType::Mkdir,
+        MsgType::Rm,
+        MsgType::SetPerms,
+        MsgType::WatchEvent,
+        MsgType::Error,
+        MsgType::IsDomainIntroduced,
+        MsgType::Resume,
+        MsgType::SetTarget,
+        MsgType::ResetWatches,
+        MsgType::DirectoryPart,
+        MsgType::GetFeature,
+        MsgType::SetFeature,
+        MsgType::GetQuota,
+        MsgType::SetQuota,
+    ];
+
     /// The type with number `v`, if it is one.
     pub fn from_u32(v: u32) -> Option<Self> {
         use MsgType::*;
         Some(match v {
-            0 => Control,
-            1 => Directory,
-            2 => Read,
-            3 => GetPerms,
-            4 => Watch,
-            5 => Unwatch,
-            6 => TransactionStart,
-            7 => TransactionEnd,
-            8 => Introduce,
-            9 => Release,
-            10 => GetDomainPath,
-            11 => Write,
-            12 => Mkdir,
-            13 => Rm,
-            14 => SetPerms,
-            15 => WatchEvent,
-            16 => Error,
-            17 => IsDomainIntroduced,
-            18 => Resume,
-            19 => SetTarget,
-            21 => ResetWatches,
-            22 => DirectoryPart,
-            23 => GetFeature,
-            24 => SetFeature,
-            25 => GetQuota,
-            26 => SetQuota,
+            xs::XS_CONTROL => Control,
+            xs::XS_DIRECTORY => Directory,
+            xs::XS_READ => Read,
+            xs::XS_GET_PERMS => GetPerms,
+            xs::XS_WATCH => Watch,
+            xs::XS_UNWATCH => Unwatch,
+            xs::XS_TRANSACTION_START => TransactionStart,
+            xs::XS_TRANSACTION_END => TransactionEnd,
+            xs::XS_INTRODUCE => Introduce,
+            xs::XS_RELEASE => Release,
+            xs::XS_GET_DOMAIN_PATH => GetDomainPath,
+            xs::XS_WRITE => Write,
+            xs::XS_MKDIR => Mkdir,
+            xs::XS_RM => Rm,
+            xs::XS_SET_PERMS => SetPerms,
+            xs::XS_WATCH_EVENT => WatchEvent,
+            xs::XS_ERROR => Error,
+            xs::XS_IS_DOMAIN_INTRODUCED => IsDomainIntroduced,
+            xs::XS_RESUME => Resume,
+            xs::XS_SET_TARGET => SetTarget,
+            xs::XS_RESET_WATCHES => ResetWatches,
+            xs::XS_DIRECTORY_PART => DirectoryPart,
+            xs::XS_GET_FEATURE => GetFeature,
+            xs::XS_SET_FEATURE => SetFeature,
+            xs::XS_GET_QUOTA => GetQuota,
+            xs::XS_SET_QUOTA => SetQuota,
             _ => return None,
         })
     }
@@ -103,26 +136,38 @@ pub enum XsError {
 }
 
 impl XsError {
-    pub fn as_str(self) -> &'static str {
+    /// The error number (Xen's `errno.h`).
+    pub fn errno(self) -> i32 {
+        use rxen_abi::errno;
         use XsError::*;
         match self {
-            EINVAL => "EINVAL",
-            EACCES => "EACCES",
-            EEXIST => "EEXIST",
-            EISDIR => "EISDIR",
-            ENOENT => "ENOENT",
-            ENOMEM => "ENOMEM",
-            ENOSPC => "ENOSPC",
-            EIO => "EIO",
-            ENOTEMPTY => "ENOTEMPTY",
-            ENOSYS => "ENOSYS",
-            EROFS => "EROFS",
-            EBUSY => "EBUSY",
-            EAGAIN => "EAGAIN",
-            EISCONN => "EISCONN",
-            E2BIG => "E2BIG",
-            EPERM => "EPERM",
+            EINVAL => errno::EINVAL,
+            EACCES => errno::EACCES,
+            EEXIST => errno::EEXIST,
+            EISDIR => errno::EISDIR,
+            ENOENT => errno::ENOENT,
+            ENOMEM => errno::ENOMEM,
+            ENOSPC => errno::ENOSPC,
+            EIO => errno::EIO,
+            ENOTEMPTY => errno::ENOTEMPTY,
+            ENOSYS => errno::ENOSYS,
+            EROFS => errno::EROFS,
+            EBUSY => errno::EBUSY,
+            EAGAIN => errno::EAGAIN,
+            EISCONN => errno::EISCONN,
+            E2BIG => errno::E2BIG,
+            EPERM => errno::EPERM,
         }
+    }
+
+    /// The name sent in an `XS_ERROR` reply, from `xsd_errors[]`.
+    pub fn as_str(self) -> &'static str {
+        let n = self.errno();
+        xs::XSD_ERRORS
+            .iter()
+            .find(|(e, _)| *e == n)
+            .map(|(_, s)| *s)
+            .unwrap_or("EINVAL")
     }
 }
 
@@ -290,6 +335,24 @@ mod tests {
             .to_bytes(),
         );
         assert_eq!(d.next_message(), Err(FrameError::TooLong(4097)));
+    }
+
+    #[test]
+    fn every_error_has_its_xen_name() {
+        use XsError::*;
+        for e in [
+            EINVAL, EACCES, EEXIST, EISDIR, ENOENT, ENOMEM, ENOSPC, EIO, ENOTEMPTY, ENOSYS, EROFS,
+            EBUSY, EAGAIN, EISCONN, E2BIG, EPERM,
+        ] {
+            assert_eq!(e.as_str(), format!("{e:?}"));
+        }
+    }
+
+    #[test]
+    fn type_numbers_roundtrip() {
+        for t in MsgType::ALL {
+            assert_eq!(MsgType::from_u32(t as u32), Some(t));
+        }
     }
 
     #[test]

@@ -8,24 +8,15 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::sync::atomic::{fence, AtomicU32, Ordering::SeqCst};
 
-use rxen_abi::ring::{XenstoreDomainInterface, XENSTORE_RING_SIZE};
+use rxen_abi::xs_wire::{
+    XenstoreDomainInterface, XENSTORE_PAYLOAD_MAX, XENSTORE_RING_SIZE, XSD_SOCKMSG_LEN,
+    XS_DIRECTORY, XS_ERROR, XS_MKDIR, XS_READ, XS_RM, XS_TRANSACTION_END, XS_TRANSACTION_START,
+    XS_UNWATCH, XS_WATCH, XS_WATCH_EVENT, XS_WRITE,
+};
 
 /// xenstored's answer was an error (`"ENOENT"`, `"EACCES"`, ...), or the ring broke.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XsError(pub String);
-
-const READ: u32 = 2;
-const DIRECTORY: u32 = 1;
-const WATCH: u32 = 4;
-const UNWATCH: u32 = 5;
-const TRANSACTION_START: u32 = 6;
-const TRANSACTION_END: u32 = 7;
-const WRITE: u32 = 11;
-const MKDIR: u32 = 12;
-const RM: u32 = 13;
-const WATCH_EVENT: u32 = 15;
-const ERROR: u32 = 16;
-const PAYLOAD_MAX: usize = 4096;
 
 /// The client. Use one per domain (it owns the ring).
 pub struct Xenstore {
@@ -132,10 +123,10 @@ impl Xenstore {
     }
 
     fn read_message(&mut self) -> Result<(u32, u32, Vec<u8>), XsError> {
-        let h = self.recv_bytes(16);
+        let h = self.recv_bytes(XSD_SOCKMSG_LEN);
         let w = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
         let (t, req, len) = (w(0), w(4), w(12) as usize);
-        if len > PAYLOAD_MAX {
+        if len > XENSTORE_PAYLOAD_MAX {
             return Err(XsError("reply longer than 4096 bytes".into()));
         }
         Ok((t, req, self.recv_bytes(len)))
@@ -152,11 +143,11 @@ impl Xenstore {
 
     /// Sends a request and returns the reply payload.
     pub fn request(&mut self, t: u32, tx: u32, payload: &[u8]) -> Result<Vec<u8>, XsError> {
-        if payload.len() > PAYLOAD_MAX {
+        if payload.len() > XENSTORE_PAYLOAD_MAX {
             return Err(XsError("E2BIG".into()));
         }
         self.req_id = self.req_id.wrapping_add(1);
-        let mut msg = Vec::with_capacity(16 + payload.len());
+        let mut msg = Vec::with_capacity(XSD_SOCKMSG_LEN + payload.len());
         for v in [t, self.req_id, tx, payload.len() as u32] {
             msg.extend_from_slice(&v.to_le_bytes());
         }
@@ -164,14 +155,14 @@ impl Xenstore {
         self.send_bytes(&msg);
         loop {
             let (rt, rid, p) = self.read_message()?;
-            if rt == WATCH_EVENT {
+            if rt == XS_WATCH_EVENT {
                 self.queue_event(&p);
                 continue;
             }
             if rid != self.req_id {
                 continue;
             }
-            if rt == ERROR {
+            if rt == XS_ERROR {
                 return Err(XsError(
                     String::from_utf8_lossy(&p)
                         .trim_end_matches('\0')
@@ -195,7 +186,7 @@ impl Xenstore {
 
     /// Reads a node inside transaction `tx`.
     pub fn read_tx(&mut self, tx: u32, path: &str) -> Result<String, XsError> {
-        self.path_req(READ, tx, path)
+        self.path_req(XS_READ, tx, path)
             .map(|v| String::from_utf8_lossy(&v).into_owned())
     }
 
@@ -209,20 +200,20 @@ impl Xenstore {
         let mut p = Vec::from(path.as_bytes());
         p.push(0);
         p.extend_from_slice(value.as_bytes());
-        self.request(WRITE, tx, &p).map(|_| ())
+        self.request(XS_WRITE, tx, &p).map(|_| ())
     }
 
     pub fn mkdir(&mut self, path: &str) -> Result<(), XsError> {
-        self.path_req(MKDIR, 0, path).map(|_| ())
+        self.path_req(XS_MKDIR, 0, path).map(|_| ())
     }
 
     pub fn rm(&mut self, path: &str) -> Result<(), XsError> {
-        self.path_req(RM, 0, path).map(|_| ())
+        self.path_req(XS_RM, 0, path).map(|_| ())
     }
 
     /// Lists the children of a node.
     pub fn directory(&mut self, path: &str) -> Result<Vec<String>, XsError> {
-        let v = self.path_req(DIRECTORY, 0, path)?;
+        let v = self.path_req(XS_DIRECTORY, 0, path)?;
         Ok(v.split(|&b| b == 0)
             .filter(|s| !s.is_empty())
             .map(|s| String::from_utf8_lossy(s).into_owned())
@@ -235,7 +226,7 @@ impl Xenstore {
         p.push(0);
         p.extend_from_slice(token.as_bytes());
         p.push(0);
-        self.request(WATCH, 0, &p).map(|_| ())
+        self.request(XS_WATCH, 0, &p).map(|_| ())
     }
 
     pub fn unwatch(&mut self, path: &str, token: &str) -> Result<(), XsError> {
@@ -243,12 +234,12 @@ impl Xenstore {
         p.push(0);
         p.extend_from_slice(token.as_bytes());
         p.push(0);
-        self.request(UNWATCH, 0, &p).map(|_| ())
+        self.request(XS_UNWATCH, 0, &p).map(|_| ())
     }
 
     /// Starts a transaction.
     pub fn transaction_start(&mut self) -> Result<u32, XsError> {
-        let v = self.request(TRANSACTION_START, 0, b"\0")?;
+        let v = self.request(XS_TRANSACTION_START, 0, b"\0")?;
         String::from_utf8_lossy(&v)
             .trim_end_matches('\0')
             .parse()
@@ -257,7 +248,7 @@ impl Xenstore {
 
     /// Ends a transaction; `Err(XsError("EAGAIN"))` means retry.
     pub fn transaction_end(&mut self, tx: u32, commit: bool) -> Result<(), XsError> {
-        self.request(TRANSACTION_END, tx, if commit { b"T\0" } else { b"F\0" })
+        self.request(XS_TRANSACTION_END, tx, if commit { b"T\0" } else { b"F\0" })
             .map(|_| ())
     }
 
@@ -268,7 +259,7 @@ impl Xenstore {
                 return Ok(e);
             }
             let (t, _, p) = self.read_message()?;
-            if t == WATCH_EVENT {
+            if t == XS_WATCH_EVENT {
                 self.queue_event(&p);
             }
         }
