@@ -66,9 +66,7 @@ pub fn is_vmm_of(pid: u32, control: &std::path::Path) -> bool {
         return false;
     };
     let want = format!("--control={}", control.display());
-    cmdline
-        .split(|b| *b == 0)
-        .any(|arg| arg == want.as_bytes())
+    cmdline.split(|b| *b == 0).any(|arg| arg == want.as_bytes())
 }
 
 /// Sends SIGKILL to `pid` if it is alive.

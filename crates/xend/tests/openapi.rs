@@ -112,6 +112,7 @@ fn source_error_codes() -> BTreeSet<(u16, String)> {
             "INTERNAL_SERVER_ERROR" => 500,
             "SERVICE_UNAVAILABLE" => 503,
             "GATEWAY_TIMEOUT" => 504,
+            "INSUFFICIENT_STORAGE" => 507,
             other => panic!("add StatusCode::{other} to this test's table"),
         }
     };

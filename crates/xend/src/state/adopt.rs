@@ -96,8 +96,7 @@ impl Xend {
         let known: Vec<u32> = lock(&self.reg).iter().map(|d| d.domid).collect();
         if let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join("domains")) {
             for e in rd.flatten() {
-                let Some(domid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok())
-                else {
+                let Some(domid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
                     continue;
                 };
                 if known.contains(&domid) {
@@ -105,7 +104,12 @@ impl Xend {
                 }
                 let files = self.files(domid);
                 if let Ok(s) = vmm::status(&files.control()).await {
-                    tracing::warn!(domid, name = s.name, pid = s.pid, "stopping a VMM xend has no record of");
+                    tracing::warn!(
+                        domid,
+                        name = s.name,
+                        pid = s.pid,
+                        "stopping a VMM xend has no record of"
+                    );
                     let _ = vmm::command(&files.control(), rxen_vmm_api::Request::Destroy).await;
                     if process::is_vmm_of(s.pid, &files.control()) {
                         process::kill(s.pid);
@@ -116,10 +120,8 @@ impl Xend {
         }
         let uuids: Vec<String> = lock(&self.reg).iter().map(|d| d.uuid.clone()).collect();
         let sock = self.cfg.xenstored_socket.clone();
-        match tokio::task::spawn_blocking(move || {
-            crate::xs::remove_unknown(&sock, &known, &uuids)
-        })
-        .await
+        match tokio::task::spawn_blocking(move || crate::xs::remove_unknown(&sock, &known, &uuids))
+            .await
         {
             Ok(Ok(removed)) if !removed.is_empty() => {
                 tracing::warn!(?removed, "removed xenstore entries of unknown domains")

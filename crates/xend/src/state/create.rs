@@ -164,7 +164,11 @@ impl Xend {
         let domid = lock(&self.db)
             .allocate_domid(&|id| {
                 // Never an id a live VMM may still use, even one xend lost track of.
-                reg.contains(id) || files_root.join(id.to_string()).join("control.sock").exists()
+                reg.contains(id)
+                    || files_root
+                        .join(id.to_string())
+                        .join("control.sock")
+                        .exists()
             })
             .map_err(internal("allocating a domain id"))?
             .ok_or(DomainError::NoFreeDomid)?;

@@ -20,7 +20,9 @@ pub const KEPT_LOGS: usize = 32;
 
 /// Keeps the `keep` newest directories of `dir` (by modification time).
 fn prune_logs(dir: &std::path::Path, keep: usize) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     let mut entries: Vec<(std::time::SystemTime, std::path::PathBuf)> = rd
         .flatten()
         .filter_map(|e| {
