@@ -176,6 +176,14 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
+        // A xenstored that xend restarted runs as a daemon of its own.
+        if let Some(pid) = std::fs::read_to_string(self.dir.join("state/xenstored.pid"))
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+        {
+            // SAFETY: signalling the test's own xenstored, named by its pid file.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 pub const MAX_LINE: usize = 64 * 1024;
 /// Longest request line a VMM accepts.
 pub const MAX_REQUEST_LINE: usize = 4096;
+/// Largest guest image (kernel file) a VMM loads, in bytes; the toolstack refuses
+/// larger files before starting one.
+pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
 /// Most bytes one [`Request::ConsoleInput`] may carry.
 pub const MAX_CONSOLE_INPUT: usize = 2048;
 

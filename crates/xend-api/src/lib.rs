@@ -122,6 +122,10 @@ pub struct DomainInfo {
     /// How the domain ended, for `crashed` and `shutdown` domains.
     #[serde(default)]
     pub exit_reason: Option<String>,
+    /// Its VMM process lives but did not answer the last status request (stopped,
+    /// or overloaded). xend never starts a second copy of such a domain.
+    #[serde(default)]
+    pub unresponsive: bool,
     pub config: DomainSpec,
 }
 

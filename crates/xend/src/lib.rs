@@ -12,4 +12,5 @@ pub mod error;
 pub mod process;
 pub mod state;
 pub mod vmm;
+pub mod xenstored;
 pub mod xs;

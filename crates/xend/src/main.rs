@@ -69,6 +69,9 @@ struct Opts {
     /// The xen-vmm binary (default: next to xend).
     #[arg(long)]
     xen_vmm: Option<PathBuf>,
+    /// Do not restart xenstored when it dies (only report it).
+    #[arg(long)]
+    no_xenstored_restart: bool,
     /// Create this domain (xl.cfg file) once xend is up, unless a domain of that name exists.
     #[arg(long)]
     create: Option<PathBuf>,
@@ -364,6 +367,12 @@ async fn foreground(o: Opts) -> Result<(), String> {
     }
     xend.adopt().await;
     xend.reconcile().await;
+    let launch = (!o.no_xenstored_restart).then(|| rxen_xend::xenstored::XenstoredLaunch {
+        binary: sibling("xenstored"),
+        socket: o.xenstored_socket.clone(),
+        state_dir: o.state_dir.clone(),
+    });
+    tokio::spawn(xend.clone().supervise_xenstored(launch));
     let refresher = xend.clone();
     tokio::spawn(async move {
         loop {

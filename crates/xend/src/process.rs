@@ -69,6 +69,36 @@ pub fn is_vmm_of(pid: u32, control: &std::path::Path) -> bool {
     cmdline.split(|b| *b == 0).any(|arg| arg == want.as_bytes())
 }
 
+/// Waits until process `pid` (not a child of xend: an adopted VMM) has exited, through
+/// a pidfd: the kernel says when, no polling, and a reused pid can never be confused
+/// with the process opened here. Returns at once if it is already gone.
+pub async fn wait_exit(pid: u32) -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    if pid == 0 || pid > i32::MAX as u32 {
+        return Ok(());
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no
+    // memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        let e = std::io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ESRCH) => Ok(()),
+            _ => Err(e),
+        };
+    }
+    // SAFETY: the descriptor was just returned by pidfd_open and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // SAFETY: `fd` is an open pidfd owned by the AsyncFd for its whole life (moved in,
+    // never closed or replaced while registered), as register_with_interest requires.
+    let afd = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+    }?;
+    // A pidfd becomes readable when the process exits (zombies included).
+    let _guard = afd.readable().await?;
+    Ok(())
+}
+
 /// Sends SIGKILL to `pid` if it is alive.
 pub fn kill(pid: u32) {
     if pid_alive(pid) {
@@ -80,6 +110,18 @@ pub fn kill(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn wait_exit_returns_when_the_process_ends() {
+        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let pid = child.id();
+        tokio::time::timeout(std::time::Duration::from_secs(10), wait_exit(pid))
+            .await
+            .expect("in time")
+            .unwrap();
+        child.wait().unwrap();
+        wait_exit(pid).await.unwrap(); // already gone
+    }
 
     #[test]
     fn a_state_dir_is_locked_once() {

@@ -132,8 +132,18 @@ impl Xend {
         }
     }
 
-    /// Refreshes per-domain figures from the VMMs (for list, top and metrics).
+    /// Refreshes per-domain figures from the VMMs (for list, top and metrics), and
+    /// checks that the database file is still there.
     pub async fn refresh(&self) {
+        {
+            let mut db = lock(&self.db);
+            if db.detached() {
+                tracing::error!("xend.db was removed or replaced while xend runs; writing it back");
+                if let Err(e) = db.restore() {
+                    tracing::error!("writing xend.db back: {e}");
+                }
+            }
+        }
         let ids: Vec<u32> = lock(&self.reg)
             .iter()
             .filter(|d| {
@@ -145,8 +155,23 @@ impl Xend {
             .map(|d| d.domid)
             .collect();
         for domid in ids {
-            if let Ok(s) = vmm::status(&self.files(domid).control()).await {
-                lock(&self.reg).update(domid, |d| d.status = Some(s));
+            match vmm::status(&self.files(domid).control()).await {
+                Ok(s) => {
+                    lock(&self.reg).update(domid, |d| {
+                        d.status = Some(s);
+                        d.unresponsive = false;
+                    });
+                }
+                Err(e) => {
+                    let newly = lock(&self.reg).update(domid, |d| {
+                        let was = d.unresponsive;
+                        d.unresponsive = process::pid_alive(d.pid);
+                        d.unresponsive && !was
+                    });
+                    if newly == Some(true) {
+                        tracing::warn!(domid, "VMM does not answer: {e}");
+                    }
+                }
             }
         }
     }

@@ -36,6 +36,26 @@ enum Started {
     AlreadyEnded(tokio::process::Child),
 }
 
+/// A kernel must be a regular, non-empty file within the image limit: checked before
+/// anything reads it (a device, `/proc/self/mem` or a huge sparse file never is).
+fn check_kernel_file(k: &str) -> DomainResult<()> {
+    let bad = |why: String| Err(DomainError::InvalidConfig(format!("kernel {k:?} {why}")));
+    let m = match std::fs::metadata(k) {
+        Ok(m) => m,
+        Err(e) => return bad(format!("cannot be used: {e}")),
+    };
+    let max = rxen_vmm_api::MAX_IMAGE_BYTES;
+    if !m.is_file() {
+        bad("is not a regular file".into())
+    } else if m.len() == 0 {
+        bad("is empty (or a special file that reports no size)".into())
+    } else if m.len() > max {
+        bad(format!("is {} bytes, more than the {max} a guest image may have", m.len()))
+    } else {
+        Ok(())
+    }
+}
+
 /// Host memory a domain may come to use: its maximum memory and the VMM's overhead.
 pub fn domain_footprint_mib(spec: &DomainSpec) -> u64 {
     spec.maxmem.unwrap_or(spec.memory).max(spec.memory) + DOMAIN_OVERHEAD_MIB
@@ -75,11 +95,7 @@ impl Xend {
             return Err(DomainError::NameInUse(spec.name));
         }
         if let Some(k) = &spec.kernel {
-            if !std::path::Path::new(k).is_file() {
-                return Err(DomainError::InvalidConfig(format!(
-                    "kernel {k:?} does not exist or is not a file"
-                )));
-            }
+            check_kernel_file(k)?;
         }
         let uuid = spec
             .uuid

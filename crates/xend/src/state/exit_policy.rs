@@ -96,8 +96,12 @@ impl Xend {
     /// Waits for an adopted VMM (started by an earlier xend) to end.
     pub(super) fn watch_pid(self: Arc<Self>, domid: u32, pid: u32) {
         tokio::spawn(async move {
-            while process::pid_alive(pid) {
-                tokio::time::sleep(ADOPTED_POLL).await;
+            if let Err(e) = process::wait_exit(pid).await {
+                // No pidfd (old kernel): poll.
+                tracing::debug!(domid, pid, "pidfd unavailable, polling: {e}");
+                while process::pid_alive(pid) {
+                    tokio::time::sleep(ADOPTED_POLL).await;
+                }
             }
             self.on_vmm_exit(domid).await;
         });

@@ -113,6 +113,7 @@ pub fn dom0_info() -> DomainInfo {
         pid: None,
         start_time: uptime.map(|u| super::registry::now() - u),
         exit_reason: None,
+        unresponsive: false,
         config: spec,
     }
 }

@@ -168,8 +168,18 @@ impl Xend {
             )));
         }
         let domid = self.resolve(id)?;
+        let managed_names: Vec<String> = lock(&self.db)
+            .managed()
+            .map_err(internal("reading managed domains"))?
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
         let (old, d) = {
             let mut reg = lock(&self.reg);
+            let this_managed_name = reg.get(domid).filter(|d| d.managed).map(|d| d.name.clone());
+            if managed_names.iter().any(|n| n == new) && this_managed_name.as_deref() != Some(new) {
+                return Err(DomainError::NameInUse(new.to_string()));
+            }
             if reg.by_name(new).is_some_and(|x| x.domid != domid) {
                 return Err(DomainError::NameInUse(new.to_string()));
             }

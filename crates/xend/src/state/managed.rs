@@ -72,6 +72,7 @@ impl Xend {
                 pid: None,
                 start_time: None,
                 exit_reason: None,
+                unresponsive: false,
                 config: spec,
             })
             .collect())

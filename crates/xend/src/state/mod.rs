@@ -13,6 +13,7 @@ mod exit_policy;
 mod host;
 mod lifecycle;
 mod managed;
+mod xenstored;
 pub mod registry;
 
 use std::path::PathBuf;

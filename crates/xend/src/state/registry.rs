@@ -36,6 +36,8 @@ pub struct Domain {
     pub status: Option<Status>,
     /// How it ended (preserved domains).
     pub exit_reason: Option<String>,
+    /// The VMM lives but its control socket did not answer the last request.
+    pub unresponsive: bool,
 }
 
 impl Domain {
@@ -52,6 +54,7 @@ impl Domain {
             managed,
             status: None,
             exit_reason: None,
+            unresponsive: false,
         }
     }
 
@@ -68,6 +71,7 @@ impl Domain {
             managed: r.managed,
             status: None,
             exit_reason: r.exit_reason.clone(),
+            unresponsive: false,
         }
     }
 
@@ -147,6 +151,7 @@ impl Domain {
             pid: live.then_some(self.pid).filter(|p| *p != 0),
             start_time: Some(self.started),
             exit_reason: self.exit_reason.clone(),
+            unresponsive: self.unresponsive,
             config: self.spec.clone(),
         }
     }
