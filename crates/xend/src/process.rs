@@ -113,7 +113,10 @@ mod tests {
 
     #[tokio::test]
     async fn wait_exit_returns_when_the_process_ends() {
-        let mut child = std::process::Command::new("sleep").arg("0.2").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
         let pid = child.id();
         tokio::time::timeout(std::time::Duration::from_secs(10), wait_exit(pid))
             .await

@@ -52,9 +52,12 @@ pub struct Launch<'a> {
     pub files: &'a DomainFiles,
 }
 
-/// Starts the VMM in its own process group (so that signals to xend do not reach it
-/// and it outlives xend). Values are passed as `--flag=value`, so that a name or a
-/// command line can never be taken for a flag.
+/// Starts the VMM in a session of its own, so that signals to xend's terminal or
+/// process group do not reach it and it outlives xend. (A process group of its own is
+/// not enough: when xend dies, a group with a stopped member that becomes orphaned is
+/// sent SIGHUP by the kernel, which would kill a VMM someone had stopped.) Values are
+/// passed as `--flag=value`, so that a name or a command line can never be taken for
+/// a flag.
 pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     std::fs::create_dir_all(&l.files.dir)?;
     let _ = std::fs::remove_file(l.files.exit_file());
@@ -85,8 +88,17 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     cmd.stdin(Stdio::null())
         .stdout(console)
         .stderr(log)
-        .process_group(0)
         .kill_on_drop(false);
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it runs
+    // in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     cmd.spawn()
 }
 

@@ -189,6 +189,7 @@ pub(crate) mod tests {
             pid: Some(42),
             start_time: Some(1_700_000_000.0),
             exit_reason: None,
+            unresponsive: false,
             config: spec,
         }
     }

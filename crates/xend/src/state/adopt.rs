@@ -57,8 +57,9 @@ impl Xend {
                     tracing::warn!(
                         domid = r.domid,
                         name = r.name,
-                        "adopted VMM does not answer: {e}"
+                        "adopted VMM does not answer (kept, marked unresponsive): {e}"
                     );
+                    d.unresponsive = true;
                 }
                 d.status = status.ok();
                 lock(&self.reg).insert(d);

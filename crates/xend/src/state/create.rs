@@ -50,7 +50,10 @@ fn check_kernel_file(k: &str) -> DomainResult<()> {
     } else if m.len() == 0 {
         bad("is empty (or a special file that reports no size)".into())
     } else if m.len() > max {
-        bad(format!("is {} bytes, more than the {max} a guest image may have", m.len()))
+        bad(format!(
+            "is {} bytes, more than the {max} a guest image may have",
+            m.len()
+        ))
     } else {
         Ok(())
     }

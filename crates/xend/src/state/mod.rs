@@ -13,8 +13,8 @@ mod exit_policy;
 mod host;
 mod lifecycle;
 mod managed;
-mod xenstored;
 pub mod registry;
+mod xenstored;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};

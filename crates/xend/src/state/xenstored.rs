@@ -48,7 +48,12 @@ impl Xend {
                     tracing::warn!("restarted xenstored; restoring the domains' entries");
                     misses = 0;
                     self.restore_xenstore().await;
-                    self.emit(None, "xenstored", "xenstored_restarted", serde_json::json!({}));
+                    self.emit(
+                        None,
+                        "xenstored",
+                        "xenstored_restarted",
+                        serde_json::json!({}),
+                    );
                 }
                 Ok(Err(e)) => tracing::error!("restarting xenstored: {e}"),
                 Err(e) => tracing::error!("restarting xenstored: {e}"),
@@ -65,12 +70,16 @@ impl Xend {
         }
         let doms: Vec<_> = lock(&self.reg).iter().cloned().collect();
         for d in doms {
-            let (s, uuid, spec, started, domid) =
-                (sock.clone(), d.uuid.clone(), d.spec.clone(), d.started, d.domid);
-            let populated = tokio::task::spawn_blocking(move || {
-                xs::populate(&s, domid, &uuid, &spec, started)
-            })
-            .await;
+            let (s, uuid, spec, started, domid) = (
+                sock.clone(),
+                d.uuid.clone(),
+                d.spec.clone(),
+                d.started,
+                d.domid,
+            );
+            let populated =
+                tokio::task::spawn_blocking(move || xs::populate(&s, domid, &uuid, &spec, started))
+                    .await;
             if !matches!(populated, Ok(Ok(()))) {
                 tracing::error!(domid, "restoring the domain's xenstore entries failed");
                 continue;
@@ -85,14 +94,15 @@ impl Xend {
                 Ok(status) => {
                     let s = sock.clone();
                     let boot = status.boot;
-                    match tokio::task::spawn_blocking(move || xs::introduce(&s, domid, &boot))
-                        .await
+                    match tokio::task::spawn_blocking(move || xs::introduce(&s, domid, &boot)).await
                     {
                         Ok(Ok(())) => tracing::info!(domid, "domain introduced again"),
                         _ => tracing::error!(domid, "introducing the domain again failed"),
                     }
                 }
-                Err(e) => tracing::error!(domid, "no boot report to introduce the domain again: {e}"),
+                Err(e) => {
+                    tracing::error!(domid, "no boot report to introduce the domain again: {e}")
+                }
             }
         }
     }
