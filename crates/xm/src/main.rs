@@ -11,6 +11,7 @@ mod console;
 mod error;
 mod format;
 mod libxl_json;
+mod local_file;
 mod size;
 mod transport;
 mod unix_http;
@@ -47,7 +48,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create and start a domain from an xl.cfg file; `key=value` override settings.
-    /// Relative paths in the file are resolved against the file's directory.
+    /// Relative paths in the file are resolved against the file's directory. The file
+    /// must be a regular file of at most 1 MiB.
     Create {
         config: String,
         overrides: Vec<String>,
@@ -130,7 +132,8 @@ enum Cmd {
     Uptime { domains: Vec<String> },
     /// xend's log.
     Dmesg,
-    /// Add a managed domain (config kept by xend; not started).
+    /// Add a managed domain (config kept by xend; not started). The file must be a
+    /// regular file of at most 1 MiB.
     New {
         config: String,
         overrides: Vec<String>,
