@@ -71,7 +71,7 @@ pub fn create(
     }
     out.show(&reply.json, || started(&reply.value.domain));
     if attach {
-        console::follow(api, &reply.value.domain.name, true)?;
+        console::follow(api, &reply.value.domain.name, true, false)?;
     }
     Ok(())
 }

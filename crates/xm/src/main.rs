@@ -13,6 +13,7 @@ mod format;
 mod libxl_json;
 mod local_file;
 mod size;
+mod terminal_filter;
 mod transport;
 mod unix_http;
 
@@ -103,12 +104,19 @@ enum Cmd {
     Rename { domain: String, new_name: String },
     /// Print a domain's console and follow it until the domain ends. On a terminal,
     /// keys go to the guest as typed and Ctrl-] detaches; otherwise lines read from
-    /// stdin go to the guest.
+    /// stdin go to the guest. Terminal controls in the guest's output (escape
+    /// sequences, C0/C1 controls but newline, return, tab, backspace) are shown as
+    /// visible text (`^[`, `M-^[`), as `cat -v` does, so a guest cannot drive your
+    /// terminal (clear it, set its clipboard, ...).
     Console {
         domain: String,
         /// Print what there is and return.
         #[arg(long)]
         no_follow: bool,
+        /// Pass the guest's output to the terminal unchanged (colours, cursor
+        /// movement; also anything else the guest sends). Only for trusted guests.
+        #[arg(long)]
+        raw: bool,
     },
     /// Set the number of online vCPUs (up to maxvcpus).
     VcpuSet { domain: String, count: u32 },
@@ -178,7 +186,11 @@ fn run(cli: Cli) -> XmResult<()> {
         Cmd::Pause { domain } => api.pause(&domain, true),
         Cmd::Unpause { domain } => api.pause(&domain, false),
         Cmd::Rename { domain, new_name } => api.rename(&domain, &new_name),
-        Cmd::Console { domain, no_follow } => console::follow(&api, &domain, !no_follow),
+        Cmd::Console {
+            domain,
+            no_follow,
+            raw,
+        } => console::follow(&api, &domain, !no_follow, raw),
         Cmd::VcpuSet { domain, count } => api.vcpu_set(&domain, count),
         Cmd::VcpuList { domains } => commands::vcpu_list(&api, out, &domains),
         Cmd::MemSet { domain, size } => commands::mem(&api, &domain, &size, false),
