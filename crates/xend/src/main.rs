@@ -2,6 +2,7 @@
 //! xenstored first if it is not running), `xend foreground` runs it in the terminal
 //! (systemd, tests), `xend stop|status|restart` manage the background daemon.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -292,7 +293,10 @@ fn init_logs(log_dir: &Path) -> Result<Vec<tracing_appender::non_blocking::Worke
                 .with_filter(LevelFilter::DEBUG),
         )
         .with(
+            // Colours only for a person at a terminal: `xend start` sends stderr to
+            // xend-stderr.log, and systemd's journal does not want them either.
             tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr)
                 .with_filter(console_level),
         )

@@ -1,0 +1,112 @@
+//! xend's HTTP side facing hostile clients and local users (issue 13): error replies
+//! are always JSON, logs carry no colour codes, the token never shows in `ps`, state
+//! files are private, and half-sent requests cannot hold connections forever.
+// A test fails by panicking: unwrap and expect are its assertions.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Runs `xend foreground` on `env`'s xenstored and state (after `env.kill_xend()`),
+/// with `extra` options, `vars` in its environment and stderr into `stderr_file`.
+fn spawn_xend(env: &Env, extra: &[&str], vars: &[(&str, &str)], stderr_file: &Path) -> Child {
+    Command::new(bin("xend"))
+        .arg("foreground")
+        .args(["--port", &env.port.to_string()])
+        .arg("--state-dir")
+        .arg(env.dir.join("state"))
+        .arg("--log-dir")
+        .arg(env.dir.join("log"))
+        .arg("--xenstored-socket")
+        .arg(env.dir.join("xs/socket"))
+        .arg("--unix-socket")
+        .arg(env.unix_socket())
+        .args(extra)
+        .env_remove("XEND_AUTH_TOKEN")
+        .envs(vars.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(stderr_file).unwrap())
+        .spawn()
+        .expect("xend")
+}
+
+/// Sends `request` as is on a new TCP connection and returns all of the reply.
+fn raw_request(port: u16, request: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+fn stop(mut child: Child) {
+    // SAFETY: signals the xend this test started.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    wait_until("xend to stop", Duration::from_secs(15), || {
+        child.try_wait().unwrap().is_some()
+    });
+}
+
+/// Item 19: axum's own rejections (413 body too large, a bad path) were plain text.
+#[test]
+fn every_error_reply_is_the_api_error_json() {
+    let env = Env::start("json-errors");
+    let big = "x".repeat(3 << 20);
+    let (s, v) = env.post("/domains", &big);
+    assert_eq!(s, 413, "{v}");
+    assert_eq!(v["error"]["code"], "body_too_large", "{v}");
+    assert!(v["error"]["message"].is_string(), "{v}");
+    // A path segment that is not UTF-8 (axum's Path rejection).
+    let reply = raw_request(
+        env.port,
+        "GET /domains/%FF HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    let body = reply.split("\r\n\r\n").nth(1).unwrap_or("");
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+    assert_eq!(v["error"]["code"], "bad_request", "{v}");
+    let (s, v) = env.get("/no/such/endpoint");
+    assert_eq!((s, v["error"]["code"].as_str()), (404, Some("no_route")));
+    let (s, v) = env.post("/domains", "{not json");
+    assert_eq!(s, 400, "{v}");
+    assert!(v["error"]["code"].is_string(), "{v}");
+}
+
+fn has_ansi(p: &Path) -> bool {
+    std::fs::read(p)
+        .unwrap_or_default()
+        .windows(2)
+        .any(|w| w == b"\x1b[")
+}
+
+/// Item 19: colour codes went to log files (stderr is xend-stderr.log under
+/// `xend start`).
+#[test]
+fn logs_and_piped_stderr_have_no_colour_codes() {
+    let mut env = Env::start("no-ansi");
+    env.kill_xend();
+    let stderr = env.dir.join("stderr.log");
+    let child = spawn_xend(&env, &[], &[("RXEN_LOG", "debug")], &stderr);
+    env.wait_until("xend to answer", || env.get("/health").0 == 200);
+    assert_eq!(env.get("/nope").0, 404);
+    stop(child);
+    let text = std::fs::read_to_string(&stderr).unwrap();
+    assert!(text.contains("xend listening"), "{text}");
+    assert!(
+        !has_ansi(&stderr),
+        "stderr (not a terminal) has colours: {text}"
+    );
+    let mut logs = 0;
+    for e in std::fs::read_dir(env.dir.join("log")).unwrap() {
+        let p = e.unwrap().path();
+        logs += 1;
+        assert!(!has_ansi(&p), "{} has colour codes", p.display());
+    }
+    assert!(logs >= 2, "xend.log and xend-debug.log");
+}
