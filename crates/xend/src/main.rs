@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+mod auth_token;
+
 use rxen_xend::api::{self, AppState};
 use rxen_xend::process::{StateDirLock, StateDirLockError};
 use rxen_xend::state::{Xend, XendConfig};
@@ -45,7 +47,8 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Opts {
-    /// Address to listen on. A non-loopback address needs --auth-token.
+    /// Address to listen on. A non-loopback address needs a token (--auth-token-file
+    /// or XEND_AUTH_TOKEN).
     #[arg(long, default_value = "127.0.0.1")]
     listen: String,
     /// TCP port.
@@ -54,9 +57,13 @@ struct Opts {
     /// Also serve the API on this Unix socket.
     #[arg(long)]
     unix_socket: Option<PathBuf>,
-    /// Bearer token clients must send (`Authorization: Bearer TOKEN`); also from
-    /// XEND_AUTH_TOKEN.
-    #[arg(long, env = "XEND_AUTH_TOKEN", hide_env_values = true)]
+    /// File holding the bearer token clients must send (`Authorization: Bearer
+    /// TOKEN`); its first line, trimmed. It must not be readable by other users.
+    /// Without it, the token is taken from XEND_AUTH_TOKEN if that is set.
+    #[arg(long, value_name = "PATH")]
+    auth_token_file: Option<PathBuf>,
+    /// Removed: a token on the command line is visible to every user in `ps`.
+    #[arg(long, hide = true)]
     auth_token: Option<String>,
     /// State directory: database, domain files, pid file.
     #[arg(long, default_value = "/var/lib/rxen")]
@@ -128,17 +135,24 @@ fn ensure_xenstored(o: &Opts) -> Result<(), String> {
 
 /// Checks what `foreground` would refuse, so that `start` can say why at once instead
 /// of "did not come up".
-fn check_options(o: &Opts) -> Result<(), String> {
-    if !is_loopback(&o.listen) && o.auth_token.as_deref().unwrap_or("").is_empty() {
+fn check_options(o: &Opts) -> Result<Option<String>, String> {
+    if o.auth_token.is_some() {
+        return Err("--auth-token is gone (it showed the token in ps): use \
+             --auth-token-file PATH or the XEND_AUTH_TOKEN environment variable"
+            .into());
+    }
+    let token = auth_token::resolve(o.auth_token_file.as_deref())?;
+    if !is_loopback(&o.listen) && token.is_none() {
         return Err(format!(
-            "listening on {} (not loopback) needs --auth-token",
-            o.listen
+            "listening on {} (not loopback) needs a token (--auth-token-file or {})",
+            o.listen,
+            auth_token::TOKEN_ENV
         ));
     }
     if let Some(cfg) = &o.create {
         read_create_config(cfg)?;
     }
-    Ok(())
+    Ok(token)
 }
 
 /// The domain `--create` names: its xl.cfg parsed, with a relative `kernel=` resolved
@@ -171,6 +185,9 @@ fn start(o: &Opts) -> Result<(), String> {
     if let Some(pid) = running_pid(o) {
         return Err(format!("xend is already running (pid {pid})"));
     }
+    private_umask();
+    // The daemon reads the token itself (from the same file or environment): it is
+    // never put on its command line.
     check_options(o)?;
     ensure_xenstored(o)?;
     std::fs::create_dir_all(&o.log_dir).map_err(|e| e.to_string())?;
@@ -311,13 +328,16 @@ fn is_loopback(addr: &str) -> bool {
         .unwrap_or(addr == "localhost")
 }
 
+/// Makes every file and directory this process (and its children) creates private
+/// to its user: state (xend.db, console logs, sockets) and logs are 0600/0700.
+fn private_umask() {
+    // SAFETY: umask only changes this process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
+}
+
 async fn foreground(o: Opts) -> Result<(), String> {
-    if !is_loopback(&o.listen) && o.auth_token.as_deref().unwrap_or("").is_empty() {
-        return Err(format!(
-            "listening on {} (not loopback) needs --auth-token",
-            o.listen
-        ));
-    }
+    private_umask();
+    let auth_token = check_options(&o)?;
     let _guards = init_logs(&o.log_dir)?;
     std::fs::create_dir_all(&o.state_dir).map_err(|e| format!("creating state dir: {e}"))?;
     // One xend per state directory, for its whole life: the directory's lock, then
@@ -366,7 +386,7 @@ async fn foreground(o: Opts) -> Result<(), String> {
     let state = AppState {
         xend: xend.clone(),
         metrics: Arc::new(Mutex::new(Default::default())),
-        auth_token: o.auth_token.clone().filter(|t| !t.is_empty()),
+        auth_token,
         log_dir: o.log_dir.clone(),
     };
     let app = api::router(state);

@@ -110,3 +110,113 @@ fn logs_and_piped_stderr_have_no_colour_codes() {
     }
     assert!(logs >= 2, "xend.log and xend-debug.log");
 }
+
+fn write_mode(p: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(p, text).unwrap();
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn status_with_token(env: &Env, token: &str) -> u16 {
+    match env
+        .agent
+        .get(env.url("/domains"))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+/// Item 16: the token was an argument (`ps` showed it); blank tokens were taken.
+#[test]
+fn the_token_comes_from_a_private_file_or_the_environment_never_argv() {
+    let mut env = Env::start("token");
+    env.kill_xend();
+    let token = "t0ken-Secret-42";
+    let file = env.dir.join("token");
+    write_mode(&file, &format!("{token}\n"), 0o600);
+    let stderr = env.dir.join("stderr.log");
+    let child = spawn_xend(
+        &env,
+        &["--auth-token-file", file.to_str().unwrap()],
+        &[],
+        &stderr,
+    );
+    env.wait_until("xend to answer", || env.get("/health").0 == 200);
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&cmdline).contains(token),
+        "the token is on xend's command line"
+    );
+    assert_eq!(env.get("/domains").0, 401);
+    assert_eq!(status_with_token(&env, "t0ken-Secret-43"), 401);
+    assert_eq!(status_with_token(&env, token), 200);
+    stop(child);
+
+    // The environment works too.
+    let child = spawn_xend(&env, &[], &[("XEND_AUTH_TOKEN", token)], &stderr);
+    env.wait_until("xend to answer", || env.get("/health").0 == 200);
+    assert_eq!(env.get("/domains").0, 401);
+    assert_eq!(status_with_token(&env, token), 200);
+    stop(child);
+
+    // Refused at start: a world-readable file, blank tokens, the old option.
+    let refused = |extra: &[&str], vars: &[(&str, &str)]| -> String {
+        let mut c = spawn_xend(&env, extra, vars, &stderr);
+        let mut status = None;
+        wait_until("xend to refuse to start", Duration::from_secs(15), || {
+            status = c.try_wait().unwrap();
+            status.is_some()
+        });
+        assert!(!status.unwrap().success());
+        std::fs::read_to_string(&stderr).unwrap()
+    };
+    write_mode(&file, "t0ken\n", 0o644);
+    let err = refused(&["--auth-token-file", file.to_str().unwrap()], &[]);
+    assert!(err.contains("accessible to every user"), "{err}");
+    write_mode(&file, "   \n", 0o600);
+    let err = refused(&["--auth-token-file", file.to_str().unwrap()], &[]);
+    assert!(err.contains("blank"), "{err}");
+    let err = refused(&[], &[("XEND_AUTH_TOKEN", " \t ")]);
+    assert!(err.contains("blank"), "{err}");
+    let err = refused(&["--auth-token", token], &[]);
+    assert!(err.contains("--auth-token-file"), "{err}");
+}
+
+/// Item 16: xend.db, logs and the state directory were readable by every user.
+#[test]
+fn state_and_log_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut env = Env::start("umask");
+    env.kill_xend();
+    // Fresh directories, created by xend itself.
+    let _ = std::fs::remove_dir_all(env.dir.join("state"));
+    let _ = std::fs::remove_dir_all(env.dir.join("log"));
+    let stderr = env.dir.join("stderr.log");
+    let child = spawn_xend(&env, &[], &[], &stderr);
+    env.wait_until("xend to answer", || env.get("/health").0 == 200);
+    let mut seen = Vec::new();
+    let mut check = |p: &Path| {
+        let mode = std::fs::symlink_metadata(p).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o077,
+            0,
+            "{} has mode {:o}",
+            p.display(),
+            mode & 0o777
+        );
+        seen.push(p.file_name().unwrap().to_string_lossy().into_owned());
+    };
+    for dir in ["state", "log"] {
+        let d = env.dir.join(dir);
+        check(&d);
+        for e in std::fs::read_dir(&d).unwrap() {
+            check(&e.unwrap().path());
+        }
+    }
+    check(&env.unix_socket());
+    assert!(seen.iter().any(|n| n == "xend.db"), "{seen:?}");
+    stop(child);
+}

@@ -2,6 +2,7 @@
 //! with bounds: only regular files, at most [`MAX_CONFIG_BYTES`], read through a
 //! `take` so a file that grows while it is read cannot make xm read more. `/dev/zero`,
 //! a FIFO or a huge sparse file is refused with a clear error before anything is read.
+//! Token files (`--token-file`) are read the same way, with a 4 KiB limit.
 
 use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
@@ -38,6 +39,22 @@ pub fn read_bounded(path: &Path, what: &str, limit: u64) -> XmResult<String> {
     }
     String::from_utf8(bytes)
         .map_err(|_| XmError::Usage(format!("{what} {shown} is not UTF-8 text")))
+}
+
+/// The largest token file xm reads.
+pub const MAX_TOKEN_BYTES: u64 = 4096;
+
+/// The API token in the file at `path`: its first line, trimmed; blank is an error.
+pub fn read_token(path: &Path) -> XmResult<String> {
+    let text = read_bounded(path, "token file", MAX_TOKEN_BYTES)?;
+    let token = text.lines().next().unwrap_or("").trim();
+    if token.is_empty() {
+        return Err(XmError::Usage(format!(
+            "token file {} is blank",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
 }
 
 fn check(meta: &std::fs::Metadata, path: &Path, what: &str, limit: u64) -> XmResult<()> {
@@ -91,6 +108,16 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("larger than the limit of 1048576 bytes"), "{e}");
+        let _ = std::fs::remove_file(&p);
+    }
+
+    #[test]
+    fn token_files_give_their_first_line_and_blank_ones_are_refused() {
+        let p = tmp("token");
+        std::fs::write(&p, "  s3cret \nrest\n").unwrap();
+        assert_eq!(read_token(&p).unwrap(), "s3cret");
+        std::fs::write(&p, " \n").unwrap();
+        assert!(read_token(&p).unwrap_err().to_string().contains("blank"));
         let _ = std::fs::remove_file(&p);
     }
 

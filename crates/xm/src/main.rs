@@ -36,9 +36,13 @@ struct Cli {
         global = true
     )]
     url: String,
-    /// Bearer token for a xend that requires one.
+    /// Bearer token for a xend that requires one. Prefer --token-file or
+    /// XEND_AUTH_TOKEN: a command line is visible to every user in `ps`.
     #[arg(long, env = "XEND_AUTH_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// File holding the bearer token (its first line, trimmed; at most 4 KiB).
+    #[arg(long, value_name = "PATH", global = true, conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
     /// Machine-readable output: the API's JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -161,7 +165,11 @@ enum Cmd {
 }
 
 fn run(cli: Cli) -> XmResult<()> {
-    let api = Api::new(&cli.url, cli.token.clone())?;
+    let token = match &cli.token_file {
+        Some(p) => Some(local_file::read_token(p)?),
+        None => cli.token.clone(),
+    };
+    let api = Api::new(&cli.url, token)?;
     let out = Output { json: cli.json };
     match cli.cmd {
         Cmd::Create {

@@ -163,7 +163,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == token);
+            .is_some_and(|t| token_matches(t.as_bytes(), token.as_bytes()));
         if !ok && path != "/health" {
             tracing::info!(target: "xend::api", %method, %path, status = 401, "unauthenticated request refused");
             return ApiError::new(
@@ -193,6 +193,19 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         m.record(method, route, status, secs);
     }
     resp
+}
+
+/// Compares a presented token with the expected one in time that depends only on
+/// their lengths, not on where they first differ.
+pub fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    let diff = given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | std::hint::black_box(a ^ b));
+    std::hint::black_box(diff) == 0
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
