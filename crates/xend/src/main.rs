@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 mod auth_token;
+mod serve;
 
 use rxen_xend::api::{self, AppState};
 use rxen_xend::process::{StateDirLock, StateDirLockError};
@@ -65,6 +66,14 @@ struct Opts {
     /// Removed: a token on the command line is visible to every user in `ps`.
     #[arg(long, hide = true)]
     auth_token: Option<String>,
+    /// Seconds a client has to send a request's headers before its connection is
+    /// closed.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    header_read_timeout: f64,
+    /// Connections served at once (TCP and Unix socket together); more are closed
+    /// at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// State directory: database, domain files, pid file.
     #[arg(long, default_value = "/var/lib/rxen")]
     state_dir: PathBuf,
@@ -141,6 +150,7 @@ fn check_options(o: &Opts) -> Result<Option<String>, String> {
              --auth-token-file PATH or the XEND_AUTH_TOKEN environment variable"
             .into());
     }
+    limits(o)?;
     let token = auth_token::resolve(o.auth_token_file.as_deref())?;
     if !is_loopback(&o.listen) && token.is_none() {
         return Err(format!(
@@ -328,6 +338,24 @@ fn is_loopback(addr: &str) -> bool {
         .unwrap_or(addr == "localhost")
 }
 
+/// The serving limits the options ask for.
+fn limits(o: &Opts) -> Result<serve::Limits, String> {
+    let header_read_timeout = Duration::try_from_secs_f64(o.header_read_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "--header-read-timeout must be a positive number of seconds, not {}",
+                o.header_read_timeout
+            )
+        })?;
+    Ok(serve::Limits {
+        header_read_timeout,
+        max_connections: o.max_connections as usize,
+        drain: Duration::from_secs(5),
+    })
+}
+
 /// Makes every file and directory this process (and its children) creates private
 /// to its user: state (xend.db, console logs, sockets) and logs are 0600/0700.
 fn private_umask() {
@@ -405,15 +433,18 @@ async fn foreground(o: Opts) -> Result<(), String> {
         .await
         .map_err(|e| format!("binding {addr}: {e}"))?;
     tracing::info!(%addr, "xend listening");
-    if let Some(p) = &o.unix_socket {
-        let _ = std::fs::remove_file(p);
-        let ul = tokio::net::UnixListener::bind(p)
-            .map_err(|e| format!("binding {}: {e}", p.display()))?;
-        let app2 = app.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(ul, app2).await;
-        });
-    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = serve::Server::new(app, limits(&o)?, stop_rx);
+    let unix_server = match &o.unix_socket {
+        Some(p) => {
+            let _ = std::fs::remove_file(p);
+            let ul = tokio::net::UnixListener::bind(p)
+                .map_err(|e| format!("binding {}: {e}", p.display()))?;
+            let server = server.clone();
+            Some(tokio::spawn(async move { server.serve(ul).await }))
+        }
+        None => None,
+    };
     if let Some(cfg) = &o.create {
         let (spec, warnings) = read_create_config(cfg)?;
         for w in warnings {
@@ -438,18 +469,19 @@ async fn foreground(o: Opts) -> Result<(), String> {
             }
         }
     }
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
+    tokio::spawn(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
-            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {},
+            _ = term.recv() => {},
         }
-    };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
+        let _ = stop_tx.send(true);
+    });
+    server.serve(listener).await;
+    if let Some(u) = unix_server {
+        let _ = u.await;
+    }
     if let Some(p) = &o.unix_socket {
         let _ = std::fs::remove_file(p);
     }

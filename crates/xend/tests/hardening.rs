@@ -220,3 +220,82 @@ fn state_and_log_files_are_private() {
     assert!(seen.iter().any(|n| n == "xend.db"), "{seen:?}");
     stop(child);
 }
+
+/// Opens a connection that sends half a request and then nothing.
+fn half_request(port: u16) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"GET /domains HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .unwrap();
+    s
+}
+
+/// Whether the server closed `s` (a read gives EOF or an error rather than timing out).
+fn closed_by_server(s: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let mut b = [0u8; 512];
+    match s.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => closed_by_server(s),
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Item 18: 3000 half-sent requests stayed open forever.
+#[test]
+fn half_sent_requests_are_closed_and_cannot_starve_the_api() {
+    let mut env = Env::start("slowloris");
+    env.kill_xend();
+    let stderr = env.dir.join("stderr.log");
+    let child = spawn_xend(
+        &env,
+        &["--header-read-timeout", "1", "--max-connections", "16"],
+        &[],
+        &stderr,
+    );
+    env.wait_until("xend to answer", || env.get("/health").0 == 200);
+    // More slow clients than the cap.
+    let mut slow: Vec<_> = (0..48).map(|_| half_request(env.port)).collect();
+    // They do not hold the API for longer than the header timeout.
+    env.wait_until("the API to answer despite slow clients", || {
+        env.get("/health").0 == 200
+    });
+    env.wait_until("every half-sent request to be closed", || {
+        slow.iter_mut().all(closed_by_server)
+    });
+    // The Unix socket is served with the same bounds.
+    let mut u = std::os::unix::net::UnixStream::connect(env.unix_socket()).unwrap();
+    {
+        use std::io::{Read, Write};
+        u.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+        u.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = Vec::new();
+        let _ = u.read_to_end(&mut b);
+        assert!(b.is_empty() || b.starts_with(b"HTTP/1.1 408"), "{b:?}");
+    }
+    assert_eq!(env.get("/health").0, 200);
+    stop(child);
+}
+
+/// Shutdown still ends an open `/events` stream (SSE) and the daemon exits.
+#[test]
+fn shutdown_ends_event_streams() {
+    use std::io::{Read, Write};
+    let mut env = Env::start("sse-stop");
+    env.kill_xend();
+    let stderr = env.dir.join("stderr.log");
+    let child = spawn_xend(&env, &[], &[], &stderr);
+    env.wait_until("xend to answer", || env.get("/health").0 == 200);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    s.write_all(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut b = [0u8; 256];
+    let n = s.read(&mut b).unwrap();
+    assert!(b[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &b[..n]);
+    stop(child);
+}
