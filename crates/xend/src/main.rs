@@ -2,6 +2,7 @@
 //! xenstored first if it is not running), `xend foreground` runs it in the terminal
 //! (systemd, tests), `xend stop|status|restart` manage the background daemon.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -9,6 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+mod auth_token;
+mod serve;
+
 use rxen_xend::api::{self, AppState};
 use rxen_xend::process::{StateDirLock, StateDirLockError};
 use rxen_xend::state::{Xend, XendConfig};
@@ -44,7 +48,8 @@ enum Cmd {
 
 #[derive(Args, Clone)]
 struct Opts {
-    /// Address to listen on. A non-loopback address needs --auth-token.
+    /// Address to listen on. A non-loopback address needs a token (--auth-token-file
+    /// or XEND_AUTH_TOKEN).
     #[arg(long, default_value = "127.0.0.1")]
     listen: String,
     /// TCP port.
@@ -53,10 +58,22 @@ struct Opts {
     /// Also serve the API on this Unix socket.
     #[arg(long)]
     unix_socket: Option<PathBuf>,
-    /// Bearer token clients must send (`Authorization: Bearer TOKEN`); also from
-    /// XEND_AUTH_TOKEN.
-    #[arg(long, env = "XEND_AUTH_TOKEN", hide_env_values = true)]
+    /// File holding the bearer token clients must send (`Authorization: Bearer
+    /// TOKEN`); its first line, trimmed. It must not be readable by other users.
+    /// Without it, the token is taken from XEND_AUTH_TOKEN if that is set.
+    #[arg(long, value_name = "PATH")]
+    auth_token_file: Option<PathBuf>,
+    /// Removed: a token on the command line is visible to every user in `ps`.
+    #[arg(long, hide = true)]
     auth_token: Option<String>,
+    /// Seconds a client has to send a request's headers before its connection is
+    /// closed.
+    #[arg(long, default_value_t = 10.0, value_name = "SECONDS")]
+    header_read_timeout: f64,
+    /// Connections served at once (TCP and Unix socket together); more are closed
+    /// at once.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
     /// State directory: database, domain files, pid file.
     #[arg(long, default_value = "/var/lib/rxen")]
     state_dir: PathBuf,
@@ -137,17 +154,25 @@ fn ensure_xenstored(o: &Opts) -> Result<(), String> {
 
 /// Checks what `foreground` would refuse, so that `start` can say why at once instead
 /// of "did not come up".
-fn check_options(o: &Opts) -> Result<(), String> {
-    if !is_loopback(&o.listen) && o.auth_token.as_deref().unwrap_or("").is_empty() {
+fn check_options(o: &Opts) -> Result<Option<String>, String> {
+    if o.auth_token.is_some() {
+        return Err("--auth-token is gone (it showed the token in ps): use \
+             --auth-token-file PATH or the XEND_AUTH_TOKEN environment variable"
+            .into());
+    }
+    limits(o)?;
+    let token = auth_token::resolve(o.auth_token_file.as_deref())?;
+    if !is_loopback(&o.listen) && token.is_none() {
         return Err(format!(
-            "listening on {} (not loopback) needs --auth-token",
-            o.listen
+            "listening on {} (not loopback) needs a token (--auth-token-file or {})",
+            o.listen,
+            auth_token::TOKEN_ENV
         ));
     }
     if let Some(cfg) = &o.create {
         read_create_config(cfg)?;
     }
-    Ok(())
+    Ok(token)
 }
 
 /// The domain `--create` names: its xl.cfg parsed, with a relative `kernel=` resolved
@@ -180,6 +205,9 @@ fn start(o: &Opts) -> Result<(), String> {
     if let Some(pid) = running_pid(o) {
         return Err(format!("xend is already running (pid {pid})"));
     }
+    private_umask();
+    // The daemon reads the token itself (from the same file or environment): it is
+    // never put on its command line.
     check_options(o)?;
     ensure_xenstored(o)?;
     std::fs::create_dir_all(&o.log_dir).map_err(|e| e.to_string())?;
@@ -302,7 +330,10 @@ fn init_logs(log_dir: &Path) -> Result<Vec<tracing_appender::non_blocking::Worke
                 .with_filter(LevelFilter::DEBUG),
         )
         .with(
+            // Colours only for a person at a terminal: `xend start` sends stderr to
+            // xend-stderr.log, and systemd's journal does not want them either.
             tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::stderr().is_terminal())
                 .with_writer(std::io::stderr)
                 .with_filter(console_level),
         )
@@ -317,13 +348,34 @@ fn is_loopback(addr: &str) -> bool {
         .unwrap_or(addr == "localhost")
 }
 
+/// The serving limits the options ask for.
+fn limits(o: &Opts) -> Result<serve::Limits, String> {
+    let header_read_timeout = Duration::try_from_secs_f64(o.header_read_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            format!(
+                "--header-read-timeout must be a positive number of seconds, not {}",
+                o.header_read_timeout
+            )
+        })?;
+    Ok(serve::Limits {
+        header_read_timeout,
+        max_connections: o.max_connections as usize,
+        drain: Duration::from_secs(5),
+    })
+}
+
+/// Makes every file and directory this process (and its children) creates private
+/// to its user: state (xend.db, console logs, sockets) and logs are 0600/0700.
+fn private_umask() {
+    // SAFETY: umask only changes this process's file-creation mask; it cannot fail.
+    unsafe { libc::umask(0o077) };
+}
+
 async fn foreground(o: Opts) -> Result<(), String> {
-    if !is_loopback(&o.listen) && o.auth_token.as_deref().unwrap_or("").is_empty() {
-        return Err(format!(
-            "listening on {} (not loopback) needs --auth-token",
-            o.listen
-        ));
-    }
+    private_umask();
+    let auth_token = check_options(&o)?;
     let _guards = init_logs(&o.log_dir)?;
     std::fs::create_dir_all(&o.state_dir).map_err(|e| format!("creating state dir: {e}"))?;
     // One xend per state directory, for its whole life: the directory's lock, then
@@ -383,7 +435,7 @@ async fn foreground(o: Opts) -> Result<(), String> {
     let state = AppState {
         xend: xend.clone(),
         metrics: Arc::new(Mutex::new(Default::default())),
-        auth_token: o.auth_token.clone().filter(|t| !t.is_empty()),
+        auth_token,
         log_dir: o.log_dir.clone(),
     };
     let app = api::router(state);
@@ -402,15 +454,18 @@ async fn foreground(o: Opts) -> Result<(), String> {
         .await
         .map_err(|e| format!("binding {addr}: {e}"))?;
     tracing::info!(%addr, "xend listening");
-    if let Some(p) = &o.unix_socket {
-        let _ = std::fs::remove_file(p);
-        let ul = tokio::net::UnixListener::bind(p)
-            .map_err(|e| format!("binding {}: {e}", p.display()))?;
-        let app2 = app.clone();
-        tokio::spawn(async move {
-            let _ = axum::serve(ul, app2).await;
-        });
-    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = serve::Server::new(app, limits(&o)?, stop_rx);
+    let unix_server = match &o.unix_socket {
+        Some(p) => {
+            let _ = std::fs::remove_file(p);
+            let ul = tokio::net::UnixListener::bind(p)
+                .map_err(|e| format!("binding {}: {e}", p.display()))?;
+            let server = server.clone();
+            Some(tokio::spawn(async move { server.serve(ul).await }))
+        }
+        None => None,
+    };
     if let Some(cfg) = &o.create {
         let (spec, warnings) = read_create_config(cfg)?;
         for w in warnings {
@@ -435,18 +490,19 @@ async fn foreground(o: Opts) -> Result<(), String> {
             }
         }
     }
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
+    tokio::spawn(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
-            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {},
+            _ = term.recv() => {},
         }
-    };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| e.to_string())?;
+        let _ = stop_tx.send(true);
+    });
+    server.serve(listener).await;
+    if let Some(u) = unix_server {
+        let _ = u.await;
+    }
     if let Some(p) = &o.unix_socket {
         let _ = std::fs::remove_file(p);
     }

@@ -377,7 +377,14 @@ fn parallel_creates_and_destroys_leak_nothing() {
 
 #[test]
 fn auth_token_is_enforced() {
-    let env = Env::start_with("auth", &["--auth-token", "s3cret"]);
+    let token_file = std::env::temp_dir().join(format!("rxen-token-{}", std::process::id()));
+    std::fs::write(&token_file, "s3cret\n").unwrap();
+    std::fs::set_permissions(
+        &token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let env = Env::start_with("auth", &["--auth-token-file", token_file.to_str().unwrap()]);
     assert_eq!(env.get("/health").0, 200, "health stays open");
     let (s, e) = env.get("/domains");
     assert_eq!(
@@ -409,5 +416,5 @@ fn auth_token_is_enforced() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs --auth-token"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token"));
 }

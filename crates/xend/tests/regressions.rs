@@ -179,7 +179,7 @@ fn xend_start_says_why_it_cannot_start() {
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     let err = run(&["--listen", "0.0.0.0"]);
-    assert!(err.contains("needs --auth-token"), "{err}");
+    assert!(err.contains("needs a token"), "{err}");
     let err = run(&["--create", "/nonexistent/missing.cfg"]);
     assert!(err.contains("/nonexistent/missing.cfg"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);

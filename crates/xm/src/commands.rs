@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::client::{Api, Decoded};
 use crate::error::{XmError, XmResult};
-use crate::{console, format, libxl_json, size};
+use crate::{console, format, libxl_json, local_file, size};
 
 /// How to print.
 #[derive(Clone, Copy)]
@@ -33,7 +33,7 @@ impl Output {
 /// absolute directory so xend resolves relative `kernel=` paths as xl does.
 pub fn config_request(path: &str, overrides: &[String], paused: bool) -> XmResult<CreateRequest> {
     let text =
-        std::fs::read_to_string(path).map_err(|e| XmError::io(format!("reading {path}"), e))?;
+        local_file::read_bounded(Path::new(path), "config file", local_file::MAX_CONFIG_BYTES)?;
     let abs =
         std::fs::canonicalize(path).map_err(|e| XmError::io(format!("resolving {path}"), e))?;
     let base_dir = abs
@@ -71,7 +71,7 @@ pub fn create(
     }
     out.show(&reply.json, || started(&reply.value.domain));
     if attach {
-        console::follow(api, &reply.value.domain.name, true)?;
+        console::follow(api, &reply.value.domain.name, true, false)?;
     }
     Ok(())
 }

@@ -7,6 +7,9 @@
 //! successive snapshots are matched against each other byte-wise ([`ConsoleTail`]):
 //! nothing here slices text, so split multibyte characters cannot panic it, and a
 //! sliding window keeps producing new output.
+//!
+//! Output goes through [`TerminalFilter`] (unless `--raw`), so the guest's control
+//! sequences are shown, not acted on by the user's terminal.
 
 use std::io::{IsTerminal, Read, Write};
 use std::sync::mpsc;
@@ -15,6 +18,7 @@ use std::time::Duration;
 
 use crate::client::Api;
 use crate::error::{XmError, XmResult};
+use crate::terminal_filter::TerminalFilter;
 
 /// Ctrl-], the detach key.
 pub const DETACH_KEY: u8 = 0x1d;
@@ -276,7 +280,8 @@ fn input_loop(api: Api, domain: String, raw: bool, tx: mpsc::Sender<InputEvent>)
 }
 
 /// Prints the console and follows it until the domain goes away or the user detaches.
-pub fn follow(api: &Api, domain: &str, follow: bool) -> XmResult<()> {
+/// `raw`: print the guest's bytes unfiltered.
+pub fn follow(api: &Api, domain: &str, follow: bool, raw: bool) -> XmResult<()> {
     let (tx, rx) = mpsc::channel();
     let interactive = follow && std::io::stdin().is_terminal();
     let _raw = if interactive {
@@ -289,6 +294,7 @@ pub fn follow(api: &Api, domain: &str, follow: bool) -> XmResult<()> {
         std::thread::spawn(move || input_loop(input_api, dom, interactive, tx));
     }
     let mut tail = ConsoleTail::default();
+    let mut filter = TerminalFilter::default();
     let mut fetched = false;
     let mut out = std::io::stdout();
     loop {
@@ -299,7 +305,10 @@ pub fn follow(api: &Api, domain: &str, follow: bool) -> XmResult<()> {
             Err(e) => return Err(e),
         };
         fetched = true;
-        let new = tail.update(&snapshot);
+        let mut new = tail.update(&snapshot);
+        if !raw {
+            new = filter.push(&new);
+        }
         if !new.is_empty() {
             out.write_all(&new)
                 .and_then(|_| out.flush())

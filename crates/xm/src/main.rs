@@ -11,7 +11,9 @@ mod console;
 mod error;
 mod format;
 mod libxl_json;
+mod local_file;
 mod size;
+mod terminal_filter;
 mod transport;
 mod unix_http;
 
@@ -34,9 +36,13 @@ struct Cli {
         global = true
     )]
     url: String,
-    /// Bearer token for a xend that requires one.
+    /// Bearer token for a xend that requires one. Prefer --token-file or
+    /// XEND_AUTH_TOKEN: a command line is visible to every user in `ps`.
     #[arg(long, env = "XEND_AUTH_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// File holding the bearer token (its first line, trimmed; at most 4 KiB).
+    #[arg(long, value_name = "PATH", global = true, conflicts_with = "token")]
+    token_file: Option<std::path::PathBuf>,
     /// Machine-readable output: the API's JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -47,7 +53,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Create and start a domain from an xl.cfg file; `key=value` override settings.
-    /// Relative paths in the file are resolved against the file's directory.
+    /// Relative paths in the file are resolved against the file's directory. The file
+    /// must be a regular file of at most 1 MiB.
     Create {
         config: String,
         overrides: Vec<String>,
@@ -101,12 +108,19 @@ enum Cmd {
     Rename { domain: String, new_name: String },
     /// Print a domain's console and follow it until the domain ends. On a terminal,
     /// keys go to the guest as typed and Ctrl-] detaches; otherwise lines read from
-    /// stdin go to the guest.
+    /// stdin go to the guest. Terminal controls in the guest's output (escape
+    /// sequences, C0/C1 controls but newline, return, tab, backspace) are shown as
+    /// visible text (`^[`, `M-^[`), as `cat -v` does, so a guest cannot drive your
+    /// terminal (clear it, set its clipboard, ...).
     Console {
         domain: String,
         /// Print what there is and return.
         #[arg(long)]
         no_follow: bool,
+        /// Pass the guest's output to the terminal unchanged (colours, cursor
+        /// movement; also anything else the guest sends). Only for trusted guests.
+        #[arg(long)]
+        raw: bool,
     },
     /// Set the number of online vCPUs (up to maxvcpus).
     VcpuSet { domain: String, count: u32 },
@@ -130,7 +144,8 @@ enum Cmd {
     Uptime { domains: Vec<String> },
     /// xend's log.
     Dmesg,
-    /// Add a managed domain (config kept by xend; not started).
+    /// Add a managed domain (config kept by xend; not started). The file must be a
+    /// regular file of at most 1 MiB.
     New {
         config: String,
         overrides: Vec<String>,
@@ -150,7 +165,11 @@ enum Cmd {
 }
 
 fn run(cli: Cli) -> XmResult<()> {
-    let api = Api::new(&cli.url, cli.token.clone())?;
+    let token = match &cli.token_file {
+        Some(p) => Some(local_file::read_token(p)?),
+        None => cli.token.clone(),
+    };
+    let api = Api::new(&cli.url, token)?;
     let out = Output { json: cli.json };
     match cli.cmd {
         Cmd::Create {
@@ -175,7 +194,11 @@ fn run(cli: Cli) -> XmResult<()> {
         Cmd::Pause { domain } => api.pause(&domain, true),
         Cmd::Unpause { domain } => api.pause(&domain, false),
         Cmd::Rename { domain, new_name } => api.rename(&domain, &new_name),
-        Cmd::Console { domain, no_follow } => console::follow(&api, &domain, !no_follow),
+        Cmd::Console {
+            domain,
+            no_follow,
+            raw,
+        } => console::follow(&api, &domain, !no_follow, raw),
         Cmd::VcpuSet { domain, count } => api.vcpu_set(&domain, count),
         Cmd::VcpuList { domains } => commands::vcpu_list(&api, out, &domains),
         Cmd::MemSet { domain, size } => commands::mem(&api, &domain, &size, false),

@@ -75,7 +75,67 @@ pub fn router(state: AppState) -> Router {
             )
         })
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(axum::middleware::from_fn(json_errors))
         .with_state(state)
+}
+
+/// The most of a non-JSON error body kept as the message of its JSON form.
+const MAX_ERROR_TEXT: usize = 4096;
+
+/// Makes every error reply the API's `ErrorReply` JSON, including what axum answers
+/// by itself (413 body too large, 415, 400/422 extractor rejections, ...): an error
+/// whose body is not JSON is rewritten with a code for its status and its text as
+/// the message.
+async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, MAX_ERROR_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let message = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("request failed")
+            .to_string()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, error_code(status), message).into_response();
+    // Keep what the original reply said beyond its body (e.g. `Allow`, `WWW-Authenticate`).
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
+}
+
+/// The machine code of an error status that no handler chose a code for.
+fn error_code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::NOT_FOUND => "no_route",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_body",
+        s if s.is_server_error() => "internal",
+        _ => "http_error",
+    }
 }
 
 /// The route template a request matched, carried on its response to [`observe`].
@@ -103,7 +163,7 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| t == token);
+            .is_some_and(|t| token_matches(t.as_bytes(), token.as_bytes()));
         if !ok && path != "/health" {
             tracing::info!(target: "xend::api", %method, %path, status = 401, "unauthenticated request refused");
             return ApiError::new(
@@ -133,6 +193,19 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
         m.record(method, route, status, secs);
     }
     resp
+}
+
+/// Compares a presented token with the expected one in time that depends only on
+/// their lengths, not on where they first differ.
+pub fn token_matches(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    let diff = given
+        .iter()
+        .zip(expected)
+        .fold(0u8, |acc, (a, b)| acc | std::hint::black_box(a ^ b));
+    std::hint::black_box(diff) == 0
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> ApiResult<T> {
