@@ -76,7 +76,7 @@ enum Cmd {
 
 fn load_kernel(path: &Option<PathBuf>) -> Result<Vec<u8>, String> {
     match path {
-        Some(p) => std::fs::read(p).map_err(|e| format!("reading kernel {}: {e}", p.display())),
+        Some(p) => rxen_vmm::kernel_file::read_kernel(p).map_err(|e| e.to_string()),
         None => default_guest(),
     }
 }
