@@ -15,6 +15,7 @@ const GUESTS: &[&str] = &[
     "membench",
     "hcall-fuzz",
     "exitbench",
+    "hostile",
 ];
 const DEFAULT_GUEST: &str = "idle";
 

@@ -23,6 +23,10 @@ pub const MAX_REQUEST_LINE: usize = 4096;
 pub const MAX_IMAGE_BYTES: u64 = 64 << 20;
 /// Most bytes one [`Request::ConsoleInput`] may carry.
 pub const MAX_CONSOLE_INPUT: usize = 2048;
+/// Most bytes of console output one [`Reply::ConsoleTail`] carries. The VMM may return
+/// fewer (the oldest are left out) so that the reply line stays within [`MAX_LINE`]
+/// after JSON escaping.
+pub const MAX_CONSOLE_TAIL: u64 = 32 * 1024;
 
 /// What the toolstack asks of a VMM.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +44,9 @@ pub enum Request {
     DebugKey,
     /// Queue text on the guest's console input and raise `VIRQ_CONSOLE`.
     ConsoleInput { data: String },
+    /// Return the last `max_bytes` (at most [`MAX_CONSOLE_TAIL`]) bytes of console
+    /// output the VMM kept in memory ([`Reply::ConsoleTail`]).
+    ConsoleTail { max_bytes: u64 },
 }
 
 /// Why a request failed.
@@ -64,6 +71,20 @@ pub enum Reply {
     Status(Status),
     /// The request was refused.
     Error { kind: ErrorKind, message: String },
+    /// The answer to [`Request::ConsoleTail`].
+    ConsoleTail(ConsoleTail),
+}
+
+/// The newest console output a VMM kept in memory, with its console counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConsoleTail {
+    /// The newest output, oldest first, as lossy UTF-8 (invalid sequences become
+    /// U+FFFD; the first character may be cut).
+    pub data: String,
+    /// Bytes the guest wrote since boot (kept or dropped).
+    pub total_bytes: u64,
+    /// Bytes dropped by the console rate limit since boot.
+    pub dropped_bytes: u64,
 }
 
 impl Reply {
@@ -139,6 +160,12 @@ pub struct Status {
     /// The VMM's process id.
     pub pid: u32,
     pub boot: BootReport,
+    /// Bytes of console output the guest wrote since boot (kept or dropped).
+    #[serde(default)]
+    pub console_bytes: u64,
+    /// Bytes of console output dropped by the VMM's rate limit since boot.
+    #[serde(default)]
+    pub console_dropped_bytes: u64,
 }
 
 impl Status {
@@ -315,6 +342,8 @@ mod tests {
                 console_mfn: 5,
                 console_evtchn: 2,
             },
+            console_bytes: 100,
+            console_dropped_bytes: 7,
         }
     }
 
@@ -330,6 +359,10 @@ mod tests {
                 },
                 r#"{"op":"console-input","data":"ls\n"}"#,
             ),
+            (
+                Request::ConsoleTail { max_bytes: 4096 },
+                r#"{"op":"console-tail","max_bytes":4096}"#,
+            ),
         ] {
             assert_eq!(encode(&r), format!("{wire}\n"));
             assert_eq!(decode::<Request>(wire, MAX_REQUEST_LINE).unwrap(), r);
@@ -342,12 +375,24 @@ mod tests {
             Reply::Done,
             Reply::Status(sample_status()),
             Reply::error(ErrorKind::TooLarge, "too big"),
+            Reply::ConsoleTail(ConsoleTail {
+                data: "boot\n".into(),
+                total_bytes: 9,
+                dropped_bytes: 4,
+            }),
         ] {
             let line = encode(&r);
             assert_eq!(decode::<Reply>(&line, MAX_LINE).unwrap(), r);
         }
         assert_eq!(sample_status().cpu_ns(), 5_000_000_000);
         assert!(!sample_status().any_running());
+        // A status from a VMM without console counters still decodes.
+        let mut old = serde_json::to_value(sample_status()).unwrap();
+        let obj = old.as_object_mut().unwrap();
+        obj.remove("console_bytes");
+        obj.remove("console_dropped_bytes");
+        let s: Status = serde_json::from_value(old).unwrap();
+        assert_eq!((s.console_bytes, s.console_dropped_bytes), (0, 0));
     }
 
     #[test]

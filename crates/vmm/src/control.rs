@@ -3,8 +3,10 @@
 //!
 //! The protocol is `rxen_vmm_api`'s: one JSON [`Request`] per line in (tagged by
 //! `op`: `status`, `pause`, `unpause`, `destroy`, `debug-key`, `console-input` with
-//! `data`), one [`Reply`] per line out (tagged by `reply`: `done`, `status` with the
-//! [`Status`], or `error` with an [`ErrorKind`] and a message). A line over
+//! `data`, `console-tail` with `max_bytes`), one [`Reply`] per line out (tagged by
+//! `reply`: `done`, `status` with the [`Status`], `console-tail` with the newest
+//! console output and its counters, or `error` with an [`ErrorKind`] and a message).
+//! Status and console tail are answered after the domain ended too. A line over
 //! [`MAX_REQUEST_LINE`] bytes or console input over [`MAX_CONSOLE_INPUT`] bytes gets
 //! `too_large`; anything that is not a request (bad JSON or UTF-8, unknown op, missing
 //! field) gets `bad_request`; pause, unpause, console input and the debug key after
@@ -22,8 +24,8 @@ use std::sync::Arc;
 
 use rxen_abi::vcpu::{RUNSTATE_BLOCKED, RUNSTATE_OFFLINE, RUNSTATE_RUNNABLE, RUNSTATE_RUNNING};
 use rxen_vmm_api::{
-    decode, encode, DecodeError, ErrorKind, Reply, Request, RunstateTimes, Status, VcpuRunState,
-    VcpuStatus, MAX_CONSOLE_INPUT, MAX_REQUEST_LINE,
+    decode, encode, ConsoleTail, DecodeError, ErrorKind, Reply, Request, RunstateTimes, Status,
+    VcpuRunState, VcpuStatus, MAX_CONSOLE_INPUT, MAX_CONSOLE_TAIL, MAX_LINE, MAX_REQUEST_LINE,
 };
 
 use crate::domain::DomainShared;
@@ -60,6 +62,7 @@ fn vcpu_status(v: &VcpuControl, now: u64) -> VcpuStatus {
 pub fn status(dom: &DomainShared) -> Status {
     let now = dom.clock.now_ns();
     let vcpus: Vec<VcpuStatus> = dom.vcpus.iter().map(|v| vcpu_status(v, now)).collect();
+    let counters = dom.console.counters();
     Status {
         name: dom.config.name.clone(),
         domid: dom.config.domid,
@@ -69,6 +72,37 @@ pub fn status(dom: &DomainShared) -> Status {
         vcpus,
         pid: std::process::id(),
         boot: dom.boot.report,
+        console_bytes: counters.total,
+        console_dropped_bytes: counters.dropped,
+    }
+}
+
+/// The newest console output, at most `max_bytes` (and [`MAX_CONSOLE_TAIL`]), cut
+/// further from the front until the reply line fits [`MAX_LINE`].
+pub fn console_tail(dom: &DomainShared, max_bytes: u64) -> ConsoleTail {
+    let max = max_bytes.min(MAX_CONSOLE_TAIL) as usize;
+    let (bytes, counters) = dom.console.tail(max);
+    fit_line(ConsoleTail {
+        data: String::from_utf8_lossy(&bytes).into_owned(),
+        total_bytes: counters.total,
+        dropped_bytes: counters.dropped,
+    })
+}
+
+/// Cuts the oldest output of `tail` until its reply line fits [`MAX_LINE`].
+fn fit_line(mut tail: ConsoleTail) -> ConsoleTail {
+    loop {
+        let len = encode(&Reply::ConsoleTail(tail.clone())).len();
+        if len <= MAX_LINE {
+            return tail;
+        }
+        // Each character escapes to at most 6 bytes: cutting excess / 6 + 1 bytes
+        // (rounded to a character boundary) makes progress on every round.
+        let mut cut = ((len - MAX_LINE) / 6 + 1).min(tail.data.len());
+        while !tail.data.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail.data.drain(..cut);
     }
 }
 
@@ -84,6 +118,7 @@ pub fn answer(dom: &DomainShared, line: &str) -> Reply {
     let ended = dom.exit_reason();
     match req {
         Request::Status => Reply::Status(status(dom)),
+        Request::ConsoleTail { max_bytes } => Reply::ConsoleTail(console_tail(dom, max_bytes)),
         Request::Destroy => {
             dom.request_exit(DomainExit::Destroyed);
             Reply::Done
@@ -246,5 +281,34 @@ mod tests {
         );
         let exact = vec![b'b'; MAX_REQUEST_LINE];
         assert_eq!(lines(&exact), [String::from_utf8(exact).expect("ascii")]);
+    }
+
+    #[test]
+    fn console_tails_fit_a_reply_line() {
+        // Control characters escape to six bytes each; U+FFFD stays three.
+        for data in [
+            "\u{1}".repeat(MAX_CONSOLE_TAIL as usize),
+            "\u{fffd}".repeat(MAX_CONSOLE_TAIL as usize / 3),
+            "a".repeat(MAX_CONSOLE_TAIL as usize),
+            "\u{1}\u{fffd}".repeat(20_000),
+        ] {
+            let t = fit_line(ConsoleTail {
+                data: data.clone(),
+                total_bytes: u64::MAX,
+                dropped_bytes: u64::MAX,
+            });
+            let line = encode(&Reply::ConsoleTail(t.clone()));
+            assert!(line.len() <= MAX_LINE, "{}", line.len());
+            assert!(data.ends_with(&t.data), "keeps the newest output");
+            assert!(
+                t.data.len() * 8 > data.len().min(MAX_LINE),
+                "cuts not much more than needed"
+            );
+        }
+        let small = ConsoleTail {
+            data: "hello\n".into(),
+            ..Default::default()
+        };
+        assert_eq!(fit_line(small.clone()), small);
     }
 }

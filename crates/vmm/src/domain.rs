@@ -13,7 +13,7 @@ use rxen_abi::DomId;
 
 use crate::builder::{self, BootChannels, BootInfo, BuildError};
 use crate::clock::DomainClock;
-use crate::console::{Console, ConsoleSink};
+use crate::console::{Console, ConsoleLimits, ConsoleSink};
 use crate::evtchn::{EventChannels, Kick};
 use crate::exit::DomainExit;
 use crate::memory::{GuestRam, MemoryError};
@@ -30,6 +30,8 @@ pub struct DomainConfig {
     pub vcpus: u32,
     pub cmdline: String,
     pub uuid: [u8; 16],
+    /// Console output rate limit and in-memory tail size.
+    pub console: ConsoleLimits,
 }
 
 impl Default for DomainConfig {
@@ -41,6 +43,7 @@ impl Default for DomainConfig {
             vcpus: 1,
             cmdline: String::new(),
             uuid: [0; 16],
+            console: ConsoleLimits::default(),
         }
     }
 }
@@ -398,6 +401,7 @@ impl Domain {
             .unwrap_or_else(measure_tsc_khz);
         let tsc_offset = measure_tsc_offset(&fds[0]);
 
+        let console = Console::with_limits(sink, config.console);
         let shared = Arc::new(DomainShared {
             config,
             ram,
@@ -407,7 +411,7 @@ impl Domain {
             online: OnlineVcpus::at_boot(),
             clock: DomainClock::new(tsc_khz),
             tsc_offset,
-            console: Console::new(sink),
+            console,
             timers: Arc::new(TimerQueue::default()),
             boot,
             boot_channels: channels,

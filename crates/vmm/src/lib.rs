@@ -1,7 +1,7 @@
 //! rxen's per-domain virtual machine monitor.
 //!
 //! This crate owns one domain's execution on KVM: guest RAM ([`memory`]), the domain
-//! builder ([`elf`], [`builder`]), vCPUs and their threads ([`vcpu`]), Xen's hypercall
+//! builder ([`kernel_file`], [`elf`], [`builder`]), vCPUs and their threads ([`vcpu`]), Xen's hypercall
 //! ABI ([`hypercall`]), event channels ([`evtchn`], [`shared_info`]), time
 //! ([`clock`], [`timers`]), the emergency console ([`console`]) and the control socket
 //! ([`control`], speaking `rxen_vmm_api`'s protocol).
@@ -19,6 +19,7 @@ pub mod elf;
 pub mod evtchn;
 pub mod exit;
 pub mod hypercall;
+pub mod kernel_file;
 pub mod memory;
 pub mod rawimage;
 pub mod shared_info;

@@ -147,3 +147,39 @@ fn sigterm_destroys_the_domain() {
     assert_eq!(out.status.code(), Some(9), "{}", stderr_of(&out));
     assert!(!rest.contains("goodbye"));
 }
+
+/// Issue 13 item 6: a 1 GB sparse file, /dev/zero and /proc/self/mem as `--kernel`
+/// were read whole (1 GB RSS) before the 64 MiB image limit said no. They are refused
+/// by type and size before reading, with status 1 (image rejected) and a clear message,
+/// quickly and without growing the VMM.
+#[test]
+fn huge_and_special_kernel_files_are_refused_before_reading() {
+    let sparse = std::env::temp_dir().join(format!("rxen-test-{}-sparse", std::process::id()));
+    std::fs::File::create(&sparse)
+        .and_then(|f| f.set_len(1 << 30))
+        .expect("sparse file");
+    let sparse_s = sparse.to_str().expect("utf-8").to_owned();
+    let cases = [
+        (sparse_s.as_str(), "more than the 67108864 allowed"),
+        ("/dev/zero", "not a regular file (a character device)"),
+        ("/tmp", "not a regular file (a directory)"),
+        // procfs says size 0: read at most the limit, and page 0 is unmapped.
+        ("/proc/self/mem", "reading kernel /proc/self/mem"),
+    ];
+    for (path, needle) in cases {
+        let t0 = std::time::Instant::now();
+        let out = xen_vmm(&["--kernel", path]);
+        let took = t0.elapsed();
+        assert_eq!(out.status.code(), Some(1), "{path}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains(needle),
+            "{path}: {}",
+            stderr_of(&out)
+        );
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{path} took {took:?}"
+        );
+    }
+    let _ = std::fs::remove_file(&sparse);
+}

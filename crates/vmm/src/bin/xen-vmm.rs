@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use rxen_vmm::console::StdoutSink;
+use rxen_vmm::console::{ConsoleLimits, ConsoleSink, RotatingLog, StdoutSink};
 use rxen_vmm::{Domain, DomainConfig, DomainExit};
 use rxen_vmm_api::ExitKind;
 
@@ -30,7 +30,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Build a domain from a guest ELF and run it; the guest console goes to stdout.
+    /// Build a domain from a guest ELF and run it; the guest console goes to stdout, or
+    /// to --console-log.
+    ///
+    /// Console output is rate limited (--console-rate, --console-burst): what exceeds
+    /// the limit is dropped and counted (control status: console_dropped_bytes), the
+    /// guest is never slowed down by it.
     ///
     /// Exit status: 0 poweroff, 1 VMM error, 2 usage error, 3 reboot, 4 guest crash,
     /// 5 triple fault, 6 watchdog, 7 suspend, 8 soft reset, 9 destroyed by a signal.
@@ -71,12 +76,32 @@ enum Cmd {
         /// Domain UUID (xen_version guest_handle), 8-4-4-4-12 hex.
         #[arg(long)]
         uuid: Option<String>,
+        /// Write the guest console to this file (mode 0600, appended) instead of
+        /// stdout. It is rotated to PATH.1 when it would grow past --console-log-max,
+        /// so the console takes at most twice that on disk.
+        #[arg(long, value_name = "PATH")]
+        console_log: Option<PathBuf>,
+        /// Largest console log file before it is rotated, in bytes (at least 1).
+        #[arg(long, value_name = "BYTES", default_value_t = 1024 * 1024,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        console_log_max: u64,
+        /// Sustained console output rate, bytes per second; more is dropped.
+        #[arg(long, value_name = "BYTES_PER_S", default_value_t = ConsoleLimits::default().rate)]
+        console_rate: u64,
+        /// Console output allowed at once above the rate, bytes.
+        #[arg(long, value_name = "BYTES", default_value_t = ConsoleLimits::default().burst)]
+        console_burst: u64,
+        /// Newest console output kept in memory for the control socket's console-tail,
+        /// bytes (at most 16 MiB).
+        #[arg(long, value_name = "BYTES", default_value_t = ConsoleLimits::default().ring as u64,
+              value_parser = clap::value_parser!(u64).range(0..=16 * 1024 * 1024))]
+        console_ring: u64,
     },
 }
 
 fn load_kernel(path: &Option<PathBuf>) -> Result<Vec<u8>, String> {
     match path {
-        Some(p) => std::fs::read(p).map_err(|e| format!("reading kernel {}: {e}", p.display())),
+        Some(p) => rxen_vmm::kernel_file::read_kernel(p).map_err(|e| e.to_string()),
         None => default_guest(),
     }
 }
@@ -135,6 +160,11 @@ fn main() -> ExitCode {
         xenstore_socket,
         exit_file,
         uuid,
+        console_log,
+        console_log_max,
+        console_rate,
+        console_burst,
+        console_ring,
     } = cli.cmd;
     let uuid = match uuid.as_deref().map(parse_uuid) {
         None => [0u8; 16],
@@ -151,6 +181,11 @@ fn main() -> ExitCode {
         vcpus,
         cmdline,
         uuid,
+        console: ConsoleLimits {
+            rate: console_rate,
+            burst: console_burst,
+            ring: console_ring as usize,
+        },
     };
     // Usage errors (exit status 2) are found before anything is created.
     if let Err(e) = config.validate() {
@@ -165,7 +200,17 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitKind::Internal.exit_code());
         }
     };
-    let domain = match Domain::create(config, &image, Box::new(StdoutSink)) {
+    let sink: Box<dyn ConsoleSink> = match &console_log {
+        None => Box::new(StdoutSink),
+        Some(p) => match RotatingLog::open(p, console_log_max) {
+            Ok(log) => Box::new(log),
+            Err(e) => {
+                eprintln!("xen-vmm: opening console log {}: {e}", p.display());
+                return ExitCode::from(ExitKind::Internal.exit_code());
+            }
+        },
+    };
+    let domain = match Domain::create(config, &image, sink) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("xen-vmm: cannot create domain: {e}");

@@ -85,3 +85,34 @@ pub fn wait_until<T>(
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
 }
+
+pub mod fake_xenstored;
+
+/// Resident memory of process `pid`, KiB (`VmRSS` of /proc/PID/status).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Sends one control request to the VMM at `socket` and reads its reply, giving up
+/// after `timeout` (None: no answer in time, or no socket).
+pub fn control_request(
+    socket: &std::path::Path,
+    req: &rxen_vmm_api::Request,
+    timeout: std::time::Duration,
+) -> Option<rxen_vmm_api::Reply> {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    s.write_all(rxen_vmm_api::encode(req).as_bytes()).ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).ok()?;
+    rxen_vmm_api::decode(&line, rxen_vmm_api::MAX_LINE).ok()
+}

@@ -1,0 +1,206 @@
+//! The domain's emergency console (`console_io` hypercall): output to a sink, input
+//! from a bounded buffer that raises `VIRQ_CONSOLE`.
+//!
+//! Guest output is hostile in volume: it passes a token bucket ([`rate`]) first, and
+//! what exceeds it is dropped and counted, never waited for, so a flooding guest costs
+//! the host a bounded rate of writes. What passes goes to the sink (stdout, or a
+//! size-capped rotated file, [`log_file`]) and to an in-memory ring of the newest
+//! bytes ([`tail`]) that the control protocol returns.
+
+pub mod log_file;
+pub mod rate;
+pub mod tail;
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::Mutex;
+
+pub use log_file::RotatingLog;
+use rate::TokenBucket;
+use tail::TailRing;
+
+/// Bytes of console input buffered at most; older input is dropped beyond it.
+pub const INPUT_BUFFER: usize = 64 * 1024;
+
+/// Where guest console output goes.
+pub trait ConsoleSink: Send {
+    fn write(&mut self, bytes: &[u8]);
+}
+
+/// Writes console output to the VMM's stdout.
+pub struct StdoutSink;
+
+impl ConsoleSink for StdoutSink {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut out = std::io::stdout().lock();
+        // A closed stdout must not stop the guest; output is then discarded.
+        let _ = out.write_all(bytes);
+        let _ = out.flush();
+    }
+}
+
+/// Collects console output in memory (tests, benchmarks, embedding).
+#[derive(Clone, Default)]
+pub struct CaptureSink(pub std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl ConsoleSink for CaptureSink {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(bytes);
+    }
+}
+
+/// How much console output a domain may produce and how much of it is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsoleLimits {
+    /// Sustained output rate, bytes per second.
+    pub rate: u64,
+    /// Output allowed at once above the rate (the bucket's size), bytes.
+    pub burst: u64,
+    /// Newest output kept in memory for [`Console::tail`], bytes.
+    pub ring: usize,
+}
+
+impl Default for ConsoleLimits {
+    /// 64 KiB/s sustained, 1 MiB burst, 64 KiB in memory.
+    fn default() -> Self {
+        ConsoleLimits {
+            rate: 64 * 1024,
+            burst: 1024 * 1024,
+            ring: 64 * 1024,
+        }
+    }
+}
+
+impl ConsoleLimits {
+    /// No rate limit (benchmarks and tests that count every byte).
+    pub fn unlimited() -> Self {
+        ConsoleLimits {
+            rate: u64::MAX / 2,
+            burst: u64::MAX / 2,
+            ..Self::default()
+        }
+    }
+}
+
+/// Console output counters since boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleCounters {
+    /// Bytes the guest wrote (kept or dropped).
+    pub total: u64,
+    /// Bytes dropped by the rate limit.
+    pub dropped: u64,
+}
+
+struct Output {
+    sink: Box<dyn ConsoleSink>,
+    bucket: TokenBucket,
+    ring: TailRing,
+    counters: ConsoleCounters,
+}
+
+/// The console of one domain.
+pub struct Console {
+    output: Mutex<Output>,
+    input: Mutex<VecDeque<u8>>,
+}
+
+impl Console {
+    /// A console with the default limits.
+    pub fn new(sink: Box<dyn ConsoleSink>) -> Self {
+        Self::with_limits(sink, ConsoleLimits::default())
+    }
+
+    pub fn with_limits(sink: Box<dyn ConsoleSink>, limits: ConsoleLimits) -> Self {
+        Self {
+            output: Mutex::new(Output {
+                sink,
+                bucket: TokenBucket::new(limits.rate, limits.burst),
+                ring: TailRing::new(limits.ring),
+                counters: ConsoleCounters::default(),
+            }),
+            input: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    /// Guest output: what the rate limit lets through goes to the sink and the ring,
+    /// the rest is dropped and counted. Never waits for tokens.
+    pub fn write(&self, bytes: &[u8]) {
+        let mut out = self.output.lock().unwrap_or_else(|e| e.into_inner());
+        let len = bytes.len() as u64;
+        let granted = out.bucket.take(len);
+        out.counters.total = out.counters.total.saturating_add(len);
+        out.counters.dropped = out.counters.dropped.saturating_add(len - granted);
+        if granted == 0 {
+            return;
+        }
+        let kept = &bytes[..granted as usize];
+        out.ring.push(kept);
+        out.sink.write(kept);
+    }
+
+    /// Output counters since boot.
+    pub fn counters(&self) -> ConsoleCounters {
+        self.output
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counters
+    }
+
+    /// The newest `max` bytes of output kept in memory, and the counters.
+    pub fn tail(&self, max: usize) -> (Vec<u8>, ConsoleCounters) {
+        let out = self.output.lock().unwrap_or_else(|e| e.into_inner());
+        (out.ring.last(max), out.counters)
+    }
+
+    /// Host input for the guest; returns true if the buffer was empty before.
+    pub fn push_input(&self, bytes: &[u8]) -> bool {
+        let mut q = self.input.lock().unwrap_or_else(|e| e.into_inner());
+        let was_empty = q.is_empty();
+        q.extend(bytes);
+        while q.len() > INPUT_BUFFER {
+            q.pop_front();
+        }
+        was_empty
+    }
+
+    /// Takes up to `max` bytes of input.
+    pub fn take_input(&self, max: usize) -> Vec<u8> {
+        let mut q = self.input.lock().unwrap_or_else(|e| e.into_inner());
+        let n = max.min(q.len());
+        q.drain(..n).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_over_the_limit_is_dropped_and_counted() {
+        let cap = CaptureSink::default();
+        let c = Console::with_limits(
+            Box::new(cap.clone()),
+            ConsoleLimits {
+                rate: 0,
+                burst: 10,
+                ring: 4,
+            },
+        );
+        c.write(b"0123456");
+        c.write(b"789abc");
+        c.write(b"def");
+        assert_eq!(&*cap.0.lock().unwrap(), b"0123456789");
+        assert_eq!(
+            c.counters(),
+            ConsoleCounters {
+                total: 16,
+                dropped: 6
+            }
+        );
+        let (tail, _) = c.tail(100);
+        assert_eq!(tail, b"6789");
+    }
+}
