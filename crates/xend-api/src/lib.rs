@@ -126,6 +126,9 @@ pub struct DomainInfo {
     /// or overloaded). xend never starts a second copy of such a domain.
     #[serde(default)]
     pub unresponsive: bool,
+    /// Console output the VMM dropped over its rate or size limit, bytes.
+    #[serde(default)]
+    pub console_dropped_bytes: u64,
     pub config: DomainSpec,
 }
 

@@ -61,7 +61,8 @@ pub struct Launch<'a> {
 pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     std::fs::create_dir_all(&l.files.dir)?;
     let _ = std::fs::remove_file(l.files.exit_file());
-    let console = std::fs::File::create(l.files.console())?;
+    // The VMM writes the console log itself (rate-limited, size-capped, rotated).
+    let _ = std::fs::remove_file(l.files.console());
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -81,12 +82,13 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
         .arg(format!("--cmdline={}", l.cmdline))
         .arg(path_arg("control", &l.files.control()))
         .arg(path_arg("xenstore-socket", l.xenstore_socket))
-        .arg(path_arg("exit-file", &l.files.exit_file()));
+        .arg(path_arg("exit-file", &l.files.exit_file()))
+        .arg(path_arg("console-log", &l.files.console()));
     if let Some(k) = l.kernel {
         cmd.arg(format!("--kernel={k}"));
     }
     cmd.stdin(Stdio::null())
-        .stdout(console)
+        .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(false);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it runs
@@ -163,4 +165,32 @@ pub fn read_exit(files: &DomainFiles) -> Option<ExitRecord> {
 /// Records an ending for a VMM that could not write its own (it died).
 pub fn write_exit(files: &DomainFiles, record: &ExitRecord) -> std::io::Result<()> {
     std::fs::write(files.exit_file(), encode(record))
+}
+
+/// The last `max` bytes of a domain's console (the current log and, if that is
+/// shorter, the end of the rotated one), read with seeks: memory stays bounded by
+/// `max` however large the files are.
+pub fn console_tail(files: &DomainFiles, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let tail_of = |path: &Path, n: u64| -> std::io::Result<Vec<u8>> {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let len = f.metadata()?.len();
+        f.seek(SeekFrom::Start(len.saturating_sub(n)))?;
+        let mut out = Vec::new();
+        f.take(n).read_to_end(&mut out)?;
+        Ok(out)
+    };
+    let current = tail_of(&files.console(), max)?;
+    let missing = max.saturating_sub(current.len() as u64);
+    if missing == 0 {
+        return Ok(current);
+    }
+    let rotated = files.console().with_extension("log.1");
+    let mut out = tail_of(&rotated, missing)?;
+    out.extend_from_slice(&current);
+    Ok(out)
 }

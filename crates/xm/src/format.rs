@@ -190,6 +190,7 @@ pub(crate) mod tests {
             start_time: Some(1_700_000_000.0),
             exit_reason: None,
             unresponsive: false,
+            console_dropped_bytes: 0,
             config: spec,
         }
     }

@@ -153,6 +153,20 @@ pub fn render(doms: &[DomainInfo], api: &ApiMetrics) -> String {
             d.memory_mib * 1024 * 1024
         );
     }
+    family(
+        &mut out,
+        "xend_domain_console_dropped_bytes_total",
+        "counter",
+        "Console output dropped over the domain's rate or size limit.",
+    );
+    for d in doms {
+        let _ = writeln!(
+            out,
+            "xend_domain_console_dropped_bytes_total{{{}}} {}",
+            label(d),
+            d.console_dropped_bytes
+        );
+    }
     family(&mut out, "xend_domain_vcpus", "gauge", "Online vCPUs.");
     for d in doms {
         let _ = writeln!(out, "xend_domain_vcpus{{{}}} {}", label(d), d.vcpus);

@@ -71,7 +71,11 @@ impl Xend {
         let logs = self.cfg.state_dir.join("logs");
         let keep = logs.join(format!("{name}-{domid}"));
         if std::fs::create_dir_all(&keep).is_ok() {
-            for f in [files.console(), files.vmm_log()] {
+            for f in [
+                files.console(),
+                files.console().with_extension("log.1"),
+                files.vmm_log(),
+            ] {
                 if let Some(n) = f.file_name() {
                     let _ = std::fs::rename(&f, keep.join(n));
                 }

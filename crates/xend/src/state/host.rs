@@ -114,6 +114,7 @@ pub fn dom0_info() -> DomainInfo {
         start_time: uptime.map(|u| super::registry::now() - u),
         exit_reason: None,
         unresponsive: false,
+        console_dropped_bytes: 0,
         config: spec,
     }
 }

@@ -73,6 +73,7 @@ impl Xend {
                 start_time: None,
                 exit_reason: None,
                 unresponsive: false,
+                console_dropped_bytes: 0,
                 config: spec,
             })
             .collect())

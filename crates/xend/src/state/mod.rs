@@ -23,6 +23,7 @@ use std::time::Duration;
 use rxen_xend_api::{DomainEvent, DomainInfo, DomainState, DOM0_ID, DOM0_NAME};
 use tokio::sync::broadcast;
 
+use error::internal;
 pub use error::{DomainError, DomainResult};
 use registry::{Domain, Registry};
 
@@ -55,6 +56,9 @@ pub struct Xend {
     reg: Mutex<Registry>,
     pub events: broadcast::Sender<DomainEvent>,
 }
+
+/// How much of a console `GET /domains/{id}/console` returns at most.
+pub const CONSOLE_TAIL_BYTES: u64 = 256 * 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -165,11 +169,12 @@ impl Xend {
         }
     }
 
+    /// The newest [`CONSOLE_TAIL_BYTES`] of a domain's console.
     pub fn console(&self, id: &str) -> DomainResult<String> {
         let d = self.resolve(id)?;
-        let bytes = std::fs::read(self.files(d).console()).unwrap_or_default();
-        let tail = bytes.len().saturating_sub(256 * 1024);
-        Ok(String::from_utf8_lossy(&bytes[tail..]).into_owned())
+        let bytes = vmm::console_tail(&self.files(d), CONSOLE_TAIL_BYTES)
+            .map_err(internal("reading the console log"))?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
 
     /// Sends text to the guest's console input (`VIRQ_CONSOLE`).

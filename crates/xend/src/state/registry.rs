@@ -152,6 +152,7 @@ impl Domain {
             start_time: Some(self.started),
             exit_reason: self.exit_reason.clone(),
             unresponsive: self.unresponsive,
+            console_dropped_bytes: self.status.as_ref().map_or(0, |s| s.console_dropped_bytes),
             config: self.spec.clone(),
         }
     }
