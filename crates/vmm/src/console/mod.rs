@@ -13,7 +13,9 @@ pub mod tail;
 
 use std::collections::VecDeque;
 use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
+use std::time::Instant;
 
 pub use log_file::RotatingLog;
 use rate::TokenBucket;
@@ -98,13 +100,22 @@ struct Output {
     sink: Box<dyn ConsoleSink>,
     bucket: TokenBucket,
     ring: TailRing,
-    counters: ConsoleCounters,
 }
+
+/// Once the bucket is empty, output is dropped without taking the output lock until
+/// this many bytes' worth of tokens have accumulated: flooding vCPUs then never
+/// contend for the lock, and neither Status nor the tail waits behind them.
+const REOPEN_BYTES: u64 = 4096;
 
 /// The console of one domain.
 pub struct Console {
     output: Mutex<Output>,
     input: Mutex<VecDeque<u8>>,
+    total: AtomicU64,
+    dropped: AtomicU64,
+    /// Output is dropped unlocked until this time (ns since `epoch`).
+    closed_until: AtomicU64,
+    epoch: Instant,
 }
 
 impl Console {
@@ -119,20 +130,32 @@ impl Console {
                 sink,
                 bucket: TokenBucket::new(limits.rate, limits.burst),
                 ring: TailRing::new(limits.ring),
-                counters: ConsoleCounters::default(),
             }),
             input: Mutex::new(VecDeque::new()),
+            total: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            closed_until: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
     /// Guest output: what the rate limit lets through goes to the sink and the ring,
     /// the rest is dropped and counted. Never waits for tokens.
     pub fn write(&self, bytes: &[u8]) {
-        let mut out = self.output.lock().unwrap_or_else(|e| e.into_inner());
         let len = bytes.len() as u64;
+        self.total.fetch_add(len, Relaxed);
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        if now < self.closed_until.load(Relaxed) {
+            self.dropped.fetch_add(len, Relaxed);
+            return;
+        }
+        let mut out = self.output.lock().unwrap_or_else(|e| e.into_inner());
         let granted = out.bucket.take(len);
-        out.counters.total = out.counters.total.saturating_add(len);
-        out.counters.dropped = out.counters.dropped.saturating_add(len - granted);
+        if granted < len {
+            self.dropped.fetch_add(len - granted, Relaxed);
+            let wait = out.bucket.ns_for(REOPEN_BYTES);
+            self.closed_until.store(now.saturating_add(wait), Relaxed);
+        }
         if granted == 0 {
             return;
         }
@@ -143,16 +166,16 @@ impl Console {
 
     /// Output counters since boot.
     pub fn counters(&self) -> ConsoleCounters {
-        self.output
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .counters
+        ConsoleCounters {
+            total: self.total.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+        }
     }
 
     /// The newest `max` bytes of output kept in memory, and the counters.
     pub fn tail(&self, max: usize) -> (Vec<u8>, ConsoleCounters) {
         let out = self.output.lock().unwrap_or_else(|e| e.into_inner());
-        (out.ring.last(max), out.counters)
+        (out.ring.last(max), self.counters())
     }
 
     /// Host input for the guest; returns true if the buffer was empty before.

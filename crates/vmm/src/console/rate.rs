@@ -44,6 +44,15 @@ impl TokenBucket {
         }
     }
 
+    /// Nanoseconds until `n` tokens (at most the burst) have accumulated from empty.
+    pub fn ns_for(&self, n: u64) -> u64 {
+        if self.rate == 0 {
+            return u64::MAX / 2;
+        }
+        (n.min(self.burst) as u128 * 1_000_000_000 / self.rate as u128).min(u64::MAX as u128 / 2)
+            as u64
+    }
+
     /// Takes up to `want` tokens; returns how many were granted.
     pub fn take(&mut self, want: u64) -> u64 {
         self.take_at(want, Instant::now())
