@@ -150,6 +150,8 @@ impl Env {
             .filter(|d| d != "0")
             .collect();
         out.extend(c.directory(0, "/libxl").unwrap_or_default());
+        out.sort();
+        out.dedup();
         out
     }
 

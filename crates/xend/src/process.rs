@@ -99,6 +99,35 @@ pub async fn wait_exit(pid: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Live processes whose command line has a `--control=PATH` argument with PATH under
+/// `dir`: the VMMs serving domains of one state directory, found whatever xend
+/// recorded about them. Returns (pid, control socket path).
+pub fn vmms_under(dir: &std::path::Path) -> Vec<(u32, std::path::PathBuf)> {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let control = cmdline
+            .split(|b| *b == 0)
+            .find_map(|a| a.strip_prefix(b"--control="))
+            .map(|p| std::path::PathBuf::from(std::ffi::OsStr::from_bytes(p)));
+        if let Some(c) = control {
+            if c.starts_with(dir) && pid_alive(pid) {
+                out.push((pid, c));
+            }
+        }
+    }
+    out
+}
+
 /// Sends SIGKILL to `pid` if it is alive.
 pub fn kill(pid: u32) {
     if pid_alive(pid) {

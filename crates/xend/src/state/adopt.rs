@@ -95,6 +95,18 @@ impl Xend {
     /// its database was lost), so that no two live domains share a name or UUID.
     pub async fn reconcile(self: &Arc<Self>) {
         let known: Vec<u32> = lock(&self.reg).iter().map(|d| d.domid).collect();
+        // VMMs of this state directory that no registered domain owns, however far
+        // their start got (even before their control socket existed).
+        let domains_dir = self.cfg.state_dir.join("domains");
+        for (pid, control) in process::vmms_under(&domains_dir) {
+            let owned = lock(&self.reg)
+                .iter()
+                .any(|d| d.pid == pid && self.files(d.domid).control() == control);
+            if !owned {
+                tracing::warn!(pid, control = %control.display(), "stopping a VMM xend has no record of");
+                process::kill(pid);
+            }
+        }
         if let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join("domains")) {
             for e in rd.flatten() {
                 let Some(domid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {

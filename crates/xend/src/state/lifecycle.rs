@@ -137,9 +137,15 @@ impl Xend {
         if d.state != from {
             return Err(DomainError::WrongState(d.state));
         }
-        vmm::command(&self.files(domid).control(), req)
-            .await
-            .map_err(|e| DomainError::Internal(e.to_string()))?;
+        if let Err(e) = vmm::command(&self.files(domid).control(), req).await {
+            // The domain may have ended or started going away meanwhile: that is a
+            // state conflict, not a failure of xend.
+            return match lock(&self.reg).get(domid).map(|x| x.state) {
+                None => Err(DomainError::NotFound(id.to_string())),
+                Some(s) if s != from => Err(DomainError::WrongState(s)),
+                Some(_) => Err(DomainError::Internal(e.to_string())),
+            };
+        }
         // Only if nothing else (a destroy, an exit) changed the state meanwhile.
         let changed = lock(&self.reg).update(domid, |x| {
             if x.state == from {
