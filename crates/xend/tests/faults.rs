@@ -301,3 +301,61 @@ fn xenstored_restarts_lose_no_domain() {
         assert_eq!(s, 200, "round {round}: {v}");
     }
 }
+
+/// Unmounts a tmpfs when the test ends (before the environment removes its files).
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue 13 item 8: with the disk full, a failed database delete at destroy was
+/// silent and the domain came back at the next start.
+#[test]
+fn a_full_disk_fails_operations_instead_of_losing_them() {
+    if !kvm_available("a_full_disk_fails_operations_instead_of_losing_them") {
+        return;
+    }
+    let mut env = Env::start("full-disk");
+    env.kill_xend();
+    let state = env.dir.join("state");
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        assert!(
+            std::env::var("RXEN_REQUIRE_KVM").as_deref() != Ok("1"),
+            "cannot mount a tmpfs here (root in CI is expected to)"
+        );
+        eprintln!("SKIPPED a_full_disk_fails_operations_instead_of_losing_them: cannot mount a tmpfs");
+        return;
+    }
+    let _unmount = Mounted(state.clone());
+    env.start_xend();
+    assert_eq!(env.create("name='d'\nmemory=16").0, 201);
+    // Fill the disk.
+    let filler = state.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let (s, v) = env.delete("/domains/d");
+    assert!(s >= 500, "destroy on a full disk must fail, not pretend: {s} {v}");
+    assert_eq!(env.get("/domains/d").1["state"], "running", "nothing was destroyed");
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(env.delete("/domains/d").0, 204);
+    env.kill_xend();
+    env.start_xend();
+    assert_eq!(env.get("/domains/d").0, 404, "a destroyed domain stays destroyed");
+}
