@@ -4,28 +4,7 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// True if `/dev/kvm` can be opened. If not, says loudly that the calling test is
-/// skipped and why, or fails the test when `RXEN_REQUIRE_KVM=1` (CI on KVM hosts).
-pub fn kvm_available(test: &str) -> bool {
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-    {
-        Ok(_) => true,
-        Err(e) => {
-            if std::env::var("RXEN_REQUIRE_KVM").as_deref() == Ok("1") {
-                panic!("{test}: /dev/kvm is not usable ({e}) and RXEN_REQUIRE_KVM=1");
-            }
-            eprintln!("SKIPPED {test}: /dev/kvm is not usable here ({e}); this test needs KVM");
-            false
-        }
-    }
-}
-
-pub fn guest(name: &str) -> PathBuf {
-    rxen_guest_images::guest_path(name)
-}
+pub use rxen_testkit::{guest, kvm_available};
 
 /// Runs `xen-vmm run` with `args`; returns its output.
 pub fn xen_vmm(args: &[&str]) -> Output {
