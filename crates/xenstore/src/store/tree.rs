@@ -355,7 +355,16 @@ pub(super) fn set_perms(s: &mut Store, r: &mut Request<'_>) -> Result<Vec<u8>, X
     if !who.privileged && n.perms.owner() != who.domid {
         return Err(XsError::EACCES);
     }
-    n.perms = Perms(list);
+    // Xen (`do_set_perms`): an unprivileged connection may not change the owner. The
+    // owner is charged for the node in the node quota, so giving nodes away would
+    // escape one's own quota and exhaust another domain's.
+    let new_perms = Perms(list);
+    if !who.privileged && new_perms.owner() != n.perms.owner() {
+        return Err(XsError::EPERM);
+    }
+    // A change of owner (domain 0 only) moves the node's charge to the new owner
+    // (`put`, at once or at the transaction's commit).
+    n.perms = new_perms;
     let perms = n.perms.clone();
     s.put(&mut r.tx, &p, n, true)?;
     r.emit(Event::Changed { path: p, perms });
