@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::journal::Change;
 use super::transactions::Txn;
 use super::watches::Event;
 use super::{num_arg, ok, Caller, Request, Store};
@@ -13,7 +14,7 @@ use crate::path;
 use crate::perms::{Access, Perm, Perms};
 use crate::wire::{XsError, PAYLOAD_MAX};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub value: Vec<u8>,
     pub perms: Perms,
@@ -66,6 +67,12 @@ impl Store {
         self.generation += 1;
         node.generation = self.generation;
         let new_owner = node.perms.owner();
+        if self.journal.is_some() {
+            self.journal(Change::Node {
+                path: p.to_string(),
+                node: Some(node.clone()),
+            });
+        }
         if let Some(old) = self.nodes.insert(p.to_string(), node) {
             let old_owner = old.perms.owner();
             if old_owner != new_owner {
@@ -87,6 +94,10 @@ impl Store {
         }
         if let Some(old) = self.nodes.remove(p) {
             self.count_owned(old.perms.owner(), -1);
+            self.journal(Change::Node {
+                path: p.to_string(),
+                node: None,
+            });
         }
     }
 
