@@ -1,6 +1,8 @@
 //! xenstored benchmarks: latency and throughput of reads, writes, directories and
 //! read-modify-write transactions with 1 and 16 clients, and watch fan-out, against a
-//! raw Unix-socket echo of the same message sizes measured in the same run.
+//! raw Unix-socket echo of the same message sizes measured in the same run; and the
+//! cost of durability: writes to a xenstored with a state file, whose log is written
+//! (`--sync none`) or also synced (`--sync fsync`, the default) before each reply.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -9,6 +11,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use rxen_xenstore::client::Client;
+use rxen_xenstore::persist::{SyncPolicy, DEFAULT_LOG_MAX_BYTES};
 use rxen_xenstore::server::{Config, Daemon};
 
 use crate::Figure;
@@ -19,6 +22,9 @@ const XS_FIGURES: &[&str] = &[
     "xs_read_ops_1client",
     "xs_write_p50_us",
     "xs_write_p99_us",
+    "xs_write_logged_p50_us",
+    "xs_write_fsync_p50_us",
+    "xs_write_fsync_p99_us",
     "xs_directory_p50_us",
     "xs_txn_rmw_p50_us",
     "xs_txn_rmw_p99_us",
@@ -53,6 +59,8 @@ fn setup() -> Result<Env, String> {
         domain_socket_dir: dir.join("domains"),
         state_file: None,
         access_log: None,
+        sync: SyncPolicy::Fsync,
+        log_max_bytes: DEFAULT_LOG_MAX_BYTES,
     };
     let daemon = Daemon::new(config)?;
     std::thread::spawn(move || {
@@ -75,6 +83,39 @@ fn setup() -> Result<Env, String> {
         std::thread::sleep(Duration::from_millis(5));
     }
     Ok(Env { dir, socket, echo })
+}
+
+/// Latencies of `n` writes to a xenstored of its own that keeps a state file with
+/// `sync` (in a directory under `base`).
+fn durable_write_samples(
+    base: &std::path::Path,
+    sync: SyncPolicy,
+    n: usize,
+) -> Result<Vec<f64>, String> {
+    let dir = base.join(format!("durable-{sync:?}"));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let socket = dir.join("socket");
+    let daemon = Daemon::new(Config {
+        socket: socket.clone(),
+        domain_socket_dir: dir.join("domains"),
+        state_file: Some(dir.join("xenstored.json")),
+        access_log: None,
+        sync,
+        log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+    })?;
+    std::thread::spawn(move || {
+        let _ = daemon.serve();
+    });
+    let t = Instant::now();
+    while UnixStream::connect(&socket).is_err() {
+        if t.elapsed() > Duration::from_secs(5) {
+            return Err("xenstored did not start".into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut c = e(Client::connect(&socket))?;
+    samples(n / 10, || e(c.write(0, "/bench/key", b"value")))?;
+    samples(n, || e(c.write(0, "/bench/key", b"value")))
 }
 
 fn echo_conn(mut s: UnixStream) {
@@ -225,6 +266,36 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
             note: "4 raw echo round trips, p99".into(),
         },
     ];
+
+    // What durability costs per write.
+    let write_p50 = pct(&mut write, 50);
+    let mut logged = durable_write_samples(&env.dir, SyncPolicy::None, n / 4)?;
+    let mut synced = durable_write_samples(&env.dir, SyncPolicy::Fsync, n / 20)?;
+    figs.push(Figure {
+        name: "xs_write_logged_p50_us".into(),
+        value: pct(&mut logged, 50),
+        unit: "us".into(),
+        baseline: write_p50,
+        ratio: pct(&mut logged, 50) / write_p50,
+        note: "write without a state file; --sync none (survives SIGKILL)".into(),
+    });
+    figs.push(Figure {
+        name: "xs_write_fsync_p50_us".into(),
+        value: pct(&mut synced, 50),
+        unit: "us".into(),
+        baseline: write_p50,
+        ratio: pct(&mut synced, 50) / write_p50,
+        note: "write without a state file; --sync fsync, the default (survives a host crash)"
+            .into(),
+    });
+    figs.push(Figure {
+        name: "xs_write_fsync_p99_us".into(),
+        value: pct(&mut synced, 99),
+        unit: "us".into(),
+        baseline: write_p50,
+        ratio: pct(&mut synced, 99) / write_p50,
+        note: "p50 write without a state file".into(),
+    });
 
     // 16 clients reading together.
     let clients = 16;

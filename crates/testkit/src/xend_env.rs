@@ -27,9 +27,18 @@ impl Env {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let sock = dir.join("xs/socket");
+        // The same state and pid file as `xend start` gives xenstored (and xend when it
+        // restarts xenstored, `rxen_xend::xenstored::XenstoredLaunch`), so that a
+        // restarted xenstored continues this one's store.
+        let state = dir.join("state");
+        std::fs::create_dir_all(&state).unwrap();
         let xs = Command::new(bin("xenstored"))
             .arg("--socket")
             .arg(&sock)
+            .arg("--state-file")
+            .arg(state.join("xenstored.json"))
+            .arg("--pid-file")
+            .arg(state.join("xenstored.pid"))
             .stderr(Stdio::null())
             .spawn()
             .expect("xenstored");
@@ -178,13 +187,15 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // A xenstored that xend restarted runs as a daemon of its own.
-        if let Some(pid) = std::fs::read_to_string(self.dir.join("state/xenstored.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse::<i32>().ok())
+        // A xenstored that xend restarted runs as a daemon of its own. Only a live
+        // holder of the pid file's lock is signalled (the file of the xenstored just
+        // killed above names a pid that may be reused).
+        if let Some(pid) =
+            rxen_xenstore::pidfile::PidFile::holder(&self.dir.join("state/xenstored.pid"))
+                .filter(|p| *p > 0)
         {
-            // SAFETY: signalling the test's own xenstored, named by its pid file.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // SAFETY: signalling the test's own xenstored, which holds its pid file.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -6,6 +6,10 @@
 //! sends replies at once when the client's socket has room; a flusher per connection
 //! drains what did not fit. A client that lets more than [`MAX_OUTBOX`] bytes pile up
 //! (it never reads its watch events) is disconnected.
+//!
+//! With a state file, every change is logged ([`crate::persist`]) before its reply and
+//! its watch events are sent; a change that cannot be logged stops the daemon rather
+//! than being acknowledged.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -17,7 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crate::store::{ConnId, Effect, Snapshot, Store, Watch};
+use crate::persist::{Persistence, SyncPolicy};
+use crate::store::{ConnId, Effect, Store};
 use crate::wire::{Decoder, Message, MsgType};
 
 /// Bytes of unsent output a connection may accumulate before it is dropped.
@@ -32,6 +37,10 @@ pub struct Config {
     pub domain_socket_dir: PathBuf,
     pub state_file: Option<PathBuf>,
     pub access_log: Option<PathBuf>,
+    /// When logged changes must be on disk (with a state file).
+    pub sync: SyncPolicy,
+    /// Log size that triggers a new snapshot.
+    pub log_max_bytes: u64,
 }
 
 #[derive(Default)]
@@ -136,23 +145,28 @@ pub struct Daemon {
     config: Config,
     access_log: Option<Mutex<File>>,
     domain_listeners: Mutex<HashMap<u32, Arc<AtomicBool>>>,
-    /// Watches saved for domains, restored when the domain connects again.
-    saved_domain_watches: Mutex<std::collections::BTreeMap<u32, Vec<Watch>>>,
+    /// The state file and its log (with `--state-file`).
+    persistence: Option<Persistence>,
 }
 
 impl Daemon {
-    /// Loads the state file (if any) and prepares the daemon.
+    /// Loads the state file and replays its log (if any) and prepares the daemon.
     pub fn new(config: Config) -> Result<Arc<Self>, String> {
-        let (store, saved) = match &config.state_file {
-            Some(p) if p.exists() => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|e| format!("reading state file {}: {e}", p.display()))?;
-                let snap: Snapshot = serde_json::from_str(&text)
-                    .map_err(|e| format!("parsing state file {}: {e}", p.display()))?;
-                let saved = snap.domain_watches.clone();
-                (Store::from_snapshot(snap)?, saved)
+        let (store, persistence) = match &config.state_file {
+            Some(p) => {
+                let (store, persistence, recovery) =
+                    Persistence::open(p, config.sync, config.log_max_bytes)?;
+                tracing::info!(
+                    state_file = %p.display(),
+                    replayed = recovery.replayed,
+                    torn_tail = recovery.torn_tail,
+                    nodes = store.node_count(),
+                    domains = store.domains().len(),
+                    "state loaded"
+                );
+                (store, Some(persistence))
             }
-            _ => (Store::new(), Default::default()),
+            None => (Store::new(), None),
         };
         let access_log = match &config.access_log {
             Some(p) => Some(Mutex::new(
@@ -171,7 +185,7 @@ impl Daemon {
             config,
             access_log,
             domain_listeners: Mutex::new(HashMap::new()),
-            saved_domain_watches: Mutex::new(saved),
+            persistence,
         }))
     }
 
@@ -190,6 +204,7 @@ impl Daemon {
         std::fs::create_dir_all(&self.config.domain_socket_dir)
             .map_err(|e| format!("creating {}: {e}", self.config.domain_socket_dir.display()))?;
         let domains: Vec<u32> = self.store().domains().keys().copied().collect();
+        self.remove_stale_domain_sockets(&domains);
         for d in domains {
             self.open_domain_socket(d);
         }
@@ -223,21 +238,19 @@ impl Daemon {
             cond: Condvar::new(),
             closed: AtomicBool::new(false),
         });
-        {
+        let restored = {
             let mut store = self.store();
             store.connect(id, domid, privileged);
-            if !privileged {
-                if let Some(w) = self
-                    .saved_domain_watches
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&domid)
-                {
-                    store.restore_watches(id, w);
-                }
+            // A domain's watches from before a restart come back with its first
+            // connection (each fires once).
+            store.restore_parked_watches(id)
+        };
+        self.conns().insert(id, handle.clone());
+        for e in restored {
+            if let Effect::Send(_, m) = e {
+                handle.send(m.to_bytes());
             }
         }
-        self.conns().insert(id, handle.clone());
         let flusher = handle.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("xs-flush-{id}"))
@@ -258,7 +271,37 @@ impl Daemon {
         if let Some(h) = self.conns().remove(&id) {
             h.close();
         }
-        self.store().disconnect(id);
+        let mut store = self.store();
+        store.disconnect(id);
+        // Its watches are no longer the domain's.
+        self.log_changes(&mut store);
+    }
+
+    /// Logs the changes the last request made (with the store locked, so that the
+    /// log's order is the store's); returns the record a reply must wait for. A change
+    /// that cannot be logged must never be acknowledged: the daemon stops, and starts
+    /// again from what was logged.
+    fn log_changes(&self, store: &mut Store) -> u64 {
+        let Some(p) = &self.persistence else {
+            return 0;
+        };
+        let changes = store.take_changes();
+        if changes.is_empty() {
+            // A reply may still show earlier changes: it waits for them too.
+            return p.written_seq();
+        }
+        match p.append(store, changes) {
+            Ok(seq) => seq,
+            Err(e) => fatal(&e),
+        }
+    }
+
+    fn wait_durable(&self, seq: u64) {
+        if let Some(p) = &self.persistence {
+            if let Err(e) = p.wait_durable(seq) {
+                fatal(&e);
+            }
+        }
     }
 
     fn read_loop(self: Arc<Self>, id: ConnId, mut stream: UnixStream, handle: Arc<ConnHandle>) {
@@ -308,7 +351,15 @@ impl Daemon {
                 .unwrap_or_else(|e| e.into_inner())
                 .write_all(line.as_bytes());
         }
-        let effects = self.store().handle(id, msg);
+        let (effects, seq) = {
+            let mut store = self.store();
+            let effects = store.handle(id, msg);
+            let seq = self.log_changes(&mut store);
+            (effects, seq)
+        };
+        // Nothing is acknowledged, and no watch event tells of a change, before the
+        // change is durable.
+        self.wait_durable(seq);
         // Domain sockets change before the reply goes out, so a client that sees the
         // reply to INTRODUCE can connect at once.
         let mut messages = Vec::with_capacity(effects.len());
@@ -332,8 +383,38 @@ impl Daemon {
         self.config.domain_socket_dir.join(d.to_string())
     }
 
+    /// Removes sockets of a previous run for domains that are not introduced (those
+    /// that are get theirs bound again).
+    fn remove_stale_domain_sockets(&self, introduced: &[u32]) {
+        use std::os::unix::fs::FileTypeExt;
+        let Ok(entries) = std::fs::read_dir(&self.config.domain_socket_dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let Some(domid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let is_socket = e.file_type().map(|t| t.is_socket()).unwrap_or(false);
+            if is_socket && !introduced.contains(&domid) {
+                tracing::info!(domid, "removing a stale domain socket");
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     fn open_domain_socket(self: &Arc<Self>, d: u32) {
         let path = self.domain_socket_path(d);
+        // Introduced again (e.g. by a toolstack after a restart): the socket is there.
+        if self
+            .domain_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&d)
+            && path.exists()
+        {
+            return;
+        }
         let listener = match bind(&path) {
             Ok(l) => l,
             Err(e) => {
@@ -385,30 +466,14 @@ impl Daemon {
         }
     }
 
-    /// Writes the state file (nodes, domains, watches of domain connections).
+    /// Writes the state file (nodes, domains, watches of domain connections) and
+    /// empties the log.
     pub fn save_state(&self) -> Result<(), String> {
-        let Some(p) = &self.config.state_file else {
+        let Some(p) = &self.persistence else {
             return Ok(());
         };
         let store = self.store();
-        let mut snap = store.snapshot();
-        let conns = self.conns();
-        let mut dw = self
-            .saved_domain_watches
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        for (id, h) in conns.iter() {
-            if h.domid != 0 {
-                dw.entry(h.domid).or_default().extend(store.watches_of(*id));
-            }
-        }
-        snap.domain_watches = dw;
-        let text = serde_json::to_string(&snap).map_err(|e| e.to_string())?;
-        let tmp = p.with_extension("tmp");
-        std::fs::write(&tmp, text).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, p).map_err(|e| format!("renaming to {}: {e}", p.display()))?;
-        Ok(())
+        p.snapshot(&store)
     }
 
     /// Removes the sockets (at shutdown).
@@ -423,6 +488,14 @@ impl Daemon {
             let _ = std::fs::remove_file(self.domain_socket_path(*d));
         }
     }
+}
+
+/// Stops the daemon when a change cannot be made durable: it was not acknowledged,
+/// and a restart loads what was.
+fn fatal(e: &str) -> ! {
+    tracing::error!("cannot make a change durable: {e}; stopping");
+    eprintln!("xenstored: cannot make a change durable: {e}; stopping");
+    std::process::exit(1)
 }
 
 /// Binds a Unix socket at `path` (replacing a stale one), readable and writable by

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use rxen_xenstore::persist::{SyncPolicy, DEFAULT_LOG_MAX_BYTES};
 use rxen_xenstore::pidfile::{PidFile, PidFileError};
 use rxen_xenstore::server::{Config, Daemon};
 
@@ -19,9 +20,18 @@ struct Cli {
     /// to the main socket.
     #[arg(long)]
     domain_socket_dir: Option<PathBuf>,
-    /// Save the whole store here on shutdown and load it at start.
+    /// Keep the store here: a snapshot, with every change logged to `FILE.wal`
+    /// before it is acknowledged; loaded (and the log replayed) at start.
     #[arg(long)]
     state_file: Option<PathBuf>,
+    /// When a logged change must be on disk before its reply: `fsync` (fdatasync,
+    /// shared by the replies waiting at that moment; survives a host crash) or `none`
+    /// (written to the kernel only; survives a crash of xenstored, not of the host).
+    #[arg(long, default_value = "fsync", value_parser = parse_sync)]
+    sync: SyncPolicy,
+    /// Size of the log that triggers a new snapshot (bytes).
+    #[arg(long, default_value_t = DEFAULT_LOG_MAX_BYTES)]
+    log_max_bytes: u64,
     /// Log every request (connection, type, ids, first argument) to this file.
     #[arg(long)]
     access_log: Option<PathBuf>,
@@ -93,6 +103,8 @@ fn main() -> ExitCode {
         domain_socket_dir: domain_dir,
         state_file: cli.state_file.clone(),
         access_log: cli.access_log.clone(),
+        sync: cli.sync,
+        log_max_bytes: cli.log_max_bytes,
     };
     let daemon = match Daemon::new(config) {
         Ok(d) => d,
@@ -130,6 +142,10 @@ fn main() -> ExitCode {
     }
     // `_pid_file` is dropped here: the file is removed and its lock released.
     code
+}
+
+fn parse_sync(s: &str) -> Result<SyncPolicy, String> {
+    s.parse()
 }
 
 fn refusal(path: Option<&std::path::Path>, pid: u32) -> String {

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::journal::Change;
 use super::watches::Event;
 use super::{num_arg, ok, ConnId, Effect, Request, Store};
 use crate::path::{self, INTRODUCE_DOMAIN, RELEASE_DOMAIN};
@@ -39,14 +40,16 @@ impl Default for Quota {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainInfo {
     pub mfn: u64,
     pub evtchn: u32,
     pub target: Option<u32>,
 }
 
-/// `INTRODUCE(domid, mfn, evtchn)`; repeating it with the same values is fine.
+/// `INTRODUCE(domid, mfn, evtchn)`; repeating it with the same values is fine (after
+/// a daemon restart the toolstack introduces its domains again): no event, but the
+/// daemon makes sure the domain's socket is there.
 pub(super) fn introduce(s: &mut Store, r: &mut Request<'_>) -> Result<Vec<u8>, XsError> {
     let domid: u32 = num_arg(r.arg(0)?)?;
     let mfn: u64 = num_arg(r.arg(1)?)?;
@@ -56,19 +59,22 @@ pub(super) fn introduce(s: &mut Store, r: &mut Request<'_>) -> Result<Vec<u8>, X
     }
     if let Some(d) = s.domains.get(&domid) {
         return if d.mfn == mfn && d.evtchn == evtchn {
+            r.effects.push(Effect::DomainIntroduced(domid));
             Ok(ok())
         } else {
             Err(XsError::EEXIST)
         };
     }
-    s.domains.insert(
+    let info = DomainInfo {
+        mfn,
+        evtchn,
+        target: None,
+    };
+    s.domains.insert(domid, info.clone());
+    s.journal(Change::Domain {
         domid,
-        DomainInfo {
-            mfn,
-            evtchn,
-            target: None,
-        },
-    );
+        info: Some(info),
+    });
     r.events.push(Event::Special(INTRODUCE_DOMAIN));
     r.effects.push(Effect::DomainIntroduced(domid));
     Ok(ok())
@@ -89,6 +95,9 @@ pub(super) fn release(s: &mut Store, r: &mut Request<'_>) -> Result<Vec<u8>, XsE
     for g in gone {
         s.conns.remove(&g);
     }
+    s.parked_watches.remove(&domid);
+    s.journal(Change::Domain { domid, info: None });
+    s.journal_domain_watches(domid);
     r.events.push(Event::Special(RELEASE_DOMAIN));
     r.effects.push(Effect::DomainReleased(domid));
     Ok(ok())
@@ -128,5 +137,7 @@ pub(super) fn set_target(s: &mut Store, r: &mut Request<'_>) -> Result<Vec<u8>, 
     }
     let d = s.domains.get_mut(&domid).ok_or(XsError::ENOENT)?;
     d.target = Some(target);
+    let info = Some(d.clone());
+    s.journal(Change::Domain { domid, info });
     Ok(ok())
 }

@@ -5,11 +5,14 @@
 //!
 //! Modules by concern: [`tree`] (nodes, generations, permission checks, node
 //! requests), [`transactions`], [`watches`], [`domains`] (introduce/release, targets,
-//! quotas), [`control`] (`XS_CONTROL`), and [`wire_funcs`], the per-message-type table
-//! (handler and flags, as Xen's `wire_funcs[]`) that [`Store::handle`] dispatches by.
+//! quotas), [`control`] (`XS_CONTROL`), [`journal`] (committed changes for the
+//! daemon's log, their replay, and the watches of domain connections that outlive the
+//! connection), and [`wire_funcs`], the per-message-type table (handler and flags, as
+//! Xen's `wire_funcs[]`) that [`Store::handle`] dispatches by.
 
 mod control;
 mod domains;
+pub mod journal;
 mod transactions;
 mod tree;
 mod watches;
@@ -20,6 +23,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde::{Deserialize, Serialize};
 
 pub use domains::{DomainInfo, Quota};
+pub use journal::Change;
 pub use transactions::MAX_TRANSACTIONS_PER_CONN;
 pub use tree::Node;
 pub use watches::{Watch, MAX_WATCHES_PER_CONN};
@@ -63,6 +67,11 @@ pub struct Store {
     /// Nodes owned per domain.
     owned: HashMap<u32, usize>,
     next_txid: u32,
+    /// Watches of domain connections that went away with the daemon, given back when
+    /// the domain connects again ([`Store::restore_parked_watches`]).
+    parked_watches: BTreeMap<u32, Vec<Watch>>,
+    /// Changes committed since [`Store::take_changes`] (`None`: not journaling).
+    journal: Option<Vec<Change>>,
     pub quota: Quota,
     /// Requests handled, by outcome.
     pub stats: Stats,
@@ -167,6 +176,8 @@ impl Store {
             domains: BTreeMap::new(),
             owned: HashMap::new(),
             next_txid: 1,
+            parked_watches: BTreeMap::new(),
+            journal: None,
             quota: Quota::default(),
             stats: Stats::default(),
         };
@@ -189,22 +200,19 @@ impl Store {
 
     /// Forgets a connection: its watches and open transactions go away.
     pub fn disconnect(&mut self, id: ConnId) {
-        self.conns.remove(&id);
+        if let Some(c) = self.conns.remove(&id) {
+            if !c.privileged && !c.watches.is_empty() {
+                self.journal_domain_watches(c.domid);
+            }
+        }
     }
 
-    /// Watches of a connection (for persistence).
+    /// Watches of a connection.
     pub fn watches_of(&self, id: ConnId) -> Vec<Watch> {
         self.conns
             .get(&id)
             .map(|c| c.watches.clone())
             .unwrap_or_default()
-    }
-
-    /// Restores watches of a connection (after a daemon restart).
-    pub fn restore_watches(&mut self, id: ConnId, watches: Vec<Watch>) {
-        if let Some(c) = self.conns.get_mut(&id) {
-            c.watches = watches;
-        }
     }
 
     pub fn domains(&self) -> &BTreeMap<u32, DomainInfo> {
@@ -268,6 +276,16 @@ impl Store {
             Some(_) if has(PRIV) && !privileged => Err(XsError::EACCES),
             Some(handler) => handler(self, &mut req),
         };
+        // The watches of a domain's connections are part of the persistent state.
+        if !privileged
+            && result.is_ok()
+            && matches!(
+                MsgType::from_u32(msg.header.msg_type),
+                Some(MsgType::Watch | MsgType::Unwatch | MsgType::ResetWatches)
+            )
+        {
+            self.journal_domain_watches(domid);
+        }
         // A transaction that did not end goes back to its connection.
         if let Some(t) = req.tx.take().or(parked) {
             if let Some(c) = self.conns.get_mut(&id) {
@@ -305,14 +323,33 @@ impl Store {
 
     // ---------------------------------------------------------------- persistence
 
-    /// The persistent part of the store.
+    /// The persistent part of the store, with the watches of domain connections.
     pub fn snapshot(&self) -> Snapshot {
+        let mut domain_watches = BTreeMap::new();
+        let domids: BTreeSet<u32> = self
+            .parked_watches
+            .keys()
+            .copied()
+            .chain(
+                self.conns
+                    .values()
+                    .filter(|c| !c.privileged)
+                    .map(|c| c.domid),
+            )
+            .collect();
+        for d in domids {
+            let w = self.domain_watches(d);
+            if !w.is_empty() {
+                domain_watches.insert(d, w);
+            }
+        }
         Snapshot {
             nodes: self.nodes.clone(),
             domains: self.domains.clone(),
             generation: self.generation,
             quota: self.quota.clone(),
-            domain_watches: BTreeMap::new(),
+            domain_watches,
+            log_seq: 0,
         }
     }
 
@@ -326,6 +363,7 @@ impl Store {
         store.domains = s.domains;
         store.generation = s.generation;
         store.quota = s.quota;
+        store.parked_watches = s.domain_watches;
         store.owned.clear();
         let owners: Vec<u32> = store.nodes.values().map(|n| n.perms.owner()).collect();
         for o in owners {
@@ -348,6 +386,10 @@ pub struct Snapshot {
     pub quota: Quota,
     /// Watches of domain connections, restored when the domain reconnects.
     pub domain_watches: BTreeMap<u32, Vec<Watch>>,
+    /// The last log record this snapshot holds (records up to it are skipped at
+    /// replay).
+    #[serde(default)]
+    pub log_seq: u64,
 }
 
 /// Test helpers for building requests.

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use super::journal::Change;
 use super::transactions::Txn;
 use super::watches::Event;
 use super::{num_arg, ok, Caller, Request, Store};
@@ -13,7 +14,7 @@ use crate::path;
 use crate::perms::{Access, Perm, Perms};
 use crate::wire::{XsError, PAYLOAD_MAX};
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub value: Vec<u8>,
     pub perms: Perms,
@@ -66,6 +67,12 @@ impl Store {
         self.generation += 1;
         node.generation = self.generation;
         let new_owner = node.perms.owner();
+        if self.journal.is_some() {
+            self.journal(Change::Node {
+                path: p.to_string(),
+                node: Some(node.clone()),
+            });
+        }
         if let Some(old) = self.nodes.insert(p.to_string(), node) {
             let old_owner = old.perms.owner();
             if old_owner != new_owner {
@@ -87,6 +94,10 @@ impl Store {
         }
         if let Some(old) = self.nodes.remove(p) {
             self.count_owned(old.perms.owner(), -1);
+            self.journal(Change::Node {
+                path: p.to_string(),
+                node: None,
+            });
         }
     }
 
@@ -355,7 +366,16 @@ pub(super) fn set_perms(s: &mut Store, r: &mut Request<'_>) -> Result<Vec<u8>, X
     if !who.privileged && n.perms.owner() != who.domid {
         return Err(XsError::EACCES);
     }
-    n.perms = Perms(list);
+    // Xen (`do_set_perms`): an unprivileged connection may not change the owner. The
+    // owner is charged for the node in the node quota, so giving nodes away would
+    // escape one's own quota and exhaust another domain's.
+    let new_perms = Perms(list);
+    if !who.privileged && new_perms.owner() != n.perms.owner() {
+        return Err(XsError::EPERM);
+    }
+    // A change of owner (domain 0 only) moves the node's charge to the new owner
+    // (`put`, at once or at the transaction's commit).
+    n.perms = new_perms;
     let perms = n.perms.clone();
     s.put(&mut r.tx, &p, n, true)?;
     r.emit(Event::Changed { path: p, perms });

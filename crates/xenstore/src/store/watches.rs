@@ -59,13 +59,8 @@ pub(super) fn watch(s: &mut Store, r: &mut Request<'_>) -> Result<Vec<u8>, XsErr
     };
     c.watches.push(w.clone());
     // The initial event, as Xen sends it.
-    let shown = if w.relative {
-        relative_path(&w.path, r.domid)
-    } else {
-        w.path.clone()
-    };
     r.effects
-        .push(Effect::Send(r.id, watch_event(&shown, &w.token)));
+        .push(Effect::Send(r.id, watch_event_for(&w, r.domid)));
     s.stats.watch_events += 1;
     Ok(ok())
 }
@@ -138,6 +133,16 @@ impl Store {
     pub fn watch_count(&self) -> usize {
         self.conns.values().map(|c| c.watches.len()).sum()
     }
+}
+
+/// The event a watch fires at registration (and at its restoration).
+pub(super) fn watch_event_for(w: &Watch, domid: u32) -> Message {
+    let shown = if w.relative {
+        relative_path(&w.path, domid)
+    } else {
+        w.path.clone()
+    };
+    watch_event(&shown, &w.token)
 }
 
 /// `p` relative to domain `domid`'s home, if it is inside it.

@@ -55,6 +55,16 @@ impl Daemon {
         c.wait().ok()?.code()
     }
 
+    /// Kills the daemon with SIGKILL (no chance to save anything) and keeps its
+    /// directory for the next daemon; returns the directory.
+    pub fn sigkill(mut self) -> PathBuf {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        std::mem::take(&mut self.dir)
+    }
+
     pub fn alive(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
@@ -70,7 +80,9 @@ impl Drop for Daemon {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
