@@ -79,6 +79,15 @@ pub fn introduce(socket: &Path, domid: u32, boot: &BootReport) -> Result<(), Cli
     c.introduce(domid, boot.store_mfn, boot.store_evtchn)
 }
 
+/// Whether xenstored holds `/local/domain/N`.
+pub fn has_domain(socket: &Path, domid: u32) -> Result<bool, ClientError> {
+    match Client::connect(socket)?.read(0, &domain_path(domid)) {
+        Ok(_) => Ok(true),
+        Err(ClientError::Xs(e)) if e == "ENOENT" => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes domain 0's own entries (`/local/domain/0/{name,domid}`), as xl's host does.
 pub fn populate_dom0(socket: &Path) -> Result<(), ClientError> {
     let mut c = Client::connect(socket)?;

@@ -291,10 +291,19 @@ fn xenstored_restarts_lose_no_domain() {
         };
         // SAFETY: signalling the test's own xenstored.
         unsafe { libc::kill(pid, signal) };
+        let sock = env.dir.join("xs/socket");
+        let pid_file = env.dir.join("state/xenstored.pid");
         env.wait_until("xend to restart xenstored", || {
-            env.dir.join("state/xenstored.pid").exists()
-                && env.xenstore().read(0, "/local/domain/0/name").is_ok()
-                && env.xs_domains().len() == 3 - round
+            let restarted = rxen_xenstore::pidfile::PidFile::holder(&pid_file)
+                .is_some_and(|p| p != 0 && p as i32 != pid);
+            restarted
+                && rxen_xenstore::client::Client::connect(&sock)
+                    .and_then(|mut c| {
+                        let name = c.read(0, "/local/domain/0/name")?;
+                        let doms = c.directory(0, "/local/domain")?;
+                        Ok(name == b"Domain-0" && doms.len() == 1 + 3 - round)
+                    })
+                    .unwrap_or(false)
         });
         // The guest still honours control/shutdown through its relayed ring.
         let (s, v) = env.post(&format!("/domains/d{round}/shutdown?wait=20"), "");
@@ -335,7 +344,9 @@ fn a_full_disk_fails_operations_instead_of_losing_them() {
             std::env::var("RXEN_REQUIRE_KVM").as_deref() != Ok("1"),
             "cannot mount a tmpfs here (root in CI is expected to)"
         );
-        eprintln!("SKIPPED a_full_disk_fails_operations_instead_of_losing_them: cannot mount a tmpfs");
+        eprintln!(
+            "SKIPPED a_full_disk_fails_operations_instead_of_losing_them: cannot mount a tmpfs"
+        );
         return;
     }
     let _unmount = Mounted(state.clone());
@@ -351,11 +362,22 @@ fn a_full_disk_fails_operations_instead_of_losing_them() {
         let _ = f.sync_all();
     }
     let (s, v) = env.delete("/domains/d");
-    assert!(s >= 500, "destroy on a full disk must fail, not pretend: {s} {v}");
-    assert_eq!(env.get("/domains/d").1["state"], "running", "nothing was destroyed");
+    assert!(
+        s >= 500,
+        "destroy on a full disk must fail, not pretend: {s} {v}"
+    );
+    assert_eq!(
+        env.get("/domains/d").1["state"],
+        "running",
+        "nothing was destroyed"
+    );
     std::fs::remove_file(&filler).unwrap();
     assert_eq!(env.delete("/domains/d").0, 204);
     env.kill_xend();
     env.start_xend();
-    assert_eq!(env.get("/domains/d").0, 404, "a destroyed domain stays destroyed");
+    assert_eq!(
+        env.get("/domains/d").0,
+        404,
+        "a destroyed domain stays destroyed"
+    );
 }

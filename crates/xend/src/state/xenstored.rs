@@ -61,7 +61,8 @@ impl Xend {
         }
     }
 
-    /// Writes back every domain's entries and introduces the live ones again.
+    /// Writes back the entries of every domain xenstored lost and introduces the live
+    /// ones again (INTRODUCE of a domain it kept is idempotent).
     pub async fn restore_xenstore(&self) {
         let sock = self.cfg.xenstored_socket.clone();
         let s = sock.clone();
@@ -77,9 +78,15 @@ impl Xend {
                 d.started,
                 d.domid,
             );
-            let populated =
-                tokio::task::spawn_blocking(move || xs::populate(&s, domid, &uuid, &spec, started))
-                    .await;
+            // A durable xenstored kept the entries: then they are never overwritten
+            // (a pending control/shutdown written meanwhile must survive).
+            let populated = tokio::task::spawn_blocking(move || {
+                if xs::has_domain(&s, domid)? {
+                    return Ok(());
+                }
+                xs::populate(&s, domid, &uuid, &spec, started)
+            })
+            .await;
             if !matches!(populated, Ok(Ok(()))) {
                 tracing::error!(domid, "restoring the domain's xenstore entries failed");
                 continue;
