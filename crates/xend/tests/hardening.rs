@@ -13,8 +13,8 @@ use std::time::Duration;
 
 /// Runs `xend foreground` on `env`'s xenstored and state (after `env.kill_xend()`),
 /// with `extra` options, `vars` in its environment and stderr into `stderr_file`.
-fn spawn_xend(env: &Env, extra: &[&str], vars: &[(&str, &str)], stderr_file: &Path) -> Child {
-    Command::new(bin("xend"))
+fn spawn_xend(env: &Env, extra: &[&str], vars: &[(&str, &str)], stderr_file: &Path) -> Xend {
+    let child = Command::new(bin("xend"))
         .arg("foreground")
         .args(["--port", &env.port.to_string()])
         .arg("--state-dir")
@@ -31,7 +31,27 @@ fn spawn_xend(env: &Env, extra: &[&str], vars: &[(&str, &str)], stderr_file: &Pa
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(stderr_file).unwrap())
         .spawn()
-        .expect("xend")
+        .expect("xend");
+    Xend(child)
+}
+
+/// A xend this test started, killed if the test fails before stopping it.
+struct Xend(Child);
+
+impl Xend {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+    fn try_wait(&mut self) -> std::io::Result<Option<std::process::ExitStatus>> {
+        self.0.try_wait()
+    }
+}
+
+impl Drop for Xend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 /// Sends `request` as is on a new TCP connection and returns all of the reply.
@@ -45,7 +65,7 @@ fn raw_request(port: u16, request: &str) -> String {
     out
 }
 
-fn stop(mut child: Child) {
+fn stop(mut child: Xend) {
     // SAFETY: signals the xend this test started.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     wait_until("xend to stop", Duration::from_secs(15), || {
