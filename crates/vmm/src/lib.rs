@@ -21,6 +21,7 @@ pub mod exit;
 pub mod hypercall;
 pub mod kernel_file;
 pub mod memory;
+pub mod pv;
 pub mod rawimage;
 pub mod shared_info;
 pub mod timers;
