@@ -4,7 +4,8 @@
 //! builder ([`kernel_file`], [`elf`], [`builder`]), vCPUs and their threads ([`vcpu`]), Xen's hypercall
 //! ABI ([`hypercall`]), event channels ([`evtchn`], [`shared_info`]), time
 //! ([`clock`], [`timers`]), the emergency console ([`console`]) and the control socket
-//! ([`control`], speaking `rxen_vmm_api`'s protocol).
+//! ([`control`], speaking `rxen_vmm_api`'s protocol). [`pv`] computes Xen's start of day
+//! for unmodified PV kernels (notes, checks, layout); the builder does not use it yet.
 //!
 //! It must not know about other domains, xenstore or the toolstack's policies: those
 //! belong to `xend` and `xenstored`. Everything a guest hands it is hostile input and
@@ -21,6 +22,7 @@ pub mod exit;
 pub mod hypercall;
 pub mod kernel_file;
 pub mod memory;
+pub mod pv;
 pub mod rawimage;
 pub mod shared_info;
 pub mod timers;

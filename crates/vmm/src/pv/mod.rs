@@ -1,0 +1,23 @@
+//! Xen x86-64 PV guests: what the domain builder needs to know before it touches guest
+//! memory.
+//!
+//! This module is pure library code (no KVM, no guest memory): it reads the Xen ELF
+//! notes of an unmodified PV kernel ([`elfnotes`], [`features`], [`xen_guest`]), checks
+//! them and derives the kernel's virtual placement like Xen's libelf ([`image`]), and
+//! computes Xen's start-of-day layout for a 64-bit PV domain ([`layout`]) as plain data.
+//! Writing that layout into guest memory and building the page tables belongs to the
+//! domain builder that uses it; nothing here may perform I/O or panic on input.
+
+pub mod elfnotes;
+pub mod features;
+pub mod image;
+pub mod layout;
+pub mod xen_guest;
+
+pub use elfnotes::{ElfNotesError, NoteSource, XenNotes};
+pub use features::{FeatureError, Features};
+pub use image::{KernelSegment, PvImageError, PvKernel};
+pub use layout::{LayoutError, LayoutRequest, PvLayout};
+
+#[cfg(test)]
+pub(crate) mod testelf;
