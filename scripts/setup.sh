@@ -9,6 +9,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 # Xen's own xenstore clients and test program, run against our xenstored by the tests.
 command -v xenstore-read >/dev/null 2>&1 || need+=(xenstore-utils)
 [ -x /usr/lib/xen-4.17/bin/test-xenstore ] || need+=(xen-utils-4.17)
+# Debian's PV-GRUB: an unmodified Xen PV guest the tests parse (and will boot).
+[ -f /usr/lib/grub-xen/grub-x86_64-xen.bin ] || need+=(grub-xen-host)
 # promtool checks the exposition of xend's /metrics in the tests.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then

@@ -124,32 +124,21 @@ fn ensure_xenstored(o: &Opts) -> Result<(), String> {
     if rxen_xend::xs::alive(&o.xenstored_socket) {
         return Ok(());
     }
-    let bin = sibling("xenstored");
-    std::fs::create_dir_all(&o.state_dir).map_err(|e| e.to_string())?;
-    let status = std::process::Command::new(&bin)
-        .arg("--socket")
-        .arg(&o.xenstored_socket)
-        .arg("--state-file")
-        .arg(o.state_dir.join("xenstored.json"))
-        .arg("--pid-file")
-        .arg(o.state_dir.join("xenstored.pid"))
-        .arg("--daemon")
-        .status()
-        .map_err(|e| format!("starting {}: {e}", bin.display()))?;
-    if !status.success() {
-        return Err(format!("xenstored failed to start ({status})"));
+    xenstored_launch(o).start()?;
+    eprintln!(
+        "xend: started xenstored on {}",
+        o.xenstored_socket.display()
+    );
+    Ok(())
+}
+
+/// How this xend starts xenstored (at `start`, and again if it dies).
+fn xenstored_launch(o: &Opts) -> rxen_xend::xenstored::XenstoredLaunch {
+    rxen_xend::xenstored::XenstoredLaunch {
+        binary: sibling("xenstored"),
+        socket: o.xenstored_socket.clone(),
+        state_dir: o.state_dir.clone(),
     }
-    for _ in 0..200 {
-        if rxen_xend::xs::alive(&o.xenstored_socket) {
-            eprintln!(
-                "xend: started xenstored on {}",
-                o.xenstored_socket.display()
-            );
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Err("xenstored did not come up".into())
 }
 
 /// Checks what `foreground` would refuse, so that `start` can say why at once instead
@@ -419,11 +408,7 @@ async fn foreground(o: Opts) -> Result<(), String> {
     }
     xend.adopt().await;
     xend.reconcile().await;
-    let launch = (!o.no_xenstored_restart).then(|| rxen_xend::xenstored::XenstoredLaunch {
-        binary: sibling("xenstored"),
-        socket: o.xenstored_socket.clone(),
-        state_dir: o.state_dir.clone(),
-    });
+    let launch = (!o.no_xenstored_restart).then(|| xenstored_launch(&o));
     tokio::spawn(xend.clone().supervise_xenstored(launch));
     let refresher = xend.clone();
     tokio::spawn(async move {

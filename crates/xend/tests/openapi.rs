@@ -113,6 +113,8 @@ fn source_error_codes() -> BTreeSet<(u16, String)> {
             "SERVICE_UNAVAILABLE" => 503,
             "GATEWAY_TIMEOUT" => 504,
             "INSUFFICIENT_STORAGE" => 507,
+            "PAYLOAD_TOO_LARGE" => 413,
+            "UNSUPPORTED_MEDIA_TYPE" => 415,
             other => panic!("add StatusCode::{other} to this test's table"),
         }
     };
@@ -125,11 +127,22 @@ fn source_error_codes() -> BTreeSet<(u16, String)> {
                 .take_while(|c| c.is_ascii_uppercase() || *c == '_')
                 .collect();
             let after = piece[name.len()..].trim_start();
-            let Some(lit) = after.strip_prefix(", \"") else {
+            // `StatusCode::X, "code"` (a constructor) or `StatusCode::X => "code"` (a
+            // match arm of the fallback codes).
+            let Some(lit) = after
+                .strip_prefix(", \"")
+                .or_else(|| after.strip_prefix("=> \""))
+            else {
                 continue;
             };
             let code = lit.split('"').next().expect("code literal");
             out.insert((status(&name), code.to_string()));
+        }
+        // The fallback for statuses no arm names (any status: documented nowhere).
+        if let Some(rest) = flat.split("_ => \"").nth(1) {
+            if let Some(code) = rest.split('"').next() {
+                out.insert((0, code.to_string()));
+            }
         }
     }
     out
