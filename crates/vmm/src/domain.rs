@@ -32,6 +32,9 @@ pub struct DomainConfig {
     pub uuid: [u8; 16],
     /// Console output rate limit and in-memory tail size.
     pub console: ConsoleLimits,
+    /// Start with every vCPU paused (`xm create -p`): no guest instruction runs until
+    /// the toolstack unpauses the domain.
+    pub start_paused: bool,
 }
 
 impl Default for DomainConfig {
@@ -44,6 +47,7 @@ impl Default for DomainConfig {
             cmdline: String::new(),
             uuid: [0; 16],
             console: ConsoleLimits::default(),
+            start_paused: false,
         }
     }
 }
@@ -350,7 +354,12 @@ impl Domain {
         unsafe { ram.register(&vm) }.map_err(kvm_err("set memory region"))?;
 
         let vcpus: Vec<Arc<VcpuControl>> = (0..config.vcpus)
-            .map(|i| Arc::new(VcpuControl::new(i)))
+            .map(|i| {
+                let v = VcpuControl::new(i);
+                // Before any vCPU thread exists, so not one instruction runs.
+                v.lock().set_paused(config.start_paused, 0);
+                Arc::new(v)
+            })
             .collect();
         let shared_info = SharedInfoPage::new(ram.clone(), layout::SHARED_INFO)?;
         let mut evtchn = EventChannels::new(

@@ -271,3 +271,22 @@ fn busy_vcpu_cpu_time_grows_while_it_runs() {
     let (code, _) = vmm.wait();
     assert_eq!(code, 9);
 }
+
+/// `xm create -p`: with `--paused` not one guest instruction runs before the unpause
+/// (before, the domain was paused only after the VMM answered, so it had started).
+#[test]
+fn a_domain_started_paused_runs_nothing_until_unpaused() {
+    if !kvm_available("a_domain_started_paused_runs_nothing_until_unpaused") {
+        return;
+    }
+    let vmm = Vmm::start("paused", "hello", &["--paused"]);
+    let mut c = vmm.connect();
+    let s = c.status();
+    assert!(s.paused, "{s:?}");
+    assert_eq!(s.hypercalls(), 0, "no guest code ran: {s:?}");
+    assert_eq!(s.console_bytes, 0, "{s:?}");
+    assert_eq!(c.ask(&Request::Unpause), Reply::Done);
+    let (code, rec) = vmm.wait();
+    assert_eq!(code, 0, "hello powers off once it runs");
+    assert_eq!(rec.map(|r| r.kind), Some(ExitKind::Poweroff));
+}

@@ -50,6 +50,8 @@ pub struct Launch<'a> {
     pub cmdline: &'a str,
     pub xenstore_socket: &'a Path,
     pub files: &'a DomainFiles,
+    /// Start with every vCPU paused.
+    pub paused: bool,
 }
 
 /// Starts the VMM in a session of its own, so that signals to xend's terminal or
@@ -86,6 +88,9 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
         .arg(path_arg("console-log", &l.files.console()));
     if let Some(k) = l.kernel {
         cmd.arg(format!("--kernel={k}"));
+    }
+    if l.paused {
+        cmd.arg("--paused");
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

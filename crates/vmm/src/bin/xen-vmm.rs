@@ -76,6 +76,10 @@ enum Cmd {
         /// Domain UUID (xen_version guest_handle), 8-4-4-4-12 hex.
         #[arg(long)]
         uuid: Option<String>,
+        /// Start with every vCPU paused: no guest instruction runs until an unpause
+        /// arrives on the control socket (`xm create -p`).
+        #[arg(long)]
+        paused: bool,
         /// Write the guest console to this file (mode 0600, appended) instead of
         /// stdout. It is rotated to PATH.1 when it would grow past --console-log-max,
         /// so the console takes at most twice that on disk.
@@ -160,6 +164,7 @@ fn main() -> ExitCode {
         xenstore_socket,
         exit_file,
         uuid,
+        paused,
         console_log,
         console_log_max,
         console_rate,
@@ -181,6 +186,7 @@ fn main() -> ExitCode {
         vcpus,
         cmdline,
         uuid,
+        start_paused: paused,
         console: ConsoleLimits {
             rate: console_rate,
             burst: console_burst,

@@ -237,6 +237,7 @@ impl Xend {
             cmdline: &spec.cmdline,
             xenstore_socket: &xs_dom_socket,
             files: &files,
+            paused: opts.paused,
         };
         let mut child = match vmm::spawn(&launch) {
             Ok(c) => {
@@ -265,7 +266,7 @@ impl Xend {
         };
         let deadline = tokio::time::Instant::now() + self.cfg.start_timeout;
         loop {
-            if let Ok(mut status) = vmm::status(&files.control()).await {
+            if let Ok(status) = vmm::status(&files.control()).await {
                 let sock = self.cfg.xenstored_socket.clone();
                 let boot = status.boot;
                 let introduced =
@@ -276,19 +277,6 @@ impl Xend {
                     let _ = child.kill().await;
                     self.undo_start(domid, uuid).await;
                     return Err(xenstore(e));
-                }
-                if opts.paused {
-                    if let Err(e) =
-                        vmm::command(&files.control(), rxen_vmm_api::Request::Pause).await
-                    {
-                        let _ = child.kill().await;
-                        self.undo_start(domid, uuid).await;
-                        return Err(DomainError::Internal(format!("pausing: {e}")));
-                    }
-                    status.paused = true;
-                    for v in &mut status.vcpus {
-                        v.paused = true;
-                    }
                 }
                 return Ok(Started::Running(child, Box::new(status)));
             }
