@@ -214,3 +214,66 @@ fn create_paused_from_a_relative_path_and_shutdown_all() {
         "{names:?}"
     );
 }
+
+/// `xm console` on a terminal: raw mode, and Ctrl-] detaches (the guest keeps running).
+#[test]
+fn console_detaches_with_ctrl_bracket_on_a_terminal() {
+    if !kvm_available("console_detaches_with_ctrl_bracket_on_a_terminal") {
+        return;
+    }
+    let env = Env::start("console-tty");
+    env.create(WEB);
+    // `script` gives xm a pseudo-terminal; what we write to script's stdin is typed
+    // on that terminal.
+    let cmd = format!(
+        "XEND_URL={} {} console web",
+        env.url(),
+        env!("CARGO_BIN_EXE_xm")
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let mut stdin = child.stdin.take().unwrap();
+    // Let xm attach (it prints the console so far), then type Ctrl-].
+    let mut out = child.stdout.take().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut out, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        })
+    };
+    wait_until("xm console to show the guest's output", || {
+        String::from_utf8_lossy(&seen.lock().unwrap()).contains("idle guest")
+    });
+    use std::io::Write;
+    stdin.write_all(b"\x1d").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Ctrl-] did not detach xm console"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    assert!(status.success(), "{status}");
+    let _ = reader.join();
+    assert_eq!(
+        env.get("/domains/web").1["state"],
+        "running",
+        "the guest keeps running"
+    );
+}
