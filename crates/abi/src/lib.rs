@@ -3,7 +3,7 @@
 //! This crate owns the *numbers and layouts* a paravirtualized guest and the rxen
 //! hypervisor agree on: hypercall numbers, sub-operation numbers, error numbers and
 //! the structures of `xen/include/public` (xen.h, event_channel.h, sched.h, vcpu.h,
-//! memory.h, version.h, io/ring.h, io/console.h, io/xs_wire.h), plus rxen's own documented guest
+//! memory.h, grant_table.h, version.h, io/ring.h, io/console.h, io/xs_wire.h), plus rxen's own documented guest
 //! memory layout ([`layout`]). Every structure has a layout test against the sizes and
 //! offsets of Xen's x86-64 headers.
 //!
@@ -17,6 +17,7 @@ pub mod console;
 pub mod errno;
 pub mod event_channel;
 pub mod features;
+pub mod grant_table;
 pub mod hypercall;
 pub mod layout;
 pub mod memory;
