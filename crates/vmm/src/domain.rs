@@ -151,6 +151,8 @@ pub struct DomainShared {
     pub ram: Arc<GuestRam>,
     pub shared_info: SharedInfoPage,
     pub evtchn: Mutex<EventChannels>,
+    /// The guest's grant table; domain 0's backends map and copy grants through it.
+    pub grants: crate::grant::GrantTable,
     pub vcpus: Vec<Arc<VcpuControl>>,
     /// How many vCPUs are online (`VCPUOP_up`/`VCPUOP_down` go through it).
     pub online: OnlineVcpus,
@@ -411,11 +413,13 @@ impl Domain {
         let tsc_offset = measure_tsc_offset(&fds[0]);
 
         let console = Console::with_limits(sink, config.console);
+        let grants = crate::grant::GrantTable::new(ram.clone(), config.domid);
         let shared = Arc::new(DomainShared {
             config,
             ram,
             shared_info,
             evtchn: Mutex::new(evtchn),
+            grants,
             vcpus,
             online: OnlineVcpus::at_boot(),
             clock: DomainClock::new(tsc_khz),

@@ -2,7 +2,8 @@
 //!
 //! This crate owns one domain's execution on KVM: guest RAM ([`memory`]), the domain
 //! builder ([`kernel_file`], [`elf`], [`builder`]), vCPUs and their threads ([`vcpu`]), Xen's hypercall
-//! ABI ([`hypercall`]), event channels ([`evtchn`], [`shared_info`]), time
+//! ABI ([`hypercall`]), event channels ([`evtchn`], [`shared_info`]), grant tables
+//! ([`grant`]), time
 //! ([`clock`], [`timers`]), the emergency console ([`console`]) and the control socket
 //! ([`control`], speaking `rxen_vmm_api`'s protocol). [`pv`] computes Xen's start of day
 //! for unmodified PV kernels (notes, checks, layout); the builder does not use it yet.
@@ -19,6 +20,7 @@ pub mod domain;
 pub mod elf;
 pub mod evtchn;
 pub mod exit;
+pub mod grant;
 pub mod hypercall;
 pub mod kernel_file;
 pub mod memory;

@@ -129,6 +129,8 @@ pub(super) fn execute(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, op: Op) -> i64
             buffer,
         } => memory_map(dom, ptr, nr_entries, buffer),
         Op::SetSegmentBase { which, base } => set_segment_base(fd, which, base),
+        Op::GrantTable(op) => crate::grant::hypercall::execute(&dom.grants, op),
+        Op::AddToPhysmap(arg) => crate::grant::hypercall::add_to_physmap(&dom.grants, &arg),
     }
 }
 
