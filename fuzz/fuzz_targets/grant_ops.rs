@@ -13,14 +13,22 @@ fuzz_target!(|data: &[u8]| {
         return;
     }
     let word = |i: usize| u64::from_le_bytes(data[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-    let Ok(ram) = GuestRam::new("fuzz", 8 << 20) else { return };
+    let Ok(ram) = GuestRam::new("fuzz", 8 << 20) else {
+        return;
+    };
     let ram = Arc::new(ram);
     let table = GrantTable::new(ram.clone(), 1);
     let _ = table.place_frame(0, 0x600);
     let body = &data[40..data.len().min(40 + 8192)];
     let _ = ram.write(0x500000, body);
     let _ = ram.write(0x600000, body);
-    let steer = |v: u64| if v & 1 == 0 { 0x500000 + (v >> 1) % 8192 } else { v };
+    let steer = |v: u64| {
+        if v & 1 == 0 {
+            0x500000 + (v >> 1) % 8192
+        } else {
+            v
+        }
+    };
     if let Ok(op) = hypercall::decode(word(0) % 16, steer(word(1)), word(2) % 8, &ram) {
         let _ = hypercall::execute(&table, op);
     }
