@@ -102,10 +102,20 @@ impl Hostile {
                 .contains(&format!("{attack} started"))
                 .then_some(())
         });
+        // The guest may run before the VMM has bound its control socket.
+        let first =
+            wait_until(
+                "the control socket",
+                Duration::from_secs(15),
+                || match control_request(&self.control, &Request::Status, ANSWER) {
+                    Some(Reply::Status(s)) => Some(s),
+                    _ => None,
+                },
+            );
         let pid = self.child.id();
         let base = rss_kib(pid).expect("VmRSS");
         let t0 = Instant::now();
-        let mut last = self.status();
+        let mut last = first;
         let mut peak = base;
         while t0.elapsed() < ATTACK {
             last = self.status();
