@@ -70,16 +70,16 @@ fn main() {
             }
             "forever" => {
                 // Echo console input and report the debug key until shut down from outside.
-                use rxen_guest::abi::event_channel::{VIRQ_CONSOLE, VIRQ_DEBUG};
+                use rxen_guest::abi::event_channel::VIRQ_DEBUG;
                 use rxen_guest::events;
-                if let Ok(p) = events::bind_virq(VIRQ_CONSOLE, 0) {
-                    events::set_handler(p, |_| {
-                        let mut buf = [0u8; 256];
-                        let n = rxen_guest::console::read(&mut buf);
+                rxen_guest::console::on_event(|_| {
+                    let mut buf = [0u8; 256];
+                    let n = rxen_guest::console::read(&mut buf);
+                    if n > 0 {
                         let text = core::str::from_utf8(&buf[..n]).unwrap_or("?");
                         println!("console input: {}", text.trim_end());
-                    });
-                }
+                    }
+                });
                 if let Ok(p) = events::bind_virq(VIRQ_DEBUG, 0) {
                     events::set_handler(p, |_| println!("VIRQ_DEBUG received"));
                 }

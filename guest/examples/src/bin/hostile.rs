@@ -154,6 +154,8 @@ fn main() {
             si.store_evtchn,
         ),
         "console-ring-garbage" => {
+            // The line above must reach the log before the ring it travels in breaks.
+            rxen_guest::console::flush();
             // xencons_interface: in_cons, in_prod, out_cons, out_prod at 3072..3088.
             ring_garbage(
                 si.console_mfn << 12,
