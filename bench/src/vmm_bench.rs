@@ -115,6 +115,52 @@ fn exit_costs(quick: bool) -> Result<Figure, String> {
     })
 }
 
+/// Counts console bytes and keeps only the newest ones (the console benchmark writes
+/// megabytes).
+#[derive(Clone, Default)]
+struct TailSink(Arc<Mutex<Vec<u8>>>);
+
+impl ConsoleSink for TailSink {
+    fn write(&mut self, bytes: &[u8]) {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(bytes);
+            let excess = v.len().saturating_sub(4096);
+            v.drain(..excess);
+        }
+    }
+}
+
+fn console_ring_throughput(quick: bool) -> Result<Figure, String> {
+    let kib = if quick { 2048 } else { 32 * 1024 };
+    let sink = TailSink::default();
+    let cfg = DomainConfig {
+        name: "consolebench".into(),
+        cmdline: format!("console_kib={kib}"),
+        console: rxen_vmm::console::ConsoleLimits::unlimited(),
+        ..Default::default()
+    };
+    let d = Domain::create(cfg, &image("exitbench")?, Box::new(sink.clone()))
+        .map_err(|e| e.to_string())?;
+    let why = d.wait();
+    let out = String::from_utf8_lossy(&sink.0.lock().map_err(|_| "poisoned")?).into_owned();
+    if why != DomainExit::Poweroff {
+        return Err(format!("console benchmark ended with {why}: {out}"));
+    }
+    let bytes = field(&out, "bytes")?;
+    let mb_s = |ns: f64| bytes / 1e6 / (ns / 1e9);
+    let (ring, io) = (mb_s(field(&out, "ring_ns")?), mb_s(field(&out, "io_ns")?));
+    Ok(Figure {
+        name: "console_ring_mb_s".into(),
+        value: ring,
+        unit: "MB/s".into(),
+        baseline: io,
+        ratio: ring / io,
+        note: "guest output through the console ring (2 KiB per notify, until the backend \
+               took it) vs console_io (2 KiB per call), no rate limit; higher is better"
+            .into(),
+    })
+}
+
 fn cpu_ratio(quick: bool) -> Result<Figure, String> {
     let iters: u64 = if quick { 10_000_000 } else { 100_000_000 };
     // Interleave guest and native runs and keep the best of each: the host is shared
@@ -253,6 +299,7 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
         "mem_ratio",
         "ipi_pingpong_us",
         "timer_error_us",
+        "console_ring_mb_s",
     ];
     if !names.iter().any(|n| wants(n)) {
         return Ok(Vec::new());
@@ -266,13 +313,14 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
             "/dev/kvm is not usable ({e}); the domain benchmarks need KVM"
         ));
     }
-    let benches: [(&str, Bench); 6] = [
+    let benches: [(&str, Bench); 7] = [
         ("create_to_main_ms", create_to_main),
         ("hypercall_vs_raw_exit_ratio", exit_costs),
         ("cpu_ratio", cpu_ratio),
         ("mem_ratio", mem_ratio),
         ("ipi_pingpong_us", ipi_pingpong),
         ("timer_error_us", timer_error),
+        ("console_ring_mb_s", console_ring_throughput),
     ];
     let mut out = Vec::new();
     for (name, f) in benches {

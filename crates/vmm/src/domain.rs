@@ -13,6 +13,7 @@ use rxen_abi::DomId;
 
 use crate::builder::{self, BootChannels, BootInfo, BuildError};
 use crate::clock::DomainClock;
+use crate::console::ring_backend::ConsoleRingBackend;
 use crate::console::{Console, ConsoleLimits, ConsoleSink};
 use crate::evtchn::{EventChannels, Kick};
 use crate::exit::DomainExit;
@@ -290,13 +291,19 @@ impl DomainShared {
         }
     }
 
-    /// Delivers console input to the guest and raises `VIRQ_CONSOLE`.
+    /// Delivers console input to the guest: to `console_io` read with `VIRQ_CONSOLE`
+    /// if the guest bound that VIRQ (it reads the emergency console), else to its
+    /// console ring, as Xen's console daemon does for a domU.
     pub fn console_input(&self, bytes: &[u8]) {
-        self.console.push_input(bytes);
-        self.evtchn
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .raise_virq(rxen_abi::event_channel::VIRQ_CONSOLE, 0);
+        let evtchn = self.evtchn.lock().unwrap_or_else(|e| e.into_inner());
+        let virq = rxen_abi::event_channel::VIRQ_CONSOLE;
+        if evtchn.virq_port(virq, 0).is_some() {
+            self.console.push_input(bytes);
+            evtchn.raise_virq(virq, 0);
+        } else {
+            drop(evtchn);
+            self.console.push_ring_input(bytes);
+        }
     }
 }
 
@@ -307,6 +314,8 @@ pub struct Domain {
     shared: Arc<DomainShared>,
     threads: Vec<JoinHandle<()>>,
     timer_thread: Option<JoinHandle<()>>,
+    /// Serves the console ring; stopped (after a last drain) once the vCPUs are gone.
+    console_ring: Option<ConsoleRingBackend>,
     /// When `create` was called, for start-up measurements.
     pub created_at: Instant,
 }
@@ -438,6 +447,9 @@ impl Domain {
             shared.update_time_info(i);
         }
 
+        // Before any vCPU runs, so that the guest's first notify finds the backend.
+        let console_ring =
+            ConsoleRingBackend::start(shared.clone()).map_err(DomainError::Config)?;
         vcpu::install_kick_handler()
             .map_err(|e| DomainError::Thread(std::io::Error::from_raw_os_error(e.errno())))?;
         let timer_shared = Arc::downgrade(&shared);
@@ -475,6 +487,7 @@ impl Domain {
             _vm: vm,
             threads,
             timer_thread: Some(timer_thread),
+            console_ring: Some(console_ring),
             created_at,
         })
     }
@@ -503,6 +516,9 @@ impl Domain {
         self.shared.timers.stop();
         if let Some(t) = self.timer_thread.take() {
             let _ = t.join();
+        }
+        if let Some(mut c) = self.console_ring.take() {
+            c.stop();
         }
     }
 }

@@ -58,13 +58,14 @@ fn dom0_endpoint_reaches_a_live_guest() {
         output(&sink).contains("heap free").then_some(())
     });
     let shared = d.shared().clone();
-    // The builder allocated the console port for domain 0; the backend side binds it.
-    let console_port = 2;
+    // The builder allocated the xenstore port for domain 0 (in-process domains have no
+    // xenstore relay, while the console ring backend holds the console port).
+    let store_port = 1;
     let dom0 = shared
         .evtchn
         .lock()
         .unwrap()
-        .dom0_bind_interdomain(console_port)
+        .dom0_bind_interdomain(store_port)
         .expect("bind");
     shared
         .evtchn
@@ -76,7 +77,7 @@ fn dom0_endpoint_reaches_a_live_guest() {
     wait_until(
         "the guest to handle the event from the dom0 endpoint",
         Duration::from_secs(10),
-        || (!shared.shared_info.is_pending(console_port)).then_some(()),
+        || (!shared.shared_info.is_pending(store_port)).then_some(()),
     );
     d.destroy();
     assert_eq!(d.wait(), DomainExit::Destroyed);
@@ -186,4 +187,83 @@ fn control_requests_after_the_end_are_wrong_state() {
         Reply::Status(_)
     ));
     assert_eq!(answer(&shared, r#"{"op":"destroy"}"#), Reply::Done);
+}
+
+/// `out_prod` and `in_prod` of the domain's console ring (`xencons_interface`).
+fn ring_prods(d: &Domain) -> (u32, u32) {
+    let s = d.shared();
+    let page = s.boot.report.console_mfn << 12;
+    let at = |off: u64| {
+        s.ram
+            .atomic_u32(page + off)
+            .unwrap()
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    (at(3084), at(3076))
+}
+
+/// Issue 8 item 6: SDK output travels through the console ring to the same console
+/// as `console_io` (sink, tail, counters), and console input goes into the ring.
+#[test]
+fn console_ring_carries_output_and_input() {
+    if !kvm_available("console_ring_carries_output_and_input") {
+        return;
+    }
+    let (d, sink) = start("forever");
+    wait_until(
+        "the guest to wait for events",
+        Duration::from_secs(10),
+        || output(&sink).contains("waiting for events").then_some(()),
+    );
+    let (out_prod, in_prod) = ring_prods(&d);
+    assert!(out_prod > 0, "the SDK printed through the ring");
+    assert_eq!(in_prod, 0);
+    let (tail, counters) = d.shared().console.tail(1 << 16);
+    assert!(String::from_utf8_lossy(&tail).contains("waiting for events"));
+    assert!(counters.total >= out_prod as u64);
+
+    d.shared().console_input(b"ping\n");
+    wait_until("the guest to echo", Duration::from_secs(10), || {
+        output(&sink).contains("console input: ping").then_some(())
+    });
+    assert_eq!(ring_prods(&d).1, 5, "the input went through the ring");
+    d.destroy();
+    assert_eq!(d.wait(), DomainExit::Destroyed);
+}
+
+/// A guest that bound `VIRQ_CONSOLE` reads its input through `console_io`: the input
+/// goes there, not to the ring, so it is delivered once.
+#[test]
+fn console_input_goes_to_console_io_for_virq_console_readers() {
+    if !kvm_available("console_input_goes_to_console_io_for_virq_console_readers") {
+        return;
+    }
+    let (d, sink) = start("virq-console forever");
+    wait_until(
+        "the guest to wait for events",
+        Duration::from_secs(10),
+        || output(&sink).contains("waiting for events").then_some(()),
+    );
+    d.shared().console_input(b"pong\n");
+    wait_until("the guest to echo", Duration::from_secs(10), || {
+        output(&sink).contains("console input: pong").then_some(())
+    });
+    assert_eq!(ring_prods(&d).1, 0, "nothing went into the ring");
+    assert_eq!(output(&sink).matches("console input").count(), 1);
+    d.destroy();
+    assert_eq!(d.wait(), DomainExit::Destroyed);
+}
+
+/// Output the guest writes to the ring just before it powers off still reaches the
+/// console: the backend drains the ring after the vCPUs stopped.
+#[test]
+fn console_ring_is_drained_when_the_domain_ends() {
+    if !kvm_available("console_ring_is_drained_when_the_domain_ends") {
+        return;
+    }
+    for _ in 0..5 {
+        let (d, sink) = start("");
+        assert_eq!(d.wait(), DomainExit::Poweroff);
+        assert!(output(&sink).ends_with("goodbye\n"), "{}", output(&sink));
+    }
 }

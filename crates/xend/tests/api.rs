@@ -41,14 +41,15 @@ fn lifecycle_through_the_api() {
             .unwrap(),
         b"65536"
     );
-    assert_eq!(
+    // The guest writes data/state after the line above (which may reach the log
+    // first): wait for it.
+    env.wait_until("data/state", || {
         xs.read(0, &format!("/local/domain/{domid}/data/state"))
-            .unwrap(),
-        b"running"
-    );
+            .is_ok_and(|v| v == b"running")
+    });
     let uuid = v["domain"]["uuid"].as_str().unwrap().to_string();
     assert_eq!(xs.read(0, &format!("/vm/{uuid}/name")).unwrap(), b"web");
-    // Console input reaches the guest (VIRQ_CONSOLE) and it echoes it.
+    // Console input reaches the guest (through its console ring) and it echoes it.
     let mut r = env
         .agent
         .post(env.url("/domains/web/console"))

@@ -15,6 +15,7 @@
 extern crate alloc;
 
 pub mod console;
+mod console_ring;
 pub mod events;
 pub mod executor;
 pub mod grant;

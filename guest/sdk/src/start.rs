@@ -64,6 +64,7 @@ pub(crate) fn init_vcpu(id: u32) {
 
 extern "C" fn rxen_guest_start(si: *const StartInfo) -> ! {
     START_INFO.store(si as u64, Ordering::Relaxed);
+    crate::console::init_ring(start_info());
     init_vcpu(0);
     let heap_start = (core::ptr::addr_of!(_end) as u64 + 4095) & !4095;
     let heap_end = start_info().nr_pages * rxen_abi::PAGE_SIZE;

@@ -1,5 +1,6 @@
-//! The domain's emergency console (`console_io` hypercall): output to a sink, input
-//! from a bounded buffer that raises `VIRQ_CONSOLE`.
+//! The domain's console: output from the console ring ([`ring_backend`]) and the
+//! emergency console (`console_io` hypercall) to one sink; input for the ring, or for
+//! `console_io` read (raising `VIRQ_CONSOLE`), from bounded buffers.
 //!
 //! Guest output is hostile in volume: it passes a token bucket ([`rate`]) first, and
 //! what exceeds it is dropped and counted, never waited for, so a flooding guest costs
@@ -9,13 +10,16 @@
 
 pub mod log_file;
 pub mod rate;
+pub mod ring_backend;
 pub mod tail;
 
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+use vmm_sys_util::eventfd::EventFd;
 
 pub use log_file::RotatingLog;
 use rate::TokenBucket;
@@ -107,10 +111,21 @@ struct Output {
 /// contend for the lock, and neither Status nor the tail waits behind them.
 const REOPEN_BYTES: u64 = 4096;
 
+/// Host input waiting for the guest's console ring.
+#[derive(Default)]
+struct RingInput {
+    bytes: VecDeque<u8>,
+    /// Wakes the ring backend (its event-channel endpoint), once it runs.
+    wake: Option<Arc<EventFd>>,
+}
+
 /// The console of one domain.
 pub struct Console {
     output: Mutex<Output>,
+    /// Input for `console_io` read.
     input: Mutex<VecDeque<u8>>,
+    /// Input for the console ring.
+    ring_input: Mutex<RingInput>,
     total: AtomicU64,
     dropped: AtomicU64,
     /// Output is dropped unlocked until this time (ns since `epoch`).
@@ -132,6 +147,7 @@ impl Console {
                 ring: TailRing::new(limits.ring),
             }),
             input: Mutex::new(VecDeque::new()),
+            ring_input: Mutex::new(RingInput::default()),
             total: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             closed_until: AtomicU64::new(0),
@@ -195,6 +211,40 @@ impl Console {
         let n = max.min(q.len());
         q.drain(..n).collect()
     }
+
+    /// Host input for the guest's console ring (at most [`INPUT_BUFFER`] bytes wait;
+    /// older input is dropped beyond it); wakes the ring backend.
+    pub fn push_ring_input(&self, bytes: &[u8]) {
+        let mut q = self.ring_input.lock().unwrap_or_else(|e| e.into_inner());
+        q.bytes.extend(bytes);
+        while q.bytes.len() > INPUT_BUFFER {
+            q.bytes.pop_front();
+        }
+        if let Some(w) = &q.wake {
+            let _ = w.write(1);
+        }
+    }
+
+    /// Is host input waiting for the ring?
+    pub fn has_ring_input(&self) -> bool {
+        let q = self.ring_input.lock().unwrap_or_else(|e| e.into_inner());
+        !q.bytes.is_empty()
+    }
+
+    /// Takes up to `max` bytes of input for the ring.
+    pub fn take_ring_input(&self, max: usize) -> Vec<u8> {
+        let mut q = self.ring_input.lock().unwrap_or_else(|e| e.into_inner());
+        let n = max.min(q.bytes.len());
+        q.bytes.drain(..n).collect()
+    }
+
+    /// The ring backend's wake-up (called once when it starts).
+    pub(crate) fn set_ring_waker(&self, wake: Arc<EventFd>) {
+        self.ring_input
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wake = Some(wake);
+    }
 }
 
 #[cfg(test)]
@@ -225,5 +275,19 @@ mod tests {
         );
         let (tail, _) = c.tail(100);
         assert_eq!(tail, b"6789");
+    }
+
+    #[test]
+    fn ring_input_is_bounded_and_taken_in_order() {
+        let c = Console::new(Box::new(CaptureSink::default()));
+        assert!(!c.has_ring_input());
+        c.push_ring_input(b"abc");
+        c.push_ring_input(&vec![b'x'; INPUT_BUFFER]);
+        assert!(c.has_ring_input());
+        let first = c.take_ring_input(1024);
+        assert_eq!(first, vec![b'x'; 1024], "the oldest bytes were dropped");
+        assert_eq!(c.take_ring_input(usize::MAX).len(), INPUT_BUFFER - 1024);
+        assert!(!c.has_ring_input());
+        assert!(c.take_input(10).is_empty(), "console_io input is separate");
     }
 }

@@ -1,6 +1,10 @@
 //! Measures the round trip of a null hypercall (`xen_version(XENVER_version)` through
 //! the hypercall page) and of a bare `out` to the VMM's null port, in the same domain.
 //! Prints `exitbench hypercall_ns=.. raw_exit_ns=..`.
+//!
+//! With `console_kib=K`, measures console output instead: K KiB through the console
+//! ring (2 KiB per notify, timed until the backend took all of it) and K KiB through
+//! `console_io` (2 KiB per call). Prints `consolebench ring_ns=.. io_ns=.. bytes=..`.
 #![no_std]
 #![no_main]
 
@@ -16,7 +20,32 @@ fn raw_exit() {
     };
 }
 
+fn console_bench(kib: u64) {
+    let chunk = [b'x'; 2048];
+    let rounds = (kib / 2).max(1);
+    let t0 = time::now_ns();
+    for _ in 0..rounds {
+        rxen_guest::console::write_bytes(&chunk);
+    }
+    rxen_guest::console::flush();
+    let t1 = time::now_ns();
+    for _ in 0..rounds {
+        hypercall::console_write(&chunk);
+    }
+    let t2 = time::now_ns();
+    println!(
+        "\nconsolebench ring_ns={} io_ns={} bytes={}",
+        t1 - t0,
+        t2 - t1,
+        rounds * 2048
+    );
+}
+
 fn main() {
+    if let Some(kib) = start::cmdline_value("console_kib").and_then(|v| v.parse().ok()) {
+        console_bench(kib);
+        return;
+    }
     let n: u64 = start::cmdline_value("n")
         .and_then(|v| v.parse().ok())
         .unwrap_or(20000);

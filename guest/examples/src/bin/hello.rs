@@ -1,6 +1,8 @@
 //! Prints what `start_info` and the hypervisor say about this domain, then powers off.
 //! Command-line words select other endings for tests: `panic`, `reboot`, `fault`,
-//! `crash`, `forever` (wait for events until shut down from outside).
+//! `crash`, `forever` (wait for events until shut down from outside, echoing console
+//! input from the console ring; with `virq-console` also given, bind `VIRQ_CONSOLE`
+//! and read input through `console_io` instead, as a dom0-style console reader does).
 #![no_std]
 #![no_main]
 
@@ -70,15 +72,23 @@ fn main() {
             }
             "forever" => {
                 // Echo console input and report the debug key until shut down from outside.
-                use rxen_guest::abi::event_channel::{VIRQ_CONSOLE, VIRQ_DEBUG};
+                use rxen_guest::abi::event_channel::VIRQ_DEBUG;
                 use rxen_guest::events;
-                if let Ok(p) = events::bind_virq(VIRQ_CONSOLE, 0) {
-                    events::set_handler(p, |_| {
-                        let mut buf = [0u8; 256];
-                        let n = rxen_guest::console::read(&mut buf);
+                fn echo(_: events::Port) {
+                    let mut buf = [0u8; 256];
+                    let n = rxen_guest::console::read(&mut buf);
+                    if n > 0 {
                         let text = core::str::from_utf8(&buf[..n]).unwrap_or("?");
                         println!("console input: {}", text.trim_end());
-                    });
+                    }
+                }
+                if words.split_whitespace().any(|w| w == "virq-console") {
+                    use rxen_guest::abi::event_channel::VIRQ_CONSOLE;
+                    if let Ok(p) = events::bind_virq(VIRQ_CONSOLE, 0) {
+                        events::set_handler(p, echo);
+                    }
+                } else {
+                    rxen_guest::console::on_event(echo);
                 }
                 if let Ok(p) = events::bind_virq(VIRQ_DEBUG, 0) {
                     events::set_handler(p, |_| println!("VIRQ_DEBUG received"));

@@ -144,6 +144,9 @@ fn main() {
     let attack = start::cmdline().split_whitespace().next().unwrap_or("");
     let si = start::start_info();
     println!("hostile: {attack} started");
+    // The line above must reach the log before the attack floods the console's rate
+    // limit or breaks the ring it travels in.
+    rxen_guest::console::flush();
     match attack {
         "console-flood" => on_all_vcpus(console_flood),
         "spin" => on_all_vcpus(spin),

@@ -23,16 +23,13 @@ fn main() {
     }
     let _ = xs.write("data/state", "running");
     // Echo console input (xm console), line by line.
-    use rxen_guest::abi::event_channel::VIRQ_CONSOLE;
-    if let Ok(p) = rxen_guest::events::bind_virq(VIRQ_CONSOLE, 0) {
-        rxen_guest::events::set_handler(p, |_| {
-            let mut buf = [0u8; 512];
-            let n = rxen_guest::console::read(&mut buf);
-            if n > 0 {
-                let text = core::str::from_utf8(&buf[..n]).unwrap_or("?");
-                println!("console input: {}", text.trim_end());
-            }
-        });
-    }
+    rxen_guest::console::on_event(|_| {
+        let mut buf = [0u8; 512];
+        let n = rxen_guest::console::read(&mut buf);
+        if n > 0 {
+            let text = core::str::from_utf8(&buf[..n]).unwrap_or("?");
+            println!("console input: {}", text.trim_end());
+        }
+    });
     serve_control_shutdown(&mut xs)
 }
