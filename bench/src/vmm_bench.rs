@@ -161,6 +161,30 @@ fn console_ring_throughput(quick: bool) -> Result<Figure, String> {
     })
 }
 
+/// Hypercall entry by raw `syscall` (Xen's 64-bit PV way), `xen_version(0)`, against
+/// a bare port-I/O exit in the same guest and run.
+fn pv_hypercall(quick: bool) -> Result<Figure, String> {
+    let out = run_guest(
+        "pvsyscall",
+        32,
+        1,
+        if quick {
+            "check n=2000"
+        } else {
+            "check n=50000"
+        },
+    )?;
+    let (s, r) = (field(&out, "syscall_ns")?, field(&out, "raw_exit_ns")?);
+    Ok(Figure {
+        name: "pv_hypercall_us".into(),
+        value: s / 1000.0,
+        unit: "us".into(),
+        baseline: r / 1000.0,
+        ratio: s / r,
+        note: "syscall entry, xen_version(0); baseline: raw KVM port-I/O exit, same guest".into(),
+    })
+}
+
 fn cpu_ratio(quick: bool) -> Result<Figure, String> {
     let iters: u64 = if quick { 10_000_000 } else { 100_000_000 };
     // Interleave guest and native runs and keep the best of each: the host is shared
@@ -295,6 +319,7 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
     let names = [
         "create_to_main_ms",
         "hypercall_vs_raw_exit_ratio",
+        "pv_hypercall_us",
         "cpu_ratio",
         "mem_ratio",
         "ipi_pingpong_us",
@@ -313,9 +338,10 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
             "/dev/kvm is not usable ({e}); the domain benchmarks need KVM"
         ));
     }
-    let benches: [(&str, Bench); 7] = [
+    let benches: [(&str, Bench); 8] = [
         ("create_to_main_ms", create_to_main),
         ("hypercall_vs_raw_exit_ratio", exit_costs),
+        ("pv_hypercall_us", pv_hypercall),
         ("cpu_ratio", cpu_ratio),
         ("mem_ratio", mem_ratio),
         ("ipi_pingpong_us", ipi_pingpong),

@@ -16,6 +16,7 @@ const GUESTS: &[&str] = &[
     "hcall-fuzz",
     "exitbench",
     "hostile",
+    "pvsyscall",
 ];
 const DEFAULT_GUEST: &str = "idle";
 

@@ -22,6 +22,10 @@ pub const CONSOLE_PAGE: u64 = 0x5000;
 pub const TSS: u64 = 0x6000;
 /// End of the TSS area.
 pub const TSS_END: u64 = 0x9000;
+/// The `syscall` entry stub (`MSR_LSTAR` points at it): read-only and executable; to
+/// hypercall pointer checks it is part of the hole above the TSS (never a buffer).
+/// See docs/architecture.md.
+pub const SYSCALL_STUB: u64 = 0x9000;
 /// Offset of the I/O permission bitmap in the TSS (`iomap_base`).
 pub const TSS_IOMAP_OFFSET: u64 = 0x68;
 /// First page-table page (PML4), `start_info.pt_base`. Page tables are read-only.
@@ -46,6 +50,9 @@ pub const MAX_VCPUS: u32 = crate::xen::LEGACY_MAX_VCPUS as u32;
 
 /// I/O port the hypercall page traps through: `out` of the hypercall number in `eax`.
 pub const HYPERCALL_PORT: u16 = 0xCA;
+/// I/O port the `syscall` stub exits through; the VMM accepts it only from the stub
+/// (a write from anywhere else crashes the domain).
+pub const SYSCALL_STUB_PORT: u16 = 0xE0;
 /// I/O port whose writes the VMM discards at once (the raw exit-cost baseline).
 pub const NULL_PORT: u16 = 0x80;
 /// Bytes per hypercall page entry.

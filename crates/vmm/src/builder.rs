@@ -56,6 +56,9 @@ fn small_page_flags(addr: u64) -> Option<u64> {
     match addr {
         START_INFO | SHARED_INFO | XENSTORE_PAGE | CONSOLE_PAGE => Some(rw_data),
         HYPERCALL_PAGE => Some(PTE_PRESENT | PTE_USER),
+        // Read-only and executable: `syscall` jumps here without leaving CPL 3 on this
+        // host (see `vcpu::syscall`).
+        SYSCALL_STUB => Some(PTE_PRESENT | PTE_USER),
         a if (PAGE_TABLES..PAGE_TABLES_END).contains(&a) || (TSS..TSS_END).contains(&a) => {
             Some(PTE_PRESENT | PTE_USER | PTE_NX)
         }
@@ -121,7 +124,8 @@ fn build_hypercall_page(ram: &GuestRam) -> Result<(), MemoryError> {
 }
 
 /// Writes the TSS: no stacks (the guest never enters CPL 0), and an I/O permission
-/// bitmap that allows exactly the hypercall and null ports (4 byte ports each). KVM consults it when it
+/// bitmap that allows exactly the hypercall and null ports (4 byte ports each) and the
+/// syscall stub's port. KVM consults it when it
 /// emulates a guest `out`.
 fn build_tss(ram: &GuestRam) -> Result<(), MemoryError> {
     ram.write_obj(TSS + 0x66, &(TSS_IOMAP_OFFSET as u16))?;
@@ -132,6 +136,8 @@ fn build_tss(ram: &GuestRam) -> Result<(), MemoryError> {
             bitmap[port as usize / 8] &= !(1 << (port % 8));
         }
     }
+    // The syscall stub's one-byte `out` (the VMM checks it comes from the stub).
+    bitmap[SYSCALL_STUB_PORT as usize / 8] &= !(1 << (SYSCALL_STUB_PORT % 8));
     ram.write(TSS + TSS_IOMAP_OFFSET, &bitmap)
 }
 
@@ -153,6 +159,7 @@ pub fn build(
     elf.load(ram)?;
     let nr_pt_frames = build_page_tables(ram)?;
     build_hypercall_page(ram)?;
+    ram.write(SYSCALL_STUB, &crate::vcpu::syscall::stub_page())?;
     build_tss(ram)?;
 
     let mut si = StartInfo::new_zeroed();
@@ -234,6 +241,12 @@ mod tests {
         let mut e = [0u8; 8];
         ram.read(HYPERCALL_PAGE + 29 * 32, &mut e).unwrap();
         assert_eq!(e, [0xB8, 29, 0, 0, 0, 0xE7, 0xCA, 0xC3]);
+        // The syscall stub: present, read-only, executable.
+        let stub: u64 = ram.read_obj(pt0 + (SYSCALL_STUB / PAGE_SIZE) * 8).unwrap();
+        assert_eq!(stub, SYSCALL_STUB | PTE_PRESENT | PTE_USER);
+        let mut first = [0u8; 2];
+        ram.read(SYSCALL_STUB, &mut first).unwrap();
+        assert_eq!(first, [0xE6, SYSCALL_STUB_PORT as u8]);
     }
 
     #[test]

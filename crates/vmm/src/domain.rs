@@ -107,6 +107,8 @@ pub enum DomainError {
         op: &'static str,
         err: kvm_ioctls::Error,
     },
+    #[error("setting up syscall entry: {0}")]
+    Syscall(#[from] vcpu::syscall::SyscallSetupError),
     #[error("starting a thread: {0}")]
     Thread(std::io::Error),
 }
@@ -395,6 +397,7 @@ impl Domain {
         let mut fds = Vec::new();
         for i in 0..config.vcpus {
             let fd = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
+            vcpu::syscall::program_msrs(&fd)?;
             let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
             fd.set_sregs(&regs::long_mode_sregs(sregs, boot.cr3))
                 .map_err(kvm_err("set sregs"))?;

@@ -215,3 +215,32 @@ fn console_input_and_debug_virq_reach_the_guest() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert_eq!(child.wait().expect("wait").code(), Some(9));
 }
+
+/// Hypercalls by raw `syscall` (Xen's 64-bit PV entry): results, preserved registers
+/// and flags, garbage numbers, a tight loop, and `sched_op(shutdown)` by `syscall`.
+#[test]
+fn pvsyscall_hypercalls_by_syscall() {
+    if !kvm_available("pvsyscall_hypercalls_by_syscall") {
+        return;
+    }
+    let (code, out, err) = run_guest("pvsyscall", &["--cmdline", "check n=2000"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("pvsyscall: console_io by syscall"), "{out}");
+    assert!(out.contains("pvsyscall: all checks passed"), "{out}");
+    assert!(!out.contains("shutdown returned"), "{out}");
+}
+
+/// A guest cannot abuse the syscall stub: writing it faults, jumping into it with a
+/// bad return address or writing its port from elsewhere ends the domain.
+#[test]
+fn pvsyscall_stub_abuse_crashes_the_domain() {
+    if !kvm_available("pvsyscall_stub_abuse_crashes_the_domain") {
+        return;
+    }
+    for attack in ["write-stub", "jump-stub", "out-stub-port"] {
+        let (code, out, err) = run_guest("pvsyscall", &["--cmdline", attack]);
+        assert_eq!(code, 5, "{attack}: stdout: {out}\nstderr: {err}");
+        assert!(out.contains(&format!("pvsyscall: {attack}")), "{out}");
+        assert!(!out.contains("escaped"), "{attack}: {out}");
+    }
+}

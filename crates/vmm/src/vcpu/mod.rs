@@ -1,12 +1,15 @@
 //! vCPUs: the scheduling state machine ([`state`]), the control block shared between
 //! threads ([`VcpuControl`]), the domain-wide count of online vCPUs ([`online`]), how
 //! other threads kick a vCPU thread and read its CPU time ([`kick`]), the initial
-//! register state ([`regs`]) and the thread that runs `KVM_RUN` ([`thread`]).
+//! register state ([`regs`]), hypercall entry by `syscall` ([`syscall`]) and the thread
+//! that runs `KVM_RUN` ([`thread`]).
 
 pub mod kick;
 pub mod online;
 pub mod regs;
 pub mod state;
+pub mod syscall;
+mod syscall_exit;
 pub mod thread;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};

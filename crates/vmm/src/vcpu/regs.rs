@@ -27,7 +27,8 @@ pub const START_RFLAGS: u64 = 0x3002;
 /// Arithmetic flags a guest may choose in a `vcpu_guest_context`.
 const GUEST_SETTABLE_FLAGS: u64 = 0x8d5; // CF PF AF ZF SF DF OF
 
-fn code_segment() -> kvm_segment {
+/// The guest's 64-bit code segment (CPL 3).
+pub fn code_segment() -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,
@@ -45,7 +46,8 @@ fn code_segment() -> kvm_segment {
     }
 }
 
-fn data_segment() -> kvm_segment {
+/// The guest's data and stack segment (DPL 3).
+pub fn data_segment() -> kvm_segment {
     kvm_segment {
         base: 0,
         limit: 0xffff_ffff,

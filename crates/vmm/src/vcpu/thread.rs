@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
-use rxen_abi::layout::{HYPERCALL_PORT, NULL_PORT};
+use rxen_abi::layout::{HYPERCALL_PORT, NULL_PORT, SYSCALL_STUB_PORT};
 
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
@@ -75,6 +75,14 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
         let exit = fd.run();
         ctl.thread.leave_guest();
         let next = match exit {
+            Ok(VcpuExit::IoOut(SYSCALL_STUB_PORT, _)) => {
+                // `syscall` entry (see `super::syscall`).
+                if super::syscall_exit::handle(&mut fd, &dom, id, sync_regs) {
+                    Next::Continue
+                } else {
+                    Next::Stop
+                }
+            }
             Ok(VcpuExit::IoOut(port, data)) => {
                 let port_data = (
                     port,
