@@ -24,7 +24,13 @@ pub struct Client {
     decoder: Decoder,
     events: VecDeque<(String, String)>,
     req_id: u32,
+    /// Receive buffer, kept across replies: zeroing a fresh one for each reply was most
+    /// of the client's work per request.
+    rbuf: Vec<u8>,
 }
+
+/// Bytes one `read` of the socket may take.
+const RECV_CHUNK: usize = 8192;
 
 impl Client {
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
@@ -33,6 +39,7 @@ impl Client {
             decoder: Decoder::default(),
             events: VecDeque::new(),
             req_id: 0,
+            rbuf: vec![0; RECV_CHUNK],
         })
     }
 
@@ -45,12 +52,11 @@ impl Client {
             {
                 return Ok(m);
             }
-            let mut buf = [0u8; 8192];
-            let n = self.stream.read(&mut buf)?;
+            let n = self.stream.read(&mut self.rbuf)?;
             if n == 0 {
                 return Err(ClientError::Protocol("connection closed".into()));
             }
-            self.decoder.push(&buf[..n]);
+            self.decoder.push(&self.rbuf[..n]);
         }
     }
 

@@ -49,6 +49,10 @@ pub enum MsgType {
 }
 
 impl MsgType {
+    /// `XS_DEBUG`, the old name of [`MsgType::Control`] (xs_wire.h keeps it as an
+    /// alias; Mini-OS still sends it).
+    pub const DEBUG: MsgType = MsgType::Control;
+
     /// Every message type, in number order.
     pub const ALL: [MsgType; 26] = [
         MsgType::Control,
