@@ -28,6 +28,8 @@ pub const TSS_END: u64 = 0x9000;
 pub const SYSCALL_STUB: u64 = 0x9000;
 /// Offset of the I/O permission bitmap in the TSS (`iomap_base`).
 pub const TSS_IOMAP_OFFSET: u64 = 0x68;
+/// Inclusive limit of the TSS segment (header + I/O bitmap + terminating byte).
+pub const TSS_LIMIT: u32 = (TSS_IOMAP_OFFSET + 8192) as u32;
 /// First page-table page (PML4), `start_info.pt_base`. Page tables are read-only.
 pub const PAGE_TABLES: u64 = 0x10000;
 /// Room reserved for page tables (32 pages).

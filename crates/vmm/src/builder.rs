@@ -141,9 +141,6 @@ fn build_tss(ram: &GuestRam) -> Result<(), MemoryError> {
     ram.write(TSS + TSS_IOMAP_OFFSET, &bitmap)
 }
 
-/// Inclusive limit of the TSS segment (header + bitmap + terminating byte).
-pub const TSS_LIMIT: u32 = (TSS_IOMAP_OFFSET + 8192) as u32;
-
 /// Builds the domain: loads `image`, writes page tables, hypercall page and
 /// `start_info`. `shared_info` is left zeroed (the clock code fills its time fields).
 pub fn build(

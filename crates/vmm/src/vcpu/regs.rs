@@ -75,7 +75,7 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
     sregs.gs = data_segment();
     sregs.tr = kvm_segment {
         base: rxen_abi::layout::TSS,
-        limit: crate::builder::TSS_LIMIT,
+        limit: rxen_abi::layout::TSS_LIMIT,
         selector: 0x40,
         type_: 11,
         present: 1,
