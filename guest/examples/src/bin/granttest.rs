@@ -227,7 +227,10 @@ fn hostile() {
         ..Default::default()
     };
     let rc = gnttab_op(GNTTABOP_MAP_GRANT_REF, &mut map, 1);
-    println!("granttest: map from domain 0: rc={rc} status={}", map.status);
+    println!(
+        "granttest: map from domain 0: rc={rc} status={}",
+        map.status
+    );
     let mut unmap = GnttabUnmapGrantRef {
         handle: 0,
         status: 99,
@@ -242,7 +245,11 @@ fn hostile() {
     println!("granttest: transfer: rc={rc}");
 
     physmap_case("physmap frame 64", 64, scratch);
-    physmap_case("physmap status frame", XENMAPIDX_GRANT_TABLE_STATUS, scratch);
+    physmap_case(
+        "physmap status frame",
+        XENMAPIDX_GRANT_TABLE_STATUS,
+        scratch,
+    );
     physmap_case("physmap beyond RAM", 1, ram_pages + 100);
     physmap_case("physmap low memory", 1, 0x10);
     physmap_case("physmap onto frame 0", 1, pfn(0));
