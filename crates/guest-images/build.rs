@@ -17,6 +17,7 @@ const GUESTS: &[&str] = &[
     "exitbench",
     "hostile",
     "pvsyscall",
+    "granttest",
 ];
 const DEFAULT_GUEST: &str = "idle";
 

@@ -92,7 +92,10 @@ pub fn decode(cmd: u64, ptr: u64, count: u64, ram: &GuestRam) -> Result<GrantOp,
         GNTTABOP_SETUP_TABLE => {
             single::<GnttabSetupTable>(ram, ptr, count)?;
             let a: GnttabSetupTable = read(ram, ptr)?;
-            check_rw(ram, a.frame_list, u64::from(a.nr_frames) * 8)?;
+            // Xen checks the list only for a count it could serve: more frames than
+            // the limit is `GNTST_general_error` in `execute`, not `-EFAULT`.
+            let listed = a.nr_frames.min(MAX_GRANT_FRAMES);
+            check_rw(ram, a.frame_list, u64::from(listed) * 8)?;
             Ok(GrantOp::SetupTable {
                 ptr,
                 dom: a.dom,

@@ -1,7 +1,10 @@
 //! Makes many hypercalls with random numbers, arguments and pointers (good and bad),
 //! then powers off: the VMM must survive all of them. Only calls that would end or
 //! stall this guest on purpose are filtered (shutdown, block, poll, vCPU down/up,
-//! segment base changes). Prints `hcall-fuzz: N calls ...` and `hcall-fuzz: ok`.
+//! segment base changes). `grant_table_op` and `XENMEM_add_to_physmap` get random
+//! arguments built by [`grant`] so that what the hypervisor writes for them cannot
+//! wreck the fuzzer. Prints `hcall-fuzz: N calls ...`, `hcall-fuzz: N grant calls
+//! ...` and `hcall-fuzz: ok`.
 #![no_std]
 #![no_main]
 
@@ -9,6 +12,8 @@ use rxen_guest::abi::{hypercall as nr, layout, sched, vcpu};
 use rxen_guest::hypercall::hypercall5;
 use rxen_guest::{println, start, time};
 use rxen_workloads::XorShift;
+
+mod grant;
 
 rxen_guest::entry!(main);
 
@@ -52,6 +57,8 @@ fn main() {
     let mut r = XorShift(seed | 1);
     let scratch = core::ptr::addr_of_mut!(SCRATCH) as u64;
     let (mut ok, mut err, mut skipped) = (0u64, 0u64, 0u64);
+    let (mut grant_ok, mut grant_err) = (0u64, 0u64);
+    grant::init();
     let t0 = time::now_ns();
     for _ in 0..calls {
         let number = match r.next_u64() % 8 {
@@ -64,7 +71,8 @@ fn main() {
                 nr::VCPU_OP,
                 nr::EVENT_CHANNEL_OP,
                 nr::MEMORY_OP,
-            ][(r.next_u64() % 7) as usize],
+                nr::GRANT_TABLE_OP,
+            ][(r.next_u64() % 8) as usize],
         };
         let cmd = value(&mut r) % 20;
         let a = [
@@ -74,6 +82,21 @@ fn main() {
             value(&mut r),
             value(&mut r),
         ];
+        if number == nr::GRANT_TABLE_OP
+            || (number == nr::MEMORY_OP && cmd == rxen_guest::abi::memory::XENMEM_ADD_TO_PHYSMAP)
+        {
+            let rc = if number == nr::GRANT_TABLE_OP {
+                grant::grant_table_op(&mut r)
+            } else {
+                grant::add_to_physmap(&mut r)
+            };
+            if rc < 0 {
+                grant_err += 1
+            } else {
+                grant_ok += 1
+            }
+            continue;
+        }
         let dangerous = match number {
             nr::SCHED_OP => !matches!(
                 cmd,
@@ -111,6 +134,12 @@ fn main() {
         err,
         skipped,
         ms
+    );
+    println!(
+        "hcall-fuzz: {} grant calls ({} ok, {} errors)",
+        grant_ok + grant_err,
+        grant_ok,
+        grant_err
     );
     println!("hcall-fuzz: ok");
 }
