@@ -21,7 +21,9 @@ pub const MMU_UPDATE_CMD_MASK: u64 = 7;
 
 /// `struct mmu_update`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct MmuUpdate {
     pub ptr: u64,
     pub val: u64,
@@ -52,7 +54,9 @@ pub const MMUEXT_UNMARK_SUPER: u32 = 20;
 /// `struct mmuext_op` (x86-64): `arg1` is `mfn` or `linear_addr`, `arg2` is `nr_ents`,
 /// a `vcpumask` guest handle or `src_mfn`, depending on `cmd`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct MmuextOp {
     pub cmd: u32,
     pub pad: u32,
@@ -102,7 +106,9 @@ pub const XENMEM_MACHPHYS_MAPPING: u64 = 12;
 
 /// `struct xen_machphys_mapping`: the M2P's virtual span and the highest mfn it covers.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
 pub struct MachphysMapping {
     pub v_start: u64,
     pub v_end: u64,
@@ -133,7 +139,13 @@ mod tests {
     fn layouts() {
         assert_layout!(MmuUpdate, size = 16, ptr = 0, val = 8);
         assert_layout!(MmuextOp, size = 24, cmd = 0, arg1 = 8, arg2 = 16);
-        assert_layout!(MachphysMapping, size = 24, v_start = 0, v_end = 8, max_mfn = 16);
+        assert_layout!(
+            MachphysMapping,
+            size = 24,
+            v_start = 0,
+            v_end = 8,
+            max_mfn = 16
+        );
     }
 
     #[test]

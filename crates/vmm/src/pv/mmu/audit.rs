@@ -32,9 +32,14 @@ impl Mmu {
             if matches!(info.ty, FrameType::Table(_)) && info.type_count > 0 && !info.validated {
                 return Err(format!("frame {f:#x}: table type held but not validated"));
             }
-            let Some(level) = info.table_level() else { continue };
+            let Some(level) = info.table_level() else {
+                continue;
+            };
             if !info.owner.is_domains() || info.owner.permanently_writable() {
-                return Err(format!("frame {f:#x}: page table owned by {:?}", info.owner));
+                return Err(format!(
+                    "frame {f:#x}: page table owned by {:?}",
+                    info.owner
+                ));
             }
             for i in 0..ENTRIES {
                 if level == Level::L4 && !is_guest_l4_slot(i) {
@@ -52,20 +57,28 @@ impl Mmu {
                     .info(t)
                     .ok_or_else(|| format!("frame {f:#x}[{i}] points out of range"))?;
                 if !target.owner.is_domains() {
-                    return Err(format!("frame {f:#x}[{i}] maps {t:#x} owned by {:?}", target.owner));
+                    return Err(format!(
+                        "frame {f:#x}[{i}] maps {t:#x} owned by {:?}",
+                        target.owner
+                    ));
                 }
                 bump(&mut refs, t)?;
                 match level.child() {
                     None if e & PAGE_RW != 0 => {
                         if target.ty != FrameType::Writable {
-                            return Err(format!("frame {t:#x} is {:?} and mapped writable", target.ty));
+                            return Err(format!(
+                                "frame {t:#x} is {:?} and mapped writable",
+                                target.ty
+                            ));
                         }
                         bump(&mut types, t)?;
                     }
                     None => {}
                     Some(child) => {
                         if target.table_level() != Some(child) {
-                            return Err(format!("frame {f:#x}[{i}] links {t:#x} which is not a {child:?}"));
+                            return Err(format!(
+                                "frame {f:#x}[{i}] links {t:#x} which is not a {child:?}"
+                            ));
                         }
                         bump(&mut types, t)?;
                     }

@@ -10,17 +10,35 @@ const MAX_LDT_ENTRIES: u64 = 8192;
 impl Mmu {
     /// Executes an `mmuext_op` array for `vcpu` in order, stopping at the first refusal.
     /// The `vcpumask` of the `*_MULTI` commands is not read (flushes need no work).
-    pub fn mmuext_op<G: GuestFrames + ?Sized>(&mut self, mem: &mut G, vcpu: usize, ops: &[MmuextOp]) -> BatchOutcome {
+    pub fn mmuext_op<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        vcpu: usize,
+        ops: &[MmuextOp],
+    ) -> BatchOutcome {
         let invalidate = Invalidations::default();
         for (done, op) in ops.iter().enumerate() {
             if let Err(e) = self.one_ext(mem, vcpu, op) {
-                return BatchOutcome { done, result: Err(e), invalidate };
+                return BatchOutcome {
+                    done,
+                    result: Err(e),
+                    invalidate,
+                };
             }
         }
-        BatchOutcome { done: ops.len(), result: Ok(()), invalidate }
+        BatchOutcome {
+            done: ops.len(),
+            result: Ok(()),
+            invalidate,
+        }
     }
 
-    fn one_ext<G: GuestFrames + ?Sized>(&mut self, mem: &mut G, vcpu: usize, op: &MmuextOp) -> Result<(), MmuError> {
+    fn one_ext<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        vcpu: usize,
+        op: &MmuextOp,
+    ) -> Result<(), MmuError> {
         match op.cmd {
             MMUEXT_PIN_L1_TABLE => self.pin(mem, op.arg1, Level::L1),
             MMUEXT_PIN_L2_TABLE => self.pin(mem, op.arg1, Level::L2),
@@ -47,7 +65,12 @@ impl Mmu {
 
     /// `MMUEXT_PIN_Ln_TABLE`: gives `frame` the table type (validating it) and keeps a
     /// reference and a type reference until `UNPIN`.
-    pub fn pin<G: GuestFrames + ?Sized>(&mut self, mem: &mut G, frame: u64, level: Level) -> Result<(), MmuError> {
+    pub fn pin<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        frame: u64,
+        level: Level,
+    ) -> Result<(), MmuError> {
         self.get_page_and_type(mem, frame, FrameType::Table(level))?;
         match self.info_mut(frame) {
             Some(info) if !info.pinned => {
@@ -63,7 +86,11 @@ impl Mmu {
 
     /// `MMUEXT_UNPIN_TABLE`: drops the pin's references; the type goes when nothing
     /// else holds it.
-    pub fn unpin<G: GuestFrames + ?Sized>(&mut self, mem: &mut G, frame: u64) -> Result<(), MmuError> {
+    pub fn unpin<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        frame: u64,
+    ) -> Result<(), MmuError> {
         let info = self
             .info_mut(frame)
             .filter(|i| i.owner.is_domains())
@@ -78,8 +105,17 @@ impl Mmu {
 
     /// `MMUEXT_NEW_BASEPTR` (`new_guest_cr3`): `frame` must be, or validate as, an L4.
     /// The caller loads it into CR3 (see [`Mmu::vcpu`]).
-    pub fn new_baseptr<G: GuestFrames + ?Sized>(&mut self, mem: &mut G, vcpu: usize, frame: u64) -> Result<(), MmuError> {
-        let old = self.vcpus.get(vcpu).ok_or(MmuError::Invalid("no such vCPU"))?.kernel;
+    pub fn new_baseptr<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        vcpu: usize,
+        frame: u64,
+    ) -> Result<(), MmuError> {
+        let old = self
+            .vcpus
+            .get(vcpu)
+            .ok_or(MmuError::Invalid("no such vCPU"))?
+            .kernel;
         if old == Some(frame) {
             return Ok(());
         }
@@ -100,7 +136,11 @@ impl Mmu {
         vcpu: usize,
         frame: u64,
     ) -> Result<(), MmuError> {
-        let old = self.vcpus.get(vcpu).ok_or(MmuError::Invalid("no such vCPU"))?.user;
+        let old = self
+            .vcpus
+            .get(vcpu)
+            .ok_or(MmuError::Invalid("no such vCPU"))?
+            .user;
         if old.unwrap_or(0) == frame {
             return Ok(());
         }
@@ -123,12 +163,19 @@ impl Mmu {
         if ents > MAX_LDT_ENTRIES || (ents != 0 && (base & 0xfff != 0 || !canonical || in_xen)) {
             return Err(MmuError::Invalid("bad SET_LDT arguments"));
         }
-        let v = self.vcpus.get_mut(vcpu).ok_or(MmuError::Invalid("no such vCPU"))?;
+        let v = self
+            .vcpus
+            .get_mut(vcpu)
+            .ok_or(MmuError::Invalid("no such vCPU"))?;
         v.ldt = (if ents == 0 { 0 } else { base }, ents as u32);
         Ok(())
     }
 
-    fn clear_page<G: GuestFrames + ?Sized>(&mut self, mem: &mut G, frame: u64) -> Result<(), MmuError> {
+    fn clear_page<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        frame: u64,
+    ) -> Result<(), MmuError> {
         self.get_page_and_type(mem, frame, FrameType::Writable)
             .map_err(|_| MmuError::NotOwned(frame))?;
         for i in 0..ENTRIES {
@@ -138,9 +185,17 @@ impl Mmu {
         Ok(())
     }
 
-    fn copy_page<G: GuestFrames + ?Sized>(&mut self, mem: &mut G, dst: u64, src: u64) -> Result<(), MmuError> {
+    fn copy_page<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        dst: u64,
+        src: u64,
+    ) -> Result<(), MmuError> {
         self.get_page(src)?;
-        if self.get_page_and_type(mem, dst, FrameType::Writable).is_err() {
+        if self
+            .get_page_and_type(mem, dst, FrameType::Writable)
+            .is_err()
+        {
             self.put_page(src);
             return Err(MmuError::NotOwned(dst));
         }

@@ -68,7 +68,11 @@ impl FrameInfo {
         let permanent = owner.permanently_writable();
         FrameInfo {
             owner,
-            ty: if permanent { FrameType::Writable } else { FrameType::None },
+            ty: if permanent {
+                FrameType::Writable
+            } else {
+                FrameType::None
+            },
             type_count: u32::from(permanent),
             validated: permanent,
             refs: 0,

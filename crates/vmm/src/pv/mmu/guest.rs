@@ -45,7 +45,10 @@ impl VecFrames {
         if index >= ENTRIES {
             return None;
         }
-        let i = usize::try_from(frame).ok()?.checked_mul(ENTRIES)?.checked_add(index)?;
+        let i = usize::try_from(frame)
+            .ok()?
+            .checked_mul(ENTRIES)?
+            .checked_add(index)?;
         (i < self.entries.len()).then_some(i)
     }
 }

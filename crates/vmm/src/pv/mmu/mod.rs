@@ -99,7 +99,9 @@ impl Mmu {
 
     /// Changes who owns `frame`. Only a frame nothing references may change owner.
     pub fn set_owner(&mut self, frame: u64, owner: Owner) -> Result<(), MmuError> {
-        let info = self.info(frame).ok_or(MmuError::Invalid("frame out of range"))?;
+        let info = self
+            .info(frame)
+            .ok_or(MmuError::Invalid("frame out of range"))?;
         let baseline = u32::from(info.owner.permanently_writable());
         if info.refs != 0 || info.type_count != baseline || info.pinned {
             return Err(MmuError::Invalid("frame is in use"));

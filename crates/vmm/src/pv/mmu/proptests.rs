@@ -10,10 +10,28 @@ const NR: u64 = 24;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Update { table: u64, index: usize, target: u64, flags: u64, cmd: u64 },
-    Ext { cmd: u32, frame: u64, vcpu: usize },
-    Va { va: u64, target: u64, flags: u64 },
-    Raw { frame: u64, index: usize, value: u64 },
+    Update {
+        table: u64,
+        index: usize,
+        target: u64,
+        flags: u64,
+        cmd: u64,
+    },
+    Ext {
+        cmd: u32,
+        frame: u64,
+        vcpu: usize,
+    },
+    Va {
+        va: u64,
+        target: u64,
+        flags: u64,
+    },
+    Raw {
+        frame: u64,
+        index: usize,
+        value: u64,
+    },
 }
 
 fn flags() -> impl Strategy<Value = u64> {
@@ -42,15 +60,39 @@ fn op() -> impl Strategy<Value = Op> {
 
 fn run(mmu: &mut Mmu, mem: &mut VecFrames, op: &Op) {
     let out = match *op {
-        Op::Update { table, index, target, flags, cmd } => {
-            let req = MmuUpdate { ptr: (table << 12) | ((index as u64) << 3) | cmd, val: (target << 12) | flags };
+        Op::Update {
+            table,
+            index,
+            target,
+            flags,
+            cmd,
+        } => {
+            let req = MmuUpdate {
+                ptr: (table << 12) | ((index as u64) << 3) | cmd,
+                val: (target << 12) | flags,
+            };
             mmu.mmu_update(mem, &[req])
         }
-        Op::Ext { cmd, frame, vcpu } => mmu.mmuext_op(mem, vcpu, &[MmuextOp { cmd, arg1: frame, ..Default::default() }]),
+        Op::Ext { cmd, frame, vcpu } => mmu.mmuext_op(
+            mem,
+            vcpu,
+            &[MmuextOp {
+                cmd,
+                arg1: frame,
+                ..Default::default()
+            }],
+        ),
         Op::Va { va, target, flags } => mmu.update_va_mapping(mem, 0, va, (target << 12) | flags),
-        Op::Raw { frame, index, value } => {
+        Op::Raw {
+            frame,
+            index,
+            value,
+        } => {
             // The guest writing memory it may write: only frames no table holds.
-            if mmu.frame(frame).is_some_and(|f| f.type_count == 0 || f.ty == FrameType::Writable) {
+            if mmu
+                .frame(frame)
+                .is_some_and(|f| f.type_count == 0 || f.ty == FrameType::Writable)
+            {
                 mem.write_entry(frame, index, value);
             }
             return;

@@ -17,7 +17,10 @@ impl Mmu {
         if !info.owner.is_domains() {
             return Err(MmuError::NotOwned(frame));
         }
-        info.refs = info.refs.checked_add(1).ok_or(MmuError::CountOverflow(frame))?;
+        info.refs = info
+            .refs
+            .checked_add(1)
+            .ok_or(MmuError::CountOverflow(frame))?;
         Ok(())
     }
 
@@ -42,7 +45,10 @@ impl Mmu {
                 debug!(frame, have = ?info.ty, want = ?ty, "mmu: bad type");
                 return Err(MmuError::TypeConflict { frame });
             }
-            let count = info.type_count.checked_add(1).ok_or(MmuError::CountOverflow(frame))?;
+            let count = info
+                .type_count
+                .checked_add(1)
+                .ok_or(MmuError::CountOverflow(frame))?;
             if let Some(i) = self.info_mut(frame) {
                 i.type_count = count;
             }
@@ -128,7 +134,11 @@ impl Mmu {
         self.get_page_and_type(mem, target, FrameType::Table(child))
     }
 
-    fn get_from_l1e<G: GuestFrames + ?Sized>(&mut self, mem: &mut G, e: u64) -> Result<(), MmuError> {
+    fn get_from_l1e<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        e: u64,
+    ) -> Result<(), MmuError> {
         let target = entry::mfn(e);
         let owner = self.info(target).map(|i| i.owner);
         match owner {
@@ -147,7 +157,12 @@ impl Mmu {
     }
 
     /// Releases the references of a present entry (`put_page_from_lNe`).
-    pub(super) fn put_from_entry<G: GuestFrames + ?Sized>(&mut self, mem: &mut G, level: Level, e: u64) {
+    pub(super) fn put_from_entry<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        level: Level,
+        e: u64,
+    ) {
         let target = entry::mfn(e);
         if level != Level::L1 || e & PAGE_RW != 0 {
             self.put_type(mem, target);

@@ -5,19 +5,32 @@ use super::entry::{self, Level, ENTRIES, PAGE_ACCESSED, PAGE_DIRTY};
 use super::{BatchOutcome, FrameType, GuestFrames, Invalidations, Mmu, MmuError};
 use rxen_abi::mmu::{
     is_guest_l4_slot, MmuUpdate, HYPERVISOR_VIRT_END, HYPERVISOR_VIRT_START, MMU_MACHPHYS_UPDATE,
-    MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_NO_TRANSLATE, MMU_PT_UPDATE_PRESERVE_AD, MMU_UPDATE_CMD_MASK,
+    MMU_NORMAL_PT_UPDATE, MMU_PT_UPDATE_NO_TRANSLATE, MMU_PT_UPDATE_PRESERVE_AD,
+    MMU_UPDATE_CMD_MASK,
 };
 
 impl Mmu {
     /// Executes an `mmu_update` array in order, stopping at the first refusal.
-    pub fn mmu_update<G: GuestFrames + ?Sized>(&mut self, mem: &mut G, reqs: &[MmuUpdate]) -> BatchOutcome {
+    pub fn mmu_update<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        reqs: &[MmuUpdate],
+    ) -> BatchOutcome {
         let mut invalidate = Invalidations::default();
         for (done, req) in reqs.iter().enumerate() {
             if let Err(e) = self.one_update(mem, req, &mut invalidate) {
-                return BatchOutcome { done, result: Err(e), invalidate };
+                return BatchOutcome {
+                    done,
+                    result: Err(e),
+                    invalidate,
+                };
             }
         }
-        BatchOutcome { done: reqs.len(), result: Ok(()), invalidate }
+        BatchOutcome {
+            done: reqs.len(),
+            result: Ok(()),
+            invalidate,
+        }
     }
 
     fn one_update<G: GuestFrames + ?Sized>(
@@ -121,14 +134,23 @@ impl Mmu {
         val: u64,
     ) -> BatchOutcome {
         let mut invalidate = Invalidations::default();
-        let result = self
-            .l1_slot_of(mem, vcpu, va)
-            .and_then(|(l1, idx)| self.mod_entry(mem, l1, Level::L1, idx, val, false, &mut invalidate));
-        BatchOutcome { done: usize::from(result.is_ok()), result, invalidate }
+        let result = self.l1_slot_of(mem, vcpu, va).and_then(|(l1, idx)| {
+            self.mod_entry(mem, l1, Level::L1, idx, val, false, &mut invalidate)
+        });
+        BatchOutcome {
+            done: usize::from(result.is_ok()),
+            result,
+            invalidate,
+        }
     }
 
     /// The L1 table and slot that map `va` under `vcpu`'s kernel L4.
-    fn l1_slot_of<G: GuestFrames + ?Sized>(&self, mem: &G, vcpu: usize, va: u64) -> Result<(u64, usize), MmuError> {
+    fn l1_slot_of<G: GuestFrames + ?Sized>(
+        &self,
+        mem: &G,
+        vcpu: usize,
+        va: u64,
+    ) -> Result<(u64, usize), MmuError> {
         let canonical = (va as i64) >> 47 == 0 || (va as i64) >> 47 == -1;
         if !canonical || (HYPERVISOR_VIRT_START..HYPERVISOR_VIRT_END).contains(&va) {
             return Err(MmuError::Invalid("address not the guest's"));
