@@ -5,6 +5,8 @@
 //! notes of an unmodified PV kernel ([`elfnotes`], [`features`], [`xen_guest`]), checks
 //! them and derives the kernel's virtual placement like Xen's libelf ([`image`]), and
 //! computes Xen's start-of-day layout for a 64-bit PV domain ([`layout`]) as plain data.
+//! [`mmu`] validates page-table changes like Xen's direct-paging MMU, over an abstract
+//! frame store (not yet wired into running domains).
 //! Writing that layout into guest memory and building the page tables belongs to the
 //! domain builder that uses it; nothing here may perform I/O or panic on input.
 
@@ -12,6 +14,7 @@ pub mod elfnotes;
 pub mod features;
 pub mod image;
 pub mod layout;
+pub mod mmu;
 pub mod xen_guest;
 
 pub use elfnotes::{ElfNotesError, NoteSource, XenNotes};
