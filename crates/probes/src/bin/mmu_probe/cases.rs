@@ -136,7 +136,7 @@ fn immediate(reps: usize) -> Res<()> {
         p.ram.write(MAILBOX + mb::SPIN_COUNT, 0);
         p.ram.write(MAILBOX + mb::CMD, cmd::SPIN_READ);
         p.ram.write(MAILBOX + mb::ADDR, PROBE_VA);
-        let Probe { vcpu, ram, .. } = &mut p;
+        let Machine { vcpu, ram, .. } = &mut *p;
         let done = AtomicBool::new(false);
         let saw_new = std::thread::scope(|s| -> Res<bool> {
             let runner = s.spawn(|| {

@@ -1,25 +1,18 @@
-//! A one-vCPU KVM VM for the probe: RAM in a memfd mapped shared into this process,
-//! hand-built 4-level page tables, a TSS whose I/O bitmap lets port 0x10 exit, and the
-//! command-loop guest of `guest.s` running at CPL 3.
+//! The probe's VM: the shared one-vCPU VM of `rxen_probes::vm` (memfd RAM, CPL-3 guest
+//! on hand-built tables, TSS letting ports 0x10..0x13 exit) running the command-loop
+//! guest of `guest.s`, plus what only this probe maps: a second L4, the probed 4 KiB
+//! and 2 MiB pages, two L1 tables to switch between, and writable page-table aliases.
 
-use std::time::{Duration, Instant};
+use std::ops::{Deref, DerefMut};
 
-use kvm_bindings::{kvm_segment, kvm_sregs, kvm_userspace_memory_region, KVM_MEM_LOG_DIRTY_PAGES};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
-
-pub const RAM_SIZE: u64 = 8 << 20;
-pub const TSS: u64 = 0x10000;
-pub const TSS_IOMAP: u64 = 0x68;
-pub const PML4: u64 = 0x20000;
-pub const PDPT: u64 = 0x21000;
-pub const PD: u64 = 0x22000;
-/// The L1 table mapping 0..2 MiB.
-pub const PT0: u64 = 0x23000;
+use kvm_bindings::{kvm_sregs, KVM_MEM_LOG_DIRTY_PAGES};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use rxen_probes::vm::map_page;
+pub use rxen_probes::vm::{
+    median_us, ram_region, timed, Machine, Ram, Setup, MAILBOX, P, PD, PDPT, PML4, PT0, RW, US,
+};
 /// A second L4 (a copy of `PML4`) to switch CR3 to.
 pub const ALT_PML4: u64 = 0x24000;
-pub const CODE: u64 = 0x30000;
-/// The command mailbox shared with the guest (see `guest.s`).
-pub const MAILBOX: u64 = 0x40000;
 /// Two 4 KiB frames the probed virtual address is switched between.
 pub const FRAME_A: u64 = 0x50000;
 pub const FRAME_B: u64 = 0x51000;
@@ -48,9 +41,6 @@ pub const MAGIC_B: u64 = 0xbbbb_0000_0000_0002;
 pub const MAGIC_LARGE_A: u64 = 0xaaaa_2222_0000_0003;
 pub const MAGIC_LARGE_B: u64 = 0xbbbb_2222_0000_0004;
 
-pub const P: u64 = 1;
-pub const RW: u64 = 2;
-pub const US: u64 = 4;
 pub const PS: u64 = 1 << 7;
 
 /// Commands of the guest loop (mailbox word 0).
@@ -93,126 +83,6 @@ const GUEST_CODE: &[u8] = &[
     0x04, 0x00, 0xe9, 0x49, 0xff, 0xff, 0xff,
 ];
 
-/// Guest RAM: a memfd mapped shared into this process.
-pub struct Ram {
-    base: *mut u8,
-    fd: i32,
-}
-
-// SAFETY: the mapping is process-wide and only accessed with volatile word accesses.
-unsafe impl Send for Ram {}
-// SAFETY: as above; concurrent access from the vCPU thread is the point of the probe.
-unsafe impl Sync for Ram {}
-
-impl Ram {
-    fn new() -> std::io::Result<Self> {
-        // SAFETY: valid NUL-terminated name; result checked.
-        let fd = unsafe { libc::memfd_create(c"mmu-probe".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is ours.
-        if unsafe { libc::ftruncate(fd, RAM_SIZE as i64) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh shared mapping of the whole memfd; result checked.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                RAM_SIZE as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self {
-            base: base.cast(),
-            fd,
-        })
-    }
-
-    fn word(&self, addr: u64) -> *mut u64 {
-        assert!(
-            addr.is_multiple_of(8) && addr + 8 <= RAM_SIZE,
-            "bad probe address {addr:#x}"
-        );
-        // SAFETY: checked to lie inside the mapping, 8-byte aligned.
-        unsafe { self.base.add(addr as usize).cast() }
-    }
-
-    pub fn read(&self, addr: u64) -> u64 {
-        // SAFETY: `word` returns an aligned pointer into the live mapping.
-        unsafe { self.word(addr).read_volatile() }
-    }
-
-    pub fn write(&self, addr: u64, v: u64) {
-        // SAFETY: as for `read`.
-        unsafe { self.word(addr).write_volatile(v) }
-    }
-
-    fn write_bytes(&self, addr: u64, bytes: &[u8]) {
-        assert!(addr + bytes.len() as u64 <= RAM_SIZE);
-        // SAFETY: bounds checked above; the mapping is live.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(addr as usize), bytes.len())
-        }
-    }
-
-    pub fn host_addr(&self, addr: u64) -> u64 {
-        self.base as u64 + addr
-    }
-
-    /// Drops this process's mapping of one page (`MADV_DONTNEED`); the memfd keeps the
-    /// data. Fires KVM's MMU notifier for the page.
-    pub fn madvise_dontneed(&self, addr: u64, len: u64) -> std::io::Result<()> {
-        assert!(addr + len <= RAM_SIZE);
-        // SAFETY: a page-aligned range inside our shared mapping; the data stays in the
-        // memfd (a shared mapping only loses its page-table entries).
-        let r = unsafe {
-            libc::madvise(
-                self.base.add(addr as usize).cast(),
-                len as usize,
-                libc::MADV_DONTNEED,
-            )
-        };
-        if r != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Makes one range read-only and writable again (`mprotect`): also fires KVM's MMU
-    /// notifier, without dropping the mapping.
-    pub fn mprotect_toggle(&self, addr: u64, len: u64) -> std::io::Result<()> {
-        assert!(addr + len <= RAM_SIZE);
-        for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
-            // SAFETY: a page-aligned range inside our mapping; nothing else in this
-            // process writes guest RAM while the probe does this.
-            let r =
-                unsafe { libc::mprotect(self.base.add(addr as usize).cast(), len as usize, prot) };
-            if r != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Ram {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping once; the VM using it is dropped first
-        // (field order in `Probe`).
-        unsafe {
-            libc::munmap(self.base.cast(), RAM_SIZE as usize);
-            libc::close(self.fd);
-        }
-    }
-}
-
 /// How one guest command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -233,26 +103,19 @@ pub struct Options {
     pub writable_pd_alias: bool,
 }
 
-pub struct Probe {
-    pub vcpu: VcpuFd,
-    pub vm: VmFd,
-    _kvm: Kvm,
-    pub ram: Ram,
+/// The probe's VM (derefs to the shared [`Machine`]).
+pub struct Probe(Machine);
+
+impl Deref for Probe {
+    type Target = Machine;
+    fn deref(&self) -> &Machine {
+        &self.0
+    }
 }
 
-fn seg(selector: u16, type_: u8, l: u8, db: u8) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 3,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        ..Default::default()
+impl DerefMut for Probe {
+    fn deref_mut(&mut self) -> &mut Machine {
+        &mut self.0
     }
 }
 
@@ -273,46 +136,20 @@ pub fn large_pde_addr() -> u64 {
 
 impl Probe {
     pub fn new(opts: Options) -> Result<Self, Box<dyn std::error::Error>> {
-        let ram = Ram::new()?;
-        let kvm = Kvm::new()?;
-        let vm = kvm.create_vm()?;
-        Self::layout(&ram, opts);
-        let region = Self::region(&ram, 0);
-        // SAFETY: the region is `ram`'s mapping, which outlives the VM (field order).
-        unsafe { vm.set_user_memory_region(region)? };
-        let vcpu = vm.create_vcpu(0)?;
-        let mut sregs = vcpu.get_sregs()?;
-        sregs.cs = seg(0x33, 11, 1, 0);
-        sregs.ss = seg(0x2b, 3, 0, 1);
-        sregs.ds = sregs.ss;
-        sregs.es = sregs.ss;
-        sregs.fs = sregs.ss;
-        sregs.gs = sregs.ss;
-        sregs.tr = kvm_segment {
-            base: TSS,
-            limit: (TSS_IOMAP + 8192) as u32,
-            selector: 0x40,
-            type_: 11,
-            present: 1,
-            ..Default::default()
-        };
-        sregs.cr0 = 1 | 2 | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
-        sregs.cr3 = PML4;
-        sregs.cr4 = (1 << 5) | (1 << 9) | (1 << 10);
-        sregs.efer = 1 | (1 << 8) | (1 << 10) | (1 << 11);
-        vcpu.set_sregs(&sregs)?;
-        let regs = kvm_bindings::kvm_regs {
-            rip: CODE,
+        let setup = Setup {
+            memfd_name: c"mmu-probe",
+            guest_code: GUEST_CODE,
+            allowed_ports: 0x10..0x14,
+            rsp0: None,
+            ist1: None,
+            user_cs: 0x33,
+            user_ss: 0x2b,
+            gdt: None,
+            idt: None,
+            rsp: 0,
             rflags: 2,
-            ..Default::default()
         };
-        vcpu.set_regs(&regs)?;
-        let mut probe = Self {
-            vcpu,
-            vm,
-            _kvm: kvm,
-            ram,
-        };
+        let mut probe = Self(Machine::new(&setup, |ram| Self::layout(ram, opts))?);
         // Run to the loop's first `out`.
         match probe.run_to_exit()? {
             Outcome::Done => Ok(probe),
@@ -320,40 +157,16 @@ impl Probe {
         }
     }
 
-    pub fn region(ram: &Ram, flags: u32) -> kvm_userspace_memory_region {
-        kvm_userspace_memory_region {
-            slot: 0,
-            flags,
-            guest_phys_addr: 0,
-            memory_size: RAM_SIZE,
-            userspace_addr: ram.host_addr(0),
-        }
-    }
-
+    /// This probe's mappings and data on top of the shared layout.
     fn layout(ram: &Ram, opts: Options) {
-        // TSS with an I/O bitmap allowing ports 0x10..0x13 only.
-        ram.write_bytes(TSS + 0x66, &(TSS_IOMAP as u16).to_le_bytes());
-        let mut bitmap = vec![0xffu8; 8193];
-        bitmap[2] = 0xf0;
-        ram.write_bytes(TSS + TSS_IOMAP, &bitmap);
         let table = P | RW | US;
-        ram.write(PML4, PDPT | table);
         ram.write(ALT_PML4, PDPT | table);
-        ram.write(PDPT, PD | table);
-        ram.write(PD, PT0 | table);
         ram.write(large_pde_addr(), LARGE_A | P | RW | US | PS);
         ram.write(nonleaf_pde_addr(), L1_A | table);
         ram.write(L1_A, FRAME_A | P | RW | US);
         ram.write(L1_B, FRAME_B | P | RW | US);
-        let map = |va: u64, pa: u64, flags: u64| ram.write(PT0 + (va >> 12) * 8, pa | flags);
-        for page in (TSS..TSS + 0x3000).step_by(4096) {
-            map(page, page, P | US);
-        }
-        for page in [PML4, PDPT, PD, PT0, ALT_PML4] {
-            map(page, page, P | US);
-        }
-        map(CODE, CODE, P | US);
-        map(MAILBOX, MAILBOX, P | RW | US);
+        let map = |va: u64, pa: u64, flags: u64| map_page(ram, va, pa, flags);
+        map(ALT_PML4, ALT_PML4, P | US);
         map(DATA_VA, DATA_VA, P | RW | US);
         let probe_flags = if opts.probe_read_only {
             P | US
@@ -367,7 +180,6 @@ impl Probe {
         if opts.writable_pd_alias {
             map(PD_ALIAS_VA, PD, P | RW | US);
         }
-        ram.write_bytes(CODE, GUEST_CODE);
         ram.write(FRAME_A, MAGIC_A);
         ram.write(FRAME_B, MAGIC_B);
         ram.write(LARGE_A, MAGIC_LARGE_A);
@@ -416,7 +228,7 @@ impl Probe {
 
     /// Re-registers slot 0 with `flags`.
     pub fn set_slot_flags(&self, flags: u32) -> Result<(), Box<dyn std::error::Error>> {
-        let region = Self::region(&self.ram, flags);
+        let region = ram_region(&self.ram, flags);
         // SAFETY: same mapping as at creation; it outlives the VM.
         unsafe { self.vm.set_user_memory_region(region)? };
         Ok(())
@@ -424,7 +236,7 @@ impl Probe {
 
     /// Deletes slot 0 and adds it back.
     pub fn readd_slot(&self) -> Result<(), Box<dyn std::error::Error>> {
-        let mut region = Self::region(&self.ram, 0);
+        let mut region = ram_region(&self.ram, 0);
         region.memory_size = 0;
         // SAFETY: deleting the slot; no mapping is handed to KVM.
         unsafe { self.vm.set_user_memory_region(region)? };
@@ -462,19 +274,4 @@ pub fn run_vcpu(vcpu: &mut VcpuFd) -> Result<Outcome, String> {
             Err(e) => return Err(e.to_string()),
         }
     }
-}
-
-/// Median of `samples`, in µs.
-pub fn median_us(samples: &mut [Duration]) -> f64 {
-    samples.sort();
-    samples
-        .get(samples.len() / 2)
-        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
-}
-
-/// Times `f` once.
-pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let t = Instant::now();
-    let r = f();
-    (r, t.elapsed())
 }

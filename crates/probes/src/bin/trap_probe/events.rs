@@ -129,7 +129,7 @@ pub fn upcall_latency(reps: usize, acc: RegAccess) -> Res<()> {
     install_kick_handler()?;
     let vm = Vm::new()?;
     vm.gates_to_stubs(USER_CS, 3, 0);
-    let Vm { mut vcpu, ram, .. } = vm;
+    let Machine { mut vcpu, ram, .. } = vm.0;
     let tid = AtomicU64::new(0);
     let st = Stamps {
         base: Instant::now(),

@@ -167,7 +167,8 @@ pub fn bounce_cases(reps: usize, via: Via, kinds: &[Kind]) -> Res<()> {
             if copy[..expect.len()] != expect[..] {
                 verdict = format!("handler frame {copy:x?} != {expect:x?}");
             }
-            let (r, d3a) = timed(|| iret_hypercall(&mut vm.vcpu, &vm.ram, acc, 0));
+            let m = &mut *vm;
+            let (r, d3a) = timed(|| iret_hypercall(&mut m.vcpu, &m.ram, acc, 0));
             r?;
             let (exit, d3b) = timed(|| vm.run());
             if exit? != Exit::Done {

@@ -1,27 +1,22 @@
-//! A one-vCPU KVM VM for the trap probe, set up as `mmu_probe`'s is (RAM in a memfd,
-//! hand-built 4-level tables, a TSS whose I/O bitmap lets ports 0x10..0x13 exit, the
-//! guest at CPL 3), plus a GDT (with Xen's flat selectors), an IDT whose gates the cases
-//! point at exit stubs or at guest handlers, and stacks.
+//! The probe's VM: the shared one-vCPU VM of `rxen_probes::vm` (memfd RAM, CPL-3 guest
+//! on hand-built tables, TSS letting ports 0x10..0x13 exit) with a TSS `rsp0` and
+//! `ist1`, plus a GDT (with Xen's flat selectors), an IDT whose gates the cases point at
+//! exit stubs or at guest handlers, and stacks.
 
-use std::time::{Duration, Instant};
+use std::ops::{Deref, DerefMut};
 
-use kvm_bindings::{kvm_dtable, kvm_segment};
-use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
+use kvm_bindings::kvm_dtable;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use rxen_probes::vm::map_page;
+pub use rxen_probes::vm::{
+    median, median_us, timed, Machine, Ram, Setup, CODE, MAILBOX, P, RW, US,
+};
 
 use crate::guest_code::GUEST_CODE;
 
-pub const RAM_SIZE: u64 = 8 << 20;
-pub const TSS: u64 = 0x10000;
-pub const TSS_IOMAP: u64 = 0x68;
-pub const PML4: u64 = 0x20000;
-pub const PDPT: u64 = 0x21000;
-pub const PD: u64 = 0x22000;
-pub const PT0: u64 = 0x23000;
-pub const CODE: u64 = 0x30000;
 pub const IDT: u64 = 0x31000;
 /// Exit stubs, 16 bytes per vector: `out 0x11, al; iretq`.
 pub const STUBS: u64 = 0x32000;
-pub const MAILBOX: u64 = 0x40000;
 /// A read-only data page and an unmapped one.
 pub const RO_PAGE: u64 = 0x45000;
 pub const UNMAPPED: u64 = 0x46000;
@@ -52,10 +47,6 @@ pub const CB_EVENT: u64 = CODE + 0x400;
 pub const PORT_DONE: u16 = 0x10;
 pub const PORT_STUB: u16 = 0x11;
 pub const PORT_IRET: u16 = 0x12;
-
-pub const P: u64 = 1;
-pub const RW: u64 = 2;
-pub const US: u64 = 4;
 
 /// Commands of the guest loop (mailbox word 0).
 pub mod cmd {
@@ -88,91 +79,6 @@ pub mod mb {
     pub const FRAME_COPY: u64 = 0x100;
 }
 
-/// Guest RAM: a memfd mapped shared into this process.
-pub struct Ram {
-    base: *mut u8,
-    fd: i32,
-}
-
-// SAFETY: the mapping is process-wide and only accessed with volatile word accesses.
-unsafe impl Send for Ram {}
-// SAFETY: as above; the event case reads it while the vCPU thread runs.
-unsafe impl Sync for Ram {}
-
-impl Ram {
-    fn new() -> std::io::Result<Self> {
-        // SAFETY: valid NUL-terminated name; result checked.
-        let fd = unsafe { libc::memfd_create(c"trap-probe".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` is ours.
-        if unsafe { libc::ftruncate(fd, RAM_SIZE as i64) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: a fresh shared mapping of the whole memfd; result checked.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                RAM_SIZE as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(Self {
-            base: base.cast(),
-            fd,
-        })
-    }
-
-    fn word(&self, addr: u64) -> *mut u64 {
-        assert!(
-            addr.is_multiple_of(8) && addr + 8 <= RAM_SIZE,
-            "bad probe address {addr:#x}"
-        );
-        // SAFETY: checked to lie inside the mapping, 8-byte aligned.
-        unsafe { self.base.add(addr as usize).cast() }
-    }
-
-    pub fn read(&self, addr: u64) -> u64 {
-        // SAFETY: `word` returns an aligned pointer into the live mapping.
-        unsafe { self.word(addr).read_volatile() }
-    }
-
-    pub fn write(&self, addr: u64, v: u64) {
-        // SAFETY: as for `read`.
-        unsafe { self.word(addr).write_volatile(v) }
-    }
-
-    fn write_bytes(&self, addr: u64, bytes: &[u8]) {
-        assert!(addr + bytes.len() as u64 <= RAM_SIZE);
-        // SAFETY: bounds checked above; the mapping is live.
-        unsafe {
-            std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.base.add(addr as usize), bytes.len())
-        }
-    }
-
-    fn host_addr(&self) -> u64 {
-        self.base as u64
-    }
-}
-
-impl Drop for Ram {
-    fn drop(&mut self) {
-        // SAFETY: unmapping our own mapping once; the VM using it is dropped first
-        // (field order in `Vm`).
-        unsafe {
-            libc::munmap(self.base.cast(), RAM_SIZE as usize);
-            libc::close(self.fd);
-        }
-    }
-}
-
 /// How a run of the vCPU ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -199,26 +105,19 @@ pub struct Gate {
     pub ist: u8,
 }
 
-pub struct Vm {
-    pub vcpu: VcpuFd,
-    pub vm: VmFd,
-    _kvm: Kvm,
-    pub ram: Ram,
+/// The probe's VM (derefs to the shared [`Machine`]).
+pub struct Vm(pub Machine);
+
+impl Deref for Vm {
+    type Target = Machine;
+    fn deref(&self) -> &Machine {
+        &self.0
+    }
 }
 
-fn seg(selector: u16, type_: u8, l: u8, db: u8) -> kvm_segment {
-    kvm_segment {
-        base: 0,
-        limit: 0xffff_ffff,
-        selector,
-        type_,
-        present: 1,
-        dpl: 3,
-        db,
-        s: 1,
-        l,
-        g: 1,
-        ..Default::default()
+impl DerefMut for Vm {
+    fn deref_mut(&mut self) -> &mut Machine {
+        &mut self.0
     }
 }
 
@@ -229,77 +128,36 @@ pub fn has_error_code(vector: u8) -> bool {
 
 impl Vm {
     pub fn new() -> Result<Self, Box<dyn std::error::Error>> {
-        let ram = Ram::new()?;
-        let kvm = Kvm::new()?;
-        let vm = kvm.create_vm()?;
-        Self::layout(&ram);
-        let region = kvm_bindings::kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: 0,
-            memory_size: RAM_SIZE,
-            userspace_addr: ram.host_addr(),
-        };
-        // SAFETY: the region is `ram`'s mapping, which outlives the VM (field order).
-        unsafe { vm.set_user_memory_region(region)? };
-        let vcpu = vm.create_vcpu(0)?;
-        let mut sregs = vcpu.get_sregs()?;
-        sregs.cs = seg(USER_CS, 11, 1, 0);
-        sregs.ss = seg(USER_SS, 3, 0, 1);
-        sregs.ds = sregs.ss;
-        sregs.es = sregs.ss;
-        sregs.fs = sregs.ss;
-        sregs.gs = sregs.ss;
-        sregs.tr = kvm_segment {
-            base: TSS,
-            limit: (TSS_IOMAP + 8192) as u32,
-            selector: 0x40,
-            type_: 11,
-            present: 1,
-            ..Default::default()
-        };
-        sregs.gdt = kvm_dtable {
-            base: GDT,
-            limit: GDT_LIMIT,
-            ..Default::default()
-        };
-        sregs.idt = kvm_dtable {
-            base: IDT,
-            limit: 0xfff,
-            ..Default::default()
-        };
-        sregs.cr0 = 1 | 2 | (1 << 4) | (1 << 5) | (1 << 16) | (1 << 31);
-        sregs.cr3 = PML4;
-        sregs.cr4 = (1 << 5) | (1 << 9) | (1 << 10);
-        sregs.efer = 1 | (1 << 8) | (1 << 10) | (1 << 11);
-        vcpu.set_sregs(&sregs)?;
-        let regs = kvm_bindings::kvm_regs {
-            rip: CODE,
+        let setup = Setup {
+            memfd_name: c"trap-probe",
+            guest_code: GUEST_CODE,
+            allowed_ports: 0x10..0x14,
+            rsp0: Some(KERNEL_STACK_TOP),
+            ist1: Some(IST_TOP),
+            user_cs: USER_CS,
+            user_ss: USER_SS,
+            gdt: Some(kvm_dtable {
+                base: GDT,
+                limit: GDT_LIMIT,
+                ..Default::default()
+            }),
+            idt: Some(kvm_dtable {
+                base: IDT,
+                limit: 0xfff,
+                ..Default::default()
+            }),
             rsp: USER_STACK_TOP,
             rflags: 0x202,
-            ..Default::default()
         };
-        vcpu.set_regs(&regs)?;
-        let mut vm = Self {
-            vcpu,
-            vm,
-            _kvm: kvm,
-            ram,
-        };
+        let mut vm = Self(Machine::new(&setup, Self::layout)?);
         match vm.run()? {
             Exit::Done => Ok(vm),
             other => Err(format!("guest did not reach its loop: {other:?}").into()),
         }
     }
 
+    /// This probe's tables, stubs and mappings on top of the shared layout.
     fn layout(ram: &Ram) {
-        // TSS: rsp0, ist1, and an I/O bitmap allowing ports 0x10..0x13 only.
-        ram.write_bytes(TSS + 4, &KERNEL_STACK_TOP.to_le_bytes());
-        ram.write_bytes(TSS + 0x24, &IST_TOP.to_le_bytes());
-        ram.write_bytes(TSS + 0x66, &(TSS_IOMAP as u16).to_le_bytes());
-        let mut bitmap = vec![0xffu8; 8193];
-        bitmap[2] = 0xf0;
-        ram.write_bytes(TSS + TSS_IOMAP, &bitmap);
         // GDT: kernel CS/DS (DPL 0) and user CS64/DS (DPL 3) at the low selectors and at
         // Xen's flat selectors.
         let kernel_cs = 0x00af_9a00_0000_ffff;
@@ -316,25 +174,16 @@ impl Vm {
         for v in 0..256u64 {
             ram.write_bytes(STUBS + v * 16, &[0xe6, 0x11, 0x48, 0xcf, 0x0f, 0x0b]);
         }
-        let table = P | RW | US;
-        ram.write(PML4, PDPT | table);
-        ram.write(PDPT, PD | table);
-        ram.write(PD, PT0 | table);
-        let map = |va: u64, flags: u64| ram.write(PT0 + (va >> 12) * 8, va | flags);
-        for page in (TSS..TSS + 0x3000).step_by(4096) {
+        let map = |va: u64, flags: u64| map_page(ram, va, va, flags);
+        for page in [IDT, STUBS, RO_PAGE] {
             map(page, P | US);
         }
-        for page in [PML4, PDPT, PD, PT0, CODE, IDT, STUBS, RO_PAGE] {
-            map(page, P | US);
-        }
-        map(MAILBOX, P | RW | US);
         for page in (0x70000..0x80000).step_by(4096) {
             map(page, P | RW | US);
         }
         for page in (GDT..GDT + 0x10000).step_by(4096) {
             map(page, P | US);
         }
-        ram.write_bytes(CODE, GUEST_CODE);
     }
 
     /// Sets IDT gate `vector` (a 64-bit interrupt gate).
@@ -416,25 +265,4 @@ pub fn run_vcpu(vcpu: &mut VcpuFd) -> Result<Exit, String> {
             Err(e) => return Err(e.to_string()),
         }
     }
-}
-
-/// Median of `samples`, in µs.
-pub fn median_us(samples: &mut [Duration]) -> f64 {
-    samples.sort();
-    samples
-        .get(samples.len() / 2)
-        .map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
-}
-
-/// Median of `samples` (already in µs).
-pub fn median(samples: &mut [f64]) -> f64 {
-    samples.sort_by(f64::total_cmp);
-    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
-/// Times `f` once.
-pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let t = Instant::now();
-    let r = f();
-    (r, t.elapsed())
 }
