@@ -48,6 +48,9 @@ const VADDR_MASK: u64 = (1 << 48) - 1;
 /// What the domain is built with besides its kernel and memory.
 #[derive(Debug, Clone, Copy)]
 pub struct PvBuildConfig<'a> {
+    /// RAM pages of the domain (`start_info.nr_pages`). Frames of the memory from here
+    /// up are rxen's ([`Owner::Rxen`] in the MMU), except the `shared_info` frame.
+    pub nr_pages: u64,
     pub ramdisk: Option<&'a [u8]>,
     pub cmdline: &'a str,
     pub vcpus: u32,
@@ -98,7 +101,7 @@ pub fn build<M: PhysMemory>(
 ) -> Result<BuiltPvDomain, PvBuildError> {
     let kernel = PvKernel::parse(image)?;
     let request = LayoutRequest {
-        nr_pages: mem.nr_frames(),
+        nr_pages: config.nr_pages.min(mem.nr_frames()),
         ramdisk_bytes: config.ramdisk.map(|r| r.len() as u64),
         vcpus: config.vcpus,
     };
@@ -135,8 +138,13 @@ pub fn build<M: PhysMemory>(
     }
     let mut mmu = Mmu::new(mem.nr_frames(), config.vcpus as usize);
     let si_frame = config.shared_info_maddr / PAGE_SIZE;
-    if si_frame >= request.nr_pages && si_frame < mmu.nr_frames() {
-        mmu.set_owner(si_frame, Owner::SharedInfo)?;
+    for frame in request.nr_pages..mmu.nr_frames() {
+        let owner = if frame == si_frame {
+            Owner::SharedInfo
+        } else {
+            Owner::Rxen
+        };
+        mmu.set_owner(frame, owner)?;
     }
     let l4 = layout.regs.cr3_pfn;
     mmu.pin(mem, l4, Level::L4)?;

@@ -11,6 +11,7 @@
 //! `GuestRam`), builds and pins the bootstrap page tables and writes the hypercall page
 //! ([`hypercall_page`]); nothing here may perform file I/O, touch KVM or panic on input.
 
+pub mod boot;
 pub mod builder;
 pub mod elfnotes;
 pub mod features;
@@ -19,6 +20,7 @@ pub mod image;
 pub mod layout;
 pub mod mmu;
 pub mod ram_frames;
+pub mod rxen_area;
 pub mod xen_guest;
 
 pub use elfnotes::{ElfNotesError, NoteSource, XenNotes};

@@ -13,6 +13,7 @@ const SHARED_INFO_MADDR: u64 = 0xfee0_0000;
 fn config(cmdline: &str, ramdisk: Option<&'static [u8]>) -> PvBuildConfig<'static> {
     let cmdline: &'static str = Box::leak(cmdline.to_owned().into_boxed_str());
     PvBuildConfig {
+        nr_pages: u64::MAX,
         ramdisk,
         cmdline,
         vcpus: 1,
