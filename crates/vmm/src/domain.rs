@@ -384,11 +384,11 @@ impl Domain {
         let created_at = Instant::now();
         config.validate()?;
         let guest_bytes = config.memory_mib << 20;
-        // A PV domain's RAM is followed by rxen's pages (rounded to GuestRam's 2 MiB).
-        let mem_bytes = match kind {
-            BootKind::Rxen => guest_bytes,
-            BootKind::XenPv => guest_bytes + (2 << 20),
-        };
+        let guest_pages = guest_bytes / rxen_abi::PAGE_SIZE;
+        // A PV domain's RAM is followed by rxen's pages (stub, TSS, M2P...).
+        let pv_layout = (kind == BootKind::XenPv)
+            .then(|| crate::pv::rxen_area::AreaLayout::for_guest(guest_pages));
+        let mem_bytes = guest_bytes + pv_layout.map_or(0, |l| l.bytes());
         let kvm = kvm()?;
         let ram = Arc::new(GuestRam::new(&config.name, mem_bytes)?);
         let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
@@ -404,11 +404,9 @@ impl Domain {
                 Arc::new(v)
             })
             .collect();
-        let guest_pages = guest_bytes / rxen_abi::PAGE_SIZE;
-        let pv_area = match kind {
-            BootKind::Rxen => None,
-            BootKind::XenPv => Some(crate::pv::rxen_area::write(&ram, guest_pages)?),
-        };
+        let pv_area = pv_layout
+            .map(|l| crate::pv::rxen_area::write(&ram, l))
+            .transpose()?;
         let shared_info_base = pv_area.map_or(layout::SHARED_INFO, |a| a.shared_info_maddr);
         let shared_info = SharedInfoPage::new(ram.clone(), shared_info_base)?;
         let mut evtchn = EventChannels::new(

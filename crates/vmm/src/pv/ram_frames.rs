@@ -14,11 +14,23 @@ use crate::memory::{GuestRam, MemoryError};
 #[derive(Debug, Clone, Copy)]
 pub struct RamFrames<'a> {
     ram: &'a GuestRam,
+    /// Guest-physical address and entry count of the M2P, if the domain has one.
+    m2p: Option<(u64, u64)>,
 }
 
 impl<'a> RamFrames<'a> {
+    /// Frames of `ram`, without an M2P ([`GuestFrames::set_m2p`] does nothing).
     pub fn new(ram: &'a GuestRam) -> Self {
-        RamFrames { ram }
+        RamFrames { ram, m2p: None }
+    }
+
+    /// Frames of `ram` whose M2P (`entries` eight-byte entries) is at guest-physical
+    /// `base`.
+    pub fn with_m2p(ram: &'a GuestRam, base: u64, entries: u64) -> Self {
+        RamFrames {
+            ram,
+            m2p: Some((base, entries)),
+        }
     }
 
     /// The RAM behind the frames.
@@ -53,10 +65,18 @@ impl GuestFrames for RamFrames<'_> {
         self.ram.nr_pages()
     }
 
-    /// No M2P table exists yet in guest memory (see docs/architecture.md, "Direct-paging
-    /// MMU core": the M2P lives in rxen frames still to be placed); at build time
-    /// mfn == pfn, which is what the guest assumes until it is told otherwise.
-    fn set_m2p(&mut self, _mfn: u64, _pfn: u64) {}
+    /// Writes the M2P entry, if there is an M2P and `mfn` is inside it.
+    fn set_m2p(&mut self, mfn: u64, pfn: u64) {
+        let Some((base, entries)) = self.m2p else {
+            return;
+        };
+        if mfn >= entries {
+            return;
+        }
+        if let Ok(word) = self.ram.atomic_u64(base + mfn * 8) {
+            word.store(pfn, Ordering::Release);
+        }
+    }
 }
 
 /// Byte access the PV builder needs besides [`GuestFrames`].
