@@ -41,6 +41,13 @@ pub struct BootInfo {
     pub image_end: u64,
     /// The xenstore and console rings as written into `start_info`.
     pub report: BootReport,
+    /// Virtual address of the `syscall` stub (`MSR_LSTAR`).
+    pub syscall_stub: u64,
+    /// Virtual address of the TSS (the TR base).
+    pub tss_base: u64,
+    /// Code and data selectors vCPU 0 starts with (Xen's flat selectors for PV
+    /// kernels; rxen's `0x33`/`0x2b` otherwise).
+    pub selectors: (u16, u16),
 }
 
 /// Event channels the builder wires into `start_info`.
@@ -126,9 +133,9 @@ fn build_hypercall_page(ram: &GuestRam) -> Result<(), MemoryError> {
 /// Writes the TSS: no stacks (the guest never enters CPL 0), and an I/O permission
 /// bitmap that allows exactly the hypercall and null ports (4 byte ports each) and the
 /// syscall stub's port. KVM consults it when it
-/// emulates a guest `out`.
-fn build_tss(ram: &GuestRam) -> Result<(), MemoryError> {
-    ram.write_obj(TSS + 0x66, &(TSS_IOMAP_OFFSET as u16))?;
+/// emulates a guest `out`. Written at guest-physical `base` (three pages).
+pub(crate) fn write_tss(ram: &GuestRam, base: u64) -> Result<(), MemoryError> {
+    ram.write_obj(base + 0x66, &(TSS_IOMAP_OFFSET as u16))?;
     let mut bitmap = vec![0xffu8; 8192 + 1];
     // A 4-byte `out` needs all four of its byte ports allowed.
     for base in [HYPERCALL_PORT, NULL_PORT] {
@@ -138,7 +145,7 @@ fn build_tss(ram: &GuestRam) -> Result<(), MemoryError> {
     }
     // The syscall stub's one-byte `out` (the VMM checks it comes from the stub).
     bitmap[SYSCALL_STUB_PORT as usize / 8] &= !(1 << (SYSCALL_STUB_PORT % 8));
-    ram.write(TSS + TSS_IOMAP_OFFSET, &bitmap)
+    ram.write(base + TSS_IOMAP_OFFSET, &bitmap)
 }
 
 /// Builds the domain: loads `image`, writes page tables, hypercall page and
@@ -157,7 +164,7 @@ pub fn build(
     let nr_pt_frames = build_page_tables(ram)?;
     build_hypercall_page(ram)?;
     ram.write(SYSCALL_STUB, &crate::vcpu::syscall::stub_page())?;
-    build_tss(ram)?;
+    write_tss(ram, TSS)?;
 
     let mut si = StartInfo::new_zeroed();
     si.magic[..START_INFO_MAGIC.len()].copy_from_slice(START_INFO_MAGIC);
@@ -186,6 +193,9 @@ pub fn build(
         nr_pt_frames,
         image_end: elf.end(),
         report,
+        syscall_stub: SYSCALL_STUB,
+        tss_base: TSS,
+        selectors: (crate::vcpu::regs::USER_CS, crate::vcpu::regs::USER_DS),
     })
 }
 

@@ -111,6 +111,19 @@ pub enum DomainError {
     Syscall(#[from] vcpu::syscall::SyscallSetupError),
     #[error("starting a thread: {0}")]
     Thread(std::io::Error),
+    #[error("building the PV domain: {0}")]
+    PvBuild(#[from] crate::pv::builder::PvBuildError),
+}
+
+/// What kind of kernel a domain boots, which decides its start-of-day layout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BootKind {
+    /// An rxen SDK guest on rxen's own layout (docs/guest-abi.md).
+    #[default]
+    Rxen,
+    /// An unmodified Xen PV kernel on Xen's PV layout (`crate::pv`; the MMU
+    /// hypercalls, traps and callbacks are not wired yet).
+    XenPv,
 }
 
 fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> DomainError {
@@ -165,6 +178,8 @@ pub struct DomainShared {
     pub console: Console,
     pub timers: Arc<TimerQueue>,
     pub boot: BootInfo,
+    /// The direct-paging MMU state of a Xen PV domain (not yet used by hypercalls).
+    pub pv_mmu: Option<Mutex<crate::pv::mmu::Mmu>>,
     /// Event channels the builder allocated for domain 0 (xenstore, console).
     pub boot_channels: BootChannels,
     exit: Mutex<Option<DomainExit>>,
@@ -356,9 +371,24 @@ impl Domain {
         image: &[u8],
         sink: Box<dyn ConsoleSink>,
     ) -> Result<Domain, DomainError> {
+        Self::create_as(config, image, sink, BootKind::Rxen)
+    }
+
+    /// Builds and starts a domain from a guest ELF image of kind `kind`.
+    pub fn create_as(
+        config: DomainConfig,
+        image: &[u8],
+        sink: Box<dyn ConsoleSink>,
+        kind: BootKind,
+    ) -> Result<Domain, DomainError> {
         let created_at = Instant::now();
         config.validate()?;
-        let mem_bytes = config.memory_mib << 20;
+        let guest_bytes = config.memory_mib << 20;
+        let guest_pages = guest_bytes / rxen_abi::PAGE_SIZE;
+        // A PV domain's RAM is followed by rxen's pages (stub, TSS, M2P...).
+        let pv_layout = (kind == BootKind::XenPv)
+            .then(|| crate::pv::rxen_area::AreaLayout::for_guest(guest_pages));
+        let mem_bytes = guest_bytes + pv_layout.map_or(0, |l| l.bytes());
         let kvm = kvm()?;
         let ram = Arc::new(GuestRam::new(&config.name, mem_bytes)?);
         let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
@@ -374,7 +404,11 @@ impl Domain {
                 Arc::new(v)
             })
             .collect();
-        let shared_info = SharedInfoPage::new(ram.clone(), layout::SHARED_INFO)?;
+        let pv_area = pv_layout
+            .map(|l| crate::pv::rxen_area::write(&ram, l))
+            .transpose()?;
+        let shared_info_base = pv_area.map_or(layout::SHARED_INFO, |a| a.shared_info_maddr);
+        let shared_info = SharedInfoPage::new(ram.clone(), shared_info_base)?;
         let mut evtchn = EventChannels::new(
             config.domid,
             config.vcpus,
@@ -390,17 +424,49 @@ impl Domain {
                 .alloc_unbound(rxen_abi::DOMID_SELF, 0)
                 .map_err(|e| DomainError::Config(format!("evtchn {e}")))?,
         };
-        let boot = builder::build(&ram, image, &config.cmdline, channels)?;
+        let (boot, pv_mmu) = match &pv_area {
+            None => (
+                builder::build(&ram, image, &config.cmdline, channels)?,
+                None,
+            ),
+            Some(area) => {
+                let (boot, mmu) = crate::pv::boot::build(
+                    &ram,
+                    guest_pages,
+                    image,
+                    &config.cmdline,
+                    config.vcpus,
+                    channels,
+                    area,
+                )?;
+                // Xen starts every vCPU with events masked.
+                for v in 0..config.vcpus {
+                    shared_info.set_upcall_mask(v, true);
+                }
+                (boot, Some(Mutex::new(mmu)))
+            }
+        };
 
         let sync_regs =
             kvm.check_extension(Cap::SyncRegs) && std::env::var_os("RXEN_NO_SYNC_REGS").is_none();
         let mut fds = Vec::new();
         for i in 0..config.vcpus {
             let fd = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
-            vcpu::syscall::program_msrs(&fd)?;
+            vcpu::syscall::program_msrs(&fd, boot.syscall_stub)?;
             let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
-            fd.set_sregs(&regs::long_mode_sregs(sregs, boot.cr3))
-                .map_err(kvm_err("set sregs"))?;
+            let mut sregs = regs::long_mode_sregs(sregs, boot.cr3);
+            sregs.tr.base = boot.tss_base;
+            sregs.cs.selector = boot.selectors.0;
+            for seg in [
+                &mut sregs.ss,
+                &mut sregs.ds,
+                &mut sregs.es,
+                &mut sregs.fs,
+                &mut sregs.gs,
+            ] {
+                seg.selector = boot.selectors.1;
+            }
+            fd.set_sregs(&sregs).map_err(kvm_err("set sregs"))?;
             let fpu = kvm_bindings::kvm_fpu {
                 fcw: 0x37f,
                 mxcsr: 0x1f80,
@@ -439,6 +505,7 @@ impl Domain {
             console,
             timers: Arc::new(TimerQueue::default()),
             boot,
+            pv_mmu,
             boot_channels: channels,
             exit: Mutex::new(None),
             exit_cond: Condvar::new(),

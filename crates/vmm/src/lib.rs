@@ -31,5 +31,5 @@ pub mod timers;
 pub mod vcpu;
 pub mod xsrelay;
 
-pub use domain::{Domain, DomainConfig, DomainError, DomainShared};
+pub use domain::{BootKind, Domain, DomainConfig, DomainError, DomainShared};
 pub use exit::DomainExit;

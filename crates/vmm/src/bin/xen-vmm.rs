@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use rxen_vmm::console::{ConsoleLimits, ConsoleSink, RotatingLog, StdoutSink};
-use rxen_vmm::{Domain, DomainConfig, DomainExit};
+use rxen_vmm::{BootKind, Domain, DomainConfig, DomainExit};
 use rxen_vmm_api::ExitKind;
 
 /// Exit status of a usage error (bad arguments; clap uses it too).
@@ -44,6 +44,13 @@ enum Cmd {
         /// Without it, the embedded default guest runs.
         #[arg(long)]
         kernel: Option<PathBuf>,
+        /// The kernel is an unmodified Xen PV kernel (Xen ELF notes; e.g. Mini-OS or
+        /// PV-GRUB): build it on Xen's PV start-of-day layout instead of rxen's.
+        /// Experimental: the MMU hypercalls, traps and callbacks are not wired yet, so
+        /// such a kernel stops at its first hypercall that needs them. Hypercalls are
+        /// logged with RXEN_LOG=rxen_vmm=trace.
+        #[arg(long, requires = "kernel")]
+        pv: bool,
         /// Guest memory in MiB (a multiple of 2, 8..=16384).
         #[arg(long, default_value_t = 32)]
         memory: u64,
@@ -154,6 +161,7 @@ fn main() -> ExitCode {
     }
     let Cmd::Run {
         kernel,
+        pv,
         memory,
         vcpus,
         cmdline,
@@ -216,7 +224,8 @@ fn main() -> ExitCode {
             }
         },
     };
-    let domain = match Domain::create(config, &image, sink) {
+    let kind = if pv { BootKind::XenPv } else { BootKind::Rxen };
+    let domain = match Domain::create_as(config, &image, sink, kind) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("xen-vmm: cannot create domain: {e}");

@@ -7,14 +7,20 @@
 //! computes Xen's start-of-day layout for a 64-bit PV domain ([`layout`]) as plain data.
 //! [`mmu`] validates page-table changes like Xen's direct-paging MMU, over an abstract
 //! frame store (not yet wired into running domains).
-//! Writing that layout into guest memory and building the page tables belongs to the
-//! domain builder that uses it; nothing here may perform I/O or panic on input.
+//! [`builder`] writes that layout into guest memory ([`ram_frames`] adapts the VMM's
+//! `GuestRam`), builds and pins the bootstrap page tables and writes the hypercall page
+//! ([`hypercall_page`]); nothing here may perform file I/O, touch KVM or panic on input.
 
+pub mod boot;
+pub mod builder;
 pub mod elfnotes;
 pub mod features;
+pub mod hypercall_page;
 pub mod image;
 pub mod layout;
 pub mod mmu;
+pub mod ram_frames;
+pub mod rxen_area;
 pub mod xen_guest;
 
 pub use elfnotes::{ElfNotesError, NoteSource, XenNotes};

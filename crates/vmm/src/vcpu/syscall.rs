@@ -59,8 +59,14 @@ const GUEST_FLAGS: u64 = 0x8d5 | 0x400;
 /// domain.
 const ENTRY_COMPAT: u64 = 0x10;
 
-/// `rip` after the stub's `out`: where the VMM sees a `syscall` hypercall.
+/// `rip` after the stub's `out` for rxen's own layout: where the VMM sees a `syscall`
+/// hypercall. (PV domains have their stub elsewhere: [`rip_after_exit`].)
 pub const RIP_AFTER_EXIT: u64 = SYSCALL_STUB + 2;
+
+/// `rip` after the `out` of the stub mapped at `stub`.
+pub const fn rip_after_exit(stub: u64) -> u64 {
+    stub + 2
+}
 
 /// The stub page's bytes: `out SYSCALL_STUB_PORT, al; ud2` at the 64-bit entry, `ud2`
 /// at the compatibility entry, `int3` everywhere else.
@@ -72,13 +78,14 @@ pub fn stub_page() -> [u8; PAGE_SIZE as usize] {
     page
 }
 
-/// Programs the vCPU's `syscall` MSRs so that `syscall` lands in the stub.
-pub fn program_msrs(fd: &VcpuFd) -> Result<(), SyscallSetupError> {
+/// Programs the vCPU's `syscall` MSRs so that `syscall` lands in the stub, mapped at
+/// virtual address `stub` ([`SYSCALL_STUB`] in rxen's own layout).
+pub fn program_msrs(fd: &VcpuFd, stub: u64) -> Result<(), SyscallSetupError> {
     let star = (u64::from(SYSRET_BASE) << 48) | (u64::from(KERNEL_CS) << 32);
     let entries = [
         (MSR_STAR, star),
-        (MSR_LSTAR, SYSCALL_STUB),
-        (MSR_CSTAR, SYSCALL_STUB + ENTRY_COMPAT),
+        (MSR_LSTAR, stub),
+        (MSR_CSTAR, stub + ENTRY_COMPAT),
         (MSR_SYSCALL_MASK, SYSCALL_MASK),
     ]
     .map(|(index, data)| kvm_msr_entry {
@@ -114,9 +121,10 @@ pub enum BadEntry {
     BadReturn { rcx: u64 },
 }
 
-/// Checks that the exit came from the stub and that `rcx` is a place to return to.
-pub fn check_entry(r: &kvm_regs) -> Result<(), BadEntry> {
-    if r.rip != RIP_AFTER_EXIT {
+/// Checks that the exit came from the stub at `stub` and that `rcx` is a place to
+/// return to.
+pub fn check_entry(r: &kvm_regs, stub: u64) -> Result<(), BadEntry> {
+    if r.rip != rip_after_exit(stub) {
         return Err(BadEntry::NotFromStub { rip: r.rip });
     }
     if !regs::is_canonical_user(r.rcx) {
@@ -166,7 +174,7 @@ mod tests {
             r11: u64::MAX,
             ..Default::default()
         };
-        assert_eq!(check_entry(&r), Ok(()));
+        assert_eq!(check_entry(&r, SYSCALL_STUB), Ok(()));
         return_regs(&mut r, -38);
         assert_eq!(r.rip, 0x40_1234);
         assert_eq!(r.rax as i64, -38);
@@ -185,11 +193,14 @@ mod tests {
         let mut r = ok;
         r.rip = 0x40_0002;
         assert_eq!(
-            check_entry(&r),
+            check_entry(&r, SYSCALL_STUB),
             Err(BadEntry::NotFromStub { rip: 0x40_0002 })
         );
         let mut r = ok;
         r.rcx = 0xffff_8000_0000_0000;
-        assert!(matches!(check_entry(&r), Err(BadEntry::BadReturn { .. })));
+        assert!(matches!(
+            check_entry(&r, SYSCALL_STUB),
+            Err(BadEntry::BadReturn { .. })
+        ));
     }
 }

@@ -23,7 +23,7 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
             }
         }
     };
-    if let Err(bad) = syscall::check_entry(&regs) {
+    if let Err(bad) = syscall::check_entry(&regs, dom.boot.syscall_stub) {
         let registers = format!("{bad}; {}", super::thread::dump_registers(fd));
         dom.request_exit(DomainExit::TripleFault {
             vcpu: id,

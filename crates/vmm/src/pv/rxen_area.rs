@@ -1,0 +1,233 @@
+//! rxen's own pages in a PV domain: the frames after the guest's RAM hold the
+//! `shared_info` page, the `syscall` stub, the TSS (whose I/O bitmap lets the stub's
+//! `out` through), the read-only machine-to-phys table (M2P) and the page tables that
+//! map them in two reserved L4 slots, where the guest can read (M2P) or execute (stub)
+//! them but never map or change them (the MMU owns those slots and refuses rxen's
+//! frames).
+//!
+//! Why here: with Xen's PV layout the guest's kernel occupies the low virtual
+//! addresses where rxen's own layout keeps the stub (0x9000) and the TSS (0x6000), so
+//! `MSR_LSTAR` and the TR base must point elsewhere. `syscall` on this host jumps to
+//! `LSTAR` at CPL 3 (see `vcpu/syscall.rs`), so the stub is mapped user-executable,
+//! read-only; KVM reads the TSS's I/O bitmap with a supervisor access. The M2P sits at
+//! Xen's `RO_MPT_VIRT_START` (slot 256), as PV kernels expect; entry `mfn` holds the
+//! pfn (`mfn == pfn` for the guest's RAM, `!0` for rxen's frames).
+//!
+//! Frames, from `first` (the first frame after the guest's RAM): 0 `shared_info`,
+//! 1 stub, 2..=4 TSS, 5 L3, 6 L2, 7 L1 (slot 257), 8 M2P L3, 9 M2P L2 (slot 256),
+//! then the M2P's L1s, then the M2P itself.
+
+use rxen_abi::mmu::{HYPERVISOR_VIRT_START, RO_MPT_VIRT_START};
+
+use super::layout::PAGE_SIZE;
+use super::mmu::entry::{PAGE_ACCESSED, PAGE_NX, PAGE_PRESENT, PAGE_USER};
+use crate::memory::{GuestRam, MemoryError};
+
+/// L4 slot of rxen's stub and TSS mapping (257: slot 256 is the M2P's).
+pub const RXEN_L4_SLOT: usize = 257;
+/// L4 slot of the M2P (`RO_MPT_VIRT_START`).
+pub const M2P_L4_SLOT: usize = 256;
+/// Virtual address of rxen's mapping (its L1 index 0 is left unmapped).
+pub const RXEN_VA: u64 = HYPERVISOR_VIRT_START + (1 << 39);
+/// Virtual address of the `syscall` stub (`MSR_LSTAR`).
+pub const STUB_VA: u64 = RXEN_VA + PAGE_SIZE;
+/// Virtual address of the TSS (the TR base).
+pub const TSS_VA: u64 = RXEN_VA + 2 * PAGE_SIZE;
+/// rxen's RAM is added in these steps (GuestRam sizes are multiples of 2 MiB).
+const STEP_PAGES: u64 = 512;
+/// `INVALID_M2P_ENTRY`.
+const INVALID_M2P: u64 = !0;
+
+const SHARED_INFO: u64 = 0;
+const STUB: u64 = 1;
+const TSS: u64 = 2;
+const TSS_PAGES: u64 = 3;
+const L3: u64 = 5;
+const L2: u64 = 6;
+const L1: u64 = 7;
+const M2P_L3: u64 = 8;
+const M2P_L2: u64 = 9;
+const M2P_L1: u64 = 10;
+const LINK: u64 = PAGE_PRESENT | PAGE_USER | PAGE_ACCESSED;
+
+/// Where rxen's pages go for a domain of `guest_pages`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AreaLayout {
+    /// First frame after the guest's RAM.
+    pub first: u64,
+    /// Frames rxen adds (a multiple of 512).
+    pub pages: u64,
+    m2p_l1s: u64,
+    m2p_pages: u64,
+}
+
+impl AreaLayout {
+    /// The smallest area (in 2 MiB steps) that holds rxen's pages and an M2P covering
+    /// every frame of the domain's RAM, its own included.
+    pub fn for_guest(guest_pages: u64) -> Self {
+        let mut pages = STEP_PAGES;
+        loop {
+            let total = guest_pages + pages;
+            let m2p_pages = (total * 8).div_ceil(PAGE_SIZE);
+            let m2p_l1s = m2p_pages.div_ceil(512);
+            if M2P_L1 + m2p_l1s + m2p_pages <= pages {
+                return AreaLayout {
+                    first: guest_pages,
+                    pages,
+                    m2p_l1s,
+                    m2p_pages,
+                };
+            }
+            pages += STEP_PAGES;
+        }
+    }
+
+    /// Bytes of RAM rxen adds after the guest's.
+    pub fn bytes(&self) -> u64 {
+        self.pages * PAGE_SIZE
+    }
+
+    fn frame(&self, i: u64) -> u64 {
+        (self.first + i) * PAGE_SIZE
+    }
+
+    /// Guest-physical address of the M2P's first entry, and its number of entries.
+    pub fn m2p(&self) -> (u64, u64) {
+        (self.frame(M2P_L1 + self.m2p_l1s), self.first + self.pages)
+    }
+}
+
+/// Where rxen's pages went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RxenArea {
+    pub layout: AreaLayout,
+    /// Machine (= guest-physical) address of `shared_info`.
+    pub shared_info_maddr: u64,
+    pub stub_va: u64,
+    pub tss_va: u64,
+    /// What L4 slot [`RXEN_L4_SLOT`] holds in every validated L4.
+    pub l4_entry: u64,
+    /// What L4 slot [`M2P_L4_SLOT`] holds in every validated L4.
+    pub m2p_l4_entry: u64,
+}
+
+/// Writes rxen's pages into `ram` where `layout` puts them.
+pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError> {
+    let frame = |i: u64| layout.frame(i);
+    let zeros = [0u8; PAGE_SIZE as usize];
+    for i in 0..M2P_L1 + layout.m2p_l1s {
+        ram.write(frame(i), &zeros)?;
+    }
+    ram.write(frame(STUB), &crate::vcpu::syscall::stub_page())?;
+    crate::builder::write_tss(ram, frame(TSS))?;
+    let slot = |va: u64, shift: u32| ((va >> shift) & 511) * 8;
+    ram.write_obj(frame(L3) + slot(RXEN_VA, 30), &(frame(L2) | LINK))?;
+    ram.write_obj(frame(L2) + slot(RXEN_VA, 21), &(frame(L1) | LINK))?;
+    ram.write_obj(frame(L1) + slot(STUB_VA, 12), &(frame(STUB) | LINK))?;
+    for i in 0..TSS_PAGES {
+        let va = TSS_VA + i * PAGE_SIZE;
+        ram.write_obj(frame(L1) + slot(va, 12), &(frame(TSS + i) | LINK | PAGE_NX))?;
+    }
+    // The M2P: slot 256 -> one L3 -> one L2 -> its L1s -> its pages, read-only.
+    ram.write_obj(
+        frame(M2P_L3) + slot(RO_MPT_VIRT_START, 30),
+        &(frame(M2P_L2) | LINK),
+    )?;
+    for l1 in 0..layout.m2p_l1s {
+        let va = RO_MPT_VIRT_START + l1 * (2 << 20);
+        ram.write_obj(frame(M2P_L2) + slot(va, 21), &(frame(M2P_L1 + l1) | LINK))?;
+    }
+    let first_m2p = M2P_L1 + layout.m2p_l1s;
+    for p in 0..layout.m2p_pages {
+        let l1 = frame(M2P_L1 + p / 512);
+        ram.write_obj(l1 + (p % 512) * 8, &(frame(first_m2p + p) | LINK | PAGE_NX))?;
+    }
+    let (m2p_base, entries) = layout.m2p();
+    let mut page = vec![0u8; PAGE_SIZE as usize];
+    for p in 0..layout.m2p_pages {
+        for (j, e) in page.chunks_exact_mut(8).enumerate() {
+            let mfn = p * 512 + j as u64;
+            let pfn = if mfn < layout.first { mfn } else { INVALID_M2P };
+            e.copy_from_slice(&pfn.to_le_bytes());
+        }
+        ram.write(m2p_base + p * PAGE_SIZE, &page)?;
+    }
+    debug_assert!(entries <= layout.m2p_pages * 512);
+    Ok(RxenArea {
+        layout,
+        shared_info_maddr: frame(SHARED_INFO),
+        stub_va: STUB_VA,
+        tss_va: TSS_VA,
+        l4_entry: frame(L3) | LINK,
+        m2p_l4_entry: frame(M2P_L3) | LINK,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDR: u64 = 0x000f_ffff_ffff_f000;
+
+    fn walk(ram: &GuestRam, l4_entry: u64, va: u64) -> u64 {
+        let mut table = l4_entry & ADDR;
+        for shift in [30u32, 21, 12] {
+            let e: u64 = ram.read_obj(table + ((va >> shift) & 511) * 8).unwrap();
+            if shift == 12 || e & PAGE_PRESENT == 0 {
+                return e;
+            }
+            table = e & ADDR;
+        }
+        0
+    }
+
+    #[test]
+    fn slots_and_addresses() {
+        assert_eq!((RXEN_VA >> 39) & 511, RXEN_L4_SLOT as u64);
+        assert_eq!((RO_MPT_VIRT_START >> 39) & 511, M2P_L4_SLOT as u64);
+        assert_eq!(STUB_VA, 0xffff_8080_0000_1000);
+    }
+
+    #[test]
+    fn area_grows_with_the_m2p() {
+        // 32 MiB: one 2 MiB step. 16 GiB: the M2P alone needs 8 MiB + L1s.
+        assert_eq!(AreaLayout::for_guest(8192).pages, 512);
+        let big = AreaLayout::for_guest(4 << 20);
+        let (_, entries) = big.m2p();
+        assert!(big.m2p_pages * 512 >= entries);
+        assert!(M2P_L1 + big.m2p_l1s + big.m2p_pages <= big.pages);
+        assert_eq!(big.pages % 512, 0);
+    }
+
+    #[test]
+    fn maps_stub_tss_and_m2p_read_only() {
+        let ram = GuestRam::new("rxen-area", 10 << 20).unwrap();
+        let layout = AreaLayout::for_guest(2048);
+        assert_eq!(layout.bytes(), 2 << 20);
+        let area = write(&ram, layout).unwrap();
+        let first = layout.first;
+        let stub = walk(&ram, area.l4_entry, STUB_VA);
+        assert_eq!(stub & ADDR, (first + 1) * PAGE_SIZE);
+        assert_eq!(stub & 0xfff, LINK);
+        assert_eq!(walk(&ram, area.l4_entry, TSS_VA + 2 * PAGE_SIZE) >> 63, 1);
+        assert_eq!(
+            walk(&ram, area.l4_entry, RXEN_VA),
+            0,
+            "shared_info unmapped"
+        );
+        let mut b = [0u8; 2];
+        ram.read((first + 1) * PAGE_SIZE, &mut b).unwrap();
+        assert_eq!(b, [0xE6, rxen_abi::layout::SYSCALL_STUB_PORT as u8]);
+        // The M2P read through its mapping: mfn 0x78 -> 0x78, rxen's frames invalid.
+        let read_m2p = |mfn: u64| {
+            let va = RO_MPT_VIRT_START + mfn * 8;
+            let e = walk(&ram, area.m2p_l4_entry, va);
+            assert_eq!(e & 0xfff, LINK, "read-only user mapping");
+            ram.read_obj::<u64>((e & ADDR) + (va & 0xfff)).unwrap()
+        };
+        assert_eq!(read_m2p(0x78), 0x78);
+        assert_eq!(read_m2p(2047), 2047);
+        assert_eq!(read_m2p(2048), !0);
+        assert_eq!(read_m2p(2048 + 511), !0);
+    }
+}
