@@ -172,6 +172,8 @@ pub struct DomainShared {
     pub shutdown_code: Mutex<Option<u32>>,
     /// `(generation, armed)` of each watchdog slot.
     pub watchdogs: Mutex<[(u64, bool); NR_WATCHDOGS]>,
+    /// Each vCPU's trap table and callbacks (`set_trap_table`, `callback_op`).
+    pub traps: crate::traps::DomainTraps,
 }
 
 impl DomainShared {
@@ -426,6 +428,7 @@ impl Domain {
 
         let console = Console::with_limits(sink, config.console);
         let grants = crate::grant::GrantTable::new(ram.clone(), config.domid);
+        let config_vcpus = config.vcpus;
         let shared = Arc::new(DomainShared {
             config,
             ram,
@@ -444,6 +447,7 @@ impl Domain {
             exit_cond: Condvar::new(),
             shutdown_code: Mutex::new(None),
             watchdogs: Mutex::new([(0, false); NR_WATCHDOGS]),
+            traps: crate::traps::DomainTraps::new(config_vcpus),
         });
         shared.write_wallclock();
         for i in 0..shared.config.vcpus {

@@ -125,4 +125,19 @@ impl SharedInfoPage {
         )
         .store(masked as u8, SeqCst);
     }
+
+    /// `evtchn_upcall_mask` of `vcpu`.
+    pub fn upcall_mask(&self, vcpu: u32) -> bool {
+        self.byte(
+            off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_MASK,
+        )
+        .load(SeqCst)
+            != 0
+    }
+
+    /// Writes `vcpu_info.arch.cr2` of `vcpu` (Xen's place for a #PF address).
+    pub fn set_cr2(&self, vcpu: u32, cr2: u64) {
+        self.word(off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::ARCH_CR2)
+            .store(cr2, SeqCst);
+    }
 }

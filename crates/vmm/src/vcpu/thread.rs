@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
-use rxen_abi::layout::{HYPERCALL_PORT, NULL_PORT, SYSCALL_STUB_PORT};
+use rxen_abi::layout::{HYPERCALL_PORT, NULL_PORT, SYSCALL_STUB_PORT, TRAP_STUB_PORT};
 
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
@@ -41,6 +41,8 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
     let _attached = unsafe { ctl.thread.attach(ie) };
     if sync_regs {
         fd.set_sync_valid_reg(SyncReg::Register);
+        // `cr2` and the selectors for the trap path (`crate::traps`).
+        fd.set_sync_valid_reg(SyncReg::SystemRegister);
     }
     loop {
         // Scheduling gate: wait until the vCPU may run guest code.
@@ -78,6 +80,14 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
             Ok(VcpuExit::IoOut(SYSCALL_STUB_PORT, _)) => {
                 // `syscall` entry (see `super::syscall`).
                 if super::syscall_exit::handle(&mut fd, &dom, id, sync_regs) {
+                    Next::Continue
+                } else {
+                    Next::Stop
+                }
+            }
+            Ok(VcpuExit::IoOut(TRAP_STUB_PORT, _)) => {
+                // An exception through rxen's IDT (see `crate::traps`).
+                if crate::traps::handle_stub_exit(&mut fd, &dom, id, sync_regs) {
                     Next::Continue
                 } else {
                     Next::Stop
@@ -165,6 +175,14 @@ fn handle_out(
             }
         }
     };
+    if value == rxen_abi::hypercall::IRET {
+        // `iret` through the hypercall page: `rsp` is at the `iret_context`.
+        return if crate::traps::iret::handle(fd, dom, id, sync_regs, &r) {
+            Next::Continue
+        } else {
+            Next::Stop
+        };
+    }
     let call = HypercallArgs {
         nr: value as u64,
         args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
