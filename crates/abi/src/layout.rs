@@ -26,6 +26,10 @@ pub const TSS_END: u64 = 0x9000;
 /// hypercall pointer checks it is part of the hole above the TSS (never a buffer).
 /// See docs/architecture.md.
 pub const SYSCALL_STUB: u64 = 0x9000;
+/// The guest's flat 64-bit code selector in this layout (what exception frames carry).
+pub const FLAT_CS: u16 = 0x33;
+/// The guest's flat data/stack selector in this layout.
+pub const FLAT_SS: u16 = 0x2b;
 /// rxen's GDT (one read-only page): Xen's flat 64-bit selectors as the guest runs with
 /// them (code at 0x33, data at 0x2b, DPL 3), needed for exception delivery.
 pub const GDT: u64 = 0xA000;
