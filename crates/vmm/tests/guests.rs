@@ -271,6 +271,9 @@ fn trap_without_handler_crashes_the_domain() {
     assert_eq!(code, 5, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("traps: nohandler"), "{out}");
     assert!(!out.contains("escaped"), "{out}");
-    assert!(err.contains("vector 14") && err.contains("no handler"), "{err}");
+    assert!(
+        err.contains("vector 14") && err.contains("no handler"),
+        "{err}"
+    );
     assert!(err.contains("rip="), "registers logged: {err}");
 }
