@@ -24,7 +24,7 @@ pub fn handle(traps: &DomainTraps, ram: &GuestRam, vcpu: u32, call: &HypercallAr
         nr::CALLBACK_OP => callback_op(traps, ram, vcpu, a0, a1),
         _ => return None,
     };
-    Some(rc.map_or_else(|e| i64::from(e), |()| 0))
+    Some(rc.map_or_else(i64::from, |()| 0))
 }
 
 /// `set_trap_table(table)`: a null pointer clears the table; otherwise entries are read

@@ -103,7 +103,10 @@ fn recover() {
     );
     ok &= expect("read fault recorded", PF_COUNT.load(SeqCst) == 1);
     ok &= expect("cr2 of the read", PF_CR2.load(SeqCst) == UNMAPPED);
-    ok &= expect("error code: user read, not present", PF_ERR.load(SeqCst) == 4);
+    ok &= expect(
+        "error code: user read, not present",
+        PF_ERR.load(SeqCst) == 4,
+    );
     ok &= expect("rax/rcx/r11 kept", regs == [0x1111, 0x2222, 0x3333]);
     faulting_write(HYPERCALL_PAGE + 8);
     println!(
@@ -112,15 +115,25 @@ fn recover() {
         PF_ERR.load(SeqCst)
     );
     ok &= expect("write fault recorded", PF_COUNT.load(SeqCst) == 2);
-    ok &= expect("cr2 of the write", PF_CR2.load(SeqCst) == HYPERCALL_PAGE + 8);
-    ok &= expect("error code: user write, protection", PF_ERR.load(SeqCst) == 7);
+    ok &= expect(
+        "cr2 of the write",
+        PF_CR2.load(SeqCst) == HYPERCALL_PAGE + 8,
+    );
+    ok &= expect(
+        "error code: user write, protection",
+        PF_ERR.load(SeqCst) == 7,
+    );
     // SAFETY: the #UD handler skips the 2-byte ud2.
     unsafe { asm!("ud2", options(nostack)) };
     ok &= expect("ud2 handled", UD_COUNT.load(SeqCst) == 1);
     // SAFETY: the #BP handler returns after the int3.
     unsafe { asm!("int3", options(nostack)) };
     ok &= expect("int3 handled", BP_COUNT.load(SeqCst) == 1);
-    println!("traps: ud={} int3={}", UD_COUNT.load(SeqCst), BP_COUNT.load(SeqCst));
+    println!(
+        "traps: ud={} int3={}",
+        UD_COUNT.load(SeqCst),
+        BP_COUNT.load(SeqCst)
+    );
 
     let n: u64 = start::cmdline_value("n")
         .and_then(|v| v.parse().ok())
@@ -140,13 +153,19 @@ fn recover() {
         best_r = best_r.min((t1 - t0) * 5 / n);
         best_t = best_t.min((t2 - t1) * 5 / n);
     }
-    ok &= expect("every timed fault handled", PF_COUNT.load(SeqCst) == 2 + n / 5 * 5);
+    ok &= expect(
+        "every timed fault handled",
+        PF_COUNT.load(SeqCst) == 2 + n / 5 * 5,
+    );
     println!("traps trap_bounce_ns={best_t} raw_exit_ns={best_r}");
     println!("traps: {}", if ok { "all checks passed" } else { "FAILED" });
 }
 
 fn main() {
-    let mode = start::cmdline().split_whitespace().next().unwrap_or("recover");
+    let mode = start::cmdline()
+        .split_whitespace()
+        .next()
+        .unwrap_or("recover");
     match mode {
         "nohandler" => {
             if let Err(e) = traps::clear() {
