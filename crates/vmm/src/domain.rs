@@ -129,7 +129,7 @@ pub fn kvm() -> Result<&'static Kvm, DomainError> {
 }
 
 /// Wakes vCPUs on events.
-struct VcpuKicker(Vec<Arc<VcpuControl>>);
+struct VcpuKicker(Vec<Arc<VcpuControl>>, crate::traps::UpcallTargets);
 
 impl Kick for VcpuKicker {
     fn kick(&self, vcpu: u32) {
@@ -140,6 +140,14 @@ impl Kick for VcpuKicker {
         for (i, v) in self.0.iter().enumerate() {
             if i as u32 != vcpu && v.polling.load(std::sync::atomic::Ordering::SeqCst) {
                 v.wake();
+            }
+        }
+    }
+
+    fn upcall(&self, vcpu: u32) {
+        if self.1.wants_upcalls(vcpu) {
+            if let Some(v) = self.0.get(vcpu as usize) {
+                v.thread.kick();
             }
         }
     }
@@ -377,11 +385,12 @@ impl Domain {
             })
             .collect();
         let shared_info = SharedInfoPage::new(ram.clone(), layout::SHARED_INFO)?;
+        let traps = crate::traps::DomainTraps::new(config.vcpus);
         let mut evtchn = EventChannels::new(
             config.domid,
             config.vcpus,
             shared_info.clone(),
-            Arc::new(VcpuKicker(vcpus.clone())),
+            Arc::new(VcpuKicker(vcpus.clone(), traps.upcall_targets())),
         );
         // The store and console pages are connected to domain 0, as Xen's toolstack does.
         let channels = BootChannels {
@@ -428,7 +437,6 @@ impl Domain {
 
         let console = Console::with_limits(sink, config.console);
         let grants = crate::grant::GrantTable::new(ram.clone(), config.domid);
-        let config_vcpus = config.vcpus;
         let shared = Arc::new(DomainShared {
             config,
             ram,
@@ -447,7 +455,7 @@ impl Domain {
             exit_cond: Condvar::new(),
             shutdown_code: Mutex::new(None),
             watchdogs: Mutex::new([(0, false); NR_WATCHDOGS]),
-            traps: crate::traps::DomainTraps::new(config_vcpus),
+            traps,
         });
         shared.write_wallclock();
         for i in 0..shared.config.vcpus {

@@ -277,3 +277,21 @@ fn trap_without_handler_crashes_the_domain() {
     );
     assert!(err.contains("rip="), "registers logged: {err}");
 }
+
+/// Asynchronous event upcalls: a guest spinning without hypercalls, events unmasked,
+/// gets its event callback when its timer fires (the VMM kicks it out of `KVM_RUN`).
+#[test]
+fn event_upcalls_interrupt_a_spinning_guest() {
+    if !kvm_available("event_upcalls_interrupt_a_spinning_guest") {
+        return;
+    }
+    let (code, out, err) = run_guest("traps", &["--cmdline", "upcall n=10"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("traps: upcalls delivered"), "{out}");
+    eprintln!(
+        "{}",
+        out.lines()
+            .find(|l| l.contains("upcall_latency_ns"))
+            .unwrap_or("")
+    );
+}

@@ -83,6 +83,8 @@ trap_entry!("rxen_trap_bp", 3);
 trap_entry!("rxen_trap_ud", 6);
 trap_entry!("rxen_trap_gp", 13, error_code);
 trap_entry!("rxen_trap_pf", 14, error_code);
+// The event callback: Xen's frame has no error code; a pseudo-vector tells dispatch.
+trap_entry!("rxen_event_entry", 255);
 
 // Stack at `rxen_trap_common`: vector, error code, rip, cs, rflags, rsp, ss.
 core::arch::global_asm!(
@@ -138,12 +140,27 @@ extern "C" {
     fn rxen_trap_ud();
     fn rxen_trap_gp();
     fn rxen_trap_pf();
+    fn rxen_event_entry();
 }
+
+/// Pseudo-vector of the event callback in [`rxen_trap_dispatch`].
+const EVENT_VECTOR: u64 = 255;
+
+static EVENT_HANDLER: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn rxen_trap_dispatch(vector: u64, frame: *mut TrapFrame) {
     // SAFETY: `frame` points at the bounce frame on this stack, which lives until the
     // iret below the call.
     let frame = unsafe { &mut *frame };
+    if vector == EVENT_VECTOR {
+        let h = EVENT_HANDLER.load(Ordering::Acquire);
+        if h != 0 {
+            // SAFETY: only `set_event_callback` stores here, always an `fn()`.
+            let h: fn() = unsafe { core::mem::transmute::<usize, fn()>(h) };
+            h();
+        }
+        return;
+    }
     let h = HANDLERS
         .get(vector as usize)
         .map_or(0, |h| h.load(Ordering::Acquire));
@@ -216,4 +233,33 @@ pub fn page_fault_address() -> u64 {
     // SAFETY: shared_info is mapped for the life of the domain; a volatile read of a
     // word the hypervisor writes before delivering the fault.
     unsafe { core::ptr::addr_of!((*si).vcpu_info[v].arch.cr2).read_volatile() }
+}
+
+/// Registers `handler` as this vCPU's event callback (`CALLBACKTYPE_event`, events
+/// masked on entry): the hypervisor then interrupts the running vCPU when events become
+/// pending while `evtchn_upcall_mask` is clear. The handler runs asynchronously, on
+/// the interrupted stack: it must clear `evtchn_upcall_pending` (for example with
+/// [`crate::events::dispatch`], if the interrupted code cannot hold the events lock)
+/// and must not take locks the interrupted code may hold. Returning unmasks events.
+pub fn set_event_callback(handler: fn()) -> Result<(), Errno> {
+    use rxen_abi::callback::{
+        CallbackRegister, CALLBACKF_MASK_EVENTS, CALLBACKOP_REGISTER, CALLBACKTYPE_EVENT,
+    };
+    EVENT_HANDLER.store(handler as usize, Ordering::Release);
+    let reg = CallbackRegister {
+        type_: CALLBACKTYPE_EVENT,
+        flags: CALLBACKF_MASK_EVENTS,
+        pad: 0,
+        address: rxen_event_entry as *const () as u64,
+    };
+    // SAFETY: `reg` is a valid `callback_register` the hypervisor only reads.
+    check(unsafe {
+        hypercall3(
+            nr::CALLBACK_OP,
+            CALLBACKOP_REGISTER,
+            &reg as *const CallbackRegister as u64,
+            0,
+        )
+    })
+    .map(|_| ())
 }

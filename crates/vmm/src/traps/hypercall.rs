@@ -68,6 +68,7 @@ fn set_callbacks(
     t.callbacks.event = cb(event, false);
     t.callbacks.failsafe = cb(failsafe, true);
     t.callbacks.syscall = cb(syscall, true);
+    traps.note_callbacks(vcpu, &t);
     Ok(())
 }
 
@@ -97,6 +98,7 @@ fn callback_op(
                 CALLBACKTYPE_NMI => c.nmi = cb,
                 _ => return Err(-EINVAL),
             }
+            traps.note_callbacks(vcpu, &t);
             Ok(())
         }
         CALLBACKOP_UNREGISTER => {

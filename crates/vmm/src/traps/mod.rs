@@ -19,8 +19,10 @@ pub use exit::handle as handle_stub_exit;
 pub mod hypercall;
 pub mod iret;
 pub mod pages;
+pub mod upcall;
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One entry of a vCPU's trap table (Xen's `trap_info` without the vector).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,10 +80,31 @@ impl Default for VcpuTraps {
     }
 }
 
+/// Which vCPUs have an event callback (and so take asynchronous upcalls); shared
+/// with the event-channel kicker, which interrupts only those.
+#[derive(Debug, Clone)]
+pub struct UpcallTargets(Arc<[AtomicBool]>);
+
+impl UpcallTargets {
+    /// Whether `vcpu` registered an event callback.
+    pub fn wants_upcalls(&self, vcpu: u32) -> bool {
+        self.0
+            .get(vcpu as usize)
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    fn set(&self, vcpu: u32, on: bool) {
+        if let Some(f) = self.0.get(vcpu as usize) {
+            f.store(on, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The trap state of every vCPU of a domain.
 #[derive(Debug)]
 pub struct DomainTraps {
     vcpus: Vec<Mutex<VcpuTraps>>,
+    upcalls: UpcallTargets,
 }
 
 impl DomainTraps {
@@ -90,7 +113,24 @@ impl DomainTraps {
             vcpus: (0..nr_vcpus)
                 .map(|_| Mutex::new(VcpuTraps::default()))
                 .collect(),
+            upcalls: UpcallTargets((0..nr_vcpus).map(|_| AtomicBool::new(false)).collect()),
         }
+    }
+
+    /// The flags the event kicker consults.
+    pub fn upcall_targets(&self) -> UpcallTargets {
+        self.upcalls.clone()
+    }
+
+    /// Whether `vcpu` takes asynchronous upcalls (one atomic load).
+    pub fn wants_upcalls(&self, vcpu: u32) -> bool {
+        self.upcalls.wants_upcalls(vcpu)
+    }
+
+    /// Records whether `vcpu` has an event callback (after `t` changed).
+    pub(crate) fn note_callbacks(&self, vcpu: u32, t: &VcpuTraps) {
+        self.upcalls
+            .set(vcpu, t.callbacks.event.is_some_and(|c| c.address != 0));
     }
 
     /// The trap state of `vcpu`, or `None` for an id the domain does not have.

@@ -44,6 +44,8 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
         // `cr2` and the selectors for the trap path (`crate::traps`).
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
     }
+    // Whether sync regs hold this vCPU's registers (after its first `KVM_RUN`).
+    let mut ran = false;
     loop {
         // Scheduling gate: wait until the vCPU may run guest code.
         let context = {
@@ -62,6 +64,7 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
             }
             s.pending_context.take()
         };
+        let fresh = context.is_none();
         if let Some(ctx) = context {
             if let Err(e) = load_context(&fd, &ctx) {
                 dom.request_exit(DomainExit::Internal(format!(
@@ -70,11 +73,16 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
                 break;
             }
         }
+        // An event upcall due (see `crate::traps::upcall`).
+        if !crate::traps::upcall::maybe_deliver(&mut fd, &dom, id, sync_regs, fresh && ran) {
+            break;
+        }
         if !ctl.thread.enter_guest() {
             // Kicked between the gate and here: read the scheduling record again.
             continue;
         }
         let exit = fd.run();
+        ran = true;
         ctl.thread.leave_guest();
         let next = match exit {
             Ok(VcpuExit::IoOut(SYSCALL_STUB_PORT, _)) => {

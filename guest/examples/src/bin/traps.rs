@@ -8,6 +8,12 @@
 //!   `r11` survived each trap. Prints `traps: pf cr2=.. err=..` per fault and
 //!   `traps: all checks passed`; then, with `n=` (default 2000), times #PF bounces
 //!   against bare port exits: `traps trap_bounce_ns=.. raw_exit_ns=..`.
+//! - `upcall`: registers an event callback and, `n=` times (default 20), arms the
+//!   timer 200 µs ahead and spins (no hypercall) until the callback has run: the VMM
+//!   must interrupt the running vCPU. Prints
+//!   `traps upcall_latency_ns=.. upcall_min_ns=.. upcalls=..`, the time from the timer's
+//!   deadline to the callback (median and minimum) (includes the host timer thread's lateness), and
+//!   `traps: upcalls delivered`.
 //! - `nohandler`: clears the trap table and reads an unmapped address: the domain must
 //!   crash (`traps: escaped` if it ever comes back).
 #![no_std]
@@ -161,6 +167,51 @@ fn recover() {
     println!("traps: {}", if ok { "all checks passed" } else { "FAILED" });
 }
 
+static UPCALLS: AtomicU64 = AtomicU64::new(0);
+static UPCALL_AT: AtomicU64 = AtomicU64::new(0);
+
+fn on_event() {
+    UPCALL_AT.store(time::now_ns(), SeqCst);
+    UPCALLS.fetch_add(1, SeqCst);
+    // Clears evtchn_upcall_pending and the pending bits (the spin loop holds no lock).
+    rxen_guest::events::dispatch();
+}
+
+fn upcalls() {
+    if let Err(e) = traps::set_event_callback(on_event) {
+        println!("traps: callback_op failed: {e}");
+        return;
+    }
+    let n: usize = start::cmdline_value("n")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20)
+        .clamp(1, 256);
+    let mut lat = [0u64; 256];
+    for l in lat.iter_mut().take(n) {
+        let before = UPCALLS.load(SeqCst);
+        let deadline = time::now_ns() + 200_000;
+        time::set_timer(deadline);
+        let give_up = deadline + 2_000_000_000;
+        while UPCALLS.load(SeqCst) == before {
+            if time::now_ns() > give_up {
+                println!("traps: FAILED no upcall within 2 s");
+                return;
+            }
+            core::hint::spin_loop();
+        }
+        *l = UPCALL_AT.load(SeqCst).saturating_sub(deadline);
+    }
+    let lat = &mut lat[..n];
+    lat.sort_unstable();
+    println!(
+        "traps upcall_latency_ns={} upcall_min_ns={} upcalls={}",
+        lat[n / 2],
+        lat[0],
+        UPCALLS.load(SeqCst)
+    );
+    println!("traps: upcalls delivered");
+}
+
 fn main() {
     let mode = start::cmdline()
         .split_whitespace()
@@ -175,6 +226,7 @@ fn main() {
             faulting_read(UNMAPPED);
             println!("traps: escaped");
         }
+        "upcall" => upcalls(),
         _ => recover(),
     }
 }
