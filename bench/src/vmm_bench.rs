@@ -185,6 +185,58 @@ fn pv_hypercall(quick: bool) -> Result<Figure, String> {
     })
 }
 
+/// A guest #PF bounced to the guest's handler and back by the `iret` hypercall
+/// (guest `traps`), against a bare port-I/O exit in the same guest and run.
+fn trap_bounce(quick: bool) -> Result<Figure, String> {
+    let out = run_guest(
+        "traps",
+        32,
+        1,
+        if quick {
+            "recover n=1000"
+        } else {
+            "recover n=20000"
+        },
+    )?;
+    if !out.contains("traps: all checks passed") {
+        return Err(format!("traps guest failed: {out}"));
+    }
+    let (t, r) = (field(&out, "trap_bounce_ns")?, field(&out, "raw_exit_ns")?);
+    Ok(Figure {
+        name: "trap_bounce_us".into(),
+        value: t / 1000.0,
+        unit: "us".into(),
+        baseline: r / 1000.0,
+        ratio: t / r,
+        note: "guest #PF -> trap stub exit -> bounce to the guest handler -> iret hypercall; baseline: raw KVM port-I/O exit, same guest".into(),
+    })
+}
+
+/// An event (the guest's timer VIRQ) to a guest spinning without exits: from the
+/// timer's deadline to the guest's event callback (guest `traps upcall`); baseline: the
+/// minimum of the same run.
+fn upcall_latency(quick: bool) -> Result<Figure, String> {
+    let out = run_guest(
+        "traps",
+        32,
+        1,
+        if quick { "upcall n=20" } else { "upcall n=200" },
+    )?;
+    if !out.contains("traps: upcalls delivered") {
+        return Err(format!("traps guest failed: {out}"));
+    }
+    let median = field(&out, "upcall_latency_ns")?;
+    let min = field(&out, "upcall_min_ns")?;
+    Ok(Figure {
+        name: "upcall_latency_us".into(),
+        value: median / 1000.0,
+        unit: "us".into(),
+        baseline: min / 1000.0,
+        ratio: median / min.max(1.0),
+        note: "timer deadline -> event callback of a spinning guest (median; baseline: min), includes the host timer thread's lateness".into(),
+    })
+}
+
 fn cpu_ratio(quick: bool) -> Result<Figure, String> {
     let iters: u64 = if quick { 10_000_000 } else { 100_000_000 };
     // Interleave guest and native runs and keep the best of each: the host is shared
@@ -320,6 +372,8 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
         "create_to_main_ms",
         "hypercall_vs_raw_exit_ratio",
         "pv_hypercall_us",
+        "trap_bounce_us",
+        "upcall_latency_us",
         "cpu_ratio",
         "mem_ratio",
         "ipi_pingpong_us",
@@ -338,10 +392,12 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
             "/dev/kvm is not usable ({e}); the domain benchmarks need KVM"
         ));
     }
-    let benches: [(&str, Bench); 8] = [
+    let benches: [(&str, Bench); 10] = [
         ("create_to_main_ms", create_to_main),
         ("hypercall_vs_raw_exit_ratio", exit_costs),
         ("pv_hypercall_us", pv_hypercall),
+        ("trap_bounce_us", trap_bounce),
+        ("upcall_latency_us", upcall_latency),
         ("cpu_ratio", cpu_ratio),
         ("mem_ratio", mem_ratio),
         ("ipi_pingpong_us", ipi_pingpong),

@@ -18,6 +18,7 @@ const GUESTS: &[&str] = &[
     "hostile",
     "pvsyscall",
     "granttest",
+    "traps",
 ];
 const DEFAULT_GUEST: &str = "idle";
 

@@ -26,6 +26,24 @@ pub const TSS_END: u64 = 0x9000;
 /// hypercall pointer checks it is part of the hole above the TSS (never a buffer).
 /// See docs/architecture.md.
 pub const SYSCALL_STUB: u64 = 0x9000;
+/// The guest's flat 64-bit code selector in this layout (what exception frames carry).
+pub const FLAT_CS: u16 = 0x33;
+/// The guest's flat data/stack selector in this layout.
+pub const FLAT_SS: u16 = 0x2b;
+/// rxen's GDT (one read-only page): Xen's flat 64-bit selectors as the guest runs with
+/// them (code at 0x33, data at 0x2b, DPL 3), needed for exception delivery.
+pub const GDT: u64 = 0xA000;
+/// rxen's IDT (read-only): gates 0..[`TRAP_VECTORS`] point at the trap stubs through the
+/// guest's own code selector (delivery without a privilege change).
+pub const IDT: u64 = 0xB000;
+/// The trap exit stubs (read-only, executable): vector `v`'s stub is at
+/// `TRAP_STUBS + 16 * v` and is `out TRAP_STUB_PORT, al; ud2`, so the exit's `rip`
+/// tells the vector. See docs/architecture.md.
+pub const TRAP_STUBS: u64 = 0xC000;
+/// Bytes per trap stub.
+pub const TRAP_STUB_SIZE: u64 = 16;
+/// Vectors the IDT covers (the exceptions); `int n` above them raises #GP.
+pub const TRAP_VECTORS: u64 = 32;
 /// Offset of the I/O permission bitmap in the TSS (`iomap_base`).
 pub const TSS_IOMAP_OFFSET: u64 = 0x68;
 /// Inclusive limit of the TSS segment (header + I/O bitmap + terminating byte).
@@ -55,6 +73,8 @@ pub const HYPERCALL_PORT: u16 = 0xCA;
 /// I/O port the `syscall` stub exits through; the VMM accepts it only from the stub
 /// (a write from anywhere else crashes the domain).
 pub const SYSCALL_STUB_PORT: u16 = 0xE0;
+/// I/O port the trap stubs exit through; the VMM accepts it only from a stub.
+pub const TRAP_STUB_PORT: u16 = 0xE1;
 /// I/O port whose writes the VMM discards at once (the raw exit-cost baseline).
 pub const NULL_PORT: u16 = 0x80;
 /// Bytes per hypercall page entry.

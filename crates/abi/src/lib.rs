@@ -13,6 +13,7 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod callback;
 pub mod console;
 pub mod errno;
 pub mod event_channel;

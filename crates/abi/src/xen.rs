@@ -123,6 +123,9 @@ pub mod shared_info_offsets {
     pub const UPCALL_MASK: usize = core::mem::offset_of!(VcpuInfo, evtchn_upcall_mask);
     pub const PENDING_SEL: usize = core::mem::offset_of!(VcpuInfo, evtchn_pending_sel);
     pub const TIME: usize = core::mem::offset_of!(VcpuInfo, time);
+    /// Offset of `vcpu_info.arch.cr2`.
+    pub const ARCH_CR2: usize =
+        core::mem::offset_of!(VcpuInfo, arch) + core::mem::offset_of!(ArchVcpuInfo, cr2);
     pub const WC_VERSION: usize = core::mem::offset_of!(SharedInfo, wc_version);
 }
 

@@ -66,6 +66,9 @@ fn small_page_flags(addr: u64) -> Option<u64> {
         // Read-only and executable: `syscall` jumps here without leaving CPL 3 on this
         // host (see `vcpu::syscall`).
         SYSCALL_STUB => Some(PTE_PRESENT | PTE_USER),
+        // rxen's exception delivery (`crate::traps`): read-only; only the stubs execute.
+        GDT | IDT => Some(PTE_PRESENT | PTE_USER | PTE_NX),
+        TRAP_STUBS => Some(PTE_PRESENT | PTE_USER),
         a if (PAGE_TABLES..PAGE_TABLES_END).contains(&a) || (TSS..TSS_END).contains(&a) => {
             Some(PTE_PRESENT | PTE_USER | PTE_NX)
         }
@@ -144,7 +147,10 @@ pub(crate) fn write_tss(ram: &GuestRam, base: u64) -> Result<(), MemoryError> {
         }
     }
     // The syscall stub's one-byte `out` (the VMM checks it comes from the stub).
-    bitmap[SYSCALL_STUB_PORT as usize / 8] &= !(1 << (SYSCALL_STUB_PORT % 8));
+    // The trap stubs' one-byte `out` (the VMM checks it comes from a stub).
+    for port in [SYSCALL_STUB_PORT, TRAP_STUB_PORT] {
+        bitmap[port as usize / 8] &= !(1 << (port % 8));
+    }
     ram.write(base + TSS_IOMAP_OFFSET, &bitmap)
 }
 
@@ -165,6 +171,9 @@ pub fn build(
     build_hypercall_page(ram)?;
     ram.write(SYSCALL_STUB, &crate::vcpu::syscall::stub_page())?;
     write_tss(ram, TSS)?;
+    ram.write(GDT, &crate::traps::pages::gdt_page())?;
+    ram.write(IDT, &crate::traps::pages::idt_page())?;
+    ram.write(TRAP_STUBS, &crate::traps::pages::stub_page())?;
 
     let mut si = StartInfo::new_zeroed();
     si.magic[..START_INFO_MAGIC.len()].copy_from_slice(START_INFO_MAGIC);
@@ -254,6 +263,22 @@ mod tests {
         let mut first = [0u8; 2];
         ram.read(SYSCALL_STUB, &mut first).unwrap();
         assert_eq!(first, [0xE6, SYSCALL_STUB_PORT as u8]);
+        // rxen's IDT, GDT and trap stubs: read-only; only the stubs executable.
+        for (page, nx) in [(GDT, PTE_NX), (IDT, PTE_NX), (TRAP_STUBS, 0)] {
+            let pte: u64 = ram.read_obj(pt0 + (page / PAGE_SIZE) * 8).unwrap();
+            assert_eq!(pte, page | PTE_PRESENT | PTE_USER | nx);
+        }
+        let mut stub = [0u8; 2];
+        ram.read(TRAP_STUBS + 14 * 16, &mut stub).unwrap();
+        assert_eq!(stub, [0xE6, TRAP_STUB_PORT as u8]);
+        let tss_bitmap: u8 = ram
+            .read_obj(TSS + TSS_IOMAP_OFFSET + u64::from(TRAP_STUB_PORT) / 8)
+            .unwrap();
+        assert_eq!(
+            tss_bitmap & (1 << (TRAP_STUB_PORT % 8)),
+            0,
+            "trap port allowed"
+        );
     }
 
     #[test]

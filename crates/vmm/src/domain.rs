@@ -142,7 +142,7 @@ pub fn kvm() -> Result<&'static Kvm, DomainError> {
 }
 
 /// Wakes vCPUs on events.
-struct VcpuKicker(Vec<Arc<VcpuControl>>);
+struct VcpuKicker(Vec<Arc<VcpuControl>>, crate::traps::UpcallTargets);
 
 impl Kick for VcpuKicker {
     fn kick(&self, vcpu: u32) {
@@ -153,6 +153,14 @@ impl Kick for VcpuKicker {
         for (i, v) in self.0.iter().enumerate() {
             if i as u32 != vcpu && v.polling.load(std::sync::atomic::Ordering::SeqCst) {
                 v.wake();
+            }
+        }
+    }
+
+    fn upcall(&self, vcpu: u32) {
+        if self.1.wants_upcalls(vcpu) {
+            if let Some(v) = self.0.get(vcpu as usize) {
+                v.thread.kick();
             }
         }
     }
@@ -187,6 +195,8 @@ pub struct DomainShared {
     pub shutdown_code: Mutex<Option<u32>>,
     /// `(generation, armed)` of each watchdog slot.
     pub watchdogs: Mutex<[(u64, bool); NR_WATCHDOGS]>,
+    /// Each vCPU's trap table and callbacks (`set_trap_table`, `callback_op`).
+    pub traps: crate::traps::DomainTraps,
 }
 
 impl DomainShared {
@@ -409,11 +419,12 @@ impl Domain {
             .transpose()?;
         let shared_info_base = pv_area.map_or(layout::SHARED_INFO, |a| a.shared_info_maddr);
         let shared_info = SharedInfoPage::new(ram.clone(), shared_info_base)?;
+        let traps = crate::traps::DomainTraps::new(config.vcpus);
         let mut evtchn = EventChannels::new(
             config.domid,
             config.vcpus,
             shared_info.clone(),
-            Arc::new(VcpuKicker(vcpus.clone())),
+            Arc::new(VcpuKicker(vcpus.clone(), traps.upcall_targets())),
         );
         // The store and console pages are connected to domain 0, as Xen's toolstack does.
         let channels = BootChannels {
@@ -456,6 +467,14 @@ impl Domain {
             let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
             let mut sregs = regs::long_mode_sregs(sregs, boot.cr3);
             sregs.tr.base = boot.tss_base;
+            if boot.tss_base != layout::TSS {
+                // A Xen PV layout: rxen's GDT/IDT/trap stubs are not placed in its rxen
+                // area yet, and their addresses in rxen's own layout are guest memory
+                // there. No descriptor tables (an exception ends the domain) rather
+                // than tables the guest could write.
+                sregs.gdt = kvm_bindings::kvm_dtable::default();
+                sregs.idt = kvm_bindings::kvm_dtable::default();
+            }
             sregs.cs.selector = boot.selectors.0;
             for seg in [
                 &mut sregs.ss,
@@ -511,6 +530,7 @@ impl Domain {
             exit_cond: Condvar::new(),
             shutdown_code: Mutex::new(None),
             watchdogs: Mutex::new([(0, false); NR_WATCHDOGS]),
+            traps,
         });
         shared.write_wallclock();
         for i in 0..shared.config.vcpus {

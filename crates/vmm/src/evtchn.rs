@@ -21,6 +21,9 @@ use crate::shared_info::SharedInfoPage;
 pub trait Kick: Send + Sync {
     /// Called after an event became pending for `vcpu` (or for a port it may poll).
     fn kick(&self, vcpu: u32);
+    /// Called when `evtchn_upcall_pending` of `vcpu` went from 0 to 1: a running vCPU
+    /// with an event callback must be interrupted to take the upcall.
+    fn upcall(&self, _vcpu: u32) {}
 }
 
 /// Result type of event-channel operations: a Xen errno on failure.
@@ -361,7 +364,9 @@ impl EventChannels {
         let c = *self.chan(port)?;
         self.shared.set_masked(port, false);
         if self.shared.is_pending(port) {
-            self.shared.mark_vcpu_pending(c.vcpu, port);
+            if self.shared.mark_vcpu_pending(c.vcpu, port) {
+                self.kick.upcall(c.vcpu);
+            }
             self.kick.kick(c.vcpu);
         }
         Ok(())
@@ -375,8 +380,8 @@ impl EventChannels {
         if !self.shared.set_pending(port) {
             return;
         }
-        if !self.shared.is_masked(port) {
-            self.shared.mark_vcpu_pending(c.vcpu, port);
+        if !self.shared.is_masked(port) && self.shared.mark_vcpu_pending(c.vcpu, port) {
+            self.kick.upcall(c.vcpu);
         }
         self.kick.kick(c.vcpu);
     }
@@ -499,11 +504,34 @@ mod tests {
     use std::sync::Mutex;
 
     #[derive(Default)]
-    struct Kicks(Mutex<Vec<u32>>);
+    struct Kicks(Mutex<Vec<u32>>, Mutex<Vec<u32>>);
     impl Kick for Kicks {
         fn kick(&self, vcpu: u32) {
             self.0.lock().unwrap().push(vcpu);
         }
+        fn upcall(&self, vcpu: u32) {
+            self.1.lock().unwrap().push(vcpu);
+        }
+    }
+
+    /// An upcall kick only when `evtchn_upcall_pending` goes from 0 to 1: a burst of
+    /// events costs one kick; once the guest clears the flag, the next event kicks.
+    #[test]
+    fn upcall_kick_only_on_the_rising_edge() {
+        let (mut t, sh, kicks) = table(2);
+        let a = t.bind_ipi(1).unwrap();
+        let b = t.bind_ipi(1).unwrap();
+        t.send(a).unwrap();
+        t.send(b).unwrap();
+        t.send(a).unwrap();
+        assert_eq!(*kicks.1.lock().unwrap(), vec![1]);
+        assert!(sh.upcall_pending(1));
+        // The guest handles its events: clears the flag and the pending bits.
+        sh.clear_pending(a);
+        sh.clear_pending(b);
+        sh.clear_upcall_pending(1);
+        t.send(b).unwrap();
+        assert_eq!(*kicks.1.lock().unwrap(), vec![1, 1]);
     }
 
     fn table(vcpus: u32) -> (EventChannels, SharedInfoPage, Arc<Kicks>) {

@@ -28,6 +28,7 @@ pub mod pv;
 pub mod rawimage;
 pub mod shared_info;
 pub mod timers;
+pub mod traps;
 pub mod vcpu;
 pub mod xsrelay;
 

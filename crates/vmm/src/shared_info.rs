@@ -98,15 +98,16 @@ impl SharedInfoPage {
     }
 
     /// Marks the selector word of `port` pending for `vcpu` and raises its
-    /// `evtchn_upcall_pending`; true if the selector bit was newly set.
+    /// `evtchn_upcall_pending`; true if that flag went from 0 to 1 (the moment to kick
+    /// a running vCPU for an upcall: a burst of events costs one kick).
     pub fn mark_vcpu_pending(&self, vcpu: u32, port: u32) -> bool {
         let (w, _) = Self::split(port);
         let vcpu = vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS;
         let sel = self.word(off::vcpu_info(vcpu) + off::PENDING_SEL);
-        let newly = sel.fetch_or(1u64 << w, SeqCst) & (1u64 << w) == 0;
+        sel.fetch_or(1u64 << w, SeqCst);
         self.byte(off::vcpu_info(vcpu) + off::UPCALL_PENDING)
-            .store(1, SeqCst);
-        newly
+            .swap(1, SeqCst)
+            == 0
     }
 
     /// The `evtchn_upcall_pending` flag of `vcpu`.
@@ -124,5 +125,30 @@ impl SharedInfoPage {
             off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_MASK,
         )
         .store(masked as u8, SeqCst);
+    }
+
+    /// `evtchn_upcall_mask` of `vcpu`.
+    pub fn upcall_mask(&self, vcpu: u32) -> bool {
+        self.byte(
+            off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_MASK,
+        )
+        .load(SeqCst)
+            != 0
+    }
+
+    /// Writes `vcpu_info.arch.cr2` of `vcpu` (Xen's place for a #PF address).
+    pub fn set_cr2(&self, vcpu: u32, cr2: u64) {
+        self.word(off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::ARCH_CR2)
+            .store(cr2, SeqCst);
+    }
+
+    /// Clears `evtchn_upcall_pending` of `vcpu` (what a guest does when it handles its
+    /// events; for tests).
+    #[cfg(test)]
+    pub fn clear_upcall_pending(&self, vcpu: u32) {
+        self.byte(
+            off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_PENDING,
+        )
+        .store(0, SeqCst);
     }
 }

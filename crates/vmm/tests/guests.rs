@@ -244,3 +244,54 @@ fn pvsyscall_stub_abuse_crashes_the_domain() {
         assert!(!out.contains("escaped"), "{attack}: {out}");
     }
 }
+
+/// Xen's trap table and bounce: #PF (read of an unmapped address, write to a read-only
+/// page) with `cr2` and the error code, #UD and `int3` reach the guest's handlers and
+/// return by the `iret` hypercall with the interrupted registers intact.
+#[test]
+fn traps_bounce_to_guest_handlers_and_return() {
+    if !kvm_available("traps_bounce_to_guest_handlers_and_return") {
+        return;
+    }
+    let (code, out, err) = run_guest("traps", &["--cmdline", "recover n=200"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("traps: pf cr2=0x123458 err=0x4"), "{out}");
+    assert!(out.contains("traps: pf cr2=0x3008 err=0x7"), "{out}");
+    assert!(out.contains("traps: ud=1 int3=1"), "{out}");
+    assert!(out.contains("traps: all checks passed"), "{out}");
+}
+
+/// A fault with no handler in the trap table crashes the domain (registers logged).
+#[test]
+fn trap_without_handler_crashes_the_domain() {
+    if !kvm_available("trap_without_handler_crashes_the_domain") {
+        return;
+    }
+    let (code, out, err) = run_guest("traps", &["--cmdline", "nohandler"]);
+    assert_eq!(code, 5, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("traps: nohandler"), "{out}");
+    assert!(!out.contains("escaped"), "{out}");
+    assert!(
+        err.contains("vector 14") && err.contains("no handler"),
+        "{err}"
+    );
+    assert!(err.contains("rip="), "registers logged: {err}");
+}
+
+/// Asynchronous event upcalls: a guest spinning without hypercalls, events unmasked,
+/// gets its event callback when its timer fires (the VMM kicks it out of `KVM_RUN`).
+#[test]
+fn event_upcalls_interrupt_a_spinning_guest() {
+    if !kvm_available("event_upcalls_interrupt_a_spinning_guest") {
+        return;
+    }
+    let (code, out, err) = run_guest("traps", &["--cmdline", "upcall n=10"]);
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(out.contains("traps: upcalls delivered"), "{out}");
+    eprintln!(
+        "{}",
+        out.lines()
+            .find(|l| l.contains("upcall_latency_ns"))
+            .unwrap_or("")
+    );
+}

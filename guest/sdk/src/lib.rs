@@ -26,6 +26,7 @@ pub mod percpu;
 pub mod smp;
 pub mod start;
 pub mod time;
+pub mod traps;
 pub mod xenstore;
 
 pub use rxen_abi as abi;

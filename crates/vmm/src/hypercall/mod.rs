@@ -15,9 +15,13 @@ pub fn handle(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, call: HypercallArgs) -
         v.hypercalls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let rc = match decode::decode(call, &dom.ram) {
-        Ok(op) => exec::execute(dom, vcpu, fd, op),
-        Err(e) => e as i64,
+    let rc = if let Some(rc) = crate::traps::hypercall::handle(&dom.traps, &dom.ram, vcpu, &call) {
+        rc
+    } else {
+        match decode::decode(call, &dom.ram) {
+            Ok(op) => exec::execute(dom, vcpu, fd, op),
+            Err(e) => e as i64,
+        }
     };
     tracing::trace!(
         vcpu,

@@ -88,6 +88,16 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
         unusable: 0,
         padding: 0,
     };
+    sregs.gdt = kvm_bindings::kvm_dtable {
+        base: rxen_abi::layout::GDT,
+        limit: crate::traps::pages::GDT_LIMIT,
+        ..Default::default()
+    };
+    sregs.idt = kvm_bindings::kvm_dtable {
+        base: rxen_abi::layout::IDT,
+        limit: crate::traps::pages::IDT_LIMIT,
+        ..Default::default()
+    };
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     sregs.cr3 = cr3;
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;

@@ -31,6 +31,9 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
         });
         return false;
     }
+    if regs.rax == u64::from(rxen_abi::hypercall::IRET) {
+        return crate::traps::iret::handle(fd, dom, id, sync_regs, &regs);
+    }
     let call = HypercallArgs {
         nr: regs.rax,
         args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8],

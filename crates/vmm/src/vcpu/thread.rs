@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
-use rxen_abi::layout::{HYPERCALL_PORT, NULL_PORT, SYSCALL_STUB_PORT};
+use rxen_abi::layout::{HYPERCALL_PORT, NULL_PORT, SYSCALL_STUB_PORT, TRAP_STUB_PORT};
 
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
@@ -41,7 +41,11 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
     let _attached = unsafe { ctl.thread.attach(ie) };
     if sync_regs {
         fd.set_sync_valid_reg(SyncReg::Register);
+        // `cr2` and the selectors for the trap path (`crate::traps`).
+        fd.set_sync_valid_reg(SyncReg::SystemRegister);
     }
+    // Whether sync regs hold this vCPU's registers (after its first `KVM_RUN`).
+    let mut ran = false;
     loop {
         // Scheduling gate: wait until the vCPU may run guest code.
         let context = {
@@ -60,6 +64,7 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
             }
             s.pending_context.take()
         };
+        let fresh = context.is_none();
         if let Some(ctx) = context {
             if let Err(e) = load_context(&fd, &ctx) {
                 dom.request_exit(DomainExit::Internal(format!(
@@ -68,16 +73,29 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
                 break;
             }
         }
+        // An event upcall due (see `crate::traps::upcall`).
+        if !crate::traps::upcall::maybe_deliver(&mut fd, &dom, id, sync_regs, fresh && ran) {
+            break;
+        }
         if !ctl.thread.enter_guest() {
             // Kicked between the gate and here: read the scheduling record again.
             continue;
         }
         let exit = fd.run();
+        ran = true;
         ctl.thread.leave_guest();
         let next = match exit {
             Ok(VcpuExit::IoOut(SYSCALL_STUB_PORT, _)) => {
                 // `syscall` entry (see `super::syscall`).
                 if super::syscall_exit::handle(&mut fd, &dom, id, sync_regs) {
+                    Next::Continue
+                } else {
+                    Next::Stop
+                }
+            }
+            Ok(VcpuExit::IoOut(TRAP_STUB_PORT, _)) => {
+                // An exception through rxen's IDT (see `crate::traps`).
+                if crate::traps::handle_stub_exit(&mut fd, &dom, id, sync_regs) {
                     Next::Continue
                 } else {
                     Next::Stop
@@ -165,6 +183,14 @@ fn handle_out(
             }
         }
     };
+    if value == rxen_abi::hypercall::IRET {
+        // `iret` through the hypercall page: `rsp` is at the `iret_context`.
+        return if crate::traps::iret::handle(fd, dom, id, sync_regs, &r) {
+            Next::Continue
+        } else {
+            Next::Stop
+        };
+    }
     let call = HypercallArgs {
         nr: value as u64,
         args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],

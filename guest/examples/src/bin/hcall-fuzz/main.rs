@@ -107,6 +107,13 @@ fn main() {
                 vcpu::VCPUOP_DOWN | vcpu::VCPUOP_INITIALISE | vcpu::VCPUOP_UP
             ),
             nr::SET_SEGMENT_BASE => true,
+            // `iret` returns to the frame at `rsp` (a garbage one crashes the domain,
+            // as on Xen).
+            nr::IRET => true,
+            // A garbage event callback is entered at the next event (and crashes the
+            // domain, as on Xen); unregistering and bad commands are still fuzzed.
+            nr::SET_CALLBACKS => true,
+            nr::CALLBACK_OP => cmd == rxen_guest::abi::callback::CALLBACKOP_REGISTER,
             // Console writes from readable memory would only print noise.
             nr::CONSOLE_IO => cmd == 0 && a[2] != 0,
             n if n >= 128 => true, // beyond the hypercall page

@@ -1,0 +1,118 @@
+//! The vCPU thread's side of a trap stub exit: reads the registers, the CPU frame and
+//! `cr2`, and either redirects the vCPU to the guest's handler ([`super::bounce`]) or
+//! ends the domain as a crash.
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::{SyncReg, VcpuFd};
+
+use super::bounce::{self, Undeliverable, VECTOR_PF};
+use super::pages;
+use crate::domain::DomainShared;
+use crate::exit::DomainExit;
+
+/// Reads the registers (sync regs when valid, else ioctls).
+fn read_state(fd: &mut VcpuFd, sync_regs: bool) -> Result<(kvm_regs, kvm_sregs), String> {
+    if sync_regs {
+        let s = fd.sync_regs();
+        return Ok((s.regs, s.sregs));
+    }
+    let r = fd.get_regs().map_err(|e| format!("get regs: {e}"))?;
+    let s = fd.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
+    Ok((r, s))
+}
+
+/// Writes the general registers back (sync regs when valid, else `KVM_SET_REGS`).
+pub(super) fn write_regs(fd: &mut VcpuFd, sync_regs: bool, r: &kvm_regs) -> Result<(), String> {
+    if sync_regs {
+        fd.sync_regs_mut().regs = *r;
+        fd.set_sync_dirty_reg(SyncReg::Register);
+        return Ok(());
+    }
+    fd.set_regs(r).map_err(|e| format!("set regs: {e}"))
+}
+
+/// Ends the domain as a crash with `why` and the registers.
+pub(super) fn crash(fd: &VcpuFd, dom: &DomainShared, id: u32, why: &dyn std::fmt::Display) {
+    let registers = format!("{why}; {}", crate::vcpu::thread::dump_registers(fd));
+    tracing::info!(vcpu = id, %why, "guest trap not deliverable: domain crashed");
+    dom.request_exit(DomainExit::TripleFault {
+        vcpu: id,
+        registers,
+    });
+}
+
+/// Handles an exit on the trap stub port. Returns `false` when the vCPU must stop.
+pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> bool {
+    let (regs, sregs) = match read_state(fd, sync_regs) {
+        Ok(s) => s,
+        Err(e) => {
+            dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+            return false;
+        }
+    };
+    match deliver(dom, id, &regs, &sregs) {
+        Ok(next) => match write_regs(fd, sync_regs, &next) {
+            Ok(()) => true,
+            Err(e) => {
+                dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+                false
+            }
+        },
+        Err(why) => {
+            crash(fd, dom, id, &why);
+            false
+        }
+    }
+}
+
+/// Bounces the trap to the guest's handler; returns the handler's registers.
+fn deliver(
+    dom: &DomainShared,
+    id: u32,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+) -> Result<kvm_regs, Undeliverable> {
+    let vector = pages::vector_of_exit(regs.rip).ok_or(Undeliverable::NotFromStub(regs.rip))?;
+    let at = regs.rsp;
+    let mut words = [None; 6];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = at
+            .checked_add(8 * i as u64)
+            .and_then(|a| dom.ram.read_guest::<u64>(a).ok());
+    }
+    if words[..5].iter().any(Option::is_none) {
+        return Err(Undeliverable::FrameUnreadable(at));
+    }
+    let (frame, software) =
+        bounce::parse_frame(vector, words, sregs.cs.selector, sregs.ss.selector, at)?;
+    let delivery = {
+        let traps = dom.traps.vcpu(id).ok_or(Undeliverable::NoHandler {
+            vector,
+            error_code: frame.error_code,
+            rip: frame.rip,
+        })?;
+        bounce::decide(vector, &frame, software, &traps.table)?
+    };
+    let saved_mask = dom.shared_info.upcall_mask(id);
+    let (frame_at, frame_words) = bounce::bounce_frame(regs, &frame, &delivery, saved_mask);
+    let bytes: Vec<u8> = frame_words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    dom.ram
+        .write_guest_bytes(frame_at, &bytes)
+        .map_err(|_| Undeliverable::BadStack {
+            vector: delivery.vector,
+            rsp: frame.rsp,
+        })?;
+    if delivery.vector == VECTOR_PF && delivery.error_code.is_some() {
+        dom.shared_info.set_cr2(id, sregs.cr2);
+    }
+    if delivery.entry.masks_events() {
+        dom.shared_info.set_upcall_mask(id, true);
+    }
+    tracing::trace!(
+        vcpu = id,
+        vector = delivery.vector,
+        rip = frame.rip,
+        "trap bounced"
+    );
+    Ok(bounce::handler_regs(regs, &frame, &delivery, frame_at))
+}

@@ -1,0 +1,96 @@
+//! Asynchronous event upcalls: a vCPU with an event callback, events pending
+//! (`evtchn_upcall_pending`) and not masked (`evtchn_upcall_mask`) is redirected to the
+//! callback before it re-enters the guest, with Xen's frame `rcx, r11, rip, cs, rflags,
+//! rsp, ss` below its `rsp` (rounded down to 16 bytes) and events masked, as Xen's
+//! `create_bounce_frame` does for `CALLBACKTYPE_event`. The sender kicks a running vCPU
+//! out of `KVM_RUN` when `evtchn_upcall_pending` goes from 0 to 1 (see
+//! `Kick::upcall`), so the vCPU thread reaches this check promptly. The callback
+//! returns by the `iret` hypercall, which unmasks events from the frame's IF.
+
+use kvm_ioctls::VcpuFd;
+
+use super::exit::{crash, write_regs};
+use crate::domain::DomainShared;
+use crate::exit::DomainExit;
+use crate::vcpu::regs::{is_canonical_user, USER_CS, USER_DS};
+
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// Delivers a pending upcall to vCPU `id` if one is due. `regs_fresh`: the vCPU's
+/// registers in sync regs are current (false right after a context was loaded by
+/// ioctl). Returns `false` when the vCPU must stop.
+pub fn maybe_deliver(
+    fd: &mut VcpuFd,
+    dom: &DomainShared,
+    id: u32,
+    sync_regs: bool,
+    regs_fresh: bool,
+) -> bool {
+    if !dom.traps.wants_upcalls(id)
+        || !dom.shared_info.upcall_pending(id)
+        || dom.shared_info.upcall_mask(id)
+    {
+        return true;
+    }
+    let Some(cb) = dom.traps.vcpu(id).and_then(|t| t.callbacks.event) else {
+        return true;
+    };
+    let regs = if sync_regs && regs_fresh {
+        fd.sync_regs().regs
+    } else {
+        match fd.get_regs() {
+            Ok(r) => r,
+            Err(e) => {
+                dom.request_exit(DomainExit::Internal(format!("vCPU {id}: get regs: {e}")));
+                return false;
+            }
+        }
+    };
+    if !is_canonical_user(cb.address) {
+        crash(
+            fd,
+            dom,
+            id,
+            &format_args!(
+                "event callback {:#x} is not a canonical user address",
+                cb.address
+            ),
+        );
+        return false;
+    }
+    // Events were unmasked (checked above): the saved mask is 0 and the virtual IF 1.
+    let words = [
+        regs.rcx,
+        regs.r11,
+        regs.rip,
+        u64::from(USER_CS),
+        regs.rflags | RFLAGS_IF,
+        regs.rsp,
+        u64::from(USER_DS),
+    ];
+    let at = (regs.rsp & !0xf).wrapping_sub(8 * words.len() as u64);
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    if dom.ram.write_guest_bytes(at, &bytes).is_err() {
+        crash(
+            fd,
+            dom,
+            id,
+            &format_args!(
+                "guest stack at {:#x} not writable for the event callback frame",
+                regs.rsp
+            ),
+        );
+        return false;
+    }
+    dom.shared_info.set_upcall_mask(id, true);
+    let mut next = regs;
+    next.rip = cb.address;
+    next.rsp = at;
+    next.rflags = crate::vcpu::syscall::user_rflags(regs.rflags);
+    if let Err(e) = write_regs(fd, sync_regs && regs_fresh, &next) {
+        dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+        return false;
+    }
+    tracing::trace!(vcpu = id, callback = cb.address, "event upcall");
+    true
+}
