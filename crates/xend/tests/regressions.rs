@@ -335,3 +335,33 @@ fn domain0_and_the_libxl_xenstore_layout() {
         assert!(info.get(key).is_some(), "{key} in {info}");
     }
 }
+
+/// Issue 13 item 15: `xend stop` signalled whatever process the pid file named.
+#[test]
+fn xend_stop_signals_only_the_daemon_holding_the_lock() {
+    let dir = std::env::temp_dir().join(format!("rxen-xend-stop-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let mut bystander = Command::new("sleep").arg("30").spawn().unwrap();
+    std::fs::write(dir.join("state/xend.pid"), format!("{}\n", bystander.id())).unwrap();
+    let out = Command::new(bin("xend"))
+        .arg("stop")
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .arg("--log-dir")
+        .arg(dir.join("log"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nothing to stop");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not running"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        bystander.try_wait().unwrap().is_none(),
+        "the process the pid file named was not signalled"
+    );
+    let _ = bystander.kill();
+    let _ = bystander.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
