@@ -24,7 +24,24 @@ impl Xend {
                 return;
             }
         };
-        for r in records {
+        // Ask every live VMM at once: one that does not answer (stopped, overloaded)
+        // costs the control timeout once, not once per domain.
+        let statuses = futures_util::future::join_all(records.iter().map(|r| {
+            let control = self.files(r.domid).control();
+            let live = matches!(
+                r.state,
+                DomainState::Running | DomainState::Paused | DomainState::ShuttingDown
+            ) && process::is_vmm_of(r.pid, &control);
+            async move {
+                if live {
+                    Some(vmm::status(&control).await)
+                } else {
+                    None
+                }
+            }
+        }))
+        .await;
+        for (r, status) in records.into_iter().zip(statuses) {
             let mut d = Domain::from_record(&r);
             let files = self.files(r.domid);
             match r.state {
@@ -47,8 +64,7 @@ impl Xend {
                 }
                 _ => {}
             }
-            if process::is_vmm_of(r.pid, &files.control()) {
-                let status = vmm::status(&files.control()).await;
+            if let Some(status) = status {
                 d.state = match &status {
                     Ok(s) if s.paused => DomainState::Paused,
                     _ => DomainState::Running,
