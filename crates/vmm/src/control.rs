@@ -108,13 +108,49 @@ fn fit_line(mut tail: ConsoleTail) -> ConsoleTail {
 
 /// Carries out one request line.
 pub fn answer(dom: &DomainShared, line: &str) -> Reply {
+    let (reply, then) = answer_then(dom, line);
+    then.run(dom);
+    reply
+}
+
+/// What is left to do after a reply was sent.
+enum Then {
+    Nothing,
+    /// End the domain: done after the reply is written, because the VMM process may
+    /// exit as soon as the domain ends, and the reply would be lost with it.
+    Destroy,
+}
+
+impl Then {
+    fn run(self, dom: &DomainShared) {
+        if let Then::Destroy = self {
+            dom.request_exit(DomainExit::Destroyed);
+        }
+    }
+}
+
+/// The reply to one request line, and what to do once it has been sent.
+fn answer_then(dom: &DomainShared, line: &str) -> (Reply, Then) {
     let req: Request = match decode(line, MAX_REQUEST_LINE) {
+        Ok(Request::Destroy) => return (Reply::Done, Then::Destroy),
         Ok(r) => r,
         Err(e @ DecodeError::TooLong { .. }) => {
-            return Reply::error(ErrorKind::TooLarge, e.to_string())
+            return (
+                Reply::error(ErrorKind::TooLarge, e.to_string()),
+                Then::Nothing,
+            )
         }
-        Err(e) => return Reply::error(ErrorKind::BadRequest, e.to_string()),
+        Err(e) => {
+            return (
+                Reply::error(ErrorKind::BadRequest, e.to_string()),
+                Then::Nothing,
+            )
+        }
     };
+    (answer_request(dom, req), Then::Nothing)
+}
+
+fn answer_request(dom: &DomainShared, req: Request) -> Reply {
     let ended = dom.exit_reason();
     match req {
         Request::Status => Reply::Status(status(dom)),
@@ -211,16 +247,25 @@ fn serve_conn(dom: Arc<DomainShared>, s: UnixStream) {
     let mut r = BufReader::new(s);
     let mut buf = Vec::new();
     loop {
-        let reply = match read_line(&mut r, &mut buf) {
+        let (reply, then) = match read_line(&mut r, &mut buf) {
             Ok(Line::End) | Err(_) => return,
-            Ok(Line::Text(line)) => answer(&dom, &line),
-            Ok(Line::NotUtf8) => Reply::error(ErrorKind::BadRequest, "request is not UTF-8"),
-            Ok(Line::TooLong) => Reply::error(
-                ErrorKind::TooLarge,
-                format!("request line over {MAX_REQUEST_LINE} bytes"),
+            Ok(Line::Text(line)) => answer_then(&dom, &line),
+            Ok(Line::NotUtf8) => (
+                Reply::error(ErrorKind::BadRequest, "request is not UTF-8"),
+                Then::Nothing,
+            ),
+            Ok(Line::TooLong) => (
+                Reply::error(
+                    ErrorKind::TooLarge,
+                    format!("request line over {MAX_REQUEST_LINE} bytes"),
+                ),
+                Then::Nothing,
             ),
         };
-        if w.write_all(encode(&reply).as_bytes()).is_err() {
+        let sent = w.write_all(encode(&reply).as_bytes()).is_ok();
+        // A destroy is carried out even if its reply could not be sent.
+        then.run(&dom);
+        if !sent {
             return;
         }
     }

@@ -294,3 +294,21 @@ fn a_domain_started_paused_runs_nothing_until_unpaused() {
     assert_eq!(code, 0, "hello powers off once it runs");
     assert_eq!(rec.map(|r| r.kind), Some(ExitKind::Poweroff));
 }
+
+/// The reply to a destroy is sent before the domain ends: the VMM process may exit as
+/// soon as it has, and a reply written after that was lost now and then (a hostile-guest
+/// test saw `destroy` answered by a closed connection).
+#[test]
+fn destroy_is_always_answered_before_the_vmm_exits() {
+    if !kvm_available("destroy_is_always_answered_before_the_vmm_exits") {
+        return;
+    }
+    for round in 0..20 {
+        let vmm = Vmm::start("destroy-reply", "hello", &["--cmdline", "forever"]);
+        let mut c = vmm.connect();
+        assert_eq!(c.ask(&Request::Destroy), Reply::Done, "round {round}");
+        let (code, rec) = vmm.wait();
+        assert_eq!(code, 9, "round {round}");
+        assert_eq!(rec.map(|r| r.kind), Some(ExitKind::Destroyed));
+    }
+}
