@@ -68,18 +68,9 @@ pub fn guest(name: &str) -> PathBuf {
     rxen_guest_images::guest_path(name)
 }
 
-/// Is process `pid` alive (a zombie is not)?
+/// Is process `pid` alive (a zombie is not)? The same check xend makes.
 pub fn pid_alive(pid: u64) -> bool {
-    if pid == 0 || pid > i32::MAX as u64 {
-        return false;
-    }
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    u32::try_from(pid).is_ok_and(rxen_xend::process::pid_alive)
 }
 
 /// A TCP port free on loopback right now.

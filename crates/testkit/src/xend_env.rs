@@ -199,27 +199,11 @@ impl Drop for Env {
         }
         // VMMs run in sessions of their own and outlive xend: whatever a failed test
         // left of this environment's domains is stopped here.
-        for pid in vmms_of(&self.dir) {
+        for (pid, _) in rxen_xend::process::vmms_under(&self.dir) {
             // SAFETY: signalling a xen-vmm whose control socket lies in this test's
             // own directory.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-/// Live processes whose `--control=` argument lies under `dir`.
-fn vmms_of(dir: &std::path::Path) -> Vec<u32> {
-    let want = format!("--control={}/", dir.display());
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    rd.flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/cmdline"))
-                .is_ok_and(|c| c.split(|b| *b == 0).any(|a| a.starts_with(want.as_bytes())))
-        })
-        .filter(|pid| crate::pid_alive(u64::from(*pid)))
-        .collect()
 }

@@ -1,7 +1,7 @@
 //! `mmuext_op` (Xen's `do_mmuext_op`, `new_guest_cr3`).
 
 use super::entry::{Level, ENTRIES};
-use super::{BatchOutcome, FrameType, GuestFrames, Invalidations, Mmu, MmuError};
+use super::{BatchOutcome, FrameType, GuestFrames, Invalidations, Mmu, MmuError, VcpuBases};
 use rxen_abi::mmu::*;
 
 /// Most LDT entries `MMUEXT_SET_LDT` accepts.
@@ -111,22 +111,7 @@ impl Mmu {
         vcpu: usize,
         frame: u64,
     ) -> Result<(), MmuError> {
-        let old = self
-            .vcpus
-            .get(vcpu)
-            .ok_or(MmuError::Invalid("no such vCPU"))?
-            .kernel;
-        if old == Some(frame) {
-            return Ok(());
-        }
-        self.get_page_and_type(mem, frame, FrameType::Table(Level::L4))?;
-        if let Some(v) = self.vcpus.get_mut(vcpu) {
-            v.kernel = Some(frame);
-        }
-        if let Some(old) = old {
-            self.put_page_and_type(mem, old);
-        }
-        Ok(())
+        self.swap_baseptr(mem, vcpu, Some(frame), |v| &mut v.kernel)
     }
 
     /// `MMUEXT_NEW_USER_BASEPTR`: as `NEW_BASEPTR` for the user L4; frame 0 means none.
@@ -136,19 +121,31 @@ impl Mmu {
         vcpu: usize,
         frame: u64,
     ) -> Result<(), MmuError> {
-        let old = self
-            .vcpus
-            .get(vcpu)
-            .ok_or(MmuError::Invalid("no such vCPU"))?
-            .user;
-        if old.unwrap_or(0) == frame {
+        self.swap_baseptr(mem, vcpu, (frame != 0).then_some(frame), |v| &mut v.user)
+    }
+
+    /// Replaces one base pointer of `vcpu`: the new L4 takes its references before the
+    /// old one drops its own (so swapping to the same tables never devalidates them).
+    fn swap_baseptr<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        vcpu: usize,
+        new: Option<u64>,
+        base: fn(&mut VcpuBases) -> &mut Option<u64>,
+    ) -> Result<(), MmuError> {
+        let old = *base(
+            self.vcpus
+                .get_mut(vcpu)
+                .ok_or(MmuError::Invalid("no such vCPU"))?,
+        );
+        if old == new {
             return Ok(());
         }
-        if frame != 0 {
+        if let Some(frame) = new {
             self.get_page_and_type(mem, frame, FrameType::Table(Level::L4))?;
         }
         if let Some(v) = self.vcpus.get_mut(vcpu) {
-            v.user = (frame != 0).then_some(frame);
+            *base(v) = new;
         }
         if let Some(old) = old {
             self.put_page_and_type(mem, old);
