@@ -186,8 +186,12 @@ pub struct DomainShared {
     pub console: Console,
     pub timers: Arc<TimerQueue>,
     pub boot: BootInfo,
-    /// The direct-paging MMU state of a Xen PV domain (not yet used by hypercalls).
-    pub pv_mmu: Option<Mutex<crate::pv::mmu::Mmu>>,
+    /// Guest-physical address of the `shared_info` page.
+    pub shared_info_base: u64,
+    /// The direct-paging MMU state of a Xen PV domain (`crate::pv::hypercall`).
+    pub pv_mmu: Option<Arc<Mutex<crate::pv::mmu::Mmu>>>,
+    /// Guest-physical address and entry count of a PV domain's M2P (`(0, 0)` else).
+    pub pv_m2p: (u64, u64),
     /// Event channels the builder allocated for domain 0 (xenstore, console).
     pub boot_channels: BootChannels,
     exit: Mutex<Option<DomainExit>>,
@@ -200,6 +204,28 @@ pub struct DomainShared {
 }
 
 impl DomainShared {
+    /// The memory guest pointers of vCPU `vcpu` reach right now: rxen's identity view,
+    /// or for a PV domain a walk of the vCPU's current kernel page tables.
+    pub fn guest_view(&self, vcpu: u32) -> crate::guest_view::GuestView<'_> {
+        match &self.pv_mmu {
+            None => crate::guest_view::GuestView::identity(&self.ram),
+            Some(mmu) => {
+                let l4 = mmu
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .vcpu(vcpu as usize)
+                    .and_then(|b| b.kernel);
+                crate::guest_view::GuestView::paged(&self.ram, l4)
+            }
+        }
+    }
+
+    /// Pages of RAM the guest was given (`start_info.nr_pages`; rxen's own pages after
+    /// a PV domain's RAM are not counted).
+    pub fn guest_pages(&self) -> u64 {
+        self.config.memory_mib << (20 - 12)
+    }
+
     /// Ends the domain with `why` (the first reason wins) and stops every vCPU.
     pub fn request_exit(&self, why: DomainExit) {
         {
@@ -235,7 +261,7 @@ impl DomainShared {
 
     /// Publishes a fresh pvclock in `vcpu_info[vcpu].time` (Xen's version protocol).
     pub fn update_time_info(&self, vcpu: u32) {
-        let addr = layout::SHARED_INFO
+        let addr = self.shared_info_base
             + (shared_info_offsets::vcpu_info(vcpu as usize) + shared_info_offsets::TIME) as u64;
         let version = self.ram.read_obj::<u32>(addr).unwrap_or(0);
         let odd = version | 1;
@@ -254,7 +280,7 @@ impl DomainShared {
 
     fn write_wallclock(&self) {
         let (sec, nsec) = self.clock.boot_wallclock();
-        let base = layout::SHARED_INFO + shared_info_offsets::WC_VERSION as u64;
+        let base = self.shared_info_base + shared_info_offsets::WC_VERSION as u64;
         let _ = self.ram.write_obj(base, &1u32);
         let _ = self.ram.write_obj(base + 4, &(sec as u32));
         let _ = self.ram.write_obj(base + 8, &nsec);
@@ -454,7 +480,13 @@ impl Domain {
                 for v in 0..config.vcpus {
                     shared_info.set_upcall_mask(v, true);
                 }
-                (boot, Some(Mutex::new(mmu)))
+                let mut mmu = mmu;
+                let (grants, nr_grants) = area.layout.grant_frames();
+                for g in grants..grants + nr_grants {
+                    mmu.set_owner(g, crate::pv::mmu::Owner::GrantFrame)
+                        .map_err(|e| DomainError::Config(format!("grant frame {g:#x}: {e}")))?;
+                }
+                (boot, Some(Arc::new(Mutex::new(mmu))))
             }
         };
 
@@ -510,7 +542,26 @@ impl Domain {
         let tsc_offset = measure_tsc_offset(&fds[0]);
 
         let console = Console::with_limits(sink, config.console);
-        let grants = crate::grant::GrantTable::new(ram.clone(), config.domid);
+        let grants = match (&pv_area, &pv_mmu) {
+            (Some(area), Some(mmu)) => {
+                let mmu = mmu.clone();
+                crate::grant::GrantTable::new_pv(
+                    ram.clone(),
+                    config.domid,
+                    crate::grant::PvFrames {
+                        guest_pages,
+                        grant_base: area.layout.grant_frames().0,
+                        is_typed: Box::new(move |frame| {
+                            let mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+                            mmu.frame(frame).is_some_and(|f| {
+                                f.is_table() || f.ty == crate::pv::mmu::FrameType::SegDesc
+                            })
+                        }),
+                    },
+                )
+            }
+            _ => crate::grant::GrantTable::new(ram.clone(), config.domid),
+        };
         let shared = Arc::new(DomainShared {
             config,
             ram,
@@ -524,7 +575,9 @@ impl Domain {
             console,
             timers: Arc::new(TimerQueue::default()),
             boot,
+            shared_info_base,
             pv_mmu,
+            pv_m2p: pv_area.map_or((0, 0), |a| a.layout.m2p()),
             boot_channels: channels,
             exit: Mutex::new(None),
             exit_cond: Condvar::new(),

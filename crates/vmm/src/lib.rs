@@ -21,6 +21,7 @@ pub mod elf;
 pub mod evtchn;
 pub mod exit;
 pub mod grant;
+pub mod guest_view;
 pub mod hypercall;
 pub mod kernel_file;
 pub mod memory;

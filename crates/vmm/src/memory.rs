@@ -288,6 +288,37 @@ impl GuestRam {
         Ok(unsafe { &*(p as *const AtomicU8) })
     }
 
+    /// Drops the VMM's own mapping of frames `first..first+count` with
+    /// `madvise(MADV_DONTNEED)`. The data stays (the RAM is a shared memfd mapping); the
+    /// point is KVM's MMU notifier, which zaps every shadow entry of the guest that maps
+    /// these frames, so the guest's next access walks its page tables again (how the
+    /// direct-paging MMU makes an entry change that takes access away visible).
+    pub fn discard_frames(&self, first: u64, count: u64) -> Result<(), MemoryError> {
+        let page = rxen_abi::PAGE_SIZE;
+        let addr = first
+            .checked_mul(page)
+            .ok_or(MemoryError::Misaligned(first))?;
+        let len = count
+            .checked_mul(page)
+            .ok_or(MemoryError::Misaligned(first))?;
+        if len == 0 {
+            return Ok(());
+        }
+        let p = self.host_ptr(addr, len, page)?;
+        // SAFETY: `[p, p+len)` is a page-aligned part of this RAM's mapping (checked by
+        // `host_ptr`); MADV_DONTNEED on a shared file mapping only drops page-table
+        // entries of this process and keeps the memfd's contents, so no memory that
+        // Rust references observe changes.
+        let rc = unsafe { libc::madvise(p.cast(), len as usize, libc::MADV_DONTNEED) };
+        if rc != 0 {
+            return Err(MemoryError::Map(format!(
+                "madvise: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
     /// The raw fd of the memfd.
     pub fn memfd_raw(&self) -> i32 {
         self.memfd.as_raw_fd()

@@ -44,11 +44,10 @@ enum Cmd {
         /// Without it, the embedded default guest runs.
         #[arg(long)]
         kernel: Option<PathBuf>,
-        /// The kernel is an unmodified Xen PV kernel (Xen ELF notes; e.g. Mini-OS or
-        /// PV-GRUB): build it on Xen's PV start-of-day layout instead of rxen's.
-        /// Experimental: the MMU hypercalls, traps and callbacks are not wired yet, so
-        /// such a kernel stops at its first hypercall that needs them. Hypercalls are
-        /// logged with RXEN_LOG=rxen_vmm=trace.
+        /// The kernel is an unmodified Xen PV kernel (e.g. Mini-OS or PV-GRUB): build it
+        /// on Xen's PV start-of-day layout instead of rxen's. Kernels with Xen ELF
+        /// notes (or a `__xen_guest` section) are detected without this flag.
+        /// Hypercalls are logged with RXEN_LOG=rxen_vmm=trace.
         #[arg(long, requires = "kernel")]
         pv: bool,
         /// Guest memory in MiB (a multiple of 2, 8..=16384).
@@ -224,7 +223,11 @@ fn main() -> ExitCode {
             }
         },
     };
-    let kind = if pv { BootKind::XenPv } else { BootKind::Rxen };
+    let kind = if pv || rxen_vmm::pv::is_xen_pv_kernel(&image) {
+        BootKind::XenPv
+    } else {
+        BootKind::Rxen
+    };
     let domain = match Domain::create_as(config, &image, sink, kind) {
         Ok(d) => d,
         Err(e) => {

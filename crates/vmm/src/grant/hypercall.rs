@@ -8,12 +8,13 @@
 
 use rxen_abi::errno::*;
 use rxen_abi::grant_table::*;
-use rxen_abi::{DomId, DOMID_SELF, PAGE_SIZE};
+use rxen_abi::{DomId, DOMID_SELF};
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::table::check_segment;
 use super::{GrantError, GrantTable, MAX_GRANT_FRAMES};
-use crate::memory::{Access, GuestRam};
+use crate::guest_view::GuestView;
+use crate::memory::Access;
 
 /// Most operations of one batched `grant_table_op` (map, unmap, copy). Xen splits
 /// longer batches with continuations; rxen refuses them with `-EINVAL`.
@@ -58,44 +59,47 @@ pub enum GrantOp {
     },
 }
 
-fn read<T: FromBytes + IntoBytes>(ram: &GuestRam, ptr: u64) -> Result<T, i32> {
-    ram.read_guest(ptr).map_err(|_| -EFAULT)
+fn read<T: FromBytes + IntoBytes>(mem: &GuestView<'_>, ptr: u64) -> Result<T, i32> {
+    mem.read(ptr).map_err(|_| -EFAULT)
 }
 
-fn check_rw(ram: &GuestRam, ptr: u64, len: u64) -> Result<(), i32> {
-    ram.check_guest_range(ptr, len, Access::Write)
-        .map_err(|_| -EFAULT)
+fn check_rw(mem: &GuestView<'_>, ptr: u64, len: u64) -> Result<(), i32> {
+    mem.check(ptr, len, Access::Write).map_err(|_| -EFAULT)
 }
 
-fn single<T>(ram: &GuestRam, ptr: u64, count: u64) -> Result<(), i32> {
+fn single<T>(mem: &GuestView<'_>, ptr: u64, count: u64) -> Result<(), i32> {
     if count != 1 {
         return Err(-EINVAL);
     }
-    check_rw(ram, ptr, size_of::<T>() as u64)
+    check_rw(mem, ptr, size_of::<T>() as u64)
 }
 
-fn batch<T: FromBytes + IntoBytes>(ram: &GuestRam, ptr: u64, count: u64) -> Result<Vec<T>, i32> {
+fn batch<T: FromBytes + IntoBytes>(
+    mem: &GuestView<'_>,
+    ptr: u64,
+    count: u64,
+) -> Result<Vec<T>, i32> {
     if count > MAX_BATCH {
         return Err(-EINVAL);
     }
     let size = size_of::<T>() as u64;
-    check_rw(ram, ptr, count * size)?;
-    (0..count).map(|i| read(ram, ptr + i * size)).collect()
+    check_rw(mem, ptr, count * size)?;
+    (0..count).map(|i| read(mem, ptr + i * size)).collect()
 }
 
 /// Decodes `grant_table_op(cmd, ptr, count)`. `Err` is the (negative) return value.
-pub fn decode(cmd: u64, ptr: u64, count: u64, ram: &GuestRam) -> Result<GrantOp, i32> {
+pub fn decode(cmd: u64, ptr: u64, count: u64, mem: &GuestView<'_>) -> Result<GrantOp, i32> {
     if count > u64::from(i32::MAX as u32) {
         return Err(-EINVAL);
     }
     match cmd {
         GNTTABOP_SETUP_TABLE => {
-            single::<GnttabSetupTable>(ram, ptr, count)?;
-            let a: GnttabSetupTable = read(ram, ptr)?;
+            single::<GnttabSetupTable>(mem, ptr, count)?;
+            let a: GnttabSetupTable = read(mem, ptr)?;
             // Xen checks the list only for a count it could serve: more frames than
             // the limit is `GNTST_general_error` in `execute`, not `-EFAULT`.
             let listed = a.nr_frames.min(MAX_GRANT_FRAMES);
-            check_rw(ram, a.frame_list, u64::from(listed) * 8)?;
+            check_rw(mem, a.frame_list, u64::from(listed) * 8)?;
             Ok(GrantOp::SetupTable {
                 ptr,
                 dom: a.dom,
@@ -104,37 +108,37 @@ pub fn decode(cmd: u64, ptr: u64, count: u64, ram: &GuestRam) -> Result<GrantOp,
             })
         }
         GNTTABOP_QUERY_SIZE => {
-            single::<GnttabQuerySize>(ram, ptr, count)?;
-            let a: GnttabQuerySize = read(ram, ptr)?;
+            single::<GnttabQuerySize>(mem, ptr, count)?;
+            let a: GnttabQuerySize = read(mem, ptr)?;
             Ok(GrantOp::QuerySize { ptr, dom: a.dom })
         }
         GNTTABOP_SET_VERSION => {
-            single::<GnttabSetVersion>(ram, ptr, count)?;
-            let a: GnttabSetVersion = read(ram, ptr)?;
+            single::<GnttabSetVersion>(mem, ptr, count)?;
+            let a: GnttabSetVersion = read(mem, ptr)?;
             Ok(GrantOp::SetVersion {
                 ptr,
                 version: a.version,
             })
         }
         GNTTABOP_GET_VERSION => {
-            single::<GnttabGetVersion>(ram, ptr, count)?;
-            let a: GnttabGetVersion = read(ram, ptr)?;
+            single::<GnttabGetVersion>(mem, ptr, count)?;
+            let a: GnttabGetVersion = read(mem, ptr)?;
             Ok(GrantOp::GetVersion { ptr, dom: a.dom })
         }
         GNTTABOP_MAP_GRANT_REF => {
-            let ops: Vec<GnttabMapGrantRef> = batch(ram, ptr, count)?;
+            let ops: Vec<GnttabMapGrantRef> = batch(mem, ptr, count)?;
             Ok(GrantOp::Map {
                 ptr,
                 ops: ops.iter().map(|o| (o.dom, o.flags)).collect(),
             })
         }
         GNTTABOP_UNMAP_GRANT_REF => {
-            batch::<GnttabUnmapGrantRef>(ram, ptr, count)?;
+            batch::<GnttabUnmapGrantRef>(mem, ptr, count)?;
             Ok(GrantOp::Unmap { ptr, count })
         }
         GNTTABOP_COPY => Ok(GrantOp::Copy {
             ptr,
-            ops: batch(ram, ptr, count)?,
+            ops: batch(mem, ptr, count)?,
         }),
         _ => Err(-ENOSYS),
     }
@@ -144,8 +148,12 @@ fn is_self(table: &GrantTable, dom: DomId) -> bool {
     dom == DOMID_SELF || dom == table.domid()
 }
 
-fn put<T: IntoBytes + zerocopy::Immutable>(ram: &GuestRam, ptr: u64, v: &T) -> Result<(), i32> {
-    ram.write_guest(ptr, v).map_err(|_| -EFAULT)
+fn put<T: IntoBytes + zerocopy::Immutable>(
+    mem: &GuestView<'_>,
+    ptr: u64,
+    v: &T,
+) -> Result<(), i32> {
+    mem.write(ptr, v).map_err(|_| -EFAULT)
 }
 
 fn rc(r: Result<(), i32>) -> i64 {
@@ -153,8 +161,7 @@ fn rc(r: Result<(), i32>) -> i64 {
 }
 
 /// Executes a decoded `grant_table_op` for the guest; returns its `rax`.
-pub fn execute(table: &GrantTable, op: GrantOp) -> i64 {
-    let ram = table.ram();
+pub fn execute(table: &GrantTable, mem: &GuestView<'_>, op: GrantOp) -> i64 {
     match op {
         GrantOp::SetupTable {
             ptr,
@@ -169,12 +176,12 @@ pub fn execute(table: &GrantTable, op: GrantOp) -> i64 {
             } else {
                 let pfns = table.frame_pfns(nr_frames);
                 let list: Vec<u64> = pfns.iter().map(|p| p.unwrap_or(INVALID_GFN)).collect();
-                match ram.write_guest_bytes(frame_list, list.as_bytes()) {
+                match mem.write_bytes(frame_list, list.as_bytes()) {
                     Ok(()) => GNTST_OKAY,
                     Err(_) => GNTST_BAD_VIRT_ADDR,
                 }
             };
-            rc(put(ram, ptr + 8, &status))
+            rc(put(mem, ptr + 8, &status))
         }
         GrantOp::QuerySize { ptr, dom } => {
             let mut out = GnttabQuerySize {
@@ -187,7 +194,7 @@ pub fn execute(table: &GrantTable, op: GrantOp) -> i64 {
                 out.max_nr_frames = MAX_GRANT_FRAMES;
                 out.status = GNTST_OKAY;
             }
-            rc(put(ram, ptr, &out))
+            rc(put(mem, ptr, &out))
         }
         GrantOp::SetVersion { ptr, version } => {
             let r = match version {
@@ -199,7 +206,7 @@ pub fn execute(table: &GrantTable, op: GrantOp) -> i64 {
             let back = GnttabSetVersion {
                 version: table.version(),
             };
-            match put(ram, ptr, &back) {
+            match put(mem, ptr, &back) {
                 Ok(()) => i64::from(r),
                 Err(e) => i64::from(e),
             }
@@ -209,7 +216,7 @@ pub fn execute(table: &GrantTable, op: GrantOp) -> i64 {
                 return i64::from(-ESRCH);
             }
             rc(put(
-                ram,
+                mem,
                 ptr,
                 &GnttabGetVersion {
                     dom,
@@ -228,7 +235,7 @@ pub fn execute(table: &GrantTable, op: GrantOp) -> i64 {
                     GrantError::Unsupported.status()
                 };
                 let at = ptr + i as u64 * size_of::<GnttabMapGrantRef>() as u64;
-                if let Err(e) = put(ram, at + 18, &status) {
+                if let Err(e) = put(mem, at + 18, &status) {
                     return i64::from(e);
                 }
             }
@@ -238,7 +245,7 @@ pub fn execute(table: &GrantTable, op: GrantOp) -> i64 {
             // The guest holds no mappings, so every handle is bad.
             for i in 0..count {
                 let at = ptr + i * size_of::<GnttabUnmapGrantRef>() as u64;
-                if let Err(e) = put(ram, at + 20, &GNTST_BAD_HANDLE) {
+                if let Err(e) = put(mem, at + 20, &GNTST_BAD_HANDLE) {
                     return i64::from(e);
                 }
             }
@@ -251,7 +258,7 @@ pub fn execute(table: &GrantTable, op: GrantOp) -> i64 {
                     Err(e) => e.status(),
                 };
                 let at = ptr + i as u64 * size_of::<GnttabCopy>() as u64;
-                if let Err(e) = put(ram, at + 36, &status) {
+                if let Err(e) = put(mem, at + 36, &status) {
                     return i64::from(e);
                 }
             }
@@ -285,7 +292,7 @@ fn copy_one(table: &GrantTable, c: &GnttabCopy) -> Result<(), GrantError> {
     if src_gref {
         table.copy_from_grant(me, src.u as u32, src_off, &mut buf)?;
     } else {
-        let gpa = local_frame(table.ram(), src.u, Access::Read)?;
+        let gpa = local_frame(table, src.u, Access::Read)?;
         table
             .ram()
             .read(gpa + src_off, &mut buf)
@@ -296,7 +303,7 @@ fn copy_one(table: &GrantTable, c: &GnttabCopy) -> Result<(), GrantError> {
     if dst_gref {
         table.copy_to_grant(me, dst.u as u32, dst_off, &buf)
     } else {
-        let gpa = local_frame(table.ram(), dst.u, Access::Write)?;
+        let gpa = local_frame(table, dst.u, Access::Write)?;
         table
             .ram()
             .write(gpa + dst_off, &buf)
@@ -305,13 +312,10 @@ fn copy_one(table: &GrantTable, c: &GnttabCopy) -> Result<(), GrantError> {
 }
 
 /// The address of the caller's frame `gmfn` if it may be used for `access`.
-fn local_frame(ram: &GuestRam, gmfn: u64, access: Access) -> Result<u64, GrantError> {
-    let gpa = gmfn
-        .checked_mul(PAGE_SIZE)
-        .ok_or(GrantError::BadPage(gmfn))?;
-    ram.check_guest_range(gpa, PAGE_SIZE, access)
-        .map_err(|_| GrantError::BadPage(gmfn))?;
-    Ok(gpa)
+fn local_frame(table: &GrantTable, gmfn: u64, access: Access) -> Result<u64, GrantError> {
+    table
+        .local_frame(gmfn, access)
+        .ok_or(GrantError::BadPage(gmfn))
 }
 
 /// `XENMEM_add_to_physmap`: only `XENMAPSPACE_grant_table` for the guest itself.
@@ -321,6 +325,11 @@ pub fn add_to_physmap(table: &GrantTable, arg: &XenAddToPhysmap) -> i64 {
     }
     if arg.space != XENMAPSPACE_GRANT_TABLE {
         return i64::from(-ENOSYS);
+    }
+    if table.is_pv() {
+        // Only auto-translated guests place frames; a PV guest maps the machine
+        // frames `setup_table` lists.
+        return i64::from(-EACCES);
     }
     match table.place_frame(arg.idx, arg.gpfn) {
         Ok(()) => 0,

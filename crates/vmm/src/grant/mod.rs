@@ -21,7 +21,9 @@ mod table;
 
 pub use error::GrantError;
 pub use mapping::GrantMapping;
-pub use table::{GrantTable, PlaceError, INITIAL_GRANT_FRAMES, MAX_GRANT_FRAMES, MAX_MAPTRACK};
+pub use table::{
+    GrantTable, PlaceError, PvFrames, INITIAL_GRANT_FRAMES, MAX_GRANT_FRAMES, MAX_MAPTRACK,
+};
 
 /// The domain id of domain 0, whose backends run inside the VMM.
 pub const DOM0: rxen_abi::DomId = 0;

@@ -92,6 +92,26 @@ pub(super) struct Inner {
     ram: Arc<GuestRam>,
     domid: DomId,
     state: Mutex<State>,
+    pv: Option<PvFrames>,
+}
+
+/// How a Xen PV domain's frames are checked (it names machine frames, not pfns).
+pub struct PvFrames {
+    /// Frames `0..guest_pages` are the guest's RAM.
+    pub guest_pages: u64,
+    /// Grant frame `i` lives at machine frame `grant_base + i` (rxen's area).
+    pub grant_base: u64,
+    /// Whether a frame has a page-table or descriptor type now (never writable then).
+    pub is_typed: Box<dyn Fn(u64) -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for PvFrames {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PvFrames")
+            .field("guest_pages", &self.guest_pages)
+            .field("grant_base", &self.grant_base)
+            .finish()
+    }
 }
 
 /// One domain's grant table (cheap to clone: clones share the table).
@@ -111,6 +131,20 @@ impl std::fmt::Debug for GrantTable {
 impl GrantTable {
     /// A v1 table of [`INITIAL_GRANT_FRAMES`] frames, none placed yet, for domain `domid`.
     pub fn new(ram: Arc<GuestRam>, domid: DomId) -> Self {
+        Self::with_policy(ram, domid, None)
+    }
+
+    /// A v1 table of a Xen PV domain: its frames are rxen's, at fixed machine frames
+    /// ([`PvFrames::grant_base`]), listed by `setup_table` as machine frame numbers;
+    /// `add_to_physmap` does not apply.
+    pub fn new_pv(ram: Arc<GuestRam>, domid: DomId, pv: PvFrames) -> Self {
+        Self::with_policy(ram, domid, Some(pv))
+    }
+
+    fn with_policy(ram: Arc<GuestRam>, domid: DomId, pv: Option<PvFrames>) -> Self {
+        let frames = (0..u64::from(INITIAL_GRANT_FRAMES))
+            .map(|i| pv.as_ref().map(|p| p.grant_base + i))
+            .collect();
         Self {
             inner: Arc::new(Inner {
                 ram,
@@ -118,13 +152,26 @@ impl GrantTable {
                 state: Mutex::new(State {
                     version: 1,
                     nr_frames: INITIAL_GRANT_FRAMES,
-                    frames: vec![None; INITIAL_GRANT_FRAMES as usize],
+                    frames,
                     active: HashMap::new(),
                     maptrack: Vec::new(),
                     free_handles: Vec::new(),
                 }),
+                pv,
             }),
         }
+    }
+
+    /// Whether this is a PV domain's table (frames at fixed machine frames).
+    pub fn is_pv(&self) -> bool {
+        self.inner.pv.is_some()
+    }
+
+    /// The address of the caller's own frame `frame` if it may be used for `access`
+    /// (a `GNTTABOP_copy` side given by frame number).
+    pub fn local_frame(&self, frame: u64, access: Access) -> Option<u64> {
+        let st = self.lock();
+        self.inner.frame_ok(&st, frame, access)
     }
 
     /// The granting domain.
@@ -159,8 +206,15 @@ impl GrantTable {
         }
         let mut st = self.lock();
         if nr > st.nr_frames {
+            let old = st.nr_frames as usize;
             st.nr_frames = nr;
             st.frames.resize(nr as usize, None);
+            if let Some(pv) = &self.inner.pv {
+                for i in old..nr as usize {
+                    // Fresh frames hold no valid entries (rxen's area starts zeroed).
+                    st.frames[i] = Some(pv.grant_base + i as u64);
+                }
+            }
         }
         true
     }
@@ -351,17 +405,28 @@ impl Inner {
         frame: u64,
         readonly: bool,
     ) -> Result<u64, GrantError> {
-        let bad = GrantError::BadFrame { gref, frame };
-        let gpa = frame.checked_mul(PAGE_SIZE).ok_or(bad)?;
         let access = if readonly {
             Access::Read
         } else {
             Access::Write
         };
-        if self.ram.check_guest_range(gpa, PAGE_SIZE, access).is_err() || st.is_grant_frame(frame) {
-            return Err(bad);
+        self.frame_ok(st, frame, access)
+            .ok_or(GrantError::BadFrame { gref, frame })
+    }
+
+    /// The address of `frame` if it is the domain's own RAM usable for `access`: never
+    /// a grant frame; in rxen's layout inside the guest's view, in a PV domain below
+    /// its RAM size and, for writes, without a page-table or descriptor type.
+    fn frame_ok(&self, st: &State, frame: u64, access: Access) -> Option<u64> {
+        let gpa = frame.checked_mul(PAGE_SIZE)?;
+        if st.is_grant_frame(frame) {
+            return None;
         }
-        Ok(gpa)
+        let ok = match &self.pv {
+            None => self.ram.check_guest_range(gpa, PAGE_SIZE, access).is_ok(),
+            Some(pv) => frame < pv.guest_pages && (access == Access::Read || !(pv.is_typed)(frame)),
+        };
+        ok.then_some(gpa)
     }
 
     /// Pins `gref` (Xen's map/copy path): returns the frame's guest-physical address.

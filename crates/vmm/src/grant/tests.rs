@@ -9,6 +9,7 @@ use rxen_abi::PAGE_SIZE;
 
 use super::hypercall::{self, GrantOp, INVALID_GFN};
 use super::*;
+use crate::guest_view::GuestView;
 use crate::memory::GuestRam;
 
 const GUEST: u16 = 7;
@@ -373,8 +374,8 @@ fn guest_hypercalls() {
         },
     )
     .unwrap();
-    let op = hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 1, &ram).unwrap();
-    assert_eq!(hypercall::execute(&t, op), 0);
+    let op = hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 1, &GuestView::identity(&ram)).unwrap();
+    assert_eq!(hypercall::execute(&t, &GuestView::identity(&ram), op), 0);
     assert_eq!(
         ram.read_obj::<GnttabSetupTable>(arg).unwrap().status,
         GNTST_OKAY
@@ -384,7 +385,7 @@ fn guest_hypercalls() {
         [TABLE_PFN, INVALID_GFN, INVALID_GFN]
     );
     assert_eq!(
-        hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 2, &ram).unwrap_err(),
+        hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 2, &GuestView::identity(&ram)).unwrap_err(),
         -rxen_abi::errno::EINVAL
     );
     ram.write_obj(
@@ -397,8 +398,8 @@ fn guest_hypercalls() {
         },
     )
     .unwrap();
-    let op = hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 1, &ram).unwrap();
-    hypercall::execute(&t, op);
+    let op = hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 1, &GuestView::identity(&ram)).unwrap();
+    hypercall::execute(&t, &GuestView::identity(&ram), op);
     assert_eq!(
         ram.read_obj::<GnttabSetupTable>(arg).unwrap().status,
         GNTST_BAD_DOMAIN
@@ -413,8 +414,8 @@ fn guest_hypercalls() {
         },
     )
     .unwrap();
-    let op = hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 1, &ram).unwrap();
-    hypercall::execute(&t, op);
+    let op = hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 1, &GuestView::identity(&ram)).unwrap();
+    hypercall::execute(&t, &GuestView::identity(&ram), op);
     assert_eq!(
         ram.read_obj::<GnttabSetupTable>(arg).unwrap().status,
         GNTST_GENERAL_ERROR
@@ -431,8 +432,8 @@ fn guest_hypercalls() {
         },
     )
     .unwrap();
-    let op = hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 1, &ram).unwrap();
-    assert_eq!(hypercall::execute(&t, op), 0);
+    let op = hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 1, &GuestView::identity(&ram)).unwrap();
+    assert_eq!(hypercall::execute(&t, &GuestView::identity(&ram), op), 0);
     assert_eq!(
         ram.read_obj::<GnttabSetupTable>(arg).unwrap().status,
         GNTST_GENERAL_ERROR
@@ -448,7 +449,7 @@ fn guest_hypercalls() {
     )
     .unwrap();
     assert_eq!(
-        hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 1, &ram).unwrap_err(),
+        hypercall::decode(GNTTABOP_SETUP_TABLE, arg, 1, &GuestView::identity(&ram)).unwrap_err(),
         -rxen_abi::errno::EFAULT
     );
 
@@ -460,8 +461,8 @@ fn guest_hypercalls() {
         },
     )
     .unwrap();
-    let op = hypercall::decode(GNTTABOP_QUERY_SIZE, arg, 1, &ram).unwrap();
-    assert_eq!(hypercall::execute(&t, op), 0);
+    let op = hypercall::decode(GNTTABOP_QUERY_SIZE, arg, 1, &GuestView::identity(&ram)).unwrap();
+    assert_eq!(hypercall::execute(&t, &GuestView::identity(&ram), op), 0);
     let q: GnttabQuerySize = ram.read_obj(arg).unwrap();
     assert_eq!(
         (q.nr_frames, q.max_nr_frames, q.status),
@@ -470,15 +471,15 @@ fn guest_hypercalls() {
 
     ram.write_obj(arg, &GnttabSetVersion { version: 2 })
         .unwrap();
-    let op = hypercall::decode(GNTTABOP_SET_VERSION, arg, 1, &ram).unwrap();
+    let op = hypercall::decode(GNTTABOP_SET_VERSION, arg, 1, &GuestView::identity(&ram)).unwrap();
     assert_eq!(
-        hypercall::execute(&t, op),
+        hypercall::execute(&t, &GuestView::identity(&ram), op),
         -i64::from(rxen_abi::errno::ENOSYS)
     );
     assert_eq!(ram.read_obj::<u32>(arg).unwrap(), 1);
     let op = GrantOp::GetVersion { ptr: arg, dom: 99 };
     assert_eq!(
-        hypercall::execute(&t, op),
+        hypercall::execute(&t, &GuestView::identity(&ram), op),
         -i64::from(rxen_abi::errno::ESRCH)
     );
 
@@ -535,8 +536,14 @@ fn guest_hypercalls() {
     for (i, c) in ops.iter().enumerate() {
         ram.write_obj(arg + i as u64 * 40, c).unwrap();
     }
-    let op = hypercall::decode(GNTTABOP_COPY, arg, ops.len() as u64, &ram).unwrap();
-    assert_eq!(hypercall::execute(&t, op), 0);
+    let op = hypercall::decode(
+        GNTTABOP_COPY,
+        arg,
+        ops.len() as u64,
+        &GuestView::identity(&ram),
+    )
+    .unwrap();
+    assert_eq!(hypercall::execute(&t, &GuestView::identity(&ram), op), 0);
     let statuses: Vec<i16> = (0..ops.len())
         .map(|i| {
             ram.read_obj::<GnttabCopy>(arg + i as u64 * 40)
@@ -560,11 +567,11 @@ fn guest_hypercalls() {
         0xa5a5_a5a5
     );
     assert_eq!(
-        hypercall::decode(GNTTABOP_COPY, arg, 513, &ram).unwrap_err(),
+        hypercall::decode(GNTTABOP_COPY, arg, 513, &GuestView::identity(&ram)).unwrap_err(),
         -rxen_abi::errno::EINVAL
     );
     assert_eq!(
-        hypercall::decode(GNTTABOP_TRANSFER, arg, 1, &ram).unwrap_err(),
+        hypercall::decode(GNTTABOP_TRANSFER, arg, 1, &GuestView::identity(&ram)).unwrap_err(),
         -rxen_abi::errno::ENOSYS
     );
 
@@ -586,8 +593,8 @@ fn guest_hypercalls() {
         )
         .unwrap();
     }
-    let op = hypercall::decode(GNTTABOP_MAP_GRANT_REF, arg, 3, &ram).unwrap();
-    assert_eq!(hypercall::execute(&t, op), 0);
+    let op = hypercall::decode(GNTTABOP_MAP_GRANT_REF, arg, 3, &GuestView::identity(&ram)).unwrap();
+    assert_eq!(hypercall::execute(&t, &GuestView::identity(&ram), op), 0);
     let statuses: Vec<i16> = (0..3)
         .map(|i| {
             ram.read_obj::<GnttabMapGrantRef>(arg + i * 32)

@@ -13,7 +13,8 @@ use rxen_abi::version::*;
 use rxen_abi::DomId;
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::memory::{Access, GuestRam};
+use crate::guest_view::GuestView;
+use crate::memory::Access;
 
 /// Most bytes one `CONSOLEIO_write` may carry (longer writes fail with `-EINVAL`).
 pub const MAX_CONSOLE_WRITE: u64 = 64 * 1024;
@@ -142,12 +143,12 @@ pub enum Op {
     AddToPhysmap(rxen_abi::grant_table::XenAddToPhysmap),
 }
 
-fn read<T: FromBytes + IntoBytes>(ram: &GuestRam, ptr: u64) -> Result<T, i32> {
-    ram.read_guest(ptr).map_err(|_| -EFAULT)
+fn read<T: FromBytes + IntoBytes>(mem: &GuestView<'_>, ptr: u64) -> Result<T, i32> {
+    mem.read(ptr).map_err(|_| -EFAULT)
 }
 
-fn check_writable<T>(ram: &GuestRam, ptr: u64) -> Result<(), i32> {
-    ram.check_guest_range(ptr, size_of::<T>() as u64, Access::Write)
+fn check_writable<T>(mem: &GuestView<'_>, ptr: u64) -> Result<(), i32> {
+    mem.check(ptr, size_of::<T>() as u64, Access::Write)
         .map_err(|_| -EFAULT)
 }
 
@@ -160,7 +161,7 @@ fn check_shutdown_reason(reason: u32) -> Result<u32, i32> {
 }
 
 /// Decodes one hypercall. `Err` is the (negative) value to return to the guest.
-pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
+pub fn decode(call: HypercallArgs, mem: &GuestView<'_>) -> Result<Op, i32> {
     let [a0, a1, a2, _a3, _a4] = call.args;
     let number = u32::try_from(call.nr).map_err(|_| -ENOSYS)?;
     match number {
@@ -183,13 +184,12 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
                     return Err(-EINVAL);
                 }
                 let mut bytes = vec![0u8; a1 as usize];
-                ram.read_guest_bytes(a2, &mut bytes).map_err(|_| -EFAULT)?;
+                mem.read_bytes(a2, &mut bytes).map_err(|_| -EFAULT)?;
                 Ok(Op::ConsoleWrite { bytes })
             }
             CONSOLEIO_READ => {
                 let count = a1.min(MAX_CONSOLE_WRITE);
-                ram.check_guest_range(a2, count, Access::Write)
-                    .map_err(|_| -EFAULT)?;
+                mem.check(a2, count, Access::Write).map_err(|_| -EFAULT)?;
                 Ok(Op::ConsoleRead { ptr: a2, count })
             }
             _ => Err(-EINVAL),
@@ -198,31 +198,31 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
             SCHEDOP_YIELD => Ok(Op::SchedYield),
             SCHEDOP_BLOCK => Ok(Op::SchedBlock),
             SCHEDOP_SHUTDOWN => {
-                let s: SchedShutdown = read(ram, a1)?;
+                let s: SchedShutdown = read(mem, a1)?;
                 Ok(Op::SchedShutdown {
                     reason: check_shutdown_reason(s.reason)?,
                 })
             }
             SCHEDOP_SHUTDOWN_CODE => {
-                let s: SchedShutdown = read(ram, a1)?;
+                let s: SchedShutdown = read(mem, a1)?;
                 Ok(Op::SchedShutdownCode {
                     reason: check_shutdown_reason(s.reason)?,
                 })
             }
             SCHEDOP_REMOTE_SHUTDOWN => {
-                let s: SchedRemoteShutdown = read(ram, a1)?;
+                let s: SchedRemoteShutdown = read(mem, a1)?;
                 Ok(Op::SchedRemoteShutdown {
                     dom: s.domain_id,
                     reason: check_shutdown_reason(s.reason)?,
                 })
             }
             SCHEDOP_POLL => {
-                let p: SchedPoll = read(ram, a1)?;
+                let p: SchedPoll = read(mem, a1)?;
                 if p.nr_ports > POLL_MAX_PORTS {
                     return Err(-EINVAL);
                 }
                 let mut ports = vec![0u32; p.nr_ports as usize];
-                ram.read_guest_bytes(p.ports, ports.as_mut_bytes())
+                mem.read_bytes(p.ports, ports.as_mut_bytes())
                     .map_err(|_| -EFAULT)?;
                 Ok(Op::SchedPoll {
                     ports,
@@ -230,7 +230,7 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
                 })
             }
             SCHEDOP_WATCHDOG => {
-                let w: SchedWatchdog = read(ram, a1)?;
+                let w: SchedWatchdog = read(mem, a1)?;
                 Ok(Op::SchedWatchdog {
                     id: w.id,
                     timeout: w.timeout,
@@ -244,7 +244,7 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
                 VCPUOP_INITIALISE => {
                     let mut ctx = <VcpuGuestContext as zerocopy::FromZeros>::new_box_zeroed()
                         .map_err(|_| -ENOMEM)?;
-                    ram.read_guest_bytes(a2, ctx.as_mut_bytes())
+                    mem.read_bytes(a2, ctx.as_mut_bytes())
                         .map_err(|_| -EFAULT)?;
                     VcpuOp::Initialise(ctx)
                 }
@@ -252,11 +252,11 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
                 VCPUOP_DOWN => VcpuOp::Down,
                 VCPUOP_IS_UP => VcpuOp::IsUp,
                 VCPUOP_GET_RUNSTATE_INFO => {
-                    check_writable::<VcpuRunstateInfo>(ram, a2)?;
+                    check_writable::<VcpuRunstateInfo>(mem, a2)?;
                     VcpuOp::GetRunstateInfo { ptr: a2 }
                 }
                 VCPUOP_SET_SINGLESHOT_TIMER => {
-                    let t: VcpuSetSingleshotTimer = read(ram, a2)?;
+                    let t: VcpuSetSingleshotTimer = read(mem, a2)?;
                     VcpuOp::SetSingleshotTimer {
                         timeout_abs_ns: t.timeout_abs_ns,
                         flags: t.flags,
@@ -271,45 +271,45 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
         nr::EVENT_CHANNEL_OP => {
             let op = match a0 {
                 EVTCHNOP_ALLOC_UNBOUND => {
-                    check_writable::<EvtchnAllocUnbound>(ram, a1)?;
+                    check_writable::<EvtchnAllocUnbound>(mem, a1)?;
                     EvtchnOp::AllocUnbound {
                         ptr: a1,
-                        arg: read(ram, a1)?,
+                        arg: read(mem, a1)?,
                     }
                 }
                 EVTCHNOP_BIND_INTERDOMAIN => {
-                    check_writable::<EvtchnBindInterdomain>(ram, a1)?;
+                    check_writable::<EvtchnBindInterdomain>(mem, a1)?;
                     EvtchnOp::BindInterdomain {
                         ptr: a1,
-                        arg: read(ram, a1)?,
+                        arg: read(mem, a1)?,
                     }
                 }
                 EVTCHNOP_BIND_VIRQ => {
-                    check_writable::<EvtchnBindVirq>(ram, a1)?;
+                    check_writable::<EvtchnBindVirq>(mem, a1)?;
                     EvtchnOp::BindVirq {
                         ptr: a1,
-                        arg: read(ram, a1)?,
+                        arg: read(mem, a1)?,
                     }
                 }
                 EVTCHNOP_BIND_IPI => {
-                    check_writable::<EvtchnBindIpi>(ram, a1)?;
+                    check_writable::<EvtchnBindIpi>(mem, a1)?;
                     EvtchnOp::BindIpi {
                         ptr: a1,
-                        arg: read(ram, a1)?,
+                        arg: read(mem, a1)?,
                     }
                 }
                 EVTCHNOP_CLOSE => EvtchnOp::Close {
-                    port: read::<EvtchnPortArg>(ram, a1)?.port,
+                    port: read::<EvtchnPortArg>(mem, a1)?.port,
                 },
                 EVTCHNOP_SEND => EvtchnOp::Send {
-                    port: read::<EvtchnPortArg>(ram, a1)?.port,
+                    port: read::<EvtchnPortArg>(mem, a1)?.port,
                 },
                 EVTCHNOP_UNMASK => EvtchnOp::Unmask {
-                    port: read::<EvtchnPortArg>(ram, a1)?.port,
+                    port: read::<EvtchnPortArg>(mem, a1)?.port,
                 },
                 EVTCHNOP_STATUS => {
-                    check_writable::<EvtchnStatus>(ram, a1)?;
-                    let s: EvtchnStatus = read(ram, a1)?;
+                    check_writable::<EvtchnStatus>(mem, a1)?;
+                    let s: EvtchnStatus = read(mem, a1)?;
                     EvtchnOp::Status {
                         ptr: a1,
                         dom: s.dom,
@@ -317,14 +317,14 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
                     }
                 }
                 EVTCHNOP_BIND_VCPU => {
-                    let b: EvtchnBindVcpu = read(ram, a1)?;
+                    let b: EvtchnBindVcpu = read(mem, a1)?;
                     EvtchnOp::BindVcpu {
                         port: b.port,
                         vcpu: b.vcpu,
                     }
                 }
                 EVTCHNOP_RESET => EvtchnOp::Reset {
-                    dom: read::<EvtchnReset>(ram, a1)?.dom,
+                    dom: read::<EvtchnReset>(mem, a1)?.dom,
                 },
                 _ => return Err(-ENOSYS),
             };
@@ -333,13 +333,13 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
         nr::MEMORY_OP => match a0 & MEMOP_CMD_MASK {
             XENMEM_CURRENT_RESERVATION | XENMEM_MAXIMUM_RESERVATION => Ok(Op::MemoryReservation {
                 maximum: a0 & MEMOP_CMD_MASK == XENMEM_MAXIMUM_RESERVATION,
-                dom: read::<u16>(ram, a1)?,
+                dom: read::<u16>(mem, a1)?,
             }),
             XENMEM_MAXIMUM_RAM_PAGE => Ok(Op::MaximumRamPage),
-            XENMEM_ADD_TO_PHYSMAP => Ok(Op::AddToPhysmap(read(ram, a1)?)),
+            XENMEM_ADD_TO_PHYSMAP => Ok(Op::AddToPhysmap(read(mem, a1)?)),
             XENMEM_MEMORY_MAP => {
-                check_writable::<XenMemoryMap>(ram, a1)?;
-                let m: XenMemoryMap = read(ram, a1)?;
+                check_writable::<XenMemoryMap>(mem, a1)?;
+                let m: XenMemoryMap = read(mem, a1)?;
                 Ok(Op::MemoryMap {
                     ptr: a1,
                     nr_entries: m.nr_entries,
@@ -348,7 +348,7 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
             }
             _ => Err(-ENOSYS),
         },
-        nr::GRANT_TABLE_OP => crate::grant::hypercall::decode(a0, a1, a2, ram).map(Op::GrantTable),
+        nr::GRANT_TABLE_OP => crate::grant::hypercall::decode(a0, a1, a2, mem).map(Op::GrantTable),
         nr::SET_SEGMENT_BASE => Ok(Op::SetSegmentBase {
             which: a0,
             base: a1,
@@ -360,6 +360,7 @@ pub fn decode(call: HypercallArgs, ram: &GuestRam) -> Result<Op, i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::GuestRam;
 
     fn ram() -> GuestRam {
         GuestRam::new("dec", 8 << 20).unwrap()
@@ -373,7 +374,11 @@ mod tests {
     fn unknown_numbers_are_enosys() {
         let r = ram();
         for n in [0u32, 1, 2, 13, 40, 127, 5000] {
-            assert_eq!(decode(call(n, [0; 5]), &r).unwrap_err(), -ENOSYS, "nr {n}");
+            assert_eq!(
+                decode(call(n, [0; 5]), &GuestView::identity(&r)).unwrap_err(),
+                -ENOSYS,
+                "nr {n}"
+            );
         }
         assert_eq!(
             decode(
@@ -381,13 +386,17 @@ mod tests {
                     nr: u64::MAX,
                     args: [0; 5]
                 },
-                &r
+                &GuestView::identity(&r)
             )
             .unwrap_err(),
             -ENOSYS
         );
         assert_eq!(
-            decode(call(nr::SCHED_OP, [99, 0, 0, 0, 0]), &r).unwrap_err(),
+            decode(
+                call(nr::SCHED_OP, [99, 0, 0, 0, 0]),
+                &GuestView::identity(&r)
+            )
+            .unwrap_err(),
             -ENOSYS
         );
         assert_eq!(
@@ -396,7 +405,7 @@ mod tests {
                     nr::EVENT_CHANNEL_OP,
                     [EVTCHNOP_BIND_PIRQ, 0x500000, 0, 0, 0]
                 ),
-                &r
+                &GuestView::identity(&r)
             )
             .unwrap_err(),
             -ENOSYS
@@ -415,12 +424,20 @@ mod tests {
             rxen_abi::layout::BOOT_STACK_BOTTOM - 8,
         ] {
             assert_eq!(
-                decode(call(nr::SCHED_OP, [SCHEDOP_SHUTDOWN, ptr, 0, 0, 0]), &r).unwrap_err(),
+                decode(
+                    call(nr::SCHED_OP, [SCHEDOP_SHUTDOWN, ptr, 0, 0, 0]),
+                    &GuestView::identity(&r)
+                )
+                .unwrap_err(),
                 -EFAULT,
                 "{ptr:#x}"
             );
             assert_eq!(
-                decode(call(nr::CONSOLE_IO, [CONSOLEIO_WRITE, 4, ptr, 0, 0]), &r).unwrap_err(),
+                decode(
+                    call(nr::CONSOLE_IO, [CONSOLEIO_WRITE, 4, ptr, 0, 0]),
+                    &GuestView::identity(&r)
+                )
+                .unwrap_err(),
                 -EFAULT
             );
         }
@@ -429,12 +446,16 @@ mod tests {
         assert_eq!(
             decode(
                 call(nr::EVENT_CHANNEL_OP, [EVTCHNOP_BIND_IPI, pt, 0, 0, 0]),
-                &r
+                &GuestView::identity(&r)
             )
             .unwrap_err(),
             -EFAULT
         );
-        assert!(decode(call(nr::EVENT_CHANNEL_OP, [EVTCHNOP_SEND, pt, 0, 0, 0]), &r).is_ok());
+        assert!(decode(
+            call(nr::EVENT_CHANNEL_OP, [EVTCHNOP_SEND, pt, 0, 0, 0]),
+            &GuestView::identity(&r)
+        )
+        .is_ok());
     }
 
     #[test]
@@ -445,7 +466,7 @@ mod tests {
         assert_eq!(
             decode(
                 call(nr::SCHED_OP, [SCHEDOP_SHUTDOWN, 0x500000, 0, 0, 0]),
-                &r
+                &GuestView::identity(&r)
             )
             .unwrap_err(),
             -EINVAL
@@ -461,7 +482,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            decode(call(nr::SCHED_OP, [SCHEDOP_POLL, 0x500000, 0, 0, 0]), &r).unwrap_err(),
+            decode(
+                call(nr::SCHED_OP, [SCHEDOP_POLL, 0x500000, 0, 0, 0]),
+                &GuestView::identity(&r)
+            )
+            .unwrap_err(),
             -EINVAL
         );
         assert_eq!(
@@ -470,19 +495,23 @@ mod tests {
                     nr::CONSOLE_IO,
                     [CONSOLEIO_WRITE, MAX_CONSOLE_WRITE + 1, 0x500000, 0, 0]
                 ),
-                &r
+                &GuestView::identity(&r)
             )
             .unwrap_err(),
             -EINVAL
         );
         assert_eq!(
-            decode(call(nr::CONSOLE_IO, [7, 0, 0, 0, 0]), &r).unwrap_err(),
+            decode(
+                call(nr::CONSOLE_IO, [7, 0, 0, 0, 0]),
+                &GuestView::identity(&r)
+            )
+            .unwrap_err(),
             -EINVAL
         );
         r.write(0x500000, b"hi").unwrap();
         match decode(
             call(nr::CONSOLE_IO, [CONSOLEIO_WRITE, 2, 0x500000, 0, 0]),
-            &r,
+            &GuestView::identity(&r),
         )
         .unwrap()
         {
@@ -497,7 +526,7 @@ mod tests {
             let r = ram();
             r.write(0x500000, &[fill; 4096]).unwrap();
             let pick = |x: u64| match x % 4 { 0 => 0x500000 + (x >> 2) % 4096, 1 => x, 2 => x % (8 << 20), _ => rxen_abi::layout::START_INFO };
-            let _ = decode(HypercallArgs { nr: n, args: [a0, pick(a1), pick(a2), 0, 0] }, &r);
+            let _ = decode(HypercallArgs { nr: n, args: [a0, pick(a1), pick(a2), 0, 0] }, &GuestView::identity(&r));
         }
     }
 }

@@ -17,6 +17,7 @@ use super::decode::{EvtchnOp, Op, VcpuOp};
 use crate::domain::{DomainShared, NR_WATCHDOGS};
 use crate::evtchn::EventChannels;
 use crate::exit::DomainExit;
+use crate::guest_view::GuestView;
 use crate::timers::TimerKind;
 use crate::vcpu::VcpuState;
 
@@ -33,18 +34,18 @@ fn ok_or(r: Result<(), i32>) -> i64 {
     }
 }
 
-fn write_back<T: IntoBytes + zerocopy::Immutable>(dom: &DomainShared, ptr: u64, v: &T) -> i64 {
-    match dom.ram.write_guest(ptr, v) {
+fn write_back<T: IntoBytes + zerocopy::Immutable>(mem: &GuestView<'_>, ptr: u64, v: &T) -> i64 {
+    match mem.write(ptr, v) {
         Ok(()) => 0,
         Err(_) => -EFAULT as i64,
     }
 }
 
-fn write_string(dom: &DomainShared, ptr: u64, len: usize, s: &str) -> i64 {
+fn write_string(mem: &GuestView<'_>, ptr: u64, len: usize, s: &str) -> i64 {
     let mut buf = vec![0u8; len];
     let n = s.len().min(len - 1);
     buf[..n].copy_from_slice(&s.as_bytes()[..n]);
-    match dom.ram.write_guest_bytes(ptr, &buf) {
+    match mem.write_bytes(ptr, &buf) {
         Ok(()) => 0,
         Err(_) => -EFAULT as i64,
     }
@@ -54,16 +55,22 @@ fn is_self(dom: &DomainShared, d: u16) -> bool {
     d == DOMID_SELF || d == dom.config.domid
 }
 
-pub(super) fn execute(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, op: Op) -> i64 {
+pub(super) fn execute(
+    dom: &DomainShared,
+    vcpu: u32,
+    fd: &VcpuFd,
+    mem: &GuestView<'_>,
+    op: Op,
+) -> i64 {
     match op {
-        Op::XenVersion { cmd, ptr } => xen_version(dom, cmd, ptr),
+        Op::XenVersion { cmd, ptr } => xen_version(dom, mem, cmd, ptr),
         Op::ConsoleWrite { bytes } => {
             dom.console.write(&bytes);
             bytes.len() as i64
         }
         Op::ConsoleRead { ptr, count } => {
             let input = dom.console.take_input(count as usize);
-            match dom.ram.write_guest_bytes(ptr, &input) {
+            match mem.write_bytes(ptr, &input) {
                 Ok(()) => input.len() as i64,
                 Err(_) => -EFAULT as i64,
             }
@@ -110,38 +117,38 @@ pub(super) fn execute(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, op: Op) -> i64
             }
             0
         }
-        Op::Vcpu { vcpu: target, op } => vcpu_op(dom, vcpu, target, op),
+        Op::Vcpu { vcpu: target, op } => vcpu_op(dom, mem, vcpu, target, op),
         Op::Evtchn(op) => {
             let mut table = dom.evtchn.lock().unwrap_or_else(|e| e.into_inner());
-            evtchn_op(dom, &mut table, op)
+            evtchn_op(mem, &mut table, op)
         }
         Op::MemoryReservation { dom: d, .. } => {
             if is_self(dom, d) {
-                dom.ram.nr_pages() as i64
+                dom.guest_pages() as i64
             } else {
                 -ESRCH as i64
             }
         }
-        Op::MaximumRamPage => dom.ram.nr_pages() as i64 - 1,
+        Op::MaximumRamPage => dom.guest_pages() as i64 - 1,
         Op::MemoryMap {
             ptr,
             nr_entries,
             buffer,
-        } => memory_map(dom, ptr, nr_entries, buffer),
+        } => memory_map(dom, mem, ptr, nr_entries, buffer),
         Op::SetSegmentBase { which, base } => set_segment_base(fd, which, base),
-        Op::GrantTable(op) => crate::grant::hypercall::execute(&dom.grants, op),
+        Op::GrantTable(op) => crate::grant::hypercall::execute(&dom.grants, mem, op),
         Op::AddToPhysmap(arg) => crate::grant::hypercall::add_to_physmap(&dom.grants, &arg),
     }
 }
 
-fn xen_version(dom: &DomainShared, cmd: u64, ptr: u64) -> i64 {
+fn xen_version(dom: &DomainShared, mem: &GuestView<'_>, cmd: u64, ptr: u64) -> i64 {
     match cmd {
         XENVER_VERSION => ((XEN_MAJOR << 16) | XEN_MINOR) as i64,
         XENVER_PAGESIZE => rxen_abi::PAGE_SIZE as i64,
-        XENVER_EXTRAVERSION => write_string(dom, ptr, EXTRAVERSION_LEN, ".0-rxen"),
-        XENVER_CAPABILITIES => write_string(dom, ptr, CAPABILITIES_LEN, "xen-3.0-x86_64"),
+        XENVER_EXTRAVERSION => write_string(mem, ptr, EXTRAVERSION_LEN, ".0-rxen"),
+        XENVER_CAPABILITIES => write_string(mem, ptr, CAPABILITIES_LEN, "xen-3.0-x86_64"),
         XENVER_CHANGESET => write_string(
-            dom,
+            mem,
             ptr,
             CHANGESET_LEN,
             concat!("rxen ", env!("CARGO_PKG_VERSION")),
@@ -150,26 +157,26 @@ fn xen_version(dom: &DomainShared, cmd: u64, ptr: u64) -> i64 {
             let mut ci = rxen_abi::version::CompileInfo::new_zeroed();
             ci.compiler[..5].copy_from_slice(b"rustc");
             ci.compile_by[..4].copy_from_slice(b"rxen");
-            write_back(dom, ptr, &ci)
+            write_back(mem, ptr, &ci)
         }
         XENVER_PLATFORM_PARAMETERS => write_back(
-            dom,
+            mem,
             ptr,
             &PlatformParameters {
                 virt_start: HYPERVISOR_VIRT_START,
             },
         ),
         XENVER_GET_FEATURES => {
-            let Ok(mut fi) = dom.ram.read_guest::<FeatureInfo>(ptr) else {
+            let Ok(mut fi) = mem.read::<FeatureInfo>(ptr) else {
                 return -EFAULT as i64;
             };
             if fi.submap_idx >= XENFEAT_NR_SUBMAPS {
                 return -EINVAL as i64;
             }
             fi.submap = 1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP;
-            write_back(dom, ptr, &fi)
+            write_back(mem, ptr, &fi)
         }
-        XENVER_GUEST_HANDLE => match dom.ram.write_guest_bytes(ptr, &dom.config.uuid) {
+        XENVER_GUEST_HANDLE => match mem.write_bytes(ptr, &dom.config.uuid) {
             Ok(()) => 0,
             Err(_) => -EFAULT as i64,
         },
@@ -280,7 +287,7 @@ fn watchdog(dom: &DomainShared, id: u32, timeout: u32) -> i64 {
     }
 }
 
-fn vcpu_op(dom: &DomainShared, current: u32, target: u64, op: VcpuOp) -> i64 {
+fn vcpu_op(dom: &DomainShared, mem: &GuestView<'_>, current: u32, target: u64, op: VcpuOp) -> i64 {
     let Some(ctl) = dom.vcpus.get(target as usize) else {
         return -ENOENT as i64;
     };
@@ -309,7 +316,7 @@ fn vcpu_op(dom: &DomainShared, current: u32, target: u64, op: VcpuOp) -> i64 {
         VcpuOp::GetRunstateInfo { ptr } => {
             let r = ctl.lock().runstate.snapshot(now);
             write_back(
-                dom,
+                mem,
                 ptr,
                 &VcpuRunstateInfo {
                     state: r.state,
@@ -344,12 +351,12 @@ fn vcpu_op(dom: &DomainShared, current: u32, target: u64, op: VcpuOp) -> i64 {
     }
 }
 
-fn evtchn_op(dom: &DomainShared, t: &mut EventChannels, op: EvtchnOp) -> i64 {
+fn evtchn_op(mem: &GuestView<'_>, t: &mut EventChannels, op: EvtchnOp) -> i64 {
     match op {
         EvtchnOp::AllocUnbound { ptr, mut arg } => match t.alloc_unbound(arg.dom, arg.remote_dom) {
             Ok(p) => {
                 arg.port = p;
-                write_back(dom, ptr, &arg)
+                write_back(mem, ptr, &arg)
             }
             Err(e) => e as i64,
         },
@@ -357,7 +364,7 @@ fn evtchn_op(dom: &DomainShared, t: &mut EventChannels, op: EvtchnOp) -> i64 {
             match t.bind_interdomain(arg.remote_dom, arg.remote_port) {
                 Ok(p) => {
                     arg.local_port = p;
-                    write_back(dom, ptr, &arg)
+                    write_back(mem, ptr, &arg)
                 }
                 Err(e) => e as i64,
             }
@@ -365,14 +372,14 @@ fn evtchn_op(dom: &DomainShared, t: &mut EventChannels, op: EvtchnOp) -> i64 {
         EvtchnOp::BindVirq { ptr, mut arg } => match t.bind_virq(arg.virq, arg.vcpu) {
             Ok(p) => {
                 arg.port = p;
-                write_back(dom, ptr, &arg)
+                write_back(mem, ptr, &arg)
             }
             Err(e) => e as i64,
         },
         EvtchnOp::BindIpi { ptr, mut arg } => match t.bind_ipi(arg.vcpu) {
             Ok(p) => {
                 arg.port = p;
-                write_back(dom, ptr, &arg)
+                write_back(mem, ptr, &arg)
             }
             Err(e) => e as i64,
         },
@@ -392,14 +399,20 @@ fn evtchn_op(dom: &DomainShared, t: &mut EventChannels, op: EvtchnOp) -> i64 {
                     u0: s.u0,
                     u1: s.u1,
                 };
-                write_back(dom, ptr, &out)
+                write_back(mem, ptr, &out)
             }
             Err(e) => e as i64,
         },
     }
 }
 
-fn memory_map(dom: &DomainShared, ptr: u64, nr_entries: u32, buffer: u64) -> i64 {
+fn memory_map(
+    dom: &DomainShared,
+    mem: &GuestView<'_>,
+    ptr: u64,
+    nr_entries: u32,
+    buffer: u64,
+) -> i64 {
     let map = [
         E820Entry {
             addr: 0,
@@ -413,15 +426,11 @@ fn memory_map(dom: &DomainShared, ptr: u64, nr_entries: u32, buffer: u64) -> i64
         },
     ];
     let n = (nr_entries as usize).min(map.len());
-    if dom
-        .ram
-        .write_guest_bytes(buffer, map[..n].as_bytes())
-        .is_err()
-    {
+    if mem.write_bytes(buffer, map[..n].as_bytes()).is_err() {
         return -EFAULT as i64;
     }
     write_back(
-        dom,
+        mem,
         ptr,
         &XenMemoryMap {
             nr_entries: n as u32,

@@ -15,11 +15,14 @@ pub fn handle(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, call: HypercallArgs) -
         v.hypercalls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let rc = if let Some(rc) = crate::traps::hypercall::handle(&dom.traps, &dom.ram, vcpu, &call) {
+    let mem = dom.guest_view(vcpu);
+    let rc = if let Some(rc) = crate::traps::hypercall::handle(&dom.traps, &mem, vcpu, &call) {
+        rc
+    } else if let Some(rc) = crate::pv::hypercall::handle(dom, vcpu, fd, &mem, &call) {
         rc
     } else {
-        match decode::decode(call, &dom.ram) {
-            Ok(op) => exec::execute(dom, vcpu, fd, op),
+        match decode::decode(call, &mem) {
+            Ok(op) => exec::execute(dom, vcpu, fd, &mem, op),
             Err(e) => e as i64,
         }
     };
@@ -27,6 +30,7 @@ pub fn handle(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, call: HypercallArgs) -
         vcpu,
         nr = call.nr,
         name = rxen_abi::hypercall::name(call.nr as u32),
+        args = format_args!("{:x?}", call.args),
         rc,
         "hypercall"
     );

@@ -15,6 +15,7 @@ pub mod boot;
 pub mod builder;
 pub mod elfnotes;
 pub mod features;
+pub mod hypercall;
 pub mod hypercall_page;
 pub mod image;
 pub mod layout;
@@ -27,6 +28,12 @@ pub use elfnotes::{ElfNotesError, NoteSource, XenNotes};
 pub use features::{FeatureError, Features};
 pub use image::{KernelSegment, PvImageError, PvKernel};
 pub use layout::{LayoutError, LayoutRequest, PvLayout};
+
+/// Whether `image` declares itself a Xen PV kernel (Xen ELF notes or a `__xen_guest`
+/// section). rxen's own guests carry neither, so this picks the boot protocol.
+pub fn is_xen_pv_kernel(image: &[u8]) -> bool {
+    XenNotes::parse_elf(image).is_ok_and(|n| n.source.is_some())
+}
 
 #[cfg(test)]
 pub(crate) mod testelf;

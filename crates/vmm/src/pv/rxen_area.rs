@@ -35,6 +35,8 @@ pub const STUB_VA: u64 = RXEN_VA + PAGE_SIZE;
 pub const TSS_VA: u64 = RXEN_VA + 2 * PAGE_SIZE;
 /// rxen's RAM is added in these steps (GuestRam sizes are multiples of 2 MiB).
 const STEP_PAGES: u64 = 512;
+/// Grant-table frames rxen reserves (`MAX_GRANT_FRAMES`), at the end of the area.
+pub const GRANT_FRAMES: u64 = crate::grant::MAX_GRANT_FRAMES as u64;
 /// `INVALID_M2P_ENTRY`.
 const INVALID_M2P: u64 = !0;
 
@@ -70,7 +72,7 @@ impl AreaLayout {
             let total = guest_pages + pages;
             let m2p_pages = (total * 8).div_ceil(PAGE_SIZE);
             let m2p_l1s = m2p_pages.div_ceil(512);
-            if M2P_L1 + m2p_l1s + m2p_pages <= pages {
+            if M2P_L1 + m2p_l1s + m2p_pages + GRANT_FRAMES <= pages {
                 return AreaLayout {
                     first: guest_pages,
                     pages,
@@ -89,6 +91,12 @@ impl AreaLayout {
 
     fn frame(&self, i: u64) -> u64 {
         (self.first + i) * PAGE_SIZE
+    }
+
+    /// First machine frame of the grant-table frames and how many there are (the last
+    /// [`GRANT_FRAMES`] frames of the area; the guest maps them like its own RAM).
+    pub fn grant_frames(&self) -> (u64, u64) {
+        (self.first + self.pages - GRANT_FRAMES, GRANT_FRAMES)
     }
 
     /// Guest-physical address of the M2P's first entry, and its number of entries.
@@ -117,6 +125,10 @@ pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError
     let zeros = [0u8; PAGE_SIZE as usize];
     for i in 0..M2P_L1 + layout.m2p_l1s {
         ram.write(frame(i), &zeros)?;
+    }
+    let (grants, nr_grants) = layout.grant_frames();
+    for g in 0..nr_grants {
+        ram.write((grants + g) * PAGE_SIZE, &zeros)?;
     }
     ram.write(frame(STUB), &crate::vcpu::syscall::stub_page())?;
     crate::builder::write_tss(ram, frame(TSS))?;
@@ -195,7 +207,9 @@ mod tests {
         let big = AreaLayout::for_guest(4 << 20);
         let (_, entries) = big.m2p();
         assert!(big.m2p_pages * 512 >= entries);
-        assert!(M2P_L1 + big.m2p_l1s + big.m2p_pages <= big.pages);
+        assert!(M2P_L1 + big.m2p_l1s + big.m2p_pages + GRANT_FRAMES <= big.pages);
+        let (g, n) = big.grant_frames();
+        assert_eq!(g + n, big.first + big.pages);
         assert_eq!(big.pages % 512, 0);
     }
 

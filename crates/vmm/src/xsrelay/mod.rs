@@ -37,7 +37,6 @@ use std::sync::atomic::Ordering::SeqCst;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rxen_abi::layout::XENSTORE_PAGE;
 use rxen_abi::ring::*;
 
 use crate::domain::DomainShared;
@@ -177,9 +176,14 @@ fn ring_spans(start: u32, len: u32) -> Vec<(u64, std::ops::Range<usize>)> {
     out
 }
 
+/// Guest-physical address of the xenstore ring page (`start_info.store_mfn`).
+fn store_page(dom: &DomainShared) -> u64 {
+    dom.boot.report.store_mfn * rxen_abi::PAGE_SIZE
+}
+
 fn idx(dom: &DomainShared, off: u64) -> Result<&std::sync::atomic::AtomicU32, Stop> {
     dom.ram
-        .atomic_u32(XENSTORE_PAGE + off)
+        .atomic_u32(store_page(dom) + off)
         .map_err(|e| Stop::Guest(e.to_string()))
 }
 
@@ -224,7 +228,7 @@ impl Rings {
         let mut bytes = vec![0u8; avail as usize];
         for (off, range) in ring_spans(cons, avail) {
             dom.ram
-                .read(XENSTORE_PAGE + off, &mut bytes[range])
+                .read(store_page(dom) + off, &mut bytes[range])
                 .map_err(|e| Stop::Guest(e.to_string()))?;
         }
         req_cons.store(prod, SeqCst);
@@ -267,7 +271,7 @@ impl Rings {
         if n == 0 {
             return Ok(false);
         }
-        let rsp_base = XENSTORE_PAGE + XENSTORE_RING_SIZE as u64;
+        let rsp_base = store_page(dom) + XENSTORE_RING_SIZE as u64;
         for (off, range) in ring_spans(prod, n as u32) {
             dom.ram
                 .write(rsp_base + off, &streams.to_guest[range])
