@@ -4,6 +4,7 @@
 //!
 //! Owns measurement only; it must not contain VMM or guest logic.
 
+mod pv_bench;
 mod vmm_bench;
 mod xend_bench;
 mod xenstore_bench;
@@ -50,6 +51,7 @@ fn main() {
     let mut figures = Vec::new();
     for (what, result) in [
         ("domains", vmm_bench::run(&wants, cli.quick)),
+        ("PV guests", pv_bench::run(&wants, cli.quick)),
         ("xenstore", xenstore_bench::run(&wants, cli.quick)),
         ("xend", xend_bench::run(&wants, cli.quick)),
     ] {
