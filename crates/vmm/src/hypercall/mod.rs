@@ -15,7 +15,8 @@ pub fn handle(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, call: HypercallArgs) -
         v.hypercalls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let rc = if let Some(rc) = crate::traps::hypercall::handle(&dom.traps, &dom.ram, vcpu, &call) {
+    let read = |at: u64, buf: &mut [u8]| crate::traps::read_guest(dom, at, buf);
+    let rc = if let Some(rc) = crate::traps::hypercall::handle(&dom.traps, &read, vcpu, &call) {
         rc
     } else {
         match decode::decode(call, &dom.ram) {

@@ -6,7 +6,6 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuFd};
 
 use super::bounce::{self, Undeliverable, VECTOR_PF};
-use super::pages;
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
 
@@ -72,13 +71,17 @@ fn deliver(
     regs: &kvm_regs,
     sregs: &kvm_sregs,
 ) -> Result<kvm_regs, Undeliverable> {
-    let vector = pages::vector_of_exit(regs.rip).ok_or(Undeliverable::NotFromStub(regs.rip))?;
+    let vector = dom
+        .boot
+        .traps
+        .vector_of_exit(regs.rip)
+        .ok_or(Undeliverable::NotFromStub(regs.rip))?;
     let at = regs.rsp;
     let mut words = [None; 6];
     for (i, w) in words.iter_mut().enumerate() {
         *w = at
             .checked_add(8 * i as u64)
-            .and_then(|a| dom.ram.read_guest::<u64>(a).ok());
+            .and_then(|a| super::guest_mem::read_u64(dom, a).ok());
     }
     if words[..5].iter().any(Option::is_none) {
         return Err(Undeliverable::FrameUnreadable(at));
@@ -96,12 +99,10 @@ fn deliver(
     let saved_mask = dom.shared_info.upcall_mask(id);
     let (frame_at, frame_words) = bounce::bounce_frame(regs, &frame, &delivery, saved_mask);
     let bytes: Vec<u8> = frame_words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    dom.ram
-        .write_guest_bytes(frame_at, &bytes)
-        .map_err(|_| Undeliverable::BadStack {
-            vector: delivery.vector,
-            rsp: frame.rsp,
-        })?;
+    super::guest_mem::write(dom, frame_at, &bytes).map_err(|_| Undeliverable::BadStack {
+        vector: delivery.vector,
+        rsp: frame.rsp,
+    })?;
     if delivery.vector == VECTOR_PF && delivery.error_code.is_some() {
         dom.shared_info.set_cr2(id, sregs.cr2);
     }

@@ -8,14 +8,31 @@ use rxen_abi::vcpu::TrapInfo;
 
 use super::{Callback, DomainTraps, TrapEntry};
 use crate::hypercall::HypercallArgs;
-use crate::memory::GuestRam;
+use crate::memory::MemoryError;
+
+/// Reads guest bytes at a guest address for the calling domain.
+pub type GuestRead<'a> = &'a dyn Fn(u64, &mut [u8]) -> Result<(), MemoryError>;
+
+fn read_obj<T: zerocopy::FromBytes + zerocopy::IntoBytes>(
+    read: GuestRead<'_>,
+    at: u64,
+) -> Result<T, i32> {
+    let mut v = T::new_zeroed();
+    read(at, v.as_mut_bytes()).map_err(|_| -EFAULT)?;
+    Ok(v)
+}
 
 /// Most `trap_info` entries one `set_trap_table` reads before its terminator (Xen has
 /// no limit but preempts; 256 vectors never need more than this).
 pub const MAX_TRAP_ENTRIES: u64 = 1024;
 
 /// Handles the trap and callback hypercalls; `None` for every other number.
-pub fn handle(traps: &DomainTraps, ram: &GuestRam, vcpu: u32, call: &HypercallArgs) -> Option<i64> {
+pub fn handle(
+    traps: &DomainTraps,
+    ram: GuestRead<'_>,
+    vcpu: u32,
+    call: &HypercallArgs,
+) -> Option<i64> {
     let [a0, a1, a2, ..] = call.args;
     let nr = u32::try_from(call.nr).ok()?;
     let rc = match nr {
@@ -29,7 +46,7 @@ pub fn handle(traps: &DomainTraps, ram: &GuestRam, vcpu: u32, call: &HypercallAr
 
 /// `set_trap_table(table)`: a null pointer clears the table; otherwise entries are read
 /// until one with `address == 0`.
-fn set_trap_table(traps: &DomainTraps, ram: &GuestRam, vcpu: u32, ptr: u64) -> Result<(), i32> {
+fn set_trap_table(traps: &DomainTraps, ram: GuestRead<'_>, vcpu: u32, ptr: u64) -> Result<(), i32> {
     let mut t = traps.vcpu(vcpu).ok_or(-EINVAL)?;
     if ptr == 0 {
         t.table = [TrapEntry::default(); 256];
@@ -39,7 +56,7 @@ fn set_trap_table(traps: &DomainTraps, ram: &GuestRam, vcpu: u32, ptr: u64) -> R
         let at = ptr
             .checked_add(i * core::mem::size_of::<TrapInfo>() as u64)
             .ok_or(-EFAULT)?;
-        let e: TrapInfo = ram.read_guest(at).map_err(|_| -EFAULT)?;
+        let e: TrapInfo = read_obj(ram, at)?;
         if e.address == 0 {
             return Ok(());
         }
@@ -75,7 +92,7 @@ fn set_callbacks(
 /// `callback_op(CALLBACKOP_register | CALLBACKOP_unregister, arg)`.
 fn callback_op(
     traps: &DomainTraps,
-    ram: &GuestRam,
+    ram: GuestRead<'_>,
     vcpu: u32,
     cmd: u64,
     arg: u64,
@@ -83,7 +100,7 @@ fn callback_op(
     let mut t = traps.vcpu(vcpu).ok_or(-EINVAL)?;
     match cmd {
         CALLBACKOP_REGISTER => {
-            let r: CallbackRegister = ram.read_guest(arg).map_err(|_| -EFAULT)?;
+            let r: CallbackRegister = read_obj(ram, arg)?;
             let cb = Some(Callback {
                 address: r.address,
                 mask_events: r.flags & CALLBACKF_MASK_EVENTS != 0,
@@ -102,7 +119,7 @@ fn callback_op(
             Ok(())
         }
         CALLBACKOP_UNREGISTER => {
-            let r: CallbackUnregister = ram.read_guest(arg).map_err(|_| -EFAULT)?;
+            let r: CallbackUnregister = read_obj(ram, arg)?;
             // Xen lets only the NMI callback be unregistered.
             match r.type_ {
                 CALLBACKTYPE_NMI => {
@@ -119,6 +136,7 @@ fn callback_op(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::GuestRam;
     use zerocopy::IntoBytes;
 
     const BUF: u64 = 0x50_0000;
@@ -167,7 +185,7 @@ mod tests {
         ram.write(BUF, entries.as_bytes()).unwrap();
         let rc = handle(
             &traps,
-            &ram,
+            &|a, b| ram.read_guest_bytes(a, b),
             1,
             &call(nr::SET_TRAP_TABLE, [BUF, 0, 0, 0, 0]),
         );
@@ -187,7 +205,12 @@ mod tests {
         drop(t);
         assert_eq!(traps.vcpu(0).unwrap().table[14].address, 0, "per vCPU");
         assert_eq!(
-            handle(&traps, &ram, 1, &call(nr::SET_TRAP_TABLE, [0; 5])),
+            handle(
+                &traps,
+                &|a, b| ram.read_guest_bytes(a, b),
+                1,
+                &call(nr::SET_TRAP_TABLE, [0; 5])
+            ),
             Some(0)
         );
         assert_eq!(traps.vcpu(1).unwrap().table[14].address, 0);
@@ -198,7 +221,7 @@ mod tests {
         let (traps, ram) = setup();
         let rc = handle(
             &traps,
-            &ram,
+            &|a, b| ram.read_guest_bytes(a, b),
             0,
             &call(nr::SET_TRAP_TABLE, [u64::MAX - 3, 0, 0, 0, 0]),
         );
@@ -215,13 +238,18 @@ mod tests {
         }
         let rc = handle(
             &traps,
-            &ram,
+            &|a, b| ram.read_guest_bytes(a, b),
             0,
             &call(nr::SET_TRAP_TABLE, [BUF, 0, 0, 0, 0]),
         );
         assert_eq!(rc, Some(i64::from(-EINVAL)));
         assert_eq!(
-            handle(&traps, &ram, 7, &call(nr::SET_TRAP_TABLE, [0; 5])),
+            handle(
+                &traps,
+                &|a, b| ram.read_guest_bytes(a, b),
+                7,
+                &call(nr::SET_TRAP_TABLE, [0; 5])
+            ),
             Some(i64::from(-EINVAL))
         );
     }
@@ -231,7 +259,7 @@ mod tests {
         let (traps, ram) = setup();
         let rc = handle(
             &traps,
-            &ram,
+            &|a, b| ram.read_guest_bytes(a, b),
             0,
             &call(nr::SET_CALLBACKS, [0x40_1000, 0x40_2000, 0x40_3000, 0, 0]),
         );
@@ -260,7 +288,7 @@ mod tests {
         ram.write_obj(BUF, &reg).unwrap();
         let rc = handle(
             &traps,
-            &ram,
+            &|a, b| ram.read_guest_bytes(a, b),
             0,
             &call(nr::CALLBACK_OP, [CALLBACKOP_REGISTER, BUF, 0, 0, 0]),
         );
@@ -276,7 +304,7 @@ mod tests {
         ram.write_obj(BUF, &bad).unwrap();
         let rc = handle(
             &traps,
-            &ram,
+            &|a, b| ram.read_guest_bytes(a, b),
             0,
             &call(nr::CALLBACK_OP, [CALLBACKOP_REGISTER, BUF, 0, 0, 0]),
         );
@@ -291,12 +319,17 @@ mod tests {
         .unwrap();
         let rc = handle(
             &traps,
-            &ram,
+            &|a, b| ram.read_guest_bytes(a, b),
             0,
             &call(nr::CALLBACK_OP, [CALLBACKOP_UNREGISTER, BUF, 0, 0, 0]),
         );
         assert_eq!(rc, Some(i64::from(-EINVAL)));
-        let rc = handle(&traps, &ram, 0, &call(nr::CALLBACK_OP, [9, BUF, 0, 0, 0]));
+        let rc = handle(
+            &traps,
+            &|a, b| ram.read_guest_bytes(a, b),
+            0,
+            &call(nr::CALLBACK_OP, [9, BUF, 0, 0, 0]),
+        );
         assert_eq!(rc, Some(i64::from(-ENOSYS)));
     }
 }

@@ -16,6 +16,8 @@
 pub mod bounce;
 mod exit;
 pub use exit::handle as handle_stub_exit;
+mod guest_mem;
+pub(crate) use guest_mem::read as read_guest;
 pub mod hypercall;
 pub mod iret;
 pub mod pages;
