@@ -5,9 +5,11 @@
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuFd};
 
-use super::bounce::{self, Undeliverable, VECTOR_PF};
+use super::bounce::{self, CpuFrame, Undeliverable, VECTOR_PF};
+use super::m2p;
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
+use crate::pv::rxen_area::M2pWindow;
 
 /// Reads the registers (sync regs when valid, else ioctls).
 fn read_state(fd: &mut VcpuFd, sync_regs: bool) -> Result<(kvm_regs, kvm_sregs), String> {
@@ -86,15 +88,49 @@ fn deliver(
     if words[..5].iter().any(Option::is_none) {
         return Err(Undeliverable::FrameUnreadable(at));
     }
-    let (frame, software) =
+    let (mut frame, software) =
         bounce::parse_frame(vector, words, sregs.cs.selector, sregs.ss.selector, at)?;
+    let mut not_emulated = None;
+    if vector == VECTOR_PF && !software && m2p::SLOT_256.contains(&sregs.cr2) {
+        if let Some(window) = dom.boot.m2p {
+            match emulate_m2p(dom, regs, sregs, &frame, &window) {
+                Ok(next) => {
+                    tracing::trace!(
+                        vcpu = id,
+                        cr2 = sregs.cr2,
+                        rip = frame.rip,
+                        "M2P read emulated"
+                    );
+                    return Ok(next);
+                }
+                Err(why) => {
+                    tracing::debug!(vcpu = id, cr2 = sregs.cr2, rip = frame.rip, %why, "slot-256 fault not emulated");
+                    // Xen maps the M2P present and read-only: a write to it is a
+                    // protection fault, not a missing page.
+                    if window.gpa_of(sregs.cr2, 1).is_some() {
+                        frame.error_code = frame.error_code.map(|e| e | 1);
+                    }
+                    not_emulated = Some(why);
+                }
+            }
+        }
+    }
     let delivery = {
         let traps = dom.traps.vcpu(id).ok_or(Undeliverable::NoHandler {
             vector,
             error_code: frame.error_code,
             rip: frame.rip,
         })?;
-        bounce::decide(vector, &frame, software, &traps.table)?
+        bounce::decide(vector, &frame, software, &traps.table).map_err(|e| {
+            match (e, not_emulated) {
+                (Undeliverable::NoHandler { rip, .. }, Some(why)) => Undeliverable::Slot256 {
+                    cr2: sregs.cr2,
+                    rip,
+                    why,
+                },
+                (e, _) => e,
+            }
+        })?
     };
     let saved_mask = dom.shared_info.upcall_mask(id);
     let (frame_at, frame_words) = bounce::bounce_frame(regs, &frame, &delivery, saved_mask);
@@ -116,4 +152,41 @@ fn deliver(
         "trap bounced"
     );
     Ok(bounce::handler_regs(regs, &frame, &delivery, frame_at))
+}
+
+/// Emulates a read of the M2P that faulted (see [`m2p`]); returns the registers after
+/// the load.
+fn emulate_m2p(
+    dom: &DomainShared,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+    frame: &CpuFrame,
+    window: &M2pWindow,
+) -> Result<kvm_regs, m2p::NotEmulated> {
+    let mut interrupted = *regs;
+    interrupted.rip = frame.rip;
+    interrupted.rsp = frame.rsp;
+    interrupted.rflags = crate::vcpu::syscall::user_rflags(frame.rflags);
+    // At most 15 bytes, fewer when the next page is not the guest's.
+    let mut code = [0u8; 15];
+    let to_page_end = (0x1000 - (frame.rip & 0xfff)).min(15) as usize;
+    let n = if super::guest_mem::read(dom, frame.rip, &mut code).is_ok() {
+        15
+    } else {
+        super::guest_mem::read(dom, frame.rip, &mut code[..to_page_end])
+            .map_err(|_| m2p::NotEmulated::Undecodable)?;
+        to_page_end
+    };
+    let fault = m2p::Fault {
+        regs: &interrupted,
+        fs_base: sregs.fs.base,
+        gs_base: sregs.gs.base,
+        cr2: sregs.cr2,
+        long_mode: frame.cs & 0xffff == u64::from(sregs.cs.selector),
+    };
+    m2p::emulate_load(&code[..n], &fault, window, |gpa, len| {
+        let mut b = [0u8; 8];
+        dom.ram.read(gpa, &mut b[..len]).ok()?;
+        Some(u64::from_le_bytes(b))
+    })
 }

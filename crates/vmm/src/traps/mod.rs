@@ -20,6 +20,7 @@ mod guest_mem;
 pub(crate) use guest_mem::read as read_guest;
 pub mod hypercall;
 pub mod iret;
+pub mod m2p;
 pub mod pages;
 pub mod upcall;
 
