@@ -166,3 +166,40 @@ fn mini_os_gets_past_its_m2p_reads() {
     assert!(emulated >= 1, "stderr: {err}");
     assert!(!err.contains("triple-fault"), "stderr: {err}");
 }
+
+/// Mini-OS returns from its exception handlers with a direct `iretq` to Xen's flat
+/// selectors; rxen's GDT (page 14 of a Xen-shaped GDT in slot 257) must let them load.
+/// A minimal PV kernel builds an `iretq` frame with CS 0xe033 / SS 0xe02b returning to
+/// its `ud2`: the domain must end at that `ud2` (#UD, no trap table), not with a #GP.
+#[test]
+fn direct_iretq_to_xen_flat_selectors_loads_them() {
+    let test = "direct_iretq_to_xen_flat_selectors_loads_them";
+    if !kvm_available(test) {
+        return;
+    }
+    let code = [
+        0x48, 0x89, 0xe0, // mov rax, rsp
+        0x68, 0x2b, 0xe0, 0, 0,    // push 0xe02b (ss)
+        0x50, // push rax (rsp)
+        0x9c, // pushfq
+        0x68, 0x33, 0xe0, 0, 0, // push 0xe033 (cs)
+        0x48, 0x8d, 0x0d, 0x03, 0, 0, 0,    // lea rcx, [rip + 3] (the ud2)
+        0x51, // push rcx
+        0x48, 0xcf, // iretq
+        0x0f, 0x0b, // ud2 (at 0x19)
+    ];
+    let dir = TempDir::new(test);
+    let path = dir.0.join("iretq");
+    std::fs::write(&path, common::pv_kernel::pv_kernel(&code)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_xen-vmm"))
+        .args(["run", "--pv", "--kernel"])
+        .arg(&path)
+        .env("RXEN_LOG", "warn")
+        .output()
+        .expect("running xen-vmm");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("vector 6 ") && err.contains("at rip 0x19"),
+        "stderr: {err}"
+    );
+}
