@@ -120,7 +120,13 @@ fn pv_grub_path() -> PathBuf {
 }
 
 fn pv_grub(quick: bool) -> Result<Figure, String> {
-    pv_boot(quick, "pv_grub_boot_to_prompt_ms", pv_grub_path(), 64, "grub> ")
+    pv_boot(
+        quick,
+        "pv_grub_boot_to_prompt_ms",
+        pv_grub_path(),
+        64,
+        "grub> ",
+    )
 }
 
 type Bench = fn(bool) -> Result<Figure, String>;

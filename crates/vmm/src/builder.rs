@@ -48,6 +48,10 @@ pub struct BootInfo {
     /// Code and data selectors vCPU 0 starts with (Xen's flat selectors for PV
     /// kernels; rxen's `0x33`/`0x2b` otherwise).
     pub selectors: (u16, u16),
+    /// rxen's GDT, IDT and trap stubs (loaded into every vCPU's sregs).
+    pub traps: crate::traps::pages::TrapLayout,
+    /// The read-only M2P whose guest reads are emulated (Xen PV domains only).
+    pub m2p: Option<crate::pv::rxen_area::M2pWindow>,
 }
 
 /// Event channels the builder wires into `start_info`.
@@ -205,6 +209,8 @@ pub fn build(
         syscall_stub: SYSCALL_STUB,
         tss_base: TSS,
         selectors: (crate::vcpu::regs::USER_CS, crate::vcpu::regs::USER_DS),
+        traps: crate::traps::pages::TrapLayout::rxen(),
+        m2p: None,
     })
 }
 

@@ -122,7 +122,7 @@ pub enum BootKind {
     #[default]
     Rxen,
     /// An unmodified Xen PV kernel on Xen's PV layout (`crate::pv`; the MMU
-    /// hypercalls, traps and callbacks are not wired yet).
+    /// hypercalls are not wired yet).
     XenPv,
 }
 
@@ -497,16 +497,8 @@ impl Domain {
             let fd = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
             vcpu::syscall::program_msrs(&fd, boot.syscall_stub)?;
             let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
-            let mut sregs = regs::long_mode_sregs(sregs, boot.cr3);
+            let mut sregs = regs::long_mode_sregs(sregs, boot.cr3, &boot.traps);
             sregs.tr.base = boot.tss_base;
-            if boot.tss_base != layout::TSS {
-                // A Xen PV layout: rxen's GDT/IDT/trap stubs are not placed in its rxen
-                // area yet, and their addresses in rxen's own layout are guest memory
-                // there. No descriptor tables (an exception ends the domain) rather
-                // than tables the guest could write.
-                sregs.gdt = kvm_bindings::kvm_dtable::default();
-                sregs.idt = kvm_bindings::kvm_dtable::default();
-            }
             sregs.cs.selector = boot.selectors.0;
             for seg in [
                 &mut sregs.ss,

@@ -158,12 +158,38 @@ impl Console {
     /// Guest output: what the rate limit lets through goes to the sink and the ring,
     /// the rest is dropped and counted. Never waits for tokens.
     pub fn write(&self, bytes: &[u8]) {
-        let len = bytes.len() as u64;
+        let Some((mut out, granted)) = self.admit(bytes.len() as u64) else {
+            return;
+        };
+        let kept = &bytes[..granted];
+        out.ring.push(kept);
+        out.sink.write(kept);
+    }
+
+    /// A Xen PV domain's `console_io` write: in Xen that is the hypervisor's console
+    /// (`xl dmesg`), not the domain's, whose console is its ring. rxen logs it (target
+    /// `rxen_vmm::hypervisor_console`, prefixed `(dN)`), under the same rate limit as
+    /// the console, and keeps it out of the domain's console so nothing shows twice.
+    pub fn write_hypervisor_log(&self, domid: u16, bytes: &[u8]) {
+        let Some((out, granted)) = self.admit(bytes.len() as u64) else {
+            return;
+        };
+        drop(out);
+        let text = String::from_utf8_lossy(&bytes[..granted]);
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            tracing::info!(target: "rxen_vmm::hypervisor_console", "(d{domid}) {line}");
+        }
+    }
+
+    /// Counts `len` bytes of output and takes what the rate limit grants, with the
+    /// output locked (`None`: nothing; while the bucket is empty that is decided
+    /// without taking the lock).
+    fn admit(&self, len: u64) -> Option<(std::sync::MutexGuard<'_, Output>, usize)> {
         self.total.fetch_add(len, Relaxed);
         let now = self.epoch.elapsed().as_nanos() as u64;
         if now < self.closed_until.load(Relaxed) {
             self.dropped.fetch_add(len, Relaxed);
-            return;
+            return None;
         }
         let mut out = self.output.lock().unwrap_or_else(|e| e.into_inner());
         let granted = out.bucket.take(len);
@@ -172,12 +198,7 @@ impl Console {
             let wait = out.bucket.ns_for(REOPEN_BYTES);
             self.closed_until.store(now.saturating_add(wait), Relaxed);
         }
-        if granted == 0 {
-            return;
-        }
-        let kept = &bytes[..granted as usize];
-        out.ring.push(kept);
-        out.sink.write(kept);
+        (granted > 0).then_some((out, granted as usize))
     }
 
     /// Output counters since boot.

@@ -65,7 +65,11 @@ pub(super) fn execute(
     match op {
         Op::XenVersion { cmd, ptr } => xen_version(dom, mem, cmd, ptr),
         Op::ConsoleWrite { bytes } => {
-            dom.console.write(&bytes);
+            if dom.pv_mmu.is_some() {
+                dom.console.write_hypervisor_log(dom.config.domid, &bytes);
+            } else {
+                dom.console.write(&bytes);
+            }
             bytes.len() as i64
         }
         Op::ConsoleRead { ptr, count } => {

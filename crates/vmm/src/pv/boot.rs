@@ -2,8 +2,8 @@
 //! ([`rxen_area`](super::rxen_area)), the domain built by [`builder`](super::builder),
 //! rxen's L4 slot installed in the MMU, and the [`BootInfo`] the vCPUs start from.
 //!
-//! What is not wired yet (issue 8): the MMU hypercalls, traps and callbacks. A PV
-//! kernel therefore runs until its first hypercall that needs them.
+//! What is not wired yet (issue 8): the MMU hypercalls. A PV kernel therefore runs
+//! until its first hypercall that needs them.
 
 use rxen_vmm_api::BootReport;
 
@@ -66,6 +66,8 @@ pub fn build(
         syscall_stub: area.stub_va,
         tss_base: area.tss_va,
         selectors: (r.cs, r.ds),
+        traps: area.traps,
+        m2p: Some(area.m2p),
     };
     Ok((boot, mmu))
 }

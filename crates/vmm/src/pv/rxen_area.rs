@@ -13,15 +13,23 @@
 //! Xen's `RO_MPT_VIRT_START` (slot 256), as PV kernels expect; entry `mfn` holds the
 //! pfn (`mfn == pfn` for the guest's RAM, `!0` for rxen's frames).
 //!
+//! Exception delivery (`crate::traps`) needs rxen's GDT, IDT and trap stubs here too:
+//! the GDT is Xen's shape (limit 0xefff: pages 0-13 all map one zero frame, page 14
+//! holds `FLAT_RING3_CS32`/`CS64`/`DS32` at 0xe023/0xe033/0xe02b), the IDT's gates go
+//! through 0xe033 to the stubs. All three are read-only to the guest (the GDT and IDT
+//! also NX), and their descriptors are pre-accessed so the CPU never writes them.
+//!
 //! Frames, from `first` (the first frame after the guest's RAM): 0 `shared_info`,
 //! 1 stub, 2..=4 TSS, 5 L3, 6 L2, 7 L1 (slot 257), 8 M2P L3, 9 M2P L2 (slot 256),
-//! then the M2P's L1s, then the M2P itself.
+//! 10 zero frame (GDT pages 0-13), 11 GDT page 14, 12 IDT, 13 trap stubs, then the
+//! M2P's L1s, then the M2P itself.
 
 use rxen_abi::mmu::{HYPERVISOR_VIRT_START, RO_MPT_VIRT_START};
 
 use super::layout::PAGE_SIZE;
 use super::mmu::entry::{PAGE_ACCESSED, PAGE_NX, PAGE_PRESENT, PAGE_USER};
 use crate::memory::{GuestRam, MemoryError};
+use crate::traps::pages::{self, TrapLayout, XEN_FLAT_CS64, XEN_GDT_LIMIT, XEN_GDT_PAGE};
 
 /// L4 slot of rxen's stub and TSS mapping (257: slot 256 is the M2P's).
 pub const RXEN_L4_SLOT: usize = 257;
@@ -33,6 +41,20 @@ pub const RXEN_VA: u64 = HYPERVISOR_VIRT_START + (1 << 39);
 pub const STUB_VA: u64 = RXEN_VA + PAGE_SIZE;
 /// Virtual address of the TSS (the TR base).
 pub const TSS_VA: u64 = RXEN_VA + 2 * PAGE_SIZE;
+/// Virtual address of the trap stubs (the IDT's gate targets).
+pub const TRAP_STUBS_VA: u64 = RXEN_VA + 5 * PAGE_SIZE;
+/// Virtual address of the IDT.
+pub const IDT_VA: u64 = RXEN_VA + 6 * PAGE_SIZE;
+/// Virtual address of the GDT (15 pages).
+pub const GDT_VA: u64 = RXEN_VA + 16 * PAGE_SIZE;
+/// Where exception delivery finds its pages in a PV domain.
+pub const TRAPS: TrapLayout = TrapLayout {
+    gdt: GDT_VA,
+    gdt_limit: XEN_GDT_LIMIT,
+    idt: IDT_VA,
+    stubs: TRAP_STUBS_VA,
+    code_selector: XEN_FLAT_CS64,
+};
 /// rxen's RAM is added in these steps (GuestRam sizes are multiples of 2 MiB).
 const STEP_PAGES: u64 = 512;
 /// Grant-table frames rxen reserves (`MAX_GRANT_FRAMES`), at the end of the area.
@@ -49,7 +71,11 @@ const L2: u64 = 6;
 const L1: u64 = 7;
 const M2P_L3: u64 = 8;
 const M2P_L2: u64 = 9;
-const M2P_L1: u64 = 10;
+const ZERO: u64 = 10;
+const GDT_DESC: u64 = 11;
+const IDT: u64 = 12;
+const TRAP_STUBS: u64 = 13;
+const M2P_L1: u64 = 14;
 const LINK: u64 = PAGE_PRESENT | PAGE_USER | PAGE_ACCESSED;
 
 /// Where rxen's pages go for a domain of `guest_pages`.
@@ -103,6 +129,34 @@ impl AreaLayout {
     pub fn m2p(&self) -> (u64, u64) {
         (self.frame(M2P_L1 + self.m2p_l1s), self.first + self.pages)
     }
+
+    /// The M2P as the guest reads it: mapped at `RO_MPT_VIRT_START`, whole pages.
+    pub fn m2p_window(&self) -> M2pWindow {
+        M2pWindow {
+            va: RO_MPT_VIRT_START,
+            gpa: self.m2p().0,
+            bytes: self.m2p_pages * PAGE_SIZE,
+        }
+    }
+}
+
+/// The read-only M2P: `bytes` at guest virtual `va`, held at guest-physical `gpa`
+/// (rxen frames). Guest reads of it are emulated (`crate::traps::m2p`) because this
+/// host keeps its L4 slot for itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct M2pWindow {
+    pub va: u64,
+    pub gpa: u64,
+    pub bytes: u64,
+}
+
+impl M2pWindow {
+    /// The guest-physical address of `len` bytes at guest virtual `va`, if they lie
+    /// inside the M2P.
+    pub fn gpa_of(&self, va: u64, len: u64) -> Option<u64> {
+        let off = va.checked_sub(self.va)?;
+        (off.checked_add(len)? <= self.bytes).then_some(self.gpa + off)
+    }
 }
 
 /// Where rxen's pages went.
@@ -117,6 +171,9 @@ pub struct RxenArea {
     pub l4_entry: u64,
     /// What L4 slot [`M2P_L4_SLOT`] holds in every validated L4.
     pub m2p_l4_entry: u64,
+    /// rxen's GDT, IDT and trap stubs.
+    pub traps: TrapLayout,
+    pub m2p: M2pWindow,
 }
 
 /// Writes rxen's pages into `ram` where `layout` puts them.
@@ -139,6 +196,21 @@ pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError
     for i in 0..TSS_PAGES {
         let va = TSS_VA + i * PAGE_SIZE;
         ram.write_obj(frame(L1) + slot(va, 12), &(frame(TSS + i) | LINK | PAGE_NX))?;
+    }
+    // Exception delivery: stubs (executable), IDT, GDT (14 zero pages + descriptors).
+    ram.write(frame(GDT_DESC), &pages::gdt_page())?;
+    ram.write(frame(IDT), &TRAPS.idt_page())?;
+    ram.write(frame(TRAP_STUBS), &pages::stub_page())?;
+    let ro_nx = LINK | PAGE_NX;
+    ram.write_obj(
+        frame(L1) + slot(TRAP_STUBS_VA, 12),
+        &(frame(TRAP_STUBS) | LINK),
+    )?;
+    ram.write_obj(frame(L1) + slot(IDT_VA, 12), &(frame(IDT) | ro_nx))?;
+    for p in 0..=XEN_GDT_PAGE {
+        let f = if p == XEN_GDT_PAGE { GDT_DESC } else { ZERO };
+        let va = GDT_VA + p * PAGE_SIZE;
+        ram.write_obj(frame(L1) + slot(va, 12), &(frame(f) | ro_nx))?;
     }
     // The M2P: slot 256 -> one L3 -> one L2 -> its L1s -> its pages, read-only.
     ram.write_obj(
@@ -172,6 +244,8 @@ pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError
         tss_va: TSS_VA,
         l4_entry: frame(L3) | LINK,
         m2p_l4_entry: frame(M2P_L3) | LINK,
+        traps: TRAPS,
+        m2p: layout.m2p_window(),
     })
 }
 
@@ -243,5 +317,57 @@ mod tests {
         assert_eq!(read_m2p(2047), 2047);
         assert_eq!(read_m2p(2048), !0);
         assert_eq!(read_m2p(2048 + 511), !0);
+        // The M2P window: whole pages, nothing past them.
+        let w = area.m2p;
+        assert_eq!(
+            w.gpa_of(RO_MPT_VIRT_START + 0x78 * 8, 8),
+            Some(w.gpa + 0x3c0)
+        );
+        assert_eq!(
+            w.gpa_of(RO_MPT_VIRT_START + w.bytes - 8, 8),
+            Some(w.gpa + w.bytes - 8)
+        );
+        assert_eq!(w.gpa_of(RO_MPT_VIRT_START + w.bytes - 4, 8), None);
+        assert_eq!(w.gpa_of(RO_MPT_VIRT_START - 8, 8), None);
+    }
+
+    #[test]
+    fn maps_gdt_idt_and_trap_stubs_read_only() {
+        let ram = GuestRam::new("rxen-area", 10 << 20).unwrap();
+        let layout = AreaLayout::for_guest(2048);
+        let area = write(&ram, layout).unwrap();
+        let read = |va: u64| {
+            let e = walk(&ram, area.l4_entry, va);
+            assert_eq!(
+                e & 0x7,
+                PAGE_PRESENT | PAGE_USER,
+                "read-only user page {va:#x}"
+            );
+            let mut b = [0u8; 8];
+            ram.read((e & ADDR) + (va & 0xfff), &mut b).unwrap();
+            (e, u64::from_le_bytes(b))
+        };
+        // GDT: zero below page 14, Xen's flat selectors in it.
+        for sel in [0u64, 0x33, 0x2b, 0x1000, 0xd038] {
+            let (e, d) = read(GDT_VA + sel);
+            assert_eq!(d, 0, "selector {sel:#x}");
+            assert_eq!(e >> 63, 1, "NX");
+        }
+        assert_eq!(read(GDT_VA + 0xe030).1, 0x00af_fb00_0000_ffff);
+        assert_eq!(read(GDT_VA + 0xe028).1, 0x00cf_f300_0000_ffff);
+        assert_eq!(read(GDT_VA + 0xe020).1, 0x00cf_fb00_0000_ffff);
+        assert_eq!(
+            walk(&ram, area.l4_entry, GDT_VA + 0xf000),
+            0,
+            "past the limit"
+        );
+        // IDT gate 14 -> stub 14 through 0xe033; the stub exits on the trap port.
+        let (_, lo) = read(IDT_VA + 14 * 16);
+        assert_eq!((lo >> 16) & 0xffff, 0xe033);
+        assert_eq!(lo & 0xffff, TRAPS.stub_address(14) & 0xffff);
+        let (e, stub) = read(TRAPS.stub_address(14));
+        assert_eq!(e >> 63, 0, "stubs executable");
+        assert_eq!(stub & 0xffff_ffff, 0x0b0f_e1e6);
+        assert_eq!(area.traps, TRAPS);
     }
 }

@@ -65,6 +65,14 @@ pub enum Undeliverable {
     },
     #[error("vector {vector}: handler address {address:#x} is not a canonical user address")]
     BadHandler { vector: u8, address: u64 },
+    #[error(
+        "page fault at {cr2:#x} (rxen's L4 slot 256) from rip {rip:#x}: not an emulated M2P read ({why}), and no page-fault handler"
+    )]
+    Slot256 {
+        cr2: u64,
+        rip: u64,
+        why: super::m2p::NotEmulated,
+    },
     #[error("vector {vector}: guest stack at {rsp:#x} is not writable for the bounce frame")]
     BadStack { vector: u8, rsp: u64 },
 }

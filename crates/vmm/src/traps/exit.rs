@@ -5,10 +5,11 @@
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuFd};
 
-use super::bounce::{self, Undeliverable, VECTOR_PF};
-use super::pages;
+use super::bounce::{self, CpuFrame, Undeliverable, VECTOR_PF};
+use super::{m2p, msr};
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
+use crate::pv::rxen_area::M2pWindow;
 
 /// Reads the registers (sync regs when valid, else ioctls).
 fn read_state(fd: &mut VcpuFd, sync_regs: bool) -> Result<(kvm_regs, kvm_sregs), String> {
@@ -50,6 +51,9 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
             return false;
         }
     };
+    if let Some(done) = emulate_msr(fd, dom, id, sync_regs, &regs, &sregs) {
+        return done;
+    }
     match deliver(dom, id, &regs, &sregs) {
         Ok(next) => match write_regs(fd, sync_regs, &next) {
             Ok(()) => true,
@@ -72,36 +76,72 @@ fn deliver(
     regs: &kvm_regs,
     sregs: &kvm_sregs,
 ) -> Result<kvm_regs, Undeliverable> {
-    let vector = pages::vector_of_exit(regs.rip).ok_or(Undeliverable::NotFromStub(regs.rip))?;
+    let vector = dom
+        .boot
+        .traps
+        .vector_of_exit(regs.rip)
+        .ok_or(Undeliverable::NotFromStub(regs.rip))?;
     let at = regs.rsp;
     let mut words = [None; 6];
     for (i, w) in words.iter_mut().enumerate() {
         *w = at
             .checked_add(8 * i as u64)
-            .and_then(|a| dom.ram.read_guest::<u64>(a).ok());
+            .and_then(|a| super::guest_mem::read_u64(dom, id, a).ok());
     }
     if words[..5].iter().any(Option::is_none) {
         return Err(Undeliverable::FrameUnreadable(at));
     }
-    let (frame, software) =
+    let (mut frame, software) =
         bounce::parse_frame(vector, words, sregs.cs.selector, sregs.ss.selector, at)?;
+    let mut not_emulated = None;
+    if vector == VECTOR_PF && !software && m2p::SLOT_256.contains(&sregs.cr2) {
+        if let Some(window) = dom.boot.m2p {
+            match emulate_m2p(dom, id, regs, sregs, &frame, &window) {
+                Ok(next) => {
+                    tracing::trace!(
+                        vcpu = id,
+                        cr2 = sregs.cr2,
+                        rip = frame.rip,
+                        "M2P read emulated"
+                    );
+                    return Ok(next);
+                }
+                Err(why) => {
+                    tracing::debug!(vcpu = id, cr2 = sregs.cr2, rip = frame.rip, %why, "slot-256 fault not emulated");
+                    // Xen maps the M2P present and read-only: a write to it is a
+                    // protection fault, not a missing page.
+                    if window.gpa_of(sregs.cr2, 1).is_some() {
+                        frame.error_code = frame.error_code.map(|e| e | 1);
+                    }
+                    not_emulated = Some(why);
+                }
+            }
+        }
+    }
     let delivery = {
         let traps = dom.traps.vcpu(id).ok_or(Undeliverable::NoHandler {
             vector,
             error_code: frame.error_code,
             rip: frame.rip,
         })?;
-        bounce::decide(vector, &frame, software, &traps.table)?
+        bounce::decide(vector, &frame, software, &traps.table).map_err(|e| {
+            match (e, not_emulated) {
+                (Undeliverable::NoHandler { rip, .. }, Some(why)) => Undeliverable::Slot256 {
+                    cr2: sregs.cr2,
+                    rip,
+                    why,
+                },
+                (e, _) => e,
+            }
+        })?
     };
     let saved_mask = dom.shared_info.upcall_mask(id);
     let (frame_at, frame_words) = bounce::bounce_frame(regs, &frame, &delivery, saved_mask);
     let bytes: Vec<u8> = frame_words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    dom.ram
-        .write_guest_bytes(frame_at, &bytes)
-        .map_err(|_| Undeliverable::BadStack {
-            vector: delivery.vector,
-            rsp: frame.rsp,
-        })?;
+    super::guest_mem::write(dom, id, frame_at, &bytes).map_err(|_| Undeliverable::BadStack {
+        vector: delivery.vector,
+        rsp: frame.rsp,
+    })?;
     if delivery.vector == VECTOR_PF && delivery.error_code.is_some() {
         dom.shared_info.set_cr2(id, sregs.cr2);
     }
@@ -115,4 +155,149 @@ fn deliver(
         "trap bounced"
     );
     Ok(bounce::handler_regs(regs, &frame, &delivery, frame_at))
+}
+
+/// The CPU frame of the exception that exited at `regs.rip`, if it is an exception of
+/// `vector` raised by an instruction (not `int n`).
+fn hardware_frame(
+    dom: &DomainShared,
+    id: u32,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+    vector: u8,
+) -> Option<CpuFrame> {
+    if dom.boot.traps.vector_of_exit(regs.rip)? != vector {
+        return None;
+    }
+    let mut words = [None; 6];
+    for (i, w) in words.iter_mut().enumerate() {
+        *w = regs
+            .rsp
+            .checked_add(8 * i as u64)
+            .and_then(|a| super::guest_mem::read_u64(dom, id, a).ok());
+    }
+    let (frame, software) = bounce::parse_frame(
+        vector,
+        words,
+        sregs.cs.selector,
+        sregs.ss.selector,
+        regs.rsp,
+    )
+    .ok()?;
+    (!software).then_some(frame)
+}
+
+/// A #GP from `wrmsr`/`rdmsr` of a segment-base MSR, emulated (see [`msr`]):
+/// `Some(keep running)` when it was one, `None` to deliver the exception as usual.
+fn emulate_msr(
+    fd: &mut VcpuFd,
+    dom: &DomainShared,
+    id: u32,
+    sync_regs: bool,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+) -> Option<bool> {
+    let frame = hardware_frame(dom, id, regs, sregs, msr::VECTOR_GP)?;
+    let mut code = [0u8; 2];
+    super::guest_mem::read(dom, id, frame.rip, &mut code).ok()?;
+    let mut next = *regs;
+    next.rip = frame.rip;
+    next.rsp = frame.rsp;
+    next.rflags = crate::vcpu::syscall::user_rflags(frame.rflags);
+    let mut next_sregs = *sregs;
+    let shadow = read_shadow_gs(fd);
+    let effect = msr::emulate(&code, &mut next, &mut next_sregs, shadow)?;
+    let applied = (|| -> Result<(), String> {
+        if let msr::Effect::ShadowGs(value) = effect {
+            write_shadow_gs(fd, value)?;
+        }
+        if next_sregs != *sregs {
+            if sync_regs {
+                fd.sync_regs_mut().sregs = next_sregs;
+                fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+            } else {
+                fd.set_sregs(&next_sregs)
+                    .map_err(|e| format!("set sregs: {e}"))?;
+            }
+        }
+        write_regs(fd, sync_regs, &next)
+    })();
+    tracing::trace!(
+        vcpu = id,
+        msr = regs.rcx as u32,
+        rip = frame.rip,
+        "MSR access emulated"
+    );
+    Some(match applied {
+        Ok(()) => true,
+        Err(e) => {
+            dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+            false
+        }
+    })
+}
+
+fn read_shadow_gs(fd: &VcpuFd) -> u64 {
+    let Ok(mut msrs) = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: msr::MSR_SHADOW_GS_BASE,
+        ..Default::default()
+    }]) else {
+        return 0;
+    };
+    match fd.get_msrs(&mut msrs) {
+        Ok(1) => msrs.as_slice()[0].data,
+        _ => 0,
+    }
+}
+
+fn write_shadow_gs(fd: &VcpuFd, value: u64) -> Result<(), String> {
+    let msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: msr::MSR_SHADOW_GS_BASE,
+        data: value,
+        ..Default::default()
+    }])
+    .map_err(|e| format!("MSR list: {e:?}"))?;
+    match fd.set_msrs(&msrs) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err("KVM refused MSR_KERNEL_GS_BASE".into()),
+        Err(e) => Err(format!("set MSR_KERNEL_GS_BASE: {e}")),
+    }
+}
+
+/// Emulates a read of the M2P that faulted (see [`m2p`]); returns the registers after
+/// the load.
+fn emulate_m2p(
+    dom: &DomainShared,
+    id: u32,
+    regs: &kvm_regs,
+    sregs: &kvm_sregs,
+    frame: &CpuFrame,
+    window: &M2pWindow,
+) -> Result<kvm_regs, m2p::NotEmulated> {
+    let mut interrupted = *regs;
+    interrupted.rip = frame.rip;
+    interrupted.rsp = frame.rsp;
+    interrupted.rflags = crate::vcpu::syscall::user_rflags(frame.rflags);
+    // At most 15 bytes, fewer when the next page is not the guest's.
+    let mut code = [0u8; 15];
+    let to_page_end = (0x1000 - (frame.rip & 0xfff)).min(15) as usize;
+    let n = if super::guest_mem::read(dom, id, frame.rip, &mut code).is_ok() {
+        15
+    } else {
+        super::guest_mem::read(dom, id, frame.rip, &mut code[..to_page_end])
+            .map_err(|_| m2p::NotEmulated::Undecodable)?;
+        to_page_end
+    };
+    let fault = m2p::Fault {
+        regs: &interrupted,
+        fs_base: sregs.fs.base,
+        gs_base: sregs.gs.base,
+        cr2: sregs.cr2,
+        long_mode: frame.cs & 0xffff == u64::from(sregs.cs.selector),
+    };
+    m2p::emulate_load(&code[..n], &fault, window, |gpa, len| {
+        let mut b = [0u8; 8];
+        dom.ram.read(gpa, &mut b[..len]).ok()?;
+        Some(u64::from_le_bytes(b))
+    })
 }

@@ -12,6 +12,8 @@ use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
 use rxen_abi::callback::{IretContext, VGCF_IN_SYSCALL};
 
+use zerocopy::{FromZeros, IntoBytes};
+
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
 use crate::vcpu::regs::{is_canonical_user, USER_CS, USER_DS};
@@ -67,11 +69,10 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool, r: 
         v.hypercalls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
-    let result = dom
-        .ram
-        .read_guest::<IretContext>(r.rsp)
+    let mut c = IretContext::new_zeroed();
+    let result = super::guest_mem::read(dom, id, r.rsp, c.as_mut_bytes())
         .map_err(|_| BadIret::Unreadable(r.rsp))
-        .and_then(|c| apply(r, &c));
+        .and_then(|()| apply(r, &c));
     match result {
         Ok((next, masked)) => {
             dom.shared_info.set_upcall_mask(id, masked);

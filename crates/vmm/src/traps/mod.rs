@@ -16,8 +16,11 @@
 pub mod bounce;
 mod exit;
 pub use exit::handle as handle_stub_exit;
+mod guest_mem;
 pub mod hypercall;
 pub mod iret;
+pub mod m2p;
+pub mod msr;
 pub mod pages;
 pub mod upcall;
 

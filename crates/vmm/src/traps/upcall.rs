@@ -12,7 +12,7 @@ use kvm_ioctls::VcpuFd;
 use super::exit::{crash, write_regs};
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
-use crate::vcpu::regs::{is_canonical_user, USER_CS, USER_DS};
+use crate::vcpu::regs::is_canonical_user;
 
 const RFLAGS_IF: u64 = 1 << 9;
 
@@ -59,18 +59,20 @@ pub fn maybe_deliver(
         return false;
     }
     // Events were unmasked (checked above): the saved mask is 0 and the virtual IF 1.
+    // CS/SS: the guest's own flat selectors (Xen's 0xe033/0xe02b for a PV kernel).
+    let (cs, ss) = dom.boot.selectors;
     let words = [
         regs.rcx,
         regs.r11,
         regs.rip,
-        u64::from(USER_CS),
+        u64::from(cs),
         regs.rflags | RFLAGS_IF,
         regs.rsp,
-        u64::from(USER_DS),
+        u64::from(ss),
     ];
     let at = (regs.rsp & !0xf).wrapping_sub(8 * words.len() as u64);
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    if dom.ram.write_guest_bytes(at, &bytes).is_err() {
+    if super::guest_mem::write(dom, id, at, &bytes).is_err() {
         crash(
             fd,
             dom,

@@ -65,8 +65,13 @@ pub fn data_segment() -> kvm_segment {
     }
 }
 
-/// Special registers for long mode at CPL 3 with page tables at `cr3`.
-pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
+/// Special registers for long mode at CPL 3 with page tables at `cr3` and rxen's
+/// GDT/IDT where `traps` says.
+pub fn long_mode_sregs(
+    mut sregs: kvm_sregs,
+    cr3: u64,
+    traps: &crate::traps::pages::TrapLayout,
+) -> kvm_sregs {
     sregs.cs = code_segment();
     sregs.ss = data_segment();
     sregs.ds = data_segment();
@@ -89,12 +94,12 @@ pub fn long_mode_sregs(mut sregs: kvm_sregs, cr3: u64) -> kvm_sregs {
         padding: 0,
     };
     sregs.gdt = kvm_bindings::kvm_dtable {
-        base: rxen_abi::layout::GDT,
-        limit: crate::traps::pages::GDT_LIMIT,
+        base: traps.gdt,
+        limit: traps.gdt_limit,
         ..Default::default()
     };
     sregs.idt = kvm_bindings::kvm_dtable {
-        base: rxen_abi::layout::IDT,
+        base: traps.idt,
         limit: crate::traps::pages::IDT_LIMIT,
         ..Default::default()
     };

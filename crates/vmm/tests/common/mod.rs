@@ -66,6 +66,7 @@ pub fn wait_until<T>(
 }
 
 pub mod fake_xenstored;
+pub mod pv_kernel;
 
 /// Resident memory of process `pid`, KiB (`VmRSS` of /proc/PID/status).
 pub fn rss_kib(pid: u32) -> Option<u64> {

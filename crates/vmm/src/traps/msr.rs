@@ -1,0 +1,132 @@
+//! `wrmsr`/`rdmsr` of the segment-base MSRs by a PV kernel, emulated as Xen does for
+//! 64-bit PV guests (`emulate_privileged_op`): the instruction faults with #GP at CPL 3,
+//! rxen recognises it and applies it to the vCPU's FS/GS bases; every other MSR, and
+//! any other instruction, is left to the guest's #GP handler.
+//!
+//! `MSR_FS_BASE` is the FS base, `MSR_GS_BASE` the GS base the kernel runs with (the
+//! active one: guest kernel and user code share CPL 3 here), `MSR_SHADOW_GS_BASE` the
+//! base `swapgs` would exchange it with (KVM's `MSR_KERNEL_GS_BASE`).
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+
+/// `MSR_FS_BASE`.
+pub const MSR_FS_BASE: u32 = 0xc000_0100;
+/// `MSR_GS_BASE`.
+pub const MSR_GS_BASE: u32 = 0xc000_0101;
+/// `MSR_SHADOW_GS_BASE` (`MSR_KERNEL_GS_BASE`).
+pub const MSR_SHADOW_GS_BASE: u32 = 0xc000_0102;
+
+/// Vector of #GP.
+pub const VECTOR_GP: u8 = 13;
+
+/// What an emulated instruction changes besides `rip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// New registers (and segment registers) to load.
+    Regs,
+    /// `MSR_SHADOW_GS_BASE` := value (set through `KVM_SET_MSRS`).
+    ShadowGs(u64),
+}
+
+/// Emulates the instruction starting with `code` at the faulting `rip` if it is a
+/// `wrmsr`/`rdmsr` of a segment-base MSR: updates `regs` (rip, rax/rdx for a read) and
+/// `sregs`, and returns what else to apply. `shadow_gs` is the current shadow base.
+pub fn emulate(
+    code: &[u8],
+    regs: &mut kvm_regs,
+    sregs: &mut kvm_sregs,
+    shadow_gs: u64,
+) -> Option<Effect> {
+    let write = match code {
+        [0x0f, 0x30, ..] => true,
+        [0x0f, 0x32, ..] => false,
+        _ => return None,
+    };
+    let msr = regs.rcx as u32;
+    let mut effect = Effect::Regs;
+    if write {
+        let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+        if !crate::guest_view::is_canonical(value) {
+            return None;
+        }
+        match msr {
+            MSR_FS_BASE => sregs.fs.base = value,
+            MSR_GS_BASE => sregs.gs.base = value,
+            MSR_SHADOW_GS_BASE => effect = Effect::ShadowGs(value),
+            _ => return None,
+        }
+    } else {
+        let value = match msr {
+            MSR_FS_BASE => sregs.fs.base,
+            MSR_GS_BASE => sregs.gs.base,
+            MSR_SHADOW_GS_BASE => shadow_gs,
+            _ => return None,
+        };
+        regs.rax = value & 0xffff_ffff;
+        regs.rdx = value >> 32;
+    }
+    regs.rip = regs.rip.wrapping_add(2);
+    Some(effect)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs(rcx: u64, rdx: u64, rax: u64) -> kvm_regs {
+        kvm_regs {
+            rcx,
+            rdx,
+            rax,
+            rip: 0x1000,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn writes_and_reads_the_segment_bases() {
+        let mut s = kvm_sregs::default();
+        let mut r = regs(u64::from(MSR_GS_BASE), 0, 0x40a80);
+        assert_eq!(
+            emulate(&[0x0f, 0x30], &mut r, &mut s, 0),
+            Some(Effect::Regs)
+        );
+        assert_eq!((s.gs.base, r.rip), (0x40a80, 0x1002));
+        let mut r = regs(u64::from(MSR_FS_BASE), 0x7fff, 0x1234_5678_9abc);
+        emulate(&[0x0f, 0x30, 0x90], &mut r, &mut s, 0).unwrap();
+        assert_eq!(
+            s.fs.base, 0x7fff_5678_9abc,
+            "edx:eax, the high half of rax ignored"
+        );
+        let mut r = regs(u64::from(MSR_SHADOW_GS_BASE), 1, 2);
+        assert_eq!(
+            emulate(&[0x0f, 0x30], &mut r, &mut s, 0),
+            Some(Effect::ShadowGs((1 << 32) | 2))
+        );
+        let mut r = regs(u64::from(MSR_GS_BASE), 9, 9);
+        emulate(&[0x0f, 0x32], &mut r, &mut s, 0).unwrap();
+        assert_eq!((r.rax, r.rdx), (0x40a80, 0));
+        let mut r = regs(u64::from(MSR_SHADOW_GS_BASE), 0, 0);
+        emulate(&[0x0f, 0x32], &mut r, &mut s, 0xffff_8000_0000_1000).unwrap();
+        assert_eq!((r.rax, r.rdx), (0x1000, 0xffff_8000));
+    }
+
+    #[test]
+    fn leaves_everything_else_to_the_guest() {
+        let mut s = kvm_sregs::default();
+        for (code, rcx) in [
+            (&[0x0f, 0x30][..], 0x1b),                   // APIC base: not emulated
+            (&[0x0f, 0x32][..], 0xc0000080),             // EFER
+            (&[0x0f, 0x0b][..], u64::from(MSR_GS_BASE)), // ud2
+            (&[0x0f][..], u64::from(MSR_GS_BASE)),       // truncated
+        ] {
+            let mut r = regs(rcx, 0, 0);
+            assert_eq!(emulate(code, &mut r, &mut s, 0), None);
+            assert_eq!(r.rip, 0x1000, "untouched");
+        }
+        // A non-canonical base is the guest's #GP, as on hardware.
+        let mut r = regs(u64::from(MSR_FS_BASE), 0x8000, 0);
+        assert_eq!(emulate(&[0x0f, 0x30], &mut r, &mut s, 0), None);
+        assert_eq!(s.fs.base, 0);
+    }
+}
