@@ -128,3 +128,91 @@ fn pv_grub_prompt_echo_and_halt() {
         status == 404
     });
 }
+
+/// Xen's Mini-OS (`../shared/guests/mini-os-blk`, or `RXEN_GUESTS_DIR`).
+fn mini_os(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("RXEN_GUESTS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/guests"
+            ))
+        });
+    let path = dir.join("mini-os-blk");
+    if path.exists() {
+        return Some(path);
+    }
+    let why = format!(
+        "{} is missing (../shared/guests, or set RXEN_GUESTS_DIR)",
+        path.display()
+    );
+    assert!(
+        std::env::var_os("RXEN_REQUIRE_KVM").is_none(),
+        "{test}: {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    None
+}
+
+/// Mini-OS boots without a disk, runs its xenbus test against our xenstored, prints
+/// its clock lines, and shuts down cleanly on `xm shutdown`.
+#[test]
+fn mini_os_xenbus_test_clock_and_shutdown() {
+    if !kvm_available("mini_os_xenbus_test_clock_and_shutdown") {
+        return;
+    }
+    let Some(kernel) = mini_os("mini_os_xenbus_test_clock_and_shutdown") else {
+        return;
+    };
+    let env = Env::start("mini-os");
+    let cfg = env.dir.join("mini-os.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"mos\"\nkernel = \"{}\"\nmemory = 32\non_poweroff = \"preserve\"\non_crash = \"preserve\"\n",
+            kernel.display()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    env.xm_ok(&["create", cfg.to_str().unwrap()]);
+    let console = Console::attach(&env, "mos");
+    wait_until("Mini-OS's first clock line", || {
+        console.text().contains("T(s=")
+    });
+    eprintln!(
+        "Mini-OS: create to first T( line in {:?}",
+        started.elapsed()
+    );
+    wait_until("Mini-OS's xenbus test to finish", || {
+        console.text().contains("Thread \"xenbus_tester\" exited.")
+    });
+    let text = console.text();
+    for line in [
+        "xenbus initialised on irq",
+        // XS_DEBUG answered.
+        "Got a reply, type 16",
+        "Doing ls test.",
+        "Doing read test.",
+        "Doing write test.",
+        "Doing rm test.",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in:\n{text}");
+    }
+    wait_until("two more clock lines", || {
+        console.text().matches("T(s=").count() >= 3
+    });
+    env.xm_ok(&["shutdown", "-w", "mos"]);
+    // Preserved, so its end is visible: a clean poweroff, not a crash.
+    let (_, dom) = env.get("/domains/mos");
+    assert_eq!(dom["state"], "shutdown", "{dom}");
+    assert!(
+        dom["exit_reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("poweroff"),
+        "{dom}"
+    );
+    env.xm_ok(&["destroy", "mos"]);
+}
