@@ -113,15 +113,16 @@ fn hypercalls(err: &str) -> Vec<(&str, &str)> {
 #[test]
 fn mini_os_starts_and_makes_its_first_hypercalls() {
     let test = "mini_os_starts_and_makes_its_first_hypercalls";
-    let Some((out, err)) = boot_mini_os(test, "rxen_vmm::hypercall=trace", |_, e| {
-        hypercalls(e).len() >= 3
-    }) else {
+    let filter = "rxen_vmm::hypercall=trace,rxen_vmm::hypervisor_console=info";
+    let Some((out, err)) = boot_mini_os(test, filter, |_, e| hypercalls(e).len() >= 3) else {
         return;
     };
+    // `console_io` is Xen's hypervisor console: logged, not the domain's console.
     assert!(
-        out.contains("Bootstrapping..."),
+        err.contains("(d1) Bootstrapping..."),
         "stdout: {out}\nstderr: {err}"
     );
+    assert!(!out.contains("Bootstrapping..."), "stdout: {out}");
     assert_eq!(
         hypercalls(&err).get(..3),
         Some(
