@@ -25,12 +25,12 @@ fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
-struct Daemons {
+pub(crate) struct Daemons {
     dir: PathBuf,
     xs: Child,
     xend: Child,
-    url: String,
-    agent: ureq::Agent,
+    pub(crate) url: String,
+    pub(crate) agent: ureq::Agent,
 }
 
 impl Drop for Daemons {
@@ -43,7 +43,8 @@ impl Drop for Daemons {
     }
 }
 
-fn start() -> Result<Daemons, String> {
+/// A private xenstored and xend (foreground) in a temporary directory.
+pub(crate) fn start() -> Result<Daemons, String> {
     let dir = std::env::temp_dir().join(format!("rxen-bench-xend-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
