@@ -215,17 +215,17 @@ mod tests {
         let put = |table: u64, idx: u64, val: u64| {
             ram.write_obj(table * PAGE_SIZE + idx * 8, &val).unwrap()
         };
-        put(l4, (va >> 39) & 0x1ff, l3 * PAGE_SIZE | 7);
-        put(l3, (va >> 30) & 0x1ff, l2 * PAGE_SIZE | 7);
-        put(l2, (va >> 21) & 0x1ff, l1 * PAGE_SIZE | 7);
+        put(l4, (va >> 39) & 0x1ff, (l3 * PAGE_SIZE) | 7);
+        put(l3, (va >> 30) & 0x1ff, (l2 * PAGE_SIZE) | 7);
+        put(l2, (va >> 21) & 0x1ff, (l1 * PAGE_SIZE) | 7);
         for n in 0..4u64 {
             let rw = if n == 1 { 0 } else { PTE_RW };
-            put(l1, n, (16 + n) * PAGE_SIZE | PTE_PRESENT | rw | 4);
+            put(l1, n, ((16 + n) * PAGE_SIZE) | PTE_PRESENT | rw | 4);
         }
         // Low half: L3 entry 0 -> L2 at frame 5 with a 2 MiB page.
-        put(l4, 0, 6 * PAGE_SIZE | 7);
-        put(6, 0, 5 * PAGE_SIZE | 7);
-        put(5, 1, 4 * MIB | PTE_PSE | 7);
+        put(l4, 0, (6 * PAGE_SIZE) | 7);
+        put(6, 0, (5 * PAGE_SIZE) | 7);
+        put(5, 1, (4 * MIB) | PTE_PSE | 7);
         (ram, l4)
     }
 
