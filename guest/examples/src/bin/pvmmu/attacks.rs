@@ -36,6 +36,11 @@ pub fn mappings(s: &Setup) {
         update_va_mapping(l1_va, s.first_l1 << 12 | P | RW | A, UVMF_INVLPG),
     );
     report("map-pwt-pcd", map(s.scratch_frame(1), P | RW | A | 0x18));
+    // What the guest may map writable: its shared_info (the first frame after its
+    // RAM) and the grant frame `setup_table` gives (checked in grants.rs); then the
+    // victim page is restored.
+    report("map-shared-info-rw", map(s.nr_pages, P | RW | A));
+    report("restore-victim", map(s.scratch_frame(0), P | RW | A));
     report(
         "uvm-hypervisor-range",
         update_va_mapping(HYPERVISOR_VIRT_START, s.scratch_frame(1) << 12 | P | A, 0),
@@ -110,6 +115,27 @@ pub fn pins_and_bases(s: &Setup) {
         ext(MMUEXT_NEW_BASEPTR, NOT_RAM_FRAME),
     );
     report("clear-page-l2", ext(MMUEXT_CLEAR_PAGE, s.l2));
+    report(
+        "clear-page-rxen-stub",
+        ext(MMUEXT_CLEAR_PAGE, s.rxen_stub_frame()),
+    );
+    report("copy-page-into-l4", ext2(MMUEXT_COPY_PAGE, s.l4, scratch));
+    report(
+        "copy-page-into-rxen-stub",
+        ext2(MMUEXT_COPY_PAGE, s.rxen_stub_frame(), scratch),
+    );
+    report(
+        "set-ldt-too-many",
+        ext2(MMUEXT_SET_LDT, s.scratch_va(0), 8193),
+    );
+    report(
+        "set-ldt-misaligned",
+        ext2(MMUEXT_SET_LDT, s.scratch_va(0) + 8, 1),
+    );
+    report(
+        "set-ldt-hypervisor",
+        ext2(MMUEXT_SET_LDT, HYPERVISOR_VIRT_START, 1),
+    );
     report("mark-super", ext(MMUEXT_MARK_SUPER, scratch));
     report("unknown-ext-cmd", ext(99, scratch));
 }
@@ -119,6 +145,20 @@ pub fn commands(s: &Setup) {
     let scratch = s.scratch_frame(0);
     report("update-outside-ram", update(1 << 40, 0));
     report("update-rxen-stub", update(s.rxen_stub_frame() << 12, 0));
+    report(
+        "update-rxen-stub-preserve-ad",
+        update(s.rxen_stub_frame() << 12 | MMU_PT_UPDATE_PRESERVE_AD, 0),
+    );
+    // SAFETY: vm_assist takes no pointer.
+    let rc = unsafe {
+        hypercall3(
+            nr::VM_ASSIST,
+            0,
+            u64::from(VMASST_TYPE_WRITABLE_PAGETABLES),
+            0,
+        )
+    };
+    report("vm-assist-writable-pagetables", rc);
     for cmd in [4u64, 7] {
         let rc = update((scratch << 12) | cmd, 0);
         match cmd {

@@ -43,11 +43,16 @@ pub fn mmuext_raw(ops: u64, count: u64, pdone: u64, foreigndom: u64) -> i64 {
 
 /// One `mmuext_op` on the domain itself.
 pub fn ext(cmd: u32, arg1: u64) -> i64 {
+    ext2(cmd, arg1, 0)
+}
+
+/// One `mmuext_op` with two arguments on the domain itself.
+pub fn ext2(cmd: u32, arg1: u64, arg2: u64) -> i64 {
     let op = MmuextOp {
         cmd,
         pad: 0,
         arg1,
-        arg2: 0,
+        arg2,
     };
     mmuext_raw(&op as *const _ as u64, 1, 0, u64::from(DOMID_SELF))
 }

@@ -5,6 +5,9 @@ use rxen_guest::abi::hypercall as nr;
 use rxen_guest::abi::DOMID_SELF;
 use rxen_guest::hypercall::hypercall3;
 
+use rxen_guest::abi::mmu::UVMF_INVLPG;
+
+use crate::calls::{update_va_mapping, A, P, RW};
 use crate::{report, Setup};
 
 /// A grant ref beyond any table rxen gives.
@@ -42,6 +45,16 @@ pub fn bad_refs(s: &Setup) {
     report("gnttab-setup-status", i64::from(st.status));
     // The grant frame lies in rxen's area, after the guest's RAM.
     report("gnttab-frame-after-ram", i64::from(frame >= s.nr_pages));
+    // The grant frame is the guest's to map read-write (then the page is restored).
+    let victim = s.scratch_va(0);
+    report(
+        "gnttab-map-frame-rw",
+        update_va_mapping(victim, frame << 12 | P | RW | A, UVMF_INVLPG),
+    );
+    report(
+        "gnttab-restore-victim",
+        update_va_mapping(victim, s.scratch_frame(0) << 12 | P | RW | A, UVMF_INVLPG),
+    );
 
     let mut map = GnttabMapGrantRef {
         host_addr: s.scratch_va(1),
