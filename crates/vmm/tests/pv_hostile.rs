@@ -151,6 +151,13 @@ fn expected() -> BTreeMap<&'static str, i64> {
         ("legit-table-rw-again", 0),
         ("legit-table-writable", 1),
         ("legit-unpin-again", no(EINVAL)),
+        ("l4b-read-only", 0),
+        ("l4b-pin", 0),
+        ("l4b-new-baseptr", 0),
+        ("l4b-running-with-rxen-slot", 1),
+        ("l4b-back-to-boot-l4", 0),
+        ("l4b-unpin", 0),
+        ("l4b-writable-again", 0),
     ];
     cases.iter().copied().collect()
 }

@@ -1,4 +1,4 @@
-//! The legitimate sequence: after the attacks the MMU must still do its job.
+//! The legitimate sequences: after the attacks the MMU must still do its job.
 //!
 //! Scratch page 2 becomes a new L1 table (read-only mapping, pin), is linked into an
 //! unused slot of the boot L2, maps scratch page 3 at a fresh address where the guest
@@ -64,4 +64,35 @@ pub fn new_l1_table(s: &Setup) {
     };
     report("legit-table-writable", i64::from(ok));
     report("legit-unpin-again", ext(MMUEXT_UNPIN_TABLE, table));
+}
+
+/// Scratch page 5 becomes a second L4 (the boot L4's guest slots copied, read-only,
+/// pinned); the vCPU switches to it with `NEW_BASEPTR` (the VMM loads CR3), keeps
+/// running and making hypercalls through it, switches back, and takes it apart.
+pub fn second_l4(s: &Setup) {
+    let (l4_va, l4) = (s.scratch_va(5), s.scratch_frame(5));
+    let boot = s.l4 << 12;
+    for i in (0..256).chain(272..512) {
+        // SAFETY: the boot L4 is mapped read-only, scratch page 5 read-write.
+        unsafe {
+            let e = core::ptr::read_volatile((boot + i * 8) as *const u64);
+            core::ptr::write_volatile((l4_va + i * 8) as *mut u64, e);
+        }
+    }
+    report(
+        "l4b-read-only",
+        update_va_mapping(l4_va, l4 << 12 | P | A, UVMF_INVLPG),
+    );
+    report("l4b-pin", ext(MMUEXT_PIN_L4_TABLE, l4));
+    report("l4b-new-baseptr", ext(MMUEXT_NEW_BASEPTR, l4));
+    // Printing needs hypercalls through rxen's slot, which validation put there.
+    // SAFETY: page 5 is mapped read-only.
+    let rxen_slot = unsafe { core::ptr::read_volatile((l4_va + 257 * 8) as *const u64) };
+    report("l4b-running-with-rxen-slot", i64::from(rxen_slot & P != 0));
+    report("l4b-back-to-boot-l4", ext(MMUEXT_NEW_BASEPTR, s.l4));
+    report("l4b-unpin", ext(MMUEXT_UNPIN_TABLE, l4));
+    report(
+        "l4b-writable-again",
+        update_va_mapping(l4_va, l4 << 12 | P | RW | A, UVMF_INVLPG),
+    );
 }

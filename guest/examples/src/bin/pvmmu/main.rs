@@ -6,8 +6,8 @@
 //! base pointers, pass bad `mmu_update` commands and foreign domains, point hypercall
 //! arrays at unmapped, non-canonical and read-only memory (rxen's area, the page tables
 //! themselves), nest multicalls, and use bad grant refs; then a legitimate sequence
-//! (make, pin, link and use a new L1 table, take it apart again) must succeed and see
-//! its data. `crates/vmm/tests/pv_hostile.rs` holds the expected value of every case
+//! (make, pin, link and use a new L1 table, take it apart again; switch to a second L4
+//! and back) must succeed and see its data. `crates/vmm/tests/pv_hostile.rs` holds the expected value of every case
 //! (Xen's errnos, docs/guest-abi.md "Direct-paging MMU").
 #![no_std]
 #![no_main]
@@ -85,5 +85,6 @@ fn main() {
     let after = unsafe { core::ptr::read_volatile(si.pt_base as *const u64) };
     report("tables-intact", i64::from(after == l4_entry0));
     legit::new_l1_table(&setup);
+    legit::second_l4(&setup);
     println!("pvmmu: done");
 }
