@@ -19,6 +19,7 @@ const GUESTS: &[&str] = &[
     "pvsyscall",
     "granttest",
     "traps",
+    "pvmmu",
 ];
 const DEFAULT_GUEST: &str = "idle";
 

@@ -1,12 +1,23 @@
 //! Hypercall wrappers. Every call goes through the hypercall page (entry `nr` at
-//! `HYPERCALL_PAGE + 32 * nr`) with Xen's x86-64 register convention: arguments in
-//! `rdi, rsi, rdx, r10, r8`, result in `rax` (negative errno on failure).
+//! `page + 32 * nr`) with Xen's x86-64 register convention: arguments in
+//! `rdi, rsi, rdx, r10, r8`, result in `rax` (negative errno on failure). The page is
+//! rxen's fixed `HYPERCALL_PAGE`, or for a Xen PV kernel ([`crate::pv`]) the page
+//! inside its image that its `HYPERCALL_PAGE` note names.
 
 use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use rxen_abi::hypercall as nr;
 use rxen_abi::layout::{HYPERCALL_ENTRY_SIZE, HYPERCALL_PAGE};
 use rxen_abi::sched::*;
+
+/// Where the hypercall page is (set once at boot, before any hypercall).
+static PAGE: AtomicU64 = AtomicU64::new(HYPERCALL_PAGE);
+
+/// Makes hypercalls go through the page at `page` (a Xen PV kernel's own page).
+pub(crate) fn use_page(page: u64) {
+    PAGE.store(page, Ordering::Relaxed);
+}
 
 /// Makes hypercall `number` with five arguments.
 ///
@@ -15,10 +26,10 @@ use rxen_abi::sched::*;
 /// can change guest state (shutdown, vCPU state, memory written through pointers).
 #[inline(always)]
 pub unsafe fn hypercall5(number: u32, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
-    let entry = HYPERCALL_PAGE + number as u64 * HYPERCALL_ENTRY_SIZE;
+    let entry = PAGE.load(Ordering::Relaxed) + number as u64 * HYPERCALL_ENTRY_SIZE;
     let ret: i64;
-    // SAFETY: the hypercall page is mapped executable by the domain builder; the stub
-    // clobbers only rax. Xen's own stubs may clobber rcx and r11 and the argument
+    // SAFETY: the hypercall page is mapped executable by the domain builder; rxen's
+    // stub clobbers only rax. Xen's own stubs may clobber rcx and r11 and the argument
     // registers, so they are declared clobbered for compatibility.
     unsafe {
         asm!(

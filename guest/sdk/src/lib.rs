@@ -9,7 +9,9 @@
 //! guests live in the `examples` crate.
 //!
 //! A guest is a `#![no_std]`, `#![no_main]` binary that names its main function with
-//! [`entry!`]. Returning from main powers the domain off.
+//! [`entry!`]. Returning from main powers the domain off. A guest that also invokes
+//! [`xen_pv_kernel!`] is a Xen PV kernel instead (booted on Xen's PV layout, see
+//! [`pv`]).
 #![no_std]
 
 extern crate alloc;
@@ -23,6 +25,7 @@ pub mod heap;
 pub mod hypercall;
 mod mem;
 pub mod percpu;
+pub mod pv;
 pub mod smp;
 pub mod start;
 pub mod time;

@@ -28,6 +28,11 @@ extern "Rust" {
     fn __rxen_guest_main();
 }
 
+/// Records where `start_info` is (boot, before anything reads it).
+pub(crate) fn set_start_info(si: *const StartInfo) {
+    START_INFO.store(si as u64, Ordering::Relaxed);
+}
+
 /// The domain's `start_info`.
 pub fn start_info() -> &'static StartInfo {
     // SAFETY: set once at boot to the page the domain builder filled, which stays
@@ -63,7 +68,7 @@ pub(crate) fn init_vcpu(id: u32) {
 }
 
 extern "C" fn rxen_guest_start(si: *const StartInfo) -> ! {
-    START_INFO.store(si as u64, Ordering::Relaxed);
+    set_start_info(si);
     crate::console::init_ring(start_info());
     init_vcpu(0);
     let heap_start = (core::ptr::addr_of!(_end) as u64 + 4095) & !4095;

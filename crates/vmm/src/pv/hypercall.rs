@@ -16,7 +16,7 @@ use rxen_abi::mmu::*;
 use rxen_abi::{DOMID_SELF, PAGE_SIZE};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::mmu::{BatchOutcome, Invalidations, Mmu};
+use super::mmu::{BatchOutcome, Invalidations, Mmu, MmuError};
 use super::ram_frames::RamFrames;
 use crate::domain::DomainShared;
 use crate::guest_view::GuestView;
@@ -109,14 +109,18 @@ fn frames(dom: &DomainShared) -> RamFrames<'_> {
 /// Makes a batch's invalidations take effect; returns `(done, rax)`.
 fn finish(dom: &DomainShared, out: BatchOutcome) -> (usize, i64) {
     apply(dom, &out.invalidate);
-    let rc = match out.result {
+    if let Err(e) = &out.result {
+        tracing::debug!(domain = %dom.config.name, "MMU request refused: {e}");
+    }
+    (out.done, rax(out.result))
+}
+
+/// The guest's `rax` for an MMU result: 0, or Xen's errno negated.
+fn rax(result: Result<(), MmuError>) -> i64 {
+    match result {
         Ok(()) => 0,
-        Err(e) => {
-            tracing::debug!(domain = %dom.config.name, "MMU request refused: {e}");
-            i64::from(e.errno())
-        }
-    };
-    (out.done, rc)
+        Err(e) => -i64::from(e.errno()),
+    }
 }
 
 /// `madvise`s the frames whose old mappings must go (all of RAM when the batch was
@@ -319,6 +323,17 @@ mod tests {
         assert_eq!(vm_assist(0, 7), i64::from(-EINVAL));
         assert_eq!(vm_assist(9, 0), i64::from(-ENOSYS));
         assert_eq!(vm_assist(0, 1 << 40), i64::from(-EINVAL));
+    }
+
+    #[test]
+    fn refusals_return_negative_errnos() {
+        // Regression: refusals used to reach the guest as positive numbers (success
+        // for a guest that checks `rc < 0`).
+        assert_eq!(rax(Ok(())), 0);
+        assert_eq!(rax(Err(MmuError::CannotMap(5))), i64::from(-EBUSY));
+        assert_eq!(rax(Err(MmuError::NotPinned(5))), i64::from(-EINVAL));
+        assert_eq!(rax(Err(MmuError::NotRam(5))), i64::from(-EPERM));
+        assert_eq!(rax(Err(MmuError::UnknownCommand(7))), i64::from(-ENOSYS));
     }
 
     #[test]
