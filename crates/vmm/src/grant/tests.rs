@@ -319,13 +319,15 @@ fn guest_revoking_races_with_mapping() {
     let (ram, t) = setup();
     grant(&ram, 10, DOM0, DATA_PFN as u32, GTF_PERMIT_ACCESS);
     let stop = Arc::new(AtomicBool::new(false));
+    let revocations = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let guest = {
-        let (ram, stop) = (ram.clone(), stop.clone());
+        let (ram, stop, revocations) = (ram.clone(), stop.clone(), revocations.clone());
         std::thread::spawn(move || {
             let mut revoked = 0u32;
             while !stop.load(Ordering::SeqCst) {
                 if end_access(&ram, 10) {
                     revoked += 1;
+                    revocations.fetch_add(1, Ordering::SeqCst);
                     grant(&ram, 10, DOM0, DATA_PFN as u32, GTF_PERMIT_ACCESS);
                 }
                 // Leave the grant in place for a moment, as a real guest would.
@@ -340,7 +342,11 @@ fn guest_revoking_races_with_mapping() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let mut mapped = 0;
     let mut tries = 0u64;
-    while (mapped < 1000 || tries < 20_000) && std::time::Instant::now() < deadline {
+    // On a loaded host the guest thread may not run for a while: wait for it to have
+    // revoked at least once too.
+    while (mapped < 1000 || tries < 20_000 || revocations.load(Ordering::SeqCst) == 0)
+        && std::time::Instant::now() < deadline
+    {
         tries += 1;
         if let Ok(m) = t.map(DOM0, 10, false) {
             mapped += 1;
