@@ -29,8 +29,9 @@ fuzz_target!(|data: &[u8]| {
             v
         }
     };
-    if let Ok(op) = hypercall::decode(word(0) % 16, steer(word(1)), word(2) % 8, &ram) {
-        let _ = hypercall::execute(&table, op);
+    let view = rxen_vmm::guest_view::GuestView::identity(&ram);
+    if let Ok(op) = hypercall::decode(word(0) % 16, steer(word(1)), word(2) % 8, &view) {
+        let _ = hypercall::execute(&table, &view, op);
     }
     let gref = (word(3) % 600) as u32;
     if let Ok(m) = table.map(DOM0, gref, word(4) & 1 == 0) {
