@@ -36,6 +36,8 @@ pub struct DomainConfig {
     /// Start with every vCPU paused (`xm create -p`): no guest instruction runs until
     /// the toolstack unpauses the domain.
     pub start_paused: bool,
+    /// Initial ramdisk for a Xen PV kernel (`start_info.mod_start`/`mod_len`).
+    pub ramdisk: Option<Vec<u8>>,
 }
 
 impl Default for DomainConfig {
@@ -49,6 +51,7 @@ impl Default for DomainConfig {
             uuid: [0; 16],
             console: ConsoleLimits::default(),
             start_paused: false,
+            ramdisk: None,
         }
     }
 }
@@ -461,6 +464,11 @@ impl Domain {
                 .alloc_unbound(rxen_abi::DOMID_SELF, 0)
                 .map_err(|e| DomainError::Config(format!("evtchn {e}")))?,
         };
+        if config.ramdisk.is_some() && pv_area.is_none() {
+            return Err(DomainError::Config(
+                "a ramdisk needs a Xen PV kernel (rxen's own layout has no initrd)".into(),
+            ));
+        }
         let (boot, pv_mmu) = match &pv_area {
             None => (
                 builder::build(&ram, image, &config.cmdline, channels)?,
@@ -470,8 +478,11 @@ impl Domain {
                 let (boot, mmu) = crate::pv::boot::build(
                     &ram,
                     guest_pages,
-                    image,
-                    &config.cmdline,
+                    crate::pv::boot::PvBootFiles {
+                        image,
+                        ramdisk: config.ramdisk.as_deref(),
+                        cmdline: &config.cmdline,
+                    },
                     config.vcpus,
                     channels,
                     area,

@@ -183,3 +183,33 @@ fn huge_and_special_kernel_files_are_refused_before_reading() {
     }
     let _ = std::fs::remove_file(&sparse);
 }
+
+#[test]
+fn ramdisks_need_a_pv_kernel_and_a_readable_file() {
+    if !kvm_available("ramdisks_need_a_pv_kernel_and_a_readable_file") {
+        return;
+    }
+    let hello = guest("hello");
+    let initrd = write_temp("initrd", b"an initrd");
+    let out = xen_vmm(&[
+        "--kernel",
+        hello.to_str().expect("utf-8"),
+        "--ramdisk",
+        initrd.to_str().expect("utf-8"),
+    ]);
+    let _ = std::fs::remove_file(&initrd);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains("a ramdisk needs a Xen PV kernel"),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = xen_vmm(&[
+        "--kernel",
+        hello.to_str().expect("utf-8"),
+        "--ramdisk",
+        "/nonexistent/initrd",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr_of(&out).contains("ramdisk"), "{}", stderr_of(&out));
+}

@@ -55,6 +55,16 @@ fn boot_mini_os(
     log: &str,
     done: impl Fn(&str, &str) -> bool,
 ) -> Option<(String, String)> {
+    boot_mini_os_with(test, log, &[], done)
+}
+
+/// [`boot_mini_os`] with more `xen-vmm run` arguments.
+fn boot_mini_os_with(
+    test: &str,
+    log: &str,
+    extra: &[&std::ffi::OsStr],
+    done: impl Fn(&str, &str) -> bool,
+) -> Option<(String, String)> {
     if !kvm_available(test) {
         return None;
     }
@@ -65,6 +75,7 @@ fn boot_mini_os(
     let mut child = Command::new(env!("CARGO_BIN_EXE_xen-vmm"))
         .args(["run", "--pv", "--kernel"])
         .arg(&kernel)
+        .args(extra)
         .env("RXEN_LOG", log)
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -202,5 +213,36 @@ fn direct_iretq_to_xen_flat_selectors_loads_them() {
     assert!(
         err.contains("vector 6 ") && err.contains("at rip 0x19"),
         "stderr: {err}"
+    );
+}
+
+/// `ramdisk=`: the initrd is loaded after the kernel and Mini-OS sees it in start_info
+/// (it prints `mod_start` and `mod_len` at boot).
+#[test]
+fn mini_os_is_given_its_ramdisk() {
+    let test = "mini_os_is_given_its_ramdisk";
+    let dir = std::env::temp_dir().join(format!("rxen-ramdisk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let initrd = dir.join("initrd.img");
+    let len = 3 * 4096 + 123;
+    std::fs::write(&initrd, vec![0x5a; len]).unwrap();
+    let args = [std::ffi::OsStr::new("--ramdisk"), initrd.as_os_str()];
+    let Some((out, err)) = boot_mini_os_with(test, "warn", &args, |o, _| o.contains("cmd_line:"))
+    else {
+        return;
+    };
+    let _ = std::fs::remove_dir_all(&dir);
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("no {name} in: {out}\nstderr: {err}"))
+    };
+    // Xen's builder gives the segment's length, i.e. page-rounded (xg_dom_x86.c).
+    assert_eq!(field("mod_len:"), (4 * 4096).to_string(), "{out}");
+    let start = field("mod_start:");
+    assert_ne!(
+        start, "0x0(VA)",
+        "the ramdisk is mapped after the kernel: {out}"
     );
 }

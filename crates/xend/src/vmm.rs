@@ -47,6 +47,8 @@ pub struct Launch<'a> {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub kernel: Option<&'a str>,
+    /// `ramdisk=` (Xen PV kernels).
+    pub ramdisk: Option<&'a str>,
     pub cmdline: &'a str,
     pub xenstore_socket: &'a Path,
     pub files: &'a DomainFiles,
@@ -88,6 +90,9 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
         .arg(path_arg("console-log", &l.files.console()));
     if let Some(k) = l.kernel {
         cmd.arg(format!("--kernel={k}"));
+    }
+    if let Some(r) = l.ramdisk {
+        cmd.arg(format!("--ramdisk={r}"));
     }
     if l.paused {
         cmd.arg("--paused");

@@ -50,6 +50,10 @@ enum Cmd {
         /// Hypercalls are logged with RXEN_LOG=rxen_vmm=trace.
         #[arg(long, requires = "kernel")]
         pv: bool,
+        /// Initial ramdisk for a Xen PV kernel (xl's `ramdisk=`): loaded after the kernel,
+        /// given in start_info.mod_start/mod_len. At most 64 MiB.
+        #[arg(long, value_name = "PATH")]
+        ramdisk: Option<PathBuf>,
         /// Guest memory in MiB (a multiple of 2, 8..=16384).
         #[arg(long, default_value_t = 32)]
         memory: u64,
@@ -161,6 +165,7 @@ fn main() -> ExitCode {
     let Cmd::Run {
         kernel,
         pv,
+        ramdisk,
         memory,
         vcpus,
         cmdline,
@@ -186,6 +191,14 @@ fn main() -> ExitCode {
             return ExitCode::from(USAGE_ERROR);
         }
     };
+    let ramdisk = match ramdisk.as_deref().map(rxen_vmm::kernel_file::read_kernel) {
+        None => None,
+        Some(Ok(r)) => Some(r),
+        Some(Err(e)) => {
+            eprintln!("xen-vmm: ramdisk: {e}");
+            return ExitCode::from(ExitKind::Internal.exit_code());
+        }
+    };
     let config = DomainConfig {
         name,
         domid,
@@ -194,6 +207,7 @@ fn main() -> ExitCode {
         cmdline,
         uuid,
         start_paused: paused,
+        ramdisk,
         console: ConsoleLimits {
             rate: console_rate,
             burst: console_burst,

@@ -15,22 +15,34 @@ use super::rxen_area::{RxenArea, M2P_L4_SLOT, RXEN_L4_SLOT};
 use crate::builder::{BootChannels, BootInfo};
 use crate::memory::GuestRam;
 
-/// Builds PV kernel `image` into the first `nr_pages` frames of `ram`, with rxen's
-/// pages `area` (already written after them).
+/// What a PV kernel boots with: its image, initrd and command line.
+#[derive(Debug, Clone, Copy)]
+pub struct PvBootFiles<'a> {
+    pub image: &'a [u8],
+    pub ramdisk: Option<&'a [u8]>,
+    pub cmdline: &'a str,
+}
+
+/// Builds the PV kernel of `files` into the first `nr_pages` frames of `ram`, with
+/// rxen's pages `area` (already written after them).
 pub fn build(
     ram: &GuestRam,
     nr_pages: u64,
-    image: &[u8],
-    cmdline: &str,
+    files: PvBootFiles<'_>,
     vcpus: u32,
     channels: BootChannels,
     area: &RxenArea,
 ) -> Result<(BootInfo, Mmu), PvBuildError> {
+    let PvBootFiles {
+        image,
+        ramdisk,
+        cmdline,
+    } = files;
     let (m2p_base, m2p_entries) = area.layout.m2p();
     let mut mem = RamFrames::with_m2p(ram, m2p_base, m2p_entries);
     let config = PvBuildConfig {
         nr_pages,
-        ramdisk: None,
+        ramdisk,
         cmdline,
         vcpus,
         shared_info_maddr: area.shared_info_maddr,
@@ -107,7 +119,19 @@ mod tests {
             store_evtchn: 1,
             console_evtchn: 2,
         };
-        let (boot, mmu) = build(&ram, 8192, &image, "", 1, channels, &area).unwrap();
+        let (boot, mmu) = build(
+            &ram,
+            8192,
+            PvBootFiles {
+                image: &image,
+                ramdisk: None,
+                cmdline: "",
+            },
+            1,
+            channels,
+            &area,
+        )
+        .unwrap();
         assert_eq!(
             read(&ram, boot.cr3, RO_MPT_VIRT_START + 0x78 * 8),
             Some(0x78)

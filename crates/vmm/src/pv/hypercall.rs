@@ -80,6 +80,8 @@ pub fn handle(
             finish(dom, out).1
         }
         nr::MULTICALL => multicall(dom, vcpu, fd, mem, a0, a1),
+        nr::FPU_TASKSWITCH => fpu_taskswitch(fd, a0),
+        nr::SET_SEGMENT_BASE => set_segment_base(fd, a0, a1),
         nr::VM_ASSIST => vm_assist(a0, a1),
         nr::MEMORY_OP if a0 == XENMEM_MACHPHYS_MAPPING => {
             let (_, entries) = dom.pv_m2p;
@@ -236,6 +238,67 @@ fn mmuext_op(
         let mut frames = frames(dom);
         finish(dom, mmu.mmuext_op(&mut frames, vcpu as usize, chunk))
     })
+}
+
+/// `fpu_taskswitch(set)`: sets (`set` != 0) or clears CR0.TS, so that the guest's
+/// next FPU instruction raises #NM (delivered to its trap table) — Xen's lazy FPU
+/// switching for PV kernels.
+fn fpu_taskswitch(fd: &VcpuFd, set: u64) -> i64 {
+    const CR0_TS: u64 = 1 << 3;
+    let Ok(mut s) = fd.get_sregs() else {
+        return i64::from(-EIO);
+    };
+    if set != 0 {
+        s.cr0 |= CR0_TS;
+    } else {
+        s.cr0 &= !CR0_TS;
+    }
+    match fd.set_sregs(&s) {
+        Ok(()) => 0,
+        Err(_) => i64::from(-EIO),
+    }
+}
+
+/// `set_segment_base(which, value)` as Xen's 64-bit PV kernels use it: the FS base,
+/// the kernel's (active) GS base, the user GS base (swapped in by `swapgs`, here
+/// `MSR_KERNEL_GS_BASE`), or a user GS selector (its base becomes the descriptor's, 0).
+fn set_segment_base(fd: &VcpuFd, which: u64, value: u64) -> i64 {
+    use rxen_abi::hypercall::{
+        SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL,
+    };
+    let sregs = |f: &dyn Fn(&mut kvm_bindings::kvm_sregs)| -> i64 {
+        let Ok(mut s) = fd.get_sregs() else {
+            return i64::from(-EIO);
+        };
+        f(&mut s);
+        match fd.set_sregs(&s) {
+            Ok(()) => 0,
+            Err(_) => i64::from(-EIO),
+        }
+    };
+    let shadow = |base: u64| -> i64 {
+        match crate::traps::msr::write_shadow_gs(fd, base) {
+            Ok(()) => 0,
+            Err(_) => i64::from(-EIO),
+        }
+    };
+    match which {
+        SEGBASE_FS | SEGBASE_GS_KERNEL | SEGBASE_GS_USER
+            if !crate::guest_view::is_canonical(value) =>
+        {
+            i64::from(-EINVAL)
+        }
+        SEGBASE_FS => sregs(&|s| s.fs.base = value),
+        SEGBASE_GS_KERNEL => sregs(&|s| s.gs.base = value),
+        SEGBASE_GS_USER => shadow(value),
+        SEGBASE_GS_USER_SEL => match value as u16 | 3 {
+            3 => 0,
+            0xe02b | 0x2b => shadow(0),
+            // Xen loads the selector and fails with -EFAULT when that faults.
+            _ => i64::from(-EFAULT),
+        },
+        _ => i64::from(-EINVAL),
+    }
 }
 
 /// Loads `cr3` into the calling vCPU (after `MMUEXT_NEW_BASEPTR`).

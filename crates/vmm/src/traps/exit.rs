@@ -205,11 +205,11 @@ fn emulate_msr(
     next.rsp = frame.rsp;
     next.rflags = crate::vcpu::syscall::user_rflags(frame.rflags);
     let mut next_sregs = *sregs;
-    let shadow = read_shadow_gs(fd);
+    let shadow = msr::read_shadow_gs(fd);
     let effect = msr::emulate(&code, &mut next, &mut next_sregs, shadow)?;
     let applied = (|| -> Result<(), String> {
         if let msr::Effect::ShadowGs(value) = effect {
-            write_shadow_gs(fd, value)?;
+            msr::write_shadow_gs(fd, value)?;
         }
         if next_sregs != *sregs {
             if sync_regs {
@@ -235,33 +235,6 @@ fn emulate_msr(
             false
         }
     })
-}
-
-fn read_shadow_gs(fd: &VcpuFd) -> u64 {
-    let Ok(mut msrs) = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-        index: msr::MSR_SHADOW_GS_BASE,
-        ..Default::default()
-    }]) else {
-        return 0;
-    };
-    match fd.get_msrs(&mut msrs) {
-        Ok(1) => msrs.as_slice()[0].data,
-        _ => 0,
-    }
-}
-
-fn write_shadow_gs(fd: &VcpuFd, value: u64) -> Result<(), String> {
-    let msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
-        index: msr::MSR_SHADOW_GS_BASE,
-        data: value,
-        ..Default::default()
-    }])
-    .map_err(|e| format!("MSR list: {e:?}"))?;
-    match fd.set_msrs(&msrs) {
-        Ok(1) => Ok(()),
-        Ok(_) => Err("KVM refused MSR_KERNEL_GS_BASE".into()),
-        Err(e) => Err(format!("set MSR_KERNEL_GS_BASE: {e}")),
-    }
 }
 
 /// Emulates a read of the M2P that faulted (see [`m2p`]); returns the registers after

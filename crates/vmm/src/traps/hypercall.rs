@@ -27,9 +27,23 @@ pub fn handle(
         nr::SET_TRAP_TABLE => set_trap_table(traps, mem, vcpu, a0),
         nr::SET_CALLBACKS => set_callbacks(traps, vcpu, [a0, a1, a2]),
         nr::CALLBACK_OP => callback_op(traps, mem, vcpu, a0, a1),
+        nr::STACK_SWITCH => stack_switch(traps, vcpu, a0, a1),
         _ => return None,
     };
     Some(rc.map_or_else(i64::from, |()| 0))
+}
+
+/// `stack_switch(ss, sp)`: the stack the guest kernel is entered on from guest user
+/// mode. Xen fixes up the selector's RPL rather than refusing it; rxen keeps what the
+/// guest gave (with RPL 3, as every guest selector here has) and refuses a
+/// non-canonical stack pointer.
+fn stack_switch(traps: &DomainTraps, vcpu: u32, ss: u64, sp: u64) -> Result<(), i32> {
+    if !crate::guest_view::is_canonical(sp) {
+        return Err(-EINVAL);
+    }
+    let mut t = traps.vcpu(vcpu).ok_or(-EINVAL)?;
+    t.kernel_stack = ((ss as u16) | 3, sp);
+    Ok(())
 }
 
 /// `set_trap_table(table)`: a null pointer clears the table; otherwise entries are read
@@ -146,6 +160,32 @@ mod tests {
             nr: u64::from(nr),
             args,
         }
+    }
+
+    #[test]
+    fn stack_switch_records_the_kernel_stack() {
+        let (traps, ram) = setup();
+        let view = GuestView::identity(&ram);
+        let rc = handle(
+            &traps,
+            &view,
+            0,
+            &call(nr::STACK_SWITCH, [0xe02b, 0x7000, 0, 0, 0]),
+        );
+        assert_eq!(rc, Some(0));
+        assert_eq!(traps.vcpu(0).unwrap().kernel_stack, (0xe02b, 0x7000));
+        // RPL forced to 3; a non-canonical stack and an unknown vCPU are refused.
+        handle(
+            &traps,
+            &view,
+            0,
+            &call(nr::STACK_SWITCH, [0xe028, 0x8000, 0, 0, 0]),
+        );
+        assert_eq!(traps.vcpu(0).unwrap().kernel_stack, (0xe02b, 0x8000));
+        let bad = call(nr::STACK_SWITCH, [0xe02b, 0x8000_0000_0000, 0, 0, 0]);
+        assert_eq!(handle(&traps, &view, 0, &bad), Some(i64::from(-EINVAL)));
+        let other = call(nr::STACK_SWITCH, [0xe02b, 0x7000, 0, 0, 0]);
+        assert_eq!(handle(&traps, &view, 99, &other), Some(i64::from(-EINVAL)));
     }
 
     #[test]

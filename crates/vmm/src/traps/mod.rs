@@ -72,6 +72,9 @@ pub struct Callbacks {
 pub struct VcpuTraps {
     pub table: [TrapEntry; 256],
     pub callbacks: Callbacks,
+    /// The guest kernel's stack for entries from guest user mode (`stack_switch`:
+    /// selector, stack pointer); Xen's `kernel_ss`/`kernel_sp`.
+    pub kernel_stack: (u16, u64),
 }
 
 impl Default for VcpuTraps {
@@ -79,6 +82,7 @@ impl Default for VcpuTraps {
         Self {
             table: [TrapEntry::default(); 256],
             callbacks: Callbacks::default(),
+            kernel_stack: (0, 0),
         }
     }
 }

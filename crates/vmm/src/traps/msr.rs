@@ -8,6 +8,7 @@
 //! base `swapgs` would exchange it with (KVM's `MSR_KERNEL_GS_BASE`).
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::VcpuFd;
 
 /// `MSR_FS_BASE`.
 pub const MSR_FS_BASE: u32 = 0xc000_0100;
@@ -67,6 +68,35 @@ pub fn emulate(
     }
     regs.rip = regs.rip.wrapping_add(2);
     Some(effect)
+}
+
+/// The vCPU's `MSR_SHADOW_GS_BASE` (0 if KVM does not answer).
+pub(crate) fn read_shadow_gs(fd: &VcpuFd) -> u64 {
+    let Ok(mut msrs) = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: MSR_SHADOW_GS_BASE,
+        ..Default::default()
+    }]) else {
+        return 0;
+    };
+    match fd.get_msrs(&mut msrs) {
+        Ok(1) => msrs.as_slice()[0].data,
+        _ => 0,
+    }
+}
+
+/// Sets the vCPU's `MSR_SHADOW_GS_BASE`.
+pub(crate) fn write_shadow_gs(fd: &VcpuFd, value: u64) -> Result<(), String> {
+    let msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index: MSR_SHADOW_GS_BASE,
+        data: value,
+        ..Default::default()
+    }])
+    .map_err(|e| format!("MSR list: {e:?}"))?;
+    match fd.set_msrs(&msrs) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err("KVM refused MSR_KERNEL_GS_BASE".into()),
+        Err(e) => Err(format!("set MSR_KERNEL_GS_BASE: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -18,26 +18,32 @@ use super::{parse_json, AppState};
 use crate::error::{ApiError, ApiResult};
 use crate::state::create::{unapplied_settings, CreateOptions};
 
-/// Makes a relative `kernel=` path absolute against the config file's directory, as
-/// xl does. Without a directory (a JSON spec, or a client that sent none) a relative
-/// path is refused: xend's own directory means nothing to the client.
+/// Makes relative `kernel=` and `ramdisk=` paths absolute against the config file's
+/// directory, as xl does. Without a directory (a JSON spec, or a client that sent
+/// none) a relative path is refused: xend's own directory means nothing to the client.
 fn resolve_kernel(spec: &mut DomainSpec, base_dir: Option<&str>) -> ApiResult<()> {
-    let Some(k) = &spec.kernel else { return Ok(()) };
-    if FsPath::new(k).is_absolute() {
-        return Ok(());
-    }
-    match base_dir {
-        Some(dir) if FsPath::new(dir).is_absolute() => {
-            spec.kernel = Some(FsPath::new(dir).join(k).to_string_lossy().into_owned());
-            Ok(())
+    for (key, path) in [("kernel", &mut spec.kernel), ("ramdisk", &mut spec.ramdisk)] {
+        let Some(k) = path.as_ref() else { continue };
+        if FsPath::new(k).is_absolute() {
+            continue;
         }
-        Some(dir) => Err(ApiError::bad_request(format!(
-            "base_dir {dir:?} must be an absolute path"
-        ))),
-        None => Err(ApiError::invalid_config(format!(
-            "kernel {k:?} is a relative path: give an absolute path, or send base_dir (xm sends the config file's directory)"
-        ))),
+        match base_dir {
+            Some(dir) if FsPath::new(dir).is_absolute() => {
+                *path = Some(FsPath::new(dir).join(k).to_string_lossy().into_owned());
+            }
+            Some(dir) => {
+                return Err(ApiError::bad_request(format!(
+                    "base_dir {dir:?} must be an absolute path"
+                )))
+            }
+            None => {
+                return Err(ApiError::invalid_config(format!(
+                    "{key} {k:?} is a relative path: give an absolute path, or send base_dir (xm sends the config file's directory)"
+                )))
+            }
+        }
     }
+    Ok(())
 }
 
 /// The spec of a create or managed request, with the warnings to give back.
@@ -282,6 +288,15 @@ mod tests {
         assert_eq!(s.kernel.as_deref(), Some("/abs/k"));
         assert!(resolve_kernel(&mut spec("k"), None).is_err());
         assert!(resolve_kernel(&mut spec("k"), Some("rel")).is_err());
+        // ramdisk= follows the same rule.
+        let mut s = DomainSpec::from_xl("name='a'\nkernel='/k'\nramdisk='initrd.img'")
+            .unwrap()
+            .0;
+        resolve_kernel(&mut s, Some("/etc/xen")).unwrap();
+        assert_eq!(s.ramdisk.as_deref(), Some("/etc/xen/initrd.img"));
+        s.ramdisk = Some("initrd.img".into());
+        let e = resolve_kernel(&mut s, None).unwrap_err();
+        assert!(format!("{e:?}").contains("ramdisk"), "{e:?}");
     }
 
     #[test]

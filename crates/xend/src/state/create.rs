@@ -36,10 +36,11 @@ enum Started {
     AlreadyEnded(tokio::process::Child),
 }
 
-/// A kernel must be a regular, non-empty file within the image limit: checked before
-/// anything reads it (a device, `/proc/self/mem` or a huge sparse file never is).
-fn check_kernel_file(k: &str) -> DomainResult<()> {
-    let bad = |why: String| Err(DomainError::InvalidConfig(format!("kernel {k:?} {why}")));
+/// A kernel (or ramdisk: `what`) must be a regular, non-empty file within the image
+/// limit: checked before anything reads it (a device, `/proc/self/mem` or a huge
+/// sparse file never is).
+fn check_image_file(what: &str, k: &str) -> DomainResult<()> {
+    let bad = |why: String| Err(DomainError::InvalidConfig(format!("{what} {k:?} {why}")));
     let m = match std::fs::metadata(k) {
         Ok(m) => m,
         Err(e) => return bad(format!("cannot be used: {e}")),
@@ -98,7 +99,10 @@ impl Xend {
             return Err(DomainError::NameInUse(spec.name));
         }
         if let Some(k) = &spec.kernel {
-            check_kernel_file(k)?;
+            check_image_file("kernel", k)?;
+        }
+        if let Some(r) = &spec.ramdisk {
+            check_image_file("ramdisk", r)?;
         }
         let uuid = spec
             .uuid
@@ -234,6 +238,7 @@ impl Xend {
             memory_mib: spec.memory.max(spec.maxmem.unwrap_or(0)),
             vcpus: spec.maxvcpus.unwrap_or(spec.vcpus),
             kernel: spec.kernel.as_deref(),
+            ramdisk: spec.ramdisk.as_deref(),
             cmdline: &spec.cmdline,
             xenstore_socket: &xs_dom_socket,
             files: &files,

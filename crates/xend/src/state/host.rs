@@ -87,6 +87,7 @@ pub fn dom0_info() -> DomainInfo {
         vcpus: cpus,
         maxvcpus: Some(cpus),
         kernel: None,
+        ramdisk: None,
         cmdline: String::new(),
         on_poweroff: Action::Destroy,
         on_reboot: Action::Restart,
