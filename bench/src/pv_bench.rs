@@ -13,7 +13,11 @@ use crate::Figure;
 /// How long a guest may take to show its marker before the benchmark fails.
 const BOOT_LIMIT: Duration = Duration::from_secs(60);
 
-const NAMES: [&str; 2] = ["pv_grub_boot_to_prompt_ms", "minios_boot_to_clock_ms"];
+const NAMES: [&str; 3] = [
+    "pv_grub_boot_to_prompt_ms",
+    "minios_boot_to_clock_ms",
+    "mmu_update_batch_us",
+];
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
@@ -84,9 +88,70 @@ fn mini_os_path() -> PathBuf {
         .join("mini-os-blk")
 }
 
+/// Host TSC ticks per microsecond (the guest's TSC runs at the host's rate).
+fn tsc_per_us() -> f64 {
+    // SAFETY: rdtsc has no memory effects.
+    let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+    let (t0, c0) = (Instant::now(), tsc());
+    std::thread::sleep(Duration::from_millis(200));
+    let (c1, dt) = (tsc(), t0.elapsed());
+    (c1 - c0) as f64 / (dt.as_secs_f64() * 1e6)
+}
+
+fn value_of(out: &str, key: &str) -> Result<f64, String> {
+    out.split(&format!("{key}="))
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no {key}= in mmubench output: {out}"))
+}
+
+/// `mmu_update` per entry (the `mmubench` PV guest: batches of 256 entries that
+/// remap mapped frames) against a hypercall that does nothing, in one run.
+fn mmu_update_batch(quick: bool) -> Result<Figure, String> {
+    let vmm = crate::xend_bench::sibling("xen-vmm");
+    let guest = rxen_guest_images::guest_path("mmubench");
+    let rounds = if quick { "rounds=50" } else { "rounds=1000" };
+    let out = std::process::Command::new(&vmm)
+        .args(["run", "--kernel"])
+        .arg(&guest)
+        .args(["--cmdline", &format!("batch=256 {rounds}")])
+        // The SDK's PV path may print through console_io, Xen's hypervisor console,
+        // which rxen logs: read both streams.
+        .env("RXEN_LOG", "warn,rxen_vmm::hypervisor_console=info")
+        .env("NO_COLOR", "1")
+        .output()
+        .map_err(|e| format!("{}: {e}", vmm.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = text
+        .lines()
+        .find(|l| l.contains("mmubench: batch="))
+        .ok_or_else(|| format!("mmubench printed no result ({}): {text}", out.status))?;
+    let per_us = tsc_per_us();
+    let entry = value_of(line, "entry_cycles")? / per_us;
+    let nop = value_of(line, "hypercall_cycles")? / per_us;
+    Ok(Figure {
+        name: NAMES[2].into(),
+        value: entry,
+        unit: "us".into(),
+        baseline: nop,
+        ratio: entry / nop,
+        note: "per entry of a 256-entry mmu_update remapping mapped frames vs one empty hypercall"
+            .into(),
+    })
+}
+
 pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, String> {
-    if !NAMES.iter().any(|n| wants(n)) {
-        return Ok(Vec::new());
+    let mut out = Vec::new();
+    if wants(NAMES[2]) {
+        out.push(mmu_update_batch(quick)?);
+    }
+    if !NAMES[..2].iter().any(|n| wants(n)) {
+        return Ok(out);
     }
     let d = start()?;
     let n = if quick { 3 } else { 15 };
@@ -102,7 +167,6 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
             })
             .collect::<Result<Vec<_>, _>>()?,
     );
-    let mut out = Vec::new();
     for (name, path, memory, marker) in [
         (NAMES[0], pv_grub_path(), 64, "grub> "),
         (NAMES[1], mini_os_path(), 32, "T(s="),

@@ -18,7 +18,8 @@ const NAMES: &[&str] = &[
     "xm_list_1000_runs_s",
 ];
 
-fn sibling(name: &str) -> PathBuf {
+/// A binary next to this one (the workspace's target directory).
+pub(crate) fn sibling(name: &str) -> PathBuf {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.parent().map(|d| d.join(name)))

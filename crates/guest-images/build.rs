@@ -20,6 +20,7 @@ const GUESTS: &[&str] = &[
     "granttest",
     "traps",
     "pvmmu",
+    "mmubench",
 ];
 const DEFAULT_GUEST: &str = "idle";
 
