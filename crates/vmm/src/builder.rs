@@ -137,27 +137,6 @@ fn build_hypercall_page(ram: &GuestRam) -> Result<(), MemoryError> {
     ram.write(HYPERCALL_PAGE, &page)
 }
 
-/// Writes the TSS: no stacks (the guest never enters CPL 0), and an I/O permission
-/// bitmap that allows exactly the hypercall and null ports (4 byte ports each) and the
-/// syscall stub's port. KVM consults it when it
-/// emulates a guest `out`. Written at guest-physical `base` (three pages).
-pub(crate) fn write_tss(ram: &GuestRam, base: u64) -> Result<(), MemoryError> {
-    ram.write_obj(base + 0x66, &(TSS_IOMAP_OFFSET as u16))?;
-    let mut bitmap = vec![0xffu8; 8192 + 1];
-    // A 4-byte `out` needs all four of its byte ports allowed.
-    for base in [HYPERCALL_PORT, NULL_PORT] {
-        for port in base..base + 4 {
-            bitmap[port as usize / 8] &= !(1 << (port % 8));
-        }
-    }
-    // The syscall stub's one-byte `out` (the VMM checks it comes from the stub).
-    // The trap stubs' one-byte `out` (the VMM checks it comes from a stub).
-    for port in [SYSCALL_STUB_PORT, TRAP_STUB_PORT] {
-        bitmap[port as usize / 8] &= !(1 << (port % 8));
-    }
-    ram.write(base + TSS_IOMAP_OFFSET, &bitmap)
-}
-
 /// Builds the domain: loads `image`, writes page tables, hypercall page and
 /// `start_info`. `shared_info` is left zeroed (the clock code fills its time fields).
 pub fn build(
@@ -174,7 +153,7 @@ pub fn build(
     let nr_pt_frames = build_page_tables(ram)?;
     build_hypercall_page(ram)?;
     ram.write(SYSCALL_STUB, &crate::vcpu::syscall::stub_page())?;
-    write_tss(ram, TSS)?;
+    crate::tss::write_tss(ram, TSS)?;
     ram.write(GDT, &crate::traps::pages::gdt_page())?;
     ram.write(IDT, &crate::traps::pages::idt_page())?;
     ram.write(TRAP_STUBS, &crate::traps::pages::stub_page())?;

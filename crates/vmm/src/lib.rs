@@ -30,6 +30,7 @@ pub mod rawimage;
 pub mod shared_info;
 pub mod timers;
 pub mod traps;
+pub mod tss;
 pub mod vcpu;
 pub mod xsrelay;
 

@@ -20,6 +20,7 @@ pub mod hypercall_page;
 pub mod image;
 pub mod layout;
 pub mod mmu;
+pub mod notes;
 pub mod ram_frames;
 pub mod rxen_area;
 pub mod xen_guest;

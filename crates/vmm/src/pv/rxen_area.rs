@@ -188,7 +188,7 @@ pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError
         ram.write((grants + g) * PAGE_SIZE, &zeros)?;
     }
     ram.write(frame(STUB), &crate::vcpu::syscall::stub_page())?;
-    crate::builder::write_tss(ram, frame(TSS))?;
+    crate::tss::write_tss(ram, frame(TSS))?;
     let slot = |va: u64, shift: u32| ((va >> shift) & 511) * 8;
     ram.write_obj(frame(L3) + slot(RXEN_VA, 30), &(frame(L2) | LINK))?;
     ram.write_obj(frame(L2) + slot(RXEN_VA, 21), &(frame(L1) | LINK))?;

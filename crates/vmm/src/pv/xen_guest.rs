@@ -11,8 +11,8 @@
 //! libelf: a number with trailing garbage, a key over 31 or a value over 127 bytes
 //! (libelf silently truncates those) and non-UTF-8 text are errors.
 
-use super::elfnotes::{NoteSource, XenNotes};
 use super::features::FeatureError;
+use super::notes::{NoteSource, XenNotes};
 
 /// Longest key libelf reads (its buffer is 32 bytes with the NUL).
 pub const MAX_KEY: usize = 31;

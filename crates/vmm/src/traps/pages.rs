@@ -8,7 +8,7 @@
 use rxen_abi::layout::{GDT, IDT, TRAP_STUBS, TRAP_STUB_PORT, TRAP_STUB_SIZE, TRAP_VECTORS};
 use rxen_abi::PAGE_SIZE;
 
-use crate::vcpu::regs::{USER_CS, USER_DS};
+use rxen_abi::layout::{FLAT_CS as USER_CS, FLAT_SS as USER_DS};
 
 /// 64-bit code segment, DPL 3 (present, L, G; accessed, so that loading it never
 /// writes to the read-only GDT).

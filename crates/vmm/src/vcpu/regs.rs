@@ -19,9 +19,9 @@ const EFER_LMA: u64 = 1 << 10;
 const EFER_NXE: u64 = 1 << 11;
 
 /// User code selector (GDT index 6, RPL 3), as in Xen's `FLAT_RING3_CS64`.
-pub const USER_CS: u16 = 0x33;
+pub const USER_CS: u16 = rxen_abi::layout::FLAT_CS;
 /// User data selector (GDT index 5, RPL 3), as in Xen's `FLAT_RING3_DS64`.
-pub const USER_DS: u16 = 0x2b;
+pub const USER_DS: u16 = rxen_abi::layout::FLAT_SS;
 /// RFLAGS at start: IOPL 3 and the always-one bit.
 pub const START_RFLAGS: u64 = 0x3002;
 /// Arithmetic flags a guest may choose in a `vcpu_guest_context`.
