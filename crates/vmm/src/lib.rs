@@ -3,15 +3,17 @@
 //! This crate owns one domain's execution on KVM: guest RAM ([`memory`]), the domain
 //! builder ([`kernel_file`], [`elf`], [`builder`]), vCPUs and their threads ([`vcpu`]), Xen's hypercall
 //! ABI ([`hypercall`]), event channels ([`evtchn`], [`shared_info`]), grant tables
-//! ([`grant`]), time
+//! ([`grant`]), the block backend ([`blkback`]), time
 //! ([`clock`], [`timers`]), the emergency console ([`console`]) and the control socket
 //! ([`control`], speaking `rxen_vmm_api`'s protocol). [`pv`] computes Xen's start of day
 //! for unmodified PV kernels (notes, checks, layout); the builder does not use it yet.
 //!
-//! It must not know about other domains, xenstore or the toolstack's policies: those
-//! belong to `xend` and `xenstored`. Everything a guest hands it is hostile input and
+//! It must not know about other domains or the toolstack's policies: those belong to
+//! `xend` and `xenstored`; its only xenstore use is the backend half of xenbus for the
+//! domain's own devices ([`blkback`]). Everything a guest hands it is hostile input and
 //! is rejected with a Xen error code, never a panic.
 
+pub mod blkback;
 pub mod builder;
 pub mod clock;
 pub mod console;

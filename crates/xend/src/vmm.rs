@@ -51,6 +51,10 @@ pub struct Launch<'a> {
     pub ramdisk: Option<&'a str>,
     pub cmdline: &'a str,
     pub xenstore_socket: &'a Path,
+    /// xenstored's main socket (the VMM's block backend runs xenbus through it).
+    pub xenstored_socket: &'a Path,
+    /// Disks the VMM serves: `(device number, writable, path)`.
+    pub disks: Vec<(u32, bool, &'a str)>,
     pub files: &'a DomainFiles,
     /// Start with every vCPU paused.
     pub paused: bool,
@@ -96,6 +100,13 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     }
     if l.paused {
         cmd.arg("--paused");
+    }
+    if !l.disks.is_empty() {
+        cmd.arg(path_arg("xenstored-socket", l.xenstored_socket));
+        for (devid, writable, path) in &l.disks {
+            let mode = if *writable { "w" } else { "r" };
+            cmd.arg(format!("--disk={devid}:{mode}:{path}"));
+        }
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -191,6 +191,18 @@ fn write_entries(
             c.write(tx, &format!("{vm}/image/kernel"), k.as_bytes())?;
         }
         c.write(tx, &format!("{vm}/image/cmdline"), spec.cmdline.as_bytes())?;
+        for disk in &spec.disks {
+            // Validated specs always have a device number.
+            let Some(devid) = disk.devid() else { continue };
+            for dir in crate::vbd::layout(domid, devid, disk) {
+                c.write(tx, &dir.path, b"")?;
+                let perms: Vec<&str> = dir.perms.iter().map(String::as_str).collect();
+                c.set_perms(tx, &dir.path, &perms)?;
+                for (k, v) in &dir.nodes {
+                    c.write(tx, &format!("{}/{k}", dir.path), v.as_bytes())?;
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -202,6 +214,7 @@ pub fn teardown(socket: &Path, domid: u32, uuid: &str) -> Result<(), ClientError
     let _ = c.rm(0, &domain_path(domid));
     let _ = c.rm(0, &format!("/vm/{uuid}"));
     let _ = c.rm(0, &format!("/libxl/{domid}"));
+    let _ = c.rm(0, &crate::vbd::backend_root(domid));
     Ok(())
 }
 
@@ -228,7 +241,7 @@ pub fn alive(socket: &Path) -> bool {
 
 /// Removes what xenstore holds of domains xend does not know (after a crash of xend in
 /// the middle of a create or destroy): `/local/domain/N` (but domain 0), `/libxl/N`,
-/// `/vm/UUID`, and their introduction. Returns what it removed.
+/// `/vm/UUID`, vbd backends, and their introduction. Returns what it removed.
 pub fn remove_unknown(
     socket: &Path,
     known_domids: &[u32],
@@ -238,6 +251,10 @@ pub fn remove_unknown(
     let mut removed = Vec::new();
     let mut ids: Vec<String> = c.directory(0, "/local/domain").unwrap_or_default();
     ids.extend(c.directory(0, "/libxl").unwrap_or_default());
+    ids.extend(
+        c.directory(0, "/local/domain/0/backend/vbd")
+            .unwrap_or_default(),
+    );
     ids.sort();
     ids.dedup();
     for id in ids {
@@ -248,6 +265,7 @@ pub fn remove_unknown(
         let _ = c.release(n);
         let _ = c.rm(0, &domain_path(n));
         let _ = c.rm(0, &format!("/libxl/{n}"));
+        let _ = c.rm(0, &crate::vbd::backend_root(n));
         removed.push(format!("domain {n}"));
     }
     for uuid in c.directory(0, "/vm").unwrap_or_default() {

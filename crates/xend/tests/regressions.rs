@@ -210,13 +210,61 @@ fn create_forms_agree_and_say_what_they_ignore() {
         v["domain"]["config"]["kernel"].as_str(),
         Some(guest("hello").display().to_string().as_str())
     );
-    let (s, v) = env.create("name='disky'\nmemory=16\ndisk=['file:/tmp/x.img,xvda,w']");
+    // Disks are attached now (issue 9): what cannot be a disk is refused up front.
+    for (target, why) in [
+        ("/nonexistent/x.img", "cannot be used"),
+        ("/dev/null", "not a regular file or a block device"),
+    ] {
+        let (s, v) = env.create(&format!(
+            "name='disky'\nmemory=16\ndisk=['file:{target},xvda,w']"
+        ));
+        assert_eq!(s, 422, "{v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(why) && msg.contains(target), "{msg}");
+    }
+    let img = env.dir.join("disk.img");
+    std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    let (s, v) = env.create(&format!(
+        "name='disky'\nmemory=16\ndisk=['file:{},xvda,w']\nvif=['bridge=xenbr0']",
+        img.display()
+    ));
     assert_eq!(s, 201, "{v}");
     let w = v["warnings"].as_array().unwrap();
     assert!(
-        w.iter()
-            .any(|w| w.as_str().unwrap().contains("not attached")),
+        w.iter().all(|w| !w.as_str().unwrap().contains("disk")),
         "{v}"
+    );
+    assert!(
+        w.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("vif 0 is accepted but not attached")),
+        "{v}"
+    );
+    let domid = v["domain"]["domid"].as_u64().unwrap();
+    let backend = format!("/local/domain/0/backend/vbd/{domid}/51712");
+    let mut xs = env.xenstore();
+    assert_eq!(
+        xs.read(0, &format!("{backend}/params")).unwrap(),
+        img.display().to_string().into_bytes()
+    );
+    assert_eq!(
+        xs.read(
+            0,
+            &format!("/local/domain/{domid}/device/vbd/51712/backend")
+        )
+        .unwrap(),
+        backend.clone().into_bytes()
+    );
+    // The VMM's blkback announces itself (InitWait) whatever the guest does.
+    env.wait_until("blkback in InitWait", || {
+        xs.read(0, &format!("{backend}/state")).ok().as_deref() == Some(b"2".as_slice())
+    });
+    assert_eq!(env.delete("/domains/disky").0, 204);
+    assert!(
+        xs.read(0, &format!("/local/domain/0/backend/vbd/{domid}"))
+            .is_err(),
+        "the backend nodes go with the domain"
     );
     // Paused at creation (xm create -p).
     let (s, v) = env.post(

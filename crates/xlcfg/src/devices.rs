@@ -48,6 +48,57 @@ fn valid_vdev(v: &str) -> bool {
     }
 }
 
+/// The drive index and partition of `<prefix><letters><partition>` (libxl's
+/// `device_virtdisk_matches`: letters count in bijective base 26, `a` = 0, `aa` = 26;
+/// no leading zero in the partition).
+fn drive_and_partition(v: &str, prefix: &str, max_disk: u32, max_part: u32) -> Option<(u32, u32)> {
+    let rest = v.strip_prefix(prefix)?;
+    let letters = rest.bytes().take_while(|c| c.is_ascii_lowercase()).count();
+    if letters == 0 {
+        return None;
+    }
+    let mut disk: i64 = -1;
+    for c in rest[..letters].bytes() {
+        disk = (disk + 1) * 26 + i64::from(c - b'a');
+        if disk > i64::from(max_disk) {
+            return None;
+        }
+    }
+    let part = &rest[letters..];
+    let partition = if part.is_empty() {
+        0
+    } else if part.starts_with('0') || !part.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    } else {
+        part.parse::<u32>().ok().filter(|p| *p <= max_part)?
+    };
+    Some((u32::try_from(disk).ok()?, partition))
+}
+
+/// Xen's device number of a virtual device name (libxl's
+/// `libxl__device_disk_dev_number`): `xvdX[N]` is `202 << 8 | disk << 4 | N` for the
+/// first 16 disks and 16 partitions, else `1 << 28 | disk << 8 | N`; `hdX[N]` (a..d)
+/// is major 3 (a, b) or 22 (c, d) `<< 8 | (disk & 1) << 6 | N`; `sdX[N]` is
+/// `8 << 8 | disk << 4 | N`. So `hda` is 768 (the device Mini-OS opens) and `xvda`
+/// 51712. `None` for a name libxl refuses.
+pub fn vdev_devid(v: &str) -> Option<u32> {
+    if let Some((disk, part)) = drive_and_partition(v, "xvd", (1 << 20) - 1, 255) {
+        return Some(if disk <= 15 && part <= 15 {
+            (202 << 8) | (disk << 4) | part
+        } else {
+            (1 << 28) | (disk << 8) | part
+        });
+    }
+    if let Some((disk, part)) = drive_and_partition(v, "hd", 3, 63) {
+        let major = if disk < 2 { 3 } else { 22 };
+        return Some((major << 8) | ((disk & 1) << 6) | part);
+    }
+    if let Some((disk, part)) = drive_and_partition(v, "sd", 15, 15) {
+        return Some((8 << 8) | (disk << 4) | part);
+    }
+    None
+}
+
 fn access(s: &str) -> Result<DiskAccess, String> {
     match s {
         "r" | "ro" => Ok(DiskAccess::ReadOnly),
@@ -57,6 +108,12 @@ fn access(s: &str) -> Result<DiskAccess, String> {
 }
 
 impl DiskSpec {
+    /// Xen's device number of the disk's `vdev` (see [`vdev_devid`]); parsed disks
+    /// always have one.
+    pub fn devid(&self) -> Option<u32> {
+        vdev_devid(&self.vdev)
+    }
+
     pub fn parse(s: &str) -> Result<Self, String> {
         let items: Vec<&str> = s.split(',').map(str::trim).collect();
         let mut d = DiskSpec {
@@ -112,7 +169,7 @@ impl DiskSpec {
         if d.target.is_empty() {
             return Err(format!("{s:?}: no target"));
         }
-        if !valid_vdev(&d.vdev) {
+        if !valid_vdev(&d.vdev) || vdev_devid(&d.vdev).is_none() {
             return Err(format!(
                 "{s:?}: virtual device {:?} must look like xvda, hdb or sdc1",
                 d.vdev
@@ -170,6 +227,35 @@ impl VifSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_numbers_follow_libxl() {
+        for (v, n) in [
+            ("xvda", 51712),
+            ("xvdb", 51728),
+            ("xvda1", 51713),
+            ("xvdp15", 51712 + 15 * 16 + 15),
+            ("xvdq", (1 << 28) | (16 << 8)),
+            ("xvda16", (1 << 28) | 16),
+            ("xvdaa", (1 << 28) | (26 << 8)),
+            ("hda", 768),
+            ("hdb", 832),
+            ("hdc", 5632),
+            ("hdd", 5696),
+            ("hda1", 769),
+            ("sda", 2048),
+            ("sdb2", 2066),
+        ] {
+            assert_eq!(vdev_devid(v), Some(n), "{v}");
+        }
+        for bad in [
+            "hde", "sdq", "xvd", "xvda0", "xvda01", "hda64", "sda16", "vda", "xvdzzzzz",
+        ] {
+            assert_eq!(vdev_devid(bad), None, "{bad}");
+        }
+        assert!(DiskSpec::parse("/i,hde,w").is_err());
+        assert_eq!(DiskSpec::parse("/i,hda,w").unwrap().devid(), Some(768));
+    }
 
     #[test]
     fn disks() {

@@ -352,6 +352,22 @@ impl DomainSpec {
                 "command line longer than 1023 bytes".into(),
             ));
         }
+        let mut devids = Vec::new();
+        for d in &self.disks {
+            let Some(n) = d.devid() else {
+                return Err(SpecError::Missing(format!(
+                    "disk {:?}: {:?} is not a virtual device name",
+                    d.target, d.vdev
+                )));
+            };
+            if devids.contains(&n) {
+                return Err(SpecError::Missing(format!(
+                    "two disks use virtual device {:?} (device number {n})",
+                    d.vdev
+                )));
+            }
+            devids.push(n);
+        }
         Ok(())
     }
 
@@ -439,6 +455,16 @@ colour = "blue"
             w,
             vec!["line 14, column 1: unknown setting \"colour\" ignored"]
         );
+    }
+
+    #[test]
+    fn two_disks_on_one_device_number_are_refused() {
+        let (s, _) = DomainSpec::from_xl("name='a'\ndisk=['/a,xvda,w', '/b,xvdb,r']").unwrap();
+        assert!(s.validate().is_ok());
+        let e = DomainSpec::from_xl("name='a'\ndisk=['/a,xvda,w', 'target=/b,vdev=xvda']")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("two disks"), "{e}");
     }
 
     #[test]

@@ -79,6 +79,16 @@ enum Cmd {
         /// Relay the guest's xenstore ring to this xenstored domain socket.
         #[arg(long)]
         xenstore_socket: Option<PathBuf>,
+        /// xenstored's main (domain 0) socket: the block backend runs the backend half
+        /// of xenbus for the --disk devices through it.
+        #[arg(long, value_name = "PATH")]
+        xenstored_socket: Option<PathBuf>,
+        /// A virtual block device served by the in-VMM blkback: DEVID:MODE:PATH, with
+        /// Xen's device number (768 = hda, 51712 = xvda), MODE r or w, and a regular
+        /// file or block device. Its xenbus nodes must already exist (xend writes them);
+        /// repeatable; needs --xenstored-socket.
+        #[arg(long, value_name = "DEVID:MODE:PATH", requires = "xenstored_socket")]
+        disk: Vec<rxen_vmm::blkback::VbdConfig>,
         /// Write how the domain ended here before exiting: one JSON line
         /// {"kind", "code", "reason"} (rxen-vmm-api's ExitRecord).
         #[arg(long)]
@@ -174,6 +184,8 @@ fn main() -> ExitCode {
         stdin,
         control,
         xenstore_socket,
+        xenstored_socket,
+        disk,
         exit_file,
         uuid,
         paused,
@@ -227,6 +239,13 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitKind::Internal.exit_code());
         }
     };
+    let disks = match rxen_vmm::blkback::open_disks(&disk) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("xen-vmm: {e}");
+            return ExitCode::from(ExitKind::Internal.exit_code());
+        }
+    };
     let sink: Box<dyn ConsoleSink> = match &console_log {
         None => Box::new(StdoutSink),
         Some(p) => match RotatingLog::open(p, console_log_max) {
@@ -266,6 +285,18 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitKind::Internal.exit_code());
         }
     }
+    let mut block_backend = None;
+    if let (Some(p), false) = (&xenstored_socket, disks.is_empty()) {
+        match rxen_vmm::blkback::start(shared.clone(), p.clone(), disks) {
+            Ok(b) => block_backend = Some(b),
+            Err(e) => {
+                eprintln!("xen-vmm: {e}");
+                domain.destroy();
+                domain.wait();
+                return ExitCode::from(ExitKind::Internal.exit_code());
+            }
+        }
+    }
     // SIGINT/SIGTERM destroy the domain cleanly; SIGUSR1 raises VIRQ_DEBUG on every
     // vCPU (Xen's debug key).
     let signals = shared.clone();
@@ -301,6 +332,9 @@ fn main() -> ExitCode {
         });
     }
     let why = domain.wait();
+    if let Some(mut b) = block_backend.take() {
+        b.stop();
+    }
     if let Some(p) = &exit_file {
         if let Err(e) = std::fs::write(p, rxen_vmm_api::encode(&why.record())) {
             eprintln!("xen-vmm: writing {}: {e}", p.display());

@@ -1,6 +1,7 @@
 //! A mapping of one granted frame held by a backend: reads and writes are bounded by
 //! the frame, writes refused for read-only mappings; dropping it unmaps the grant.
 
+use std::sync::atomic::AtomicU32;
 use std::sync::Arc;
 
 use rxen_abi::PAGE_SIZE;
@@ -95,6 +96,19 @@ impl GrantMapping {
                 offset,
                 len: data.len() as u64,
             })
+    }
+
+    /// A 32-bit word of the granted frame for atomic access (indices of a shared
+    /// ring); `offset` must be 4-byte aligned and the mapping writable.
+    pub fn atomic_u32(&self, offset: u64) -> Result<&AtomicU32, GrantError> {
+        if self.readonly {
+            return Err(GrantError::WriteToReadOnly);
+        }
+        check_segment(offset, 4)?;
+        self.table
+            .ram()
+            .atomic_u32(self.frame_gpa + offset)
+            .map_err(|_| GrantError::BadCopyArg { offset, len: 4 })
     }
 
     /// Unmaps the grant (`GNTTABOP_unmap_grant_ref`): the guest may end access again

@@ -304,7 +304,7 @@ mod tests {
         let (a, _, _) = spec_of(br#"{"spec":{"name":"a"}}"#).unwrap();
         let (b, _, _) = spec_of(br#"{"config":"name='a'"}"#).unwrap();
         assert_eq!(a, b);
-        let (_, w, _) = spec_of(br#"{"config":"name='a'\ndisk=['file:/x.img,xvda,w']"}"#).unwrap();
+        let (_, w, _) = spec_of(br#"{"config":"name='a'\nvif=['bridge=xenbr0']"}"#).unwrap();
         assert!(w.iter().any(|w| w.contains("not attached")), "{w:?}");
         assert!(spec_of(br#"{"config":"name='a'","spec":{"name":"a"}}"#).is_err());
     }

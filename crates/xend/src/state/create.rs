@@ -60,6 +60,37 @@ fn check_image_file(what: &str, k: &str) -> DomainResult<()> {
     }
 }
 
+/// A disk's target must be a regular file or a block device the VMM can open (it is
+/// opened again by the VMM, which refuses anything else too), and only raw images are
+/// served.
+fn check_disk(d: &rxen_xlcfg::devices::DiskSpec) -> DomainResult<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let bad = |why: String| {
+        Err(DomainError::InvalidConfig(format!(
+            "disk {:?} ({}): {why}",
+            d.target, d.vdev
+        )))
+    };
+    if d.format != "raw" {
+        return bad(format!(
+            "format {:?} is not supported (raw images only)",
+            d.format
+        ));
+    }
+    let m = match std::fs::metadata(&d.target) {
+        Ok(m) => m,
+        Err(e) => return bad(format!("cannot be used: {e}")),
+    };
+    let ft = m.file_type();
+    if !ft.is_file() && !ft.is_block_device() {
+        return bad("is not a regular file or a block device".into());
+    }
+    if ft.is_file() && m.len() < 512 {
+        return bad("is smaller than one 512-byte sector".into());
+    }
+    Ok(())
+}
+
 /// Host memory a domain may come to use: its maximum memory and the VMM's overhead.
 pub fn domain_footprint_mib(spec: &DomainSpec) -> u64 {
     spec.maxmem.unwrap_or(spec.memory).max(spec.memory) + DOMAIN_OVERHEAD_MIB
@@ -71,12 +102,6 @@ pub const DOMAIN_OVERHEAD_MIB: u64 = 8;
 /// Settings the domain has that nothing acts on yet (told to the client and logged).
 pub fn unapplied_settings(spec: &DomainSpec) -> Vec<String> {
     let mut w = Vec::new();
-    for d in &spec.disks {
-        w.push(format!(
-            "disk {:?} is accepted but not attached: block devices are not implemented yet",
-            d.vdev
-        ));
-    }
     for (i, _) in spec.vifs.iter().enumerate() {
         w.push(format!(
             "vif {i} is accepted but not attached: network devices are not implemented yet"
@@ -103,6 +128,9 @@ impl Xend {
         }
         if let Some(r) = &spec.ramdisk {
             check_image_file("ramdisk", r)?;
+        }
+        for d in &spec.disks {
+            check_disk(d)?;
         }
         let uuid = spec
             .uuid
@@ -241,6 +269,15 @@ impl Xend {
             ramdisk: spec.ramdisk.as_deref(),
             cmdline: &spec.cmdline,
             xenstore_socket: &xs_dom_socket,
+            xenstored_socket: &self.cfg.xenstored_socket,
+            disks: spec
+                .disks
+                .iter()
+                .filter_map(|d| {
+                    let writable = d.access == rxen_xlcfg::devices::DiskAccess::ReadWrite;
+                    Some((d.devid()?, writable, d.target.as_str()))
+                })
+                .collect(),
             files: &files,
             paused: opts.paused,
         };

@@ -31,6 +31,11 @@ impl Env {
         self.inner.url("")
     }
 
+    /// A privileged connection to the test's xenstored.
+    pub fn xenstore(&self) -> rxen_xenstore::client::Client {
+        self.inner.xenstore()
+    }
+
     pub fn unix_socket(&self) -> PathBuf {
         self.inner.unix_socket()
     }

@@ -1,0 +1,451 @@
+//! The backend half of xenbus for the domain's vbds: a thread with a privileged
+//! (domain 0) connection to xenstored that announces each device, watches its
+//! frontend's `state` and runs Xen's state machine (as Linux's `xen-blkback`):
+//!
+//! * start: `feature-flush-cache`, `state` = InitWait (2);
+//! * frontend Initialised (3) or Connected (4): read `ring-ref`, `event-channel`,
+//!   `protocol` (absent or `x86_64-abi`, else refused) and `ring-page-order` (absent or
+//!   0: multi-page rings are not offered), map and bind, publish `sectors`, `info`,
+//!   `sector-size`, `physical-sector-size`, then `state` = Connected (4);
+//! * frontend Closing (5): disconnect, `state` = Closing; Closed (6): disconnect,
+//!   `state` = Closed; Initialising (1) after Closed: `state` = InitWait again; the
+//!   frontend's node gone: disconnect.
+//!
+//! A frontend whose details are unusable gets a log line and `state` = Closing (Xen's
+//! `xenbus_dev_fatal`); the VMM carries on. Values under the frontend directory are the
+//! guest's and hostile: each is read once, parsed strictly, then used. The backend
+//! directory is domain 0's (the guest may only read it), so `frontend` is trusted but
+//! still checked to lie under this domain's home.
+//!
+//! xenstored may restart (xend supervises it): the thread reconnects with a growing
+//! delay, announces again (keeping connected rings) and re-registers its watches,
+//! whose first firing re-reads every frontend's state.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rxen_abi::blkif::{BLKIF_SECTOR_SIZE, VDISK_READONLY, XEN_IO_PROTO_ABI_X86_64};
+use rxen_abi::xenbus::XenbusState;
+use rxen_xenstore::client::{Client, ClientError};
+
+use super::connection::Connection;
+use super::disk::Disk;
+use crate::domain::DomainShared;
+
+/// Longest wait for a xenstored reply.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the thread looks at the stop flag while no watch fires.
+const EVENT_POLL: Duration = Duration::from_millis(200);
+/// Longest delay between reconnection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// Xen's backend directory of vbd `devid` of domain `domid`.
+pub fn backend_path(domid: u16, devid: u32) -> String {
+    format!("/local/domain/0/backend/vbd/{domid}/{devid}")
+}
+
+/// One virtual block device of the domain.
+struct Vbd {
+    devid: u32,
+    backend: String,
+    /// The frontend directory (read from the backend's `frontend` node).
+    frontend: Option<String>,
+    disk: Arc<Disk>,
+    conn: Option<Connection>,
+    /// The backend state last written.
+    state: XenbusState,
+}
+
+/// Why a frontend's details were refused.
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    #[error("{0} is missing")]
+    Missing(&'static str),
+    #[error("{key} {value:?} is not a number")]
+    NotANumber { key: &'static str, value: String },
+    #[error("protocol {0:?} is not supported (only x86_64-abi)")]
+    Protocol(String),
+    #[error("ring-page-order {0} is not supported (single-page rings only)")]
+    RingOrder(u32),
+    #[error("{0}")]
+    Connect(#[from] super::connection::ConnectError),
+    #[error("xenstore: {0}")]
+    Store(#[from] ClientError),
+}
+
+/// The running xenbus thread.
+pub struct XenbusBackend {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl XenbusBackend {
+    /// Starts the thread for `disks` (`(devid, disk)`), talking to xenstored's main
+    /// socket at `socket`.
+    pub fn start(
+        dom: Arc<DomainShared>,
+        socket: PathBuf,
+        disks: Vec<(u32, Arc<Disk>)>,
+    ) -> std::io::Result<Self> {
+        let domid = dom.config.domid;
+        let mut vbds: Vec<Vbd> = disks
+            .into_iter()
+            .map(|(devid, disk)| Vbd {
+                devid,
+                backend: backend_path(domid, devid),
+                frontend: None,
+                disk,
+                conn: None,
+                state: XenbusState::Initialising,
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let t_stop = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-xenbus", dom.config.name))
+            .spawn(move || {
+                run(&dom, &socket, &mut vbds, &t_stop);
+                for v in &mut vbds {
+                    v.disconnect();
+                }
+            })?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops the thread and every ring it connected.
+    pub fn stop(&mut self) {
+        self.stop.store(true, SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for XenbusBackend {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn stopping(dom: &DomainShared, stop: &AtomicBool) -> bool {
+    stop.load(SeqCst) || dom.exit_reason().is_some()
+}
+
+fn run(dom: &Arc<DomainShared>, socket: &Path, vbds: &mut [Vbd], stop: &AtomicBool) {
+    let mut delay = Duration::from_millis(10);
+    let mut logged = false;
+    while !stopping(dom, stop) {
+        match session(dom, socket, vbds, stop) {
+            Ok(()) => return,
+            Err(e) => {
+                if !logged {
+                    tracing::warn!(socket = %socket.display(), "blkback: xenstore connection: {e}; retrying");
+                    logged = true;
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+}
+
+/// One connection to xenstored: announce, watch, react until stopped or the
+/// connection fails.
+fn session(
+    dom: &Arc<DomainShared>,
+    socket: &Path,
+    vbds: &mut [Vbd],
+    stop: &AtomicBool,
+) -> Result<(), ClientError> {
+    let mut c = Client::connect(socket)?;
+    c.set_timeout(Some(REQUEST_TIMEOUT))?;
+    let domid = dom.config.domid;
+    for v in vbds.iter_mut() {
+        v.announce(&mut c, domid)?;
+        if let Some(f) = &v.frontend {
+            c.watch(&format!("{f}/state"), &v.devid.to_string())?;
+        }
+    }
+    loop {
+        if stopping(dom, stop) {
+            return Ok(());
+        }
+        c.set_timeout(Some(EVENT_POLL))?;
+        let event = c.next_event();
+        c.set_timeout(Some(REQUEST_TIMEOUT))?;
+        match event {
+            Ok((_path, token)) => {
+                if let Some(v) = vbds.iter_mut().find(|v| v.devid.to_string() == token) {
+                    v.frontend_changed(&mut c, dom)?;
+                }
+            }
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads a node; `None` when it does not exist.
+fn read_opt(c: &mut Client, path: &str) -> Result<Option<String>, ClientError> {
+    match c.read(0, path) {
+        Ok(v) => Ok(Some(
+            String::from_utf8_lossy(&v)
+                .trim_end_matches('\0')
+                .trim()
+                .to_string(),
+        )),
+        Err(ClientError::Xs(e)) if e == "ENOENT" => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses a frontend's number node: decimal, as Xen's frontends write it.
+fn parse_u32(key: &'static str, value: Option<String>) -> Result<Option<u32>, Refused> {
+    match value {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<u32>()
+            .map(Some)
+            .map_err(|_| Refused::NotANumber { key, value: v }),
+    }
+}
+
+/// The checked details a frontend published.
+#[derive(Debug, PartialEq, Eq)]
+struct FrontendRing {
+    ring_ref: u32,
+    evtchn: u32,
+}
+
+/// Checks what the frontend wrote (`ring-ref`, `event-channel`, `protocol`,
+/// `ring-page-order`), each value given as read (`None`: absent).
+fn check_frontend(
+    ring_ref: Option<String>,
+    evtchn: Option<String>,
+    protocol: Option<String>,
+    ring_page_order: Option<String>,
+) -> Result<FrontendRing, Refused> {
+    if let Some(p) = protocol {
+        if p != XEN_IO_PROTO_ABI_X86_64 {
+            return Err(Refused::Protocol(p));
+        }
+    }
+    match parse_u32("ring-page-order", ring_page_order)? {
+        None | Some(0) => {}
+        Some(o) => return Err(Refused::RingOrder(o)),
+    }
+    Ok(FrontendRing {
+        ring_ref: parse_u32("ring-ref", ring_ref)?.ok_or(Refused::Missing("ring-ref"))?,
+        evtchn: parse_u32("event-channel", evtchn)?.ok_or(Refused::Missing("event-channel"))?,
+    })
+}
+
+/// The nodes the backend publishes when it connects (besides `state`).
+fn connect_nodes(disk_sectors: u64, writable: bool) -> Vec<(&'static str, String)> {
+    let info = if writable { 0 } else { VDISK_READONLY };
+    vec![
+        ("sectors", disk_sectors.to_string()),
+        ("info", info.to_string()),
+        ("sector-size", BLKIF_SECTOR_SIZE.to_string()),
+        ("physical-sector-size", BLKIF_SECTOR_SIZE.to_string()),
+    ]
+}
+
+impl Vbd {
+    fn set_state(&mut self, c: &mut Client, s: XenbusState) -> Result<(), ClientError> {
+        c.write(
+            0,
+            &format!("{}/state", self.backend),
+            (s as u8).to_string().as_bytes(),
+        )?;
+        self.state = s;
+        Ok(())
+    }
+
+    fn disconnect(&mut self) {
+        if let Some(mut conn) = self.conn.take() {
+            conn.stop();
+            tracing::info!(devid = self.devid, "blkback: disconnected");
+        }
+    }
+
+    /// Reads `frontend`, publishes the features and enters InitWait (unless already
+    /// further along, after a xenstored restart).
+    fn announce(&mut self, c: &mut Client, domid: u16) -> Result<(), ClientError> {
+        let home = format!("/local/domain/{domid}/");
+        self.frontend = match read_opt(c, &format!("{}/frontend", self.backend))? {
+            Some(f) if f.starts_with(&home) && !f.contains("..") => Some(f),
+            other => {
+                tracing::warn!(backend = %self.backend, "blkback: frontend {other:?} is not under {home}; device not served");
+                None
+            }
+        };
+        if self.frontend.is_none() {
+            return Ok(());
+        }
+        c.write(0, &format!("{}/feature-flush-cache", self.backend), b"1")?;
+        if self.conn.is_none() && self.state == XenbusState::Initialising {
+            self.set_state(c, XenbusState::InitWait)?;
+        }
+        Ok(())
+    }
+
+    fn frontend_changed(
+        &mut self,
+        c: &mut Client,
+        dom: &Arc<DomainShared>,
+    ) -> Result<(), ClientError> {
+        let Some(front) = self.frontend.clone() else {
+            return Ok(());
+        };
+        let raw = read_opt(c, &format!("{front}/state"))?;
+        let fs = raw
+            .as_deref()
+            .and_then(|v| v.parse::<u32>().ok())
+            .and_then(XenbusState::from_value)
+            .unwrap_or(XenbusState::Unknown);
+        tracing::debug!(devid = self.devid, frontend = ?fs, backend = ?self.state, "blkback: frontend state");
+        match fs {
+            XenbusState::Initialised | XenbusState::Connected => {
+                if self.state == XenbusState::Connected && self.conn.is_some() {
+                    return Ok(());
+                }
+                self.disconnect();
+                match self.connect(c, dom, &front) {
+                    Ok(()) => self.set_state(c, XenbusState::Connected)?,
+                    Err(Refused::Store(e)) => return Err(e),
+                    Err(why) => {
+                        tracing::warn!(
+                            devid = self.devid,
+                            "blkback: cannot connect the frontend: {why}"
+                        );
+                        self.set_state(c, XenbusState::Closing)?;
+                    }
+                }
+            }
+            XenbusState::Initialising => {
+                self.disconnect();
+                if self.state == XenbusState::Closed {
+                    self.set_state(c, XenbusState::InitWait)?;
+                }
+            }
+            XenbusState::Closing => {
+                self.disconnect();
+                self.set_state(c, XenbusState::Closing)?;
+            }
+            XenbusState::Closed => {
+                self.disconnect();
+                self.set_state(c, XenbusState::Closed)?;
+            }
+            XenbusState::Unknown => self.disconnect(),
+            XenbusState::InitWait | XenbusState::Reconfiguring | XenbusState::Reconfigured => {}
+        }
+        Ok(())
+    }
+
+    fn connect(
+        &mut self,
+        c: &mut Client,
+        dom: &Arc<DomainShared>,
+        front: &str,
+    ) -> Result<(), Refused> {
+        let ring = check_frontend(
+            read_opt(c, &format!("{front}/ring-ref"))?,
+            read_opt(c, &format!("{front}/event-channel"))?,
+            read_opt(c, &format!("{front}/protocol"))?,
+            read_opt(c, &format!("{front}/ring-page-order"))?,
+        )?;
+        let conn = Connection::start(
+            dom.clone(),
+            self.disk.clone(),
+            ring.ring_ref,
+            ring.evtchn,
+            format!("{}-vbd{}", dom.config.name, self.devid),
+        )?;
+        self.conn = Some(conn);
+        for (key, value) in connect_nodes(self.disk.sectors(), self.disk.writable()) {
+            c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
+        }
+        tracing::info!(
+            devid = self.devid,
+            ring_ref = ring.ring_ref,
+            evtchn = ring.evtchn,
+            disk = %self.disk.path().display(),
+            "blkback: connected"
+        );
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn s(v: &str) -> Option<String> {
+        Some(v.to_string())
+    }
+
+    #[test]
+    fn frontend_details_are_checked() {
+        assert_eq!(
+            check_frontend(s("8"), s("5"), s("x86_64-abi"), None).unwrap(),
+            FrontendRing {
+                ring_ref: 8,
+                evtchn: 5
+            }
+        );
+        assert!(check_frontend(s("8"), s("5"), None, s("0")).is_ok());
+        assert!(matches!(
+            check_frontend(s("8"), s("5"), s("x86_32-abi"), None),
+            Err(Refused::Protocol(_))
+        ));
+        assert!(matches!(
+            check_frontend(s("8"), s("5"), None, s("2")),
+            Err(Refused::RingOrder(2))
+        ));
+        assert!(matches!(
+            check_frontend(None, s("5"), None, None),
+            Err(Refused::Missing("ring-ref"))
+        ));
+        assert!(matches!(
+            check_frontend(s("8"), None, None, None),
+            Err(Refused::Missing("event-channel"))
+        ));
+        for bad in ["-1", "0x10", "", "99999999999", "8 "] {
+            assert!(
+                matches!(
+                    check_frontend(s(bad), s("5"), None, None),
+                    Err(Refused::NotANumber { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn backend_layout_is_xens() {
+        assert_eq!(backend_path(7, 768), "/local/domain/0/backend/vbd/7/768");
+        let nodes = connect_nodes(32768, false);
+        assert_eq!(
+            nodes,
+            vec![
+                ("sectors", "32768".to_string()),
+                ("info", "4".to_string()),
+                ("sector-size", "512".to_string()),
+                ("physical-sector-size", "512".to_string()),
+            ]
+        );
+        assert_eq!(connect_nodes(1, true)[1], ("info", "0".to_string()));
+    }
+}
