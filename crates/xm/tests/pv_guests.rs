@@ -251,15 +251,26 @@ fn mini_os_blkfront_on_a_file_backed_disk() {
     wait_until("Mini-OS's blkfront to find its backend", || {
         console.text().contains("sectors of 512 bytes")
     });
-    // Progress lines of its test ("N read, M write") with data read back.
-    // (A guest crash ends the wait at once, so that the failure shows the console.)
-    wait_until("blkfront progress", || {
-        let text = console.text();
-        text.contains("Page fault")
-            || text
-                .lines()
-                .any(|l| l.ends_with(" write") && l.contains(" read, ") && !l.starts_with("0 read"))
-    });
+    // Progress lines of its test ("N read, M write", one every 10 s) with data read
+    // back: two of them, so that the guest does I/O with event upcalls for at least
+    // 10 s (an upcall racing an exception KVM was still delivering crashed it within
+    // seconds, 1 run in 3). A guest crash ends the wait at once, so that the failure
+    // shows the console.
+    rxen_testkit::wait_until(
+        "two blkfront progress lines",
+        std::time::Duration::from_secs(60),
+        || {
+            let text = console.text();
+            text.contains("Page fault")
+                || text
+                    .lines()
+                    .filter(|l| {
+                        l.ends_with(" write") && l.contains(" read, ") && !l.starts_with("0 read")
+                    })
+                    .count()
+                    >= 2
+        },
+    );
     let text = console.text();
     assert!(!text.contains("Page fault"), "Mini-OS crashed:\n{text}");
     for line in [

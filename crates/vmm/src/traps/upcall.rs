@@ -16,6 +16,26 @@ use crate::vcpu::regs::is_canonical_user;
 
 const RFLAGS_IF: u64 = 1 << 9;
 
+/// Whether KVM holds an exception, interrupt or NMI it has not finished delivering.
+/// On an ioctl error, assume one is (deferring an upcall is always safe).
+fn exception_in_flight(fd: &VcpuFd) -> bool {
+    match fd.get_vcpu_events() {
+        Ok(e) => {
+            e.exception.injected != 0
+                || e.exception.pending != 0
+                || e.interrupt.injected != 0
+                || e.nmi.injected != 0
+        }
+        Err(_) => true,
+    }
+}
+
+/// Whether `rip` is inside rxen's trap stubs or its `syscall` stub.
+fn in_rxen_stub(dom: &DomainShared, rip: u64) -> bool {
+    let page = |base: u64| (base..base + rxen_abi::PAGE_SIZE).contains(&rip);
+    page(dom.boot.traps.stubs) || page(dom.boot.syscall_stub)
+}
+
 /// Delivers a pending upcall to vCPU `id` if one is due. `regs_fresh`: the vCPU's
 /// registers in sync regs are current (false right after a context was loaded by
 /// ioctl). Returns `false` when the vCPU must stop.
@@ -35,6 +55,18 @@ pub fn maybe_deliver(
     let Some(cb) = dom.traps.vcpu(id).and_then(|t| t.callbacks.event) else {
         return true;
     };
+    // KVM may have left an exception half-delivered (a kick arrived while it was
+    // injecting, say, the #PF of an M2P read): rewriting rip/rsp now would make KVM
+    // finish the injection with a frame claiming the fault happened at the callback's
+    // first instruction. Wait: the exception reaches rxen's trap stub, whose exit comes
+    // back here before the vCPU runs again.
+    if exception_in_flight(fd) {
+        tracing::trace!(
+            vcpu = id,
+            "event upcall deferred: exception being delivered"
+        );
+        return true;
+    }
     let regs = if sync_regs && regs_fresh {
         fd.sync_regs().regs
     } else {
@@ -46,6 +78,16 @@ pub fn maybe_deliver(
             }
         }
     };
+    // Nor in the middle of rxen's stubs (between the CPU's exception frame and the
+    // stub's exit, or the syscall stub's): the exit must see the state that led there.
+    if in_rxen_stub(dom, regs.rip) {
+        tracing::trace!(
+            vcpu = id,
+            rip = regs.rip,
+            "event upcall deferred: in a stub"
+        );
+        return true;
+    }
     if !is_canonical_user(cb.address) {
         crash(
             fd,
