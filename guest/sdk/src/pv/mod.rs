@@ -140,6 +140,11 @@ pub fn free_frames() -> (u64, u64) {
     (FREE_START.load(Ordering::Relaxed), SCRATCH_PAGES)
 }
 
+/// Machine frame of the kernel's L4 (the boot L4 at `start_info.pt_base`).
+pub fn current_l4_mfn() -> u64 {
+    memory::mfn_of_pfn(crate::start::start_info().pt_base / PAGE_SIZE)
+}
+
 /// Virtual address of the kernel's hypercall page (0 when not booted as a PV kernel).
 pub fn hypercall_page() -> u64 {
     HYPERCALL_PAGE.load(Ordering::Relaxed)
