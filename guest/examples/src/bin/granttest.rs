@@ -28,7 +28,6 @@ use rxen_guest::hypercall::hypercall3;
 use rxen_guest::{events, println, start};
 
 rxen_guest::entry!(main);
-rxen_guest::xen_pv_kernel!();
 
 /// The read-only grant (patterned page).
 const RO_REF: u32 = 8;

@@ -11,7 +11,6 @@ use rxen_guest::hypercall::{shutdown, xen_version};
 use rxen_guest::{println, start, time};
 
 rxen_guest::entry!(main);
-rxen_guest::xen_pv_kernel!();
 
 fn cstr(b: &[u8]) -> &str {
     let n = b.iter().position(|&c| c == 0).unwrap_or(b.len());

@@ -8,7 +8,6 @@ use core::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use rxen_guest::{events, hypercall, println, smp, start, time};
 
 rxen_guest::entry!(main);
-rxen_guest::xen_pv_kernel!();
 
 static PORT_TO_0: AtomicU32 = AtomicU32::new(0);
 static PORT_TO_1: AtomicU32 = AtomicU32::new(0);

@@ -10,7 +10,6 @@ use alloc::vec::Vec;
 use rxen_guest::{executor, println, start, time};
 
 rxen_guest::entry!(main);
-rxen_guest::xen_pv_kernel!();
 
 fn main() {
     let rounds: usize = start::cmdline_value("rounds")

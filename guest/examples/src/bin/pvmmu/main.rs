@@ -20,7 +20,6 @@ mod legit;
 use rxen_guest::{println, pv, start};
 
 rxen_guest::entry!(main);
-rxen_guest::xen_pv_kernel!();
 
 /// Frame numbers and addresses the cases use (VIRT_BASE 0, mfn == pfn: a boot-mapped
 /// page's frame is its address >> 12).
