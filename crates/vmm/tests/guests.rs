@@ -308,3 +308,19 @@ fn event_upcalls_interrupt_a_spinning_guest() {
             .unwrap_or("")
     );
 }
+
+/// rxen's old auto-translated layout still boots an SDK guest without Xen notes (the
+/// SDK's `_start`), until the lead retires that builder.
+#[test]
+fn guest_without_notes_boots_on_rxens_layout() {
+    if !kvm_available("guest_without_notes_boots_on_rxens_layout") {
+        return;
+    }
+    let hello = without_xen_notes("hello", "guest_without_notes");
+    let out = xen_vmm(&["--kernel", hello.to_str().expect("utf-8")]);
+    let _ = std::fs::remove_file(&hello);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("start_info.shared_info: 0x2000"), "{text}");
+    assert!(text.trim_end().ends_with("goodbye"), "{text}");
+}

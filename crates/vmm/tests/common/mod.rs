@@ -96,3 +96,21 @@ pub fn control_request(
     std::io::BufReader::new(s).read_line(&mut line).ok()?;
     rxen_vmm_api::decode(&line, rxen_vmm_api::MAX_LINE).ok()
 }
+
+/// A copy of guest `name` without its Xen notes (their owner renamed), written to a
+/// temporary file: the VMM builds it on rxen's old layout, entering the SDK's `_start`.
+/// For the tests of what only kernels without notes get.
+pub fn without_xen_notes(name: &str, test: &str) -> PathBuf {
+    let mut elf = std::fs::read(guest(name)).expect("guest image");
+    let mut renamed = 0;
+    for i in 0..elf.len().saturating_sub(16) {
+        if elf[i..i + 4] == [4, 0, 0, 0] && &elf[i + 12..i + 16] == b"Xen\0" {
+            elf[i + 12..i + 16].copy_from_slice(b"Xxx\0");
+            renamed += 1;
+        }
+    }
+    assert!(renamed > 0, "{name} has no Xen notes");
+    let p = std::env::temp_dir().join(format!("rxen-{test}-{name}-{}", std::process::id()));
+    std::fs::write(&p, elf).expect("write the image");
+    p
+}
