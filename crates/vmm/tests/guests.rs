@@ -267,7 +267,10 @@ fn traps_bounce_to_guest_handlers_and_return() {
     }
     let (code, out, err) = run_guest("traps", &["--cmdline", "recover n=200"]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
-    assert!(out.contains("traps: pf cr2=0x100000123458 err=0x4"), "{out}");
+    assert!(
+        out.contains("traps: pf cr2=0x100000123458 err=0x4"),
+        "{out}"
+    );
     // A write to the kernel's (read-only) boot L4; the guest checks cr2 itself.
     assert!(out.contains(" err=0x7\n"), "{out}");
     assert!(out.contains("traps: ud=1 int3=1"), "{out}");

@@ -39,7 +39,7 @@ impl GrantTable {
             let frame = setup_table()?;
             crate::hypercall::update_va_mapping(
                 pfn * rxen_abi::PAGE_SIZE,
-                frame * rxen_abi::PAGE_SIZE | crate::pv::memory::PAGE_RW,
+                (frame * rxen_abi::PAGE_SIZE) | crate::pv::memory::PAGE_RW,
                 rxen_abi::mmu::UVMF_INVLPG,
             )?;
             return Ok(Self {
@@ -86,7 +86,9 @@ impl GrantTable {
     pub fn grant_frame(&self, gref: u32, domid: u16, frame: u64, readonly: bool) {
         let i = (gref % GRANT_ENTRIES_PER_FRAME_V1) as usize;
         // SAFETY: as in `word`; the frame field is ours until the flags are set.
-        unsafe { core::ptr::addr_of_mut!((*self.entries.add(i)).frame).write_volatile(frame as u32) };
+        unsafe {
+            core::ptr::addr_of_mut!((*self.entries.add(i)).frame).write_volatile(frame as u32)
+        };
         let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
         self.word(gref).store(
             u32::from(flags) | (u32::from(domid) << 16),

@@ -108,10 +108,8 @@ pub(crate) fn init_vcpu(id: u32) {
         // Xen starts vCPUs with events masked; rxen's layout starts them unmasked.
         // SAFETY: vcpu_info of this vCPU in the mapped shared_info; a byte store.
         unsafe {
-            core::ptr::addr_of_mut!(
-                (*shared_info()).vcpu_info[id as usize % 32].evtchn_upcall_mask
-            )
-            .write_volatile(0)
+            core::ptr::addr_of_mut!((*shared_info()).vcpu_info[id as usize % 32].evtchn_upcall_mask)
+                .write_volatile(0)
         };
     }
     if id == 0 {

@@ -116,7 +116,11 @@ pub fn initialise_vcpu_base(dom: &DomainShared, vcpu: u32, cr3: u64) -> Result<(
     let mut frames = frames(dom);
     mmu.new_baseptr(&mut frames, vcpu as usize, cr3 >> 12)
         .map_err(|e| {
-            tracing::debug!(vcpu, cr3 = format_args!("{cr3:#x}"), "VCPUOP_initialise: {e}");
+            tracing::debug!(
+                vcpu,
+                cr3 = format_args!("{cr3:#x}"),
+                "VCPUOP_initialise: {e}"
+            );
             -EINVAL
         })
 }

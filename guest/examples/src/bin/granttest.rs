@@ -44,7 +44,10 @@ const HOSTILE_REFS: &[(u32, &str)] = &[
     (25, "page-table frame (read-only RAM)"),
     (26, "null frame"),
     (27, "all flag bits"),
-    (28, "hypercall page (rxen's syscall stub frame for a PV kernel)"),
+    (
+        28,
+        "hypercall page (rxen's syscall stub frame for a PV kernel)",
+    ),
 ];
 
 #[repr(C, align(4096))]

@@ -131,10 +131,7 @@ fn recover() {
         PF_ERR.load(SeqCst)
     );
     ok &= expect("write fault recorded", PF_COUNT.load(SeqCst) == 2);
-    ok &= expect(
-        "cr2 of the write",
-        PF_CR2.load(SeqCst) == read_only_word(),
-    );
+    ok &= expect("cr2 of the write", PF_CR2.load(SeqCst) == read_only_word());
     ok &= expect(
         "error code: user write, protection",
         PF_ERR.load(SeqCst) == 7,

@@ -189,7 +189,7 @@ pub(crate) fn map_all_ram(si: &StartInfo) -> Result<NewTables, Errno> {
                 let l3_mfn = (l3_entry & ADDR_MASK) / PAGE_SIZE;
                 links.push(
                     l3_mfn * PAGE_SIZE + g * 8,
-                    mfn_of_pfn(pfn) * PAGE_SIZE | TABLE_FLAGS,
+                    (mfn_of_pfn(pfn) * PAGE_SIZE) | TABLE_FLAGS,
                 )?;
                 mfn_of_pfn(pfn)
             }
@@ -214,13 +214,16 @@ pub(crate) fn map_all_ram(si: &StartInfo) -> Result<NewTables, Errno> {
                 }
                 let flags = if is_table(pfn) { PAGE_RO } else { PAGE_RW };
                 reqs[k] = MmuUpdate {
-                    ptr: l1_mfn * PAGE_SIZE + j * 8 | MMU_NORMAL_PT_UPDATE,
-                    val: mfn_of_pfn(pfn) * PAGE_SIZE | flags,
+                    ptr: (l1_mfn * PAGE_SIZE + j * 8) | MMU_NORMAL_PT_UPDATE,
+                    val: (mfn_of_pfn(pfn) * PAGE_SIZE) | flags,
                 };
                 k += 1;
             }
             mmu_update(&reqs[..k])?;
-            links.push(l2_mfn * PAGE_SIZE + slot * 8, l1_mfn * PAGE_SIZE | TABLE_FLAGS)?;
+            links.push(
+                l2_mfn * PAGE_SIZE + slot * 8,
+                (l1_mfn * PAGE_SIZE) | TABLE_FLAGS,
+            )?;
         }
     }
     links.flush()?;

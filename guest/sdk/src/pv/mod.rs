@@ -122,7 +122,10 @@ pub extern "C" fn start(si: *const StartInfo, boot_rsp: u64, hypercall_page: u64
     crate::console_ring::init(console * PAGE_SIZE, si.console_evtchn);
     let scratch = (boot_rsp + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
     FREE_START.store(scratch, Ordering::Relaxed);
-    crate::heap::init(scratch + SCRATCH_PAGES * PAGE_SIZE, tables.first * PAGE_SIZE);
+    crate::heap::init(
+        scratch + SCRATCH_PAGES * PAGE_SIZE,
+        tables.first * PAGE_SIZE,
+    );
     // SAFETY: provided by the guest through `entry!`.
     unsafe { __rxen_guest_main() };
     crate::hypercall::shutdown(rxen_abi::sched::SHUTDOWN_POWEROFF)
