@@ -1,5 +1,5 @@
 //! The hostile Xen PV kernel `pvmmu` (guest/examples/src/bin/pvmmu, built with the
-//! SDK's `xen_pv_kernel!`) attacks the direct-paging MMU through real hypercalls:
+//! SDK, a PV kernel as every SDK guest) attacks the direct-paging MMU through real hypercalls:
 //! every case must get Xen's answer (docs/guest-abi.md "Direct-paging MMU", errnos of
 //! `pv/mmu/error.rs`), the legitimate sequence after the attacks must work, and the
 //! domain must power off cleanly (a crash, a triple fault or a VMM error fails).
