@@ -114,3 +114,50 @@ pub fn without_xen_notes(name: &str, test: &str) -> PathBuf {
     std::fs::write(&p, elf).expect("write the image");
     p
 }
+
+/// As [`run_guest`], but the guest is killed after `limit` (exit code -1 then), so a
+/// hanging guest fails its test instead of hanging it.
+pub fn run_guest_within(
+    name: &str,
+    extra: &[&str],
+    limit: std::time::Duration,
+) -> (i32, String, String) {
+    use std::io::Read;
+    let g = guest(name);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xen-vmm"))
+        .args(["run", "--kernel", g.to_str().expect("utf-8 path")])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running xen-vmm");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("waiting for xen-vmm") {
+            break status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    (
+        code,
+        out.join().expect("stdout"),
+        err.join().expect("stderr"),
+    )
+}
