@@ -189,7 +189,8 @@ fn ramdisks_need_a_pv_kernel_and_a_readable_file() {
     if !kvm_available("ramdisks_need_a_pv_kernel_and_a_readable_file") {
         return;
     }
-    let hello = guest("hello");
+    // Every SDK guest is a PV kernel: take one without its notes.
+    let hello = without_xen_notes("hello", "ramdisks_need_a_pv_kernel");
     let initrd = write_temp("initrd", b"an initrd");
     let out = xen_vmm(&[
         "--kernel",
@@ -212,4 +213,5 @@ fn ramdisks_need_a_pv_kernel_and_a_readable_file() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr_of(&out).contains("ramdisk"), "{}", stderr_of(&out));
+    let _ = std::fs::remove_file(&hello);
 }

@@ -13,7 +13,7 @@ use crate::hypercall::{event_channel_op, Errno};
 pub type Port = u32;
 
 fn shared_info() -> *mut SharedInfo {
-    crate::start::start_info().shared_info as *mut SharedInfo
+    crate::start::shared_info()
 }
 
 fn pending_word(w: usize) -> &'static AtomicU64 {

@@ -26,12 +26,26 @@ pub struct GrantTable {
 pub const FIRST_FREE_REF: u32 = 8;
 
 impl GrantTable {
-    /// Places grant frame 0 at the page `pfn` (`XENMEM_add_to_physmap`) and checks
-    /// with `GNTTABOP_setup_table` that the hypervisor sees it there.
+    /// Places grant frame 0 at the page `pfn` and checks with `GNTTABOP_setup_table`
+    /// that the hypervisor sees it there: on rxen's layout with
+    /// `XENMEM_add_to_physmap`; for a Xen PV kernel `setup_table` gives the frame's
+    /// machine address (in rxen's area), which is mapped at `pfn`'s virtual address
+    /// with `update_va_mapping` (the RAM page there is no longer reachable through it).
     ///
     /// # Safety
     /// `pfn` must be a page of RAM the guest owns and uses for nothing else.
     pub unsafe fn setup(pfn: u64) -> Result<Self, Errno> {
+        if crate::start::is_pv() {
+            let frame = setup_table()?;
+            crate::hypercall::update_va_mapping(
+                pfn * rxen_abi::PAGE_SIZE,
+                (frame * rxen_abi::PAGE_SIZE) | crate::pv::memory::PAGE_RW,
+                rxen_abi::mmu::UVMF_INVLPG,
+            )?;
+            return Ok(Self {
+                entries: (pfn * rxen_abi::PAGE_SIZE) as *mut GrantEntryV1,
+            });
+        }
         let mut ap = XenAddToPhysmap {
             domid: rxen_abi::DOMID_SELF,
             size: 0,
@@ -40,28 +54,24 @@ impl GrantTable {
             gpfn: pfn,
         };
         memory_op(XENMEM_ADD_TO_PHYSMAP, &mut ap)?;
-        let mut frame = 0u64;
-        let mut st = GnttabSetupTable {
-            dom: rxen_abi::DOMID_SELF,
-            nr_frames: 1,
-            frame_list: &mut frame as *mut u64 as u64,
-            ..Default::default()
-        };
-        // SAFETY: `st` and `frame` are valid for the hypervisor to read and write.
-        check(unsafe {
-            hypercall3(
-                nr::GRANT_TABLE_OP,
-                GNTTABOP_SETUP_TABLE,
-                &mut st as *mut _ as u64,
-                1,
-            )
-        })?;
-        if st.status != GNTST_OKAY || frame != pfn {
+        if setup_table()? != pfn {
             return Err(Errno(rxen_abi::errno::EINVAL));
         }
         Ok(Self {
             entries: (pfn * rxen_abi::PAGE_SIZE) as *mut GrantEntryV1,
         })
+    }
+
+    /// Grants `domid` access to frame `pfn` through entry `gref`: frame and domid
+    /// are written before the flags make the entry valid. For a PV kernel the entry
+    /// names the page's machine frame (from the P2M).
+    pub fn grant_access(&self, gref: u32, domid: u16, pfn: u64, readonly: bool) {
+        let frame = if crate::start::is_pv() {
+            crate::pv::memory::mfn_of_pfn(pfn)
+        } else {
+            pfn
+        };
+        self.grant_frame(gref, domid, frame, readonly)
     }
 
     fn word(&self, gref: u32) -> &AtomicU32 {
@@ -72,12 +82,13 @@ impl GrantTable {
         unsafe { &*(self.entries.add(i) as *const AtomicU32) }
     }
 
-    /// Grants `domid` access to frame `pfn` through entry `gref`: frame and domid
-    /// are written before the flags make the entry valid.
-    pub fn grant_access(&self, gref: u32, domid: u16, pfn: u64, readonly: bool) {
+    /// Grants `domid` access to machine frame `frame` through entry `gref`.
+    pub fn grant_frame(&self, gref: u32, domid: u16, frame: u64, readonly: bool) {
         let i = (gref % GRANT_ENTRIES_PER_FRAME_V1) as usize;
         // SAFETY: as in `word`; the frame field is ours until the flags are set.
-        unsafe { core::ptr::addr_of_mut!((*self.entries.add(i)).frame).write_volatile(pfn as u32) };
+        unsafe {
+            core::ptr::addr_of_mut!((*self.entries.add(i)).frame).write_volatile(frame as u32)
+        };
         let flags = GTF_PERMIT_ACCESS | if readonly { GTF_READONLY } else { 0 };
         self.word(gref).store(
             u32::from(flags) | (u32::from(domid) << 16),
@@ -99,4 +110,29 @@ impl GrantTable {
             }
         }
     }
+}
+
+/// `GNTTABOP_setup_table` for one frame: the frame number the hypervisor lists (a
+/// pfn on rxen's layout, a machine frame for a PV kernel).
+fn setup_table() -> Result<u64, Errno> {
+    let mut frame = 0u64;
+    let mut st = GnttabSetupTable {
+        dom: rxen_abi::DOMID_SELF,
+        nr_frames: 1,
+        frame_list: &mut frame as *mut u64 as u64,
+        ..Default::default()
+    };
+    // SAFETY: `st` and `frame` are valid for the hypervisor to read and write.
+    check(unsafe {
+        hypercall3(
+            nr::GRANT_TABLE_OP,
+            GNTTABOP_SETUP_TABLE,
+            &mut st as *mut _ as u64,
+            1,
+        )
+    })?;
+    if st.status != GNTST_OKAY {
+        return Err(Errno(rxen_abi::errno::EINVAL));
+    }
+    Ok(frame)
 }

@@ -163,3 +163,41 @@ pub fn set_segment_base(which: u64, base: u64) -> Result<(), Errno> {
     // SAFETY: takes no pointer the hypervisor dereferences.
     check(unsafe { hypercall3(nr::SET_SEGMENT_BASE, which, base, 0) }).map(|_| ())
 }
+
+/// `mmu_update(reqs, count, NULL, DOMID_SELF)`: Ok(()) when every request was done.
+pub fn mmu_update(reqs: &[rxen_abi::mmu::MmuUpdate]) -> Result<(), Errno> {
+    // SAFETY: the slice is valid for its length; the hypervisor only reads it.
+    check(unsafe {
+        hypercall5(
+            nr::MMU_UPDATE,
+            reqs.as_ptr() as u64,
+            reqs.len() as u64,
+            0,
+            u64::from(rxen_abi::DOMID_SELF),
+            0,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `mmuext_op(ops, count, NULL, DOMID_SELF)`: Ok(()) when every operation was done.
+pub fn mmuext_op(ops: &[rxen_abi::mmu::MmuextOp]) -> Result<(), Errno> {
+    // SAFETY: the slice is valid for its length; the hypervisor only reads it.
+    check(unsafe {
+        hypercall5(
+            nr::MMUEXT_OP,
+            ops.as_ptr() as u64,
+            ops.len() as u64,
+            0,
+            u64::from(rxen_abi::DOMID_SELF),
+            0,
+        )
+    })
+    .map(|_| ())
+}
+
+/// `update_va_mapping(va, pte, flags)`: sets the L1 entry that maps `va`.
+pub fn update_va_mapping(va: u64, pte: u64, flags: u64) -> Result<(), Errno> {
+    // SAFETY: takes no pointer; the hypervisor validates the new entry.
+    check(unsafe { hypercall3(nr::UPDATE_VA_MAPPING, va, pte, flags) }).map(|_| ())
+}

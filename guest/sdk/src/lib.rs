@@ -9,9 +9,9 @@
 //! guests live in the `examples` crate.
 //!
 //! A guest is a `#![no_std]`, `#![no_main]` binary that names its main function with
-//! [`entry!`]. Returning from main powers the domain off. A guest that also invokes
-//! [`xen_pv_kernel!`] is a Xen PV kernel instead (booted on Xen's PV layout, see
-//! [`pv`]).
+//! [`entry!`], which makes it a Xen PV kernel (booted on Xen's PV layout, see [`pv`]).
+//! Returning from main powers the domain off. [`entry_rxen_layout!`] instead boots it
+//! on rxen's older private layout (no notes).
 #![no_std]
 
 extern crate alloc;
@@ -34,9 +34,22 @@ pub mod xenstore;
 
 pub use rxen_abi as abi;
 
-/// Declares the guest's main function: `rxen_guest::entry!(main);` with `fn main()`.
+/// Declares the guest's main function, `rxen_guest::entry!(main);` with `fn main()`,
+/// and makes the binary a Xen PV kernel (Xen's ELF notes and PV entry, see [`pv`]):
+/// rxen and Xen boot it on Xen's x86-64 PV layout.
 #[macro_export]
 macro_rules! entry {
+    ($main:path) => {
+        $crate::entry_rxen_layout!($main);
+        $crate::xen_pv_kernel!();
+    };
+}
+
+/// Declares the guest's main function without Xen's notes: the binary boots on rxen's
+/// own auto-translated identity layout (docs/guest-abi.md "Memory layout"), which the
+/// VMM still builds for kernels without notes. Kept for guests that test that layout.
+#[macro_export]
+macro_rules! entry_rxen_layout {
     ($main:path) => {
         #[no_mangle]
         pub extern "Rust" fn __rxen_guest_main() {

@@ -20,6 +20,20 @@ pub fn start_vcpu(id: u32, f: fn(u32)) -> Result<(), Errno> {
     ctx.user_regs.rdi = id as u64;
     ctx.user_regs.rsi = f as *const () as u64;
     ctx.fs_base = crate::percpu::record_address(id);
+    if crate::start::is_pv() {
+        // Xen's PV vCPU context: flat kernel selectors, the kernel stack, and CR3 =
+        // the current L4's machine address (`xen_pfn_to_cr3`).
+        let (cs, ss) = crate::start::kernel_selectors();
+        ctx.flags |= VGCF_IN_KERNEL;
+        ctx.user_regs.cs = cs;
+        ctx.user_regs.ss = ss;
+        ctx.user_regs.ds = ss;
+        ctx.user_regs.es = ss;
+        ctx.user_regs.rflags = 0x200;
+        ctx.kernel_ss = u64::from(ss);
+        ctx.kernel_sp = top - 8;
+        ctx.ctrlreg[3] = crate::pv::current_l4_mfn() << 12;
+    }
     vcpu_op(VCPUOP_INITIALISE, id, Some(&mut *ctx))?;
     vcpu_op::<()>(VCPUOP_UP, id, None)?;
     Ok(())

@@ -1,7 +1,7 @@
 //! Boot: the ELF entry point, reading `start_info`, setting up the heap, per-vCPU
 //! data and the timer VIRQ, then calling the guest's main.
 
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rxen_abi::event_channel::VIRQ_TIMER;
 use rxen_abi::hypercall::SEGBASE_FS;
@@ -18,6 +18,11 @@ core::arch::global_asm!(
 );
 
 static START_INFO: AtomicU64 = AtomicU64::new(0);
+/// Where `shared_info` is mapped (0: at `start_info.shared_info`, rxen's layout).
+static SHARED_INFO_VA: AtomicU64 = AtomicU64::new(0);
+/// Where the xenstore ring page is mapped (0: at `store_mfn << 12`, rxen's layout).
+static STORE_VA: AtomicU64 = AtomicU64::new(0);
+static PV_LAYOUT: AtomicBool = AtomicBool::new(false);
 
 extern "C" {
     /// End of the image, defined by the linker.
@@ -31,6 +36,48 @@ extern "Rust" {
 /// Records where `start_info` is (boot, before anything reads it).
 pub(crate) fn set_start_info(si: *const StartInfo) {
     START_INFO.store(si as u64, Ordering::Relaxed);
+}
+
+/// Records that the domain runs on Xen's PV layout, with `shared_info` at `va`.
+pub(crate) fn set_pv_layout(shared_info_va: u64) {
+    SHARED_INFO_VA.store(shared_info_va, Ordering::Relaxed);
+    PV_LAYOUT.store(true, Ordering::Relaxed);
+}
+
+/// Records where the xenstore ring page is mapped (PV layout).
+pub(crate) fn set_store_page(va: u64) {
+    STORE_VA.store(va, Ordering::Relaxed);
+}
+
+/// Is this a Xen PV kernel (booted on Xen's PV layout, [`crate::pv`])?
+pub fn is_pv() -> bool {
+    PV_LAYOUT.load(Ordering::Relaxed)
+}
+
+/// The domain's `shared_info` as this guest maps it.
+pub fn shared_info() -> *mut rxen_abi::xen::SharedInfo {
+    match SHARED_INFO_VA.load(Ordering::Relaxed) {
+        0 => start_info().shared_info as *mut rxen_abi::xen::SharedInfo,
+        va => va as *mut rxen_abi::xen::SharedInfo,
+    }
+}
+
+/// Virtual address of the xenstore ring page.
+pub fn store_page() -> u64 {
+    match STORE_VA.load(Ordering::Relaxed) {
+        0 => start_info().store_mfn << 12,
+        va => va,
+    }
+}
+
+/// The code and stack selectors of this domain's kernel (Xen's `FLAT_KERNEL_CS`/`SS`
+/// for PV kernels, rxen's 0x33/0x2b otherwise).
+pub fn kernel_selectors() -> (u16, u16) {
+    if is_pv() {
+        (0xe033, 0xe02b)
+    } else {
+        (rxen_abi::layout::FLAT_CS, rxen_abi::layout::FLAT_SS)
+    }
 }
 
 /// The domain's `start_info`.
@@ -57,6 +104,14 @@ pub fn cmdline_value(key: &str) -> Option<&'static str> {
 /// Per-vCPU start-up: per-vCPU record and timer VIRQ (vCPU 0 and every secondary).
 pub(crate) fn init_vcpu(id: u32) {
     crate::percpu::prepare(id);
+    if is_pv() {
+        // Xen starts vCPUs with events masked; rxen's layout starts them unmasked.
+        // SAFETY: vcpu_info of this vCPU in the mapped shared_info; a byte store.
+        unsafe {
+            core::ptr::addr_of_mut!((*shared_info()).vcpu_info[id as usize % 32].evtchn_upcall_mask)
+                .write_volatile(0)
+        };
+    }
     if id == 0 {
         let _ = crate::hypercall::set_segment_base(SEGBASE_FS, crate::percpu::record_address(0));
     }

@@ -10,7 +10,7 @@ use rxen_abi::vcpu::{
 use rxen_abi::xen::SharedInfo;
 
 fn shared() -> *const SharedInfo {
-    crate::start::start_info().shared_info as *const SharedInfo
+    crate::start::shared_info()
 }
 
 fn rdtsc() -> u64 {

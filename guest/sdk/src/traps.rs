@@ -15,7 +15,6 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use rxen_abi::hypercall as nr;
 use rxen_abi::vcpu::TrapInfo;
-use rxen_abi::xen::SharedInfo;
 
 use crate::hypercall::{check, hypercall3, Errno};
 
@@ -208,7 +207,7 @@ pub fn set_handler(vector: Vector, handler: Handler) -> Result<(), Errno> {
             table[n] = TrapInfo {
                 vector: v as u8,
                 flags: if v == Vector::Breakpoint { 3 } else { 0 },
-                cs: rxen_abi::layout::FLAT_CS,
+                cs: crate::start::kernel_selectors().0,
                 pad: 0,
                 address: entry_of(v),
             };
@@ -228,7 +227,7 @@ pub fn clear() -> Result<(), Errno> {
 
 /// The address of the last page fault on this vCPU (`vcpu_info.arch.cr2`).
 pub fn page_fault_address() -> u64 {
-    let si = crate::start::start_info().shared_info as *const SharedInfo;
+    let si = crate::start::shared_info();
     let v = crate::percpu::vcpu_id() as usize % 32;
     // SAFETY: shared_info is mapped for the life of the domain; a volatile read of a
     // word the hypervisor writes before delivering the fault.

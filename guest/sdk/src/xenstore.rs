@@ -26,7 +26,7 @@ pub struct Xenstore {
 }
 
 fn iface() -> *mut XenstoreDomainInterface {
-    (crate::start::start_info().store_mfn << 12) as *mut XenstoreDomainInterface
+    crate::start::store_page() as *mut XenstoreDomainInterface
 }
 
 fn word(f: fn(*mut XenstoreDomainInterface) -> *mut u32) -> &'static AtomicU32 {

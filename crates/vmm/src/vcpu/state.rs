@@ -109,9 +109,21 @@ impl VcpuSched {
 
     /// `VCPUOP_initialise`.
     pub fn initialise(&mut self, ctx: Box<VcpuGuestContext>) -> Result<(), i32> {
+        self.initialise_with(ctx, |_| Ok(()))
+    }
+
+    /// `VCPUOP_initialise` with a check of the context that runs only if the vCPU is
+    /// not initialised yet (under this record's lock), e.g. taking a PV vCPU's L4
+    /// as its base in the MMU; its error is the hypercall's.
+    pub fn initialise_with(
+        &mut self,
+        ctx: Box<VcpuGuestContext>,
+        accept: impl FnOnce(&VcpuGuestContext) -> Result<(), i32>,
+    ) -> Result<(), i32> {
         if self.initialised {
             return Err(-EEXIST);
         }
+        accept(&ctx)?;
         self.initialised = true;
         self.pending_context = Some(ctx);
         Ok(())

@@ -66,7 +66,7 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
         };
         let fresh = context.is_none();
         if let Some(ctx) = context {
-            if let Err(e) = load_context(&fd, &ctx) {
+            if let Err(e) = load_context(&fd, &ctx, dom.pv_mmu.is_some()) {
                 dom.request_exit(DomainExit::Internal(format!(
                     "vCPU {id}: loading context: {e}"
                 )));
@@ -210,17 +210,34 @@ fn handle_out(
     Next::Continue
 }
 
+/// Loads a `VCPUOP_initialise` context. For a PV vCPU (`pv`) also CR3 =
+/// `ctrlreg[3]`, which `VCPUOP_initialise` made the vCPU's base in the MMU, and the
+/// kernel GS base; the selectors stay the domain's flat ones.
 fn load_context(
     fd: &VcpuFd,
     ctx: &rxen_abi::vcpu::VcpuGuestContext,
-) -> Result<(), kvm_ioctls::Error> {
-    fd.set_regs(&regs::context_regs(ctx))?;
-    let mut s = fd.get_sregs()?;
+    pv: bool,
+) -> Result<(), String> {
+    let kvm = |what: &str, e: kvm_ioctls::Error| format!("{what}: {e}");
+    fd.set_regs(&regs::context_regs(ctx))
+        .map_err(|e| kvm("set regs", e))?;
+    let mut s = fd.get_sregs().map_err(|e| kvm("get sregs", e))?;
+    if pv {
+        s.cr3 = ctx.ctrlreg[3] & 0x000f_ffff_ffff_f000;
+        if regs::is_canonical_user(ctx.gs_base_kernel) {
+            s.gs.base = ctx.gs_base_kernel;
+        }
+    }
     if regs::is_canonical_user(ctx.fs_base) {
         s.fs.base = ctx.fs_base;
     }
-    if regs::is_canonical_user(ctx.gs_base_user) {
+    if !pv && regs::is_canonical_user(ctx.gs_base_user) {
         s.gs.base = ctx.gs_base_user;
     }
-    fd.set_sregs(&s)
+    fd.set_sregs(&s).map_err(|e| kvm("set sregs", e))?;
+    if pv && regs::is_canonical_user(ctx.gs_base_user) {
+        // The user GS base is the one `swapgs` brings in (`MSR_KERNEL_GS_BASE`).
+        crate::traps::msr::write_shadow_gs(fd, ctx.gs_base_user)?;
+    }
+    Ok(())
 }

@@ -96,3 +96,68 @@ pub fn control_request(
     std::io::BufReader::new(s).read_line(&mut line).ok()?;
     rxen_vmm_api::decode(&line, rxen_vmm_api::MAX_LINE).ok()
 }
+
+/// A copy of guest `name` without its Xen notes (their owner renamed), written to a
+/// temporary file: the VMM builds it on rxen's old layout, entering the SDK's `_start`.
+/// For the tests of what only kernels without notes get.
+pub fn without_xen_notes(name: &str, test: &str) -> PathBuf {
+    let mut elf = std::fs::read(guest(name)).expect("guest image");
+    let mut renamed = 0;
+    for i in 0..elf.len().saturating_sub(16) {
+        if elf[i..i + 4] == [4, 0, 0, 0] && &elf[i + 12..i + 16] == b"Xen\0" {
+            elf[i + 12..i + 16].copy_from_slice(b"Xxx\0");
+            renamed += 1;
+        }
+    }
+    assert!(renamed > 0, "{name} has no Xen notes");
+    let p = std::env::temp_dir().join(format!("rxen-{test}-{name}-{}", std::process::id()));
+    std::fs::write(&p, elf).expect("write the image");
+    p
+}
+
+/// As [`run_guest`], but the guest is killed after `limit` (exit code -1 then), so a
+/// hanging guest fails its test instead of hanging it.
+pub fn run_guest_within(
+    name: &str,
+    extra: &[&str],
+    limit: std::time::Duration,
+) -> (i32, String, String) {
+    use std::io::Read;
+    let g = guest(name);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_xen-vmm"))
+        .args(["run", "--kernel", g.to_str().expect("utf-8 path")])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running xen-vmm");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait().expect("waiting for xen-vmm") {
+            break status.code().unwrap_or(-1);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break -1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    (
+        code,
+        out.join().expect("stdout"),
+        err.join().expect("stderr"),
+    )
+}

@@ -44,7 +44,10 @@ const HOSTILE_REFS: &[(u32, &str)] = &[
     (25, "page-table frame (read-only RAM)"),
     (26, "null frame"),
     (27, "all flag bits"),
-    (28, "hypercall page"),
+    (
+        28,
+        "hypercall page (rxen's syscall stub frame for a PV kernel)",
+    ),
 ];
 
 #[repr(C, align(4096))]
@@ -137,8 +140,18 @@ fn physmap_case(name: &str, idx: u64, gpfn: u64) {
 fn hostile() {
     let ram_pages = start::start_info().nr_pages;
     let ro = pfn(1) as u32;
-    let pt = (layout::PAGE_TABLES >> 12) as u32;
-    let hc = (layout::HYPERCALL_PAGE >> 12) as u32;
+    // Frames the guest cannot write: its page tables, and rxen's hypercall page (on
+    // rxen's layout) or `syscall` stub (after `shared_info` in rxen's area, PV).
+    let (pt, hc) = if start::is_pv() {
+        let si = start::start_info();
+        let pt = rxen_guest::pv::memory::mfn_of_pfn(si.pt_base >> 12);
+        (pt as u32, (ram_pages + 1) as u32)
+    } else {
+        (
+            (layout::PAGE_TABLES >> 12) as u32,
+            (layout::HYPERCALL_PAGE >> 12) as u32,
+        )
+    };
     raw_entry(20, GTF_ACCEPT_TRANSFER, 0, ro);
     raw_entry(21, GTF_PERMIT_ACCESS, 7, ro);
     raw_entry(22, GTF_PERMIT_ACCESS | GTF_SUB_PAGE, 0, ro);

@@ -2,7 +2,9 @@
 //! VMM stays healthy (answers its control socket, bounded memory and disk, destroyable).
 //! Never powers off by itself. The first command-line word picks the attack:
 //!
-//! - `console-flood`: `console_io(write, 64 KiB)` in a loop on every vCPU.
+//! - `console-flood`: 64 KiB console writes in a loop on every vCPU: through the
+//!   console ring (`console::write_bytes`, 2 KiB per notify) for a PV kernel, whose
+//!   `console_io` is rxen's hypervisor log; `console_io(write)` on rxen's old layout.
 //! - `event-flood`: `alloc_unbound` until it fails, then `EVTCHNOP_send` on an IPI, the
 //!   unbound ports and the xenstore channel in a tight loop.
 //! - `xs-ring-garbage`: random xenstore ring indices (producer far ahead of the
@@ -58,7 +60,11 @@ static FLOOD: [u8; 65536] = {
 
 fn console_flood(_: u32) {
     loop {
-        hypercall::console_write(&FLOOD);
+        if start::is_pv() {
+            rxen_guest::console::write_bytes(&FLOOD);
+        } else {
+            hypercall::console_write(&FLOOD);
+        }
     }
 }
 

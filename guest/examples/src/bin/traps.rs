@@ -2,7 +2,8 @@
 //! first command-line word picks what it does:
 //!
 //! - `recover` (default): installs #PF, #UD and `int3` handlers, then reads an unmapped
-//!   address and writes the read-only hypercall page (the #PF handler records `cr2` and
+//!   address and writes a read-only page (the kernel's boot L4: page tables are
+//!   read-only to a PV kernel; the hypercall page on rxen's old layout) (the #PF handler records `cr2` and
 //!   the error code and skips the 3-byte instruction), runs `ud2` (skipped) and `int3`,
 //!   and checks that the handlers ran, the values they saw and that `rax`, `rcx` and
 //!   `r11` survived each trap. Prints `traps: pf cr2=.. err=..` per fault and
@@ -28,8 +29,17 @@ use rxen_guest::{println, start, time};
 
 rxen_guest::entry!(main);
 
-/// An address in a hole of rxen's layout (never mapped).
-const UNMAPPED: u64 = 0x12_3458;
+/// An address no mapping reaches (far above RAM; a PV kernel maps only its RAM).
+const UNMAPPED: u64 = 0x1000_0012_3458;
+
+/// A read-only page of this guest: its L4 (PV), or rxen's hypercall page.
+fn read_only_word() -> u64 {
+    if start::is_pv() {
+        start::start_info().pt_base + 8
+    } else {
+        HYPERCALL_PAGE + 8
+    }
+}
 
 static PF_COUNT: AtomicU64 = AtomicU64::new(0);
 static PF_CR2: AtomicU64 = AtomicU64::new(0);
@@ -114,17 +124,14 @@ fn recover() {
         PF_ERR.load(SeqCst) == 4,
     );
     ok &= expect("rax/rcx/r11 kept", regs == [0x1111, 0x2222, 0x3333]);
-    faulting_write(HYPERCALL_PAGE + 8);
+    faulting_write(read_only_word());
     println!(
         "traps: pf cr2={:#x} err={:#x}",
         PF_CR2.load(SeqCst),
         PF_ERR.load(SeqCst)
     );
     ok &= expect("write fault recorded", PF_COUNT.load(SeqCst) == 2);
-    ok &= expect(
-        "cr2 of the write",
-        PF_CR2.load(SeqCst) == HYPERCALL_PAGE + 8,
-    );
+    ok &= expect("cr2 of the write", PF_CR2.load(SeqCst) == read_only_word());
     ok &= expect(
         "error code: user write, protection",
         PF_ERR.load(SeqCst) == 7,

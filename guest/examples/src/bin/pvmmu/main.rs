@@ -1,4 +1,4 @@
-//! `pvmmu`: a hostile Xen PV kernel (built with [`rxen_guest::xen_pv_kernel!`]) that
+//! `pvmmu`: a hostile Xen PV kernel (a PV kernel, as every SDK guest) that
 //! attacks the direct-paging MMU through real hypercalls and prints one line per case,
 //! `pvmmu: CASE = RC` (the hypercall's return value, or a grant status), then
 //! `pvmmu: done`, and powers off. The cases try to map rxen's frames and its own page
@@ -20,7 +20,6 @@ mod legit;
 use rxen_guest::{println, pv, start};
 
 rxen_guest::entry!(main);
-rxen_guest::xen_pv_kernel!();
 
 /// Frame numbers and addresses the cases use (VIRT_BASE 0, mfn == pfn: a boot-mapped
 /// page's frame is its address >> 12).

@@ -10,26 +10,35 @@
 //! inside); a 64 KiB boot stack in `.bss`. The entry switches to that stack and calls
 //! [`start`], which makes every SDK hypercall go through that page.
 //!
-//! The PV start state differs from rxen's layout: `rsi` = `start_info` (virtual =
-//! machine address: `VIRT_BASE` 0, rxen builds with mfn == pfn), `rsp` = the end of
-//! Xen's one-page boot stack, events masked, the image and boot tables identity-mapped,
-//! the page tables read-only. So [`start`] does less than rxen's boot: no console
-//! ring (output goes through `console_io`), no per-vCPU record, no timer VIRQ, no
-//! secondary vCPUs; the heap is the first [`HEAP_BYTES`] of the padding Xen
-//! guarantees after the boot stack (at least 512 KiB, mapped read-write), and
-//! [`free_frames`] hands out the rest of that padding. Events, timers and SMP are not
-//! available to PV kernels yet (exceptions are not deliverable to PV guests either:
-//! any fault ends the domain).
-
+//! The PV start state differs from rxen's layout: `rsi` = `start_info`, `rsp` = the
+//! end of Xen's one-page boot stack, events masked, only the image, the boot
+//! structures and at least 512 KiB of padding mapped (`VIRT_BASE` 0: virtual =
+//! pseudo-physical address), the page tables read-only. [`start`] makes it look like
+//! rxen's boot to the rest of the SDK:
+//!
+//! * every page of RAM mapped at its pseudo-physical address ([`memory`]: new tables
+//!   at the top of RAM, read-only), the null page unmapped;
+//! * `shared_info` (a machine address) mapped read-write at [`SHARED_INFO_VA`];
+//! * the console ring and the xenstore ring at their pages' pseudo-physical addresses
+//!   (found through the P2M), so `println!` reaches the domain console;
+//! * the per-vCPU record, the timer VIRQ and events unmasked on vCPU 0, as on rxen's
+//!   layout; secondary vCPUs start on the kernel's L4 ([`crate::smp`]);
+//! * [`SCRATCH_PAGES`] pages after the boot stack for the kernel's own use
+//!   ([`free_frames`]), then the heap up to the new page tables.
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use rxen_abi::xen::StartInfo;
 use rxen_abi::PAGE_SIZE;
 
-/// Bytes of heap a PV kernel gets (from the end of Xen's boot stack).
-pub const HEAP_BYTES: u64 = 128 * 1024;
-/// Bytes of padding Xen guarantees to be mapped after the boot stack.
-const GUARANTEED_PADDING: u64 = 512 * 1024;
+pub mod memory;
+
+use rxen_abi::mmu::UVMF_INVLPG;
+
+/// Where [`start`] maps `shared_info` (a page of the unused low padding).
+pub const SHARED_INFO_VA: u64 = 0x1000;
+/// Pages after Xen's boot stack that [`free_frames`] hands out (mapped read-write,
+/// used by nothing).
+pub const SCRATCH_PAGES: u64 = 96;
 
 static FREE_START: AtomicU64 = AtomicU64::new(0);
 static HYPERCALL_PAGE: AtomicU64 = AtomicU64::new(0);
@@ -83,25 +92,60 @@ macro_rules! xen_pv_kernel {
 
 /// The PV boot path (called by the entry of [`xen_pv_kernel!`](crate::xen_pv_kernel)
 /// with `start_info`, Xen's initial `rsp` and the hypercall page): sets up
-/// hypercalls, `start_info` and the heap, runs the guest's main, powers off.
+/// hypercalls, memory, `shared_info`, the console and xenstore rings, vCPU 0 and the
+/// heap, runs the guest's main, powers off. A failure here crashes the domain (with
+/// the reason on `console_io`).
 pub extern "C" fn start(si: *const StartInfo, boot_rsp: u64, hypercall_page: u64) -> ! {
     crate::hypercall::use_page(hypercall_page);
     HYPERCALL_PAGE.store(hypercall_page, Ordering::Relaxed);
     crate::start::set_start_info(si);
-    let heap_start = (boot_rsp + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
-    crate::heap::init(heap_start, heap_start + HEAP_BYTES);
-    FREE_START.store(heap_start + HEAP_BYTES, Ordering::Relaxed);
+    let si = crate::start::start_info();
+    let tables = memory::map_all_ram(si).unwrap_or_else(|e| boot_failed("mapping RAM", e));
+    crate::hypercall::update_va_mapping(
+        SHARED_INFO_VA,
+        si.shared_info | memory::PAGE_RW,
+        UVMF_INVLPG,
+    )
+    .unwrap_or_else(|e| boot_failed("mapping shared_info", e));
+    crate::start::set_pv_layout(SHARED_INFO_VA);
+    // The null page stays unmapped, so null pointers fault.
+    let _ = crate::hypercall::update_va_mapping(0, 0, UVMF_INVLPG);
+    // Xen puts the xenstore and console pages right after start_info.
+    let si_pfn = si as *const StartInfo as u64 / PAGE_SIZE;
+    let missing = crate::hypercall::Errno(rxen_abi::errno::ENOENT);
+    let store = memory::pfn_of_mfn(si.store_mfn, si_pfn + 1)
+        .unwrap_or_else(|| boot_failed("finding the xenstore page", missing));
+    let console = memory::pfn_of_mfn(si.console_mfn, si_pfn + 2)
+        .unwrap_or_else(|| boot_failed("finding the console page", missing));
+    crate::start::set_store_page(store * PAGE_SIZE);
+    crate::start::init_vcpu(0);
+    crate::console_ring::init(console * PAGE_SIZE, si.console_evtchn);
+    let scratch = (boot_rsp + PAGE_SIZE - 1) & !(PAGE_SIZE - 1);
+    FREE_START.store(scratch, Ordering::Relaxed);
+    crate::heap::init(
+        scratch + SCRATCH_PAGES * PAGE_SIZE,
+        tables.first * PAGE_SIZE,
+    );
     // SAFETY: provided by the guest through `entry!`.
     unsafe { __rxen_guest_main() };
     crate::hypercall::shutdown(rxen_abi::sched::SHUTDOWN_POWEROFF)
 }
 
-/// Pages after the heap that the boot mappings cover read-write and nothing uses:
-/// `(first virtual address, count)`. With `VIRT_BASE` 0 and mfn == pfn, a page's
-/// frame number is its address >> 12.
+fn boot_failed(what: &str, e: crate::hypercall::Errno) -> ! {
+    crate::console::emergency_print(format_args!("rxen-guest: PV boot: {what}: {e}\n"));
+    crate::hypercall::shutdown(rxen_abi::sched::SHUTDOWN_CRASH)
+}
+
+/// Pages after Xen's boot stack that are mapped read-write and that nothing uses:
+/// `(first virtual address, count)`. With `VIRT_BASE` 0 a page's pseudo-physical
+/// frame is its address >> 12 (its machine frame: [`memory::mfn_of_pfn`]).
 pub fn free_frames() -> (u64, u64) {
-    let start = FREE_START.load(Ordering::Relaxed);
-    (start, (GUARANTEED_PADDING - HEAP_BYTES) / PAGE_SIZE)
+    (FREE_START.load(Ordering::Relaxed), SCRATCH_PAGES)
+}
+
+/// Machine frame of the kernel's L4 (the boot L4 at `start_info.pt_base`).
+pub fn current_l4_mfn() -> u64 {
+    memory::mfn_of_pfn(crate::start::start_info().pt_base / PAGE_SIZE)
 }
 
 /// Virtual address of the kernel's hypercall page (0 when not booted as a PV kernel).
