@@ -177,7 +177,14 @@ fn xen_version(dom: &DomainShared, mem: &GuestView<'_>, cmd: u64, ptr: u64) -> i
             if fi.submap_idx >= XENFEAT_NR_SUBMAPS {
                 return -EINVAL as i64;
             }
-            fi.submap = 1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP;
+            // Xen's rule (common/kernel.c): auto-translated only for translated
+            // domains (rxen's own layout); a PV domain gets the PV features rxen
+            // implements (`MMU_PT_UPDATE_PRESERVE_AD`).
+            fi.submap = if dom.pv_mmu.is_some() {
+                1 << XENFEAT_MMU_PT_UPDATE_PRESERVE_AD
+            } else {
+                1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP
+            };
             write_back(mem, ptr, &fi)
         }
         XENVER_GUEST_HANDLE => match mem.write_bytes(ptr, &dom.config.uuid) {

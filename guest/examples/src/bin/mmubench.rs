@@ -23,7 +23,6 @@ use rxen_guest::hypercall::{hypercall3, hypercall5};
 use rxen_guest::{println, pv, start};
 
 rxen_guest::entry!(main);
-rxen_guest::xen_pv_kernel!();
 
 const P: u64 = 1;
 const RW: u64 = 2;
