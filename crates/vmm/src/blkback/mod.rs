@@ -17,6 +17,7 @@
 
 pub mod connection;
 pub mod disk;
+pub mod hotplug;
 pub mod io;
 pub mod request;
 pub mod ring;
