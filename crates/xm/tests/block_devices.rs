@@ -341,6 +341,8 @@ struct Lvm {
 fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
     let o = Command::new(cmd)
         .args(args)
+        // The test's own pipes are no concern of LVM's.
+        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
         .output()
         .map_err(|e| format!("{cmd}: {e}"))?;
     if o.status.success() {
@@ -475,6 +477,16 @@ fn pv_grub_reads_an_ext2_disk() {
     let mut console = Console::attach(&env, "grubdisk");
     wait_until("PV-GRUB's grub> prompt", || {
         console.text().contains("grub> ")
+    });
+    let mark = console.len();
+    console.type_line("ls");
+    wait_until("GRUB's device list", || {
+        console.text_from(mark).contains("(xen/xvda)")
+    });
+    let mark = console.len();
+    console.type_line("ls (xen/xvda)");
+    wait_until("GRUB's view of (xen/xvda)", || {
+        console.text_from(mark).contains("Filesystem type ext")
     });
     let mark = console.len();
     console.type_line("ls (xen/xvda)/");
