@@ -48,8 +48,9 @@ use crate::domain::DomainShared;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the thread looks at the stop flag and its commands while no watch fires.
 const EVENT_POLL: Duration = Duration::from_millis(50);
-/// Longest wait for the thread to take a command.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for the thread to take a command (below xend's 5 s control timeout,
+/// so that a busy thread is an error reply, not a silent socket).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest delay between reconnection attempts.
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
