@@ -255,44 +255,67 @@ fn apply(
             }
             tracing::info!(devid, disk = %disk.path().display(), "blkback: disk attached");
             vbds.push(Vbd::new(domid, devid, disk));
-            let _ = done.send(Ok(()));
-            let (Some(c), Some(v)) = (c, vbds.last_mut()) else {
-                return Ok(());
+            let result = match (c, vbds.last_mut()) {
+                (Some(c), Some(v)) => announce_and_watch(c, v, domid),
+                _ => Ok(()),
             };
-            v.announce(c, domid)?;
-            if let Some(f) = &v.frontend {
-                c.watch(&format!("{f}/state"), &v.devid.to_string())?;
-            }
-            Ok(())
+            let _ = done.send(Ok(()));
+            result
         }
         Command::Detach { devid, force, done } => {
             let Some(i) = vbds.iter().position(|v| v.devid == devid) else {
                 let _ = done.send(Err(DeviceError::NoSuchDevice(devid)));
                 return Ok(());
             };
-            let _ = done.send(Ok(()));
             tracing::info!(devid, force, "blkback: detaching");
             vbds[i].removing = true;
-            let Some(c) = c else {
-                // Without xenstore nothing can be said to the frontend.
-                let mut v = vbds.remove(i);
-                v.disconnect();
-                return Ok(());
+            // The answer goes once the backend's nodes say what happened (Closing, or
+            // Closed when forced): the toolstack removes the nodes after it, and a
+            // later write here would bring them back.
+            let result = match c {
+                Some(c) => detach(c, dom, vbds, i, force),
+                None => {
+                    // Without xenstore nothing can be said to the frontend.
+                    let mut v = vbds.remove(i);
+                    v.disconnect();
+                    Ok(())
+                }
             };
-            if force {
-                vbds[i].close(c)?;
-            } else {
-                vbds[i].set_state(c, XenbusState::Closing)?;
-                // The frontend's answer (or its current state, if it never connected
-                // or already closed) decides what follows.
-                vbds[i].frontend_changed(c, dom)?;
-            }
-            if vbds[i].state == XenbusState::Closed {
-                forget(c, vbds, i);
-            }
-            Ok(())
+            let _ = done.send(Ok(()));
+            result
         }
     }
+}
+
+/// Starts (or, with `force`, completes) the removal of device `i`.
+fn detach(
+    c: &mut Client,
+    dom: &Arc<DomainShared>,
+    vbds: &mut Vec<Vbd>,
+    i: usize,
+    force: bool,
+) -> Result<(), ClientError> {
+    if force {
+        vbds[i].close(c)?;
+    } else {
+        vbds[i].set_state(c, XenbusState::Closing)?;
+        // The frontend's answer (or its current state, if it never connected or
+        // already closed) decides what follows.
+        vbds[i].frontend_changed(c, dom)?;
+    }
+    if vbds[i].state == XenbusState::Closed {
+        forget(c, vbds, i);
+    }
+    Ok(())
+}
+
+/// Announces a new device and watches its frontend.
+fn announce_and_watch(c: &mut Client, v: &mut Vbd, domid: u16) -> Result<(), ClientError> {
+    v.announce(c, domid)?;
+    if let Some(f) = &v.frontend {
+        c.watch(&format!("{f}/state"), &v.devid.to_string())?;
+    }
+    Ok(())
 }
 
 /// Drops device `i` (closed): its watch goes, its disk is closed.
