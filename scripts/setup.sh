@@ -11,6 +11,11 @@ command -v xenstore-read >/dev/null 2>&1 || need+=(xenstore-utils)
 [ -x /usr/lib/xen-4.17/bin/test-xenstore ] || need+=(xen-utils-4.17)
 # Debian's PV-GRUB: an unmodified Xen PV guest the tests parse (and will boot).
 [ -f /usr/lib/grub-xen/grub-x86_64-xen.bin ] || need+=(grub-xen-host)
+# The block device tests: LVM volumes on loop devices (lvm2, util-linux's losetup)
+# and an ext2 image made from a directory (e2fsprogs' mke2fs -d).
+command -v lvcreate >/dev/null 2>&1 || need+=(lvm2)
+command -v losetup >/dev/null 2>&1 || need+=(util-linux)
+command -v mke2fs >/dev/null 2>&1 || need+=(e2fsprogs)
 # promtool checks the exposition of xend's /metrics in the tests.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then

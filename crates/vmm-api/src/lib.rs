@@ -47,6 +47,37 @@ pub enum Request {
     /// Return the last `max_bytes` (at most [`MAX_CONSOLE_TAIL`]) bytes of console
     /// output the VMM kept in memory ([`Reply::ConsoleTail`]).
     ConsoleTail { max_bytes: u64 },
+    /// Start serving a disk hot-plugged into the running domain: `devid` is Xen's
+    /// device number, whose xenbus nodes the toolstack has already written; the VMM
+    /// opens `path` itself (a regular file or block device; `mode` says whether the
+    /// guest may write) and runs the backend half of xenbus for it.
+    AttachDisk {
+        devid: u32,
+        mode: DiskMode,
+        path: String,
+    },
+    /// Begin removing disk `devid` as Xen does: the backend goes Closing and waits for
+    /// the frontend to close, then disconnects and goes Closed (the toolstack waits
+    /// for backend `state` 6, then removes the nodes). With `force`, the ring is
+    /// disconnected at once and the backend goes Closed without waiting for the guest
+    /// (`xl block-detach -f`, or a frontend that never answered).
+    DetachDisk {
+        devid: u32,
+        #[serde(default)]
+        force: bool,
+    },
+}
+
+/// Whether the guest may write a disk (xl's `r` / `w`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiskMode {
+    /// `r`: read-only.
+    #[serde(rename = "r")]
+    ReadOnly,
+    /// `w`: read-write.
+    #[serde(rename = "w")]
+    ReadWrite,
 }
 
 /// Why a request failed.
@@ -59,6 +90,10 @@ pub enum ErrorKind {
     TooLarge,
     /// The request is valid but the domain cannot do it now.
     WrongState,
+    /// A device request the VMM cannot carry out: the disk cannot be opened, its
+    /// device number is in use (attach) or unknown (detach), or no block backend can
+    /// run (the VMM was started without xenstored's socket).
+    Device,
 }
 
 /// A VMM's answer to one [`Request`].
@@ -363,6 +398,21 @@ mod tests {
                 Request::ConsoleTail { max_bytes: 4096 },
                 r#"{"op":"console-tail","max_bytes":4096}"#,
             ),
+            (
+                Request::AttachDisk {
+                    devid: 51728,
+                    mode: DiskMode::ReadWrite,
+                    path: "/img/b.img".into(),
+                },
+                r#"{"op":"attach-disk","devid":51728,"mode":"w","path":"/img/b.img"}"#,
+            ),
+            (
+                Request::DetachDisk {
+                    devid: 51728,
+                    force: true,
+                },
+                r#"{"op":"detach-disk","devid":51728,"force":true}"#,
+            ),
         ] {
             assert_eq!(encode(&r), format!("{wire}\n"));
             assert_eq!(decode::<Request>(wire, MAX_REQUEST_LINE).unwrap(), r);
@@ -402,6 +452,9 @@ mod tests {
             "{",
             r#"{"op":"launch-missiles"}"#,
             r#"{"op":"console-input"}"#,
+            r#"{"op":"attach-disk","devid":768,"mode":"rw","path":"/a"}"#,
+            r#"{"op":"attach-disk","devid":-1,"mode":"r","path":"/a"}"#,
+            r#"{"op":"detach-disk"}"#,
         ] {
             assert!(decode::<Request>(bad, MAX_REQUEST_LINE).is_err(), "{bad}");
         }

@@ -10,7 +10,10 @@
 //! [`MAX_REQUEST_LINE`] bytes or console input over [`MAX_CONSOLE_INPUT`] bytes gets
 //! `too_large`; anything that is not a request (bad JSON or UTF-8, unknown op, missing
 //! field) gets `bad_request`; pause, unpause, console input and the debug key after
-//! the domain ended get `wrong_state`. The socket is mode 0600.
+//! the domain ended get `wrong_state`. `attach-disk` and `detach-disk` go to the block
+//! backend ([`BlockBackend`]); what it refuses (a disk that cannot be opened, a device
+//! number in use or unknown, no xenstored socket) gets `device`. The socket is mode
+//! 0600.
 //!
 //! This module only translates requests into [`DomainShared`] operations; it owns no
 //! domain state.
@@ -28,6 +31,7 @@ use rxen_vmm_api::{
     VcpuRunState, VcpuStatus, MAX_CONSOLE_INPUT, MAX_CONSOLE_TAIL, MAX_LINE, MAX_REQUEST_LINE,
 };
 
+use crate::blkback::hotplug::BlockBackend;
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
 use crate::vcpu::{VcpuControl, VcpuState};
@@ -108,7 +112,7 @@ fn fit_line(mut tail: ConsoleTail) -> ConsoleTail {
 
 /// Carries out one request line.
 pub fn answer(dom: &DomainShared, line: &str) -> Reply {
-    let (reply, then) = answer_then(dom, line);
+    let (reply, then) = answer_then(dom, None, line);
     then.run(dom);
     reply
 }
@@ -130,7 +134,7 @@ impl Then {
 }
 
 /// The reply to one request line, and what to do once it has been sent.
-fn answer_then(dom: &DomainShared, line: &str) -> (Reply, Then) {
+fn answer_then(dom: &DomainShared, block: Option<&BlockBackend>, line: &str) -> (Reply, Then) {
     let req: Request = match decode(line, MAX_REQUEST_LINE) {
         Ok(Request::Destroy) => return (Reply::Done, Then::Destroy),
         Ok(r) => r,
@@ -147,10 +151,10 @@ fn answer_then(dom: &DomainShared, line: &str) -> (Reply, Then) {
             )
         }
     };
-    (answer_request(dom, req), Then::Nothing)
+    (answer_request(dom, block, req), Then::Nothing)
 }
 
-fn answer_request(dom: &DomainShared, req: Request) -> Reply {
+fn answer_request(dom: &DomainShared, block: Option<&BlockBackend>, req: Request) -> Reply {
     let ended = dom.exit_reason();
     match req {
         Request::Status => Reply::Status(status(dom)),
@@ -189,6 +193,19 @@ fn answer_request(dom: &DomainShared, req: Request) -> Reply {
             dom.console_input(data.as_bytes());
             Reply::Done
         }
+        Request::AttachDisk { devid, mode, path } => {
+            let writable = mode == rxen_vmm_api::DiskMode::ReadWrite;
+            device_reply(block.map(|b| b.attach(devid, writable, std::path::Path::new(&path))))
+        }
+        Request::DetachDisk { devid, force } => device_reply(block.map(|b| b.detach(devid, force))),
+    }
+}
+
+fn device_reply(r: Option<Result<(), crate::blkback::hotplug::HotplugError>>) -> Reply {
+    match r {
+        Some(Ok(())) => Reply::Done,
+        Some(Err(e)) => Reply::error(ErrorKind::Device, e.to_string()),
+        None => Reply::error(ErrorKind::Device, "this VMM has no block backend"),
     }
 }
 
@@ -242,14 +259,14 @@ fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Line> {
     }
 }
 
-fn serve_conn(dom: Arc<DomainShared>, s: UnixStream) {
+fn serve_conn(dom: Arc<DomainShared>, block: Option<Arc<BlockBackend>>, s: UnixStream) {
     let Ok(mut w) = s.try_clone() else { return };
     let mut r = BufReader::new(s);
     let mut buf = Vec::new();
     loop {
         let (reply, then) = match read_line(&mut r, &mut buf) {
             Ok(Line::End) | Err(_) => return,
-            Ok(Line::Text(line)) => answer_then(&dom, &line),
+            Ok(Line::Text(line)) => answer_then(&dom, block.as_deref(), &line),
             Ok(Line::NotUtf8) => (
                 Reply::error(ErrorKind::BadRequest, "request is not UTF-8"),
                 Then::Nothing,
@@ -271,8 +288,13 @@ fn serve_conn(dom: Arc<DomainShared>, s: UnixStream) {
     }
 }
 
-/// Serves the control socket at `path` for the life of the domain.
-pub fn start(dom: Arc<DomainShared>, path: &Path) -> Result<(), String> {
+/// Serves the control socket at `path` for the life of the domain; disk requests go
+/// to `block`.
+pub fn start(
+    dom: Arc<DomainShared>,
+    path: &Path,
+    block: Option<Arc<BlockBackend>>,
+) -> Result<(), String> {
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path)
         .map_err(|e| format!("binding control socket {}: {e}", path.display()))?;
@@ -283,9 +305,10 @@ pub fn start(dom: Arc<DomainShared>, path: &Path) -> Result<(), String> {
         .spawn(move || {
             for s in l.incoming().flatten() {
                 let d = dom.clone();
+                let b = block.clone();
                 let _ = std::thread::Builder::new()
                     .name("control-conn".into())
-                    .spawn(move || serve_conn(d, s));
+                    .spawn(move || serve_conn(d, b, s));
             }
         })
         .map_err(|e| e.to_string())?;

@@ -205,6 +205,67 @@ pub struct ShutdownQuery {
     pub force: bool,
 }
 
+/// Body of `POST /domains/{id}/disks`: a disk to hot-plug into a running domain, in
+/// xl's disk syntax (`file:/img,xvdb,w`, `phy:/dev/vg/lv,xvdc,r`, or the `key=value`
+/// form with `target=` last).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskAttachRequest {
+    pub disk: String,
+}
+
+/// Query of `DELETE /domains/{id}/disks/{dev}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiskDetachQuery {
+    /// Remove the disk without waiting for the guest to close it (`xl block-detach -f`).
+    #[serde(default)]
+    pub force: bool,
+    /// Seconds to wait for the guest to close the device before forcing (default 10,
+    /// as libxl; at most 600).
+    #[serde(default)]
+    pub wait: Option<f64>,
+}
+
+/// Reply of `DELETE /domains/{id}/disks/{dev}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiskDetachReply {
+    pub vdev: String,
+    pub devid: u32,
+    /// The guest did not close the device in time (or `force` was asked): its ring
+    /// was cut.
+    pub forced: bool,
+}
+
+/// One virtual block device of a domain (`GET /domains/{id}/disks`, `xm block-list`),
+/// with what xenstore says of its connection. Numbers the frontend has not published
+/// are absent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiskInfo {
+    /// The guest's name of the device (`xvda`, `hda`).
+    pub vdev: String,
+    /// Xen's device number (`xl block-list`'s Vdev column).
+    pub devid: u32,
+    /// The backing file or block device.
+    pub target: String,
+    /// `file` or `phy`.
+    pub backend_type: String,
+    /// `r` or `w`.
+    pub mode: String,
+    /// The backend's domain (always Domain-0).
+    pub backend_id: u32,
+    /// The frontend's domain (`xl block-list`'s handle column).
+    pub frontend_id: u32,
+    /// The frontend's xenbus state (1 Initialising .. 6 Closed).
+    pub frontend_state: Option<u32>,
+    /// The backend's xenbus state.
+    pub backend_state: Option<u32>,
+    /// The event channel the frontend published.
+    pub evtchn: Option<u32>,
+    /// The ring's grant reference the frontend published.
+    pub ring_ref: Option<u32>,
+    pub backend_path: String,
+}
+
 /// Reply of `GET /domains/{id}/uptime`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UptimeReply {

@@ -50,6 +50,10 @@ impl From<DomainError> for ApiError {
         let message = e.to_string();
         let (status, code) = match e {
             D::NotFound(_) | D::NoManaged(_) => (StatusCode::NOT_FOUND, "not_found"),
+            D::NoDevice(_) => (StatusCode::NOT_FOUND, "no_device"),
+            D::DiskInUse(_) => (StatusCode::CONFLICT, "disk_in_use"),
+            D::DeviceInUse(_) => (StatusCode::CONFLICT, "device_in_use"),
+            D::DeviceRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "device_refused"),
             D::InvalidConfig(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config"),
             D::BuildFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "create_failed"),
             D::BadRequest(_) | D::Refused(_) => (StatusCode::BAD_REQUEST, "bad_request"),

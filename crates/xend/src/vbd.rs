@@ -26,10 +26,17 @@ pub fn backend_root(domid: u32) -> String {
     format!("/local/domain/0/backend/vbd/{domid}")
 }
 
+/// The backend and frontend directories of vbd `devid` of domain `domid`.
+pub fn paths(domid: u32, devid: u32) -> [String; 2] {
+    [
+        format!("{}/{devid}", backend_root(domid)),
+        format!("/local/domain/{domid}/device/vbd/{devid}"),
+    ]
+}
+
 /// The backend and frontend directories of `disk` (whose device number is `devid`).
 pub fn layout(domid: u32, devid: u32, disk: &DiskSpec) -> [Dir; 2] {
-    let backend = format!("{}/{devid}", backend_root(domid));
-    let frontend = format!("/local/domain/{domid}/device/vbd/{devid}");
+    let [backend, frontend] = paths(domid, devid);
     let mode = match disk.access {
         DiskAccess::ReadOnly => "r",
         DiskAccess::ReadWrite => "w",

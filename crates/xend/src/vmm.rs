@@ -101,12 +101,12 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     if l.paused {
         cmd.arg("--paused");
     }
-    if !l.disks.is_empty() {
-        cmd.arg(path_arg("xenstored-socket", l.xenstored_socket));
-        for (devid, writable, path) in &l.disks {
-            let mode = if *writable { "w" } else { "r" };
-            cmd.arg(format!("--disk={devid}:{mode}:{path}"));
-        }
+    // Always given, so that disks can be hot-plugged later (`attach-disk`); the VMM
+    // connects to it only once it has a disk.
+    cmd.arg(path_arg("xenstored-socket", l.xenstored_socket));
+    for (devid, writable, path) in &l.disks {
+        let mode = if *writable { "w" } else { "r" };
+        cmd.arg(format!("--disk={devid}:{mode}:{path}"));
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use rxen_xenstore::client::{Client, ClientError};
+use rxen_xlcfg::devices::DiskSpec;
 use rxen_xlcfg::DomainSpec;
 
 use rxen_vmm_api::BootReport;
@@ -194,16 +195,133 @@ fn write_entries(
         for disk in &spec.disks {
             // Validated specs always have a device number.
             let Some(devid) = disk.devid() else { continue };
-            for dir in crate::vbd::layout(domid, devid, disk) {
-                c.write(tx, &dir.path, b"")?;
-                let perms: Vec<&str> = dir.perms.iter().map(String::as_str).collect();
-                c.set_perms(tx, &dir.path, &perms)?;
-                for (k, v) in &dir.nodes {
-                    c.write(tx, &format!("{}/{k}", dir.path), v.as_bytes())?;
-                }
+            write_vbd(c, tx, domid, devid, disk)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the backend and frontend directories of one vbd (`crate::vbd::layout`).
+fn write_vbd(
+    c: &mut Client,
+    tx: u32,
+    domid: u32,
+    devid: u32,
+    disk: &DiskSpec,
+) -> Result<(), ClientError> {
+    for dir in crate::vbd::layout(domid, devid, disk) {
+        c.write(tx, &dir.path, b"")?;
+        let perms: Vec<&str> = dir.perms.iter().map(String::as_str).collect();
+        c.set_perms(tx, &dir.path, &perms)?;
+        for (k, v) in &dir.nodes {
+            c.write(tx, &format!("{}/{k}", dir.path), v.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes a hot-plugged vbd's nodes (as at create), in one transaction.
+pub fn add_vbd(socket: &Path, domid: u32, devid: u32, disk: &DiskSpec) -> Result<(), ClientError> {
+    let mut c = Client::connect(socket)?;
+    in_transaction(&mut c, |c, tx| write_vbd(c, tx, domid, devid, disk))
+}
+
+/// Removes a vbd's backend and frontend directories.
+pub fn remove_vbd(socket: &Path, domid: u32, devid: u32) -> Result<(), ClientError> {
+    let mut c = Client::connect(socket)?;
+    let [backend, frontend] = crate::vbd::paths(domid, devid);
+    in_transaction(&mut c, |c, tx| {
+        for p in [&backend, &frontend] {
+            match c.rm(tx, p) {
+                Ok(()) => {}
+                Err(ClientError::Xs(e)) if e == "ENOENT" => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
+    })
+}
+
+/// Reads a node; `None` when it is absent or not a number.
+fn read_u32(c: &mut Client, path: &str) -> Result<Option<u32>, ClientError> {
+    match c.read(0, path) {
+        Ok(v) => Ok(String::from_utf8_lossy(&v)
+            .trim_end_matches('\0')
+            .trim()
+            .parse()
+            .ok()),
+        Err(ClientError::Xs(e)) if e == "ENOENT" => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// What xenstore says of one vbd's connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VbdState {
+    pub backend_state: Option<u32>,
+    pub frontend_state: Option<u32>,
+    pub evtchn: Option<u32>,
+    pub ring_ref: Option<u32>,
+}
+
+/// The states and ring details of vbds `devids` of a domain.
+pub fn vbd_states(socket: &Path, domid: u32, devids: &[u32]) -> Result<Vec<VbdState>, ClientError> {
+    let mut c = Client::connect(socket)?;
+    devids
+        .iter()
+        .map(|&devid| {
+            let [backend, frontend] = crate::vbd::paths(domid, devid);
+            Ok(VbdState {
+                backend_state: read_u32(&mut c, &format!("{backend}/state"))?,
+                frontend_state: read_u32(&mut c, &format!("{frontend}/state"))?,
+                evtchn: read_u32(&mut c, &format!("{frontend}/event-channel"))?,
+                ring_ref: read_u32(&mut c, &format!("{frontend}/ring-ref"))?,
+            })
+        })
+        .collect()
+}
+
+/// Waits until the backend of vbd `devid` is Closed (6) or gone; `false` when
+/// `timeout` passed first. Waits on a xenstore watch, not by polling.
+pub fn wait_backend_closed(
+    socket: &Path,
+    domid: u32,
+    devid: u32,
+    timeout: std::time::Duration,
+) -> Result<bool, ClientError> {
+    const CLOSED: u32 = 6;
+    let deadline = std::time::Instant::now() + timeout;
+    let mut c = Client::connect(socket)?;
+    let [backend, _] = crate::vbd::paths(domid, devid);
+    let state = format!("{backend}/state");
+    c.watch(&state, "detach")?;
+    loop {
+        let s = match c.read(0, &state) {
+            Ok(v) => String::from_utf8_lossy(&v).trim().parse::<u32>().ok(),
+            Err(ClientError::Xs(e)) if e == "ENOENT" => return Ok(true),
+            Err(e) => return Err(e),
+        };
+        if s == Some(CLOSED) {
+            return Ok(true);
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(false);
+        }
+        c.set_timeout(Some(left))?;
+        match c.next_event() {
+            Ok(_) => {}
+            Err(ClientError::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(false)
+            }
+            Err(e) => return Err(e),
+        }
+        c.set_timeout(Some(std::time::Duration::from_secs(5)))?;
     }
 }
 

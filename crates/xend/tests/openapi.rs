@@ -516,6 +516,28 @@ fn replies_of_a_running_xend_match_the_document() {
         "/domains/{id}/uptime",
         &env.get("/domains/doc2/uptime"),
     );
+    // Disks: hot-plug (and its refusals), the list, removal.
+    let img = env.dir.join("doc.img");
+    std::fs::write(&img, vec![0u8; 4096]).unwrap();
+    let body = serde_json::json!({ "disk": format!("file:{},xvdb,w", img.display()) });
+    let r = env.post("/domains/doc2/disks", &body.to_string());
+    assert_eq!(r.0, 201, "{}", r.1);
+    assert_documented(&d, "post", "/domains/{id}/disks", &r);
+    let r = env.post("/domains/doc2/disks", &body.to_string());
+    assert_eq!(r.0, 409, "{}", r.1);
+    assert_documented(&d, "post", "/domains/{id}/disks", &r);
+    let r = env.post("/domains/doc2/disks", r#"{"disk": "nonsense"}"#);
+    assert_eq!(r.0, 422, "{}", r.1);
+    assert_documented(&d, "post", "/domains/{id}/disks", &r);
+    let r = env.get("/domains/doc2/disks");
+    assert_eq!(r.1.as_array().map(Vec::len), Some(1), "{}", r.1);
+    assert_documented(&d, "get", "/domains/{id}/disks", &r);
+    let r = env.delete("/domains/doc2/disks/xvdb?wait=0");
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_documented(&d, "delete", "/domains/{id}/disks/{dev}", &r);
+    let r = env.delete("/domains/doc2/disks/xvdb");
+    assert_eq!(r.0, 404, "{}", r.1);
+    assert_documented(&d, "delete", "/domains/{id}/disks/{dev}", &r);
     let r = env.post("/domains", r#"{"config": "name = 'doc2'"}"#);
     assert_eq!(r.0, 409, "{}", r.1);
     assert_documented(&d, "post", "/domains", &r);

@@ -99,6 +99,26 @@ pub fn vdev_devid(v: &str) -> Option<u32> {
     None
 }
 
+/// The disk keys of the key=value form.
+const DISK_KEYS: [&str; 8] = [
+    "target",
+    "format",
+    "vdev",
+    "access",
+    "backendtype",
+    "devtype",
+    "backend",
+    "script",
+];
+
+/// Whether `rest` (what follows `target=`) holds `,KEY=` for a disk key.
+fn followed_by_key(rest: &str) -> bool {
+    rest.split(',').skip(1).any(|item| {
+        item.split_once('=')
+            .is_some_and(|(k, _)| DISK_KEYS.contains(&k.trim()))
+    })
+}
+
 fn access(s: &str) -> Result<DiskAccess, String> {
     match s {
         "r" | "ro" => Ok(DiskAccess::ReadOnly),
@@ -115,7 +135,26 @@ impl DiskSpec {
     }
 
     pub fn parse(s: &str) -> Result<Self, String> {
-        let items: Vec<&str> = s.split(',').map(str::trim).collect();
+        // In the key=value form `target=` comes last and takes the rest of the text,
+        // commas included (xl-disk-configuration). A target followed by more known
+        // keys is read as one item, as before.
+        let (s, rest_target) = match s.find("target=") {
+            Some(i)
+                if (i == 0 || s[..i].trim_end().ends_with(','))
+                    && !followed_by_key(&s[i + "target=".len()..]) =>
+            {
+                (
+                    s[..i].trim_end().trim_end_matches(','),
+                    Some(s[i + "target=".len()..].trim()),
+                )
+            }
+            _ => (s, None),
+        };
+        let items: Vec<&str> = if s.trim().is_empty() {
+            Vec::new()
+        } else {
+            s.split(',').map(str::trim).collect()
+        };
         let mut d = DiskSpec {
             target: String::new(),
             format: "raw".into(),
@@ -123,17 +162,30 @@ impl DiskSpec {
             access: DiskAccess::ReadWrite,
             backend_type: "file".into(),
         };
-        if items.iter().any(|i| i.contains('=')) {
+        if rest_target.is_some() || items.iter().any(|i| i.contains('=')) {
+            if let Some(t) = rest_target {
+                d.target = t.into();
+            }
             for it in items {
                 let (k, v) = it
                     .split_once('=')
                     .ok_or_else(|| format!("{it:?} is not key=value"))?;
                 match k.trim() {
                     "target" => d.target = v.trim().into(),
+                    "backendtype" => {
+                        d.backend_type = match v.trim() {
+                            "phy" => "phy".into(),
+                            "tap" | "file" => "file".into(),
+                            other => {
+                                return Err(format!(
+                                    "backendtype {other:?} is not supported (phy or tap)"
+                                ))
+                            }
+                        }
+                    }
                     "format" => d.format = v.trim().into(),
                     "vdev" => d.vdev = v.trim().into(),
                     "access" => d.access = access(v.trim())?,
-                    "backendtype" => d.backend_type = v.trim().into(),
                     "devtype" | "backend" | "script" => {}
                     other => return Err(format!("unknown disk key {other:?}")),
                 }
@@ -276,6 +328,17 @@ mod tests {
         );
         let d = DiskSpec::parse("format=raw, vdev=xvdc, access=rw, target=/x").unwrap();
         assert_eq!(d.target, "/x");
+        // target= is last and keeps its commas; its prefix sets the backend type.
+        let d = DiskSpec::parse("vdev=xvdb,access=r,target=phy:/dev/vg/a,b").unwrap();
+        assert_eq!(
+            (d.target.as_str(), d.backend_type.as_str(), d.access),
+            ("/dev/vg/a,b", "phy", DiskAccess::ReadOnly)
+        );
+        let d = DiskSpec::parse("vdev=xvdb, backendtype=phy, target=/dev/loop0").unwrap();
+        assert_eq!(d.backend_type, "phy");
+        assert!(DiskSpec::parse("vdev=xvdb,backendtype=qdisk,target=/x").is_err());
+        assert!(DiskSpec::parse("vdev=xvdb,target=").is_err());
+        assert!(DiskSpec::parse("target=/x").is_err(), "no vdev");
         for bad in [
             "/img",
             "/img,xvda,q",

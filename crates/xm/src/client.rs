@@ -3,8 +3,9 @@
 //! `--json`. Error statuses become [`XmError::Api`].
 
 use rxen_xend_api::{
-    CreateReply, CreateRequest, DomainInfo, ErrorReply, HostInfo, ManagedReply, MemoryRequest,
-    RenameRequest, ShutdownQuery, UptimeReply, VcpusRequest,
+    CreateReply, CreateRequest, DiskAttachRequest, DiskDetachQuery, DiskDetachReply, DiskInfo,
+    DomainInfo, ErrorReply, HostInfo, ManagedReply, MemoryRequest, RenameRequest, ShutdownQuery,
+    UptimeReply, VcpusRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -215,6 +216,32 @@ impl Api {
             Some(("text/plain; charset=utf-8", text.to_vec())),
         )
         .map(|_| ())
+    }
+
+    pub fn disks(&self, id: &str) -> XmResult<Decoded<Vec<DiskInfo>>> {
+        self.call("GET", &format!("/domains/{}/disks", enc(id)), None::<&()>)
+    }
+
+    pub fn attach_disk(&self, id: &str, disk: &str) -> XmResult<Decoded<DiskInfo>> {
+        let body = DiskAttachRequest { disk: disk.into() };
+        self.call("POST", &format!("/domains/{}/disks", enc(id)), Some(&body))
+    }
+
+    pub fn detach_disk(
+        &self,
+        id: &str,
+        dev: &str,
+        q: &DiskDetachQuery,
+    ) -> XmResult<Decoded<DiskDetachReply>> {
+        let mut query = format!("?force={}", q.force);
+        if let Some(w) = q.wait {
+            query.push_str(&format!("&wait={w}"));
+        }
+        self.call(
+            "DELETE",
+            &format!("/domains/{}/disks/{}{query}", enc(id), enc(dev)),
+            None::<&()>,
+        )
     }
 
     pub fn dmesg(&self) -> XmResult<Vec<u8>> {

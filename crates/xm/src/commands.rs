@@ -308,3 +308,54 @@ pub fn top(api: &Api, iterations: Option<u64>) -> XmResult<()> {
         std::thread::sleep(Duration::from_secs(1));
     }
 }
+
+/// `block-attach DOMAIN SPEC...`: the arguments are the parts of one xl disk
+/// specification (joined with commas, as xl does).
+pub fn block_attach(api: &Api, out: Output, domain: &str, spec: &[String]) -> XmResult<()> {
+    let d = api.attach_disk(domain, &spec.join(","))?;
+    out.show(&d.json, String::new);
+    Ok(())
+}
+
+/// `block-detach DOMAIN DEV`: waits for the guest to let go (`timeout` seconds), then
+/// forces; `force` does not wait.
+pub fn block_detach(
+    api: &Api,
+    out: Output,
+    domain: &str,
+    dev: &str,
+    force: bool,
+    timeout: Option<f64>,
+) -> XmResult<()> {
+    let q = rxen_xend_api::DiskDetachQuery {
+        force,
+        wait: timeout,
+    };
+    let r = api.detach_disk(domain, dev, &q)?;
+    if r.value.forced && !force {
+        eprintln!(
+            "warning: the guest did not release {} in time; it was removed by force",
+            r.value.vdev
+        );
+    }
+    out.show(&r.json, String::new);
+    Ok(())
+}
+
+/// `block-list DOMAIN...`: xl's table for each domain.
+pub fn block_list(api: &Api, out: Output, domains: &[String]) -> XmResult<()> {
+    let mut all = Vec::new();
+    let mut jsons = Vec::new();
+    for d in domains {
+        let r = api.disks(d)?;
+        all.extend(r.value);
+        jsons.push(r.json);
+    }
+    let json = if jsons.len() == 1 {
+        jsons.remove(0)
+    } else {
+        Value::Array(jsons)
+    };
+    out.show(&json, || format::block_table(&all));
+    Ok(())
+}

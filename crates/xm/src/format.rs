@@ -140,9 +140,64 @@ pub fn uptime_table(rows: &[UptimeReply]) -> String {
     out
 }
 
+/// `xl block-list`'s table: Vdev BE handle state evt-ch ring-ref BE-path (the
+/// frontend's state, event channel and ring reference; -1 where the frontend has not
+/// published one).
+pub fn block_table(disks: &[rxen_xend_api::DiskInfo]) -> String {
+    let n = |v: Option<u32>| v.map_or_else(|| "-1".to_string(), |v| v.to_string());
+    let mut out = format!(
+        "{:<5} {:<3} {:<6} {:<5} {:<6} {:<8} {}\n",
+        "Vdev", "BE", "handle", "state", "evt-ch", "ring-ref", "BE-path"
+    );
+    for d in disks {
+        let _ = writeln!(
+            out,
+            "{:<5} {:<3} {:<6} {:<5} {:<6} {:<8} {}",
+            d.devid,
+            d.backend_id,
+            d.frontend_id,
+            n(d.frontend_state),
+            n(d.evtchn),
+            n(d.ring_ref),
+            d.backend_path
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn block_list_has_xls_columns() {
+        let d = rxen_xend_api::DiskInfo {
+            vdev: "xvda".into(),
+            devid: 51712,
+            target: "/img/a.img".into(),
+            backend_type: "file".into(),
+            mode: "w".into(),
+            backend_id: 0,
+            frontend_id: 3,
+            frontend_state: Some(4),
+            backend_state: Some(4),
+            evtchn: Some(10),
+            ring_ref: Some(8),
+            backend_path: "/local/domain/0/backend/vbd/3/51712".into(),
+        };
+        let mut unconnected = d.clone();
+        (
+            unconnected.frontend_state,
+            unconnected.evtchn,
+            unconnected.ring_ref,
+        ) = (Some(1), None, None);
+        assert_eq!(
+            block_table(&[d, unconnected]),
+            "Vdev  BE  handle state evt-ch ring-ref BE-path\n\
+             51712 0   3      4     10     8        /local/domain/0/backend/vbd/3/51712\n\
+             51712 0   3      1     -1     -1       /local/domain/0/backend/vbd/3/51712\n"
+        );
+    }
     use rxen_xend_api::DomainState;
 
     pub(crate) fn domain(domid: Option<u32>, name: &str) -> DomainInfo {

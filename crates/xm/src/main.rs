@@ -154,6 +154,40 @@ enum Cmd {
     Start { name: String },
     /// Remove a managed domain's config.
     Delete { name: String },
+    /// Hot-plug a disk into a running domain, in xl's disk syntax: `xm block-attach
+    /// web 'file:/srv/data.img,xvdb,w'`, `'phy:/dev/vg/data,xvdc,r'`, or key=value
+    /// parts (`vdev=xvdb access=w target=/srv/data.img`; target last). Several
+    /// arguments are joined with commas. A disk another running domain uses is
+    /// refused unless both uses are read-only (`r`).
+    #[command(name = "block-attach")]
+    BlockAttach {
+        domain: String,
+        #[arg(required = true, num_args = 1..)]
+        disk: Vec<String>,
+    },
+    /// Remove a disk from a running domain: the guest is asked to close it (Xen's
+    /// Closing handshake) and has --timeout seconds; a guest that does not answer
+    /// has its ring cut and the device removed anyway (a warning says so).
+    #[command(name = "block-detach")]
+    BlockDetach {
+        domain: String,
+        /// The disk: its virtual device (xvdb) or device number (51728).
+        dev: String,
+        /// Do not wait for the guest.
+        #[arg(short, long)]
+        force: bool,
+        /// Seconds the guest has to close the device (default 10, at most 600).
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// List a domain's disks as `xl block-list` (Vdev BE handle state evt-ch ring-ref
+    /// BE-path: device number, backend domain, frontend domain, the frontend's xenbus
+    /// state, event channel and ring reference, and the backend's xenstore path).
+    #[command(name = "block-list")]
+    BlockList {
+        #[arg(required = true, num_args = 1..)]
+        domains: Vec<String>,
+    },
     /// Follow domain state changes.
     Events,
     /// A live table of domains, refreshed every second.
@@ -208,6 +242,14 @@ fn run(cli: Cli) -> XmResult<()> {
         Cmd::New { config, overrides } => commands::new_managed(&api, out, &config, &overrides),
         Cmd::Start { name } => commands::start(&api, out, &name),
         Cmd::Delete { name } => api.delete_managed(&name),
+        Cmd::BlockAttach { domain, disk } => commands::block_attach(&api, out, &domain, &disk),
+        Cmd::BlockDetach {
+            domain,
+            dev,
+            force,
+            timeout,
+        } => commands::block_detach(&api, out, &domain, &dev, force, timeout),
+        Cmd::BlockList { domains } => commands::block_list(&api, out, &domains),
         Cmd::Events => commands::events(&api, out),
         Cmd::Top { iterations } => commands::top(&api, iterations),
     }

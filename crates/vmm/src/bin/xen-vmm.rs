@@ -73,14 +73,16 @@ enum Cmd {
         #[arg(long)]
         stdin: bool,
         /// Serve the control socket here (JSON lines of rxen-vmm-api: status, pause,
-        /// unpause, destroy, debug-key, console-input).
+        /// unpause, destroy, debug-key, console-input, console-tail, attach-disk,
+        /// detach-disk).
         #[arg(long)]
         control: Option<PathBuf>,
         /// Relay the guest's xenstore ring to this xenstored domain socket.
         #[arg(long)]
         xenstore_socket: Option<PathBuf>,
         /// xenstored's main (domain 0) socket: the block backend runs the backend half
-        /// of xenbus for the --disk devices through it.
+        /// of xenbus for the --disk devices, and for disks hot-plugged through the
+        /// control socket (attach-disk), through it.
         #[arg(long, value_name = "PATH")]
         xenstored_socket: Option<PathBuf>,
         /// A virtual block device served by the in-VMM blkback: DEVID:MODE:PATH, with
@@ -269,9 +271,24 @@ fn main() -> ExitCode {
         }
     };
     let shared = domain.shared().clone();
-    if let Some(p) = &control {
-        if let Err(e) = rxen_vmm::control::start(shared.clone(), p) {
+    // Started before the control socket, which hands it hot-plugged disks.
+    let block_backend = match rxen_vmm::blkback::hotplug::BlockBackend::start(
+        shared.clone(),
+        xenstored_socket,
+        disks,
+    ) {
+        Ok(b) => std::sync::Arc::new(b),
+        Err(e) => {
             eprintln!("xen-vmm: {e}");
+            domain.destroy();
+            domain.wait();
+            return ExitCode::from(ExitKind::Internal.exit_code());
+        }
+    };
+    if let Some(p) = &control {
+        if let Err(e) = rxen_vmm::control::start(shared.clone(), p, Some(block_backend.clone())) {
+            eprintln!("xen-vmm: {e}");
+            block_backend.stop();
             domain.destroy();
             domain.wait();
             return ExitCode::from(ExitKind::Internal.exit_code());
@@ -280,21 +297,10 @@ fn main() -> ExitCode {
     if let Some(p) = &xenstore_socket {
         if let Err(e) = rxen_vmm::xsrelay::start(shared.clone(), p) {
             eprintln!("xen-vmm: {e}");
+            block_backend.stop();
             domain.destroy();
             domain.wait();
             return ExitCode::from(ExitKind::Internal.exit_code());
-        }
-    }
-    let mut block_backend = None;
-    if let (Some(p), false) = (&xenstored_socket, disks.is_empty()) {
-        match rxen_vmm::blkback::start(shared.clone(), p.clone(), disks) {
-            Ok(b) => block_backend = Some(b),
-            Err(e) => {
-                eprintln!("xen-vmm: {e}");
-                domain.destroy();
-                domain.wait();
-                return ExitCode::from(ExitKind::Internal.exit_code());
-            }
         }
     }
     // SIGINT/SIGTERM destroy the domain cleanly; SIGUSR1 raises VIRQ_DEBUG on every
@@ -332,9 +338,7 @@ fn main() -> ExitCode {
         });
     }
     let why = domain.wait();
-    if let Some(mut b) = block_backend.take() {
-        b.stop();
-    }
+    block_backend.stop();
     if let Some(p) = &exit_file {
         if let Err(e) = std::fs::write(p, rxen_vmm_api::encode(&why.record())) {
             eprintln!("xen-vmm: writing {}: {e}", p.display());

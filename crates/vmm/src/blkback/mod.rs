@@ -1,5 +1,6 @@
 //! blkback: the backend of Xen's split block driver, inside the VMM (xend attaches
-//! disks at create; see docs/architecture.md, "Block devices").
+//! disks at create, or hot-plugs them through the control socket: [`hotplug`]; see
+//! docs/architecture.md, "Block devices").
 //!
 //! Each of the domain's virtual block devices (vbds) has a backing [`disk::Disk`]
 //! (a raw file or block device, opened by the VMM at start), a xenbus backend in
@@ -17,6 +18,7 @@
 
 pub mod connection;
 pub mod disk;
+pub mod hotplug;
 pub mod io;
 pub mod request;
 pub mod ring;

@@ -11,6 +11,14 @@
 //!   `state` = Closed; Initialising (1) after Closed: `state` = InitWait again; the
 //!   frontend's node gone: disconnect.
 //!
+//! Disks come and go while the domain runs ([`XenbusBackend::attach`],
+//! [`XenbusBackend::detach`], commands the thread carries out between watch events):
+//! an attached disk is announced like the ones given at start; a detach sets the
+//! backend `Closing` (5) and waits for the frontend to reach Closed (6) (or to go, or
+//! never to have connected), then disconnects, writes backend `state` = Closed and
+//! forgets the device, closing its file. The toolstack waits for that Closed and
+//! removes the nodes; a forced detach disconnects and goes Closed at once.
+//!
 //! A frontend whose details are unusable gets a log line and `state` = Closing (Xen's
 //! `xenbus_dev_fatal`); the VMM carries on. Values under the frontend directory are the
 //! guest's and hostile: each is read once, parsed strictly, then used. The backend
@@ -23,6 +31,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -37,8 +46,11 @@ use crate::domain::DomainShared;
 
 /// Longest wait for a xenstored reply.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often the thread looks at the stop flag while no watch fires.
-const EVENT_POLL: Duration = Duration::from_millis(200);
+/// How often the thread looks at the stop flag and its commands while no watch fires.
+const EVENT_POLL: Duration = Duration::from_millis(50);
+/// Longest wait for the thread to take a command (below xend's 5 s control timeout,
+/// so that a busy thread is an error reply, not a silent socket).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest delay between reconnection attempts.
 const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
@@ -57,6 +69,47 @@ struct Vbd {
     conn: Option<Connection>,
     /// The backend state last written.
     state: XenbusState,
+    /// Being detached: the device goes once the frontend has closed.
+    removing: bool,
+}
+
+impl Vbd {
+    fn new(domid: u16, devid: u32, disk: Arc<Disk>) -> Self {
+        Vbd {
+            devid,
+            backend: backend_path(domid, devid),
+            frontend: None,
+            disk,
+            conn: None,
+            state: XenbusState::Initialising,
+            removing: false,
+        }
+    }
+}
+
+/// Why a hot-plug command was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeviceError {
+    #[error("device {0} is already attached")]
+    InUse(u32),
+    #[error("no device {0}")]
+    NoSuchDevice(u32),
+    #[error("the block backend is not running")]
+    NotRunning,
+}
+
+/// What the toolstack asks of the thread while it runs.
+enum Command {
+    Attach {
+        devid: u32,
+        disk: Arc<Disk>,
+        done: Sender<Result<(), DeviceError>>,
+    },
+    Detach {
+        devid: u32,
+        force: bool,
+        done: Sender<Result<(), DeviceError>>,
+    },
 }
 
 /// Why a frontend's details were refused.
@@ -79,6 +132,7 @@ enum Refused {
 /// The running xenbus thread.
 pub struct XenbusBackend {
     stop: Arc<AtomicBool>,
+    commands: Sender<Command>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -93,29 +147,47 @@ impl XenbusBackend {
         let domid = dom.config.domid;
         let mut vbds: Vec<Vbd> = disks
             .into_iter()
-            .map(|(devid, disk)| Vbd {
-                devid,
-                backend: backend_path(domid, devid),
-                frontend: None,
-                disk,
-                conn: None,
-                state: XenbusState::Initialising,
-            })
+            .map(|(devid, disk)| Vbd::new(domid, devid, disk))
             .collect();
         let stop = Arc::new(AtomicBool::new(false));
         let t_stop = stop.clone();
+        let (commands, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(format!("{}-xenbus", dom.config.name))
             .spawn(move || {
-                run(&dom, &socket, &mut vbds, &t_stop);
+                run(&dom, &socket, &mut vbds, &rx, &t_stop);
                 for v in &mut vbds {
                     v.disconnect();
                 }
             })?;
         Ok(Self {
             stop,
+            commands,
             thread: Some(thread),
         })
+    }
+
+    /// Serves `disk` as device `devid` (its nodes already written by the toolstack).
+    pub fn attach(&self, devid: u32, disk: Arc<Disk>) -> Result<(), DeviceError> {
+        self.ask(|done| Command::Attach { devid, disk, done })
+    }
+
+    /// Starts removing device `devid` (see the module's description).
+    pub fn detach(&self, devid: u32, force: bool) -> Result<(), DeviceError> {
+        self.ask(|done| Command::Detach { devid, force, done })
+    }
+
+    fn ask(
+        &self,
+        cmd: impl FnOnce(Sender<Result<(), DeviceError>>) -> Command,
+    ) -> Result<(), DeviceError> {
+        let (done, answer) = mpsc::channel();
+        self.commands
+            .send(cmd(done))
+            .map_err(|_| DeviceError::NotRunning)?;
+        answer
+            .recv_timeout(COMMAND_TIMEOUT)
+            .map_err(|_| DeviceError::NotRunning)?
     }
 
     /// Stops the thread and every ring it connected.
@@ -137,16 +209,27 @@ fn stopping(dom: &DomainShared, stop: &AtomicBool) -> bool {
     stop.load(SeqCst) || dom.exit_reason().is_some()
 }
 
-fn run(dom: &Arc<DomainShared>, socket: &Path, vbds: &mut [Vbd], stop: &AtomicBool) {
+fn run(
+    dom: &Arc<DomainShared>,
+    socket: &Path,
+    vbds: &mut Vec<Vbd>,
+    commands: &Receiver<Command>,
+    stop: &AtomicBool,
+) {
     let mut delay = Duration::from_millis(10);
     let mut logged = false;
     while !stopping(dom, stop) {
-        match session(dom, socket, vbds, stop) {
+        match session(dom, socket, vbds, commands, stop) {
             Ok(()) => return,
             Err(e) => {
                 if !logged {
                     tracing::warn!(socket = %socket.display(), "blkback: xenstore connection: {e}; retrying");
                     logged = true;
+                }
+                // Commands are still taken while xenstored is away: an attached
+                // device is announced at the next connection.
+                while let Ok(cmd) = commands.try_recv() {
+                    let _ = apply(cmd, dom, vbds, None);
                 }
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(RECONNECT_MAX);
@@ -155,12 +238,103 @@ fn run(dom: &Arc<DomainShared>, socket: &Path, vbds: &mut [Vbd], stop: &AtomicBo
     }
 }
 
+/// Carries out one command; `c` is the xenstore connection when there is one. A
+/// failure of xenstore is returned after the command was answered.
+fn apply(
+    cmd: Command,
+    dom: &Arc<DomainShared>,
+    vbds: &mut Vec<Vbd>,
+    c: Option<&mut Client>,
+) -> Result<(), ClientError> {
+    let domid = dom.config.domid;
+    match cmd {
+        Command::Attach { devid, disk, done } => {
+            if vbds.iter().any(|v| v.devid == devid) {
+                let _ = done.send(Err(DeviceError::InUse(devid)));
+                return Ok(());
+            }
+            tracing::info!(devid, disk = %disk.path().display(), "blkback: disk attached");
+            vbds.push(Vbd::new(domid, devid, disk));
+            let result = match (c, vbds.last_mut()) {
+                (Some(c), Some(v)) => announce_and_watch(c, v, domid),
+                _ => Ok(()),
+            };
+            let _ = done.send(Ok(()));
+            result
+        }
+        Command::Detach { devid, force, done } => {
+            let Some(i) = vbds.iter().position(|v| v.devid == devid) else {
+                let _ = done.send(Err(DeviceError::NoSuchDevice(devid)));
+                return Ok(());
+            };
+            tracing::info!(devid, force, "blkback: detaching");
+            vbds[i].removing = true;
+            // The answer goes once the backend's nodes say what happened (Closing, or
+            // Closed when forced): the toolstack removes the nodes after it, and a
+            // later write here would bring them back.
+            let result = match c {
+                Some(c) => detach(c, dom, vbds, i, force),
+                None => {
+                    // Without xenstore nothing can be said to the frontend.
+                    let mut v = vbds.remove(i);
+                    v.disconnect();
+                    Ok(())
+                }
+            };
+            let _ = done.send(Ok(()));
+            result
+        }
+    }
+}
+
+/// Starts (or, with `force`, completes) the removal of device `i`.
+fn detach(
+    c: &mut Client,
+    dom: &Arc<DomainShared>,
+    vbds: &mut Vec<Vbd>,
+    i: usize,
+    force: bool,
+) -> Result<(), ClientError> {
+    if force {
+        vbds[i].close(c)?;
+    } else {
+        vbds[i].set_state(c, XenbusState::Closing)?;
+        // The frontend's answer (or its current state, if it never connected or
+        // already closed) decides what follows.
+        vbds[i].frontend_changed(c, dom)?;
+    }
+    if vbds[i].state == XenbusState::Closed {
+        forget(c, vbds, i);
+    }
+    Ok(())
+}
+
+/// Announces a new device and watches its frontend.
+fn announce_and_watch(c: &mut Client, v: &mut Vbd, domid: u16) -> Result<(), ClientError> {
+    v.announce(c, domid)?;
+    if let Some(f) = &v.frontend {
+        c.watch(&format!("{f}/state"), &v.devid.to_string())?;
+    }
+    Ok(())
+}
+
+/// Drops device `i` (closed): its watch goes, its disk is closed.
+fn forget(c: &mut Client, vbds: &mut Vec<Vbd>, i: usize) {
+    let mut v = vbds.remove(i);
+    v.disconnect();
+    if let Some(f) = &v.frontend {
+        let _ = c.unwatch(&format!("{f}/state"), &v.devid.to_string());
+    }
+    tracing::info!(devid = v.devid, "blkback: disk detached");
+}
+
 /// One connection to xenstored: announce, watch, react until stopped or the
 /// connection fails.
 fn session(
     dom: &Arc<DomainShared>,
     socket: &Path,
-    vbds: &mut [Vbd],
+    vbds: &mut Vec<Vbd>,
+    commands: &Receiver<Command>,
     stop: &AtomicBool,
 ) -> Result<(), ClientError> {
     let mut c = Client::connect(socket)?;
@@ -176,13 +350,19 @@ fn session(
         if stopping(dom, stop) {
             return Ok(());
         }
+        while let Ok(cmd) = commands.try_recv() {
+            apply(cmd, dom, vbds, Some(&mut c))?;
+        }
         c.set_timeout(Some(EVENT_POLL))?;
         let event = c.next_event();
         c.set_timeout(Some(REQUEST_TIMEOUT))?;
         match event {
             Ok((_path, token)) => {
-                if let Some(v) = vbds.iter_mut().find(|v| v.devid.to_string() == token) {
-                    v.frontend_changed(&mut c, dom)?;
+                if let Some(i) = vbds.iter().position(|v| v.devid.to_string() == token) {
+                    vbds[i].frontend_changed(&mut c, dom)?;
+                    if vbds[i].removing && vbds[i].state == XenbusState::Closed {
+                        forget(&mut c, vbds, i);
+                    }
                 }
             }
             Err(ClientError::Io(e))
@@ -279,6 +459,12 @@ impl Vbd {
         }
     }
 
+    /// Disconnects and writes backend `state` = Closed.
+    fn close(&mut self, c: &mut Client) -> Result<(), ClientError> {
+        self.disconnect();
+        self.set_state(c, XenbusState::Closed)
+    }
+
     /// Reads `frontend`, publishes the features and enters InitWait (unless already
     /// further along, after a xenstored restart).
     fn announce(&mut self, c: &mut Client, domid: u16) -> Result<(), ClientError> {
@@ -306,6 +492,9 @@ impl Vbd {
         dom: &Arc<DomainShared>,
     ) -> Result<(), ClientError> {
         let Some(front) = self.frontend.clone() else {
+            if self.removing && self.state != XenbusState::Closed {
+                self.close(c)?;
+            }
             return Ok(());
         };
         let raw = read_opt(c, &format!("{front}/state"))?;
@@ -315,6 +504,26 @@ impl Vbd {
             .and_then(XenbusState::from_value)
             .unwrap_or(XenbusState::Unknown);
         tracing::debug!(devid = self.devid, frontend = ?fs, backend = ?self.state, "blkback: frontend state");
+        if self.removing {
+            // Being detached: never (re)connect; close once the frontend has closed,
+            // or at once if it never connected (nothing of the guest's is in use).
+            let closed = match fs {
+                XenbusState::Closing => {
+                    self.disconnect();
+                    false
+                }
+                XenbusState::Connected | XenbusState::Initialised => false,
+                XenbusState::Reconfiguring | XenbusState::Reconfigured => false,
+                XenbusState::Closed
+                | XenbusState::Unknown
+                | XenbusState::Initialising
+                | XenbusState::InitWait => true,
+            };
+            if closed && self.state != XenbusState::Closed {
+                self.close(c)?;
+            }
+            return Ok(());
+        }
         match fs {
             XenbusState::Initialised | XenbusState::Connected => {
                 if self.state == XenbusState::Connected && self.conn.is_some() {

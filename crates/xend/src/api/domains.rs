@@ -9,8 +9,8 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use rxen_xend_api::{
-    CreateReply, CreateRequest, ManagedReply, MemoryRequest, RenameRequest, ShutdownQuery,
-    UptimeReply, VcpusRequest,
+    CreateReply, CreateRequest, DiskAttachRequest, DiskDetachQuery, ManagedReply, MemoryRequest,
+    RenameRequest, ShutdownQuery, UptimeReply, VcpusRequest,
 };
 use rxen_xlcfg::DomainSpec;
 
@@ -236,6 +236,48 @@ pub async fn console_input(
     }
     st.xend.console_input(&id, text).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn disks(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(st.xend.disks(&id).await?))
+}
+
+pub async fn attach_disk(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let b: DiskAttachRequest = parse_json(&body)?;
+    let disk = st.xend.attach_disk(&id, &b.disk).await?;
+    Ok((StatusCode::CREATED, Json(disk)))
+}
+
+/// The longest a detach may wait for the guest, seconds.
+const MAX_DETACH_WAIT_S: f64 = 600.0;
+
+fn detach_wait(q: &DiskDetachQuery) -> ApiResult<Duration> {
+    match q.wait {
+        None => Ok(crate::state::disks::DETACH_WAIT),
+        Some(w) if w.is_finite() && (0.0..=MAX_DETACH_WAIT_S).contains(&w) => {
+            Ok(Duration::from_secs_f64(w))
+        }
+        Some(_) => Err(ApiError::bad_request(format!(
+            "wait must be between 0 and {MAX_DETACH_WAIT_S} seconds"
+        ))),
+    }
+}
+
+pub async fn detach_disk(
+    State(st): State<AppState>,
+    Path((id, dev)): Path<(String, String)>,
+    q: Result<Query<DiskDetachQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let wait = detach_wait(&q)?;
+    Ok(Json(st.xend.detach_disk(&id, &dev, q.force, wait).await?))
 }
 
 pub async fn new_managed(State(st): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {

@@ -59,6 +59,14 @@ pub fn router(state: AppState) -> Router {
             "/domains/{id}/console",
             get(domains::console).post(domains::console_input),
         )
+        .route(
+            "/domains/{id}/disks",
+            get(domains::disks).post(domains::attach_disk),
+        )
+        .route(
+            "/domains/{id}/disks/{dev}",
+            axum::routing::delete(domains::detach_disk),
+        )
         .route("/managed", post(domains::new_managed))
         .route("/managed/{name}/start", post(domains::start_managed))
         .route(

@@ -63,7 +63,7 @@ fn check_image_file(what: &str, k: &str) -> DomainResult<()> {
 /// A disk's target must be a regular file or a block device the VMM can open (it is
 /// opened again by the VMM, which refuses anything else too), and only raw images are
 /// served.
-fn check_disk(d: &rxen_xlcfg::devices::DiskSpec) -> DomainResult<()> {
+pub(super) fn check_disk(d: &rxen_xlcfg::devices::DiskSpec) -> DomainResult<()> {
     use std::os::unix::fs::FileTypeExt;
     let bad = |why: String| {
         Err(DomainError::InvalidConfig(format!(
@@ -198,6 +198,7 @@ impl Xend {
         if reg.by_uuid(uuid).is_some() {
             return Err(DomainError::UuidInUse(uuid.to_string()));
         }
+        super::disks::sharing_conflict(&reg, &spec.name, &spec.disks)?;
         let wanted = domain_footprint_mib(spec);
         let used: u64 = reg
             .iter()

@@ -32,6 +32,18 @@ pub enum DomainError {
     /// The VMM refused the domain (bad image, sizes): the client's config is at fault.
     #[error("xen-vmm could not build the domain: {0}")]
     BuildFailed(String),
+    /// A disk another domain uses, where either may write.
+    #[error("{0}")]
+    DiskInUse(String),
+    /// The domain already has a disk on that virtual device.
+    #[error("{0}")]
+    DeviceInUse(String),
+    /// The domain has no such disk.
+    #[error("{0}")]
+    NoDevice(String),
+    /// The VMM refused a device (it cannot open the disk, ...).
+    #[error("{0}")]
+    DeviceRefused(String),
     #[error("the guest did not shut down in time (use force to destroy it)")]
     ShutdownTimeout,
     #[error("{0}")]

@@ -49,6 +49,17 @@ impl Env {
         self.inner.post(path, &body.to_string())
     }
 
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.inner.delete(path)
+    }
+
+    /// Kills xend (SIGKILL; domains keep running) and starts it again on the same
+    /// state directory, so that it adopts them.
+    pub fn restart_xend(&mut self) {
+        self.inner.kill_xend();
+        self.inner.start_xend();
+    }
+
     /// Creates a domain through the API (so tests of other commands do not depend
     /// on `xm create`).
     pub fn create(&self, cfg: &str) -> Value {
@@ -90,3 +101,4 @@ pub fn rows(text: &str) -> Vec<Vec<String>> {
         .map(|l| l.split_whitespace().map(String::from).collect())
         .collect()
 }
+pub mod guests;
