@@ -4,84 +4,8 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-
+use common::guests::{mini_os, pv_grub, Console};
 use common::{kvm_available, wait_until, Env};
-
-/// Debian's PV-GRUB (`grub-xen-host`), or `RXEN_PVGRUB`.
-fn pv_grub(test: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("RXEN_PVGRUB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/grub-xen/grub-x86_64-xen.bin"));
-    if path.exists() {
-        return Some(path);
-    }
-    let why = format!(
-        "{} is missing (apt-get install grub-xen-host, or set RXEN_PVGRUB)",
-        path.display()
-    );
-    assert!(
-        std::env::var_os("RXEN_REQUIRE_KVM").is_none(),
-        "{test}: {why}"
-    );
-    eprintln!("SKIPPED {test}: {why}");
-    None
-}
-
-/// An attached `xm console DOMAIN` whose input we type and whose output we collect.
-struct Console {
-    child: Child,
-    seen: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Console {
-    fn attach(env: &Env, domain: &str) -> Console {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xm"))
-            .args(["console", domain])
-            .env("XEND_URL", env.url())
-            .env_remove("XEND_AUTH_TOKEN")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("xm console");
-        let mut out = child.stdout.take().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = out.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        Console { child, seen }
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
-
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.child.stdin.as_mut().unwrap();
-        stdin.write_all(line.as_bytes()).unwrap();
-        // Not a terminal: xm sends stdin line by line; GRUB takes `\n` as Enter.
-        stdin.write_all(b"\n").unwrap();
-        stdin.flush().unwrap();
-    }
-}
-
-impl Drop for Console {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// PV-GRUB boots to `grub>`, runs `echo hello` typed on `xm console`, and `halt`
 /// powers the domain off.
@@ -127,32 +51,6 @@ fn pv_grub_prompt_echo_and_halt() {
         let (status, _) = env.get("/domains/grub");
         status == 404
     });
-}
-
-/// Xen's Mini-OS (`../shared/guests/mini-os-blk`, or `RXEN_GUESTS_DIR`).
-fn mini_os(test: &str) -> Option<PathBuf> {
-    let dir = std::env::var_os("RXEN_GUESTS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../../shared/guests"
-            ))
-        });
-    let path = dir.join("mini-os-blk");
-    if path.exists() {
-        return Some(path);
-    }
-    let why = format!(
-        "{} is missing (../shared/guests, or set RXEN_GUESTS_DIR)",
-        path.display()
-    );
-    assert!(
-        std::env::var_os("RXEN_REQUIRE_KVM").is_none(),
-        "{test}: {why}"
-    );
-    eprintln!("SKIPPED {test}: {why}");
-    None
 }
 
 /// Mini-OS boots without a disk, runs its xenbus test against our xenstored, prints
