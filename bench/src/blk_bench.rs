@@ -209,6 +209,12 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
             &format!("mode=bench ms={ms}"),
             "blkbench: done",
         )?;
+        if out
+            .lines()
+            .any(|l| l.contains("errors=") && !l.contains("errors=0"))
+        {
+            return Err(format!("blkbench saw failed requests: {out}"));
+        }
         let h = host(&img, size, Duration::from_millis(ms))?;
         let g = |k| value_of(&out, k);
         let feats = out
