@@ -4,6 +4,7 @@
 //!
 //! Owns measurement only; it must not contain VMM or guest logic.
 
+mod blk_bench;
 mod pv_bench;
 mod vmm_bench;
 mod xend_bench;
@@ -54,6 +55,7 @@ fn main() {
         ("PV guests", pv_bench::run(&wants, cli.quick)),
         ("xenstore", xenstore_bench::run(&wants, cli.quick)),
         ("xend", xend_bench::run(&wants, cli.quick)),
+        ("block devices", blk_bench::run(&wants, cli.quick)),
     ] {
         match result {
             Ok(f) => figures.extend(f),

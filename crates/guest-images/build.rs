@@ -21,6 +21,7 @@ const GUESTS: &[&str] = &[
     "traps",
     "pvmmu",
     "mmubench",
+    "blkbench",
 ];
 const DEFAULT_GUEST: &str = "idle";
 

@@ -98,6 +98,57 @@ pub const BLKIF_SLOT_SIZE: usize = core::mem::size_of::<BlkifRequest>();
 /// Slots of a one-page blkif ring (`__CONST_RING_SIZE(blkif, 4096)`).
 pub const BLKIF_RING_SIZE_1PAGE: usize = crate::ring::ring_size(4096, BLKIF_SLOT_SIZE);
 
+/// Indirect pages a `BLKIF_OP_INDIRECT` request names at most
+/// (`BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST`).
+pub const BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST: usize = 8;
+/// Segments (`struct blkif_request_segment`, 8 bytes) in one indirect page.
+pub const BLKIF_SEGS_PER_INDIRECT_FRAME: usize = 4096 / 8;
+/// `BLKIF_DISCARD_SECURE`: the `flag` of a discard (ignored unless `discard-secure`).
+pub const BLKIF_DISCARD_SECURE: u8 = 1;
+
+/// `struct blkif_request_indirect` (x86-64 layout, 64 bytes; overlays a ring slot when
+/// `operation` is `BLKIF_OP_INDIRECT`).
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct BlkifRequestIndirect {
+    pub operation: u8,
+    /// `BLKIF_OP_READ` or `BLKIF_OP_WRITE`.
+    pub indirect_op: u8,
+    pub nr_segments: u16,
+    pub pad1: u32,
+    pub id: u64,
+    pub sector_number: u64,
+    pub handle: u16,
+    pub pad2: u16,
+    /// Grants of the pages holding the segments (512 per page).
+    pub indirect_grefs: [u32; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
+    pub pad3: u32,
+}
+
+/// `struct blkif_request_discard` (x86-64 layout; overlays a ring slot when
+/// `operation` is `BLKIF_OP_DISCARD`).
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct BlkifRequestDiscard {
+    pub operation: u8,
+    /// `BLKIF_DISCARD_SECURE` or 0.
+    pub flag: u8,
+    pub handle: u16,
+    pub pad: u32,
+    pub id: u64,
+    pub sector_number: u64,
+    pub nr_sectors: u64,
+}
+
+/// Slots of a blkif ring of `1 << order` pages (`__CONST_RING_SIZE(blkif, 4096 << order)`).
+pub const fn blkif_ring_size(order: u32) -> usize {
+    crate::ring::ring_size(4096 << order, BLKIF_SLOT_SIZE)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +176,29 @@ mod tests {
         assert_layout!(BlkifResponse, size = 16, id = 0, operation = 8, status = 10);
         assert_eq!(BLKIF_SLOT_SIZE, 112);
         assert_eq!(BLKIF_RING_SIZE_1PAGE, 32);
+        assert_layout!(
+            BlkifRequestIndirect,
+            size = 64,
+            operation = 0,
+            indirect_op = 1,
+            nr_segments = 2,
+            id = 8,
+            sector_number = 16,
+            handle = 24,
+            indirect_grefs = 28
+        );
+        assert_layout!(
+            BlkifRequestDiscard,
+            size = 32,
+            operation = 0,
+            flag = 1,
+            handle = 2,
+            id = 8,
+            sector_number = 16,
+            nr_sectors = 24
+        );
+        assert_eq!(blkif_ring_size(0), 32);
+        assert_eq!(blkif_ring_size(1), 64);
+        assert_eq!(blkif_ring_size(4), 512);
     }
 }

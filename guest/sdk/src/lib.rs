@@ -3,7 +3,7 @@
 //!
 //! It owns the guest side of the ABI: the entry point and boot from `start_info`
 //! ([`start`]), hypercall wrappers ([`hypercall`]), the console ([`println!`]), event
-//! channels ([`events`]), grant tables ([`grant`]), time and timers ([`time`]), the heap ([`heap`]), a small
+//! channels ([`events`]), grant tables ([`grant`]), the block frontend ([`blkfront`]), time and timers ([`time`]), the heap ([`heap`]), a small
 //! executor that blocks in `SCHEDOP_block` when idle ([`executor`]), secondary vCPUs
 //! ([`smp`]) and the panic handler. It must not contain application logic; example
 //! guests live in the `examples` crate.
@@ -16,6 +16,7 @@
 
 extern crate alloc;
 
+pub mod blkfront;
 pub mod console;
 mod console_ring;
 pub mod events;

@@ -86,7 +86,8 @@ enum Cmd {
         #[arg(long, value_name = "PATH")]
         xenstored_socket: Option<PathBuf>,
         /// A virtual block device served by the in-VMM blkback: DEVID:MODE:PATH, with
-        /// Xen's device number (768 = hda, 51712 = xvda), MODE r or w, and a regular
+        /// Xen's device number (768 = hda, 51712 = xvda), MODE r or w (`r,direct` or
+        /// `w,direct`: bypass the host page cache with O_DIRECT), and a regular
         /// file or block device. Its xenbus nodes must already exist (xend writes them);
         /// repeatable; needs --xenstored-socket.
         #[arg(long, value_name = "DEVID:MODE:PATH", requires = "xenstored_socket")]

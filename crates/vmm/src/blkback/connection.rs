@@ -1,7 +1,11 @@
-//! A connected ring: the frontend's ring page mapped (writable grant), domain 0's end
-//! of its event channel, and a thread that serves the ring whenever the frontend
-//! notifies. Dropping or [`stop`](Connection::stop)ping it joins the thread, closes
-//! the event channel end and unmaps the page (the frontend may then end its grant).
+//! A connected ring: the frontend's ring pages mapped (writable grants), domain 0's end
+//! of its event channel, a thread that takes requests whenever the frontend notifies,
+//! and the ring's I/O workers ([`super::pool`]). The ring thread prepares each request
+//! ([`super::dispatch`]), hands it to the workers and goes on taking more (up to a
+//! ring's worth in flight); whenever workers finish, it publishes every response
+//! finished by then and notifies once for the batch. Dropping or
+//! [`stop`](Connection::stop)ping it joins the threads, closes the event channel end and
+//! unmaps the pages (the frontend may then end its grants).
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -9,8 +13,12 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::disk::Disk;
-use super::io;
-use super::ring::BackRing;
+use super::dispatch::Dispatcher;
+use super::io::Store;
+use super::negotiate::FrontendRing;
+use super::pool::{Pool, WORKERS};
+use super::request::{Limits, MAX_INDIRECT_SEGMENTS};
+use super::ring::{BackRing, RingError};
 use crate::domain::DomainShared;
 use crate::grant::DOM0;
 
@@ -27,7 +35,7 @@ pub enum ConnectError {
     },
     #[error("binding event-channel {port}: errno {errno}")]
     EventChannel { port: u32, errno: i32 },
-    #[error("starting the ring thread: {0}")]
+    #[error("starting the ring threads: {0}")]
     Thread(std::io::Error),
 }
 
@@ -40,39 +48,68 @@ pub struct Connection {
     thread: Option<JoinHandle<()>>,
 }
 
+/// The features offered for `disk` (see [`super::negotiate::backend_features`]).
+pub fn limits_of(disk: &Disk) -> Limits {
+    Limits {
+        disk_sectors: disk.sectors(),
+        writable: disk.writable(),
+        max_indirect_segments: MAX_INDIRECT_SEGMENTS,
+        discard: disk.writable(),
+    }
+}
+
 impl Connection {
-    /// Maps `ring_ref`, binds the guest's unbound port `evtchn` and starts serving.
+    /// Maps the ring pages, binds the guest's unbound port and starts serving.
     pub fn start(
         dom: Arc<DomainShared>,
         disk: Arc<Disk>,
-        ring_ref: u32,
-        evtchn: u32,
+        ring: &FrontendRing,
         name: String,
     ) -> Result<Self, ConnectError> {
-        let page = dom
-            .grants
-            .map(DOM0, ring_ref, false)
-            .map_err(|source| ConnectError::Ring {
-                gref: ring_ref,
-                source,
-            })?;
+        let mut pages = Vec::with_capacity(ring.ring_refs.len());
+        for gref in &ring.ring_refs {
+            let page = dom
+                .grants
+                .map(DOM0, *gref, false)
+                .map_err(|source| ConnectError::Ring {
+                    gref: *gref,
+                    source,
+                })?;
+            pages.push(page);
+        }
         let endpoint = dom
             .evtchn
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .dom0_bind_interdomain(evtchn)
+            .dom0_bind_interdomain(ring.evtchn)
             .map_err(|errno| ConnectError::EventChannel {
-                port: evtchn,
+                port: ring.evtchn,
                 errno,
             })?;
+        let dom0_port = endpoint.port;
+        let close = |dom: &DomainShared| {
+            let _ = dom
+                .evtchn
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .dom0_close(dom0_port);
+        };
+        let store = Arc::new(Store::new(disk.clone(), disk.direct_io()));
+        let pool = match Pool::new(&name, WORKERS, store, dom.grants.clone()) {
+            Ok(p) => p,
+            Err(e) => {
+                close(&dom);
+                return Err(ConnectError::Thread(e));
+            }
+        };
+        let dispatcher = Dispatcher::new(limits_of(&disk), dom.grants.clone(), ring.persistent);
         let stop = Arc::new(AtomicBool::new(false));
         let wake = endpoint.notify.clone();
-        let dom0_port = endpoint.port;
         let (t_dom, t_stop) = (dom.clone(), stop.clone());
         let spawned = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                let mut ring = BackRing::new(page);
+                let mut ring = BackRing::with_pages(pages);
                 let port = endpoint.port;
                 let notify = || {
                     let _ = t_dom
@@ -81,34 +118,25 @@ impl Connection {
                         .unwrap_or_else(|e| e.into_inner())
                         .dom0_notify(port);
                 };
-                loop {
-                    let served = ring.serve(|req| io::handle(req, &disk, &t_dom.grants), notify);
-                    if let Err(why) = served {
-                        tracing::warn!("{name}: the frontend broke the ring ({why}); ring stopped");
-                        return;
-                    }
+                let fds = [endpoint.notify.as_raw_fd(), pool.wake_fd()];
+                let r = serve(&mut ring, dispatcher, &pool, notify, || {
                     if t_stop.load(SeqCst) || t_dom.exit_reason().is_some() {
-                        return;
+                        return false;
                     }
-                    let mut fds = [libc::pollfd {
-                        fd: endpoint.notify.as_raw_fd(),
-                        events: libc::POLLIN,
-                        revents: 0,
-                    }];
-                    // SAFETY: poll on one valid descriptor (owned by the endpoint this
-                    // thread holds) for a bounded time.
-                    unsafe { libc::poll(fds.as_mut_ptr(), 1, IDLE_POLL_MS) };
+                    wait(&fds);
                     let _ = endpoint.notify.read();
+                    true
+                });
+                if let Err(why) = r {
+                    tracing::warn!("{name}: the frontend broke the ring ({why}); ring stopped");
                 }
+                // Dropping the pool lets queued jobs finish before the pages go.
+                drop(pool);
             });
         let thread = match spawned {
             Ok(t) => t,
             Err(e) => {
-                let _ = dom
-                    .evtchn
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .dom0_close(dom0_port);
+                close(&dom);
                 return Err(ConnectError::Thread(e));
             }
         };
@@ -140,5 +168,47 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Blocks until one of `fds` is readable (or the idle timeout).
+fn wait(fds: &[i32; 2]) {
+    let mut p = fds.map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    // SAFETY: poll on two valid descriptors owned by the caller, for a bounded time.
+    unsafe { libc::poll(p.as_mut_ptr(), 2, IDLE_POLL_MS) };
+}
+
+/// The ring thread's loop: take and dispatch every request, publish every finished
+/// response in one batch (one notify), arm `req_event`, and `idle` (wait for a notify
+/// or a finished job; false: stop) when there is nothing to take.
+pub fn serve(
+    ring: &mut BackRing,
+    mut dispatcher: Dispatcher,
+    pool: &Pool,
+    mut notify: impl FnMut(),
+    mut idle: impl FnMut() -> bool,
+) -> Result<(), RingError> {
+    loop {
+        let mut ready = Vec::new();
+        for raw in ring.take_requests()? {
+            match dispatcher.prepare(&raw) {
+                Ok(job) => pool.submit(job),
+                Err(rsp) => ready.push(rsp),
+            }
+        }
+        ready.extend(pool.take_done());
+        if !ready.is_empty() && ring.put_responses(&ready)? {
+            notify();
+        }
+        if ring.final_check()? {
+            continue;
+        }
+        if !idle() {
+            return Ok(());
+        }
     }
 }

@@ -29,6 +29,8 @@ pub struct Disk {
     path: PathBuf,
     sectors: u64,
     writable: bool,
+    /// Serve reads and writes with `O_DIRECT` (see `io::Store`).
+    direct_io: bool,
 }
 
 impl Disk {
@@ -66,7 +68,19 @@ impl Disk {
             path: path.to_path_buf(),
             sectors,
             writable,
+            direct_io: false,
         })
+    }
+
+    /// The same disk, served with `O_DIRECT` when `on` (bypassing the host page cache).
+    pub fn with_direct_io(mut self, on: bool) -> Self {
+        self.direct_io = on;
+        self
+    }
+
+    /// Whether reads and writes should bypass the host page cache.
+    pub fn direct_io(&self) -> bool {
+        self.direct_io
     }
 
     /// Size in 512-byte sectors.
@@ -100,6 +114,12 @@ impl Disk {
     /// Makes written data durable (`fdatasync`).
     pub fn flush(&self) -> std::io::Result<()> {
         self.file.sync_data()
+    }
+}
+
+impl std::os::fd::AsRawFd for Disk {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
     }
 }
 

@@ -1,17 +1,25 @@
-//! Executes validated requests: data moves between the disk and the frontend's granted
-//! pages by grant copy (`GrantTable::copy_from_grant`/`copy_to_grant`, one per
-//! segment), so a bad grant fails that request with `BLKIF_RSP_ERROR` and nothing else.
+//! Executes validated requests on the disk. Data moves between the disk and the
+//! frontend's pages through a bounce buffer (4 KiB aligned, so that an `O_DIRECT`
+//! descriptor can use it): a page is either persistently mapped
+//! ([`Page::Mapped`], see [`super::persistent`]) or reached by grant copy
+//! (`GrantTable::copy_from_grant`/`copy_to_grant`, [`Page::Granted`]); a bad grant fails
+//! that request with `BLKIF_RSP_ERROR` and nothing else.
 //!
-//! Milestone 1 is synchronous: one request at a time, in ring order, on the ring's
-//! thread (`pread`/`pwrite` of the whole request, `fdatasync` for flushes).
+//! Runs on the ring's worker threads ([`super::pool`]): one `pread`/`pwrite` per
+//! request, `fdatasync` for flushes, a punched hole (`fallocate(PUNCH_HOLE|KEEP_SIZE)`)
+//! for discards.
 
-use rxen_abi::blkif::{
-    BlkifRequest, BlkifResponse, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, BLKIF_SECTOR_SIZE,
-};
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use rxen_abi::blkif::{BlkifResponse, BLKIF_SECTOR_SIZE};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::disk::Disk;
-use super::request::{self, Op, Request};
-use crate::grant::{GrantTable, DOM0};
+use super::request::{Op, Request};
+use crate::grant::{GrantMapping, GrantTable, DOM0};
 
 /// Why an accepted request failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,78 +34,213 @@ pub enum IoError {
     Disk(#[from] std::io::Error),
 }
 
-/// Carries out `req`.
-pub fn execute(req: &Request, disk: &Disk, grants: &GrantTable) -> Result<(), IoError> {
+/// How a segment's page is reached.
+#[derive(Clone, Debug)]
+pub enum Page {
+    /// Persistently mapped.
+    Mapped(Arc<GrantMapping>),
+    /// By grant copy of this reference.
+    Granted(u32),
+}
+
+/// A request ready to run: one [`Page`] per segment.
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub req: Request,
+    pub pages: Vec<Page>,
+}
+
+/// Where a vbd's data lives: the disk, and when asked for, a second descriptor of the
+/// same open file with `O_DIRECT` (bypassing the host's page cache) used for reads and
+/// writes whose offset and length suit it; the buffered descriptor serves the rest.
+pub struct Store {
+    pub disk: Arc<Disk>,
+    direct: Option<File>,
+}
+
+/// Alignment `O_DIRECT` transfers get (offset, length and buffer).
+const DIRECT_ALIGN: u64 = 4096;
+
+impl Store {
+    /// The store of `disk`; with `direct`, reopens its descriptor with `O_DIRECT`
+    /// (a file system that refuses it leaves the buffered path, with a warning).
+    pub fn new(disk: Arc<Disk>, direct: bool) -> Self {
+        let direct = if direct { reopen_direct(&disk) } else { None };
+        Self { disk, direct }
+    }
+
+    /// Whether an `O_DIRECT` descriptor is in use.
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
+    }
+
+    fn direct_for(&self, offset: u64, len: usize) -> Option<&File> {
+        self.direct.as_ref().filter(|_| {
+            offset.is_multiple_of(DIRECT_ALIGN) && (len as u64).is_multiple_of(DIRECT_ALIGN)
+        })
+    }
+
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        match self.direct_for(offset, buf.len()) {
+            Some(f) => f.read_exact_at(buf, offset),
+            None => self.disk.read_at(offset, buf),
+        }
+    }
+
+    fn write_at(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        match self.direct_for(offset, data.len()) {
+            Some(f) if self.disk.writable() => f.write_all_at(data, offset),
+            _ => self.disk.write_at(offset, data),
+        }
+    }
+
+    fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
+        if !self.disk.writable() {
+            return Err(std::io::Error::from_raw_os_error(libc::EROFS));
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        // SAFETY: fallocate on a descriptor the disk owns; no memory is involved.
+        let rc = unsafe {
+            libc::fallocate(
+                self.disk.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                n,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+fn reopen_direct(disk: &Disk) -> Option<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = format!("/proc/self/fd/{}", disk.as_raw_fd());
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(disk.writable())
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+    {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!(disk = %disk.path().display(), "blkback: O_DIRECT refused ({e}); using the page cache");
+            None
+        }
+    }
+}
+
+/// A 4 KiB block of the bounce buffer (aligned for `O_DIRECT`).
+#[repr(C, align(4096))]
+#[derive(Clone, Copy, FromBytes, IntoBytes, Immutable, KnownLayout)]
+struct Block([u8; 4096]);
+
+/// A worker's reusable bounce buffer.
+#[derive(Default)]
+pub struct Bounce {
+    blocks: Vec<Block>,
+}
+
+impl Bounce {
+    fn get(&mut self, len: usize) -> &mut [u8] {
+        let n = len.div_ceil(4096);
+        if self.blocks.len() < n {
+            self.blocks.resize(n, Block([0; 4096]));
+        }
+        &mut self.blocks[..n].as_mut_bytes()[..len]
+    }
+}
+
+fn grant_err(index: usize, page: &Page, source: crate::grant::GrantError) -> IoError {
+    let gref = match page {
+        Page::Mapped(m) => m.gref(),
+        Page::Granted(g) => *g,
+    };
+    IoError::Grant {
+        index,
+        gref,
+        source,
+    }
+}
+
+/// Carries out `job`.
+pub fn execute(
+    job: &Job,
+    store: &Store,
+    grants: &GrantTable,
+    bounce: &mut Bounce,
+) -> Result<(), IoError> {
+    let req = &job.req;
     let offset = req.sector * BLKIF_SECTOR_SIZE;
-    let mut buf = vec![0u8; req.bytes() as usize];
+    if let Op::Discard { sectors } = req.op {
+        store.discard(offset, sectors * BLKIF_SECTOR_SIZE)?;
+        return Ok(());
+    }
+    let buf = bounce.get(req.bytes() as usize);
+    let parts = req.segments.iter().zip(&job.pages).enumerate();
     match req.op {
         Op::Read => {
-            disk.read_at(offset, &mut buf)?;
+            store.read_at(offset, buf)?;
             let mut at = 0usize;
-            for (index, s) in req.segments.iter().enumerate() {
+            for (index, (s, page)) in parts {
                 let part = &buf[at..at + s.len as usize];
-                grants
-                    .copy_to_grant(DOM0, s.gref, s.offset, part)
-                    .map_err(|source| IoError::Grant {
-                        index,
-                        gref: s.gref,
-                        source,
-                    })?;
+                let r = match page {
+                    Page::Mapped(m) => m.write(s.offset, part),
+                    Page::Granted(g) => grants.copy_to_grant(DOM0, *g, s.offset, part),
+                };
+                r.map_err(|e| grant_err(index, page, e))?;
                 at += s.len as usize;
             }
         }
         Op::Write | Op::Flush => {
             let mut at = 0usize;
-            for (index, s) in req.segments.iter().enumerate() {
+            for (index, (s, page)) in parts {
                 let part = &mut buf[at..at + s.len as usize];
-                grants
-                    .copy_from_grant(DOM0, s.gref, s.offset, part)
-                    .map_err(|source| IoError::Grant {
-                        index,
-                        gref: s.gref,
-                        source,
-                    })?;
+                let r = match page {
+                    Page::Mapped(m) => m.read(s.offset, part),
+                    Page::Granted(g) => grants.copy_from_grant(DOM0, *g, s.offset, part),
+                };
+                r.map_err(|e| grant_err(index, page, e))?;
                 at += s.len as usize;
             }
             if !buf.is_empty() {
-                disk.write_at(offset, &buf)?;
+                store.write_at(offset, buf)?;
             }
             if req.op == Op::Flush {
-                disk.flush()?;
+                store.disk.flush()?;
             }
         }
+        Op::Discard { .. } => {}
     }
     Ok(())
 }
 
-/// Validates and executes one request slot, and says how it went. Refusals and
-/// failures are logged at debug level (a hostile frontend must not flood the log).
-pub fn handle(raw: &BlkifRequest, disk: &Disk, grants: &GrantTable) -> BlkifResponse {
-    let status = match request::parse(raw, disk.sectors(), disk.writable()) {
-        Err(refusal) => {
-            tracing::debug!(
-                id = raw.id,
-                op = raw.operation,
-                "blkback: request refused: {refusal}"
-            );
-            refusal.status()
-        }
-        Ok(req) => match execute(&req, disk, grants) {
-            Ok(()) => BLKIF_RSP_OKAY,
-            Err(e) => {
-                tracing::debug!(
-                    id = raw.id,
-                    op = raw.operation,
-                    "blkback: request failed: {e}"
-                );
-                BLKIF_RSP_ERROR
-            }
-        },
-    };
+/// The response to a request with `id` and `operation`.
+pub fn response(id: u64, operation: u8, status: i16) -> BlkifResponse {
     BlkifResponse {
-        id: raw.id,
-        operation: raw.operation,
+        id,
+        operation,
         status,
         ..Default::default()
     }
+}
+
+/// Runs `job` and answers it; failures are logged at debug level (a hostile frontend
+/// must not flood the log).
+pub fn run(job: &Job, store: &Store, grants: &GrantTable, bounce: &mut Bounce) -> BlkifResponse {
+    let status = match execute(job, store, grants, bounce) {
+        Ok(()) => rxen_abi::blkif::BLKIF_RSP_OKAY,
+        Err(e) => {
+            tracing::debug!(id = job.req.id, "blkback: request failed: {e}");
+            rxen_abi::blkif::BLKIF_RSP_ERROR
+        }
+    };
+    response(job.req.id, job.req.operation, status)
 }

@@ -7,8 +7,11 @@
 //! xenstore run by [`xenbus::XenbusBackend`] (one thread with a domain-0 connection to
 //! xenstored for all of the domain's vbds), and once the frontend connected, a
 //! [`connection::Connection`]: the ring page mapped through the grant table, domain 0's
-//! end of the event channel, and a thread serving the [`ring::BackRing`] with
-//! [`request`] validation and [`io`] by grant copy.
+//! end of the event channel, a thread serving the [`ring::BackRing`] (one page or
+//! `1 << ring-page-order`) with [`request`] validation ([`dispatch`]: indirect
+//! segments, persistent grants), and I/O workers ([`pool`], [`io`]) that keep several
+//! requests in flight; responses are published in batches with one notify each.
+//! [`negotiate`] says what is offered and accepted in xenstore.
 //!
 //! This module must not trust anything the guest wrote (its xenstore nodes, the ring,
 //! its grants): every value is read once and checked, and a lie ends in an error
@@ -18,8 +21,12 @@
 
 pub mod connection;
 pub mod disk;
+pub mod dispatch;
 pub mod hotplug;
 pub mod io;
+pub mod negotiate;
+pub mod persistent;
+pub mod pool;
 pub mod request;
 pub mod ring;
 pub mod xenbus;
@@ -35,13 +42,16 @@ pub struct VbdConfig {
     /// Xen's device number (`virtual-device`, e.g. 768 for hda, 51712 for xvda).
     pub devid: u32,
     pub writable: bool,
+    /// MODE ended in `,direct`: serve with `O_DIRECT` (bypass the host page cache).
+    pub direct: bool,
     pub path: PathBuf,
 }
 
 impl std::str::FromStr for VbdConfig {
     type Err = String;
 
-    /// `DEVID:MODE:PATH`: MODE `r` or `w`; the path may contain colons.
+    /// `DEVID:MODE:PATH`: MODE `r` or `w`, optionally followed by `,direct`; the path
+    /// may contain colons.
     fn from_str(s: &str) -> Result<Self, String> {
         let mut it = s.splitn(3, ':');
         let (Some(devid), Some(mode), Some(path)) = (it.next(), it.next(), it.next()) else {
@@ -54,10 +64,18 @@ impl std::str::FromStr for VbdConfig {
             .ok()
             .filter(|d| *d > 0)
             .ok_or_else(|| format!("{s:?}: device number {devid:?} is not a positive integer"))?;
+        let (mode, direct) = match mode.strip_suffix(",direct") {
+            Some(m) => (m, true),
+            None => (mode, false),
+        };
         let writable = match mode {
             "w" => true,
             "r" => false,
-            _ => return Err(format!("{s:?}: mode {mode:?} must be r or w")),
+            _ => {
+                return Err(format!(
+                    "{s:?}: mode {mode:?} must be r or w (optionally with ,direct)"
+                ))
+            }
         };
         if path.is_empty() {
             return Err(format!("{s:?}: no path"));
@@ -65,6 +83,7 @@ impl std::str::FromStr for VbdConfig {
         Ok(Self {
             devid,
             writable,
+            direct,
             path: PathBuf::from(path),
         })
     }
@@ -78,7 +97,9 @@ pub fn open_disks(vbds: &[VbdConfig]) -> Result<Vec<(u32, Arc<disk::Disk>)>, Str
         if out.iter().any(|(d, _)| *d == v.devid) {
             return Err(format!("two disks have device number {}", v.devid));
         }
-        let d = disk::Disk::open(&v.path, v.writable).map_err(|e| e.to_string())?;
+        let d = disk::Disk::open(&v.path, v.writable)
+            .map_err(|e| e.to_string())?
+            .with_direct_io(v.direct);
         out.push((v.devid, Arc::new(d)));
     }
     Ok(out)
@@ -110,11 +131,23 @@ mod cli_tests {
             VbdConfig {
                 devid: 768,
                 writable: true,
+                direct: false,
                 path: "/tmp/a:b.img".into()
             }
         );
+        let d: VbdConfig = "768:w,direct:/x".parse().unwrap();
+        assert!(d.direct && d.writable);
         assert!(!"51712:r:/x".parse::<VbdConfig>().unwrap().writable);
-        for bad in ["768:w", "x:w:/a", "0:w:/a", "768:rw:/a", "768:w:", ""] {
+        for bad in [
+            "768:w",
+            "x:w:/a",
+            "0:w:/a",
+            "768:rw:/a",
+            "768:w:",
+            "",
+            "768:w,dirct:/a",
+            "768:,direct:/a",
+        ] {
             assert!(bad.parse::<VbdConfig>().is_err(), "{bad:?}");
         }
     }

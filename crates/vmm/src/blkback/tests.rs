@@ -13,30 +13,37 @@ use rxen_abi::PAGE_SIZE;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::disk::Disk;
+use super::dispatch::{self, Dispatcher};
 use super::io;
+use super::request::Limits;
 use super::ring::{BackRing, RingError};
 use crate::grant::{GrantTable, DOM0};
 use crate::memory::GuestRam;
 
-const GUEST: u16 = 9;
-const TABLE_PFN: u64 = 0x600;
-const RING_PFN: u64 = 0x700;
+pub(super) const GUEST: u16 = 9;
+pub(super) const TABLE_PFN: u64 = 0x600;
+pub(super) const RING_PFN: u64 = 0x700;
 /// Data pages start here; gref `DATA_GREF + i` grants page `DATA_PFN + i`.
-const DATA_PFN: u64 = 0x710;
-const RING_GREF: u32 = 1;
-const DATA_GREF: u32 = 10;
-const RO_GREF: u32 = 30;
-const DISK_SECTORS: u64 = 256;
+pub(super) const DATA_PFN: u64 = 0x710;
+pub(super) const RING_GREF: u32 = 1;
+pub(super) const DATA_GREF: u32 = 10;
+pub(super) const RO_GREF: u32 = 30;
+pub(super) const DISK_SECTORS: u64 = 256;
 
-struct Front {
-    ram: Arc<GuestRam>,
-    grants: GrantTable,
-    disk: Disk,
-    req_prod: u32,
+mod features;
+
+pub(super) struct Front {
+    pub(super) ram: Arc<GuestRam>,
+    pub(super) grants: GrantTable,
+    pub(super) disk: Arc<Disk>,
+    pub(super) store: io::Store,
+    pub(super) dispatcher: Dispatcher,
+    bounce: io::Bounce,
+    pub(super) req_prod: u32,
     _dir: std::path::PathBuf,
 }
 
-fn grant(ram: &GuestRam, gref: u32, frame: u64, flags: u16) {
+pub(super) fn grant(ram: &GuestRam, gref: u32, frame: u64, flags: u16) {
     let at = TABLE_PFN * PAGE_SIZE + u64::from(gref) * 8;
     ram.atomic_u32(at + 4).unwrap().store(frame as u32, SeqCst);
     ram.atomic_u32(at)
@@ -45,6 +52,10 @@ fn grant(ram: &GuestRam, gref: u32, frame: u64, flags: u16) {
 }
 
 fn setup(name: &str) -> Front {
+    setup_with(name, Limits::basic(DISK_SECTORS, true), false)
+}
+
+pub(super) fn setup_with(name: &str, limits: Limits, persistent: bool) -> Front {
     let ram = Arc::new(GuestRam::new("blk", 16 << 20).unwrap());
     let grants = GrantTable::new(ram.clone(), GUEST);
     grants.place_frame(0, TABLE_PFN).unwrap();
@@ -71,8 +82,11 @@ fn setup(name: &str) -> Front {
     std::fs::create_dir_all(&dir).unwrap();
     let img = dir.join("disk.img");
     std::fs::write(&img, vec![0u8; (DISK_SECTORS * 512) as usize]).unwrap();
-    let disk = Disk::open(&img, true).unwrap();
+    let disk = Arc::new(Disk::open(&img, true).unwrap());
     Front {
+        dispatcher: Dispatcher::new(limits, grants.clone(), persistent),
+        store: io::Store::new(disk.clone(), false),
+        bounce: io::Bounce::default(),
         ram,
         grants,
         disk,
@@ -88,49 +102,50 @@ impl Drop for Front {
 }
 
 impl Front {
-    fn ring(&self) -> BackRing {
+    pub(super) fn ring(&self) -> BackRing {
         BackRing::new(self.grants.map(DOM0, RING_GREF, false).unwrap())
     }
 
-    fn push(&mut self, req: &BlkifRequest) {
+    pub(super) fn push(&mut self, req: &BlkifRequest) {
         let slot = RING_PFN * PAGE_SIZE + 64 + u64::from(self.req_prod % 32) * 112;
         self.ram.write(slot, req.as_bytes()).unwrap();
         self.req_prod = self.req_prod.wrapping_add(1);
         self.set_req_prod(self.req_prod);
     }
 
-    fn set_req_prod(&self, v: u32) {
+    pub(super) fn set_req_prod(&self, v: u32) {
         self.ram
             .atomic_u32(RING_PFN * PAGE_SIZE)
             .unwrap()
             .store(v, SeqCst);
     }
 
-    fn response(&self, idx: u32) -> BlkifResponse {
+    pub(super) fn response(&self, idx: u32) -> BlkifResponse {
         let mut b = [0u8; 16];
         let slot = RING_PFN * PAGE_SIZE + 64 + u64::from(idx % 32) * 112;
         self.ram.read(slot, &mut b).unwrap();
         BlkifResponse::read_from_bytes(&b).unwrap()
     }
 
-    fn rsp_prod(&self) -> u32 {
+    pub(super) fn rsp_prod(&self) -> u32 {
         self.ram
             .atomic_u32(RING_PFN * PAGE_SIZE + 8)
             .unwrap()
             .load(SeqCst)
     }
 
-    fn serve(&self, ring: &mut BackRing) -> (Result<u32, RingError>, u32) {
+    pub(super) fn serve(&mut self, ring: &mut BackRing) -> (Result<u32, RingError>, u32) {
         let mut notifies = 0;
+        let (d, store, bounce) = (&mut self.dispatcher, &self.store, &mut self.bounce);
         let r = ring.serve(
-            |req| io::handle(req, &self.disk, &self.grants),
+            |req| dispatch::handle_now(d, store, bounce, req),
             || notifies += 1,
         );
         (r, notifies)
     }
 }
 
-fn rw(op: u8, id: u64, sector: u64, segs: &[(u32, u8, u8)]) -> BlkifRequest {
+pub(super) fn rw(op: u8, id: u64, sector: u64, segs: &[(u32, u8, u8)]) -> BlkifRequest {
     let mut r = BlkifRequest {
         operation: op,
         nr_segments: segs.len() as u8,
@@ -278,7 +293,7 @@ fn lying_requests_get_error_responses() {
 
 #[test]
 fn a_runaway_req_prod_stops_the_ring() {
-    let f = setup("overflow");
+    let mut f = setup("overflow");
     let mut ring = f.ring();
     f.set_req_prod(33);
     let (r, notifies) = f.serve(&mut ring);

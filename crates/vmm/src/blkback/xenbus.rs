@@ -3,10 +3,11 @@
 //! frontend's `state` and runs Xen's state machine (as Linux's `xen-blkback`):
 //!
 //! * start: `feature-flush-cache`, `state` = InitWait (2);
-//! * frontend Initialised (3) or Connected (4): read `ring-ref`, `event-channel`,
-//!   `protocol` (absent or `x86_64-abi`, else refused) and `ring-page-order` (absent or
-//!   0: multi-page rings are not offered), map and bind, publish `sectors`, `info`,
-//!   `sector-size`, `physical-sector-size`, then `state` = Connected (4);
+//! * start: also the data path's features ([`super::negotiate::backend_features`]);
+//! * frontend Initialised (3) or Connected (4): read the ring details
+//!   ([`super::negotiate::read_frontend`]: `ring-ref`/`ring-ref%u`, `ring-page-order`,
+//!   `event-channel`, `protocol`, `feature-persistent`), map and bind, publish `sectors`,
+//!   `info`, `sector-size`, `physical-sector-size`, then `state` = Connected (4);
 //! * frontend Closing (5): disconnect, `state` = Closing; Closed (6): disconnect,
 //!   `state` = Closed; Initialising (1) after Closed: `state` = InitWait again; the
 //!   frontend's node gone: disconnect.
@@ -36,7 +37,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rxen_abi::blkif::{BLKIF_SECTOR_SIZE, VDISK_READONLY, XEN_IO_PROTO_ABI_X86_64};
+use rxen_abi::blkif::{BLKIF_SECTOR_SIZE, VDISK_READONLY};
 use rxen_abi::xenbus::XenbusState;
 use rxen_xenstore::client::{Client, ClientError};
 
@@ -115,14 +116,8 @@ enum Command {
 /// Why a frontend's details were refused.
 #[derive(Debug, thiserror::Error)]
 enum Refused {
-    #[error("{0} is missing")]
-    Missing(&'static str),
-    #[error("{key} {value:?} is not a number")]
-    NotANumber { key: &'static str, value: String },
-    #[error("protocol {0:?} is not supported (only x86_64-abi)")]
-    Protocol(String),
-    #[error("ring-page-order {0} is not supported (single-page rings only)")]
-    RingOrder(u32),
+    #[error("{0}")]
+    Negotiation(#[from] super::negotiate::NegotiationError),
     #[error("{0}")]
     Connect(#[from] super::connection::ConnectError),
     #[error("xenstore: {0}")]
@@ -389,47 +384,6 @@ fn read_opt(c: &mut Client, path: &str) -> Result<Option<String>, ClientError> {
     }
 }
 
-/// Parses a frontend's number node: decimal, as Xen's frontends write it.
-fn parse_u32(key: &'static str, value: Option<String>) -> Result<Option<u32>, Refused> {
-    match value {
-        None => Ok(None),
-        Some(v) => v
-            .parse::<u32>()
-            .map(Some)
-            .map_err(|_| Refused::NotANumber { key, value: v }),
-    }
-}
-
-/// The checked details a frontend published.
-#[derive(Debug, PartialEq, Eq)]
-struct FrontendRing {
-    ring_ref: u32,
-    evtchn: u32,
-}
-
-/// Checks what the frontend wrote (`ring-ref`, `event-channel`, `protocol`,
-/// `ring-page-order`), each value given as read (`None`: absent).
-fn check_frontend(
-    ring_ref: Option<String>,
-    evtchn: Option<String>,
-    protocol: Option<String>,
-    ring_page_order: Option<String>,
-) -> Result<FrontendRing, Refused> {
-    if let Some(p) = protocol {
-        if p != XEN_IO_PROTO_ABI_X86_64 {
-            return Err(Refused::Protocol(p));
-        }
-    }
-    match parse_u32("ring-page-order", ring_page_order)? {
-        None | Some(0) => {}
-        Some(o) => return Err(Refused::RingOrder(o)),
-    }
-    Ok(FrontendRing {
-        ring_ref: parse_u32("ring-ref", ring_ref)?.ok_or(Refused::Missing("ring-ref"))?,
-        evtchn: parse_u32("event-channel", evtchn)?.ok_or(Refused::Missing("event-channel"))?,
-    })
-}
-
 /// The nodes the backend publishes when it connects (besides `state`).
 fn connect_nodes(disk_sectors: u64, writable: bool) -> Vec<(&'static str, String)> {
     let info = if writable { 0 } else { VDISK_READONLY };
@@ -480,6 +434,9 @@ impl Vbd {
             return Ok(());
         }
         c.write(0, &format!("{}/feature-flush-cache", self.backend), b"1")?;
+        for (key, value) in super::negotiate::backend_features(self.disk.writable()) {
+            c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
+        }
         if self.conn.is_none() && self.state == XenbusState::Initialising {
             self.set_state(c, XenbusState::InitWait)?;
         }
@@ -568,17 +525,11 @@ impl Vbd {
         dom: &Arc<DomainShared>,
         front: &str,
     ) -> Result<(), Refused> {
-        let ring = check_frontend(
-            read_opt(c, &format!("{front}/ring-ref"))?,
-            read_opt(c, &format!("{front}/event-channel"))?,
-            read_opt(c, &format!("{front}/protocol"))?,
-            read_opt(c, &format!("{front}/ring-page-order"))?,
-        )?;
+        let ring = super::negotiate::read_frontend(|key| read_opt(c, &format!("{front}/{key}")))??;
         let conn = Connection::start(
             dom.clone(),
             self.disk.clone(),
-            ring.ring_ref,
-            ring.evtchn,
+            &ring,
             format!("{}-vbd{}", dom.config.name, self.devid),
         )?;
         self.conn = Some(conn);
@@ -587,8 +538,9 @@ impl Vbd {
         }
         tracing::info!(
             devid = self.devid,
-            ring_ref = ring.ring_ref,
+            ring_refs = ?ring.ring_refs,
             evtchn = ring.evtchn,
+            persistent = ring.persistent,
             disk = %self.disk.path().display(),
             "blkback: connected"
         );
@@ -600,47 +552,6 @@ impl Vbd {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    fn s(v: &str) -> Option<String> {
-        Some(v.to_string())
-    }
-
-    #[test]
-    fn frontend_details_are_checked() {
-        assert_eq!(
-            check_frontend(s("8"), s("5"), s("x86_64-abi"), None).unwrap(),
-            FrontendRing {
-                ring_ref: 8,
-                evtchn: 5
-            }
-        );
-        assert!(check_frontend(s("8"), s("5"), None, s("0")).is_ok());
-        assert!(matches!(
-            check_frontend(s("8"), s("5"), s("x86_32-abi"), None),
-            Err(Refused::Protocol(_))
-        ));
-        assert!(matches!(
-            check_frontend(s("8"), s("5"), None, s("2")),
-            Err(Refused::RingOrder(2))
-        ));
-        assert!(matches!(
-            check_frontend(None, s("5"), None, None),
-            Err(Refused::Missing("ring-ref"))
-        ));
-        assert!(matches!(
-            check_frontend(s("8"), None, None, None),
-            Err(Refused::Missing("event-channel"))
-        ));
-        for bad in ["-1", "0x10", "", "99999999999", "8 "] {
-            assert!(
-                matches!(
-                    check_frontend(s(bad), s("5"), None, None),
-                    Err(Refused::NotANumber { .. })
-                ),
-                "{bad:?}"
-            );
-        }
-    }
 
     #[test]
     fn backend_layout_is_xens() {

@@ -1,0 +1,545 @@
+//! The frontend of Xen's split block driver (xen/include/public/io/blkif.h) for SDK
+//! guests: xenbus negotiation with the backend, a one-page shared ring, and requests
+//! kept in flight up to a queue depth of 32 (the ring's size).
+//!
+//! Negotiation (blkif.h "Frontend XenBus Nodes"): find the backend from
+//! `device/vbd/<devid>/backend`, wait for its InitWait, read its features
+//! (`feature-persistent`, `feature-max-indirect-segments`, `feature-flush-cache`,
+//! `feature-discard`), grant the ring and allocate the event channel, write
+//! `ring-ref`, `event-channel`, `protocol` = `x86_64-abi` and `feature-persistent`,
+//! enter Initialised, wait for Connected, read `sectors`, `info`, `sector-size`, and
+//! enter Connected.
+//!
+//! Data lives in a pool of pages granted once to the backend, read-write, and reused
+//! by every request: with `feature-persistent` the backend keeps them mapped (no grant
+//! operation per request), without it the same grants are used by copy. A request
+//! names a run of pool pages; up to 11 pages travel in the request itself, more (up to
+//! the backend's `feature-max-indirect-segments`) as `BLKIF_OP_INDIRECT` with indirect
+//! pages (also pooled, one per request slot). Requests are queued with [`Blkfront::queue`],
+//! published with one notify per batch ([`Blkfront::push`], Xen's
+//! `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`), and completions collected with
+//! [`Blkfront::poll`] (`RING_FINAL_CHECK_FOR_RESPONSES`), [`Blkfront::wait`] (blocks
+//! the vCPU) or [`Blkfront::wait_async`] (for the executor).
+
+use alloc::alloc::{alloc_zeroed, Layout};
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::sync::atomic::{fence, AtomicU32, Ordering::SeqCst};
+
+use rxen_abi::blkif::*;
+use rxen_abi::PAGE_SIZE;
+
+use crate::events::{self, Port};
+use crate::grant::GrantTable;
+use crate::xenstore::Xenstore;
+
+/// Slots of the one-page ring, and so the deepest queue.
+pub const RING_SLOTS: u32 = BLKIF_RING_SIZE_1PAGE as u32;
+const PAGE: usize = PAGE_SIZE as usize;
+/// States of xenbus (`XenbusStateInitWait`, ...).
+const STATE_INIT_WAIT: u32 = 2;
+const STATE_INITIALISED: u32 = 3;
+const STATE_CONNECTED: u32 = 4;
+const STATE_CLOSING: u32 = 5;
+
+/// What went wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BlkError {
+    /// xenstore failed or a node is missing/garbled.
+    Store(String),
+    /// The backend did not reach the state in time, or closed.
+    Backend(String),
+    /// A hypercall failed.
+    Hypercall(i32),
+    /// Out of memory for the ring or the pool.
+    NoMemory,
+    /// The request does not fit what was negotiated (pages, ring slots, features).
+    Unsupported(&'static str),
+}
+
+/// What the backend offered and the disk it serves.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiskInfo {
+    pub sectors: u64,
+    pub sector_size: u32,
+    pub readonly: bool,
+    pub persistent: bool,
+    /// `feature-max-indirect-segments` (0: no indirect requests).
+    pub max_indirect_segments: u32,
+    pub flush: bool,
+    pub discard: bool,
+}
+
+/// An operation on the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BlkOp {
+    Read,
+    Write,
+    /// Make every completed write durable.
+    Flush,
+    /// Forget the sectors (they read back as zeroes on rxen's backend).
+    Discard,
+}
+
+/// A finished request: the id [`Blkfront::queue`] returned and `BLKIF_RSP_*`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    pub id: u32,
+    pub status: i16,
+}
+
+/// Sizes of the page pool.
+#[derive(Debug, Clone, Copy)]
+pub struct Config {
+    /// Data pages granted once (request buffers are runs of them).
+    pub pool_pages: u32,
+    /// Largest request in pages (11 without indirect; capped by the backend's offer).
+    pub max_request_pages: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            pool_pages: 64,
+            max_request_pages: 11,
+        }
+    }
+}
+
+/// A connected virtual block device.
+pub struct Blkfront<'g> {
+    grants: &'g GrantTable,
+    port: Port,
+    ring: *mut u8,
+    req_prod_pvt: u32,
+    rsp_cons: u32,
+    pool: *mut u8,
+    pool_pages: u32,
+    /// Grant ref of pool page 0 (page i is `pool_ref + i`).
+    pool_ref: u32,
+    /// One indirect page per ring slot (ref `indirect_ref + slot`), if offered.
+    indirect: *mut u8,
+    indirect_ref: u32,
+    max_request_pages: u32,
+    free_ids: Vec<u32>,
+    pub info: DiskInfo,
+    frontend: String,
+}
+
+fn store_err(what: &str, e: impl core::fmt::Debug) -> BlkError {
+    BlkError::Store(format!("{what}: {e:?}"))
+}
+
+fn alloc_pages(n: usize) -> Result<*mut u8, BlkError> {
+    let layout = Layout::from_size_align(n.max(1) * PAGE, PAGE).map_err(|_| BlkError::NoMemory)?;
+    // SAFETY: a non-zero-sized layout; the pages are never freed (the device lives
+    // as long as the guest), so no dangling grant can point at reused memory.
+    let p = unsafe { alloc_zeroed(layout) };
+    if p.is_null() {
+        return Err(BlkError::NoMemory);
+    }
+    Ok(p)
+}
+
+fn pfn_of(p: *const u8) -> u64 {
+    // SDK guests are identity-mapped: the virtual address is the pseudo-physical one.
+    p as u64 / PAGE_SIZE
+}
+
+fn read_u64(xs: &mut Xenstore, path: &str) -> Result<u64, BlkError> {
+    let v = xs.read(path).map_err(|e| store_err(path, e))?;
+    v.trim_end_matches('\0')
+        .trim()
+        .parse::<u64>()
+        .map_err(|e| store_err(path, e))
+}
+
+fn read_opt_u64(xs: &mut Xenstore, path: &str) -> u64 {
+    read_u64(xs, path).unwrap_or(0)
+}
+
+fn wait_state(xs: &mut Xenstore, backend: &str, want: u32) -> Result<(), BlkError> {
+    let deadline = crate::time::now_ns() + 10_000_000_000;
+    loop {
+        let s = read_opt_u64(xs, &format!("{backend}/state")) as u32;
+        if s == want {
+            return Ok(());
+        }
+        if s >= STATE_CLOSING {
+            return Err(BlkError::Backend(format!("backend state {s}")));
+        }
+        if crate::time::now_ns() > deadline {
+            return Err(BlkError::Backend(format!(
+                "backend stayed in state {s}, wanted {want}"
+            )));
+        }
+        crate::time::sleep_ms(1);
+    }
+}
+
+impl<'g> Blkfront<'g> {
+    /// The device numbers under `device/vbd`.
+    pub fn devices(xs: &mut Xenstore) -> Vec<u32> {
+        xs.directory("device/vbd")
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|d| d.parse().ok())
+            .collect()
+    }
+
+    /// Connects vbd `devid`, using grant refs from `first_ref` on (the ring, the pool
+    /// pages, the indirect pages: `1 + pool_pages + 32` refs at most).
+    pub fn connect(
+        xs: &mut Xenstore,
+        grants: &'g GrantTable,
+        first_ref: u32,
+        devid: u32,
+        cfg: Config,
+    ) -> Result<Self, BlkError> {
+        let frontend = format!("device/vbd/{devid}");
+        let backend = xs
+            .read(&format!("{frontend}/backend"))
+            .map_err(|e| store_err("backend", e))?
+            .trim_end_matches('\0')
+            .to_string();
+        let backend_id = read_u64(xs, &format!("{frontend}/backend-id"))? as u16;
+        wait_state(xs, &backend, STATE_INIT_WAIT)?;
+        let mut info = DiskInfo {
+            persistent: read_opt_u64(xs, &format!("{backend}/feature-persistent")) == 1,
+            max_indirect_segments: read_opt_u64(
+                xs,
+                &format!("{backend}/feature-max-indirect-segments"),
+            ) as u32,
+            flush: read_opt_u64(xs, &format!("{backend}/feature-flush-cache")) == 1,
+            discard: read_opt_u64(xs, &format!("{backend}/feature-discard")) == 1,
+            ..Default::default()
+        };
+        let max_request_pages = if info.max_indirect_segments > 0 {
+            cfg.max_request_pages
+                .min(info.max_indirect_segments)
+                .min(BLKIF_SEGS_PER_INDIRECT_FRAME as u32)
+        } else {
+            cfg.max_request_pages
+                .min(BLKIF_MAX_SEGMENTS_PER_REQUEST as u32)
+        }
+        .min(cfg.pool_pages);
+
+        // SHARED_RING_INIT: indices 0 (zeroed page), events 1.
+        let ring = alloc_pages(1)?;
+        let ring_ref = first_ref;
+        // SAFETY: the page was just allocated; the header words are 4-byte aligned.
+        unsafe {
+            (*(ring.add(4) as *const AtomicU32)).store(1, SeqCst);
+            (*(ring.add(12) as *const AtomicU32)).store(1, SeqCst);
+        }
+        grants.grant_access(ring_ref, backend_id, pfn_of(ring), false);
+        let pool = alloc_pages(cfg.pool_pages as usize)?;
+        let pool_ref = first_ref + 1;
+        for i in 0..cfg.pool_pages {
+            // SAFETY: page i of the pool allocation.
+            let p = unsafe { pool.add(i as usize * PAGE) };
+            grants.grant_access(pool_ref + i, backend_id, pfn_of(p), false);
+        }
+        let indirect_ref = pool_ref + cfg.pool_pages;
+        let indirect = if max_request_pages > BLKIF_MAX_SEGMENTS_PER_REQUEST as u32 {
+            let ind = alloc_pages(RING_SLOTS as usize)?;
+            for i in 0..RING_SLOTS {
+                // SAFETY: page i of the indirect allocation.
+                let p = unsafe { ind.add(i as usize * PAGE) };
+                grants.grant_access(indirect_ref + i, backend_id, pfn_of(p), true);
+            }
+            ind
+        } else {
+            core::ptr::null_mut()
+        };
+        let port = events::alloc_unbound(backend_id).map_err(|e| BlkError::Hypercall(e.0))?;
+        for (k, v) in [
+            ("ring-ref", ring_ref.to_string()),
+            ("event-channel", port.to_string()),
+            ("protocol", XEN_IO_PROTO_ABI_X86_64.to_string()),
+            ("feature-persistent", "1".to_string()),
+        ] {
+            xs.write(&format!("{frontend}/{k}"), &v)
+                .map_err(|e| store_err(k, e))?;
+        }
+        xs.write(&format!("{frontend}/state"), &STATE_INITIALISED.to_string())
+            .map_err(|e| store_err("state", e))?;
+        wait_state(xs, &backend, STATE_CONNECTED)?;
+        info.sectors = read_u64(xs, &format!("{backend}/sectors"))?;
+        info.sector_size = read_opt_u64(xs, &format!("{backend}/sector-size")).max(512) as u32;
+        info.readonly =
+            read_opt_u64(xs, &format!("{backend}/info")) & u64::from(VDISK_READONLY) != 0;
+        xs.write(&format!("{frontend}/state"), &STATE_CONNECTED.to_string())
+            .map_err(|e| store_err("state", e))?;
+        Ok(Self {
+            grants,
+            port,
+            ring,
+            req_prod_pvt: 0,
+            rsp_cons: 0,
+            pool,
+            pool_pages: cfg.pool_pages,
+            pool_ref,
+            indirect,
+            indirect_ref,
+            max_request_pages,
+            free_ids: (0..RING_SLOTS).rev().collect(),
+            info,
+            frontend,
+        })
+    }
+
+    /// The frontend's xenstore directory.
+    pub fn path(&self) -> &str {
+        &self.frontend
+    }
+
+    /// The grant table the device uses.
+    pub fn grants(&self) -> &GrantTable {
+        self.grants
+    }
+
+    /// Largest request, in pages.
+    pub fn max_request_pages(&self) -> u32 {
+        self.max_request_pages
+    }
+
+    /// Pages in the pool.
+    pub fn pool_pages(&self) -> u32 {
+        self.pool_pages
+    }
+
+    /// Requests queued or in flight.
+    pub fn in_flight(&self) -> u32 {
+        RING_SLOTS - self.free_ids.len() as u32
+    }
+
+    /// Pool pages `[first, first + n)` as bytes (the caller must not touch pages of a
+    /// request in flight).
+    pub fn buffer(&mut self, first: u32, n: u32) -> &mut [u8] {
+        let first = first.min(self.pool_pages);
+        let n = n.min(self.pool_pages - first);
+        // SAFETY: the range lies within the pool allocation, which lives as long as
+        // `self`; `&mut self` keeps it unaliased on the guest's side.
+        unsafe {
+            core::slice::from_raw_parts_mut(self.pool.add(first as usize * PAGE), n as usize * PAGE)
+        }
+    }
+
+    fn word(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: a 4-byte-aligned header word of the ring page this value owns,
+        // shared with the backend and only accessed atomically.
+        unsafe { &*(self.ring.add(off) as *const AtomicU32) }
+    }
+
+    fn slot(&self, idx: u32) -> *mut u8 {
+        // SAFETY: slot idx % 32 lies within the ring page.
+        unsafe {
+            self.ring
+                .add(64 + (idx % RING_SLOTS) as usize * BLKIF_SLOT_SIZE)
+        }
+    }
+
+    fn segment(&self, page: u32) -> BlkifSegment {
+        BlkifSegment {
+            gref: self.pool_ref + page,
+            first_sect: 0,
+            last_sect: 7,
+            pad: [0; 2],
+        }
+    }
+
+    /// Queues `op` on `sector` with pool pages `[first_page, first_page + pages)`
+    /// (whole pages; 0 pages for a flush, and `pages` counts the sectors/8 of a
+    /// discard). Returns the request's id. Publish with [`push`](Self::push).
+    pub fn queue(
+        &mut self,
+        op: BlkOp,
+        sector: u64,
+        first_page: u32,
+        pages: u32,
+    ) -> Result<u32, BlkError> {
+        let end = first_page
+            .checked_add(pages)
+            .ok_or(BlkError::Unsupported("pages"))?;
+        if matches!(op, BlkOp::Read | BlkOp::Write)
+            && (pages == 0 || pages > self.max_request_pages || end > self.pool_pages)
+        {
+            return Err(BlkError::Unsupported("request size"));
+        }
+        if op == BlkOp::Discard && !self.info.discard {
+            return Err(BlkError::Unsupported("discard"));
+        }
+        let id = self
+            .free_ids
+            .pop()
+            .ok_or(BlkError::Unsupported("ring full"))?;
+        let mut req = BlkifRequest {
+            id: u64::from(id),
+            sector_number: sector,
+            ..Default::default()
+        };
+        let bytes: &[u8];
+        let mut ind_bytes = [0u8; 64];
+        let mut disc_bytes = [0u8; 32];
+        match op {
+            BlkOp::Flush => {
+                req.operation = BLKIF_OP_FLUSH_DISKCACHE;
+                bytes = zerocopy::IntoBytes::as_bytes(&req);
+            }
+            BlkOp::Discard => {
+                let d = BlkifRequestDiscard {
+                    operation: BLKIF_OP_DISCARD,
+                    id: u64::from(id),
+                    sector_number: sector,
+                    nr_sectors: u64::from(pages) * 8,
+                    ..Default::default()
+                };
+                disc_bytes.copy_from_slice(zerocopy::IntoBytes::as_bytes(&d));
+                bytes = &disc_bytes;
+            }
+            BlkOp::Read | BlkOp::Write => {
+                let rw = if op == BlkOp::Read {
+                    BLKIF_OP_READ
+                } else {
+                    BLKIF_OP_WRITE
+                };
+                if pages as usize <= BLKIF_MAX_SEGMENTS_PER_REQUEST {
+                    req.operation = rw;
+                    req.nr_segments = pages as u8;
+                    for i in 0..pages {
+                        req.seg[i as usize] = self.segment(first_page + i);
+                    }
+                    bytes = zerocopy::IntoBytes::as_bytes(&req);
+                } else {
+                    // SAFETY: indirect page `id` (id < 32) of the indirect allocation,
+                    // which exists whenever max_request_pages > 11.
+                    let page = unsafe { self.indirect.add(id as usize * PAGE) };
+                    for i in 0..pages {
+                        let s = self.segment(first_page + i);
+                        // SAFETY: entry i < 512 of that page.
+                        unsafe {
+                            core::ptr::copy_nonoverlapping(
+                                zerocopy::IntoBytes::as_bytes(&s).as_ptr(),
+                                page.add(i as usize * 8),
+                                8,
+                            )
+                        };
+                    }
+                    let ind = BlkifRequestIndirect {
+                        operation: BLKIF_OP_INDIRECT,
+                        indirect_op: rw,
+                        nr_segments: pages as u16,
+                        id: u64::from(id),
+                        sector_number: sector,
+                        indirect_grefs: [self.indirect_ref + id, 0, 0, 0, 0, 0, 0, 0],
+                        ..Default::default()
+                    };
+                    ind_bytes.copy_from_slice(zerocopy::IntoBytes::as_bytes(&ind));
+                    bytes = &ind_bytes;
+                }
+            }
+        }
+        let slot = self.slot(self.req_prod_pvt);
+        // SAFETY: the slot is ours until req_prod covers it; at most 112 bytes.
+        unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), slot, bytes.len()) };
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
+        Ok(id)
+    }
+
+    /// Publishes queued requests; notifies the backend if it asked (one notify for
+    /// the batch).
+    pub fn push(&mut self) {
+        let old = self.word(0).load(SeqCst);
+        let new = self.req_prod_pvt;
+        fence(SeqCst);
+        self.word(0).store(new, SeqCst);
+        fence(SeqCst);
+        let event = self.word(4).load(SeqCst);
+        if old != new && rxen_abi::ring::need_notify(old, new, event) {
+            let _ = events::send(self.port);
+        }
+    }
+
+    /// Collects finished requests (and re-arms `rsp_event` when there are none).
+    pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
+        let mut n = 0;
+        loop {
+            let prod = self.word(8).load(SeqCst);
+            fence(SeqCst);
+            while self.rsp_cons != prod {
+                let slot = self.slot(self.rsp_cons);
+                let mut b = [0u8; 16];
+                // SAFETY: a response slot the backend published (16 bytes).
+                unsafe { core::ptr::copy_nonoverlapping(slot, b.as_mut_ptr(), 16) };
+                self.rsp_cons = self.rsp_cons.wrapping_add(1);
+                let Ok(r) = <BlkifResponse as zerocopy::FromBytes>::read_from_bytes(&b) else {
+                    continue;
+                };
+                let id = r.id as u32;
+                // A response for an id not in flight is ignored (a lying backend).
+                if id < RING_SLOTS && !self.free_ids.contains(&id) {
+                    self.free_ids.push(id);
+                    out.push(Completion {
+                        id,
+                        status: r.status,
+                    });
+                    n += 1;
+                }
+            }
+            if n > 0 {
+                return n;
+            }
+            // RING_FINAL_CHECK_FOR_RESPONSES.
+            self.word(12).store(self.rsp_cons.wrapping_add(1), SeqCst);
+            fence(SeqCst);
+            if self.word(8).load(SeqCst) == self.rsp_cons {
+                return 0;
+            }
+        }
+    }
+
+    /// Blocks the vCPU until at least one request finished; returns how many.
+    pub fn wait(&mut self, out: &mut Vec<Completion>) -> usize {
+        loop {
+            let n = self.poll(out);
+            if n > 0 || self.in_flight() == 0 {
+                return n;
+            }
+            if !events::take_fired(self.port) {
+                events::wait_and_dispatch();
+            }
+        }
+    }
+
+    /// Waits (as an executor task) until at least one request finished.
+    pub async fn wait_async(&mut self, out: &mut Vec<Completion>) -> usize {
+        loop {
+            let n = self.poll(out);
+            if n > 0 || self.in_flight() == 0 {
+                return n;
+            }
+            crate::executor::wait_port(self.port).await;
+        }
+    }
+
+    /// Runs one request to completion (queue, push, wait): its status.
+    pub fn run(
+        &mut self,
+        op: BlkOp,
+        sector: u64,
+        first_page: u32,
+        pages: u32,
+    ) -> Result<i16, BlkError> {
+        let id = self.queue(op, sector, first_page, pages)?;
+        self.push();
+        let mut done = Vec::new();
+        loop {
+            self.wait(&mut done);
+            if let Some(c) = done.iter().find(|c| c.id == id) {
+                return Ok(c.status);
+            }
+        }
+    }
+}
