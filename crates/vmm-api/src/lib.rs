@@ -55,6 +55,9 @@ pub enum Request {
         devid: u32,
         mode: DiskMode,
         path: String,
+        /// Serve with `O_DIRECT` (xl's `direct-io-safe`).
+        #[serde(default)]
+        direct: bool,
     },
     /// Begin removing disk `devid` as Xen does: the backend goes Closing and waits for
     /// the frontend to close, then disconnects and goes Closed (the toolstack waits
@@ -403,8 +406,9 @@ mod tests {
                     devid: 51728,
                     mode: DiskMode::ReadWrite,
                     path: "/img/b.img".into(),
+                    direct: false,
                 },
-                r#"{"op":"attach-disk","devid":51728,"mode":"w","path":"/img/b.img"}"#,
+                r#"{"op":"attach-disk","devid":51728,"mode":"w","path":"/img/b.img","direct":false}"#,
             ),
             (
                 Request::DetachDisk {

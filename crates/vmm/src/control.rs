@@ -193,9 +193,15 @@ fn answer_request(dom: &DomainShared, block: Option<&BlockBackend>, req: Request
             dom.console_input(data.as_bytes());
             Reply::Done
         }
-        Request::AttachDisk { devid, mode, path } => {
+        Request::AttachDisk {
+            devid,
+            mode,
+            path,
+            direct,
+        } => {
             let writable = mode == rxen_vmm_api::DiskMode::ReadWrite;
-            device_reply(block.map(|b| b.attach(devid, writable, std::path::Path::new(&path))))
+            let path = std::path::Path::new(&path);
+            device_reply(block.map(|b| b.attach(devid, writable, direct, path)))
         }
         Request::DetachDisk { devid, force } => device_reply(block.map(|b| b.detach(devid, force))),
     }

@@ -38,6 +38,16 @@ impl DomainFiles {
     }
 }
 
+/// One disk a VMM serves from its start (`--disk DEVID:MODE[,direct]:PATH`).
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchDisk<'a> {
+    pub devid: u32,
+    pub writable: bool,
+    /// xl's `direct-io-safe`: `O_DIRECT`.
+    pub direct: bool,
+    pub path: &'a str,
+}
+
 /// What the VMM needs to start a domain.
 pub struct Launch<'a> {
     pub vmm: &'a Path,
@@ -54,7 +64,7 @@ pub struct Launch<'a> {
     /// xenstored's main socket (the VMM's block backend runs xenbus through it).
     pub xenstored_socket: &'a Path,
     /// Disks the VMM serves: `(device number, writable, path)`.
-    pub disks: Vec<(u32, bool, &'a str)>,
+    pub disks: Vec<LaunchDisk<'a>>,
     pub files: &'a DomainFiles,
     /// Start with every vCPU paused.
     pub paused: bool,
@@ -104,9 +114,10 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     // Always given, so that disks can be hot-plugged later (`attach-disk`); the VMM
     // connects to it only once it has a disk.
     cmd.arg(path_arg("xenstored-socket", l.xenstored_socket));
-    for (devid, writable, path) in &l.disks {
-        let mode = if *writable { "w" } else { "r" };
-        cmd.arg(format!("--disk={devid}:{mode}:{path}"));
+    for d in &l.disks {
+        let mode = if d.writable { "w" } else { "r" };
+        let direct = if d.direct { ",direct" } else { "" };
+        cmd.arg(format!("--disk={}:{mode}{direct}:{}", d.devid, d.path));
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -20,6 +20,9 @@ pub struct DiskSpec {
     pub access: DiskAccess,
     /// `phy` (block device) or `file` (image file).
     pub backend_type: String,
+    /// xl's `direct-io-safe` flag: serve with `O_DIRECT` (bypass the host page cache).
+    #[serde(default)]
+    pub direct_io: bool,
 }
 
 /// A network interface: `key=value` items.
@@ -150,17 +153,21 @@ impl DiskSpec {
             }
             _ => (s, None),
         };
-        let items: Vec<&str> = if s.trim().is_empty() {
+        let mut items: Vec<&str> = if s.trim().is_empty() {
             Vec::new()
         } else {
             s.split(',').map(str::trim).collect()
         };
+        // Bare flags may appear anywhere (xl-disk-configuration).
+        let direct_io = items.contains(&"direct-io-safe");
+        items.retain(|i| *i != "direct-io-safe");
         let mut d = DiskSpec {
             target: String::new(),
             format: "raw".into(),
             vdev: String::new(),
             access: DiskAccess::ReadWrite,
             backend_type: "file".into(),
+            direct_io,
         };
         if rest_target.is_some() || items.iter().any(|i| i.contains('=')) {
             if let Some(t) = rest_target {
@@ -307,6 +314,24 @@ mod tests {
         }
         assert!(DiskSpec::parse("/i,hde,w").is_err());
         assert_eq!(DiskSpec::parse("/i,hda,w").unwrap().devid(), Some(768));
+    }
+
+    #[test]
+    fn direct_io_safe_is_a_flag_anywhere() {
+        for s in [
+            "file:/i.img,xvda,w,direct-io-safe",
+            "direct-io-safe,file:/i.img,xvda,w",
+            "vdev=xvda,access=w,direct-io-safe,target=/i.img",
+        ] {
+            let d = DiskSpec::parse(s).unwrap();
+            assert!(d.direct_io, "{s}");
+            assert_eq!(
+                (d.target.as_str(), d.vdev.as_str()),
+                ("/i.img", "xvda"),
+                "{s}"
+            );
+        }
+        assert!(!DiskSpec::parse("file:/i.img,xvda,w").unwrap().direct_io);
     }
 
     #[test]

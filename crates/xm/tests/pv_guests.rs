@@ -136,7 +136,7 @@ fn mini_os_blkfront_on_a_file_backed_disk() {
     std::fs::write(
         &cfg,
         format!(
-            "name = \"mosblk\"\nkernel = \"{}\"\nmemory = 32\ndisk = [ 'file:{},hda,w' ]\non_crash = \"preserve\"\n",
+            "name = \"mosblk\"\nkernel = \"{}\"\nmemory = 32\ndisk = [ 'file:{},hda,w,direct-io-safe' ]\non_crash = \"preserve\"\n",
             kernel.display(),
             img.display()
         ),
@@ -145,6 +145,17 @@ fn mini_os_blkfront_on_a_file_backed_disk() {
     env.xm_ok(&["create", cfg.to_str().unwrap()]);
     let (_, dom) = env.get("/domains/mosblk");
     let domid = dom["domid"].as_u64().unwrap();
+    // xl's direct-io-safe reaches the VMM as O_DIRECT (`--disk 768:w,direct:PATH`).
+    let pid = dom["pid"].as_u64().unwrap();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert!(
+        args.iter().any(|a| a.starts_with("--disk=768:w,direct:")),
+        "{args:?}"
+    );
     let console = Console::attach(&env, "mosblk");
     wait_until("Mini-OS's blkfront to find its backend", || {
         console.text().contains("sectors of 512 bytes")

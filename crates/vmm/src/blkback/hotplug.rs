@@ -58,9 +58,15 @@ impl BlockBackend {
 
     /// Opens `path` and serves it as device `devid`, whose xenbus nodes the toolstack
     /// wrote; starts the backend if it was not running.
-    pub fn attach(&self, devid: u32, writable: bool, path: &Path) -> Result<(), HotplugError> {
+    pub fn attach(
+        &self,
+        devid: u32,
+        writable: bool,
+        direct: bool,
+        path: &Path,
+    ) -> Result<(), HotplugError> {
         let socket = self.socket.clone().ok_or(HotplugError::NoXenstore)?;
-        let disk = Arc::new(Disk::open(path, writable)?);
+        let disk = Arc::new(Disk::open(path, writable)?.with_direct_io(direct));
         let mut running = self.lock();
         match running.as_ref() {
             Some(b) => Ok(b.attach(devid, disk)?),

@@ -275,8 +275,12 @@ impl Xend {
                 .disks
                 .iter()
                 .filter_map(|d| {
-                    let writable = d.access == rxen_xlcfg::devices::DiskAccess::ReadWrite;
-                    Some((d.devid()?, writable, d.target.as_str()))
+                    Some(crate::vmm::LaunchDisk {
+                        devid: d.devid()?,
+                        writable: d.access == rxen_xlcfg::devices::DiskAccess::ReadWrite,
+                        direct: d.direct_io,
+                        path: d.target.as_str(),
+                    })
                 })
                 .collect(),
             files: &files,

@@ -202,6 +202,7 @@ impl Xend {
             devid,
             mode,
             path: disk.target.clone(),
+            direct: disk.direct_io,
         };
         if let Err(e) = vmm::command(&self.files(domid).control(), req).await {
             self.undo_attach(domid, devid).await;
