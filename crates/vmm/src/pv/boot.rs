@@ -39,7 +39,8 @@ pub fn build(
         cmdline,
     } = files;
     let (m2p_base, m2p_entries) = area.layout.m2p();
-    let mut mem = RamFrames::with_m2p(ram, m2p_base, m2p_entries);
+    // The RAM was just created: every frame below rxen's area is zero.
+    let mut mem = RamFrames::with_m2p(ram, m2p_base, m2p_entries).fresh();
     let config = PvBuildConfig {
         nr_pages,
         ramdisk,

@@ -183,14 +183,13 @@ fn write_zero_padded<M: PhysMemory>(
     len: u64,
 ) -> Result<(), PvBuildError> {
     mem.write_phys(addr, data)?;
-    let zeros = [0u8; PAGE_SIZE as usize];
     let mut at = data.len() as u64;
     while at < len {
         let n = (len - at).min(PAGE_SIZE);
         let dest = addr
             .checked_add(at)
             .ok_or(MemoryError::OutOfRange { addr, len, size: 0 })?;
-        mem.write_phys(dest, &zeros[..n as usize])?;
+        mem.zero_phys(dest, n as usize)?;
         at += n;
     }
     Ok(())
