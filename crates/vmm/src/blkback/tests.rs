@@ -31,6 +31,7 @@ pub(super) const RO_GREF: u32 = 30;
 pub(super) const DISK_SECTORS: u64 = 256;
 
 mod features;
+mod queues;
 
 pub(super) struct Front {
     pub(super) ram: Arc<GuestRam>,

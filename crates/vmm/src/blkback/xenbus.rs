@@ -3,11 +3,13 @@
 //! frontend's `state` and runs Xen's state machine (as Linux's `xen-blkback`):
 //!
 //! * start: `feature-flush-cache`, `state` = InitWait (2);
-//! * start: also the data path's features ([`super::negotiate::backend_features`]);
+//! * start: also the data path's features ([`super::negotiate::backend_features`],
+//!   with `multi-queue-max-queues`);
 //! * frontend Initialised (3) or Connected (4): read the ring details
 //!   ([`super::negotiate::read_frontend`]: `ring-ref`/`ring-ref%u`, `ring-page-order`,
-//!   `event-channel`, `protocol`, `feature-persistent`), map and bind, publish `sectors`,
-//!   `info`, `sector-size`, `physical-sector-size`, then `state` = Connected (4);
+//!   `event-channel`, `protocol`, `feature-persistent`, `multi-queue-num-queues` and
+//!   `queue-N/...`), map and bind every queue's ring (one [`Connection`] each), publish
+//!   `sectors`, `info`, `sector-size`, `physical-sector-size`, then `state` = Connected (4);
 //! * frontend Closing (5): disconnect, `state` = Closing; Closed (6): disconnect,
 //!   `state` = Closed; Initialising (1) after Closed: `state` = InitWait again; the
 //!   frontend's node gone: disconnect.
@@ -67,7 +69,8 @@ struct Vbd {
     /// The frontend directory (read from the backend's `frontend` node).
     frontend: Option<String>,
     disk: Arc<Disk>,
-    conn: Option<Connection>,
+    /// One connected ring per queue (empty while not connected).
+    conns: Vec<Connection>,
     /// The backend state last written.
     state: XenbusState,
     /// Being detached: the device goes once the frontend has closed.
@@ -81,7 +84,7 @@ impl Vbd {
             backend: backend_path(domid, devid),
             frontend: None,
             disk,
-            conn: None,
+            conns: Vec::new(),
             state: XenbusState::Initialising,
             removing: false,
         }
@@ -407,10 +410,14 @@ impl Vbd {
     }
 
     fn disconnect(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            conn.stop();
-            tracing::info!(devid = self.devid, "blkback: disconnected");
+        if self.conns.is_empty() {
+            return;
         }
+        let queues = self.conns.len();
+        for mut conn in self.conns.drain(..) {
+            conn.stop();
+        }
+        tracing::info!(devid = self.devid, queues, "blkback: disconnected");
     }
 
     /// Disconnects and writes backend `state` = Closed.
@@ -434,10 +441,11 @@ impl Vbd {
             return Ok(());
         }
         c.write(0, &format!("{}/feature-flush-cache", self.backend), b"1")?;
-        for (key, value) in super::negotiate::backend_features(self.disk.writable()) {
+        let max_queues = super::negotiate::max_queues();
+        for (key, value) in super::negotiate::backend_features(self.disk.writable(), max_queues) {
             c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
         }
-        if self.conn.is_none() && self.state == XenbusState::Initialising {
+        if self.conns.is_empty() && self.state == XenbusState::Initialising {
             self.set_state(c, XenbusState::InitWait)?;
         }
         Ok(())
@@ -483,7 +491,7 @@ impl Vbd {
         }
         match fs {
             XenbusState::Initialised | XenbusState::Connected => {
-                if self.state == XenbusState::Connected && self.conn.is_some() {
+                if self.state == XenbusState::Connected && !self.conns.is_empty() {
                     return Ok(());
                 }
                 self.disconnect();
@@ -525,22 +533,34 @@ impl Vbd {
         dom: &Arc<DomainShared>,
         front: &str,
     ) -> Result<(), Refused> {
-        let ring = super::negotiate::read_frontend(|key| read_opt(c, &format!("{front}/{key}")))??;
-        let conn = Connection::start(
-            dom.clone(),
-            self.disk.clone(),
-            &ring,
-            format!("{}-vbd{}", dom.config.name, self.devid),
-        )?;
-        self.conn = Some(conn);
+        let rings = super::negotiate::read_frontend(super::negotiate::max_queues(), |key| {
+            read_opt(c, &format!("{front}/{key}"))
+        })??;
+        let mut conns = Vec::with_capacity(rings.len());
+        for (q, ring) in rings.iter().enumerate() {
+            let name = if rings.len() == 1 {
+                format!("{}-vbd{}", dom.config.name, self.devid)
+            } else {
+                format!("{}-vbd{}-q{q}", dom.config.name, self.devid)
+            };
+            // On an error the queues already connected are dropped (stopped) here.
+            conns.push(Connection::start(
+                dom.clone(),
+                self.disk.clone(),
+                ring,
+                name,
+            )?);
+        }
+        self.conns = conns;
         for (key, value) in connect_nodes(self.disk.sectors(), self.disk.writable()) {
             c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
         }
         tracing::info!(
             devid = self.devid,
-            ring_refs = ?ring.ring_refs,
-            evtchn = ring.evtchn,
-            persistent = ring.persistent,
+            queues = rings.len(),
+            ring_refs = ?rings.iter().map(|r| &r.ring_refs).collect::<Vec<_>>(),
+            evtchns = ?rings.iter().map(|r| r.evtchn).collect::<Vec<_>>(),
+            persistent = rings.iter().any(|r| r.persistent),
             disk = %self.disk.path().display(),
             "blkback: connected"
         );
