@@ -1,14 +1,17 @@
 //! The frontend of Xen's split block driver (xen/include/public/io/blkif.h) for SDK
-//! guests: xenbus negotiation with the backend, a one-page shared ring, and requests
-//! kept in flight up to a queue depth of 32 (the ring's size).
+//! guests: xenbus negotiation with the backend, one-page shared rings (one per queue),
+//! and requests kept in flight up to a queue depth of 32 (one ring's size) in all.
 //!
 //! Negotiation (blkif.h "Frontend XenBus Nodes"): find the backend from
 //! `device/vbd/<devid>/backend`, wait for its InitWait, read its features
 //! (`feature-persistent`, `feature-max-indirect-segments`, `feature-flush-cache`,
-//! `feature-discard`), grant the ring and allocate the event channel, write
-//! `ring-ref`, `event-channel`, `protocol` = `x86_64-abi` and `feature-persistent`,
-//! enter Initialised, wait for Connected, read `sectors`, `info`, `sector-size`, and
-//! enter Connected.
+//! `feature-discard`, `multi-queue-max-queues`), grant the rings and allocate their
+//! event channels, write `ring-ref`, `event-channel` (one queue) or
+//! `multi-queue-num-queues` and `queue-N/ring-ref`, `queue-N/event-channel` (several:
+//! [`Config::queues`] capped by the backend's offer), `protocol` = `x86_64-abi` and
+//! `feature-persistent`, enter Initialised, wait for Connected, read `sectors`, `info`,
+//! `sector-size`, and enter Connected. Requests go to the queues in turn
+//! (round-robin); completions are collected from all of them.
 //!
 //! Data lives in a pool of pages granted once to the backend, read-write, and reused
 //! by every request: with `feature-persistent` the backend keeps them mapped (no grant
@@ -69,6 +72,9 @@ pub struct DiskInfo {
     pub max_indirect_segments: u32,
     pub flush: bool,
     pub discard: bool,
+    /// The queues (rings) in use: the fewer of [`Config::queues`] and the backend's
+    /// `multi-queue-max-queues` (absent: 1).
+    pub queues: u32,
 }
 
 /// An operation on the disk.
@@ -96,24 +102,95 @@ pub struct Config {
     pub pool_pages: u32,
     /// Largest request in pages (11 without indirect; capped by the backend's offer).
     pub max_request_pages: u32,
+    /// Queues (rings) wanted, at most [`MAX_QUEUES`]; fewer if the backend offers fewer.
+    pub queues: u32,
 }
+
+/// Most queues the frontend uses.
+pub const MAX_QUEUES: u32 = 4;
 
 impl Default for Config {
     fn default() -> Self {
         Self {
             pool_pages: 64,
             max_request_pages: 11,
+            queues: 2,
         }
+    }
+}
+
+/// One queue: a one-page shared ring and its event channel.
+struct Ring {
+    port: Port,
+    page: *mut u8,
+    req_prod_pvt: u32,
+    rsp_cons: u32,
+}
+
+impl Ring {
+    fn word(&self, off: usize) -> &AtomicU32 {
+        // SAFETY: a 4-byte-aligned header word of the ring page this value owns,
+        // shared with the backend and only accessed atomically.
+        unsafe { &*(self.page.add(off) as *const AtomicU32) }
+    }
+
+    fn slot(&self, idx: u32) -> *mut u8 {
+        // SAFETY: slot idx % 32 lies within the ring page.
+        unsafe {
+            self.page
+                .add(64 + (idx % RING_SLOTS) as usize * BLKIF_SLOT_SIZE)
+        }
+    }
+
+    /// Publishes queued requests; notifies the backend if it asked.
+    fn push(&mut self) {
+        let old = self.word(0).load(SeqCst);
+        let new = self.req_prod_pvt;
+        if old == new {
+            return;
+        }
+        fence(SeqCst);
+        self.word(0).store(new, SeqCst);
+        fence(SeqCst);
+        let event = self.word(4).load(SeqCst);
+        if rxen_abi::ring::need_notify(old, new, event) {
+            let _ = events::send(self.port);
+        }
+    }
+
+    /// Takes the published responses (raw) into `out`; with none, re-arms
+    /// `rsp_event` (RING_FINAL_CHECK_FOR_RESPONSES) and says if more came meanwhile.
+    fn take(&mut self, out: &mut Vec<BlkifResponse>) -> bool {
+        let prod = self.word(8).load(SeqCst);
+        fence(SeqCst);
+        let before = out.len();
+        while self.rsp_cons != prod {
+            let slot = self.slot(self.rsp_cons);
+            let mut b = [0u8; 16];
+            // SAFETY: a response slot the backend published (16 bytes).
+            unsafe { core::ptr::copy_nonoverlapping(slot, b.as_mut_ptr(), 16) };
+            self.rsp_cons = self.rsp_cons.wrapping_add(1);
+            if let Ok(r) = <BlkifResponse as zerocopy::FromBytes>::read_from_bytes(&b) {
+                out.push(r);
+            }
+        }
+        if out.len() > before {
+            return true;
+        }
+        self.word(12).store(self.rsp_cons.wrapping_add(1), SeqCst);
+        fence(SeqCst);
+        self.word(8).load(SeqCst) != self.rsp_cons
     }
 }
 
 /// A connected virtual block device.
 pub struct Blkfront<'g> {
     grants: &'g GrantTable,
-    port: Port,
-    ring: *mut u8,
-    req_prod_pvt: u32,
-    rsp_cons: u32,
+    rings: Vec<Ring>,
+    /// The queue the next request goes to.
+    next_ring: usize,
+    /// The queue each request id in flight was put on.
+    owner: [u8; RING_SLOTS as usize],
     pool: *mut u8,
     pool_pages: u32,
     /// Grant ref of pool page 0 (page i is `pool_ref + i`).
@@ -188,8 +265,8 @@ impl<'g> Blkfront<'g> {
             .collect()
     }
 
-    /// Connects vbd `devid`, using grant refs from `first_ref` on (the ring, the pool
-    /// pages, the indirect pages: `1 + pool_pages + 32` refs at most).
+    /// Connects vbd `devid`, using grant refs from `first_ref` on (the rings, the pool
+    /// pages, the indirect pages: `queues + pool_pages + 32` refs at most).
     pub fn connect(
         xs: &mut Xenstore,
         grants: &'g GrantTable,
@@ -215,6 +292,8 @@ impl<'g> Blkfront<'g> {
             discard: read_opt_u64(xs, &format!("{backend}/feature-discard")) == 1,
             ..Default::default()
         };
+        let offered = read_opt_u64(xs, &format!("{backend}/multi-queue-max-queues")).max(1);
+        info.queues = u64::from(cfg.queues.clamp(1, MAX_QUEUES)).min(offered) as u32;
         let max_request_pages = if info.max_indirect_segments > 0 {
             cfg.max_request_pages
                 .min(info.max_indirect_segments)
@@ -225,17 +304,26 @@ impl<'g> Blkfront<'g> {
         }
         .min(cfg.pool_pages);
 
-        // SHARED_RING_INIT: indices 0 (zeroed page), events 1.
-        let ring = alloc_pages(1)?;
-        let ring_ref = first_ref;
-        // SAFETY: the page was just allocated; the header words are 4-byte aligned.
-        unsafe {
-            (*(ring.add(4) as *const AtomicU32)).store(1, SeqCst);
-            (*(ring.add(12) as *const AtomicU32)).store(1, SeqCst);
+        let mut rings = Vec::with_capacity(info.queues as usize);
+        for q in 0..info.queues {
+            // SHARED_RING_INIT: indices 0 (zeroed page), events 1.
+            let page = alloc_pages(1)?;
+            // SAFETY: the page was just allocated; the header words are 4-byte aligned.
+            unsafe {
+                (*(page.add(4) as *const AtomicU32)).store(1, SeqCst);
+                (*(page.add(12) as *const AtomicU32)).store(1, SeqCst);
+            }
+            grants.grant_access(first_ref + q, backend_id, pfn_of(page), false);
+            let port = events::alloc_unbound(backend_id).map_err(|e| BlkError::Hypercall(e.0))?;
+            rings.push(Ring {
+                port,
+                page,
+                req_prod_pvt: 0,
+                rsp_cons: 0,
+            });
         }
-        grants.grant_access(ring_ref, backend_id, pfn_of(ring), false);
         let pool = alloc_pages(cfg.pool_pages as usize)?;
-        let pool_ref = first_ref + 1;
+        let pool_ref = first_ref + info.queues;
         for i in 0..cfg.pool_pages {
             // SAFETY: page i of the pool allocation.
             let p = unsafe { pool.add(i as usize * PAGE) };
@@ -253,14 +341,27 @@ impl<'g> Blkfront<'g> {
         } else {
             core::ptr::null_mut()
         };
-        let port = events::alloc_unbound(backend_id).map_err(|e| BlkError::Hypercall(e.0))?;
-        for (k, v) in [
-            ("ring-ref", ring_ref.to_string()),
-            ("event-channel", port.to_string()),
-            ("protocol", XEN_IO_PROTO_ABI_X86_64.to_string()),
-            ("feature-persistent", "1".to_string()),
-        ] {
-            xs.write(&format!("{frontend}/{k}"), &v)
+        let mut nodes = Vec::new();
+        if info.queues == 1 {
+            nodes.push(("ring-ref".to_string(), first_ref.to_string()));
+            nodes.push(("event-channel".to_string(), rings[0].port.to_string()));
+        } else {
+            nodes.push((
+                "multi-queue-num-queues".to_string(),
+                info.queues.to_string(),
+            ));
+            for (q, r) in rings.iter().enumerate() {
+                nodes.push((
+                    format!("queue-{q}/ring-ref"),
+                    (first_ref + q as u32).to_string(),
+                ));
+                nodes.push((format!("queue-{q}/event-channel"), r.port.to_string()));
+            }
+        }
+        nodes.push(("protocol".to_string(), XEN_IO_PROTO_ABI_X86_64.to_string()));
+        nodes.push(("feature-persistent".to_string(), "1".to_string()));
+        for (k, v) in &nodes {
+            xs.write(&format!("{frontend}/{k}"), v)
                 .map_err(|e| store_err(k, e))?;
         }
         xs.write(&format!("{frontend}/state"), &STATE_INITIALISED.to_string())
@@ -274,10 +375,9 @@ impl<'g> Blkfront<'g> {
             .map_err(|e| store_err("state", e))?;
         Ok(Self {
             grants,
-            port,
-            ring,
-            req_prod_pvt: 0,
-            rsp_cons: 0,
+            rings,
+            next_ring: 0,
+            owner: [0; RING_SLOTS as usize],
             pool,
             pool_pages: cfg.pool_pages,
             pool_ref,
@@ -327,18 +427,9 @@ impl<'g> Blkfront<'g> {
         }
     }
 
-    fn word(&self, off: usize) -> &AtomicU32 {
-        // SAFETY: a 4-byte-aligned header word of the ring page this value owns,
-        // shared with the backend and only accessed atomically.
-        unsafe { &*(self.ring.add(off) as *const AtomicU32) }
-    }
-
-    fn slot(&self, idx: u32) -> *mut u8 {
-        // SAFETY: slot idx % 32 lies within the ring page.
-        unsafe {
-            self.ring
-                .add(64 + (idx % RING_SLOTS) as usize * BLKIF_SLOT_SIZE)
-        }
+    /// The event channels of the queues, in queue order.
+    pub fn ports(&self) -> Vec<Port> {
+        self.rings.iter().map(|r| r.port).collect()
     }
 
     fn segment(&self, page: u32) -> BlkifSegment {
@@ -441,61 +532,56 @@ impl<'g> Blkfront<'g> {
                 }
             }
         }
-        let slot = self.slot(self.req_prod_pvt);
+        // Round-robin over the queues; at most 32 requests are in flight in all, so
+        // no ring overflows.
+        let q = self.next_ring % self.rings.len();
+        self.next_ring = (q + 1) % self.rings.len();
+        self.owner[id as usize] = q as u8;
+        let ring = &mut self.rings[q];
+        let slot = ring.slot(ring.req_prod_pvt);
         // SAFETY: the slot is ours until req_prod covers it; at most 112 bytes.
         unsafe { core::ptr::copy_nonoverlapping(bytes.as_ptr(), slot, bytes.len()) };
-        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
+        ring.req_prod_pvt = ring.req_prod_pvt.wrapping_add(1);
         Ok(id)
     }
 
-    /// Publishes queued requests; notifies the backend if it asked (one notify for
-    /// the batch).
+    /// Publishes queued requests; notifies the backend of each queue that has new
+    /// ones if it asked (one notify per queue for the batch).
     pub fn push(&mut self) {
-        let old = self.word(0).load(SeqCst);
-        let new = self.req_prod_pvt;
-        fence(SeqCst);
-        self.word(0).store(new, SeqCst);
-        fence(SeqCst);
-        let event = self.word(4).load(SeqCst);
-        if old != new && rxen_abi::ring::need_notify(old, new, event) {
-            let _ = events::send(self.port);
+        for r in &mut self.rings {
+            r.push();
         }
     }
 
-    /// Collects finished requests (and re-arms `rsp_event` when there are none).
+    /// Collects finished requests from every queue (and re-arms each ring's
+    /// `rsp_event` when there are none).
     pub fn poll(&mut self, out: &mut Vec<Completion>) -> usize {
         let mut n = 0;
+        let mut raw = Vec::new();
         loop {
-            let prod = self.word(8).load(SeqCst);
-            fence(SeqCst);
-            while self.rsp_cons != prod {
-                let slot = self.slot(self.rsp_cons);
-                let mut b = [0u8; 16];
-                // SAFETY: a response slot the backend published (16 bytes).
-                unsafe { core::ptr::copy_nonoverlapping(slot, b.as_mut_ptr(), 16) };
-                self.rsp_cons = self.rsp_cons.wrapping_add(1);
-                let Ok(r) = <BlkifResponse as zerocopy::FromBytes>::read_from_bytes(&b) else {
-                    continue;
-                };
-                let id = r.id as u32;
-                // A response for an id not in flight is ignored (a lying backend).
-                if id < RING_SLOTS && !self.free_ids.contains(&id) {
-                    self.free_ids.push(id);
-                    out.push(Completion {
-                        id,
-                        status: r.status,
-                    });
-                    n += 1;
+            let mut more = false;
+            for q in 0..self.rings.len() {
+                raw.clear();
+                more |= self.rings[q].take(&mut raw);
+                for r in &raw {
+                    let id = r.id as u32;
+                    // A response for an id not in flight on this queue is ignored (a
+                    // lying backend).
+                    if id < RING_SLOTS
+                        && usize::from(self.owner[id as usize]) == q
+                        && !self.free_ids.contains(&id)
+                    {
+                        self.free_ids.push(id);
+                        out.push(Completion {
+                            id,
+                            status: r.status,
+                        });
+                        n += 1;
+                    }
                 }
             }
-            if n > 0 {
+            if n > 0 || !more {
                 return n;
-            }
-            // RING_FINAL_CHECK_FOR_RESPONSES.
-            self.word(12).store(self.rsp_cons.wrapping_add(1), SeqCst);
-            fence(SeqCst);
-            if self.word(8).load(SeqCst) == self.rsp_cons {
-                return 0;
             }
         }
     }
@@ -507,7 +593,11 @@ impl<'g> Blkfront<'g> {
             if n > 0 || self.in_flight() == 0 {
                 return n;
             }
-            if !events::take_fired(self.port) {
+            let mut fired = false;
+            for r in &self.rings {
+                fired |= events::take_fired(r.port);
+            }
+            if !fired {
                 events::wait_and_dispatch();
             }
         }
@@ -520,7 +610,7 @@ impl<'g> Blkfront<'g> {
             if n > 0 || self.in_flight() == 0 {
                 return n;
             }
-            crate::executor::wait_port(self.port).await;
+            crate::executor::wait_any_port(self.ports()).await;
         }
     }
 

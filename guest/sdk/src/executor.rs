@@ -182,3 +182,31 @@ impl Future for PortEvent {
 pub fn wait_port(port: u32) -> PortEvent {
     PortEvent { port }
 }
+
+/// A future that completes when any of `ports` fires.
+pub struct AnyPortEvent {
+    ports: Vec<u32>,
+}
+
+impl Future for AnyPortEvent {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut fired = false;
+        for p in &self.ports {
+            fired |= crate::events::take_fired(*p);
+        }
+        if fired {
+            return Poll::Ready(());
+        }
+        let mut w = PORT_WAITERS.lock();
+        for p in &self.ports {
+            w.push((*p, cx.waker().clone()));
+        }
+        Poll::Pending
+    }
+}
+
+/// Waits for an event on any of `ports` (e.g. the rings of a multi-queue device).
+pub fn wait_any_port(ports: Vec<u32>) -> AnyPortEvent {
+    AnyPortEvent { ports }
+}

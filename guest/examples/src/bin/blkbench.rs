@@ -13,8 +13,11 @@
 //!   compares, discards a range and reads zeroes (when offered), checks that a read
 //!   past the end fails; prints `blkbench: verify ok ...` or `blkbench: verify FAILED: why`.
 //!
+//! * `queues=N` (default 2): queues (rings) to use, capped by the backend's
+//!   `multi-queue-max-queues`; requests go to them in turn.
+//!
 //! Both print the negotiated features first (`blkbench: sectors=.. persistent=..
-//! indirect=.. discard=..`) and power off at the end.
+//! indirect=.. discard=.. queues=..`) and power off at the end.
 #![no_std]
 #![no_main]
 
@@ -299,6 +302,7 @@ fn main() {
     let cfg = Config {
         pool_pages: SEQ_PAGES,
         max_request_pages: SEQ_PAGES,
+        queues: arg("queues", 2) as u32,
     };
     let mut bf = match Blkfront::connect(&mut xs, &table, FIRST_FREE_REF, devid, cfg) {
         Ok(b) => b,
@@ -309,14 +313,15 @@ fn main() {
     };
     let i = bf.info;
     println!(
-        "blkbench: devid={devid} sectors={} readonly={} persistent={} indirect={} max_request_pages={} flush={} discard={}",
+        "blkbench: devid={devid} sectors={} readonly={} persistent={} indirect={} max_request_pages={} flush={} discard={} queues={}",
         i.sectors,
         i.readonly as u8,
         i.persistent as u8,
         i.max_indirect_segments,
         bf.max_request_pages(),
         i.flush as u8,
-        i.discard as u8
+        i.discard as u8,
+        i.queues
     );
     let span = match arg("span_mib", 0) {
         0 => i.sectors,
