@@ -70,3 +70,38 @@ fn verify(tag: &str, extra: &str, queues: usize) {
     let queues = format!("queues={queues}");
     assert!(text.contains(&queues), "missing {queues} in:\n{text}");
 }
+
+/// A frontend asking for 0 queues, or more than offered, is refused: the backend goes
+/// Closing (5) and blkbench's connect fails.
+#[test]
+fn bad_queue_counts_are_refused() {
+    if !kvm_available("bad_queue_counts_are_refused") {
+        return;
+    }
+    for (tag, lie) in [("blkq0", 0), ("blkq5", 5)] {
+        let env = Env::start(tag);
+        let img = env.dir.join("disk.img");
+        std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+        let cfg = format!(
+            "name = \"blkv\"\nkernel = \"{}\"\nmemory = 64\nextra = \"mode=verify queues=1 lie_num_queues={lie}\"\ndisk = [ 'file:{},xvda,w' ]\non_poweroff = \"preserve\"\non_crash = \"preserve\"\n",
+            rxen_testkit::guest("blkbench").display(),
+            img.display()
+        );
+        env.create(&cfg);
+        rxen_testkit::wait_until(
+            "blkbench's connect",
+            std::time::Duration::from_secs(60),
+            || {
+                let t = console(&env, "blkv");
+                t.contains("blkbench: connect")
+                    || t.contains("sectors=")
+                    || t.contains("guest panic")
+            },
+        );
+        let text = console(&env, "blkv");
+        assert!(
+            text.contains("blkbench: connect") && text.contains("backend state 5"),
+            "multi-queue-num-queues={lie} was not refused:\n{text}"
+        );
+    }
+}

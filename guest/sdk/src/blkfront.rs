@@ -104,6 +104,9 @@ pub struct Config {
     pub max_request_pages: u32,
     /// Queues (rings) wanted, at most [`MAX_QUEUES`]; fewer if the backend offers fewer.
     pub queues: u32,
+    /// Writes this as `multi-queue-num-queues` whatever the number of queues used (a
+    /// lying frontend, to test that a backend refuses it); `None` for the truth.
+    pub num_queues_lie: Option<u32>,
 }
 
 /// Most queues the frontend uses.
@@ -115,6 +118,7 @@ impl Default for Config {
             pool_pages: 64,
             max_request_pages: 11,
             queues: 2,
+            num_queues_lie: None,
         }
     }
 }
@@ -342,14 +346,19 @@ impl<'g> Blkfront<'g> {
             core::ptr::null_mut()
         };
         let mut nodes = Vec::new();
+        if let Some(lie) = cfg.num_queues_lie {
+            nodes.push(("multi-queue-num-queues".to_string(), lie.to_string()));
+        }
         if info.queues == 1 {
             nodes.push(("ring-ref".to_string(), first_ref.to_string()));
             nodes.push(("event-channel".to_string(), rings[0].port.to_string()));
         } else {
-            nodes.push((
-                "multi-queue-num-queues".to_string(),
-                info.queues.to_string(),
-            ));
+            if cfg.num_queues_lie.is_none() {
+                nodes.push((
+                    "multi-queue-num-queues".to_string(),
+                    info.queues.to_string(),
+                ));
+            }
             for (q, r) in rings.iter().enumerate() {
                 nodes.push((
                     format!("queue-{q}/ring-ref"),
