@@ -5,8 +5,9 @@
 //! Each of the domain's virtual block devices (vbds) has a backing [`disk::Disk`]
 //! (a raw file or block device, opened by the VMM at start), a xenbus backend in
 //! xenstore run by [`xenbus::XenbusBackend`] (one thread with a domain-0 connection to
-//! xenstored for all of the domain's vbds), and once the frontend connected, a
-//! [`connection::Connection`]: the ring page mapped through the grant table, domain 0's
+//! xenstored for all of the domain's vbds), and once the frontend connected, one
+//! [`connection::Connection`] per queue (blkif.h multi-queue: up to
+//! [`negotiate::max_queues`]): the ring page mapped through the grant table, domain 0's
 //! end of the event channel, a thread serving the [`ring::BackRing`] (one page or
 //! `1 << ring-page-order`) with [`request`] validation ([`dispatch`]: indirect
 //! segments, persistent grants), and I/O workers ([`pool`], [`io`]) that keep several
