@@ -30,6 +30,8 @@ pub enum NegotiationError {
     RingOrder(u32),
     #[error("multi-queue-num-queues {requested} is not between 1 and the {max} offered")]
     Queues { requested: u32, max: u32 },
+    #[error("grant {0} is named as a ring page twice")]
+    SharedRingPage(u32),
 }
 
 /// Most queues (rings) offered per vbd, whatever the host.
@@ -136,6 +138,13 @@ pub fn read_frontend<E>(
         match read_queue(&dir, order, persistent, &mut read)? {
             Ok(r) => rings.push(r),
             Err(e) => return Ok(Err(e)),
+        }
+    }
+    // Two rings (or two pages of one) on one page would serve each other's slots.
+    let mut seen = std::collections::BTreeSet::new();
+    for gref in rings.iter().flat_map(|r| &r.ring_refs) {
+        if !seen.insert(*gref) {
+            return Ok(Err(NegotiationError::SharedRingPage(*gref)));
         }
     }
     Ok(Ok(rings))
@@ -296,6 +305,26 @@ mod tests {
                 ("event-channel", "5"),
             ]),
             Err(NegotiationError::Missing("queue-0/ring-ref".into()))
+        );
+        // Queues on one page are refused.
+        assert_eq!(
+            fronts(&[
+                ("multi-queue-num-queues", "2"),
+                ("queue-0/ring-ref", "8"),
+                ("queue-0/event-channel", "5"),
+                ("queue-1/ring-ref", "8"),
+                ("queue-1/event-channel", "6"),
+            ]),
+            Err(NegotiationError::SharedRingPage(8))
+        );
+        assert_eq!(
+            fronts(&[
+                ("ring-page-order", "1"),
+                ("ring-ref0", "3"),
+                ("ring-ref1", "3"),
+                ("event-channel", "5"),
+            ]),
+            Err(NegotiationError::SharedRingPage(3))
         );
         // A backend that offers one queue refuses two.
         let m: HashMap<&str, &str> = [("multi-queue-num-queues", "2")].into_iter().collect();
