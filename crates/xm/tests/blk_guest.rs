@@ -22,9 +22,9 @@ fn blkbench_verifies_through_blkback() {
     if !kvm_available("blkbench_verifies_through_blkback") {
         return;
     }
-    // blkbench asks for 2 queues by default; the backend offers min(4, host CPUs).
+    // blkbench asks for 2 queues; the backend offers min(4, host CPUs).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    verify("blkbench", "mode=verify", cpus.clamp(1, 2));
+    verify("blkbench", "mode=verify queues=2", cpus.clamp(1, 2));
 }
 
 /// The single-ring layout (flat `ring-ref`, `event-channel`) still works.

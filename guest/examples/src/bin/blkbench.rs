@@ -13,7 +13,7 @@
 //!   compares, discards a range and reads zeroes (when offered), checks that a read
 //!   past the end fails; prints `blkbench: verify ok ...` or `blkbench: verify FAILED: why`.
 //!
-//! * `queues=N` (default 2): queues (rings) to use, capped by the backend's
+//! * `queues=N` (default 1): queues (rings) to use, capped by the backend's
 //!   `multi-queue-max-queues`; requests go to them in turn. `lie_num_queues=N` writes N
 //!   as `multi-queue-num-queues` whatever is used (the backend must refuse 0 or more
 //!   than it offers: `blkbench: connect: ... backend state 5`).
@@ -304,7 +304,7 @@ fn main() {
     let cfg = Config {
         pool_pages: SEQ_PAGES,
         max_request_pages: SEQ_PAGES,
-        queues: arg("queues", 2) as u32,
+        queues: arg("queues", 1) as u32,
         num_queues_lie: start::cmdline_value("lie_num_queues").and_then(|v| v.parse().ok()),
     };
     let mut bf = match Blkfront::connect(&mut xs, &table, FIRST_FREE_REF, devid, cfg) {
