@@ -107,6 +107,7 @@ impl Connection {
                     queue: RxQueue::default(),
                     rx_sg,
                     name: name.clone(),
+                    tx_dropped: 0,
                 };
                 let notify = |port_index: usize| {
                     let port = t_ports[port_index.min(t_ports.len() - 1)];
@@ -196,6 +197,8 @@ pub struct Io {
     pub queue: RxQueue,
     pub rx_sg: bool,
     pub name: String,
+    /// TX packets dropped so far.
+    pub tx_dropped: u64,
 }
 
 impl Io {
@@ -210,8 +213,9 @@ impl Io {
     ) -> Result<(bool, bool), RingError> {
         let mut tx_notify = false;
         loop {
-            let (_, n) = tx::transmit(&mut self.tx, grants, host, &self.name)?;
+            let (stats, n) = tx::transmit(&mut self.tx, grants, host)?;
             tx_notify |= n;
+            self.log_tx_drops(stats);
             // An unfinished chain stays on the ring: wake up for the request after it.
             let left = self.tx.unconsumed()?;
             if !self.tx.want_requests(left + 1)? {
@@ -232,6 +236,21 @@ impl Io {
             &self.name,
         )?;
         Ok((tx_notify, rx_notify))
+    }
+
+    /// Logs dropped TX packets with a growing interval (the 1st, 2nd, 4th, 8th...), so
+    /// that a lying frontend cannot flood the log.
+    fn log_tx_drops(&mut self, stats: tx::TxStats) {
+        let before = self.tx_dropped;
+        self.tx_dropped += u64::from(stats.dropped);
+        let crossed = (before + 1..=self.tx_dropped).any(u64::is_power_of_two);
+        if let (true, Some(why)) = (crossed, stats.first_drop) {
+            tracing::warn!(
+                "{}: TX packet dropped: {why} ({} dropped so far)",
+                self.name,
+                self.tx_dropped
+            );
+        }
     }
 }
 

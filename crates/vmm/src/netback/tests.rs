@@ -110,6 +110,7 @@ impl Front {
             queue: RxQueue::default(),
             rx_sg,
             name: "test-vif".into(),
+            tx_dropped: 0,
         }
     }
 
@@ -263,6 +264,8 @@ fn tx_lies_drop_the_packet_only() {
     f.publish_tx();
     io.pass(&f.grants, &mut host, &mut buf).unwrap();
     assert_eq!(host.sent, vec![frame(64, 9)]);
+    // Four packets: ids 2 and 3 are one chain.
+    assert_eq!(io.tx_dropped, 4);
     let st: Vec<(u16, i16)> = (0..6)
         .map(|i| {
             let r = f.tx_response(i);

@@ -9,7 +9,7 @@
 //! its request's `id`. A packet that lies (a fragment leaving its page, fragments
 //! larger than the packet, more than [`MAX_SLOTS`] slots, shorter than an Ethernet
 //! header, a grant that does not copy) is dropped: `NETIF_RSP_ERROR` for each of its
-//! slots and a log line. A chain the frontend has not finished producing is left on
+//! slots (the caller logs: [`super::connection::Io`], with a growing interval). A chain the frontend has not finished producing is left on
 //! the ring until it has.
 
 use rxen_abi::netif::{
@@ -35,6 +35,8 @@ pub const ETH_HLEN: usize = 14;
 pub struct TxStats {
     pub sent: u32,
     pub dropped: u32,
+    /// Why the first packet dropped in the pass was dropped (the caller logs it).
+    pub first_drop: Option<TxDrop>,
 }
 
 /// One slot of a packet: a data request, or an extra-info slot.
@@ -131,7 +133,6 @@ pub fn transmit(
     ring: &mut TxRing,
     grants: &GrantTable,
     out: &mut dyn FrameIo,
-    name: &str,
 ) -> Result<(TxStats, bool), RingError> {
     let mut stats = TxStats::default();
     loop {
@@ -162,7 +163,7 @@ pub fn transmit(
             }
             Err(why) => {
                 stats.dropped += 1;
-                tracing::warn!("{name}: TX packet dropped: {why}");
+                stats.first_drop.get_or_insert(why);
                 NETIF_RSP_ERROR
             }
         };
