@@ -3,7 +3,7 @@
 //! This crate owns the *numbers and layouts* a paravirtualized guest and the rxen
 //! hypervisor agree on: hypercall numbers, sub-operation numbers, error numbers and
 //! the structures of `xen/include/public` (xen.h, event_channel.h, sched.h, vcpu.h,
-//! memory.h, grant_table.h, the MMU parts of xen.h and arch-x86/xen-x86_64.h, version.h, io/ring.h, io/console.h, io/xs_wire.h, io/blkif.h, io/xenbus.h), plus rxen's own documented guest
+//! memory.h, grant_table.h, the MMU parts of xen.h and arch-x86/xen-x86_64.h, version.h, io/ring.h, io/console.h, io/xs_wire.h, io/blkif.h, io/netif.h, io/xenbus.h), plus rxen's own documented guest
 //! memory layout ([`layout`]). Every structure has a layout test against the sizes and
 //! offsets of Xen's x86-64 headers.
 //!
@@ -24,6 +24,7 @@ pub mod hypercall;
 pub mod layout;
 pub mod memory;
 pub mod mmu;
+pub mod netif;
 pub mod ring;
 pub mod sched;
 pub mod vcpu;

@@ -27,6 +27,7 @@ pub mod guest_view;
 pub mod hypercall;
 pub mod kernel_file;
 pub mod memory;
+pub mod netback;
 pub mod pv;
 pub mod rawimage;
 pub mod shared_info;

@@ -215,3 +215,44 @@ fn ramdisks_need_a_pv_kernel_and_a_readable_file() {
     assert!(stderr_of(&out).contains("ramdisk"), "{}", stderr_of(&out));
     let _ = std::fs::remove_file(&hello);
 }
+
+/// `--vif` values that cannot be a vif are usage errors (exit 2) naming the problem;
+/// a TAP that cannot be created is an error of the run (exit 1), before any guest
+/// runs.
+#[test]
+fn bad_vifs_are_refused() {
+    for (vif, needle) in [
+        ("devid=0,mac=00:16:3e:01:02,tap=v", "six hex pairs"),
+        (
+            "devid=0,mac=00:16:3e:01:02:03,tap=waytoolonginterface",
+            "interface name",
+        ),
+        ("devid=0,mac=00:16:3e:01:02:03", "expected devid=N"),
+    ] {
+        let out = xen_vmm(&["--xenstored-socket", "/nonexistent", "--vif", vif]);
+        assert_eq!(out.status.code(), Some(2), "{vif}: {}", stderr_of(&out));
+        assert!(
+            stderr_of(&out).contains(needle),
+            "{vif}: {}",
+            stderr_of(&out)
+        );
+    }
+    // Two vifs with one device number: refused before the domain is built.
+    let hello = guest("hello");
+    let out = xen_vmm(&[
+        "--kernel",
+        hello.to_str().expect("utf-8"),
+        "--xenstored-socket",
+        "/nonexistent",
+        "--vif",
+        "devid=0,mac=00:16:3e:01:02:03,tap=rxtestdup0",
+        "--vif",
+        "devid=0,mac=00:16:3e:01:02:04,tap=rxtestdup1",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr_of(&out));
+    assert!(
+        stderr_of(&out).contains("two vifs have device number 0"),
+        "{}",
+        stderr_of(&out)
+    );
+}

@@ -12,6 +12,7 @@ pub mod error;
 pub mod process;
 pub mod state;
 pub mod vbd;
+pub mod vif;
 pub mod vmm;
 pub mod xenstored;
 pub mod xs;

@@ -48,6 +48,29 @@ pub struct LaunchDisk<'a> {
     pub path: &'a str,
 }
 
+/// One network interface a VMM serves (`--vif devid=N,mac=MAC,tap=NAME[,bridge=B]`).
+#[derive(Debug, Clone)]
+pub struct LaunchVif {
+    pub devid: u32,
+    pub mac: String,
+    pub tap: String,
+    pub bridge: Option<String>,
+}
+
+impl LaunchVif {
+    /// The `--vif` argument.
+    pub fn arg(&self) -> String {
+        let mut a = format!(
+            "--vif=devid={},mac={},tap={}",
+            self.devid, self.mac, self.tap
+        );
+        if let Some(b) = &self.bridge {
+            a.push_str(&format!(",bridge={b}"));
+        }
+        a
+    }
+}
+
 /// What the VMM needs to start a domain.
 pub struct Launch<'a> {
     pub vmm: &'a Path,
@@ -65,6 +88,8 @@ pub struct Launch<'a> {
     pub xenstored_socket: &'a Path,
     /// Disks the VMM serves: `(device number, writable, path)`.
     pub disks: Vec<LaunchDisk<'a>>,
+    /// Network interfaces the VMM serves.
+    pub vifs: Vec<LaunchVif>,
     pub files: &'a DomainFiles,
     /// Start with every vCPU paused.
     pub paused: bool,
@@ -118,6 +143,9 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
         let mode = if d.writable { "w" } else { "r" };
         let direct = if d.direct { ",direct" } else { "" };
         cmd.arg(format!("--disk={}:{mode}{direct}:{}", d.devid, d.path));
+    }
+    for v in &l.vifs {
+        cmd.arg(v.arg());
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -197,6 +197,9 @@ fn write_entries(
             let Some(devid) = disk.devid() else { continue };
             write_vbd(c, tx, domid, devid, disk)?;
         }
+        for (devid, vif) in spec.vifs.iter().enumerate() {
+            write_dirs(c, tx, &crate::vif::layout(domid, devid as u32, vif))?;
+        }
         Ok(())
     }
 }
@@ -210,6 +213,19 @@ fn write_vbd(
     disk: &DiskSpec,
 ) -> Result<(), ClientError> {
     for dir in crate::vbd::layout(domid, devid, disk) {
+        c.write(tx, &dir.path, b"")?;
+        let perms: Vec<&str> = dir.perms.iter().map(String::as_str).collect();
+        c.set_perms(tx, &dir.path, &perms)?;
+        for (k, v) in &dir.nodes {
+            c.write(tx, &format!("{}/{k}", dir.path), v.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes directories with their permissions and nodes.
+fn write_dirs(c: &mut Client, tx: u32, dirs: &[crate::vbd::Dir]) -> Result<(), ClientError> {
+    for dir in dirs {
         c.write(tx, &dir.path, b"")?;
         let perms: Vec<&str> = dir.perms.iter().map(String::as_str).collect();
         c.set_perms(tx, &dir.path, &perms)?;
@@ -333,6 +349,7 @@ pub fn teardown(socket: &Path, domid: u32, uuid: &str) -> Result<(), ClientError
     let _ = c.rm(0, &format!("/vm/{uuid}"));
     let _ = c.rm(0, &format!("/libxl/{domid}"));
     let _ = c.rm(0, &crate::vbd::backend_root(domid));
+    let _ = c.rm(0, &crate::vif::backend_root(domid));
     Ok(())
 }
 
@@ -359,7 +376,7 @@ pub fn alive(socket: &Path) -> bool {
 
 /// Removes what xenstore holds of domains xend does not know (after a crash of xend in
 /// the middle of a create or destroy): `/local/domain/N` (but domain 0), `/libxl/N`,
-/// `/vm/UUID`, vbd backends, and their introduction. Returns what it removed.
+/// `/vm/UUID`, vbd and vif backends, and their introduction. Returns what it removed.
 pub fn remove_unknown(
     socket: &Path,
     known_domids: &[u32],
@@ -373,6 +390,10 @@ pub fn remove_unknown(
         c.directory(0, "/local/domain/0/backend/vbd")
             .unwrap_or_default(),
     );
+    ids.extend(
+        c.directory(0, "/local/domain/0/backend/vif")
+            .unwrap_or_default(),
+    );
     ids.sort();
     ids.dedup();
     for id in ids {
@@ -384,6 +405,7 @@ pub fn remove_unknown(
         let _ = c.rm(0, &domain_path(n));
         let _ = c.rm(0, &format!("/libxl/{n}"));
         let _ = c.rm(0, &crate::vbd::backend_root(n));
+        let _ = c.rm(0, &crate::vif::backend_root(n));
         removed.push(format!("domain {n}"));
     }
     for uuid in c.directory(0, "/vm").unwrap_or_default() {

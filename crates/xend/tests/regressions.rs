@@ -225,7 +225,7 @@ fn create_forms_agree_and_say_what_they_ignore() {
     let img = env.dir.join("disk.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
     let (s, v) = env.create(&format!(
-        "name='disky'\nmemory=16\ndisk=['file:{},xvda,w']\nvif=['bridge=xenbr0']",
+        "name='disky'\nmemory=16\ndisk=['file:{},xvda,w']\nvif=['bridge=xenbr0,rate=10Mb/s']",
         img.display()
     ));
     assert_eq!(s, 201, "{v}");
@@ -238,10 +238,16 @@ fn create_forms_agree_and_say_what_they_ignore() {
         w.iter().any(|w| w
             .as_str()
             .unwrap()
-            .contains("vif 0 is accepted but not attached")),
+            .contains("vif 0: rate is accepted but not applied")),
         "{v}"
     );
     let domid = v["domain"]["domid"].as_u64().unwrap();
+    // Vifs are attached now (issue 10): libxl's nodes, a MAC in Xen's range.
+    let mac = env
+        .xenstore()
+        .read(0, &format!("/local/domain/0/backend/vif/{domid}/0/mac"))
+        .unwrap();
+    assert!(mac.starts_with(b"00:16:3e:"), "{mac:?}");
     let backend = format!("/local/domain/0/backend/vbd/{domid}/51712");
     let mut xs = env.xenstore();
     assert_eq!(

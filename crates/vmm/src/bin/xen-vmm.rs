@@ -92,6 +92,17 @@ enum Cmd {
         /// repeatable; needs --xenstored-socket.
         #[arg(long, value_name = "DEVID:MODE:PATH", requires = "xenstored_socket")]
         disk: Vec<rxen_vmm::blkback::VbdConfig>,
+        /// A virtual network interface served by the in-VMM netback:
+        /// devid=N,mac=MAC,tap=NAME[,bridge=BRIDGE]. The VMM creates TAP device NAME
+        /// (gone when the VMM exits), brings it up and adds it to BRIDGE if that
+        /// bridge exists. Its xenbus nodes must already exist (xend writes them);
+        /// repeatable; needs --xenstored-socket.
+        #[arg(
+            long,
+            value_name = "devid=N,mac=MAC,tap=NAME[,bridge=BRIDGE]",
+            requires = "xenstored_socket"
+        )]
+        vif: Vec<rxen_vmm::netback::VifConfig>,
         /// Write how the domain ended here before exiting: one JSON line
         /// {"kind", "code", "reason"} (rxen-vmm-api's ExitRecord).
         #[arg(long)]
@@ -189,6 +200,7 @@ fn main() -> ExitCode {
         xenstore_socket,
         xenstored_socket,
         disk,
+        vif,
         exit_file,
         uuid,
         paused,
@@ -249,6 +261,13 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitKind::Internal.exit_code());
         }
     };
+    let vifs = match rxen_vmm::netback::open_vifs(domid, &vif) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("xen-vmm: {e}");
+            return ExitCode::from(ExitKind::Internal.exit_code());
+        }
+    };
     let sink: Box<dyn ConsoleSink> = match &console_log {
         None => Box::new(StdoutSink),
         Some(p) => match RotatingLog::open(p, console_log_max) {
@@ -273,6 +292,16 @@ fn main() -> ExitCode {
     };
     let shared = domain.shared().clone();
     // Started before the control socket, which hands it hot-plugged disks.
+    let net_backend = match rxen_vmm::netback::start(shared.clone(), xenstored_socket.clone(), vifs)
+    {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("xen-vmm: {e}");
+            domain.destroy();
+            domain.wait();
+            return ExitCode::from(ExitKind::Internal.exit_code());
+        }
+    };
     let block_backend = match rxen_vmm::blkback::hotplug::BlockBackend::start(
         shared.clone(),
         xenstored_socket,
@@ -340,6 +369,7 @@ fn main() -> ExitCode {
     }
     let why = domain.wait();
     block_backend.stop();
+    drop(net_backend);
     if let Some(p) = &exit_file {
         if let Err(e) = std::fs::write(p, rxen_vmm_api::encode(&why.record())) {
             eprintln!("xen-vmm: writing {}: {e}", p.display());

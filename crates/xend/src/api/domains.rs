@@ -347,7 +347,14 @@ mod tests {
         let (b, _, _) = spec_of(br#"{"config":"name='a'"}"#).unwrap();
         assert_eq!(a, b);
         let (_, w, _) = spec_of(br#"{"config":"name='a'\nvif=['bridge=xenbr0']"}"#).unwrap();
-        assert!(w.iter().any(|w| w.contains("not attached")), "{w:?}");
+        assert!(w.is_empty(), "{w:?}");
+        let (_, w, _) =
+            spec_of(br#"{"config":"name='a'\nvif=['bridge=xenbr0,rate=10Mb/s']"}"#).unwrap();
+        assert!(
+            w.iter()
+                .any(|w| w.contains("rate is accepted but not applied")),
+            "{w:?}"
+        );
         assert!(spec_of(br#"{"config":"name='a'","spec":{"name":"a"}}"#).is_err());
     }
 }

@@ -102,10 +102,17 @@ pub const DOMAIN_OVERHEAD_MIB: u64 = 8;
 /// Settings the domain has that nothing acts on yet (told to the client and logged).
 pub fn unapplied_settings(spec: &DomainSpec) -> Vec<String> {
     let mut w = Vec::new();
-    for (i, _) in spec.vifs.iter().enumerate() {
-        w.push(format!(
-            "vif {i} is accepted but not attached: network devices are not implemented yet"
-        ));
+    for (i, v) in spec.vifs.iter().enumerate() {
+        for (key, set) in [
+            ("ip", v.ip.is_some()),
+            ("rate", v.rate.is_some()),
+            ("script", v.script.is_some()),
+            ("model", v.model.is_some()),
+        ] {
+            if set {
+                w.push(format!("vif {i}: {key} is accepted but not applied"));
+            }
+        }
     }
     w
 }
@@ -131,6 +138,24 @@ impl Xend {
         }
         for d in &spec.disks {
             check_disk(d)?;
+        }
+        // libxl gives a vif without a MAC a random one in Xen's range; it is kept in
+        // the spec, so that the record and restarts keep it.
+        for (i, v) in spec.vifs.iter().enumerate() {
+            for (key, name) in [("vifname", &v.vifname), ("bridge", &v.bridge)] {
+                if let Some(n) = name {
+                    if !crate::vif::valid_ifname(n) {
+                        return Err(DomainError::InvalidConfig(format!(
+                            "vif {i}: {key} {n:?} is not a Linux interface name (1 to 15 letters, digits, '.', '-', '_')"
+                        )));
+                    }
+                }
+            }
+        }
+        for v in &mut spec.vifs {
+            if v.mac.is_none() {
+                v.mac = Some(crate::vif::random_mac());
+            }
         }
         let uuid = spec
             .uuid
@@ -281,6 +306,17 @@ impl Xend {
                         direct: d.direct_io,
                         path: d.target.as_str(),
                     })
+                })
+                .collect(),
+            vifs: spec
+                .vifs
+                .iter()
+                .enumerate()
+                .map(|(devid, v)| crate::vmm::LaunchVif {
+                    devid: devid as u32,
+                    mac: v.mac.clone().unwrap_or_default(),
+                    tap: crate::vif::tap_name(domid, devid as u32, v),
+                    bridge: v.bridge.clone(),
                 })
                 .collect(),
             files: &files,

@@ -39,6 +39,16 @@ pub fn pv_grub(test: &str) -> Option<PathBuf> {
 /// Xen's Mini-OS with its block test (`../shared/guests/mini-os-blk`, or
 /// `RXEN_GUESTS_DIR`). It opens only `device/vbd/768` (`hda`).
 pub fn mini_os(test: &str) -> Option<PathBuf> {
+    shared_guest(test, "mini-os-blk")
+}
+
+/// The same Mini-OS with netfront too (`mini-os-blk-net`): it opens `device/vif/0`.
+pub fn mini_os_net(test: &str) -> Option<PathBuf> {
+    shared_guest(test, "mini-os-blk-net")
+}
+
+/// A guest image of `../shared/guests` (or `RXEN_GUESTS_DIR`); skips when missing.
+fn shared_guest(test: &str, file: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("RXEN_GUESTS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
@@ -47,7 +57,7 @@ pub fn mini_os(test: &str) -> Option<PathBuf> {
                 "/../../../shared/guests"
             ))
         });
-    let path = dir.join("mini-os-blk");
+    let path = dir.join(file);
     if path.exists() {
         return Some(path);
     }

@@ -1,0 +1,166 @@
+//! The network interface of xen/include/public/io/netif.h (x86-64): the slots of the
+//! transmit (guest to backend) and receive (backend to guest) shared rings, their
+//! flags and statuses, and the extra-info slot a flagged request is followed by.
+//!
+//! A packet on the TX ring is one request per fragment: the first carries the whole
+//! packet's `size`, later ones their own; every one but the last has
+//! [`NETTXF_MORE_DATA`]. On the RX ring (`request-rx-copy`) the frontend posts pages
+//! (`gref`, `id`) and the backend answers each with the bytes it copied (`status` > 0,
+//! `offset`, [`NETRXF_MORE_DATA`] when the packet continues in the next response).
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use crate::ring::ring_size;
+
+/// `NETTXF_csum_blank`: the protocol checksum field is blank (offload).
+pub const NETTXF_CSUM_BLANK: u16 = 1 << 0;
+/// `NETTXF_data_validated`: the packet data has been validated against its checksum.
+pub const NETTXF_DATA_VALIDATED: u16 = 1 << 1;
+/// `NETTXF_more_data`: the packet continues in the next request.
+pub const NETTXF_MORE_DATA: u16 = 1 << 2;
+/// `NETTXF_extra_info`: the request is followed by an extra-info slot.
+pub const NETTXF_EXTRA_INFO: u16 = 1 << 3;
+
+/// `NETRXF_data_validated`.
+pub const NETRXF_DATA_VALIDATED: u16 = 1 << 0;
+/// `NETRXF_csum_blank`.
+pub const NETRXF_CSUM_BLANK: u16 = 1 << 1;
+/// `NETRXF_more_data`: the packet continues in the next response.
+pub const NETRXF_MORE_DATA: u16 = 1 << 2;
+/// `NETRXF_extra_info`: the response is followed by an extra-info slot.
+pub const NETRXF_EXTRA_INFO: u16 = 1 << 3;
+/// `NETRXF_gso_prefix` (deprecated).
+pub const NETRXF_GSO_PREFIX: u16 = 1 << 4;
+
+/// `NETIF_RSP_DROPPED`.
+pub const NETIF_RSP_DROPPED: i16 = -2;
+/// `NETIF_RSP_ERROR`.
+pub const NETIF_RSP_ERROR: i16 = -1;
+/// `NETIF_RSP_OKAY`.
+pub const NETIF_RSP_OKAY: i16 = 0;
+/// `NETIF_RSP_NULL`: the response of an extra-info slot.
+pub const NETIF_RSP_NULL: i16 = 1;
+
+/// `XEN_NETIF_EXTRA_FLAG_MORE`: another extra-info slot follows.
+pub const XEN_NETIF_EXTRA_FLAG_MORE: u8 = 1 << 0;
+/// `XEN_NETIF_NR_SLOTS_MIN`: slots a packet may take that every backend must accept.
+pub const XEN_NETIF_NR_SLOTS_MIN: usize = 18;
+/// `XEN_NETIF_MAX_TX_SIZE`: the largest packet a TX request may announce.
+pub const XEN_NETIF_MAX_TX_SIZE: u32 = 0xFFFF;
+
+/// `struct netif_tx_request`.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct NetifTxRequest {
+    /// Grant of the buffer page.
+    pub gref: u32,
+    /// Offset of the data in the page.
+    pub offset: u16,
+    /// `NETTXF_*`.
+    pub flags: u16,
+    /// Echoed in the response.
+    pub id: u16,
+    /// First request of a packet: the packet's size; later ones: this fragment's.
+    pub size: u16,
+}
+
+/// `struct netif_tx_response`.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct NetifTxResponse {
+    pub id: u16,
+    /// `NETIF_RSP_*`.
+    pub status: i16,
+}
+
+/// `struct netif_extra_info`: a type, flags and 6 bytes of type-specific data.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct NetifExtraInfo {
+    pub kind: u8,
+    /// `XEN_NETIF_EXTRA_FLAG_*`.
+    pub flags: u8,
+    pub data: [u8; 6],
+}
+
+/// `struct netif_rx_request`.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct NetifRxRequest {
+    /// Echoed in the response.
+    pub id: u16,
+    pub pad: u16,
+    /// Grant of the page to receive into (writable).
+    pub gref: u32,
+}
+
+/// `struct netif_rx_response`.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+)]
+pub struct NetifRxResponse {
+    pub id: u16,
+    /// Offset of the data in the page.
+    pub offset: u16,
+    /// `NETRXF_*`.
+    pub flags: u16,
+    /// Negative: `NETIF_RSP_*`; positive: bytes received in this page.
+    pub status: i16,
+}
+
+/// A TX ring slot: the union of request and response (12 bytes).
+pub const NETIF_TX_SLOT_SIZE: usize = 12;
+/// An RX ring slot: the union of request and response (8 bytes).
+pub const NETIF_RX_SLOT_SIZE: usize = 8;
+/// Slots of a one-page TX ring (`NET_TX_RING_SIZE`).
+pub const NET_TX_RING_SIZE: usize = ring_size(crate::PAGE_SIZE as usize, NETIF_TX_SLOT_SIZE);
+/// Slots of a one-page RX ring (`NET_RX_RING_SIZE`).
+pub const NET_RX_RING_SIZE: usize = ring_size(crate::PAGE_SIZE as usize, NETIF_RX_SLOT_SIZE);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout_check::assert_layout;
+
+    #[test]
+    fn layouts() {
+        assert_layout!(
+            NetifTxRequest,
+            size = 12,
+            gref = 0,
+            offset = 4,
+            flags = 6,
+            id = 8,
+            size = 10
+        );
+        assert_layout!(NetifTxResponse, size = 4, id = 0, status = 2);
+        assert_layout!(NetifExtraInfo, size = 8, kind = 0, flags = 1, data = 2);
+        assert_layout!(NetifRxRequest, size = 8, id = 0, pad = 2, gref = 4);
+        assert_layout!(
+            NetifRxResponse,
+            size = 8,
+            id = 0,
+            offset = 2,
+            flags = 4,
+            status = 6
+        );
+    }
+
+    #[test]
+    fn ring_sizes() {
+        assert_eq!(NET_TX_RING_SIZE, 256);
+        assert_eq!(NET_RX_RING_SIZE, 256);
+        assert_eq!(NETTXF_MORE_DATA, 4);
+        assert_eq!(NETRXF_MORE_DATA, 4);
+        assert_eq!(NETTXF_EXTRA_INFO, 8);
+    }
+}

@@ -1,0 +1,212 @@
+//! The host side of a vif: a Linux TAP device (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI`:
+//! whole Ethernet frames, no packet-information header), brought up and, when the named
+//! bridge exists, made one of its ports. The device is not persistent: it goes away
+//! when the VMM closes it (the domain ends, however it ends).
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// `SIOCBRADDIF` of linux/sockios.h: add the interface `ifr_ifindex` to the bridge
+/// named by `ifr_name`.
+const SIOCBRADDIF: libc::c_ulong = 0x89a2;
+
+/// Why a TAP device could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("interface name {0:?} must be 1 to 15 bytes of letters, digits, '.', '-' or '_'")]
+    Name(String),
+    #[error("opening /dev/net/tun: {0}")]
+    Open(std::io::Error),
+    #[error("creating TAP {name}: {source}")]
+    Create {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("bringing {name} up: {source}")]
+    Up {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("adding {name} to bridge {bridge}: {source}")]
+    Bridge {
+        name: String,
+        bridge: String,
+        source: std::io::Error,
+    },
+}
+
+/// Whether `name` can be a Linux interface name (`IFNAMSIZ` - 1 bytes, no separators).
+pub fn valid_ifname(name: &str) -> bool {
+    (1..libc::IFNAMSIZ).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+fn ifreq(name: &str) -> Result<libc::ifreq, TapError> {
+    if !valid_ifname(name) {
+        return Err(TapError::Name(name.to_string()));
+    }
+    // SAFETY: ifreq is plain old data (a name array and a union of integers and
+    // addresses); all zeroes is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    Ok(req)
+}
+
+/// An open TAP device.
+#[derive(Debug)]
+pub struct Tap {
+    name: String,
+    file: File,
+}
+
+/// An `AF_INET` datagram socket for interface ioctls.
+fn ioctl_socket() -> std::io::Result<OwnedFd> {
+    // SAFETY: socket(2) with constant arguments; the result is checked.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl Tap {
+    /// Creates TAP `name` (non-blocking), brings it up and joins it to `bridge` when
+    /// that bridge exists (a missing bridge is logged, the TAP stays alone).
+    pub fn create(name: &str, bridge: Option<&str>) -> Result<Self, TapError> {
+        let mut req = ifreq(name)?;
+        let path = c"/dev/net/tun";
+        // SAFETY: open(2) of a constant NUL-terminated path; the result is checked.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_RDWR | libc::O_NONBLOCK | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(TapError::Open(std::io::Error::last_os_error()));
+        }
+        // SAFETY: fd is a fresh descriptor; File owns and closes it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        // SAFETY: TUNSETIFF reads and writes the ifreq, which lives for the call.
+        if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
+            return Err(TapError::Create {
+                name: name.to_string(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        let tap = Tap {
+            name: name.to_string(),
+            file,
+        };
+        tap.up()?;
+        if let Some(b) = bridge {
+            match tap.join_bridge(b) {
+                Ok(()) => tracing::info!(tap = name, bridge = b, "netback: TAP added to bridge"),
+                Err(e) => tracing::warn!("netback: {e}; the TAP is not bridged"),
+            }
+        }
+        Ok(tap)
+    }
+
+    /// The interface's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn up(&self) -> Result<(), TapError> {
+        let err = |source| TapError::Up {
+            name: self.name.clone(),
+            source,
+        };
+        let sock = ioctl_socket().map_err(err)?;
+        let mut req = ifreq(&self.name)?;
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq, which lives for
+        // the calls; the socket is valid.
+        unsafe {
+            if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+                return Err(err(std::io::Error::last_os_error()));
+            }
+            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) < 0 {
+                return Err(err(std::io::Error::last_os_error()));
+            }
+        }
+        Ok(())
+    }
+
+    fn join_bridge(&self, bridge: &str) -> Result<(), TapError> {
+        let err = |source| TapError::Bridge {
+            name: self.name.clone(),
+            bridge: bridge.to_string(),
+            source,
+        };
+        let cname =
+            CString::new(self.name.as_str()).map_err(|_| TapError::Name(self.name.clone()))?;
+        // SAFETY: if_nametoindex reads a NUL-terminated string that lives for the call.
+        let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+        if index == 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        let mut req = ifreq(bridge)?;
+        req.ifr_ifru.ifru_ifindex = index as libc::c_int;
+        let sock = ioctl_socket().map_err(err)?;
+        // SAFETY: SIOCBRADDIF reads the ifreq, which lives for the call.
+        if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDIF, &mut req) } < 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for Tap {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// Where frames go to and come from: the TAP, or a test's stand-in.
+pub trait FrameIo: Send {
+    /// Sends one frame to the host; a frame the host cannot take is dropped.
+    fn send(&mut self, frame: &[u8]);
+    /// Reads one frame into `buf`; `None` when there is none now.
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize>;
+}
+
+impl FrameIo for Tap {
+    fn send(&mut self, frame: &[u8]) {
+        if let Err(e) = self.file.write(frame) {
+            tracing::debug!(tap = %self.name, "netback: frame dropped by the host: {e}");
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
+        match self.file.read(buf) {
+            Ok(n) if n > 0 => Some(n),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names() {
+        assert!(valid_ifname("vif1.0"));
+        assert!(valid_ifname("vif32751.15"));
+        assert!(valid_ifname("vif32751.12345"));
+        assert!(!valid_ifname("vif32751.1234567"));
+        assert!(!valid_ifname(""));
+        assert!(!valid_ifname("a/b"));
+        assert!(!valid_ifname("a b"));
+    }
+}
