@@ -419,3 +419,35 @@ fn auth_token_is_enforced() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("needs a token"));
 }
+
+/// A managed domain's vif without a MAC keeps the MAC generated at `new` across starts.
+#[test]
+fn managed_vif_mac_is_stable_across_starts() {
+    if !kvm_available("managed_vif_mac_is_stable_across_starts") {
+        return;
+    }
+    let env = Env::start("managed-mac");
+    assert_eq!(
+        env.post(
+            "/managed",
+            r#"{"config": "name = 'mm'\nmemory = 32\nvif = [ 'bridge=xenbr0' ]"}"#
+        )
+        .0,
+        201
+    );
+    let mut macs = Vec::new();
+    for _ in 0..2 {
+        let (s, v) = env.post("/managed/mm/start", "");
+        assert_eq!(s, 201, "{v}");
+        let (_, d) = env.get("/domains/mm");
+        let mac = d["config"]["vifs"][0]["mac"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(mac.starts_with("00:16:3e:"), "{d}");
+        macs.push(mac);
+        assert_eq!(env.delete("/domains/mm").0, 204);
+    }
+    assert_eq!(macs[0], macs[1], "the same MAC at every start");
+    assert_eq!(env.delete("/managed/mm").0, 204);
+}
