@@ -385,14 +385,18 @@ fn measure_tsc_offset(fd: &VcpuFd) -> i64 {
     }]) else {
         return 0;
     };
-    let before = crate::clock::rdtsc();
     let ok = fd.get_msrs(&mut msrs).unwrap_or(0) == 1;
     let after = crate::clock::rdtsc();
     if !ok {
         return 0;
     }
     let guest = msrs.as_slice()[0].data;
-    guest.wrapping_sub(before / 2 + after / 2) as i64
+    // The guest's TSC was read somewhere between `before` and `after`: taking `after`
+    // can only make the offset too small, so a published `tsc_timestamp` is never ahead
+    // of what the guest reads next (with the midpoint it could be, by up to half the
+    // ioctl; guests compute `rdtsc - tsc_timestamp` unsigned, and the wrap made their
+    // clock jump centuries ahead: a timer then never fired).
+    guest.wrapping_sub(after) as i64
 }
 
 fn measure_tsc_khz() -> u32 {

@@ -41,7 +41,9 @@ pub fn now_ns() -> u64 {
             if read_volatile(addr_of!((*t).version)) != v1 {
                 continue;
             }
-            let delta = tsc.wrapping_sub(ts);
+            // Never wrap: a timestamp a little ahead of this vCPU's TSC must read as
+            // "no time passed", not as 2^64 cycles.
+            let delta = tsc.saturating_sub(ts);
             let d = if shift >= 0 {
                 (delta as u128) << shift
             } else {
