@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::xend_bench::{start, Daemons};
+use crate::xend_bench::{create_config, start, Daemons};
 use crate::Figure;
 
 const NAMES: [&str; 5] = [
@@ -58,21 +58,7 @@ fn run_guest(
         kernel.display(),
         img.display()
     );
-    let body = serde_json::to_string(&rxen_xend_api::CreateRequest {
-        config: Some(config),
-        ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
-    let mut r = d
-        .agent
-        .post(format!("{}/domains", d.url))
-        .header("Content-Type", "application/json")
-        .send(body)
-        .map_err(|e| e.to_string())?;
-    if r.status().as_u16() != 201 {
-        let text = r.body_mut().read_to_string().unwrap_or_default();
-        return Err(format!("create {name}: {text}"));
-    }
+    create_config(d, name, &config)?;
     let t0 = Instant::now();
     let result = loop {
         let text = console(d, name);

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::xend_bench::{start, Daemons};
+use crate::xend_bench::{create_config, start, Daemons};
 use crate::Figure;
 
 /// How long a guest may take to show its marker before the benchmark fails.
@@ -36,22 +36,8 @@ fn console(d: &Daemons, name: &str) -> String {
 
 /// Milliseconds from the create request to `marker` on the domain's console.
 fn boot_ms(d: &Daemons, name: &str, config: &str, marker: &str) -> Result<f64, String> {
-    let body = serde_json::to_string(&rxen_xend_api::CreateRequest {
-        config: Some(config.to_string()),
-        ..Default::default()
-    })
-    .map_err(|e| e.to_string())?;
     let t0 = Instant::now();
-    let mut r = d
-        .agent
-        .post(format!("{}/domains", d.url))
-        .header("Content-Type", "application/json")
-        .send(body)
-        .map_err(|e| e.to_string())?;
-    if r.status().as_u16() != 201 {
-        let text = r.body_mut().read_to_string().unwrap_or_default();
-        return Err(format!("create {name}: {text}"));
-    }
+    create_config(d, name, config)?;
     let result = loop {
         let text = console(d, name);
         if !text.is_empty() && text.contains(marker) {

@@ -108,9 +108,10 @@ pub(crate) fn start() -> Result<Daemons, String> {
     Ok(d)
 }
 
-fn create(d: &Daemons, name: &str) -> Result<u64, String> {
+/// `POST /domains` with xl.cfg text `config`; the new domain's VMM pid.
+pub(crate) fn create_config(d: &Daemons, name: &str, config: &str) -> Result<u64, String> {
     let body = serde_json::to_string(&rxen_xend_api::CreateRequest {
-        config: Some(format!("name='{name}'\nmemory=16")),
+        config: Some(config.to_string()),
         ..Default::default()
     })
     .map_err(|e| e.to_string())?;
@@ -131,6 +132,10 @@ fn create(d: &Daemons, name: &str) -> Result<u64, String> {
         .pid
         .map(u64::from)
         .ok_or_else(|| "no pid".into())
+}
+
+fn create(d: &Daemons, name: &str) -> Result<u64, String> {
+    create_config(d, name, &format!("name='{name}'\nmemory=16"))
 }
 
 fn destroy(d: &Daemons, name: &str) {

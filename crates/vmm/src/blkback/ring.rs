@@ -25,19 +25,8 @@ use crate::grant::{GrantError, GrantMapping};
 /// Largest `ring-page-order` offered (`max-ring-page-order`): 16 pages, 512 slots.
 pub const MAX_RING_PAGE_ORDER: u32 = 4;
 
-const REQ_PROD: u64 = 0;
-const REQ_EVENT: u64 = 4;
-const RSP_PROD: u64 = 8;
-const RSP_EVENT: u64 = 12;
-
-/// The frontend broke the ring protocol.
-#[derive(Debug, thiserror::Error)]
-pub enum RingError {
-    #[error("req_prod {prod:#x} is more than {size} requests ahead of the responses ({rsp:#x})")]
-    Overflow { prod: u32, rsp: u32, size: u32 },
-    #[error("ring page: {0}")]
-    Page(#[from] GrantError),
-}
+pub use crate::sring::RingError;
+use crate::sring::{REQ_EVENT, REQ_PROD, RSP_EVENT, RSP_PROD};
 
 /// Xen's `RING_NEED_NOTIFY` test: did the producer index move from `old` to `new`
 /// across the other end's event index?

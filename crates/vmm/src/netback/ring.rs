@@ -16,21 +16,10 @@ use rxen_abi::ring::{need_notify, ring_size, SRING_SLOTS_OFFSET};
 use rxen_abi::PAGE_SIZE;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use crate::grant::{GrantError, GrantMapping};
+use crate::grant::GrantMapping;
 
-const REQ_PROD: u64 = 0;
-const REQ_EVENT: u64 = 4;
-const RSP_PROD: u64 = 8;
-const RSP_EVENT: u64 = 12;
-
-/// The frontend broke the ring protocol.
-#[derive(Debug, thiserror::Error)]
-pub enum RingError {
-    #[error("req_prod {prod:#x} is more than {size} requests ahead of the responses ({rsp:#x})")]
-    Overflow { prod: u32, rsp: u32, size: u32 },
-    #[error("ring page: {0}")]
-    Page(#[from] GrantError),
-}
+pub use crate::sring::RingError;
+use crate::sring::{REQ_EVENT, REQ_PROD, RSP_EVENT, RSP_PROD};
 
 /// One mapped netif ring with request slots `Req` and response slots `Rsp`.
 pub struct NetRing<Req, Rsp> {
