@@ -43,6 +43,14 @@ pub const NETIF_RSP_NULL: i16 = 1;
 
 /// `XEN_NETIF_EXTRA_FLAG_MORE`: another extra-info slot follows.
 pub const XEN_NETIF_EXTRA_FLAG_MORE: u8 = 1 << 0;
+/// `XEN_NETIF_EXTRA_TYPE_GSO`: the extra-info slot carries `u.gso`.
+pub const XEN_NETIF_EXTRA_TYPE_GSO: u8 = 1;
+/// `XEN_NETIF_GSO_TYPE_NONE`.
+pub const XEN_NETIF_GSO_TYPE_NONE: u8 = 0;
+/// `XEN_NETIF_GSO_TYPE_TCPV4`.
+pub const XEN_NETIF_GSO_TYPE_TCPV4: u8 = 1;
+/// `XEN_NETIF_GSO_TYPE_TCPV6`.
+pub const XEN_NETIF_GSO_TYPE_TCPV6: u8 = 2;
 /// `XEN_NETIF_NR_SLOTS_MIN`: slots a packet may take that every backend must accept.
 pub const XEN_NETIF_NR_SLOTS_MIN: usize = 18;
 /// `XEN_NETIF_MAX_TX_SIZE`: the largest packet a TX request may announce.
@@ -87,6 +95,29 @@ pub struct NetifExtraInfo {
     /// `XEN_NETIF_EXTRA_FLAG_*`.
     pub flags: u8,
     pub data: [u8; 6],
+}
+
+impl NetifExtraInfo {
+    /// A `XEN_NETIF_EXTRA_TYPE_GSO` slot: segments of `size` bytes, `gso_type`
+    /// (`XEN_NETIF_GSO_TYPE_*`), `flags` (`XEN_NETIF_EXTRA_FLAG_*`).
+    pub fn gso(size: u16, gso_type: u8, flags: u8) -> Self {
+        let mut data = [0u8; 6];
+        data[..2].copy_from_slice(&size.to_le_bytes());
+        data[2] = gso_type;
+        Self {
+            kind: XEN_NETIF_EXTRA_TYPE_GSO,
+            flags,
+            data,
+        }
+    }
+
+    /// `u.gso.size` and `u.gso.type` of a GSO slot.
+    pub fn gso_fields(&self) -> (u16, u8) {
+        (
+            u16::from_le_bytes([self.data[0], self.data[1]]),
+            self.data[2],
+        )
+    }
 }
 
 /// `struct netif_rx_request`.

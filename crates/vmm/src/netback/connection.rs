@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 
 use super::negotiate::{EventChannels, FrontendRings};
 use super::ring::RingError;
-use super::rx::{self, RxQueue, RxRing, MAX_FRAME};
+use super::rx::{self, RxOffload, RxQueue, RxRing, MAX_FRAME};
 use super::tap::{FrameIo, Tap};
 use super::tx::{self, TxRing};
 use crate::domain::DomainShared;
@@ -97,7 +97,19 @@ impl Connection {
         let stop = Arc::new(AtomicBool::new(false));
         let wake = ends[0].notify.clone();
         let (t_dom, t_stop, t_ports) = (dom.clone(), stop.clone(), ports.clone());
-        let rx_sg = rings.rx_sg;
+        let rx_offload = rings.rx;
+        {
+            let tap = tap.lock().unwrap_or_else(|e| e.into_inner());
+            // Partial checksums of the IP version a frontend cannot take are completed
+            // here (rx.rs); unsegmented frames must match what it takes exactly.
+            let csum = rx_offload.csum_v4 || rx_offload.csum_v6;
+            let tso4 = rx_offload.gso(super::offload::IpVersion::V4);
+            let tso6 = rx_offload.gso(super::offload::IpVersion::V6);
+            if let Err(e) = tap.set_offload(csum, tso4, tso6) {
+                // Without offloads the host finishes every frame: slower, still right.
+                tracing::warn!("{name}: {e}; the host will checksum and segment every frame");
+            }
+        }
         let spawned = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
@@ -105,7 +117,7 @@ impl Connection {
                     tx: TxRing::new(tx_page),
                     rx: RxRing::new(rx_page),
                     queue: RxQueue::default(),
-                    rx_sg,
+                    rx_offload,
                     name: name.clone(),
                     tx_dropped: 0,
                 };
@@ -195,7 +207,7 @@ pub struct Io {
     pub tx: TxRing,
     pub rx: RxRing,
     pub queue: RxQueue,
-    pub rx_sg: bool,
+    pub rx_offload: RxOffload,
     pub name: String,
     /// TX packets dropped so far.
     pub tx_dropped: u64,
@@ -224,7 +236,7 @@ impl Io {
         }
         while self.queue.has_room() {
             match host.recv(buf) {
-                Some(n) => self.queue.push(buf[..n].to_vec()),
+                Some((n, meta)) => self.queue.push(meta, buf[..n].to_vec()),
                 None => break,
             }
         }
@@ -232,7 +244,7 @@ impl Io {
             &mut self.rx,
             grants,
             &mut self.queue,
-            self.rx_sg,
+            &self.rx_offload,
             &self.name,
         )?;
         Ok((tx_notify, rx_notify))

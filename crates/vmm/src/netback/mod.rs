@@ -19,6 +19,7 @@
 
 pub mod connection;
 pub mod negotiate;
+pub mod offload;
 pub mod ring;
 pub mod rx;
 pub mod tap;

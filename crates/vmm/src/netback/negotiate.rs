@@ -2,13 +2,17 @@
 //! frontend's (io/netif.h, "Feature and Parameter Negotiation"), pure and tested alone.
 //!
 //! Offered: `feature-rx-copy` = 1, `feature-rx-flip` = 0, `feature-sg` = 1 (TX chains),
-//! `feature-split-event-channels` = 1; no GSO, no checksum offload
-//! (`feature-no-csum-offload` = 1), no multi-queue (`multi-queue-max-queues` absent).
+//! `feature-split-event-channels` = 1, checksum offload for IPv4
+//! (`feature-no-csum-offload` = 0) and IPv6 (`feature-ipv6-csum-offload` = 1), TCP
+//! segmentation offload for both (`feature-gso-tcpv4`/`-tcpv6` = 1); no multi-queue
+//! (`multi-queue-max-queues` absent).
 //!
 //! Read from the frontend (hostile: each value parsed strictly): `tx-ring-ref`,
 //! `rx-ring-ref`, `event-channel` or both `event-channel-tx` and `event-channel-rx`,
-//! `request-rx-copy` (must be 1: page flipping is not supported), `feature-sg` (RX
-//! frames may span buffers), `multi-queue-num-queues` (absent or 1).
+//! `request-rx-copy` (must be 1: page flipping is not supported),
+//! `multi-queue-num-queues` (absent or 1), and what it takes on RX: `feature-sg` (frames
+//! over several buffers), `feature-no-csum-offload` (absent or 0: partial IPv4
+//! checksums), `feature-ipv6-csum-offload`, `feature-gso-tcpv4`, `feature-gso-tcpv6`.
 
 /// Why a frontend's details were refused.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -32,14 +36,16 @@ pub enum EventChannels {
     Split { tx: u32, rx: u32 },
 }
 
+use super::rx::RxOffload;
+
 /// The checked details a frontend published.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrontendRings {
     pub tx_ring_ref: u32,
     pub rx_ring_ref: u32,
     pub evtchn: EventChannels,
-    /// RX frames may take more than one buffer.
-    pub rx_sg: bool,
+    /// What the frontend takes on its RX ring.
+    pub rx: RxOffload,
 }
 
 /// The feature nodes the backend writes before InitWait.
@@ -49,7 +55,10 @@ pub fn backend_features() -> Vec<(&'static str, &'static str)> {
         ("feature-rx-flip", "0"),
         ("feature-sg", "1"),
         ("feature-split-event-channels", "1"),
-        ("feature-no-csum-offload", "1"),
+        ("feature-no-csum-offload", "0"),
+        ("feature-ipv6-csum-offload", "1"),
+        ("feature-gso-tcpv4", "1"),
+        ("feature-gso-tcpv6", "1"),
     ]
 }
 
@@ -67,73 +76,82 @@ fn required(key: &'static str, value: Option<String>) -> Result<u32, Negotiation
     number(key, value)?.ok_or(NegotiationError::Missing(key))
 }
 
+/// The frontend's nodes [`read_frontend`] reads.
+const FRONTEND_KEYS: [&str; 13] = [
+    "tx-ring-ref",
+    "rx-ring-ref",
+    "event-channel",
+    "event-channel-tx",
+    "event-channel-rx",
+    "request-rx-copy",
+    "multi-queue-num-queues",
+    "feature-sg",
+    "feature-no-csum-offload",
+    "feature-ipv6-csum-offload",
+    "feature-gso-tcpv4",
+    "feature-gso-tcpv6",
+    "feature-rx-notify",
+];
+
+/// The frontend's node values, by key.
+struct Nodes(Vec<(&'static str, Option<String>)>);
+
+impl Nodes {
+    fn take(&mut self, key: &'static str) -> Option<String> {
+        self.0
+            .iter_mut()
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.take())
+    }
+
+    /// A boolean feature: "1" is on; anything else (absent, "0", garbage) off.
+    fn flag(&mut self, key: &'static str) -> bool {
+        self.take(key).as_deref().map(str::trim) == Some("1")
+    }
+}
+
 /// Reads the frontend's details through `read` (a node's value under the frontend
 /// directory, `None` if absent).
 pub fn read_frontend<E>(
     mut read: impl FnMut(&str) -> Result<Option<String>, E>,
 ) -> Result<Result<FrontendRings, NegotiationError>, E> {
-    let keys = [
-        "tx-ring-ref",
-        "rx-ring-ref",
-        "event-channel",
-        "event-channel-tx",
-        "event-channel-rx",
-        "request-rx-copy",
-        "feature-sg",
-        "multi-queue-num-queues",
-    ];
-    let mut v: Vec<Option<String>> = Vec::with_capacity(keys.len());
-    for k in keys {
-        v.push(read(k)?);
+    let mut v = Vec::with_capacity(FRONTEND_KEYS.len());
+    for k in FRONTEND_KEYS {
+        v.push((k, read(k)?));
     }
-    let mut it = v.into_iter();
-    let mut next = || it.next().flatten();
-    let (tx, rx, ev, ev_tx, ev_rx, copy, sg, queues) = (
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-        next(),
-    );
-    Ok(check(tx, rx, ev, ev_tx, ev_rx, copy, sg, queues))
+    Ok(check(Nodes(v)))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check(
-    tx: Option<String>,
-    rx: Option<String>,
-    ev: Option<String>,
-    ev_tx: Option<String>,
-    ev_rx: Option<String>,
-    copy: Option<String>,
-    sg: Option<String>,
-    queues: Option<String>,
-) -> Result<FrontendRings, NegotiationError> {
-    if let Some(q) = number("multi-queue-num-queues", queues)? {
+fn check(mut n: Nodes) -> Result<FrontendRings, NegotiationError> {
+    if let Some(q) = number("multi-queue-num-queues", n.take("multi-queue-num-queues"))? {
         if q != 1 {
             return Err(NegotiationError::Queues(q));
         }
     }
-    let tx_ring_ref = required("tx-ring-ref", tx)?;
-    let rx_ring_ref = required("rx-ring-ref", rx)?;
-    let evtchn = match number("event-channel-tx", ev_tx)? {
+    let tx_ring_ref = required("tx-ring-ref", n.take("tx-ring-ref"))?;
+    let rx_ring_ref = required("rx-ring-ref", n.take("rx-ring-ref"))?;
+    let evtchn = match number("event-channel-tx", n.take("event-channel-tx"))? {
         Some(tx) => EventChannels::Split {
             tx,
-            rx: required("event-channel-rx", ev_rx)?,
+            rx: required("event-channel-rx", n.take("event-channel-rx"))?,
         },
-        None => EventChannels::Shared(required("event-channel", ev)?),
+        None => EventChannels::Shared(required("event-channel", n.take("event-channel"))?),
     };
-    if number("request-rx-copy", copy)? != Some(1) {
+    if number("request-rx-copy", n.take("request-rx-copy"))? != Some(1) {
         return Err(NegotiationError::NoRxCopy);
     }
+    let rx = RxOffload {
+        sg: n.flag("feature-sg"),
+        csum_v4: !n.flag("feature-no-csum-offload"),
+        csum_v6: n.flag("feature-ipv6-csum-offload"),
+        gso_v4: n.flag("feature-gso-tcpv4"),
+        gso_v6: n.flag("feature-gso-tcpv6"),
+    };
     Ok(FrontendRings {
         tx_ring_ref,
         rx_ring_ref,
         evtchn,
-        rx_sg: sg.as_deref() == Some("1"),
+        rx,
     })
 }
 
@@ -167,7 +185,10 @@ mod tests {
                 tx_ring_ref: 8,
                 rx_ring_ref: 9,
                 evtchn: EventChannels::Shared(5),
-                rx_sg: false
+                rx: RxOffload {
+                    csum_v4: true,
+                    ..RxOffload::default()
+                }
             }
         );
         let r = front(&[
@@ -181,7 +202,22 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(r.evtchn, EventChannels::Split { tx: 5, rx: 6 });
-        assert!(r.rx_sg);
+        assert!(r.rx.sg);
+        let mut linux = MINI_OS.to_vec();
+        linux.extend([
+            ("feature-sg", "1"),
+            ("feature-gso-tcpv4", "1"),
+            ("feature-gso-tcpv6", "1"),
+            ("feature-ipv6-csum-offload", "1"),
+        ]);
+        let r = front(&linux).unwrap().rx;
+        assert!(r.sg && r.csum_v4 && r.csum_v6 && r.gso_v4 && r.gso_v6);
+        let mut plain = MINI_OS.to_vec();
+        plain.extend([
+            ("feature-no-csum-offload", "1"),
+            ("feature-gso-tcpv4", "yes"),
+        ]);
+        assert_eq!(front(&plain).unwrap().rx, RxOffload::default());
     }
 
     #[test]

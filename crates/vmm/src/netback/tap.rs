@@ -1,12 +1,15 @@
-//! The host side of a vif: a Linux TAP device (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI`:
-//! whole Ethernet frames, no packet-information header), brought up and, when the named
-//! bridge exists, made one of its ports. The device is not persistent: it goes away
+//! The host side of a vif: a Linux TAP device (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI |
+//! IFF_VNET_HDR`: whole Ethernet frames, each behind a `virtio_net_hdr` carrying its
+//! checksum and segmentation state, see [`super::offload`]), brought up and, when the
+//! named bridge exists, made one of its ports. What the host may hand us partially
+//! checksummed or unsegmented is set per frontend ([`Tap::set_offload`]). The device is not persistent: it goes away
 //! when the VMM closes it (the domain ends, however it ends).
 
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use super::offload::{PacketMeta, VnetHdr, VNET_HDR_LEN};
 
 /// `SIOCBRADDIF` of linux/sockios.h: add the interface `ifr_ifindex` to the bridge
 /// named by `ifr_name`.
@@ -26,6 +29,11 @@ pub enum TapError {
     },
     #[error("bringing {name} up: {source}")]
     Up {
+        name: String,
+        source: std::io::Error,
+    },
+    #[error("setting the offloads of {name}: {source}")]
+    Offload {
         name: String,
         source: std::io::Error,
     },
@@ -94,7 +102,8 @@ impl Tap {
         }
         // SAFETY: fd is a fresh descriptor; File owns and closes it.
         let file = unsafe { File::from_raw_fd(fd) };
-        req.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI) as libc::c_short;
+        req.ifr_ifru.ifru_flags =
+            (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR) as libc::c_short;
         // SAFETY: TUNSETIFF reads and writes the ifreq, which lives for the call.
         if unsafe { libc::ioctl(file.as_raw_fd(), libc::TUNSETIFF, &mut req) } < 0 {
             return Err(TapError::Create {
@@ -119,6 +128,41 @@ impl Tap {
     /// The interface's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Tells the host what it may hand over unfinished: partial checksums (`csum`),
+    /// unsegmented TCP over IPv4 (`tso4`) and IPv6 (`tso6`); segmentation needs `csum`.
+    /// Everything not allowed here the host completes before the frame is read.
+    pub fn set_offload(&self, csum: bool, tso4: bool, tso6: bool) -> Result<(), TapError> {
+        let mut flags: libc::c_uint = 0;
+        if csum {
+            flags |= libc::TUN_F_CSUM;
+            if tso4 {
+                flags |= libc::TUN_F_TSO4;
+            }
+            if tso6 {
+                flags |= libc::TUN_F_TSO6;
+            }
+            if tso4 || tso6 {
+                flags |= libc::TUN_F_TSO_ECN;
+            }
+        }
+        // SAFETY: TUNSETOFFLOAD takes its argument by value; the descriptor is the
+        // TAP's.
+        let r = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                libc::TUNSETOFFLOAD,
+                libc::c_ulong::from(flags),
+            )
+        };
+        if r < 0 {
+            return Err(TapError::Offload {
+                name: self.name.clone(),
+                source: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 
     fn up(&self) -> Result<(), TapError> {
@@ -175,22 +219,54 @@ impl AsRawFd for Tap {
 /// Where frames go to and come from: the TAP, or a test's stand-in.
 pub trait FrameIo: Send {
     /// Sends one frame to the host; a frame the host cannot take is dropped.
-    fn send(&mut self, frame: &[u8]);
+    fn send(&mut self, meta: &PacketMeta, frame: &[u8]);
     /// Reads one frame into `buf`; `None` when there is none now.
-    fn recv(&mut self, buf: &mut [u8]) -> Option<usize>;
+    fn recv(&mut self, buf: &mut [u8]) -> Option<(usize, PacketMeta)>;
+}
+
+fn iovec(ptr: *mut u8, len: usize) -> libc::iovec {
+    libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len,
+    }
 }
 
 impl FrameIo for Tap {
-    fn send(&mut self, frame: &[u8]) {
-        if let Err(e) = self.file.write(frame) {
+    fn send(&mut self, meta: &PacketMeta, frame: &[u8]) {
+        let mut hdr = VnetHdr::from_meta(meta).to_bytes();
+        let iov = [
+            iovec(hdr.as_mut_ptr(), hdr.len()),
+            iovec(frame.as_ptr().cast_mut(), frame.len()),
+        ];
+        // SAFETY: writev only reads the two buffers, which live for the call; the
+        // descriptor is the TAP's.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
             tracing::debug!(tap = %self.name, "netback: frame dropped by the host: {e}");
         }
     }
 
-    fn recv(&mut self, buf: &mut [u8]) -> Option<usize> {
-        match self.file.read(buf) {
-            Ok(n) if n > 0 => Some(n),
-            _ => None,
+    fn recv(&mut self, buf: &mut [u8]) -> Option<(usize, PacketMeta)> {
+        loop {
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            let iov = [
+                iovec(hdr.as_mut_ptr(), hdr.len()),
+                iovec(buf.as_mut_ptr(), buf.len()),
+            ];
+            // SAFETY: readv writes at most each buffer's length into it; both live
+            // for the call and nothing else uses them; the descriptor is the TAP's.
+            let n = unsafe { libc::readv(self.file.as_raw_fd(), iov.as_ptr(), 2) };
+            let len = usize::try_from(n)
+                .ok()
+                .and_then(|n| n.checked_sub(VNET_HDR_LEN))
+                .filter(|&len| len > 0)?;
+            match VnetHdr::from_bytes(&hdr).to_meta() {
+                Ok(meta) => return Some((len, meta)),
+                Err(e) => {
+                    tracing::debug!(tap = %self.name, "netback: host frame dropped: {e}")
+                }
+            }
         }
     }
 }

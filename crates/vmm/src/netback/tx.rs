@@ -4,8 +4,10 @@
 //!
 //! A packet is a chain of requests: the first's `size` is the whole packet's, each
 //! later one's its own, all but the last flagged `NETTXF_more_data`; a request flagged
-//! `NETTXF_extra_info` is followed by extra-info slots (no extra info is offered, so
-//! they are skipped and answered `NETIF_RSP_NULL`). Every slot gets a response with
+//! `NETTXF_extra_info` is followed by extra-info slots, answered `NETIF_RSP_NULL`: a GSO
+//! slot asks the host to segment the packet, other kinds are ignored. The first
+//! request's `NETTXF_csum_blank` asks for a checksum and `NETTXF_data_validated` says
+//! it was checked; both travel to the host with the frame ([`super::offload`]). Every slot gets a response with
 //! its request's `id`. A packet that lies (a fragment leaving its page, fragments
 //! larger than the packet, more than [`MAX_SLOTS`] slots, shorter than an Ethernet
 //! header, a grant that does not copy) is dropped: `NETIF_RSP_ERROR` for each of its
@@ -13,11 +15,14 @@
 //! the ring until it has.
 
 use rxen_abi::netif::{
-    NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY,
-    NETTXF_EXTRA_INFO, NETTXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_NR_SLOTS_MIN,
+    NetifExtraInfo, NetifTxRequest, NetifTxResponse, NETIF_RSP_ERROR, NETIF_RSP_NULL,
+    NETIF_RSP_OKAY, NETTXF_CSUM_BLANK, NETTXF_DATA_VALIDATED, NETTXF_EXTRA_INFO, NETTXF_MORE_DATA,
+    XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_EXTRA_TYPE_GSO, XEN_NETIF_NR_SLOTS_MIN,
 };
 use rxen_abi::PAGE_SIZE;
+use zerocopy::{FromBytes, IntoBytes};
 
+use super::offload::{self, OffloadError};
 use super::ring::{NetRing, RingError};
 use super::tap::FrameIo;
 use crate::grant::{GrantTable, DOM0};
@@ -42,7 +47,7 @@ pub struct TxStats {
 /// One slot of a packet: a data request, or an extra-info slot.
 enum Slot {
     Data(NetifTxRequest),
-    Extra,
+    Extra(NetifExtraInfo),
 }
 
 /// The slots of the packet at the head of the ring; `None` when the frontend has not
@@ -61,11 +66,13 @@ fn scan(ring: &TxRing, avail: u32) -> Result<Option<(Vec<Slot>, bool)>, RingErro
             return Ok(Some((slots, true)));
         }
         if extra_follows {
-            // An extra-info slot (type, flags, 6 bytes): its flags are the slot's
-            // second byte, bits 8..16 of a request's little-endian `gref`.
+            // An extra-info slot: the first 8 bytes of the request slot.
             let raw = ring.peek(i)?;
-            slots.push(Slot::Extra);
-            extra_follows = (raw.gref >> 8) as u8 & XEN_NETIF_EXTRA_FLAG_MORE != 0;
+            let extra = NetifExtraInfo::read_from_prefix(raw.as_bytes())
+                .map(|(e, _)| e)
+                .unwrap_or_default();
+            slots.push(Slot::Extra(extra));
+            extra_follows = extra.flags & XEN_NETIF_EXTRA_FLAG_MORE != 0;
         } else {
             let req = ring.peek(i)?;
             extra_follows = req.flags & NETTXF_EXTRA_INFO != 0;
@@ -92,6 +99,8 @@ pub enum TxDrop {
     Short(usize),
     #[error("grant {gref}: {why}")]
     Grant { gref: u32, why: String },
+    #[error("offload: {0}")]
+    Offload(#[from] OffloadError),
 }
 
 /// Copies the packet made of `data` requests out of the guest.
@@ -147,17 +156,33 @@ pub fn transmit(
             .iter()
             .filter_map(|s| match s {
                 Slot::Data(r) => Some(*r),
-                Slot::Extra => None,
+                Slot::Extra(_) => None,
             })
             .collect();
+        let gso = slots.iter().find_map(|s| match s {
+            Slot::Extra(e) if e.kind == XEN_NETIF_EXTRA_TYPE_GSO => {
+                let (size, kind) = e.gso_fields();
+                Some((kind, size))
+            }
+            _ => None,
+        });
         let result = if too_long {
             Err(TxDrop::TooManySlots)
         } else {
-            assemble(grants, &data)
+            assemble(grants, &data).and_then(|mut frame| {
+                let flags = data.first().map(|r| r.flags).unwrap_or(0);
+                let meta = offload::tx_meta(
+                    &mut frame,
+                    flags & NETTXF_CSUM_BLANK != 0,
+                    flags & NETTXF_DATA_VALIDATED != 0,
+                    gso,
+                )?;
+                Ok((meta, frame))
+            })
         };
         let status = match result {
-            Ok(frame) => {
-                out.send(&frame);
+            Ok((meta, frame)) => {
+                out.send(&meta, &frame);
                 stats.sent += 1;
                 NETIF_RSP_OKAY
             }
@@ -171,7 +196,7 @@ pub fn transmit(
             ring.take()?;
             let rsp = match s {
                 Slot::Data(r) => NetifTxResponse { id: r.id, status },
-                Slot::Extra => NetifTxResponse {
+                Slot::Extra(_) => NetifTxResponse {
                     id: 0,
                     status: NETIF_RSP_NULL,
                 },

@@ -304,7 +304,7 @@ impl Vif {
             tx_ring_ref = rings.tx_ring_ref,
             rx_ring_ref = rings.rx_ring_ref,
             evtchn = ?rings.evtchn,
-            rx_sg = rings.rx_sg,
+            rx = ?rings.rx,
             tap = %tap_name,
             "netback: connected"
         );
