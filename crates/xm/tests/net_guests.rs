@@ -172,8 +172,8 @@ fn curl(net: &TestNet, args: &[&str]) -> (bool, String) {
 
 /// `xm create` of the httpd guest with `vif = [ 'bridge=BR' ]` and a static address:
 /// curl from a namespace on that bridge gets the page, `/stats` as JSON counting the
-/// requests and the traffic, a 404 for another path, and two answers over one
-/// keep-alive connection.
+/// requests and the traffic, a 404 for another path, two answers over one
+/// keep-alive connection, and six clients at once.
 #[test]
 fn curl_reaches_the_httpd_guest_on_a_bridge() {
     const TEST: &str = "curl_reaches_the_httpd_guest_on_a_bridge";
@@ -231,6 +231,24 @@ fn curl_reaches_the_httpd_guest_on_a_bridge() {
         err.contains("Re-using existing connection") || err.contains("Reusing existing"),
         "curl did not reuse the connection:\n{err}"
     );
+    // Several connections at once (the guest listens on a pool of sockets).
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let ns = net.namespace.clone();
+            let url = format!("http://{ip}/?client={i}");
+            std::thread::spawn(move || {
+                std::process::Command::new("ip")
+                    .args(["netns", "exec", &ns, "curl", "-s", "--max-time", "10", &url])
+                    .output()
+                    .expect("running curl")
+            })
+        })
+        .collect();
+    for c in clients {
+        let out = c.join().unwrap();
+        assert!(out.status.success(), "a concurrent curl failed: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from an rxen guest"));
+    }
     eprintln!("httpd's console:\n{}", console(&env, "httpd"));
     env.xm_ok(&["destroy", "httpd"]);
 }

@@ -11,8 +11,8 @@
 use alloc::vec::Vec;
 
 use rxen_abi::netif::{
-    NetifExtraInfo, NetifRxRequest, NetifRxResponse, NETIF_RX_SLOT_SIZE, NETRXF_EXTRA_INFO,
-    NETRXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE,
+    rx_response_data, NetifExtraInfo, NetifRxRequest, NetifRxResponse, RxResponseFault,
+    NETIF_RX_SLOT_SIZE, NETRXF_EXTRA_INFO, NETRXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -156,34 +156,32 @@ impl RxQueue {
     /// Appends the bytes of one response (for buffer `buffer`) to the frame, or marks
     /// the frame bad.
     fn take_data(&mut self, buffer: u32, rsp: &NetifRxResponse) {
-        if u32::from(rsp.id) != buffer {
-            self.stats.protocol_violations += 1;
-            self.frame_bad = true;
-            return;
-        }
-        if rsp.status < 0 {
-            self.stats.errors += 1;
-            self.frame_bad = true;
-            return;
-        }
-        let (off, len) = (usize::from(rsp.offset), rsp.status as usize);
-        if off + len > PAGE || self.frame.len() + len > MAX_RX_FRAME {
-            self.stats.protocol_violations += 1;
-            self.frame_bad = true;
-            return;
-        }
+        let data = match rx_response_data(rsp, buffer as u16, PAGE) {
+            Ok(d) if self.frame.len() + d.len() <= MAX_RX_FRAME => d,
+            Ok(_) | Err(RxResponseFault::WrongId { .. } | RxResponseFault::OutsidePage { .. }) => {
+                self.stats.protocol_violations += 1;
+                self.frame_bad = true;
+                return;
+            }
+            Err(RxResponseFault::Status(_)) => {
+                self.stats.errors += 1;
+                self.frame_bad = true;
+                return;
+            }
+        };
         if self.frame_bad {
             return;
         }
         let at = self.frame.len();
-        self.frame.resize(at + len, 0);
-        // SAFETY: bytes [off, off + len) of buffer page `buffer` (< n), inside the
-        // buffer allocation; the backend answered for it, so it no longer writes it.
+        self.frame.resize(at + data.len(), 0);
+        // SAFETY: bytes `data` (checked to lie within one page) of buffer page
+        // `buffer` (< n), inside the buffer allocation; the backend answered for it,
+        // so it no longer writes it.
         unsafe {
             core::ptr::copy_nonoverlapping(
-                self.buffers.add(buffer as usize * PAGE + off),
+                self.buffers.add(buffer as usize * PAGE + data.start),
                 self.frame.as_mut_ptr().add(at),
-                len,
+                data.len(),
             )
         };
     }
