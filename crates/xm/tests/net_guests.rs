@@ -173,7 +173,7 @@ fn curl(net: &TestNet, args: &[&str]) -> (bool, String) {
 /// `xm create` of the httpd guest with `vif = [ 'bridge=BR' ]` and a static address:
 /// curl from a namespace on that bridge gets the page, `/stats` as JSON counting the
 /// requests and the traffic, a 404 for another path, two answers over one
-/// keep-alive connection, and six clients at once.
+/// keep-alive connection, an 8 MiB answer, and six clients at once.
 #[test]
 fn curl_reaches_the_httpd_guest_on_a_bridge() {
     const TEST: &str = "curl_reaches_the_httpd_guest_on_a_bridge";
@@ -231,6 +231,20 @@ fn curl_reaches_the_httpd_guest_on_a_bridge() {
         err.contains("Re-using existing connection") || err.contains("Reusing existing"),
         "curl did not reuse the connection:\n{err}"
     );
+    // A bulk answer (8 MiB over many full TX batches and RX ACKs) arrives whole.
+    let (ok, size) = curl(
+        &net,
+        &[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_download}",
+            &format!("http://{ip}/bytes/8388608"),
+        ],
+    );
+    assert!(ok, "curl of /bytes/8388608 failed");
+    assert_eq!(size, "8388608");
+
     // Several connections at once (the guest listens on a pool of sockets).
     let clients: Vec<_> = (0..6)
         .map(|i| {
