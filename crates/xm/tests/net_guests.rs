@@ -48,8 +48,10 @@ fn send_frame(ifname: &str, frame: &[u8]) {
 }
 
 /// Mini-OS (`mini-os-blk-net`) with `vif = [ 'bridge=xenbr0' ]`: xend generates a MAC
-/// in Xen's range and writes libxl's vif nodes, the VMM creates TAP `vif<domid>.0`
-/// (the bridge does not exist here: the TAP stays alone), Mini-OS's netfront connects
+/// in Xen's range and writes libxl's vif nodes, the VMM creates the TAP (named with
+/// `vifname=`, unique to this process: the default `vif<domid>.0` collides with other
+/// test processes' domains, whose xends also number from 1; the bridge does not
+/// exist here: the TAP stays alone), Mini-OS's netfront connects
 /// with rx-copy, a frame written into the TAP reaches it ("N bytes incoming"), and the
 /// TAP and the nodes go with the domain.
 #[test]
@@ -61,11 +63,12 @@ fn mini_os_netfront_connects_to_netback_on_a_tap() {
         return;
     };
     let env = Env::start("mini-os-net");
+    let tap = format!("rxvm{}", std::process::id());
     let cfg = env.dir.join("mini-os.cfg");
     std::fs::write(
         &cfg,
         format!(
-            "name = \"mosnet\"\nkernel = \"{}\"\nmemory = 32\nvif = [ 'bridge=xenbr0' ]\non_crash = \"preserve\"\n",
+            "name = \"mosnet\"\nkernel = \"{}\"\nmemory = 32\nvif = [ 'bridge=xenbr0,vifname={tap}' ]\non_crash = \"preserve\"\n",
             kernel.display()
         ),
     )
@@ -73,7 +76,6 @@ fn mini_os_netfront_connects_to_netback_on_a_tap() {
     env.xm_ok(&["create", cfg.to_str().unwrap()]);
     let (_, dom) = env.get("/domains/mosnet");
     let domid = dom["domid"].as_u64().unwrap();
-    let tap = format!("vif{domid}.0");
     let sys = format!("/sys/class/net/{tap}");
     assert!(
         Path::new(&sys).exists(),
@@ -171,7 +173,7 @@ fn curl(net: &TestNet, args: &[&str]) -> (bool, String) {
 }
 
 /// `xm create` of the httpd guest with `vif = [ 'bridge=BR' ]` and a static address:
-/// curl from a namespace on that bridge gets the page, `/stats` as JSON counting the
+/// curl from a namespace on that bridge gets the page, a ping is answered, `/stats` as JSON counting the
 /// requests and the traffic, a 404 for another path, two answers over one
 /// keep-alive connection, an 8 MiB answer, and six clients at once.
 #[test]
@@ -194,6 +196,9 @@ fn curl_reaches_the_httpd_guest_on_a_bridge() {
         ok
     });
     assert!(page.contains("Hello from an rxen guest"), "{page}");
+
+    // ICMP echo is answered (by smoltcp's interface).
+    net.ping(&ip, Duration::from_secs(5)).unwrap();
 
     let (ok, stats) = curl(&net, &[&format!("http://{ip}/stats")]);
     assert!(ok, "curl /stats failed");

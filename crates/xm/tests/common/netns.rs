@@ -108,6 +108,115 @@ impl TestNet {
     }
 }
 
+/// The Internet checksum (RFC 1071) of `data`.
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = data
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+impl TestNet {
+    /// Sends one ICMP echo request to `addr` from inside the namespace and waits up to
+    /// `timeout` for the matching reply (a raw socket made on a thread moved into the
+    /// namespace with `setns`: no `ping` binary needed).
+    pub fn ping(&self, addr: &str, timeout: std::time::Duration) -> Result<(), String> {
+        let ns_path = format!("/run/netns/{}", self.namespace);
+        let addr: std::net::Ipv4Addr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+        std::thread::spawn(move || ping_from(&ns_path, addr, timeout))
+            .join()
+            .map_err(|_| "the ping thread panicked".to_string())?
+    }
+}
+
+fn ping_from(
+    ns_path: &str,
+    addr: std::net::Ipv4Addr,
+    timeout: std::time::Duration,
+) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(ns_path).map_err(|e| format!("{ns_path}: {e}"))?;
+    // SAFETY: setns on a namespace file descriptor that lives for the call; it moves
+    // only this thread, which exists for this ping.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!("setns: {}", std::io::Error::last_os_error()));
+    }
+    let ident = (std::process::id() & 0xffff) as u16;
+    let mut request = vec![8u8, 0, 0, 0];
+    request.extend_from_slice(&ident.to_be_bytes());
+    request.extend_from_slice(&1u16.to_be_bytes());
+    request.extend_from_slice(b"rxen ping payload");
+    let sum = inet_checksum(&request);
+    request[2..4].copy_from_slice(&sum.to_be_bytes());
+    // SAFETY: plain socket calls on a fresh descriptor, with buffers and addresses
+    // that live for each call; the descriptor is closed before returning.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+        if fd < 0 {
+            return Err(format!("raw socket: {}", std::io::Error::last_os_error()));
+        }
+        let result = (|| {
+            let mut to: libc::sockaddr_in = std::mem::zeroed();
+            to.sin_family = libc::AF_INET as u16;
+            to.sin_addr.s_addr = u32::from_ne_bytes(addr.octets());
+            let n = libc::sendto(
+                fd,
+                request.as_ptr().cast(),
+                request.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            );
+            if n != request.len() as isize {
+                return Err(format!("sendto: {}", std::io::Error::last_os_error()));
+            }
+            let deadline = std::time::Instant::now() + timeout;
+            let mut buf = [0u8; 2048];
+            loop {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    return Err(format!("no echo reply from {addr} in {timeout:?}"));
+                }
+                let tv = libc::timeval {
+                    tv_sec: left.as_secs() as libc::time_t,
+                    tv_usec: left.subsec_micros().max(1) as libc::suseconds_t,
+                };
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_RCVTIMEO,
+                    (&tv as *const libc::timeval).cast(),
+                    std::mem::size_of::<libc::timeval>() as u32,
+                );
+                let n = libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0);
+                if n <= 0 {
+                    continue;
+                }
+                // An IPv4 header (IHL words), then ICMP: type 0 = echo reply.
+                let packet = &buf[..n as usize];
+                let ihl = usize::from(packet[0] & 0xf) * 4;
+                let Some(icmp) = packet.get(ihl..) else {
+                    continue;
+                };
+                if icmp.len() >= request.len()
+                    && packet[12..16] == addr.octets()
+                    && icmp[0] == 0
+                    && icmp[4..8] == request[4..8]
+                    && icmp[8..request.len()] == request[8..]
+                {
+                    return Ok(());
+                }
+            }
+        })();
+        libc::close(fd);
+        result
+    }
+}
+
 impl Drop for TestNet {
     fn drop(&mut self) {
         // Each may not exist (a half-built fixture); deleting the namespace removes
