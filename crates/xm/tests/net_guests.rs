@@ -150,6 +150,8 @@ fn create_httpd(env: &Env, net: &TestNet, name: &str, k: u8, ip: &str, extra: &s
     )
     .unwrap();
     env.xm_ok(&["create", cfg.to_str().unwrap()]);
+    let tap = format!("/sys/class/net/{}", net.tap_name(k));
+    assert!(Path::new(&tap).exists(), "{tap} missing while {name} runs");
     let listening = format!("httpd: listening on {ip}:80");
     rxen_testkit::wait_until(&format!("{name} to listen"), BOOT, || {
         let text = console(env, name);
