@@ -16,6 +16,10 @@ command -v xenstore-read >/dev/null 2>&1 || need+=(xenstore-utils)
 command -v lvcreate >/dev/null 2>&1 || need+=(lvm2)
 command -v losetup >/dev/null 2>&1 || need+=(util-linux)
 command -v mke2fs >/dev/null 2>&1 || need+=(e2fsprogs)
+# The network tests: a namespace, a bridge and veth pairs (iproute2's ip), and curl
+# from the namespace to the httpd guest.
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 # promtool checks the exposition of xend's /metrics in the tests.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then

@@ -157,6 +157,44 @@ pub const NET_TX_RING_SIZE: usize = ring_size(crate::PAGE_SIZE as usize, NETIF_T
 /// Slots of a one-page RX ring (`NET_RX_RING_SIZE`).
 pub const NET_RX_RING_SIZE: usize = ring_size(crate::PAGE_SIZE as usize, NETIF_RX_SLOT_SIZE);
 
+/// Why a frontend cannot use an RX response (`request-rx-copy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RxResponseFault {
+    /// The response names another buffer than the one posted at its ring index.
+    WrongId { expected: u16, got: u16 },
+    /// The backend failed the copy (`NETIF_RSP_*` < 0).
+    Status(i16),
+    /// `offset` + bytes leave the buffer's page.
+    OutsidePage { offset: u16, len: u16 },
+}
+
+/// The bytes of buffer page (`page_size` bytes) that `rsp`, read from the ring slot
+/// where the request for buffer `expected_id` was posted, says were received: the
+/// frontend's check of a response before it trusts it.
+pub fn rx_response_data(
+    rsp: &NetifRxResponse,
+    expected_id: u16,
+    page_size: usize,
+) -> Result<core::ops::Range<usize>, RxResponseFault> {
+    if rsp.id != expected_id {
+        return Err(RxResponseFault::WrongId {
+            expected: expected_id,
+            got: rsp.id,
+        });
+    }
+    if rsp.status < 0 {
+        return Err(RxResponseFault::Status(rsp.status));
+    }
+    let (offset, len) = (usize::from(rsp.offset), rsp.status as usize);
+    if offset + len > page_size {
+        return Err(RxResponseFault::OutsidePage {
+            offset: rsp.offset,
+            len: rsp.status as u16,
+        });
+    }
+    Ok(offset..offset + len)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,5 +231,39 @@ mod tests {
         assert_eq!(NETTXF_MORE_DATA, 4);
         assert_eq!(NETRXF_MORE_DATA, 4);
         assert_eq!(NETTXF_EXTRA_INFO, 8);
+    }
+
+    #[test]
+    fn rx_responses_are_checked_before_use() {
+        let rsp = |id, offset, status| NetifRxResponse {
+            id,
+            offset,
+            flags: 0,
+            status,
+        };
+        assert_eq!(rx_response_data(&rsp(3, 0, 1514), 3, 4096), Ok(0..1514));
+        assert_eq!(rx_response_data(&rsp(3, 96, 4000), 3, 4096), Ok(96..4096));
+        assert_eq!(rx_response_data(&rsp(3, 0, 0), 3, 4096), Ok(0..0));
+        assert_eq!(
+            rx_response_data(&rsp(4, 0, 60), 3, 4096),
+            Err(RxResponseFault::WrongId {
+                expected: 3,
+                got: 4
+            })
+        );
+        assert_eq!(
+            rx_response_data(&rsp(3, 0, NETIF_RSP_ERROR), 3, 4096),
+            Err(RxResponseFault::Status(NETIF_RSP_ERROR))
+        );
+        // Lies about where the data is: past the page, by offset or by length.
+        assert_eq!(
+            rx_response_data(&rsp(3, 4000, 200), 3, 4096),
+            Err(RxResponseFault::OutsidePage {
+                offset: 4000,
+                len: 200
+            })
+        );
+        assert!(rx_response_data(&rsp(3, u16::MAX, i16::MAX), 3, 4096).is_err());
+        assert!(rx_response_data(&rsp(3, 0, 4097), 3, 4096).is_err());
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! It owns the guest side of the ABI: the entry point and boot from `start_info`
 //! ([`start`]), hypercall wrappers ([`hypercall`]), the console ([`println!`]), event
-//! channels ([`events`]), grant tables ([`grant`]), the block frontend ([`blkfront`]), time and timers ([`time`]), the heap ([`heap`]), a small
+//! channels ([`events`]), grant tables ([`grant`]), the block frontend ([`blkfront`]), the network frontend and its TCP/IP stack
+//! ([`net`], smoltcp), time and timers ([`time`]), the heap ([`heap`]), a small
 //! executor that blocks in `SCHEDOP_block` when idle ([`executor`]), secondary vCPUs
 //! ([`smp`]) and the panic handler. It must not contain application logic; example
 //! guests live in the `examples` crate.
@@ -25,6 +26,7 @@ pub mod grant;
 pub mod heap;
 pub mod hypercall;
 mod mem;
+pub mod net;
 pub mod percpu;
 pub mod pv;
 pub mod smp;

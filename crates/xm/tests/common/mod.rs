@@ -102,3 +102,4 @@ pub fn rows(text: &str) -> Vec<Vec<String>> {
         .collect()
 }
 pub mod guests;
+pub mod netns;
