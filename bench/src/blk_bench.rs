@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::xend_bench::{create_config, start, Daemons};
+use crate::xend_bench::{console, create_config, start, Daemons};
 use crate::Figure;
 
 const NAMES: [&str; 5] = [
@@ -33,16 +33,6 @@ const NAMES: [&str; 5] = [
 /// blkback's I/O workers per ring (crates/vmm/src/blkback/pool.rs).
 const HOST_THREADS: usize = 4;
 const RUN_LIMIT: Duration = Duration::from_secs(180);
-
-fn console(d: &Daemons, name: &str) -> String {
-    d.agent
-        .get(format!("{}/domains/{name}/console", d.url))
-        .call()
-        .ok()
-        .filter(|r| r.status().as_u16() == 200)
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .unwrap_or_default()
-}
 
 /// Runs blkbench with `args` on `img` until `marker`; returns the console.
 fn run_guest(

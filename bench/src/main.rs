@@ -5,6 +5,7 @@
 //! Owns measurement only; it must not contain VMM or guest logic.
 
 mod blk_bench;
+mod net_bench;
 mod pv_bench;
 mod vmm_bench;
 mod xend_bench;
@@ -56,6 +57,7 @@ fn main() {
         ("xenstore", xenstore_bench::run(&wants, cli.quick)),
         ("xend", xend_bench::run(&wants, cli.quick)),
         ("block devices", blk_bench::run(&wants, cli.quick)),
+        ("network", net_bench::run(&wants, cli.quick)),
     ] {
         match result {
             Ok(f) => figures.extend(f),

@@ -108,6 +108,17 @@ pub(crate) fn start() -> Result<Daemons, String> {
     Ok(d)
 }
 
+/// Domain `name`'s console output so far (empty when there is none yet).
+pub(crate) fn console(d: &Daemons, name: &str) -> String {
+    d.agent
+        .get(format!("{}/domains/{name}/console", d.url))
+        .call()
+        .ok()
+        .filter(|r| r.status().as_u16() == 200)
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .unwrap_or_default()
+}
+
 /// `POST /domains` with xl.cfg text `config`; the new domain's VMM pid.
 pub(crate) fn create_config(d: &Daemons, name: &str, config: &str) -> Result<u64, String> {
     let body = serde_json::to_string(&rxen_xend_api::CreateRequest {

@@ -23,6 +23,7 @@ const GUESTS: &[&str] = &[
     "mmubench",
     "blkbench",
     "httpd",
+    "netbench",
 ];
 const DEFAULT_GUEST: &str = "idle";
 
