@@ -84,13 +84,15 @@ impl Sink {
                 }
             }
         }
-        if !s.may_recv() && s.state() == tcp::State::CloseWait && !self.answered {
-            if s.send_slice(&self.received.to_le_bytes()) == Ok(8) {
-                println!("netbench: sink {} bytes", self.received);
-                self.answered = true;
-                s.close();
-                progress = true;
-            }
+        if !s.may_recv()
+            && s.state() == tcp::State::CloseWait
+            && !self.answered
+            && s.send_slice(&self.received.to_le_bytes()) == Ok(8)
+        {
+            println!("netbench: sink {} bytes", self.received);
+            self.answered = true;
+            s.close();
+            progress = true;
         }
         progress
     }
