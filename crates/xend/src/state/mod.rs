@@ -8,6 +8,7 @@
 
 mod adopt;
 pub mod create;
+mod devices;
 pub mod disks;
 pub mod error;
 mod exit_policy;
