@@ -20,33 +20,8 @@ use std::time::{Duration, Instant};
 use common::guests::{mini_os, mini_os_net};
 use common::{kvm_available, rows, wait_until, Env};
 use rxen_hostnet::{bridge, link, route};
+use rxen_testkit::net::{unique_ifname as unique, TestBridge as BridgeGuard};
 use serde_json::Value;
-
-/// An interface name unique to this test run: `prefix` + pid + counter (<= 15 bytes).
-fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::SeqCst);
-    format!("{prefix}{}x{n}", std::process::id() % 100_000)
-}
-
-/// A bridge this test expects xend to create: deleted when the test ends, however.
-struct BridgeGuard(String);
-
-impl BridgeGuard {
-    fn new() -> Self {
-        let name = unique("rxb");
-        assert!(!link::exists(&name), "{name} exists already");
-        BridgeGuard(name)
-    }
-}
-
-impl Drop for BridgeGuard {
-    fn drop(&mut self) {
-        if let Err(e) = bridge::delete(&self.0) {
-            eprintln!("removing test bridge {}: {e}", self.0);
-        }
-    }
-}
 
 /// A TEST-NET-1 address unique to this test run.
 fn test_ip() -> Ipv4Addr {
