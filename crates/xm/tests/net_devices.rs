@@ -460,3 +460,41 @@ fn cleanup_after_the_vmm_is_killed() {
     });
     assert!(bridge::is_bridge(&br.0));
 }
+
+/// A hot-plugged vif is part of the domain: a reboot (`on_reboot = "restart"`) brings
+/// the new domain up with it (same MAC, same TAP name, on its bridge).
+#[test]
+fn a_hot_plugged_vif_survives_a_reboot() {
+    let test = "a_hot_plugged_vif_survives_a_reboot";
+    if !kvm_available(test) {
+        return;
+    }
+    let env = Env::start("net-reboot");
+    let br = BridgeGuard::new();
+    let tap = unique("rxv");
+    env.create("name='nrb'\nmemory=32\non_reboot='restart'");
+    let old = domid_of(&env, "nrb");
+    let (s, n) = env.post(
+        "/domains/nrb/nics",
+        &serde_json::json!({ "nic": format!("bridge={},vifname={tap}", br.0) }),
+    );
+    assert_eq!(s, 201, "{n}");
+    let mac = n["mac"].as_str().unwrap().to_string();
+    env.xm_ok(&["reboot", "nrb"]);
+    wait_until("the restart", || {
+        let (_, d) = env.get("/domains/nrb");
+        d["domid"].as_u64().is_some_and(|d| d != old) && d["state"] == "running"
+    });
+    let new = domid_of(&env, "nrb");
+    let (_, nics) = env.get("/domains/nrb/nics");
+    assert_eq!(nics[0]["mac"], mac.as_str(), "{nics}");
+    wait_until("the TAP to be back on its bridge", || {
+        bridge::master_of(&tap).as_deref() == Some(br.0.as_str())
+    });
+    assert_eq!(
+        read_node(&env, &format!("/local/domain/0/backend/vif/{new}/0/mac")),
+        Some(mac)
+    );
+    env.xm_ok(&["destroy", "nrb"]);
+    wait_until("the TAP to go", || !link::exists(&tap));
+}
