@@ -230,7 +230,8 @@ fn answer_request(dom: &DomainShared, devices: Option<&DeviceBackends>, req: Req
     }
 }
 
-/// The vif an `attach-vif` request describes, checked as `--vif` is.
+/// The vif an `attach-vif` request describes, each field checked as `--vif` checks
+/// it.
 fn vif_config(
     devid: u32,
     mac: String,
@@ -238,14 +239,7 @@ fn vif_config(
     bridge: Option<String>,
     ips: &[String],
 ) -> Result<VifConfig, String> {
-    let mut text = format!("devid={devid},mac={mac},tap={tap}");
-    if let Some(b) = &bridge {
-        text.push_str(&format!(",bridge={b}"));
-    }
-    for ip in ips {
-        text.push_str(&format!(",ip={ip}"));
-    }
-    text.parse::<VifConfig>()
+    VifConfig::checked(devid, &mac, &tap, bridge.as_deref(), ips)
 }
 
 fn device_reply<E: std::fmt::Display>(r: Option<Result<(), E>>) -> Reply {
@@ -365,6 +359,37 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attach_vif_requests_are_checked_as_vif_arguments() {
+        let ok = vif_config(
+            2,
+            "00:16:3e:00:00:02".into(),
+            "vif3.2".into(),
+            None,
+            &["192.0.2.9".into()],
+        );
+        assert_eq!(
+            ok.map(|v| (v.devid, v.tap, v.ips.len())),
+            Ok((2, "vif3.2".to_string(), 1))
+        );
+        for (mac, tap, bridge, ip) in [
+            ("00:16:3e:00:00", "vif3.2", None, "192.0.2.9"),
+            ("00:16:3e:00:00:02", "a/b", None, "192.0.2.9"),
+            ("00:16:3e:00:00:02", "vif3.2", Some("br,x=1"), "192.0.2.9"),
+            ("00:16:3e:00:00:02", "vif3.2", None, "192.0.2"),
+            ("00:16:3e:00:00:02", "vif3.2,bridge=x", None, "192.0.2.9"),
+        ] {
+            let r = vif_config(
+                2,
+                mac.into(),
+                tap.into(),
+                bridge.map(String::from),
+                &[ip.into()],
+            );
+            assert!(r.is_err(), "{mac} {tap} {bridge:?} {ip}: {r:?}");
+        }
+    }
 
     fn lines(input: &[u8]) -> Vec<String> {
         let mut r = std::io::BufReader::with_capacity(64, input);

@@ -58,6 +58,41 @@ fn valid_mac(m: &str) -> bool {
             .all(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
+impl VifConfig {
+    /// A vif from its fields, each checked on its own (MAC, interface names,
+    /// addresses), so that no field can carry another.
+    pub fn checked(
+        devid: u32,
+        mac: &str,
+        tap: &str,
+        bridge: Option<&str>,
+        ips: &[String],
+    ) -> Result<Self, String> {
+        if !valid_mac(mac) {
+            return Err(format!("mac {mac:?} is not six hex pairs"));
+        }
+        for name in std::iter::once(tap).chain(bridge) {
+            if !tap::valid_ifname(name) {
+                return Err(format!("{name:?} is not an interface name"));
+            }
+        }
+        let ips = ips
+            .iter()
+            .map(|ip| {
+                ip.parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| format!("ip {ip:?} is not an IPv4 address"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            devid,
+            mac: mac.to_string(),
+            tap: tap.to_string(),
+            bridge: bridge.map(str::to_string),
+            ips,
+        })
+    }
+}
+
 impl std::str::FromStr for VifConfig {
     type Err = String;
 
