@@ -1,7 +1,9 @@
 //! The host side of a vif: a Linux TAP device (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI`:
 //! whole Ethernet frames, no packet-information header), brought up and, when the named
-//! bridge exists, made one of its ports (the interface ioctls are `rxen_hostnet`'s). The device is not persistent: it goes away
-//! when the VMM closes it (the domain ends, however it ends).
+//! bridge exists, made one of its ports, or routed to the guest's addresses (the
+//! interface, bridge and route ioctls are `rxen_hostnet`'s). The device is not
+//! persistent: it goes away when the VMM closes it (the vif is detached or the domain
+//! ends, however it ends), and its bridge port and routes with it.
 
 use std::fs::File;
 use std::io::{Read, Write};
