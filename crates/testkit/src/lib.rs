@@ -2,11 +2,12 @@
 //!
 //! Owns the rules every test follows: the KVM skip rule ([`kvm_available`]: skip
 //! loudly, or fail when `RXEN_REQUIRE_KVM=1`), waiting on a condition with a deadline
-//! ([`wait_until`], never a fixed sleep), finding built binaries and guests, and a real
-//! xenstored + xend environment ([`xend_env::Env`]). It must not contain product code.
+//! ([`wait_until`], never a fixed sleep), finding built binaries and guests, a real
+//! xenstored + xend environment ([`xend_env::Env`]), and test-owned bridges ([`net`]). It must not contain product code.
 // Test support: a failed expectation here is a failed test, so panicking is its error path.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod net;
 pub mod xend_env;
 
 use std::path::PathBuf;

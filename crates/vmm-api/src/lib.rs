@@ -69,6 +69,30 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Start serving a vif hot-plugged into the running domain: `devid` is its device
+    /// number, whose xenbus nodes the toolstack has already written. The VMM creates
+    /// TAP `tap` (refused if an interface of that name exists), brings it up, and
+    /// either adds it to `bridge` or, when `ips` are given (routed mode, Xen's
+    /// `vif-route`), routes those addresses through it with proxy ARP and forwarding
+    /// on; then runs the backend half of xenbus for it.
+    AttachVif {
+        devid: u32,
+        mac: String,
+        tap: String,
+        #[serde(default)]
+        bridge: Option<String>,
+        /// IPv4 addresses (`A.B.C.D`) routed to the guest through the TAP.
+        #[serde(default)]
+        ips: Vec<String>,
+    },
+    /// Begin removing vif `devid` as Xen does (see [`Request::DetachDisk`]); its TAP
+    /// (and the routes and bridge port that go with it) is deleted when the backend
+    /// reaches Closed.
+    DetachVif {
+        devid: u32,
+        #[serde(default)]
+        force: bool,
+    },
 }
 
 /// Whether the guest may write a disk (xl's `r` / `w`).
@@ -93,9 +117,9 @@ pub enum ErrorKind {
     TooLarge,
     /// The request is valid but the domain cannot do it now.
     WrongState,
-    /// A device request the VMM cannot carry out: the disk cannot be opened, its
-    /// device number is in use (attach) or unknown (detach), or no block backend can
-    /// run (the VMM was started without xenstored's socket).
+    /// A device request the VMM cannot carry out: the disk cannot be opened or the
+    /// TAP created, its device number is in use (attach) or unknown (detach), or no
+    /// backend can run (the VMM was started without xenstored's socket).
     Device,
 }
 
@@ -416,6 +440,23 @@ mod tests {
                     force: true,
                 },
                 r#"{"op":"detach-disk","devid":51728,"force":true}"#,
+            ),
+            (
+                Request::AttachVif {
+                    devid: 1,
+                    mac: "00:16:3e:00:00:01".into(),
+                    tap: "vif3.1".into(),
+                    bridge: None,
+                    ips: vec!["192.0.2.5".into()],
+                },
+                r#"{"op":"attach-vif","devid":1,"mac":"00:16:3e:00:00:01","tap":"vif3.1","bridge":null,"ips":["192.0.2.5"]}"#,
+            ),
+            (
+                Request::DetachVif {
+                    devid: 1,
+                    force: false,
+                },
+                r#"{"op":"detach-vif","devid":1,"force":false}"#,
             ),
         ] {
             assert_eq!(encode(&r), format!("{wire}\n"));

@@ -11,9 +11,10 @@
 //! `too_large`; anything that is not a request (bad JSON or UTF-8, unknown op, missing
 //! field) gets `bad_request`; pause, unpause, console input and the debug key after
 //! the domain ended get `wrong_state`. `attach-disk` and `detach-disk` go to the block
-//! backend ([`BlockBackend`]); what it refuses (a disk that cannot be opened, a device
-//! number in use or unknown, no xenstored socket) gets `device`. The socket is mode
-//! 0600.
+//! backend ([`BlockBackend`]), `attach-vif` and `detach-vif` to the network backend
+//! ([`NetBackend`]); what they refuse (a disk that cannot be opened, a TAP that cannot
+//! be created, a device number in use or unknown, no xenstored socket) gets `device`.
+//! The socket is mode 0600.
 //!
 //! This module only translates requests into [`DomainShared`] operations; it owns no
 //! domain state.
@@ -34,7 +35,14 @@ use rxen_vmm_api::{
 use crate::blkback::hotplug::BlockBackend;
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
+use crate::netback::{NetBackend, VifConfig};
 use crate::vcpu::{VcpuControl, VcpuState};
+
+/// The device backends that hot-plug requests go to.
+pub struct DeviceBackends {
+    pub block: Arc<BlockBackend>,
+    pub net: Arc<NetBackend>,
+}
 
 fn vcpu_status(v: &VcpuControl, now: u64) -> VcpuStatus {
     let (state, paused, runstate) = {
@@ -134,7 +142,7 @@ impl Then {
 }
 
 /// The reply to one request line, and what to do once it has been sent.
-fn answer_then(dom: &DomainShared, block: Option<&BlockBackend>, line: &str) -> (Reply, Then) {
+fn answer_then(dom: &DomainShared, devices: Option<&DeviceBackends>, line: &str) -> (Reply, Then) {
     let req: Request = match decode(line, MAX_REQUEST_LINE) {
         Ok(Request::Destroy) => return (Reply::Done, Then::Destroy),
         Ok(r) => r,
@@ -151,10 +159,10 @@ fn answer_then(dom: &DomainShared, block: Option<&BlockBackend>, line: &str) -> 
             )
         }
     };
-    (answer_request(dom, block, req), Then::Nothing)
+    (answer_request(dom, devices, req), Then::Nothing)
 }
 
-fn answer_request(dom: &DomainShared, block: Option<&BlockBackend>, req: Request) -> Reply {
+fn answer_request(dom: &DomainShared, devices: Option<&DeviceBackends>, req: Request) -> Reply {
     let ended = dom.exit_reason();
     match req {
         Request::Status => Reply::Status(status(dom)),
@@ -201,17 +209,44 @@ fn answer_request(dom: &DomainShared, block: Option<&BlockBackend>, req: Request
         } => {
             let writable = mode == rxen_vmm_api::DiskMode::ReadWrite;
             let path = std::path::Path::new(&path);
-            device_reply(block.map(|b| b.attach(devid, writable, direct, path)))
+            device_reply(devices.map(|d| d.block.attach(devid, writable, direct, path)))
         }
-        Request::DetachDisk { devid, force } => device_reply(block.map(|b| b.detach(devid, force))),
+        Request::DetachDisk { devid, force } => {
+            device_reply(devices.map(|d| d.block.detach(devid, force)))
+        }
+        Request::AttachVif {
+            devid,
+            mac,
+            tap,
+            bridge,
+            ips,
+        } => match vif_config(devid, mac, tap, bridge, &ips) {
+            Ok(v) => device_reply(devices.map(|d| d.net.attach(&v))),
+            Err(e) => Reply::error(ErrorKind::Device, e),
+        },
+        Request::DetachVif { devid, force } => {
+            device_reply(devices.map(|d| d.net.detach(devid, force)))
+        }
     }
 }
 
-fn device_reply(r: Option<Result<(), crate::blkback::hotplug::HotplugError>>) -> Reply {
+/// The vif an `attach-vif` request describes, each field checked as `--vif` checks
+/// it.
+fn vif_config(
+    devid: u32,
+    mac: String,
+    tap: String,
+    bridge: Option<String>,
+    ips: &[String],
+) -> Result<VifConfig, String> {
+    VifConfig::checked(devid, &mac, &tap, bridge.as_deref(), ips)
+}
+
+fn device_reply<E: std::fmt::Display>(r: Option<Result<(), E>>) -> Reply {
     match r {
         Some(Ok(())) => Reply::Done,
         Some(Err(e)) => Reply::error(ErrorKind::Device, e.to_string()),
-        None => Reply::error(ErrorKind::Device, "this VMM has no block backend"),
+        None => Reply::error(ErrorKind::Device, "this VMM has no device backends"),
     }
 }
 
@@ -265,14 +300,14 @@ fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<Line> {
     }
 }
 
-fn serve_conn(dom: Arc<DomainShared>, block: Option<Arc<BlockBackend>>, s: UnixStream) {
+fn serve_conn(dom: Arc<DomainShared>, devices: Option<Arc<DeviceBackends>>, s: UnixStream) {
     let Ok(mut w) = s.try_clone() else { return };
     let mut r = BufReader::new(s);
     let mut buf = Vec::new();
     loop {
         let (reply, then) = match read_line(&mut r, &mut buf) {
             Ok(Line::End) | Err(_) => return,
-            Ok(Line::Text(line)) => answer_then(&dom, block.as_deref(), &line),
+            Ok(Line::Text(line)) => answer_then(&dom, devices.as_deref(), &line),
             Ok(Line::NotUtf8) => (
                 Reply::error(ErrorKind::BadRequest, "request is not UTF-8"),
                 Then::Nothing,
@@ -294,12 +329,12 @@ fn serve_conn(dom: Arc<DomainShared>, block: Option<Arc<BlockBackend>>, s: UnixS
     }
 }
 
-/// Serves the control socket at `path` for the life of the domain; disk requests go
-/// to `block`.
+/// Serves the control socket at `path` for the life of the domain; device requests go
+/// to `devices`.
 pub fn start(
     dom: Arc<DomainShared>,
     path: &Path,
-    block: Option<Arc<BlockBackend>>,
+    devices: Option<Arc<DeviceBackends>>,
 ) -> Result<(), String> {
     let _ = std::fs::remove_file(path);
     let l = UnixListener::bind(path)
@@ -311,7 +346,7 @@ pub fn start(
         .spawn(move || {
             for s in l.incoming().flatten() {
                 let d = dom.clone();
-                let b = block.clone();
+                let b = devices.clone();
                 let _ = std::thread::Builder::new()
                     .name("control-conn".into())
                     .spawn(move || serve_conn(d, b, s));
@@ -324,6 +359,37 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attach_vif_requests_are_checked_as_vif_arguments() {
+        let ok = vif_config(
+            2,
+            "00:16:3e:00:00:02".into(),
+            "vif3.2".into(),
+            None,
+            &["192.0.2.9".into()],
+        );
+        assert_eq!(
+            ok.map(|v| (v.devid, v.tap, v.ips.len())),
+            Ok((2, "vif3.2".to_string(), 1))
+        );
+        for (mac, tap, bridge, ip) in [
+            ("00:16:3e:00:00", "vif3.2", None, "192.0.2.9"),
+            ("00:16:3e:00:00:02", "a/b", None, "192.0.2.9"),
+            ("00:16:3e:00:00:02", "vif3.2", Some("br,x=1"), "192.0.2.9"),
+            ("00:16:3e:00:00:02", "vif3.2", None, "192.0.2"),
+            ("00:16:3e:00:00:02", "vif3.2,bridge=x", None, "192.0.2.9"),
+        ] {
+            let r = vif_config(
+                2,
+                mac.into(),
+                tap.into(),
+                bridge.map(String::from),
+                &[ip.into()],
+            );
+            assert!(r.is_err(), "{mac} {tap} {bridge:?} {ip}: {r:?}");
+        }
+    }
 
     fn lines(input: &[u8]) -> Vec<String> {
         let mut r = std::io::BufReader::with_capacity(64, input);

@@ -36,6 +36,7 @@ pub mod timers;
 pub mod traps;
 pub mod tss;
 pub mod vcpu;
+pub mod xenbus_backend;
 pub mod xsrelay;
 
 pub use domain::{BootKind, Domain, DomainConfig, DomainError, DomainShared};

@@ -266,6 +266,57 @@ pub struct DiskInfo {
     pub backend_path: String,
 }
 
+/// Body of `POST /domains/{id}/nics`: a vif in xl's syntax
+/// (`mac=..,bridge=..,ip=..,script=..,vifname=..,model=..[,devid=N]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NicAttachRequest {
+    pub nic: String,
+}
+
+/// Query of `DELETE /domains/{id}/nics/{dev}` (as for disks).
+pub type NicDetachQuery = DiskDetachQuery;
+
+/// Reply of `DELETE /domains/{id}/nics/{dev}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NicDetachReply {
+    pub devid: u32,
+    pub mac: String,
+    /// The guest did not close the vif in time (or `force` was asked): its rings were
+    /// cut.
+    pub forced: bool,
+}
+
+/// One virtual network interface of a domain (`GET /domains/{id}/nics`,
+/// `xm network-list`), with what xenstore says of its connection. Numbers the
+/// frontend has not published are absent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NicInfo {
+    /// The vif's device number (`xl network-list`'s Idx).
+    pub devid: u32,
+    pub mac: String,
+    /// `bridge` or `route` (`script=vif-route`).
+    pub mode: String,
+    /// The bridge the TAP is a port of (bridge mode).
+    pub bridge: Option<String>,
+    /// The guest's addresses (`ip=`; routed to it in route mode).
+    pub ip: Option<String>,
+    /// The host-side TAP device.
+    pub vifname: String,
+    /// The backend's domain (always Domain-0).
+    pub backend_id: u32,
+    /// The frontend's domain (`xl network-list`'s handle column is the devid).
+    pub frontend_id: u32,
+    /// The frontend's xenbus state (1 Initialising .. 6 Closed).
+    pub frontend_state: Option<u32>,
+    /// The backend's xenbus state.
+    pub backend_state: Option<u32>,
+    /// The event channel the frontend published (the TX one when split).
+    pub evtchn: Option<u32>,
+    pub tx_ring_ref: Option<u32>,
+    pub rx_ring_ref: Option<u32>,
+    pub backend_path: String,
+}
+
 /// Reply of `GET /domains/{id}/uptime`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UptimeReply {

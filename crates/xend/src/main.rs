@@ -99,6 +99,12 @@ struct Opts {
     /// (1.0: no overcommit; creates beyond it are refused).
     #[arg(long, default_value_t = 1.0)]
     memory_overcommit: f64,
+    /// Do not create missing bridges. By default, a vif's bridge (`bridge=`, xl's
+    /// default `xenbr0`) is created and brought up when it does not exist, and left in
+    /// place when domains end (as Xen's); with this flag a missing bridge is an error
+    /// at create and attach. See docs/networking.md.
+    #[arg(long)]
+    no_bridge_create: bool,
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -396,6 +402,7 @@ async fn foreground(o: Opts) -> Result<(), String> {
             o.dom0_memory,
             o.memory_overcommit,
         ),
+        create_bridges: !o.no_bridge_create,
     };
     let xend = Xend::new(cfg)?;
     let sock = o.xenstored_socket.clone();

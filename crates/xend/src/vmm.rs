@@ -48,13 +48,17 @@ pub struct LaunchDisk<'a> {
     pub path: &'a str,
 }
 
-/// One network interface a VMM serves (`--vif devid=N,mac=MAC,tap=NAME[,bridge=B]`).
+/// One network interface a VMM serves
+/// (`--vif devid=N,mac=MAC,tap=NAME[,bridge=B][,ip=A.B.C.D]...`).
 #[derive(Debug, Clone)]
 pub struct LaunchVif {
     pub devid: u32,
     pub mac: String,
     pub tap: String,
+    /// Bridged: the bridge the TAP joins.
     pub bridge: Option<String>,
+    /// Routed: the guest's addresses the host routes through the TAP.
+    pub ips: Vec<std::net::Ipv4Addr>,
 }
 
 impl LaunchVif {
@@ -66,6 +70,9 @@ impl LaunchVif {
         );
         if let Some(b) = &self.bridge {
             a.push_str(&format!(",bridge={b}"));
+        }
+        for ip in &self.ips {
+            a.push_str(&format!(",ip={ip}"));
         }
         a
     }

@@ -197,8 +197,8 @@ fn write_entries(
             let Some(devid) = disk.devid() else { continue };
             write_vbd(c, tx, domid, devid, disk)?;
         }
-        for (devid, vif) in spec.vifs.iter().enumerate() {
-            write_dirs(c, tx, &crate::vif::layout(domid, devid as u32, vif))?;
+        for (vif, devid) in spec.vifs.iter().zip(crate::vif::devids(&spec.vifs)) {
+            write_dirs(c, tx, &crate::vif::layout(domid, devid, vif))?;
         }
         Ok(())
     }
@@ -242,12 +242,33 @@ pub fn add_vbd(socket: &Path, domid: u32, devid: u32, disk: &DiskSpec) -> Result
     in_transaction(&mut c, |c, tx| write_vbd(c, tx, domid, devid, disk))
 }
 
+/// Writes a hot-plugged vif's nodes (as at create), in one transaction.
+pub fn add_vif(
+    socket: &Path,
+    domid: u32,
+    devid: u32,
+    vif: &rxen_xlcfg::devices::VifSpec,
+) -> Result<(), ClientError> {
+    let mut c = Client::connect(socket)?;
+    let dirs = crate::vif::layout(domid, devid, vif);
+    in_transaction(&mut c, |c, tx| write_dirs(c, tx, &dirs))
+}
+
 /// Removes a vbd's backend and frontend directories.
 pub fn remove_vbd(socket: &Path, domid: u32, devid: u32) -> Result<(), ClientError> {
+    remove_device(socket, &crate::vbd::paths(domid, devid))
+}
+
+/// Removes a vif's backend and frontend directories.
+pub fn remove_vif(socket: &Path, domid: u32, devid: u32) -> Result<(), ClientError> {
+    remove_device(socket, &crate::vif::paths(domid, devid))
+}
+
+/// Removes a device's directories (backend and frontend), in one transaction.
+fn remove_device(socket: &Path, dirs: &[String]) -> Result<(), ClientError> {
     let mut c = Client::connect(socket)?;
-    let [backend, frontend] = crate::vbd::paths(domid, devid);
     in_transaction(&mut c, |c, tx| {
-        for p in [&backend, &frontend] {
+        for p in dirs {
             match c.rm(tx, p) {
                 Ok(()) => {}
                 Err(ClientError::Xs(e)) if e == "ENOENT" => {}
@@ -297,18 +318,49 @@ pub fn vbd_states(socket: &Path, domid: u32, devids: &[u32]) -> Result<Vec<VbdSt
         .collect()
 }
 
-/// Waits until the backend of vbd `devid` is Closed (6) or gone; `false` when
-/// `timeout` passed first. Waits on a xenstore watch, not by polling.
+/// What xenstore says of one vif's connection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct VifState {
+    pub backend_state: Option<u32>,
+    pub frontend_state: Option<u32>,
+    /// `event-channel`, or `event-channel-tx` when the frontend split them.
+    pub evtchn: Option<u32>,
+    pub tx_ring_ref: Option<u32>,
+    pub rx_ring_ref: Option<u32>,
+}
+
+/// The states and ring details of vifs `devids` of a domain.
+pub fn vif_states(socket: &Path, domid: u32, devids: &[u32]) -> Result<Vec<VifState>, ClientError> {
+    let mut c = Client::connect(socket)?;
+    devids
+        .iter()
+        .map(|&devid| {
+            let [backend, frontend] = crate::vif::paths(domid, devid);
+            let evtchn = match read_u32(&mut c, &format!("{frontend}/event-channel"))? {
+                Some(p) => Some(p),
+                None => read_u32(&mut c, &format!("{frontend}/event-channel-tx"))?,
+            };
+            Ok(VifState {
+                backend_state: read_u32(&mut c, &format!("{backend}/state"))?,
+                frontend_state: read_u32(&mut c, &format!("{frontend}/state"))?,
+                evtchn,
+                tx_ring_ref: read_u32(&mut c, &format!("{frontend}/tx-ring-ref"))?,
+                rx_ring_ref: read_u32(&mut c, &format!("{frontend}/rx-ring-ref"))?,
+            })
+        })
+        .collect()
+}
+
+/// Waits until the device whose backend directory is `backend` is Closed (6) or gone;
+/// `false` when `timeout` passed first. Waits on a xenstore watch, not by polling.
 pub fn wait_backend_closed(
     socket: &Path,
-    domid: u32,
-    devid: u32,
+    backend: &str,
     timeout: std::time::Duration,
 ) -> Result<bool, ClientError> {
     const CLOSED: u32 = 6;
     let deadline = std::time::Instant::now() + timeout;
     let mut c = Client::connect(socket)?;
-    let [backend, _] = crate::vbd::paths(domid, devid);
     let state = format!("{backend}/state");
     c.watch(&state, "detach")?;
     loop {

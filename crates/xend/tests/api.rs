@@ -427,14 +427,13 @@ fn managed_vif_mac_is_stable_across_starts() {
         return;
     }
     let env = Env::start("managed-mac");
-    assert_eq!(
-        env.post(
-            "/managed",
-            r#"{"config": "name = 'mm'\nmemory = 32\nvif = [ 'bridge=xenbr0' ]"}"#
-        )
-        .0,
-        201
-    );
+    // A bridge of the test's own (xend creates it), never the host's xenbr0.
+    let br = rxen_testkit::net::TestBridge::new();
+    let tap = rxen_testkit::net::unique_ifname("rxv");
+    let body = serde_json::json!({
+        "config": format!("name = 'mm'\nmemory = 32\nvif = [ 'bridge={},vifname={tap}' ]", br.0)
+    });
+    assert_eq!(env.post("/managed", &body.to_string()).0, 201);
     let mut macs = Vec::new();
     for _ in 0..2 {
         let (s, v) = env.post("/managed/mm/start", "");

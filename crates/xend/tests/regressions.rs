@@ -224,9 +224,13 @@ fn create_forms_agree_and_say_what_they_ignore() {
     }
     let img = env.dir.join("disk.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+    // A bridge of the test's own (xend creates it), never the host's xenbr0.
+    let br = rxen_testkit::net::TestBridge::new();
+    let tap = rxen_testkit::net::unique_ifname("rxv");
     let (s, v) = env.create(&format!(
-        "name='disky'\nmemory=16\ndisk=['file:{},xvda,w']\nvif=['bridge=xenbr0,rate=10Mb/s']",
-        img.display()
+        "name='disky'\nmemory=16\ndisk=['file:{},xvda,w']\nvif=['bridge={},vifname={tap},rate=10Mb/s']",
+        img.display(),
+        br.0
     ));
     assert_eq!(s, 201, "{v}");
     let w = v["warnings"].as_array().unwrap();

@@ -35,6 +35,10 @@ pub struct VifSpec {
     pub model: Option<String>,
     pub rate: Option<String>,
     pub script: Option<String>,
+    /// xl's `devid`: the vif's device number (`device/vif/<devid>`); the toolstack
+    /// gives one when absent.
+    #[serde(default)]
+    pub devid: Option<u32>,
 }
 
 fn valid_vdev(v: &str) -> bool {
@@ -268,7 +272,14 @@ impl VifSpec {
                 "model" => v.model = val,
                 "rate" => v.rate = val,
                 "script" => v.script = val,
-                "type" | "backend" | "gatewaydev" | "devid" => {}
+                "devid" => {
+                    let n = val.as_deref().unwrap_or_default();
+                    v.devid = Some(
+                        n.parse::<u32>()
+                            .map_err(|_| format!("devid {n:?} is not a number"))?,
+                    )
+                }
+                "type" | "backend" | "gatewaydev" => {}
                 other => return Err(format!("unknown vif key {other:?}")),
             }
         }
@@ -385,5 +396,7 @@ mod tests {
         assert!(VifSpec::parse("mac=zz:16:3e:01:02:03").is_err());
         assert!(VifSpec::parse("bridge").is_err());
         assert!(VifSpec::parse("flavour=x").is_err());
+        assert_eq!(VifSpec::parse("devid=3").unwrap().devid, Some(3));
+        assert!(VifSpec::parse("devid=-1").is_err());
     }
 }

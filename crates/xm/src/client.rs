@@ -4,8 +4,9 @@
 
 use rxen_xend_api::{
     CreateReply, CreateRequest, DiskAttachRequest, DiskDetachQuery, DiskDetachReply, DiskInfo,
-    DomainInfo, ErrorReply, HostInfo, ManagedReply, MemoryRequest, RenameRequest, ShutdownQuery,
-    UptimeReply, VcpusRequest,
+    DomainInfo, ErrorReply, HostInfo, ManagedReply, MemoryRequest, NicAttachRequest,
+    NicDetachQuery, NicDetachReply, NicInfo, RenameRequest, ShutdownQuery, UptimeReply,
+    VcpusRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -240,6 +241,32 @@ impl Api {
         self.call(
             "DELETE",
             &format!("/domains/{}/disks/{}{query}", enc(id), enc(dev)),
+            None::<&()>,
+        )
+    }
+
+    pub fn nics(&self, id: &str) -> XmResult<Decoded<Vec<NicInfo>>> {
+        self.call("GET", &format!("/domains/{}/nics", enc(id)), None::<&()>)
+    }
+
+    pub fn attach_nic(&self, id: &str, nic: &str) -> XmResult<Decoded<NicInfo>> {
+        let body = NicAttachRequest { nic: nic.into() };
+        self.call("POST", &format!("/domains/{}/nics", enc(id)), Some(&body))
+    }
+
+    pub fn detach_nic(
+        &self,
+        id: &str,
+        dev: &str,
+        q: &NicDetachQuery,
+    ) -> XmResult<Decoded<NicDetachReply>> {
+        let mut query = format!("?force={}", q.force);
+        if let Some(w) = q.wait {
+            query.push_str(&format!("&wait={w}"));
+        }
+        self.call(
+            "DELETE",
+            &format!("/domains/{}/nics/{}{query}", enc(id), enc(dev)),
             None::<&()>,
         )
     }

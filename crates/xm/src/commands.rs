@@ -359,3 +359,54 @@ pub fn block_list(api: &Api, out: Output, domains: &[String]) -> XmResult<()> {
     out.show(&json, || format::block_table(&all));
     Ok(())
 }
+
+/// `network-attach DOMAIN [KEY=VALUE]...`: the arguments are the items of one xl vif
+/// specification (joined with commas, as xl does).
+pub fn network_attach(api: &Api, out: Output, domain: &str, spec: &[String]) -> XmResult<()> {
+    let n = api.attach_nic(domain, &spec.join(","))?;
+    out.show(&n.json, String::new);
+    Ok(())
+}
+
+/// `network-detach DOMAIN DEVID|MAC`: waits for the guest to let go (`timeout`
+/// seconds), then forces; `force` does not wait.
+pub fn network_detach(
+    api: &Api,
+    out: Output,
+    domain: &str,
+    dev: &str,
+    force: bool,
+    timeout: Option<f64>,
+) -> XmResult<()> {
+    let q = rxen_xend_api::NicDetachQuery {
+        force,
+        wait: timeout,
+    };
+    let r = api.detach_nic(domain, dev, &q)?;
+    if r.value.forced && !force {
+        eprintln!(
+            "warning: the guest did not release vif {} in time; it was removed by force",
+            r.value.devid
+        );
+    }
+    out.show(&r.json, String::new);
+    Ok(())
+}
+
+/// `network-list DOMAIN...`: xl's table for each domain.
+pub fn network_list(api: &Api, out: Output, domains: &[String]) -> XmResult<()> {
+    let mut all = Vec::new();
+    let mut jsons = Vec::new();
+    for d in domains {
+        let r = api.nics(d)?;
+        all.extend(r.value);
+        jsons.push(r.json);
+    }
+    let json = if jsons.len() == 1 {
+        jsons.remove(0)
+    } else {
+        Value::Array(jsons)
+    };
+    out.show(&json, || format::network_table(&all));
+    Ok(())
+}

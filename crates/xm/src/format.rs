@@ -165,9 +165,71 @@ pub fn block_table(disks: &[rxen_xend_api::DiskInfo]) -> String {
     out
 }
 
+/// `xl network-list`'s table: Idx BE Mac Addr. handle state evt-ch
+/// tx-/rx-ring-ref BE-path (handle is the device number, as xl's; -1 where the
+/// frontend has not published a value).
+pub fn network_table(nics: &[rxen_xend_api::NicInfo]) -> String {
+    let n = |v: Option<u32>| v.map_or_else(|| "-1".to_string(), |v| v.to_string());
+    let mut out = format!(
+        "{:<3} {:<2} {:<17} {:<6} {:<5} {:<6} {:>5}/{:<11} {}\n",
+        "Idx", "BE", "Mac Addr.", "handle", "state", "evt-ch", "tx-", "rx-ring-ref", "BE-path"
+    );
+    for d in nics {
+        let _ = writeln!(
+            out,
+            "{:<3} {:<2} {:<17} {:<6} {:<5} {:<6} {:>5}/{:<11} {}",
+            d.devid,
+            d.backend_id,
+            d.mac,
+            d.devid,
+            n(d.frontend_state),
+            n(d.evtchn),
+            n(d.tx_ring_ref),
+            n(d.rx_ring_ref),
+            d.backend_path
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn network_list_has_xls_columns() {
+        let n = rxen_xend_api::NicInfo {
+            devid: 0,
+            mac: "00:16:3e:01:02:03".into(),
+            mode: "bridge".into(),
+            bridge: Some("xenbr0".into()),
+            ip: None,
+            vifname: "vif3.0".into(),
+            backend_id: 0,
+            frontend_id: 3,
+            frontend_state: Some(4),
+            backend_state: Some(4),
+            evtchn: Some(9),
+            tx_ring_ref: Some(768),
+            rx_ring_ref: Some(769),
+            backend_path: "/local/domain/0/backend/vif/3/0".into(),
+        };
+        let mut unconnected = n.clone();
+        unconnected.devid = 1;
+        unconnected.backend_path = "/local/domain/0/backend/vif/3/1".into();
+        (
+            unconnected.frontend_state,
+            unconnected.evtchn,
+            unconnected.tx_ring_ref,
+            unconnected.rx_ring_ref,
+        ) = (Some(1), None, None, None);
+        assert_eq!(
+            network_table(&[n, unconnected]),
+            "Idx BE Mac Addr.         handle state evt-ch   tx-/rx-ring-ref BE-path\n\
+             0   0  00:16:3e:01:02:03 0      4     9        768/769         /local/domain/0/backend/vif/3/0\n\
+             1   0  00:16:3e:01:02:03 1      1     -1        -1/-1          /local/domain/0/backend/vif/3/1\n"
+        );
+    }
 
     #[test]
     fn block_list_has_xls_columns() {

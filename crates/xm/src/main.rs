@@ -188,6 +188,46 @@ enum Cmd {
         #[arg(required = true, num_args = 1..)]
         domains: Vec<String>,
     },
+    /// Hot-plug a network interface into a running domain, in xl's vif syntax:
+    /// `xm network-attach web bridge=xenbr0 mac=00:16:3e:12:34:56`. Keys: mac (default:
+    /// random in Xen's 00:16:3e range), bridge (default xenbr0; created by xend if
+    /// missing unless it runs with --no-bridge-create), script (vif-bridge, the
+    /// default, or vif-route with ip=A.B.C.D: a host route to the guest's address
+    /// through the TAP, proxy ARP and forwarding; vif-nat is not supported), ip,
+    /// vifname (the host TAP's name, default vif<domid>.<devid>), model (accepted, not
+    /// applied), devid (default: one past the highest). See docs/networking.md.
+    #[command(name = "network-attach")]
+    NetworkAttach {
+        domain: String,
+        /// key=value items (joined with commas).
+        #[arg(num_args = 0..)]
+        nic: Vec<String>,
+    },
+    /// Remove a network interface from a running domain: the guest is asked to close
+    /// it (Xen's Closing handshake) and has --timeout seconds, else its rings are cut
+    /// (a warning says so); then the TAP (with its routes or bridge port) and the
+    /// xenstore nodes go.
+    #[command(name = "network-detach")]
+    NetworkDetach {
+        domain: String,
+        /// The vif: its device number (Idx of network-list) or MAC address.
+        dev: String,
+        /// Do not wait for the guest (a frontend that never connected, a hung guest).
+        #[arg(short, long)]
+        force: bool,
+        /// Seconds the guest has to close the vif (default 10, at most 600).
+        #[arg(long)]
+        timeout: Option<f64>,
+    },
+    /// List a domain's network interfaces as `xl network-list` (Idx BE Mac Addr.
+    /// handle state evt-ch tx-/rx-ring-ref BE-path: device number, backend domain,
+    /// MAC, handle, the frontend's xenbus state, event channel and ring references,
+    /// and the backend's xenstore path).
+    #[command(name = "network-list")]
+    NetworkList {
+        #[arg(required = true, num_args = 1..)]
+        domains: Vec<String>,
+    },
     /// Follow domain state changes.
     Events,
     /// A live table of domains, refreshed every second.
@@ -250,6 +290,14 @@ fn run(cli: Cli) -> XmResult<()> {
             timeout,
         } => commands::block_detach(&api, out, &domain, &dev, force, timeout),
         Cmd::BlockList { domains } => commands::block_list(&api, out, &domains),
+        Cmd::NetworkAttach { domain, nic } => commands::network_attach(&api, out, &domain, &nic),
+        Cmd::NetworkDetach {
+            domain,
+            dev,
+            force,
+            timeout,
+        } => commands::network_detach(&api, out, &domain, &dev, force, timeout),
+        Cmd::NetworkList { domains } => commands::network_list(&api, out, &domains),
         Cmd::Events => commands::events(&api, out),
         Cmd::Top { iterations } => commands::top(&api, iterations),
     }

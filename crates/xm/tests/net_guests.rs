@@ -47,11 +47,12 @@ fn send_frame(ifname: &str, frame: &[u8]) {
     }
 }
 
-/// Mini-OS (`mini-os-blk-net`) with `vif = [ 'bridge=xenbr0' ]`: xend generates a MAC
-/// in Xen's range and writes libxl's vif nodes, the VMM creates the TAP (named with
-/// `vifname=`, unique to this process: the default `vif<domid>.0` collides with other
-/// test processes' domains, whose xends also number from 1; the bridge does not
-/// exist here: the TAP stays alone), Mini-OS's netfront connects
+/// Mini-OS (`mini-os-blk-net`) with `vif = [ 'bridge=BR' ]` (a bridge of the test's
+/// own, which xend creates and the guard deletes: never the host's `xenbr0`): xend
+/// generates a MAC in Xen's range and writes libxl's vif nodes, the VMM creates the
+/// TAP (named with `vifname=`, unique to this process: the default `vif<domid>.0`
+/// collides with other test processes' domains, whose xends also number from 1) and
+/// joins it to the bridge, Mini-OS's netfront connects
 /// with rx-copy, a frame written into the TAP reaches it ("N bytes incoming"), and the
 /// TAP and the nodes go with the domain.
 #[test]
@@ -63,13 +64,15 @@ fn mini_os_netfront_connects_to_netback_on_a_tap() {
         return;
     };
     let env = Env::start("mini-os-net");
+    let bridge = rxen_testkit::net::TestBridge::new();
     let tap = format!("rxvm{}", std::process::id());
     let cfg = env.dir.join("mini-os.cfg");
     std::fs::write(
         &cfg,
         format!(
-            "name = \"mosnet\"\nkernel = \"{}\"\nmemory = 32\nvif = [ 'bridge=xenbr0,vifname={tap}' ]\non_crash = \"preserve\"\n",
-            kernel.display()
+            "name = \"mosnet\"\nkernel = \"{}\"\nmemory = 32\nvif = [ 'bridge={},vifname={tap}' ]\non_crash = \"preserve\"\n",
+            kernel.display(),
+            bridge.0
         ),
     )
     .unwrap();
@@ -90,7 +93,15 @@ fn mini_os_netfront_connects_to_netback_on_a_tap() {
         xs.read(0, &format!("{backend}/mac")).unwrap(),
         mac.as_bytes()
     );
-    assert_eq!(xs.read(0, &format!("{backend}/bridge")).unwrap(), b"xenbr0");
+    assert_eq!(
+        xs.read(0, &format!("{backend}/bridge")).unwrap(),
+        bridge.0.as_bytes()
+    );
+    assert!(
+        Path::new(&format!("/sys/class/net/{}/brif/{tap}", bridge.0)).exists(),
+        "the TAP is not a port of {}",
+        bridge.0
+    );
     let console = Console::attach(&env, "mosnet");
     wait_until("Mini-OS's netfront to connect", || {
         let connected = xs

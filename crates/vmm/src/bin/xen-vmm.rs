@@ -93,13 +93,15 @@ enum Cmd {
         #[arg(long, value_name = "DEVID:MODE:PATH", requires = "xenstored_socket")]
         disk: Vec<rxen_vmm::blkback::VbdConfig>,
         /// A virtual network interface served by the in-VMM netback:
-        /// devid=N,mac=MAC,tap=NAME[,bridge=BRIDGE]. The VMM creates TAP device NAME
-        /// (gone when the VMM exits), brings it up and adds it to BRIDGE if that
-        /// bridge exists. Its xenbus nodes must already exist (xend writes them);
-        /// repeatable; needs --xenstored-socket.
+        /// devid=N,mac=MAC,tap=NAME[,bridge=BRIDGE][,ip=A.B.C.D]... The VMM creates
+        /// TAP device NAME (gone when the VMM exits), brings it up and adds it to
+        /// BRIDGE if that bridge exists; with ip= (routed mode, Xen's vif-route) it
+        /// adds a host route to each address through the TAP and turns on proxy ARP
+        /// and forwarding on it. Its xenbus nodes must already exist (xend writes
+        /// them); repeatable; needs --xenstored-socket.
         #[arg(
             long,
-            value_name = "devid=N,mac=MAC,tap=NAME[,bridge=BRIDGE]",
+            value_name = "devid=N,mac=MAC,tap=NAME[,bridge=BRIDGE][,ip=A.B.C.D]",
             requires = "xenstored_socket"
         )]
         vif: Vec<rxen_vmm::netback::VifConfig>,
@@ -261,7 +263,7 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitKind::Internal.exit_code());
         }
     };
-    let vifs = match rxen_vmm::netback::open_vifs(domid, &vif) {
+    let vifs = match rxen_vmm::netback::open_vifs(&vif) {
         Ok(v) => v,
         Err(e) => {
             eprintln!("xen-vmm: {e}");
@@ -292,9 +294,12 @@ fn main() -> ExitCode {
     };
     let shared = domain.shared().clone();
     // Started before the control socket, which hands it hot-plugged disks.
-    let net_backend = match rxen_vmm::netback::start(shared.clone(), xenstored_socket.clone(), vifs)
-    {
-        Ok(b) => b,
+    let net_backend = match rxen_vmm::netback::NetBackend::start(
+        shared.clone(),
+        xenstored_socket.clone(),
+        vifs,
+    ) {
+        Ok(b) => std::sync::Arc::new(b),
         Err(e) => {
             eprintln!("xen-vmm: {e}");
             domain.destroy();
@@ -316,7 +321,14 @@ fn main() -> ExitCode {
         }
     };
     if let Some(p) = &control {
-        if let Err(e) = rxen_vmm::control::start(shared.clone(), p, Some(block_backend.clone())) {
+        if let Err(e) = rxen_vmm::control::start(
+            shared.clone(),
+            p,
+            Some(std::sync::Arc::new(rxen_vmm::control::DeviceBackends {
+                block: block_backend.clone(),
+                net: net_backend.clone(),
+            })),
+        ) {
             eprintln!("xen-vmm: {e}");
             block_backend.stop();
             domain.destroy();
@@ -369,7 +381,7 @@ fn main() -> ExitCode {
     }
     let why = domain.wait();
     block_backend.stop();
-    drop(net_backend);
+    net_backend.stop();
     if let Some(p) = &exit_file {
         if let Err(e) = std::fs::write(p, rxen_vmm_api::encode(&why.record())) {
             eprintln!("xen-vmm: writing {}: {e}", p.display());

@@ -4,7 +4,7 @@
 //!
 //! Each of the domain's virtual block devices (vbds) has a backing [`disk::Disk`]
 //! (a raw file or block device, opened by the VMM at start), a xenbus backend in
-//! xenstore run by [`xenbus::XenbusBackend`] (one thread with a domain-0 connection to
+//! xenstore run by [`xenbus::XenbusBackend`] (the shared [`crate::xenbus_backend`]: one thread with a domain-0 connection to
 //! xenstored for all of the domain's vbds), and once the frontend connected, one
 //! [`connection::Connection`] per queue (blkif.h multi-queue: up to
 //! [`negotiate::max_queues`]): the ring page mapped through the grant table, domain 0's
@@ -112,7 +112,11 @@ pub fn start(
     xenstored_socket: PathBuf,
     disks: Vec<(u32, Arc<disk::Disk>)>,
 ) -> Result<xenbus::XenbusBackend, String> {
-    xenbus::XenbusBackend::start(dom, xenstored_socket, disks)
+    let vbds = disks
+        .into_iter()
+        .map(|(devid, d)| (devid, xenbus::Vbd::new(d)))
+        .collect();
+    xenbus::XenbusBackend::start(dom, xenstored_socket, vbds)
         .map_err(|e| format!("starting the block backend: {e}"))
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Each of the domain's virtual network interfaces (vifs) has a host-side TAP device
 //! ([`tap::Tap`], `vif<domid>.<devid>` unless named otherwise, joined to a Linux bridge
-//! when one is named and exists), a xenbus backend run by [`xenbus::NetBackend`] (one
-//! thread with a domain-0 connection to xenstored for all of the domain's vifs) and,
+//! when one is named and exists, or routed to the guest's addresses), a xenbus backend
+//! ([`NetBackend`]: the shared [`crate::xenbus_backend`], one thread with a domain-0
+//! connection to xenstored for all of the domain's vifs, which come and go while the
+//! domain runs) and,
 //! once the frontend connected, a [`connection::Connection`]: the TX and RX ring pages
 //! mapped through the grant table ([`ring::NetRing`]), domain 0's end(s) of the event
 //! channel(s), and a thread that sends TX packets to the TAP ([`tx`]) and copies TAP
@@ -15,7 +17,7 @@
 //! rings, its grants): every value is read once and checked, and a lie ends in a
 //! dropped packet or a stopped vif with a log line, never a panic. It does not create
 //! or remove xenstore directories (xend writes the vif's nodes before the VMM starts
-//! and removes them when the domain ends), and it creates no bridge.
+//! and removes them when the domain ends), and it creates no bridge (xend does).
 
 pub mod connection;
 pub mod negotiate;
@@ -30,8 +32,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::domain::DomainShared;
+use crate::xenbus_backend::hotplug::{BackendError, Hotplug};
 
-/// A vif as given on `xen-vmm run --vif devid=N,mac=MAC,tap=NAME[,bridge=BRIDGE]`.
+/// A vif as given on
+/// `xen-vmm run --vif devid=N,mac=MAC,tap=NAME[,bridge=BRIDGE][,ip=A.B.C.D]...`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VifConfig {
     /// The vif's device number (`device/vif/<devid>`).
@@ -42,6 +46,9 @@ pub struct VifConfig {
     pub tap: String,
     /// The Linux bridge to join, if it exists.
     pub bridge: Option<String>,
+    /// Routed mode (Xen's `vif-route`): the guest's addresses, each given a host route
+    /// through the TAP (with proxy ARP and forwarding on it).
+    pub ips: Vec<std::net::Ipv4Addr>,
 }
 
 fn valid_mac(m: &str) -> bool {
@@ -52,11 +59,47 @@ fn valid_mac(m: &str) -> bool {
             .all(|p| p.len() == 2 && p.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
+impl VifConfig {
+    /// A vif from its fields, each checked on its own (MAC, interface names,
+    /// addresses), so that no field can carry another.
+    pub fn checked(
+        devid: u32,
+        mac: &str,
+        tap: &str,
+        bridge: Option<&str>,
+        ips: &[String],
+    ) -> Result<Self, String> {
+        if !valid_mac(mac) {
+            return Err(format!("mac {mac:?} is not six hex pairs"));
+        }
+        for name in std::iter::once(tap).chain(bridge) {
+            if !tap::valid_ifname(name) {
+                return Err(format!("{name:?} is not an interface name"));
+            }
+        }
+        let ips = ips
+            .iter()
+            .map(|ip| {
+                ip.parse::<std::net::Ipv4Addr>()
+                    .map_err(|_| format!("ip {ip:?} is not an IPv4 address"))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            devid,
+            mac: mac.to_string(),
+            tap: tap.to_string(),
+            bridge: bridge.map(str::to_string),
+            ips,
+        })
+    }
+}
+
 impl std::str::FromStr for VifConfig {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
         let (mut devid, mut mac, mut tap, mut bridge) = (None, None, None, None);
+        let mut ips = Vec::new();
         for item in s.split(',') {
             let Some((k, v)) = item.split_once('=') else {
                 return Err(format!("{s:?}: {item:?} is not key=value"));
@@ -72,6 +115,10 @@ impl std::str::FromStr for VifConfig {
                 "mac" => return Err(format!("{s:?}: mac {v:?} is not six hex pairs")),
                 "tap" if tap::valid_ifname(v) => tap = Some(v.to_string()),
                 "bridge" if tap::valid_ifname(v) => bridge = Some(v.to_string()),
+                "ip" => ips.push(
+                    v.parse::<std::net::Ipv4Addr>()
+                        .map_err(|_| format!("{s:?}: ip {v:?} is not an IPv4 address"))?,
+                ),
                 "tap" | "bridge" => {
                     return Err(format!("{s:?}: {k} {v:?} is not an interface name"))
                 }
@@ -84,43 +131,90 @@ impl std::str::FromStr for VifConfig {
                 mac,
                 tap,
                 bridge,
+                ips,
             }),
             _ => Err(format!(
-                "{s:?}: expected devid=N,mac=MAC,tap=NAME[,bridge=BRIDGE]"
+                "{s:?}: expected devid=N,mac=MAC,tap=NAME[,bridge=BRIDGE][,ip=A.B.C.D]..."
             )),
         }
     }
 }
 
+/// Creates vif `v`'s TAP device: up, joined to its bridge (if named and existing)
+/// or routed to its addresses.
+pub fn open_vif(v: &VifConfig) -> Result<xenbus::Vif, tap::TapError> {
+    let tap = tap::Tap::create(&v.tap, v.bridge.as_deref())?;
+    if !v.ips.is_empty() {
+        tap.route_to(&v.ips)?;
+    }
+    tracing::info!(devid = v.devid, mac = %v.mac, tap = %v.tap, ips = ?v.ips, "netback: TAP created");
+    Ok(xenbus::Vif::new(tap))
+}
+
 /// Creates every vif's TAP device (before the domain is built, so that a TAP that
 /// cannot be made is an error of `xen-vmm run`); two vifs with one devid are refused.
-pub fn open_vifs(domid: u16, vifs: &[VifConfig]) -> Result<Vec<xenbus::Vif>, String> {
-    let mut out: Vec<xenbus::Vif> = Vec::new();
+pub fn open_vifs(vifs: &[VifConfig]) -> Result<Vec<(u32, xenbus::Vif)>, String> {
+    let mut out: Vec<(u32, xenbus::Vif)> = Vec::new();
     for v in vifs {
-        if out.iter().any(|o| o.devid == v.devid) {
+        if out.iter().any(|(devid, _)| *devid == v.devid) {
             return Err(format!("two vifs have device number {}", v.devid));
         }
-        let tap = tap::Tap::create(&v.tap, v.bridge.as_deref()).map_err(|e| e.to_string())?;
-        tracing::info!(devid = v.devid, mac = %v.mac, tap = %v.tap, "netback: TAP created");
-        out.push(xenbus::Vif::new(domid, v.devid, tap));
+        out.push((v.devid, open_vif(v).map_err(|e| e.to_string())?));
     }
     Ok(out)
 }
 
-/// Starts the xenbus backend of `vifs` against xenstored's main socket (nothing to
-/// run without vifs).
-pub fn start(
-    dom: Arc<DomainShared>,
-    xenstored_socket: Option<PathBuf>,
-    vifs: Vec<xenbus::Vif>,
-) -> Result<Option<xenbus::NetBackend>, String> {
-    if vifs.is_empty() {
-        return Ok(None);
+/// Why a vif could not be attached or detached.
+#[derive(Debug, thiserror::Error)]
+pub enum VifHotplugError {
+    #[error("{0}")]
+    Tap(#[from] tap::TapError),
+    #[error("{0}")]
+    Backend(#[from] BackendError),
+}
+
+/// The domain's network backend, running or not yet: the shared hot-plug of
+/// [`crate::xenbus_backend::hotplug`] for vifs; this creates the TAPs.
+pub struct NetBackend(Hotplug<xenbus::Vif>);
+
+impl NetBackend {
+    /// Starts the backend for `vifs` (TAPs opened already) if there are any.
+    pub fn start(
+        dom: Arc<DomainShared>,
+        xenstored_socket: Option<PathBuf>,
+        vifs: Vec<(u32, xenbus::Vif)>,
+    ) -> Result<Self, VifHotplugError> {
+        Ok(Self(Hotplug::start(dom, xenstored_socket, vifs)?))
     }
-    let socket = xenstored_socket.ok_or_else(|| "vifs need --xenstored-socket".to_string())?;
-    xenbus::NetBackend::start(dom, socket, vifs)
-        .map(Some)
-        .map_err(|e| format!("starting the network backend: {e}"))
+
+    /// Creates `v`'s TAP (bridge port or routes) and serves it as vif `v.devid`, whose
+    /// xenbus nodes the toolstack wrote. A TAP of that name that exists already is
+    /// refused (the kernel's TUNSETIFF would share it).
+    pub fn attach(&self, v: &VifConfig) -> Result<(), VifHotplugError> {
+        if !self.0.has_xenstore() {
+            return Err(BackendError::NoXenstore.into());
+        }
+        if rxen_hostnet::link::exists(&v.tap) {
+            return Err(tap::TapError::Create {
+                name: v.tap.clone(),
+                source: std::io::Error::from_raw_os_error(libc::EEXIST),
+            }
+            .into());
+        }
+        let vif = open_vif(v)?;
+        Ok(self.0.attach(v.devid, vif)?)
+    }
+
+    /// Starts removing vif `devid` (Xen's Closing handshake, or at once with `force`);
+    /// its TAP goes when the device does.
+    pub fn detach(&self, devid: u32, force: bool) -> Result<(), VifHotplugError> {
+        Ok(self.0.detach(devid, force)?)
+    }
+
+    /// Stops the backend and every vif it serves (their TAPs close).
+    pub fn stop(&self) {
+        self.0.stop();
+    }
 }
 
 #[cfg(test)]
@@ -142,9 +236,14 @@ mod cli_tests {
                 devid: 0,
                 mac: "00:16:3e:01:02:03".into(),
                 tap: "vif3.0".into(),
-                bridge: Some("xenbr0".into())
+                bridge: Some("xenbr0".into()),
+                ips: Vec::new(),
             }
         );
+        let r: VifConfig = "devid=2,mac=00:16:3e:01:02:03,tap=vif3.2,ip=192.0.2.1,ip=192.0.2.2"
+            .parse()
+            .unwrap();
+        assert_eq!(r.ips.len(), 2);
         assert!("devid=1,mac=00:16:3e:01:02:03,tap=vif3.1"
             .parse::<VifConfig>()
             .unwrap()
@@ -158,6 +257,7 @@ mod cli_tests {
             "devid=0,mac=00:16:3e:01:02:03,tap=a/b",
             "devid=0,mac=00:16:3e:01:02:03,tap=waytoolonginterfacename",
             "devid=0,mac=00:16:3e:01:02:03,tap=v,colour=red",
+            "devid=0,mac=00:16:3e:01:02:03,tap=v,ip=192.0.2",
         ] {
             assert!(bad.parse::<VifConfig>().is_err(), "{bad:?}");
         }

@@ -1,19 +1,19 @@
 //! The host side of a vif: a Linux TAP device (`/dev/net/tun`, `IFF_TAP | IFF_NO_PI |
 //! IFF_VNET_HDR`: whole Ethernet frames, each behind a `virtio_net_hdr` carrying its
 //! checksum and segmentation state, see [`super::offload`]), brought up and, when the
-//! named bridge exists, made one of its ports. What the host may hand us partially
-//! checksummed or unsegmented is set per frontend ([`Tap::set_offload`]). The device is not persistent: it goes away
-//! when the VMM closes it (the domain ends, however it ends).
+//! named bridge exists, made one of its ports, or routed to the guest's addresses (the
+//! interface, bridge and route ioctls are `rxen_hostnet`'s). What the host may hand us
+//! partially checksummed or unsegmented is set per frontend ([`Tap::set_offload`]).
+//! The device is not persistent: it goes away when the VMM closes it (the vif is
+//! detached or the domain ends, however it ends), and its bridge port and routes with
+//! it.
 
-use std::ffi::CString;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd};
+
+use rxen_hostnet::NetError;
 
 use super::offload::{PacketMeta, VnetHdr, VNET_HDR_LEN};
-
-/// `SIOCBRADDIF` of linux/sockios.h: add the interface `ifr_ifindex` to the bridge
-/// named by `ifr_name`.
-const SIOCBRADDIF: libc::c_ulong = 0x89a2;
 
 /// Why a TAP device could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -27,43 +27,23 @@ pub enum TapError {
         name: String,
         source: std::io::Error,
     },
-    #[error("bringing {name} up: {source}")]
-    Up {
-        name: String,
-        source: std::io::Error,
-    },
+    #[error("{0}")]
+    Up(NetError),
+    #[error("{0}")]
+    Bridge(NetError),
+    #[error("routing to the guest: {0}")]
+    Route(NetError),
     #[error("setting the offloads of {name}: {source}")]
     Offload {
         name: String,
         source: std::io::Error,
     },
-    #[error("adding {name} to bridge {bridge}: {source}")]
-    Bridge {
-        name: String,
-        bridge: String,
-        source: std::io::Error,
-    },
 }
 
-/// Whether `name` can be a Linux interface name (`IFNAMSIZ` - 1 bytes, no separators).
-pub fn valid_ifname(name: &str) -> bool {
-    (1..libc::IFNAMSIZ).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
-}
+pub use rxen_hostnet::valid_ifname;
 
 fn ifreq(name: &str) -> Result<libc::ifreq, TapError> {
-    if !valid_ifname(name) {
-        return Err(TapError::Name(name.to_string()));
-    }
-    // SAFETY: ifreq is plain old data (a name array and a union of integers and
-    // addresses); all zeroes is a valid value.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (d, s) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *d = s as libc::c_char;
-    }
-    Ok(req)
+    rxen_hostnet::ifname::ifreq(name).map_err(|_| TapError::Name(name.to_string()))
 }
 
 /// An open TAP device.
@@ -71,17 +51,6 @@ fn ifreq(name: &str) -> Result<libc::ifreq, TapError> {
 pub struct Tap {
     name: String,
     file: File,
-}
-
-/// An `AF_INET` datagram socket for interface ioctls.
-fn ioctl_socket() -> std::io::Result<OwnedFd> {
-    // SAFETY: socket(2) with constant arguments; the result is checked.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 impl Tap {
@@ -166,47 +135,17 @@ impl Tap {
     }
 
     fn up(&self) -> Result<(), TapError> {
-        let err = |source| TapError::Up {
-            name: self.name.clone(),
-            source,
-        };
-        let sock = ioctl_socket().map_err(err)?;
-        let mut req = ifreq(&self.name)?;
-        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq, which lives for
-        // the calls; the socket is valid.
-        unsafe {
-            if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
-                return Err(err(std::io::Error::last_os_error()));
-            }
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &mut req) < 0 {
-                return Err(err(std::io::Error::last_os_error()));
-            }
-        }
-        Ok(())
+        rxen_hostnet::link::set_up(&self.name, true).map_err(TapError::Up)
     }
 
     fn join_bridge(&self, bridge: &str) -> Result<(), TapError> {
-        let err = |source| TapError::Bridge {
-            name: self.name.clone(),
-            bridge: bridge.to_string(),
-            source,
-        };
-        let cname =
-            CString::new(self.name.as_str()).map_err(|_| TapError::Name(self.name.clone()))?;
-        // SAFETY: if_nametoindex reads a NUL-terminated string that lives for the call.
-        let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-        if index == 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
-        let mut req = ifreq(bridge)?;
-        req.ifr_ifru.ifru_ifindex = index as libc::c_int;
-        let sock = ioctl_socket().map_err(err)?;
-        // SAFETY: SIOCBRADDIF reads the ifreq, which lives for the call.
-        if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCBRADDIF, &mut req) } < 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
-        Ok(())
+        rxen_hostnet::bridge::add_port(bridge, &self.name).map_err(TapError::Bridge)
+    }
+
+    /// Routes `ips` to the guest through this TAP (Xen's `vif-route`: host routes,
+    /// proxy ARP, forwarding; see `rxen_hostnet::route`). The routes go with the TAP.
+    pub fn route_to(&self, ips: &[std::net::Ipv4Addr]) -> Result<(), TapError> {
+        rxen_hostnet::route::route_to(&self.name, ips).map_err(TapError::Route)
     }
 }
 

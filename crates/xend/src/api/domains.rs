@@ -10,7 +10,7 @@ use axum::response::IntoResponse;
 use axum::Json;
 use rxen_xend_api::{
     CreateReply, CreateRequest, DiskAttachRequest, DiskDetachQuery, ManagedReply, MemoryRequest,
-    RenameRequest, ShutdownQuery, UptimeReply, VcpusRequest,
+    NicAttachRequest, NicDetachQuery, RenameRequest, ShutdownQuery, UptimeReply, VcpusRequest,
 };
 use rxen_xlcfg::DomainSpec;
 
@@ -278,6 +278,33 @@ pub async fn detach_disk(
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let wait = detach_wait(&q)?;
     Ok(Json(st.xend.detach_disk(&id, &dev, q.force, wait).await?))
+}
+
+pub async fn nics(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<impl IntoResponse> {
+    Ok(Json(st.xend.nics(&id).await?))
+}
+
+pub async fn attach_nic(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let b: NicAttachRequest = parse_json(&body)?;
+    let nic = st.xend.attach_nic(&id, &b.nic).await?;
+    Ok((StatusCode::CREATED, Json(nic)))
+}
+
+pub async fn detach_nic(
+    State(st): State<AppState>,
+    Path((id, dev)): Path<(String, String)>,
+    q: Result<Query<NicDetachQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<impl IntoResponse> {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let wait = detach_wait(&q)?;
+    Ok(Json(st.xend.detach_nic(&id, &dev, q.force, wait).await?))
 }
 
 pub async fn new_managed(State(st): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {

@@ -67,6 +67,14 @@ pub fn router(state: AppState) -> Router {
             "/domains/{id}/disks/{dev}",
             axum::routing::delete(domains::detach_disk),
         )
+        .route(
+            "/domains/{id}/nics",
+            get(domains::nics).post(domains::attach_nic),
+        )
+        .route(
+            "/domains/{id}/nics/{dev}",
+            axum::routing::delete(domains::detach_nic),
+        )
         .route("/managed", post(domains::new_managed))
         .route("/managed/{name}/start", post(domains::start_managed))
         .route(

@@ -103,10 +103,10 @@ pub const DOMAIN_OVERHEAD_MIB: u64 = 8;
 pub fn unapplied_settings(spec: &DomainSpec) -> Vec<String> {
     let mut w = Vec::new();
     for (i, v) in spec.vifs.iter().enumerate() {
+        let routed = matches!(crate::vif::mode(v), Ok(crate::vif::VifMode::Routed(_)));
         for (key, set) in [
-            ("ip", v.ip.is_some()),
+            ("ip", v.ip.is_some() && !routed),
             ("rate", v.rate.is_some()),
-            ("script", v.script.is_some()),
             ("model", v.model.is_some()),
         ] {
             if set {
@@ -139,24 +139,10 @@ impl Xend {
         for d in &spec.disks {
             check_disk(d)?;
         }
-        // libxl gives a vif without a MAC a random one in Xen's range; it is kept in
-        // the spec, so that the record and restarts keep it.
-        for (i, v) in spec.vifs.iter().enumerate() {
-            for (key, name) in [("vifname", &v.vifname), ("bridge", &v.bridge)] {
-                if let Some(n) = name {
-                    if !crate::vif::valid_ifname(n) {
-                        return Err(DomainError::InvalidConfig(format!(
-                            "vif {i}: {key} {n:?} is not a Linux interface name (1 to 15 letters, digits, '.', '-', '_')"
-                        )));
-                    }
-                }
-            }
-        }
-        for v in &mut spec.vifs {
-            if v.mac.is_none() {
-                v.mac = Some(crate::vif::random_mac());
-            }
-        }
+        // libxl gives a vif without a MAC a random one in Xen's range, and numbers
+        // vifs from 0; both are kept in the spec, so that the record and restarts keep
+        // them.
+        crate::state::nics::complete_vifs(&mut spec.vifs)?;
         let uuid = spec
             .uuid
             .clone()
@@ -284,6 +270,13 @@ impl Xend {
             .parent()
             .map(|p| p.join("domains").join(domid.to_string()))
             .unwrap_or_default();
+        let vifs = match self.prepare_vifs(domid, &spec.vifs) {
+            Ok(v) => v,
+            Err(e) => {
+                self.undo_start(domid, uuid).await;
+                return Err(e);
+            }
+        };
         let launch = Launch {
             vmm: &self.cfg.xen_vmm,
             domid,
@@ -308,17 +301,7 @@ impl Xend {
                     })
                 })
                 .collect(),
-            vifs: spec
-                .vifs
-                .iter()
-                .enumerate()
-                .map(|(devid, v)| crate::vmm::LaunchVif {
-                    devid: devid as u32,
-                    mac: v.mac.clone().unwrap_or_default(),
-                    tap: crate::vif::tap_name(domid, devid as u32, v),
-                    bridge: v.bridge.clone(),
-                })
-                .collect(),
+            vifs,
             files: &files,
             paused: opts.paused,
         };

@@ -17,15 +17,14 @@ use rxen_xend_api::{DiskDetachReply, DiskInfo};
 use rxen_xlcfg::devices::{DiskAccess, DiskSpec};
 
 use super::create::check_disk;
+use super::devices::vmm_refusal;
 use super::error::{internal, xenstore};
 use super::registry::Registry;
 use super::{lock, DomainError, DomainResult, Xend};
-use crate::vmm::{self, ControlError};
+use crate::vmm;
 use crate::xs;
 
-/// How long a detach waits for the guest to close the device by default (libxl's
-/// `LIBXL_DESTROY_TIMEOUT`).
-pub const DETACH_WAIT: Duration = Duration::from_secs(10);
+pub use super::devices::DETACH_WAIT;
 
 /// What makes two disk targets the same disk: the block device, or the file's inode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,15 +94,6 @@ fn find_disk<'a>(disks: &'a [DiskSpec], dev: &str) -> Option<&'a DiskSpec> {
     disks
         .iter()
         .find(|d| d.vdev == dev || d.devid().is_some_and(|n| n.to_string() == dev))
-}
-
-fn vmm_refusal(what: &str, e: ControlError) -> DomainError {
-    match e {
-        ControlError::Refused { message, .. } => {
-            DomainError::DeviceRefused(format!("{what}: {message}"))
-        }
-        other => DomainError::Internal(format!("{what}: {other}")),
-    }
 }
 
 impl Xend {
@@ -230,13 +220,7 @@ impl Xend {
 
     /// Drops disk `devid` from the domain's spec and record.
     fn forget_disk(&self, domid: u32, devid: u32) {
-        let d = lock(&self.reg).update(domid, |x| {
-            x.spec.disks.retain(|o| o.devid() != Some(devid));
-            x.clone()
-        });
-        if let Some(d) = d {
-            let _ = self.persist(&d);
-        }
+        self.change_devices(domid, |s| s.disks.retain(|o| o.devid() != Some(devid)));
     }
 
     /// Removes disk `dev` (vdev or device number) from a running domain as Xen does:
@@ -255,40 +239,16 @@ impl Xend {
             .cloned()
             .ok_or_else(|| DomainError::NoDevice(format!("domain {} has no disk {dev}", d.name)))?;
         let devid = disk.devid().unwrap_or(0);
-        let control = self.files(domid).control();
-        let mut forced = force;
-        match vmm::command(&control, Request::DetachDisk { devid, force }).await {
-            Ok(()) => {}
-            // The VMM does not serve it (it failed to open it, or predates hot-plug):
-            // only the nodes are left to remove.
-            Err(ControlError::Refused { message, .. }) => {
-                tracing::warn!(domid, devid, "detach: the VMM answered: {message}");
-            }
-            Err(e) => return Err(vmm_refusal("the VMM could not detach the disk", e)),
-        }
-        if !force {
-            let sock = self.cfg.xenstored_socket.clone();
-            let closed = tokio::task::spawn_blocking(move || {
-                xs::wait_backend_closed(&sock, domid, devid, wait)
-            })
-            .await
-            .map_err(internal("xenstore task"))?
-            .map_err(xenstore)?;
-            if !closed {
-                tracing::warn!(
-                    domid,
-                    devid,
-                    "the guest did not close disk {} within {wait:?}: forced",
-                    disk.vdev
-                );
-                forced = true;
-                if let Err(e) =
-                    vmm::command(&control, Request::DetachDisk { devid, force: true }).await
-                {
-                    tracing::warn!(domid, devid, "forced detach: {e}");
-                }
-            }
-        }
+        let forced = self
+            .close_backend(
+                domid,
+                crate::vbd::paths(domid, devid)[0].clone(),
+                |force| Request::DetachDisk { devid, force },
+                force,
+                wait,
+                &format!("disk {}", disk.vdev),
+            )
+            .await?;
         let sock = self.cfg.xenstored_socket.clone();
         tokio::task::spawn_blocking(move || xs::remove_vbd(&sock, domid, devid))
             .await

@@ -16,14 +16,11 @@ impl Xend {
         if spec.name == rxen_xend_api::DOM0_NAME || lock(&self.reg).by_name(&spec.name).is_some() {
             return Err(DomainError::NameInUse(spec.name.clone()));
         }
-        // A vif without a MAC gets one now, kept with the managed config, so that the
-        // domain has the same MAC at every start (as Xen's managed domains do).
+        // A vif without a MAC gets one now (and its device number), kept with the
+        // managed config, so that the domain has the same MAC at every start (as Xen's
+        // managed domains do).
         let mut spec = spec.clone();
-        for v in &mut spec.vifs {
-            if v.mac.is_none() {
-                v.mac = Some(crate::vif::random_mac());
-            }
-        }
+        super::nics::complete_vifs(&mut spec.vifs)?;
         lock(&self.db)
             .put_managed(&spec)
             .map_err(internal("storing config"))

@@ -8,12 +8,14 @@
 
 mod adopt;
 pub mod create;
+mod devices;
 pub mod disks;
 pub mod error;
 mod exit_policy;
 mod host;
 mod lifecycle;
 mod managed;
+pub mod nics;
 pub mod registry;
 mod xenstored;
 
@@ -42,6 +44,9 @@ pub struct XendConfig {
     /// Host memory domains may use in all (MiB): what the host has, less what domain 0
     /// keeps, times the overcommit ratio. A create beyond it is refused.
     pub memory_capacity_mib: u64,
+    /// Create (and bring up) a vif's bridge when it is missing; when `false`
+    /// (`--no-bridge-create`), a missing bridge is an error.
+    pub create_bridges: bool,
 }
 
 /// Memory domains may use on this host: `(MemTotal - dom0_mib) * overcommit`.

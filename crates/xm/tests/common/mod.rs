@@ -21,7 +21,12 @@ pub struct Env {
 
 impl Env {
     pub fn start(tag: &str) -> Env {
-        let inner = rxen_testkit::Env::start(&format!("xm-{tag}"));
+        Self::start_with(tag, &[])
+    }
+
+    /// An environment whose xend gets `extra` options.
+    pub fn start_with(tag: &str, extra: &[&str]) -> Env {
+        let inner = rxen_testkit::Env::start_with(&format!("xm-{tag}"), extra);
         let dir = inner.dir.clone();
         Env { inner, dir }
     }

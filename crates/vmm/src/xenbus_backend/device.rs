@@ -1,0 +1,193 @@
+//! One device's place in the xenbus state machine: its backend and frontend
+//! directories, the backend state last written, whether it is being removed, and the
+//! driver's device.
+
+use std::sync::Arc;
+
+use rxen_abi::xenbus::XenbusState;
+use rxen_xenstore::client::{Client, ClientError};
+
+use super::{backend_path, BackendDevice, ConnectFailure};
+use crate::domain::DomainShared;
+
+/// One device of the domain.
+pub(super) struct Slot<D> {
+    pub(super) devid: u32,
+    backend: String,
+    /// The frontend directory (read from the backend's `frontend` node).
+    pub(super) frontend: Option<String>,
+    pub(super) device: D,
+    /// The backend state last written.
+    pub(super) state: XenbusState,
+    /// Being detached: the device goes once the frontend has closed.
+    pub(super) removing: bool,
+}
+
+/// Reads a node; `None` when it does not exist.
+pub(super) fn read_opt(c: &mut Client, path: &str) -> Result<Option<String>, ClientError> {
+    match c.read(0, path) {
+        Ok(v) => Ok(Some(
+            String::from_utf8_lossy(&v)
+                .trim_end_matches('\0')
+                .trim()
+                .to_string(),
+        )),
+        Err(ClientError::Xs(e)) if e == "ENOENT" => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl<D: BackendDevice> Slot<D> {
+    pub(super) fn new(domid: u16, devid: u32, device: D) -> Self {
+        Slot {
+            devid,
+            backend: backend_path::<D>(domid, devid),
+            frontend: None,
+            device,
+            state: XenbusState::Initialising,
+            removing: false,
+        }
+    }
+
+    /// The watch token of this device.
+    pub(super) fn token(&self) -> String {
+        self.devid.to_string()
+    }
+
+    pub(super) fn set_state(&mut self, c: &mut Client, s: XenbusState) -> Result<(), ClientError> {
+        c.write(
+            0,
+            &format!("{}/state", self.backend),
+            (s as u8).to_string().as_bytes(),
+        )?;
+        self.state = s;
+        Ok(())
+    }
+
+    pub(super) fn disconnect(&mut self) {
+        if self.device.connected() {
+            self.device.disconnect(self.devid);
+            tracing::info!(devid = self.devid, "{}: disconnected", D::DRIVER);
+        }
+    }
+
+    /// Disconnects and writes backend `state` = Closed.
+    pub(super) fn close(&mut self, c: &mut Client) -> Result<(), ClientError> {
+        self.disconnect();
+        self.set_state(c, XenbusState::Closed)
+    }
+
+    /// Reads `frontend`, publishes the features and enters InitWait (unless already
+    /// further along, after a xenstored restart).
+    pub(super) fn announce(&mut self, c: &mut Client, domid: u16) -> Result<(), ClientError> {
+        let home = format!("/local/domain/{domid}/");
+        self.frontend = match read_opt(c, &format!("{}/frontend", self.backend))? {
+            Some(f) if f.starts_with(&home) && !f.contains("..") => Some(f),
+            other => {
+                tracing::warn!(backend = %self.backend, "{}: frontend {other:?} is not under {home}; device not served", D::DRIVER);
+                None
+            }
+        };
+        if self.frontend.is_none() {
+            return Ok(());
+        }
+        for (key, value) in self.device.features() {
+            c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
+        }
+        if !self.device.connected() && self.state == XenbusState::Initialising {
+            self.set_state(c, XenbusState::InitWait)?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn frontend_changed(
+        &mut self,
+        c: &mut Client,
+        dom: &Arc<DomainShared>,
+    ) -> Result<(), ClientError> {
+        let Some(front) = self.frontend.clone() else {
+            if self.removing && self.state != XenbusState::Closed {
+                self.close(c)?;
+            }
+            return Ok(());
+        };
+        let raw = read_opt(c, &format!("{front}/state"))?;
+        let fs = raw
+            .as_deref()
+            .and_then(|v| v.parse::<u32>().ok())
+            .and_then(XenbusState::from_value)
+            .unwrap_or(XenbusState::Unknown);
+        tracing::debug!(devid = self.devid, frontend = ?fs, backend = ?self.state, "{}: frontend state", D::DRIVER);
+        if self.removing {
+            // Being detached: never (re)connect; close once the frontend has closed,
+            // or at once if it never connected (nothing of the guest's is in use).
+            let closed = match fs {
+                XenbusState::Closing => {
+                    self.disconnect();
+                    false
+                }
+                XenbusState::Connected | XenbusState::Initialised => false,
+                XenbusState::Reconfiguring | XenbusState::Reconfigured => false,
+                XenbusState::Closed
+                | XenbusState::Unknown
+                | XenbusState::Initialising
+                | XenbusState::InitWait => true,
+            };
+            if closed && self.state != XenbusState::Closed {
+                self.close(c)?;
+            }
+            return Ok(());
+        }
+        match fs {
+            XenbusState::Initialised | XenbusState::Connected => {
+                if self.state == XenbusState::Connected && self.device.connected() {
+                    return Ok(());
+                }
+                self.disconnect();
+                match self.connect(c, dom, &front) {
+                    Ok(()) => self.set_state(c, XenbusState::Connected)?,
+                    Err(ConnectFailure::Store(e)) => return Err(e),
+                    Err(ConnectFailure::Refused(why)) => {
+                        tracing::warn!(
+                            devid = self.devid,
+                            "{}: cannot connect the frontend: {why}",
+                            D::DRIVER
+                        );
+                        self.set_state(c, XenbusState::Closing)?;
+                    }
+                }
+            }
+            XenbusState::Initialising => {
+                self.disconnect();
+                if self.state == XenbusState::Closed {
+                    self.set_state(c, XenbusState::InitWait)?;
+                }
+            }
+            XenbusState::Closing => {
+                self.disconnect();
+                self.set_state(c, XenbusState::Closing)?;
+            }
+            XenbusState::Closed => {
+                self.disconnect();
+                self.set_state(c, XenbusState::Closed)?;
+            }
+            XenbusState::Unknown => self.disconnect(),
+            XenbusState::InitWait | XenbusState::Reconfiguring | XenbusState::Reconfigured => {}
+        }
+        Ok(())
+    }
+
+    fn connect(
+        &mut self,
+        c: &mut Client,
+        dom: &Arc<DomainShared>,
+        front: &str,
+    ) -> Result<(), ConnectFailure> {
+        let mut read = |key: &str| read_opt(c, &format!("{front}/{key}"));
+        let nodes = self.device.connect(dom, self.devid, &mut read)?;
+        for (key, value) in nodes {
+            c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
+        }
+        Ok(())
+    }
+}
