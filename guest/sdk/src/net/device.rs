@@ -3,7 +3,7 @@
 //! granted TX page. Nothing is published here: [`Netfront::push`] after each poll of
 //! the interface publishes the batch with one notification.
 
-use smoltcp::phy::{Device, DeviceCapabilities, Medium, RxToken, TxToken};
+use smoltcp::phy::{Checksum, Device, DeviceCapabilities, Medium, RxToken, TxToken};
 use smoltcp::time::Instant;
 
 use super::netfront::Netfront;
@@ -71,6 +71,11 @@ impl Device for Netfront<'_> {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ethernet;
         caps.max_transmission_unit = MAX_FRAME;
+        // TCP and UDP checksums of received frames are completed, trusted or verified
+        // by the frontend (rx.rs), which knows the backend's flags; the stack computes
+        // them for what it sends.
+        caps.checksum.tcp = Checksum::Tx;
+        caps.checksum.udp = Checksum::Tx;
         caps
     }
 }

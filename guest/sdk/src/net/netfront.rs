@@ -5,9 +5,13 @@
 //! `device/vif/<devid>`, waits for the backend's InitWait, grants both ring pages
 //! (read-write) and the buffers (RX read-write, TX read-only), allocates the event
 //! channel, posts every RX buffer, writes `tx-ring-ref`, `rx-ring-ref`,
-//! `event-channel`, `request-rx-copy`=1, `feature-rx-notify`=1 and
-//! `feature-no-csum-offload`=1 (the stack fills in every checksum, and wants none
-//! left blank), enters Initialised, waits for Connected and enters Connected.
+//! `event-channel`, `request-rx-copy`=1, `feature-rx-notify`=1 and what it takes on
+//! RX, enters Initialised, waits for Connected and enters Connected. With
+//! [`Config::rx_offload`] (the default) it takes frames over several buffers
+//! (`feature-sg`=1), partial checksums (`feature-no-csum-offload`=0) and unsegmented
+//! TCP over IPv4 (`feature-gso-tcpv4`=1): the host then hands over up to 64 KiB per
+//! frame, and [`super::rx`] completes partial checksums before the stack sees them.
+//! Without it, `feature-no-csum-offload`=1 and every frame arrives finished.
 
 use alloc::alloc::{alloc_zeroed, Layout};
 use alloc::format;
@@ -64,6 +68,9 @@ pub struct Config {
     pub rx_buffers: u32,
     /// TX pages (frames in flight at most), at most 256.
     pub tx_buffers: u32,
+    /// Ask for checksum and segmentation offload on RX (large frames, partial
+    /// checksums completed by the frontend).
+    pub rx_offload: bool,
 }
 
 impl Default for Config {
@@ -71,6 +78,7 @@ impl Default for Config {
         Self {
             rx_buffers: 128,
             tx_buffers: 128,
+            rx_offload: true,
         }
     }
 }
@@ -240,10 +248,21 @@ impl<'g> Netfront<'g> {
             ("event-channel", port.to_string()),
             ("request-rx-copy", "1".to_string()),
             ("feature-rx-notify", "1".to_string()),
-            ("feature-no-csum-offload", "1".to_string()),
         ];
-        for (k, v) in &nodes {
-            xs.write(&format!("{path}/{k}"), v)
+        let offload: &[(&str, &str)] = if cfg.rx_offload {
+            &[
+                ("feature-sg", "1"),
+                ("feature-no-csum-offload", "0"),
+                ("feature-gso-tcpv4", "1"),
+            ]
+        } else {
+            &[("feature-no-csum-offload", "1")]
+        };
+        let nodes = nodes
+            .into_iter()
+            .chain(offload.iter().map(|(k, v)| (*k, v.to_string())));
+        for (k, v) in nodes {
+            xs.write(&format!("{path}/{k}"), &v)
                 .map_err(|e| store_err(k, e))?;
         }
         xs.write(&format!("{path}/state"), &STATE_INITIALISED.to_string())

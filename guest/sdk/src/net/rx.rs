@@ -1,7 +1,10 @@
 //! The receive side of the netif frontend: the RX ring kept full of granted pages
 //! (`request-rx-copy`: the backend copies each frame into them) and frames put back
 //! together from their responses (`NETRXF_more_data` chains, `NETRXF_extra_info`
-//! slots skipped).
+//! slots skipped). The first response's flags say what the frame's checksum is: a
+//! partial one (`NETRXF_csum_blank`) is completed here, a validated one
+//! (`NETRXF_data_validated`) is trusted, and any other TCP/UDP frame is verified here
+//! (the stack itself is told not to check TCP/UDP checksums: see [`super::device`]).
 //!
 //! Buffer `i % n` goes with ring index `i` (as Linux's netfront): at most `n`
 //! requests are outstanding, so the index names the buffer even when a response lies
@@ -12,7 +15,8 @@ use alloc::vec::Vec;
 
 use rxen_abi::netif::{
     rx_response_data, NetifExtraInfo, NetifRxRequest, NetifRxResponse, RxResponseFault,
-    NETIF_RX_SLOT_SIZE, NETRXF_EXTRA_INFO, NETRXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE,
+    NETIF_RX_SLOT_SIZE, NETRXF_CSUM_BLANK, NETRXF_DATA_VALIDATED, NETRXF_EXTRA_INFO,
+    NETRXF_MORE_DATA, XEN_NETIF_EXTRA_FLAG_MORE,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -36,6 +40,9 @@ pub struct RxStats {
     /// Responses that broke the protocol (wrong id, data outside the page, a
     /// producer index ahead of the requests, a frame over [`MAX_RX_FRAME`]).
     pub protocol_violations: u64,
+    /// Frames dropped for a TCP/UDP checksum that does not verify, or a partial one
+    /// that cannot be completed.
+    pub checksum_errors: u64,
 }
 
 pub(crate) struct RxQueue {
@@ -52,6 +59,8 @@ pub(crate) struct RxQueue {
     frame_bad: bool,
     /// The next slot(s) are extra-info slots.
     extra_pending: bool,
+    /// The flags of the first response of the frame in progress.
+    frame_flags: Option<u16>,
     pub(crate) stats: RxStats,
 }
 
@@ -68,6 +77,7 @@ impl RxQueue {
             handed_out: false,
             frame_bad: false,
             extra_pending: false,
+            frame_flags: None,
             stats: RxStats::default(),
         }
     }
@@ -135,12 +145,14 @@ impl RxQueue {
             if rsp.flags & NETRXF_EXTRA_INFO != 0 {
                 self.extra_pending = true;
             }
+            let flags = *self.frame_flags.get_or_insert(rsp.flags);
             self.take_data(idx % self.n, &rsp);
             if rsp.flags & NETRXF_MORE_DATA != 0 {
                 continue;
             }
+            self.frame_flags = None;
             let bad = core::mem::take(&mut self.frame_bad) || self.frame.len() < 14;
-            if bad {
+            if bad || !self.checksum_ok(flags) {
                 self.stats.dropped += 1;
                 self.frame.clear();
                 continue;
@@ -184,6 +196,29 @@ impl RxQueue {
                 data.len(),
             )
         };
+    }
+
+    /// Makes the complete frame's TCP/UDP checksum right or proves it is: completes a
+    /// partial one, trusts a validated one, verifies the rest. False: drop the frame.
+    fn checksum_ok(&mut self, flags: u16) -> bool {
+        let ok = if flags & NETRXF_CSUM_BLANK != 0 {
+            rxen_netcsum::parse_l4(&self.frame)
+                .and_then(|h| {
+                    let (start, offset) = (h.l4_start as u16, h.csum_offset() as u16);
+                    // The field holds the pseudo-header sum (Linux's partial state).
+                    rxen_netcsum::complete_checksum(&mut self.frame, start, offset)
+                })
+                .is_ok()
+        } else if flags & NETRXF_DATA_VALIDATED != 0 {
+            true
+        } else {
+            // Not TCP/UDP (ARP, ICMP...): the stack checks what it has checksums for.
+            rxen_netcsum::verify(&self.frame).unwrap_or(true)
+        };
+        if !ok {
+            self.stats.checksum_errors += 1;
+        }
+        ok
     }
 
     /// The frame [`next_frame`](Self::next_frame) completed.
