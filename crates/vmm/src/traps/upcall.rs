@@ -7,6 +7,7 @@
 //! `Kick::upcall`), so the vCPU thread reaches this check promptly. The callback
 //! returns by the `iret` hypercall, which unmasks events from the frame's IF.
 
+use kvm_bindings::kvm_regs;
 use kvm_ioctls::VcpuFd;
 
 use super::exit::{crash, write_regs};
@@ -34,6 +35,26 @@ fn exception_in_flight(fd: &VcpuFd) -> bool {
 fn in_rxen_stub(dom: &DomainShared, rip: u64) -> bool {
     let page = |base: u64| (base..base + rxen_abi::PAGE_SIZE).contains(&rip);
     page(dom.boot.traps.stubs) || page(dom.boot.syscall_stub)
+}
+
+/// Where the event callback's frame goes and its words, lowest address first: Xen's
+/// `create_bounce_frame` for a vCPU already in kernel context rounds the interrupted
+/// `rsp` down to 16 bytes and pushes `ss, rsp, rflags, cs, rip` (no error code for an
+/// event), then `r11, rcx`. The callback is entered with `rsp` at `rcx`, so `rsp` is
+/// 8 modulo 16 whatever the interrupted `rsp` was. `rflags` carries IF = 1: events were
+/// enabled (the saved upcall mask is 0) when the callback was taken.
+pub(crate) fn event_frame(regs: &kvm_regs, cs: u16, ss: u16) -> (u64, [u64; 7]) {
+    let words = [
+        regs.rcx,
+        regs.r11,
+        regs.rip,
+        u64::from(cs),
+        regs.rflags | RFLAGS_IF,
+        regs.rsp,
+        u64::from(ss),
+    ];
+    let at = (regs.rsp & !0xf).wrapping_sub(8 * words.len() as u64);
+    (at, words)
 }
 
 /// Delivers a pending upcall to vCPU `id` if one is due. `regs_fresh`: the vCPU's
@@ -103,16 +124,7 @@ pub fn maybe_deliver(
     // Events were unmasked (checked above): the saved mask is 0 and the virtual IF 1.
     // CS/SS: the guest's own flat selectors (Xen's 0xe033/0xe02b for a PV kernel).
     let (cs, ss) = dom.boot.selectors;
-    let words = [
-        regs.rcx,
-        regs.r11,
-        regs.rip,
-        u64::from(cs),
-        regs.rflags | RFLAGS_IF,
-        regs.rsp,
-        u64::from(ss),
-    ];
-    let at = (regs.rsp & !0xf).wrapping_sub(8 * words.len() as u64);
+    let (at, words) = event_frame(&regs, cs, ss);
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     if super::guest_mem::write(dom, id, at, &bytes).is_err() {
         crash(
@@ -137,4 +149,42 @@ pub fn maybe_deliver(
     }
     tracing::trace!(vcpu = id, callback = cb.address, "event upcall");
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs(rsp: u64) -> kvm_regs {
+        kvm_regs {
+            rsp,
+            rip: 0x23aa,
+            rcx: 0x11,
+            r11: 0x22,
+            rflags: 0x2,
+            ..Default::default()
+        }
+    }
+
+    /// Mini-OS's `hypervisor_callback` pops `rcx`/`r11` and builds a 15-word register
+    /// frame plus an error-code word on top of Xen's five; it calls C code from there
+    /// (nested events) expecting Xen's 16-byte rounding: the callback is entered with
+    /// `rsp` 8 modulo 16 from any interrupted `rsp`, as in Xen.
+    #[test]
+    fn the_callback_is_entered_with_rsp_8_modulo_16_below_the_rounded_stack() {
+        for rsp in 0xffed0..0xffee0u64 {
+            let (at, _) = event_frame(&regs(rsp), 0xe033, 0xe02b);
+            assert_eq!(at, (rsp & !0xf) - 56, "rsp {rsp:#x}");
+            assert_eq!(at % 16, 8, "rsp {rsp:#x}");
+        }
+    }
+
+    #[test]
+    fn the_frame_holds_rcx_r11_then_the_iret_frame_with_if_set() {
+        let (_, words) = event_frame(&regs(0xffed8), 0xe033, 0xe02b);
+        assert_eq!(
+            words,
+            [0x11, 0x22, 0x23aa, 0xe033, 0x2 | RFLAGS_IF, 0xffed8, 0xe02b]
+        );
+    }
 }
