@@ -22,6 +22,7 @@ const GUESTS: &[&str] = &[
     "pvmmu",
     "mmubench",
     "blkbench",
+    "memcheck",
 ];
 const DEFAULT_GUEST: &str = "idle";
 
