@@ -15,6 +15,7 @@ mod host;
 mod lifecycle;
 mod managed;
 pub mod registry;
+mod save;
 mod xenstored;
 
 use std::path::PathBuf;
