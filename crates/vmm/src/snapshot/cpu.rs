@@ -76,6 +76,34 @@ pub fn capture(fd: &mut VcpuFd, from_sync_regs: bool) -> Result<CpuState, String
     })
 }
 
+/// Checks that a saved state keeps the guest where rxen runs it: code and stack at
+/// CPL 3, rxen's GDT, IDT and TSS, and the paging mode of `expected` (the control
+/// state the builder gives every vCPU of this domain). An image is not trusted to
+/// put a guest in ring 0 or to move rxen's trap tables.
+pub fn check_control_state(
+    state: &CpuState,
+    expected: &kvm_sregs,
+    tss_base: u64,
+) -> Result<(), String> {
+    let s = &state.sregs;
+    let same = |a: &kvm_bindings::kvm_dtable, b: &kvm_bindings::kvm_dtable| {
+        a.base == b.base && a.limit == b.limit
+    };
+    if s.cs.dpl != 3 || s.ss.dpl != 3 || s.cs.l != 1 {
+        return Err("code or stack segment not 64-bit at CPL 3".into());
+    }
+    if !same(&s.gdt, &expected.gdt) || !same(&s.idt, &expected.idt) || s.tr.base != tss_base {
+        return Err("GDT, IDT or TSS moved".into());
+    }
+    if s.cr0 != expected.cr0 || s.efer != expected.efer {
+        return Err(format!(
+            "cr0 {:#x} / efer {:#x} differ from rxen's {:#x} / {:#x}",
+            s.cr0, s.efer, expected.cr0, expected.efer
+        ));
+    }
+    Ok(())
+}
+
 /// Loads `state` into a vCPU that has not run yet.
 pub fn load(fd: &VcpuFd, state: &CpuState) -> Result<(), String> {
     let kvm = |what: &str, e: kvm_ioctls::Error| format!("{what}: {e}");

@@ -185,10 +185,30 @@ pub fn restore(
     for (i, v) in state.vcpu_states.iter().enumerate() {
         let fd = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
         vcpu::syscall::program_msrs(&fd, state.boot.syscall_stub).map_err(DomainError::from)?;
-        super::cpu::load(&fd, &v.cpu).map_err(|detail| RestoreError::Vcpu {
+        let vcpu_err = |detail| RestoreError::Vcpu {
             vcpu: i as u32,
             detail,
-        })?;
+        };
+        let fresh = fd.get_sregs().map_err(kvm_err("get sregs"))?;
+        let expected = vcpu::regs::long_mode_sregs(fresh, 0, &state.boot.traps);
+        super::cpu::check_control_state(&v.cpu, &expected, state.boot.tss_base)
+            .map_err(vcpu_err)?;
+        if let Some((_, mmu)) = &pv {
+            // A PV vCPU runs on an L4 the MMU validated (its kernel or user base),
+            // or still on the builder's.
+            let frame = v.cpu.sregs.cr3 >> 12;
+            let mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            let bases = mmu.vcpu(i).copied().unwrap_or_default();
+            if bases.kernel != Some(frame)
+                && bases.user != Some(frame)
+                && frame != state.boot.cr3 >> 12
+            {
+                return Err(vcpu_err(format!(
+                    "cr3 frame {frame:#x} is not one of its page-table bases"
+                )));
+            }
+        }
+        super::cpu::load(&fd, &v.cpu).map_err(vcpu_err)?;
         fds.push(fd);
     }
     let tsc_khz = fds[0]
