@@ -28,7 +28,7 @@ fn last_tick(s: &CaptureSink) -> Option<u64> {
     out.lines()
         .filter(|l| l.starts_with("memcheck: tick=") && l.ends_with(" ok"))
         .filter_map(|l| l["memcheck: tick=".len()..].split(' ').next()?.parse().ok())
-        .last()
+        .next_back()
 }
 
 fn wait_tick(s: &CaptureSink, at_least: u64) -> u64 {
