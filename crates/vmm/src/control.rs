@@ -12,8 +12,11 @@
 //! field) gets `bad_request`; pause, unpause, console input and the debug key after
 //! the domain ended get `wrong_state`. `attach-disk` and `detach-disk` go to the block
 //! backend ([`BlockBackend`]); what it refuses (a disk that cannot be opened, a device
-//! number in use or unknown, no xenstored socket) gets `device`. The socket is mode
-//! 0600.
+//! number in use or unknown, no xenstored socket) gets `device`. `save` with `path`,
+//! `config` and `resume` pauses the domain and writes it as a saved image
+//! ([`crate::snapshot`]; reply `saved` with the pages written and the pause time); a
+//! domain that cannot be saved, or an image that cannot be written, gets `save` and
+//! the domain runs on as it was. The socket is mode 0600.
 //!
 //! This module only translates requests into [`DomainShared`] operations; it owns no
 //! domain state.

@@ -80,7 +80,7 @@ enum Cmd {
         stdin: bool,
         /// Serve the control socket here (JSON lines of rxen-vmm-api: status, pause,
         /// unpause, destroy, debug-key, console-input, console-tail, attach-disk,
-        /// detach-disk).
+        /// detach-disk, save).
         #[arg(long)]
         control: Option<PathBuf>,
         /// Relay the guest's xenstore ring to this xenstored domain socket.
