@@ -320,6 +320,13 @@ pub fn write_page_batch(
                 e.pfn
             )));
         }
+        if let PageType::Table { level, .. } = e.ty {
+            if !(1..=4).contains(&level) {
+                return Err(StreamError::Unwritable(format!(
+                    "page-table level {level} (Xen has 1 to 4)"
+                )));
+            }
+        }
         head.extend_from_slice(&(e.pfn | (e.ty.code() << TYPE_SHIFT)).to_le_bytes());
     }
     write_record(w, rec::PAGE_DATA, &[&head, data])

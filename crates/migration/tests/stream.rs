@@ -246,3 +246,27 @@ fn xen_checker_accepts_our_images() {
     let (ok, out) = xen_verify(&bad).unwrap_or((false, String::new()));
     assert!(!ok, "verify-stream-v2 accepted a corrupted image:\n{out}");
 }
+
+/// Found while building the VMM's save: a page-table level outside 1..=4 (the VMM's
+/// `Level` enum counts from 0) wrote type code 8, which Xen's checker and our reader
+/// refuse. The writer refuses it instead of producing a broken image.
+#[test]
+fn the_writer_refuses_page_table_levels_xen_has_not() {
+    for level in [0u8, 5, 7] {
+        let mut w = ImageWriter::new(Vec::new(), b"").unwrap();
+        let e = [PfnEntry {
+            pfn: 1,
+            ty: PageType::Table {
+                level,
+                pinned: true,
+            },
+        }];
+        assert!(
+            matches!(
+                w.page_batch(&e, &[0; PAGE_SIZE]),
+                Err(StreamError::Unwritable(_))
+            ),
+            "level {level}"
+        );
+    }
+}
