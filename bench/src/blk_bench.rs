@@ -44,7 +44,7 @@ fn run_guest(
 ) -> Result<String, String> {
     let kernel = rxen_guest_images::guest_path("blkbench");
     let config = format!(
-        "name='{name}'\nmemory=64\nkernel='{}'\nextra='{args}'\ndisk=[ 'file:{},xvda,w' ]\n",
+        "name='{name}'\nmemory=64\nkernel='{}'\nextra='{args}'\ndisk=[ 'file:{},xvda,w' ]\non_poweroff='preserve'\n",
         kernel.display(),
         img.display()
     );
@@ -56,8 +56,15 @@ fn run_guest(
             break Ok(text);
         }
         if t0.elapsed() > RUN_LIMIT {
+            let state = d
+                .agent
+                .get(format!("{}/domains/{name}", d.url))
+                .call()
+                .ok()
+                .and_then(|mut r| r.body_mut().read_to_string().ok())
+                .unwrap_or_default();
             break Err(format!(
-                "{name}: no {marker:?} within {RUN_LIMIT:?}: {text}"
+                "{name}: no {marker:?} within {RUN_LIMIT:?}: {text}; domain: {state}"
             ));
         }
         std::thread::sleep(Duration::from_millis(20));

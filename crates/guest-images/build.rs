@@ -24,6 +24,7 @@ const GUESTS: &[&str] = &[
     "blkbench",
     "httpd",
     "netbench",
+    "memcheck",
 ];
 const DEFAULT_GUEST: &str = "idle";
 

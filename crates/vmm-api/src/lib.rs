@@ -93,6 +93,18 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Pause the domain and write it to `path` (created with mode 0600, replaced if
+    /// it exists) as an xl save image (Xen's migration stream v2, `docs/migration.md`)
+    /// with `config` (the toolstack's domain configuration) in its header. With
+    /// `resume` the domain runs on afterwards (`xm save -c`); without, it stays paused
+    /// for the toolstack to destroy. A failed save leaves the domain as it was.
+    Save {
+        path: String,
+        #[serde(default)]
+        config: String,
+        #[serde(default)]
+        resume: bool,
+    },
 }
 
 /// Whether the guest may write a disk (xl's `r` / `w`).
@@ -121,6 +133,10 @@ pub enum ErrorKind {
     /// TAP created, its device number is in use (attach) or unknown (detach), or no
     /// backend can run (the VMM was started without xenstored's socket).
     Device,
+    /// A save that could not be carried out: the domain cannot be saved (a Xen PV
+    /// kernel, devices whose backends are not saved yet) or the image could not be
+    /// written.
+    Save,
 }
 
 /// A VMM's answer to one [`Request`].
@@ -135,6 +151,9 @@ pub enum Reply {
     Error { kind: ErrorKind, message: String },
     /// The answer to [`Request::ConsoleTail`].
     ConsoleTail(ConsoleTail),
+    /// The answer to [`Request::Save`]: pages written (all-zero pages are left out)
+    /// and how long the domain was paused for it.
+    Saved { pages: u64, paused_ms: u64 },
 }
 
 /// The newest console output a VMM kept in memory, with its console counters.

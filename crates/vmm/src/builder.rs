@@ -30,7 +30,7 @@ pub enum BuildError {
 }
 
 /// What the builder produced: where the guest starts.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct BootInfo {
     pub entry: u64,
     pub stack_top: u64,
@@ -55,7 +55,7 @@ pub struct BootInfo {
 }
 
 /// Event channels the builder wires into `start_info`.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
 pub struct BootChannels {
     pub store_evtchn: u32,
     pub console_evtchn: u32,

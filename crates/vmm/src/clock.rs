@@ -72,6 +72,19 @@ impl DomainClock {
         }
     }
 
+    /// The clock of a restored domain: system time goes on from `system_time_ns`
+    /// (the time the domain was away does not count, so its timers keep their
+    /// distance), and the wallclock of system time 0 moves so that the guest's
+    /// wallclock is the host's now. `None` if the host's monotonic clock is younger
+    /// than the guest's system time.
+    pub fn resumed(tsc_khz: u32, system_time_ns: u64) -> Option<Self> {
+        let away = Duration::from_nanos(system_time_ns);
+        let mut c = Self::new(tsc_khz);
+        c.boot = c.boot.checked_sub(away)?;
+        c.boot_wall = c.boot_wall.checked_sub(away)?;
+        Some(c)
+    }
+
     /// Nanoseconds since the domain was built.
     pub fn now_ns(&self) -> u64 {
         self.boot.elapsed().as_nanos() as u64

@@ -14,7 +14,10 @@
 //! backend ([`BlockBackend`]), `attach-vif` and `detach-vif` to the network backend
 //! ([`NetBackend`]); what they refuse (a disk that cannot be opened, a TAP that cannot
 //! be created, a device number in use or unknown, no xenstored socket) gets `device`.
-//! The socket is mode 0600.
+//! `save` with `path`, `config` and `resume` pauses the domain and writes it as a saved
+//! image ([`crate::snapshot`]; reply `saved` with the pages written and the pause
+//! time); a domain that cannot be saved, or an image that cannot be written, gets
+//! `save` and the domain runs on as it was. The socket is mode 0600.
 //!
 //! This module only translates requests into [`DomainShared`] operations; it owns no
 //! domain state.
@@ -226,6 +229,54 @@ fn answer_request(dom: &DomainShared, devices: Option<&DeviceBackends>, req: Req
         },
         Request::DetachVif { devid, force } => {
             device_reply(devices.map(|d| d.net.detach(devid, force)))
+        }
+        Request::Save {
+            path,
+            config,
+            resume,
+        } => save_reply(dom, &path, config.as_bytes(), resume),
+    }
+}
+
+/// Carries out [`Request::Save`]: the image is written to a new file next to `path`
+/// and renamed over it once complete, so a failed save never leaves half an image.
+fn save_reply(dom: &DomainShared, path: &str, config: &[u8], resume: bool) -> Reply {
+    use std::os::unix::fs::OpenOptionsExt;
+    let was_paused = dom.vcpus.iter().all(|v| v.lock().paused);
+    let path = Path::new(path);
+    let partial = path.with_extension("partial");
+    let result = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| format!("creating {}: {e}", partial.display()))
+        .and_then(|f| {
+            let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
+            let report = crate::snapshot::save(dom, &mut out, config).map_err(|e| e.to_string())?;
+            let f = out.into_inner().map_err(|e| e.to_string())?;
+            f.sync_all().map_err(|e| e.to_string())?;
+            std::fs::rename(&partial, path).map_err(|e| format!("renaming into place: {e}"))?;
+            Ok(report)
+        });
+    match result {
+        Ok(report) => {
+            if resume && !was_paused {
+                dom.unpause();
+            }
+            Reply::Saved {
+                pages: report.pages,
+                paused_ms: report.elapsed.as_millis() as u64,
+            }
+        }
+        Err(message) => {
+            let _ = std::fs::remove_file(&partial);
+            if !was_paused {
+                dom.unpause();
+            }
+            tracing::warn!(domain = %dom.config.name, "save failed: {message}");
+            Reply::error(ErrorKind::Save, message)
         }
     }
 }

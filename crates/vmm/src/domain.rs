@@ -129,7 +129,7 @@ pub enum BootKind {
     XenPv,
 }
 
-fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> DomainError {
+pub(crate) fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> DomainError {
     move |err| DomainError::Kvm { op, err }
 }
 
@@ -145,7 +145,10 @@ pub fn kvm() -> Result<&'static Kvm, DomainError> {
 }
 
 /// Wakes vCPUs on events.
-struct VcpuKicker(Vec<Arc<VcpuControl>>, crate::traps::UpcallTargets);
+pub(crate) struct VcpuKicker(
+    pub(crate) Vec<Arc<VcpuControl>>,
+    pub(crate) crate::traps::UpcallTargets,
+);
 
 impl Kick for VcpuKicker {
     fn kick(&self, vcpu: u32) {
@@ -197,8 +200,8 @@ pub struct DomainShared {
     pub pv_m2p: (u64, u64),
     /// Event channels the builder allocated for domain 0 (xenstore, console).
     pub boot_channels: BootChannels,
-    exit: Mutex<Option<DomainExit>>,
-    exit_cond: Condvar,
+    pub(crate) exit: Mutex<Option<DomainExit>>,
+    pub(crate) exit_cond: Condvar,
     pub shutdown_code: Mutex<Option<u32>>,
     /// `(generation, armed)` of each watchdog slot.
     pub watchdogs: Mutex<[(u64, bool); NR_WATCHDOGS]>,
@@ -281,7 +284,7 @@ impl DomainShared {
         let _ = self.ram.write_obj(addr, &odd.wrapping_add(1));
     }
 
-    fn write_wallclock(&self) {
+    pub(crate) fn write_wallclock(&self) {
         let (sec, nsec) = self.clock.boot_wallclock();
         let base = self.shared_info_base + shared_info_offsets::WC_VERSION as u64;
         let _ = self.ram.write_obj(base, &1u32);
@@ -376,7 +379,7 @@ pub struct Domain {
     pub created_at: Instant,
 }
 
-fn measure_tsc_offset(fd: &VcpuFd) -> i64 {
+pub(crate) fn measure_tsc_offset(fd: &VcpuFd) -> i64 {
     use kvm_bindings::{kvm_msr_entry, Msrs};
     const MSR_IA32_TSC: u32 = 0x10;
     let Ok(mut msrs) = Msrs::from_entries(&[kvm_msr_entry {
@@ -399,7 +402,7 @@ fn measure_tsc_offset(fd: &VcpuFd) -> i64 {
     guest.wrapping_sub(after) as i64
 }
 
-fn measure_tsc_khz() -> u32 {
+pub(crate) fn measure_tsc_khz() -> u32 {
     let t0 = crate::clock::rdtsc();
     let i0 = Instant::now();
     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -597,6 +600,18 @@ impl Domain {
             shared.update_time_info(i);
         }
 
+        Self::launch(vm, shared, fds, sync_regs, created_at)
+    }
+
+    /// Starts the console ring backend, the timer thread and one thread per vCPU of a
+    /// built (or restored) domain whose vCPUs `fds` hold their first state.
+    pub(crate) fn launch(
+        vm: VmFd,
+        shared: Arc<DomainShared>,
+        fds: Vec<VcpuFd>,
+        sync_regs: bool,
+        created_at: Instant,
+    ) -> Result<Domain, DomainError> {
         // Before any vCPU runs, so that the guest's first notify finds the backend.
         let console_ring =
             ConsoleRingBackend::start(shared.clone()).map_err(DomainError::Config)?;

@@ -30,7 +30,7 @@ pub trait Kick: Send + Sync {
 pub type EvtResult<T> = Result<T, i32>;
 
 /// What a guest port is bound to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Binding {
     Free,
     /// Waiting for `remote_dom` to bind to it.
@@ -494,6 +494,66 @@ impl EventChannels {
     /// The guest port connected to `dom0_port`, if any.
     pub fn dom0_peer(&self, dom0_port: u32) -> Option<u32> {
         self.dom0.get(dom0_port as usize)?.as_ref()?.guest_port
+    }
+}
+
+/// What a save keeps of an event-channel table (`crate::snapshot`): each port's
+/// binding and vCPU, and each vCPU's VIRQ ports. Pending and mask bits live in
+/// `shared_info`, which is guest memory.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct EvtchnSnapshot {
+    pub ports: Vec<(Binding, u32)>,
+    pub virqs: Vec<Vec<Option<u32>>>,
+}
+
+impl EventChannels {
+    /// The table as a save keeps it.
+    pub fn snapshot(&self) -> EvtchnSnapshot {
+        EvtchnSnapshot {
+            ports: self.chans.iter().map(|c| (c.binding, c.vcpu)).collect(),
+            virqs: self.virqs.iter().map(|v| v.to_vec()).collect(),
+        }
+    }
+
+    /// Replaces a fresh table's ports with `snap`'s, checking every number. Domain 0's
+    /// ends are not restored: a port that was connected to one becomes unbound for
+    /// domain 0 again, so the backend started after the restore binds it anew.
+    pub fn restore(&mut self, snap: &EvtchnSnapshot) -> Result<(), String> {
+        let n = snap.ports.len();
+        if n == 0 || n > NR_EVENT_CHANNELS || snap.ports[0].0 != Binding::Free {
+            return Err(format!("{n} ports, or port 0 in use"));
+        }
+        if snap.virqs.len() != self.nr_vcpus as usize {
+            return Err(format!("VIRQs of {} vCPUs", snap.virqs.len()));
+        }
+        let port_ok = |p: u32| (p as usize) < n && p != 0;
+        let mut chans = Vec::with_capacity(n);
+        for &(binding, vcpu) in &snap.ports {
+            self.check_vcpu(vcpu)
+                .map_err(|_| format!("port on vCPU {vcpu}"))?;
+            let binding = match binding {
+                Binding::Local { remote_port } if !port_ok(remote_port) => {
+                    return Err(format!("local port to {remote_port}"))
+                }
+                Binding::Virq { virq } if virq >= NR_VIRQS => return Err(format!("VIRQ {virq}")),
+                Binding::Dom0 { .. } => Binding::Unbound { remote_dom: 0 },
+                b => b,
+            };
+            chans.push(Channel { binding, vcpu });
+        }
+        let mut virqs = Vec::with_capacity(snap.virqs.len());
+        for v in &snap.virqs {
+            let mut row = [None; NR_VIRQS as usize];
+            if v.len() != row.len() || v.iter().flatten().any(|&p| !port_ok(p)) {
+                return Err("a VIRQ row of the wrong size or port".into());
+            }
+            row.copy_from_slice(v);
+            virqs.push(row);
+        }
+        self.chans = chans;
+        self.virqs = virqs;
+        self.dom0.clear();
+        Ok(())
     }
 }
 

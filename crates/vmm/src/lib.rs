@@ -31,6 +31,7 @@ pub mod netback;
 pub mod pv;
 pub mod rawimage;
 pub mod shared_info;
+pub mod snapshot;
 pub mod sring;
 pub mod timers;
 pub mod traps;

@@ -167,6 +167,41 @@ pub struct CreateReply {
     pub warnings: Vec<String>,
 }
 
+/// Body of `POST /domains/{id}/save` (`xm save`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveRequest {
+    /// Absolute path of the image to write (on xend's host; replaced if it exists).
+    pub path: String,
+    /// Keep the domain running after the save (`xm save -c`); otherwise it is
+    /// destroyed once the image is complete.
+    #[serde(default)]
+    pub keep_running: bool,
+}
+
+/// Reply of `POST /domains/{id}/save`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SaveReply {
+    pub path: String,
+    /// Pages written (all-zero pages are left out of the image).
+    pub pages: u64,
+    /// Image size in bytes.
+    pub bytes: u64,
+    /// How long the domain was paused for the save.
+    pub paused_ms: u64,
+    /// Whether the domain still runs (`keep_running`).
+    pub kept_running: bool,
+}
+
+/// Body of `POST /restore` (`xm restore`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreRequest {
+    /// Absolute path of an image written by `xm save`.
+    pub path: String,
+    /// Leave the restored domain paused (`xm restore -p`).
+    #[serde(default)]
+    pub paused: bool,
+}
+
 /// Reply of `POST /managed`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ManagedReply {

@@ -57,6 +57,8 @@ impl From<DomainError> for ApiError {
             D::InvalidConfig(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_config"),
             D::BuildFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "create_failed"),
             D::BadRequest(_) | D::Refused(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            D::BadImage(_) => (StatusCode::BAD_REQUEST, "bad_image"),
+            D::SaveFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "save_failed"),
             D::NameInUse(_) => (StatusCode::CONFLICT, "name_in_use"),
             D::UuidInUse(_) => (StatusCode::CONFLICT, "uuid_in_use"),
             D::WrongState(_) => (StatusCode::CONFLICT, "wrong_state"),

@@ -100,6 +100,8 @@ pub struct Launch<'a> {
     pub files: &'a DomainFiles,
     /// Start with every vCPU paused.
     pub paused: bool,
+    /// Restore the domain from this saved image instead of booting `kernel`.
+    pub restore: Option<&'a Path>,
 }
 
 /// Starts the VMM in a session of its own, so that signals to xend's terminal or
@@ -134,11 +136,15 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
         .arg(path_arg("xenstore-socket", l.xenstore_socket))
         .arg(path_arg("exit-file", &l.files.exit_file()))
         .arg(path_arg("console-log", &l.files.console()));
-    if let Some(k) = l.kernel {
-        cmd.arg(format!("--kernel={k}"));
-    }
-    if let Some(r) = l.ramdisk {
-        cmd.arg(format!("--ramdisk={r}"));
+    if let Some(image) = l.restore {
+        cmd.arg(path_arg("restore", image));
+    } else {
+        if let Some(k) = l.kernel {
+            cmd.arg(format!("--kernel={k}"));
+        }
+        if let Some(r) = l.ramdisk {
+            cmd.arg(format!("--ramdisk={r}"));
+        }
     }
     if l.paused {
         cmd.arg("--paused");
@@ -188,6 +194,35 @@ pub enum ControlError {
 
 /// Sends one control request and returns the reply (errors from the VMM included).
 pub async fn control(socket: &Path, request: &Request) -> Result<Reply, ControlError> {
+    control_within(socket, request, CONTROL_TIMEOUT).await
+}
+
+/// Asks a VMM to save its domain to `path` (`Request::Save`); returns the pages
+/// written and how long the domain was paused. A save writes all of guest memory, so
+/// it gets `timeout` rather than the usual control deadline.
+pub async fn save(
+    socket: &Path,
+    path: &Path,
+    config: String,
+    resume: bool,
+    timeout: Duration,
+) -> Result<(u64, u64), ControlError> {
+    let req = Request::Save {
+        path: path.to_string_lossy().into_owned(),
+        config,
+        resume,
+    };
+    match control_within(socket, &req, timeout).await? {
+        Reply::Saved { pages, paused_ms } => Ok((pages, paused_ms)),
+        _ => Err(ControlError::Unexpected("save")),
+    }
+}
+
+async fn control_within(
+    socket: &Path,
+    request: &Request,
+    timeout: Duration,
+) -> Result<Reply, ControlError> {
     let fut = async {
         let s = UnixStream::connect(socket).await?;
         let (r, mut w) = s.into_split();
@@ -199,7 +234,7 @@ pub async fn control(socket: &Path, request: &Request) -> Result<Reply, ControlE
             .await?;
         Ok::<_, ControlError>(decode::<Reply>(&line, rxen_vmm_api::MAX_LINE)?)
     };
-    match tokio::time::timeout(CONTROL_TIMEOUT, fut).await {
+    match tokio::time::timeout(timeout, fut).await {
         Err(_) => Err(ControlError::Timeout),
         Ok(Err(e)) => Err(e),
         Ok(Ok(Reply::Error { kind, message })) => Err(ControlError::Refused { kind, message }),

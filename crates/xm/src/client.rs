@@ -5,8 +5,8 @@
 use rxen_xend_api::{
     CreateReply, CreateRequest, DiskAttachRequest, DiskDetachQuery, DiskDetachReply, DiskInfo,
     DomainInfo, ErrorReply, HostInfo, ManagedReply, MemoryRequest, NicAttachRequest,
-    NicDetachQuery, NicDetachReply, NicInfo, RenameRequest, ShutdownQuery, UptimeReply,
-    VcpusRequest,
+    NicDetachQuery, NicDetachReply, NicInfo, RenameRequest, RestoreRequest, SaveReply, SaveRequest,
+    ShutdownQuery, UptimeReply, VcpusRequest,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -138,6 +138,14 @@ impl Api {
 
     pub fn create(&self, req: &CreateRequest) -> XmResult<Decoded<CreateReply>> {
         self.call("POST", "/domains", Some(req))
+    }
+
+    pub fn save(&self, id: &str, req: &SaveRequest) -> XmResult<Decoded<SaveReply>> {
+        self.call("POST", &format!("/domains/{}/save", enc(id)), Some(req))
+    }
+
+    pub fn restore(&self, req: &RestoreRequest) -> XmResult<Decoded<CreateReply>> {
+        self.call("POST", "/restore", Some(req))
     }
 
     pub fn new_managed(&self, req: &CreateRequest) -> XmResult<Decoded<ManagedReply>> {

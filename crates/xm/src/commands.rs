@@ -76,6 +76,53 @@ pub fn create(
     Ok(())
 }
 
+/// `file` as an absolute path (xend resolves nothing against its own directory).
+fn absolute_file(file: &str) -> XmResult<String> {
+    std::path::absolute(file)
+        .map(|p| p.to_string_lossy().into_owned())
+        .map_err(|e| XmError::Usage(format!("{file}: {e}")))
+}
+
+pub fn save(api: &Api, out: Output, domain: &str, file: &str, keep_running: bool) -> XmResult<()> {
+    let req = rxen_xend_api::SaveRequest {
+        path: absolute_file(file)?,
+        keep_running,
+    };
+    if !out.json {
+        eprintln!("Saving domain {domain} to {} ...", req.path);
+    }
+    let reply = api.save(domain, &req)?;
+    let r = &reply.value;
+    out.show(&reply.json, || {
+        format!(
+            "Saved domain {domain} to {}: {} pages, {} MiB, paused {} ms{}\n",
+            r.path,
+            r.pages,
+            r.bytes >> 20,
+            r.paused_ms,
+            if r.kept_running {
+                "; it keeps running"
+            } else {
+                ""
+            }
+        )
+    });
+    Ok(())
+}
+
+pub fn restore(api: &Api, out: Output, file: &str, paused: bool) -> XmResult<()> {
+    let req = rxen_xend_api::RestoreRequest {
+        path: absolute_file(file)?,
+        paused,
+    };
+    if !out.json {
+        eprintln!("Restoring from {} ...", req.path);
+    }
+    let reply = api.restore(&req)?;
+    out.show(&reply.json, || started(&reply.value.domain));
+    Ok(())
+}
+
 pub fn new_managed(api: &Api, out: Output, config: &str, overrides: &[String]) -> XmResult<()> {
     let reply = api.new_managed(&config_request(config, overrides, false)?)?;
     for w in &reply.value.warnings {

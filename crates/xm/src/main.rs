@@ -106,6 +106,27 @@ enum Cmd {
     Unpause { domain: String },
     /// Rename a domain.
     Rename { domain: String, new_name: String },
+    /// Save a domain to FILE and destroy it (-c: keep it running). The image is
+    /// Xen's migration stream v2 in xl's save format (Xen's verify-stream-v2
+    /// accepts it); it holds the domain's memory, vCPUs and configuration. FILE is
+    /// written by xend's host; a relative path is taken from the current directory.
+    /// Domains with disks or network interfaces cannot be saved yet.
+    Save {
+        /// Keep the domain running after the save (a checkpoint).
+        #[arg(short = 'c', long)]
+        checkpoint: bool,
+        domain: String,
+        file: String,
+    },
+    /// Restore a domain saved with `xm save`: a new domain id, the same name, UUID
+    /// and configuration; the guest goes on where it was saved. A file that is not
+    /// a complete, valid image is refused and nothing is created.
+    Restore {
+        /// Leave the restored domain paused (start it with `xm unpause`).
+        #[arg(short = 'p', long)]
+        paused: bool,
+        file: String,
+    },
     /// Print a domain's console and follow it until the domain ends. On a terminal,
     /// keys go to the guest as typed and Ctrl-] detaches; otherwise lines read from
     /// stdin go to the guest. Terminal controls in the guest's output (escape
@@ -268,6 +289,12 @@ fn run(cli: Cli) -> XmResult<()> {
         Cmd::Pause { domain } => api.pause(&domain, true),
         Cmd::Unpause { domain } => api.pause(&domain, false),
         Cmd::Rename { domain, new_name } => api.rename(&domain, &new_name),
+        Cmd::Save {
+            checkpoint,
+            domain,
+            file,
+        } => commands::save(&api, out, &domain, &file, checkpoint),
+        Cmd::Restore { paused, file } => commands::restore(&api, out, &file, paused),
         Cmd::Console {
             domain,
             no_follow,

@@ -42,8 +42,14 @@ enum Cmd {
     Run {
         /// Guest kernel: a static x86-64 ELF linked at or above 0x400000.
         /// Without it, the embedded default guest runs.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "restore")]
         kernel: Option<PathBuf>,
+        /// Restore the domain saved in this image (`xm save`; Xen's migration stream
+        /// v2) instead of building one from a kernel: memory, vCPUs, vCPU count,
+        /// command line and UUID come from the image; --name, --domid, --paused and
+        /// the console options are this run's. The guest resumes where it was saved.
+        #[arg(long, value_name = "IMAGE", conflicts_with_all = ["pv", "ramdisk"])]
+        restore: Option<PathBuf>,
         /// The kernel is an unmodified Xen PV kernel (e.g. Mini-OS or PV-GRUB): build it
         /// on Xen's PV start-of-day layout instead of rxen's. Kernels with Xen ELF
         /// notes (or a `__xen_guest` section) are detected without this flag.
@@ -74,7 +80,7 @@ enum Cmd {
         stdin: bool,
         /// Serve the control socket here (JSON lines of rxen-vmm-api: status, pause,
         /// unpause, destroy, debug-key, console-input, console-tail, attach-disk,
-        /// detach-disk).
+        /// detach-disk, save).
         #[arg(long)]
         control: Option<PathBuf>,
         /// Relay the guest's xenstore ring to this xenstored domain socket.
@@ -168,6 +174,25 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     Some(out)
 }
 
+/// Restores a domain from the image at `path` with `config`'s name, domid, pause
+/// and console choices.
+fn restore_domain(
+    path: &std::path::Path,
+    config: DomainConfig,
+    sink: Box<dyn ConsoleSink>,
+) -> Result<Domain, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let opts = rxen_vmm::snapshot::RestoreOptions {
+        name: config.name,
+        domid: config.domid,
+        console: config.console,
+        start_paused: config.start_paused,
+    };
+    rxen_vmm::snapshot::restore(std::io::BufReader::with_capacity(1 << 20, file), opts, sink)
+        .map(|(d, _)| d)
+        .map_err(|e| format!("cannot restore {}: {e}", path.display()))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -190,6 +215,7 @@ fn main() -> ExitCode {
     }
     let Cmd::Run {
         kernel,
+        restore,
         pv,
         ramdisk,
         memory,
@@ -249,12 +275,15 @@ fn main() -> ExitCode {
         eprintln!("Try 'xen-vmm run --help' for the allowed values.");
         return ExitCode::from(USAGE_ERROR);
     }
-    let image = match load_kernel(&kernel) {
-        Ok(i) => i,
-        Err(e) => {
-            eprintln!("xen-vmm: {e}");
-            return ExitCode::from(ExitKind::Internal.exit_code());
-        }
+    let image = match restore {
+        Some(_) => Vec::new(),
+        None => match load_kernel(&kernel) {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("xen-vmm: {e}");
+                return ExitCode::from(ExitKind::Internal.exit_code());
+            }
+        },
     };
     let disks = match rxen_vmm::blkback::open_disks(&disk) {
         Ok(d) => d,
@@ -285,10 +314,15 @@ fn main() -> ExitCode {
     } else {
         BootKind::Rxen
     };
-    let domain = match Domain::create_as(config, &image, sink, kind) {
+    let created = match &restore {
+        Some(path) => restore_domain(path, config, sink),
+        None => Domain::create_as(config, &image, sink, kind)
+            .map_err(|e| format!("cannot create domain: {e}")),
+    };
+    let domain = match created {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("xen-vmm: cannot create domain: {e}");
+            eprintln!("xen-vmm: {e}");
             return ExitCode::from(ExitKind::Internal.exit_code());
         }
     };

@@ -22,7 +22,8 @@ mod table;
 pub use error::GrantError;
 pub use mapping::GrantMapping;
 pub use table::{
-    GrantTable, PlaceError, PvFrames, INITIAL_GRANT_FRAMES, MAX_GRANT_FRAMES, MAX_MAPTRACK,
+    GrantSnapshot, GrantTable, PlaceError, PvFrames, INITIAL_GRANT_FRAMES, MAX_GRANT_FRAMES,
+    MAX_MAPTRACK,
 };
 
 /// The domain id of domain 0, whose backends run inside the VMM.

@@ -128,6 +128,16 @@ impl std::fmt::Debug for GrantTable {
     }
 }
 
+/// What a save keeps of a grant table (`crate::snapshot`): the version and where each
+/// frame is placed. The entries are guest memory; domain 0's mappings are not kept
+/// (the backends that held them are started again after a restore).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct GrantSnapshot {
+    pub version: u32,
+    pub nr_frames: u32,
+    pub frames: Vec<Option<u64>>,
+}
+
 impl GrantTable {
     /// A v1 table of [`INITIAL_GRANT_FRAMES`] frames, none placed yet, for domain `domid`.
     pub fn new(ram: Arc<GuestRam>, domid: DomId) -> Self {
@@ -160,6 +170,40 @@ impl GrantTable {
                 pv,
             }),
         }
+    }
+
+    /// The table as a save keeps it.
+    pub fn snapshot(&self) -> GrantSnapshot {
+        let s = self.lock();
+        GrantSnapshot {
+            version: s.version,
+            nr_frames: s.nr_frames,
+            frames: s.frames.clone(),
+        }
+    }
+
+    /// Takes `snap`'s version and frame placement into a fresh table.
+    pub fn restore(&self, snap: &GrantSnapshot) -> Result<(), String> {
+        if snap.version != 1 || snap.frames.len() != snap.nr_frames as usize {
+            return Err(format!(
+                "version {}, {} frames of {}",
+                snap.version,
+                snap.frames.len(),
+                snap.nr_frames
+            ));
+        }
+        if snap.nr_frames > MAX_GRANT_FRAMES {
+            return Err(format!("{} frames", snap.nr_frames));
+        }
+        let pages = self.inner.ram.nr_pages();
+        if snap.frames.iter().flatten().any(|&pfn| pfn >= pages) {
+            return Err("a frame outside guest memory".into());
+        }
+        let mut s = self.lock();
+        s.version = snap.version;
+        s.nr_frames = snap.nr_frames;
+        s.frames = snap.frames.clone();
+        Ok(())
     }
 
     /// Whether this is a PV domain's table (frames at fixed machine frames).

@@ -217,7 +217,9 @@ fn block(dom: &DomainShared, vcpu: u32, ports: Option<&[u32]>, deadline: Option<
         .store(ports.is_some(), std::sync::atomic::Ordering::SeqCst);
     s.block(dom.clock.now_ns());
     loop {
-        if s.stop || s.state != VcpuState::Blocked || ready() {
+        // A save (`capture_wanted`) takes the vCPU out of the block: the guest sees
+        // an early return of `SCHEDOP_block`/`SCHEDOP_poll`, which Xen allows.
+        if s.stop || s.capture_wanted || s.state != VcpuState::Blocked || ready() {
             break;
         }
         let now = Instant::now();

@@ -143,7 +143,7 @@ impl AreaLayout {
 /// The read-only M2P: `bytes` at guest virtual `va`, held at guest-physical `gpa`
 /// (rxen frames). Guest reads of it are emulated (`crate::traps::m2p`) because this
 /// host keeps its L4 slot for itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct M2pWindow {
     pub va: u64,
     pub gpa: u64,

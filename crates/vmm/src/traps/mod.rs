@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One entry of a vCPU's trap table (Xen's `trap_info` without the vector).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrapEntry {
     /// Bits 0-1: DPL needed by `int n`; bit 2: mask events on entry.
     pub flags: u8,
@@ -50,14 +50,14 @@ impl TrapEntry {
 }
 
 /// A registered callback (`CALLBACKTYPE_*`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Callback {
     pub address: u64,
     pub mask_events: bool,
 }
 
 /// The callbacks of one vCPU.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Callbacks {
     pub event: Option<Callback>,
     pub failsafe: Option<Callback>,

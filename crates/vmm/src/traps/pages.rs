@@ -36,7 +36,7 @@ pub const IDT_LIMIT: u16 = (TRAP_VECTORS * 16 - 1) as u16;
 
 /// Where a domain's GDT, IDT and trap stubs are (guest virtual addresses) and the
 /// code selector its gates use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TrapLayout {
     pub gdt: u64,
     pub gdt_limit: u16,

@@ -78,6 +78,11 @@ impl VcpuControl {
         self.cond.notify_all();
     }
 
+    /// Wakes every waiter of the scheduling record; the caller holds its lock.
+    pub fn notify_locked(&self) {
+        self.cond.notify_all();
+    }
+
     /// Forces the vCPU out of guest mode so it re-reads its scheduling record (after a
     /// pause, down or stop), and wakes it if it waits. Safe to call from any thread at
     /// any time, also while the domain is being joined.

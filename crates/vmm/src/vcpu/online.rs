@@ -24,6 +24,11 @@ impl OnlineVcpus {
         OnlineVcpus(AtomicU32::new(1))
     }
 
+    /// The count of a restored domain.
+    pub fn restored(count: u32) -> Self {
+        OnlineVcpus(AtomicU32::new(count))
+    }
+
     /// Current number of online vCPUs.
     pub fn count(&self) -> u32 {
         self.0.load(Ordering::SeqCst)

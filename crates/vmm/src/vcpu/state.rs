@@ -17,7 +17,7 @@ use rxen_abi::vcpu::{
 };
 
 /// Where a vCPU is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum VcpuState {
     /// Not running guest code: never started, or taken down with `VCPUOP_down`.
     Down,
@@ -28,7 +28,7 @@ pub enum VcpuState {
 }
 
 /// Time accounting for `VCPUOP_get_runstate_info`.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Runstate {
     pub state: u32,
     pub entry_time: u64,
@@ -68,6 +68,10 @@ pub struct VcpuSched {
     pub timer: Option<u64>,
     pub timer_generation: u64,
     pub runstate: Runstate,
+    /// The saver asks the vCPU thread for its processor state
+    /// ([`crate::snapshot::cpu`]); the thread answers in `captured`.
+    pub capture_wanted: bool,
+    pub captured: Option<Result<Box<crate::snapshot::cpu::CpuState>, String>>,
 }
 
 impl VcpuSched {
@@ -93,6 +97,8 @@ impl VcpuSched {
                 },
                 ..Default::default()
             },
+            capture_wanted: false,
+            captured: None,
         }
     }
 

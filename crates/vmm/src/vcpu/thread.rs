@@ -54,6 +54,15 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
                 if s.stop {
                     break;
                 }
+                if s.capture_wanted {
+                    // A save of the paused domain (`crate::snapshot::save`).
+                    s.capture_wanted = false;
+                    s.captured = Some(
+                        crate::snapshot::cpu::capture(&mut fd, sync_regs && ran).map(Box::new),
+                    );
+                    ctl.notify_locked();
+                    continue;
+                }
                 if s.may_run() {
                     break;
                 }

@@ -10,7 +10,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use rxen_xend_api::{
     CreateReply, CreateRequest, DiskAttachRequest, DiskDetachQuery, ManagedReply, MemoryRequest,
-    NicAttachRequest, NicDetachQuery, RenameRequest, ShutdownQuery, UptimeReply, VcpusRequest,
+    NicAttachRequest, NicDetachQuery, RenameRequest, RestoreRequest, SaveRequest, ShutdownQuery,
+    UptimeReply, VcpusRequest,
 };
 use rxen_xlcfg::DomainSpec;
 
@@ -82,7 +83,10 @@ pub async fn create(State(st): State<AppState>, body: Bytes) -> ApiResult<impl I
     for w in &warnings {
         tracing::warn!(name = spec.name, "config: {w}");
     }
-    let opts = CreateOptions { paused: req.paused };
+    let opts = CreateOptions {
+        paused: req.paused,
+        restore: None,
+    };
     let domain = st.xend.create(spec, false, opts).await?;
     Ok((StatusCode::CREATED, Json(CreateReply { domain, warnings })))
 }
@@ -161,6 +165,29 @@ pub async fn unpause(
     Path(id): Path<String>,
 ) -> ApiResult<impl IntoResponse> {
     Ok(Json(st.xend.pause(&id, false).await?))
+}
+
+/// `xm save [-c]`: the image is written by the domain's VMM.
+pub async fn save(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let b: SaveRequest = parse_json(&body)?;
+    Ok(Json(st.xend.save(&id, &b.path, b.keep_running).await?))
+}
+
+/// `xm restore`: the whole image is checked before anything is created.
+pub async fn restore(State(st): State<AppState>, body: Bytes) -> ApiResult<impl IntoResponse> {
+    let b: RestoreRequest = parse_json(&body)?;
+    let domain = st.xend.restore(&b.path, b.paused).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreateReply {
+            domain,
+            warnings: Vec::new(),
+        }),
+    ))
 }
 
 pub async fn rename(

@@ -55,6 +55,8 @@ pub fn router(state: AppState) -> Router {
         .route("/domains/{id}/memory", post(domains::memory))
         .route("/domains/{id}/maxmem", post(domains::maxmem))
         .route("/domains/{id}/uptime", get(domains::uptime))
+        .route("/domains/{id}/save", post(domains::save))
+        .route("/restore", post(domains::restore))
         .route(
             "/domains/{id}/console",
             get(domains::console).post(domains::console_input),

@@ -22,10 +22,13 @@ use crate::xs;
 const BOOT_POLL: Duration = Duration::from_millis(2);
 
 /// Options of one create.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct CreateOptions {
     /// Leave the domain paused (`xm create -p`).
     pub paused: bool,
+    /// Restore from this saved image (checked by the caller) instead of booting the
+    /// spec's kernel (`xm restore`).
+    pub restore: Option<std::path::PathBuf>,
 }
 
 /// How a VMM start ended.
@@ -130,11 +133,13 @@ impl Xend {
         if spec.name == DOM0_NAME {
             return Err(DomainError::NameInUse(spec.name));
         }
-        if let Some(k) = &spec.kernel {
-            check_image_file("kernel", k)?;
-        }
-        if let Some(r) = &spec.ramdisk {
-            check_image_file("ramdisk", r)?;
+        if opts.restore.is_none() {
+            if let Some(k) = &spec.kernel {
+                check_image_file("kernel", k)?;
+            }
+            if let Some(r) = &spec.ramdisk {
+                check_image_file("ramdisk", r)?;
+            }
         }
         for d in &spec.disks {
             check_disk(d)?;
@@ -149,7 +154,7 @@ impl Xend {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         spec.uuid = Some(uuid.clone());
         let domid = self.reserve(&spec, &uuid, managed)?;
-        match self.start_domain(domid, &uuid, &spec, opts).await {
+        match self.start_domain(domid, &uuid, &spec, &opts).await {
             Ok(started) => {
                 let (child, status, ended) = match started {
                     Started::Running(c, s) => (c, Some(*s), false),
@@ -250,7 +255,7 @@ impl Xend {
         domid: u32,
         uuid: &str,
         spec: &DomainSpec,
-        opts: CreateOptions,
+        opts: &CreateOptions,
     ) -> DomainResult<Started> {
         let started_at = lock(&self.reg).get(domid).map_or(0.0, |d| d.started);
         let sock = self.cfg.xenstored_socket.clone();
@@ -304,6 +309,7 @@ impl Xend {
             vifs,
             files: &files,
             paused: opts.paused,
+            restore: opts.restore.as_deref(),
         };
         let mut child = match vmm::spawn(&launch) {
             Ok(c) => {

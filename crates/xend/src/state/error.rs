@@ -44,6 +44,12 @@ pub enum DomainError {
     /// The VMM refused a device (it cannot open the disk, ...).
     #[error("{0}")]
     DeviceRefused(String),
+    /// A file given to restore is not a usable saved image.
+    #[error("not a restorable image: {0}")]
+    BadImage(String),
+    /// The VMM could not save the domain (it keeps running as it was).
+    #[error("save failed: {0}")]
+    SaveFailed(String),
     #[error("the guest did not shut down in time (use force to destroy it)")]
     ShutdownTimeout,
     #[error("{0}")]

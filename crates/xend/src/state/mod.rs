@@ -17,6 +17,7 @@ mod lifecycle;
 mod managed;
 pub mod nics;
 pub mod registry;
+mod save;
 mod xenstored;
 
 use std::path::PathBuf;

@@ -4,7 +4,7 @@
 use super::entry::Level;
 
 /// Who a frame belongs to, which decides what the guest may do with it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Owner {
     /// Ordinary RAM of the domain: mappable, may become a page table.
     Guest,
@@ -33,7 +33,7 @@ impl Owner {
 }
 
 /// The use a frame is currently validated for (Xen's `PGT_*` types).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FrameType {
     /// Never typed.
     None,
@@ -46,7 +46,7 @@ pub enum FrameType {
 }
 
 /// What the MMU knows about one frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FrameInfo {
     pub owner: Owner,
     pub ty: FrameType,

@@ -40,7 +40,7 @@ use rxen_abi::mmu::{L4_FIRST_XEN_SLOT, L4_LAST_XEN_SLOT};
 pub const XEN_L4_SLOTS: usize = L4_LAST_XEN_SLOT - L4_FIRST_XEN_SLOT + 1;
 
 /// The page-table bases of one vCPU.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct VcpuBases {
     /// The kernel L4 (`NEW_BASEPTR`), if any. Holds a reference and a type reference.
     pub kernel: Option<u64>,
@@ -62,7 +62,7 @@ pub struct BatchOutcome {
 }
 
 /// One domain's direct-paging MMU state.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Mmu {
     frames: Vec<FrameInfo>,
     vcpus: Vec<VcpuBases>,
@@ -80,6 +80,11 @@ impl Mmu {
             vcpus: vec![VcpuBases::default(); nr_vcpus],
             xen_l4: [0; XEN_L4_SLOTS],
         }
+    }
+
+    /// Number of vCPUs with bases.
+    pub fn nr_vcpus(&self) -> usize {
+        self.vcpus.len()
     }
 
     /// Number of frames managed.

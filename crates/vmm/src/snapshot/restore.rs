@@ -1,0 +1,323 @@
+//! Builds a domain from a saved image instead of a kernel.
+
+use std::io::Read;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Instant;
+
+use kvm_ioctls::Cap;
+use rxen_migration::{ImageItem, ImageReader, Record, StreamError};
+
+use super::document::VmmState;
+use crate::console::{Console, ConsoleLimits, ConsoleSink};
+use crate::domain::{kvm, kvm_err, Domain, DomainConfig, DomainError, DomainShared, VcpuKicker};
+use crate::evtchn::EventChannels;
+use crate::memory::GuestRam;
+use crate::shared_info::SharedInfoPage;
+use crate::timers::{TimerKind, TimerQueue};
+use crate::vcpu::{self, OnlineVcpus, VcpuControl};
+
+/// Largest guest memory an image may ask for (as `DomainConfig::validate` allows,
+/// plus rxen's pages).
+const MAX_MEM_BYTES: u64 = rxen_abi::layout::MAX_MEMORY_BYTES + (64 << 20);
+
+/// What the restorer chooses (the rest comes from the image).
+#[derive(Clone, Debug)]
+pub struct RestoreOptions {
+    pub name: String,
+    pub domid: rxen_abi::DomId,
+    pub console: ConsoleLimits,
+    /// Keep every vCPU paused after the restore.
+    pub start_paused: bool,
+}
+
+/// Why a restore failed; nothing of the domain is left behind.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error("not a usable image: {0}")]
+    Image(#[from] StreamError),
+    #[error("the image is inconsistent: {0}")]
+    Inconsistent(String),
+    #[error("the image's VMM state: {0}")]
+    State(#[from] serde_json::Error),
+    #[error("guest memory: {0}")]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error("{0}")]
+    Domain(#[from] DomainError),
+    #[error("vCPU {vcpu}: {detail}")]
+    Vcpu { vcpu: u32, detail: String },
+}
+
+fn bad(detail: impl Into<String>) -> RestoreError {
+    RestoreError::Inconsistent(detail.into())
+}
+
+/// Memory and VMM state read from an image.
+struct Loaded {
+    ram: Arc<GuestRam>,
+    state: VmmState,
+}
+
+/// Reads the whole image: pages go straight into a new guest memory.
+fn load(image: impl Read, name: &str) -> Result<(Loaded, Vec<u8>), RestoreError> {
+    let mut r = ImageReader::open(image)?;
+    let config = r.config().to_vec();
+    let mut ram: Option<Arc<GuestRam>> = None;
+    let mut state = None;
+    while let Some(item) = r.next_item()? {
+        match item {
+            ImageItem::Libxc(Record::X86PvP2mFrames { end_pfn, .. }) => {
+                if ram.is_some() {
+                    return Err(bad("two P2M frame records"));
+                }
+                let bytes = (u64::from(end_pfn) + 1) * rxen_abi::PAGE_SIZE;
+                if bytes > MAX_MEM_BYTES {
+                    return Err(bad(format!("{bytes} bytes of memory")));
+                }
+                ram = Some(Arc::new(GuestRam::new(name, bytes)?));
+            }
+            ImageItem::Libxc(Record::PageData(batch)) => {
+                let ram = ram
+                    .as_ref()
+                    .ok_or_else(|| bad("page data before the P2M frame record"))?;
+                for (e, data) in batch.pages() {
+                    let addr = e
+                        .pfn
+                        .checked_mul(rxen_abi::PAGE_SIZE)
+                        .ok_or_else(|| bad("pfn out of range"))?;
+                    ram.write(addr, data)?;
+                }
+            }
+            ImageItem::RxenState(s) => {
+                state = Some(serde_json::from_slice::<VmmState>(&s.document)?)
+            }
+            ImageItem::Libxc(_) | ImageItem::End => {}
+        }
+    }
+    let ram = ram.ok_or_else(|| bad("no P2M frame record (memory size)"))?;
+    let state = state.ok_or_else(|| bad("no rxen state record"))?;
+    if state.mem_bytes != ram.size() {
+        return Err(bad("memory size differs between the records"));
+    }
+    Ok((Loaded { ram, state }, config))
+}
+
+/// Restores a domain from `image`; returns it running (or paused) and the toolstack
+/// configuration of the image's xl header.
+pub fn restore(
+    image: impl Read,
+    opts: RestoreOptions,
+    sink: Box<dyn ConsoleSink>,
+) -> Result<(Domain, Vec<u8>), RestoreError> {
+    let created_at = Instant::now();
+    let (Loaded { ram, state }, toolstack_config) = load(image, &opts.name)?;
+    let config = DomainConfig {
+        name: opts.name,
+        domid: opts.domid,
+        memory_mib: state.memory_mib,
+        vcpus: state.vcpus,
+        cmdline: state.cmdline.clone(),
+        uuid: state.uuid,
+        console: opts.console,
+        start_paused: opts.start_paused,
+        ramdisk: None,
+    };
+    config.validate()?;
+    if state.vcpu_states.len() != config.vcpus as usize || state.online > config.vcpus {
+        return Err(bad("vCPU count"));
+    }
+    let pv = pv_parts(&state, &ram)?;
+    let kvm = kvm()?;
+    let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
+    // SAFETY: `ram` goes into the `DomainShared` the Domain holds, and the Domain
+    // declares its VM first, so the VM is closed before the RAM can go away.
+    unsafe { ram.register(&vm) }.map_err(kvm_err("set memory region"))?;
+
+    let vcpus: Vec<Arc<VcpuControl>> = state
+        .vcpu_states
+        .iter()
+        .enumerate()
+        .map(|(i, v)| restore_vcpu(i as u32, v, opts.start_paused))
+        .collect::<Result<_, _>>()?;
+    let shared_info = SharedInfoPage::new(ram.clone(), state.shared_info_base)?;
+    let traps = crate::traps::DomainTraps::new(config.vcpus);
+    for (i, v) in state.vcpu_states.iter().enumerate() {
+        if let Some(mut t) = traps.vcpu(i as u32) {
+            for &(vector, e) in &v.trap_table {
+                t.table[vector as usize] = e;
+            }
+            t.callbacks = v.callbacks;
+            t.kernel_stack = v.kernel_stack;
+            traps.note_callbacks(i as u32, &t);
+        }
+    }
+    let mut evtchn = EventChannels::new(
+        config.domid,
+        config.vcpus,
+        shared_info.clone(),
+        Arc::new(VcpuKicker(vcpus.clone(), traps.upcall_targets())),
+    );
+    evtchn.restore(&state.evtchn).map_err(bad)?;
+    let grants = match &pv {
+        None => crate::grant::GrantTable::new(ram.clone(), config.domid),
+        Some((area, mmu)) => {
+            let mmu = mmu.clone();
+            crate::grant::GrantTable::new_pv(
+                ram.clone(),
+                config.domid,
+                crate::grant::PvFrames {
+                    guest_pages: config.memory_mib << 8,
+                    grant_base: area.grant_frames().0,
+                    is_typed: Box::new(move |frame| {
+                        let mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+                        mmu.frame(frame).is_some_and(|f| {
+                            f.is_table() || f.ty == crate::pv::mmu::FrameType::SegDesc
+                        })
+                    }),
+                },
+            )
+        }
+    };
+    grants.restore(&state.grants).map_err(bad)?;
+
+    let sync_regs =
+        kvm.check_extension(Cap::SyncRegs) && std::env::var_os("RXEN_NO_SYNC_REGS").is_none();
+    let mut fds = Vec::new();
+    for (i, v) in state.vcpu_states.iter().enumerate() {
+        let fd = vm.create_vcpu(i as u64).map_err(kvm_err("create vCPU"))?;
+        vcpu::syscall::program_msrs(&fd, state.boot.syscall_stub).map_err(DomainError::from)?;
+        let vcpu_err = |detail| RestoreError::Vcpu {
+            vcpu: i as u32,
+            detail,
+        };
+        let fresh = fd.get_sregs().map_err(kvm_err("get sregs"))?;
+        let expected = vcpu::regs::long_mode_sregs(fresh, 0, &state.boot.traps);
+        super::cpu::check_control_state(&v.cpu, &expected, state.boot.tss_base)
+            .map_err(vcpu_err)?;
+        if let Some((_, mmu)) = &pv {
+            // A PV vCPU runs on an L4 the MMU validated (its kernel or user base),
+            // or still on the builder's.
+            let frame = v.cpu.sregs.cr3 >> 12;
+            let mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            let bases = mmu.vcpu(i).copied().unwrap_or_default();
+            if bases.kernel != Some(frame)
+                && bases.user != Some(frame)
+                && frame != state.boot.cr3 >> 12
+            {
+                return Err(vcpu_err(format!(
+                    "cr3 frame {frame:#x} is not one of its page-table bases"
+                )));
+            }
+        }
+        super::cpu::load(&fd, &v.cpu).map_err(vcpu_err)?;
+        fds.push(fd);
+    }
+    let tsc_khz = fds[0]
+        .get_tsc_khz()
+        .ok()
+        .filter(|&k| k > 0)
+        .unwrap_or(state.tsc_khz);
+    let tsc_offset = crate::domain::measure_tsc_offset(&fds[0]);
+    let clock = crate::clock::DomainClock::resumed(tsc_khz, state.system_time_ns)
+        .ok_or_else(|| bad("the guest's system time is older than this host's clock"))?;
+    let console = Console::with_limits(sink, config.console);
+    let timers = Arc::new(TimerQueue::default());
+    for (i, v) in state.vcpu_states.iter().enumerate() {
+        if let Some(deadline) = v.timer {
+            timers.add(
+                clock.instant_of(deadline),
+                TimerKind::Vcpu {
+                    vcpu: i as u32,
+                    generation: v.timer_generation,
+                },
+            );
+        }
+    }
+    let shared = Arc::new(DomainShared {
+        config,
+        ram,
+        shared_info,
+        evtchn: Mutex::new(evtchn),
+        grants,
+        vcpus,
+        online: OnlineVcpus::restored(state.online),
+        clock,
+        tsc_offset,
+        console,
+        timers,
+        boot: state.boot,
+        shared_info_base: state.shared_info_base,
+        pv_m2p: pv.as_ref().map_or((0, 0), |(area, _)| area.m2p()),
+        pv_mmu: pv.map(|(_, mmu)| mmu),
+        boot_channels: state.boot_channels,
+        exit: Mutex::new(None),
+        exit_cond: Condvar::new(),
+        shutdown_code: Mutex::new(None),
+        watchdogs: Mutex::new([(0, false); crate::domain::NR_WATCHDOGS]),
+        traps,
+    });
+    shared.write_wallclock();
+    for i in 0..shared.config.vcpus {
+        shared.update_time_info(i);
+    }
+    let domain = Domain::launch(vm, shared, fds, sync_regs, created_at)?;
+    tracing::info!(domain = %domain.shared().config.name, ms = created_at.elapsed().as_millis() as u64, "restored");
+    Ok((domain, toolstack_config))
+}
+
+type PvParts = (
+    crate::pv::rxen_area::AreaLayout,
+    Arc<Mutex<crate::pv::mmu::Mmu>>,
+);
+
+/// A Xen PV domain's rxen area and MMU, checked against the restored memory: the
+/// layout is the one the builder computes for the RAM size, and a full recount of
+/// the MMU's references over the restored page tables must match what the image
+/// says.
+fn pv_parts(state: &VmmState, ram: &GuestRam) -> Result<Option<PvParts>, RestoreError> {
+    let (Some(_), Some(mmu)) = (state.boot.m2p, &state.pv_mmu) else {
+        if state.boot.m2p.is_some() || state.pv_mmu.is_some() {
+            return Err(bad("half of a Xen PV domain's state"));
+        }
+        return Ok(None);
+    };
+    let guest_pages = state.memory_mib << 8;
+    let area = crate::pv::rxen_area::AreaLayout::for_guest(guest_pages);
+    if (guest_pages << 12) + area.bytes() != ram.size() {
+        return Err(bad("memory size does not match a PV domain of this RAM"));
+    }
+    if mmu.nr_frames() != ram.nr_pages() || mmu.nr_vcpus() != state.vcpus as usize {
+        return Err(bad("the MMU state does not match the domain"));
+    }
+    mmu.audit(&crate::pv::ram_frames::RamFrames::new(ram))
+        .map_err(|e| bad(format!("the MMU state does not match the page tables: {e}")))?;
+    Ok(Some((area, Arc::new(Mutex::new(mmu.clone())))))
+}
+
+fn restore_vcpu(
+    id: u32,
+    v: &super::document::VcpuSnapshot,
+    paused: bool,
+) -> Result<Arc<VcpuControl>, RestoreError> {
+    let ctl = VcpuControl::new(id);
+    {
+        let mut s = ctl.lock();
+        s.state = v.state;
+        s.initialised = v.initialised;
+        s.timer = v.timer;
+        s.timer_generation = v.timer_generation;
+        s.runstate = v.runstate;
+        s.paused = paused;
+        if let Some(bytes) = &v.pending_context {
+            let ctx =
+                <rxen_abi::vcpu::VcpuGuestContext as zerocopy::FromBytes>::read_from_bytes(bytes)
+                    .map_err(|_| {
+                    bad(format!(
+                        "vCPU {id}: pending context of {} bytes",
+                        bytes.len()
+                    ))
+                })?;
+            s.pending_context = Some(Box::new(ctx));
+        }
+    }
+    Ok(Arc::new(ctl))
+}

@@ -1,0 +1,256 @@
+//! Writes a paused domain to an image.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use rxen_migration::libxc::TscInfo;
+use rxen_migration::rxen_state::RxenState;
+use rxen_migration::{ImageWriter, PageType, PfnEntry, Record, StreamError, MAX_BATCH_PAGES};
+
+use super::cpu::CpuState;
+use super::document::{VcpuSnapshot, VmmState};
+use crate::domain::DomainShared;
+use crate::pv::mmu::Level;
+
+/// How long the vCPU threads get to hand over their state.
+const CAPTURE_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why a save failed (the domain stays paused; the toolstack decides what next).
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    #[error("saving this domain is not supported: {0}")]
+    Unsupported(String),
+    #[error("the domain has ended")]
+    Ended,
+    #[error("vCPU {vcpu}: {detail}")]
+    Vcpu { vcpu: u32, detail: String },
+    #[error("guest memory: {0}")]
+    Memory(#[from] crate::memory::MemoryError),
+    #[error("writing the image: {0}")]
+    Stream(#[from] StreamError),
+    #[error("encoding the VMM state: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// What a save wrote.
+#[derive(Clone, Copy, Debug)]
+pub struct SaveReport {
+    /// Pages written (all-zero pages are left out).
+    pub pages: u64,
+    /// How long the domain was paused for the save (to the end of the write).
+    pub elapsed: Duration,
+}
+
+/// Pauses `dom` and writes it to `out` with `config` (the toolstack's domain
+/// configuration) in the xl header. The domain is left paused: the caller unpauses
+/// it (`xm save -c`) or destroys it.
+pub fn save(dom: &DomainShared, out: impl Write, config: &[u8]) -> Result<SaveReport, SaveError> {
+    let started = Instant::now();
+    if dom.exit_reason().is_some() {
+        return Err(SaveError::Ended);
+    }
+    dom.pause();
+    let system_time_ns = dom.clock.now_ns();
+    let cpus = capture_all(dom)?;
+    let state = document(dom, system_time_ns, cpus)?;
+    let mut w = ImageWriter::new(out, config)?;
+    w.record(&Record::X86PvInfo {
+        guest_width: 8,
+        pt_levels: 4,
+    })?;
+    w.record(&Record::StaticDataEnd)?;
+    let nr_pages = dom.ram.nr_pages();
+    // rxen domains have no P2M list of their own: the frame list is empty and the
+    // range says how many frames the domain has.
+    w.record(&Record::X86PvP2mFrames {
+        start_pfn: 0,
+        end_pfn: u32::try_from(nr_pages.saturating_sub(1))
+            .map_err(|_| SaveError::Unsupported("more than 2^32 pages".into()))?,
+        frames: Vec::new(),
+    })?;
+    let pages = write_pages(dom, state.pv_mmu.as_ref(), &mut w, nr_pages)?;
+    w.record(&Record::X86TscInfo(TscInfo {
+        mode: 0,
+        khz: state.tsc_khz,
+        nsec: system_time_ns,
+        incarnation: 0,
+    }))?;
+    let mut shared_info = vec![0u8; rxen_migration::PAGE_SIZE];
+    dom.ram.read(dom.shared_info_base, &mut shared_info)?;
+    w.record(&Record::SharedInfo(shared_info))?;
+    for (id, v) in state.vcpu_states.iter().enumerate() {
+        for r in
+            super::vcpu_records::records(id as u32, &v.cpu, v.state != crate::vcpu::VcpuState::Down)
+        {
+            w.record(&r)?;
+        }
+    }
+    w.record(&Record::End)?;
+    w.rxen_state(&RxenState::new(serde_json::to_vec(&state)?))?;
+    w.finish()?;
+    tracing::info!(domain = %dom.config.name, pages, ms = started.elapsed().as_millis() as u64, "saved");
+    Ok(SaveReport {
+        pages,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Asks every vCPU thread for its processor state and waits for all of them.
+fn capture_all(dom: &DomainShared) -> Result<Vec<Box<CpuState>>, SaveError> {
+    for v in &dom.vcpus {
+        let mut s = v.lock();
+        s.captured = None;
+        s.capture_wanted = true;
+        v.notify_locked();
+        drop(s);
+        v.interrupt();
+    }
+    let deadline = Instant::now() + CAPTURE_DEADLINE;
+    let mut out = Vec::with_capacity(dom.vcpus.len());
+    for v in &dom.vcpus {
+        let mut s = v.lock();
+        loop {
+            if let Some(c) = s.captured.take() {
+                out.push(c.map_err(|detail| SaveError::Vcpu { vcpu: v.id, detail })?);
+                break;
+            }
+            if s.stop {
+                return Err(SaveError::Ended);
+            }
+            if Instant::now() >= deadline {
+                s.capture_wanted = false;
+                return Err(SaveError::Vcpu {
+                    vcpu: v.id,
+                    detail: "its thread did not hand over its state in time".into(),
+                });
+            }
+            s = v.wait(s, Some(deadline));
+        }
+    }
+    Ok(out)
+}
+
+fn document(
+    dom: &DomainShared,
+    system_time_ns: u64,
+    cpus: Vec<Box<CpuState>>,
+) -> Result<VmmState, SaveError> {
+    let evtchn = dom
+        .evtchn
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .snapshot();
+    let boot_ports = [
+        dom.boot_channels.store_evtchn,
+        dom.boot_channels.console_evtchn,
+    ];
+    let foreign_backend = evtchn.ports.iter().enumerate().any(|(p, (b, _))| {
+        matches!(b, crate::evtchn::Binding::Dom0 { .. }) && !boot_ports.contains(&(p as u32))
+    });
+    if foreign_backend {
+        return Err(SaveError::Unsupported(
+            "a domain with disks or network devices (their backends are not saved yet)".into(),
+        ));
+    }
+    let mut vcpu_states = Vec::with_capacity(cpus.len());
+    for (v, cpu) in dom.vcpus.iter().zip(cpus) {
+        let s = v.lock();
+        let traps = dom.traps.vcpu(v.id).map(|t| t.clone()).unwrap_or_default();
+        vcpu_states.push(VcpuSnapshot {
+            state: s.state,
+            initialised: s.initialised,
+            timer: s.timer,
+            timer_generation: s.timer_generation,
+            runstate: s.runstate,
+            pending_context: s
+                .pending_context
+                .as_ref()
+                .map(|c| zerocopy::IntoBytes::as_bytes(c.as_ref()).to_vec()),
+            trap_table: traps
+                .table
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| **e != crate::traps::TrapEntry::default())
+                .map(|(i, e)| (i as u8, *e))
+                .collect(),
+            callbacks: traps.callbacks,
+            kernel_stack: traps.kernel_stack,
+            cpu: *cpu,
+        });
+    }
+    Ok(VmmState {
+        memory_mib: dom.config.memory_mib,
+        vcpus: dom.config.vcpus,
+        cmdline: dom.config.cmdline.clone(),
+        uuid: dom.config.uuid,
+        mem_bytes: dom.ram.size(),
+        boot: dom.boot,
+        boot_channels: dom.boot_channels,
+        shared_info_base: dom.shared_info_base,
+        tsc_khz: (dom.clock.tsc_hz() / 1000) as u32,
+        system_time_ns,
+        online: dom.online.count(),
+        evtchn,
+        grants: dom.grants.snapshot(),
+        vcpu_states,
+        pv_mmu: dom
+            .pv_mmu
+            .as_ref()
+            .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+    })
+}
+
+/// Xen's type of frame `pfn`: a validated page table (pinned or not) or ordinary.
+fn page_type(mmu: Option<&crate::pv::mmu::Mmu>, pfn: u64) -> PageType {
+    let Some(info) = mmu.and_then(|m| m.frame(pfn)) else {
+        return PageType::Normal;
+    };
+    match info.table_level() {
+        Some(level) => PageType::Table {
+            level: match level {
+                Level::L1 => 1,
+                Level::L2 => 2,
+                Level::L3 => 3,
+                Level::L4 => 4,
+            },
+            pinned: info.pinned,
+        },
+        None => PageType::Normal,
+    }
+}
+
+/// Writes every page that is not all zero, in batches of [`MAX_BATCH_PAGES`].
+fn write_pages<W: Write>(
+    dom: &DomainShared,
+    mmu: Option<&crate::pv::mmu::Mmu>,
+    w: &mut ImageWriter<W>,
+    nr_pages: u64,
+) -> Result<u64, SaveError> {
+    const PAGE: usize = rxen_migration::PAGE_SIZE;
+    let mut entries = Vec::with_capacity(MAX_BATCH_PAGES);
+    let mut data = Vec::with_capacity(MAX_BATCH_PAGES * PAGE);
+    let mut page = vec![0u8; PAGE];
+    let mut written = 0;
+    for pfn in 0..nr_pages {
+        dom.ram.read(pfn * PAGE as u64, &mut page)?;
+        if page.iter().all(|&b| b == 0) {
+            continue;
+        }
+        entries.push(PfnEntry {
+            pfn,
+            ty: page_type(mmu, pfn),
+        });
+        data.extend_from_slice(&page);
+        if entries.len() == MAX_BATCH_PAGES {
+            w.page_batch(&entries, &data)?;
+            written += entries.len() as u64;
+            entries.clear();
+            data.clear();
+        }
+    }
+    if !entries.is_empty() {
+        w.page_batch(&entries, &data)?;
+        written += entries.len() as u64;
+    }
+    Ok(written)
+}

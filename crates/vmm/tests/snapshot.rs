@@ -1,0 +1,184 @@
+//! Save and restore inside one process (`rxen_vmm::snapshot`): the `memcheck` guest on
+//! both layouts (rxen's and Xen's PV start of day) resumes counting after a restore;
+//! images whose VMM state lies (ports, vCPUs, MMU counts, sizes) are refused with an
+//! error, never a panic, and nothing runs.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+use common::*;
+
+use std::time::Duration;
+
+use rxen_migration::{ImageItem, ImageReader, ImageWriter, RxenState};
+use rxen_vmm::console::CaptureSink;
+use rxen_vmm::domain::BootKind;
+use rxen_vmm::snapshot::{restore, save, RestoreOptions};
+use rxen_vmm::{Domain, DomainConfig};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn output(s: &CaptureSink) -> String {
+    String::from_utf8_lossy(&s.0.lock().unwrap()).into_owned()
+}
+
+fn last_tick(s: &CaptureSink) -> Option<u64> {
+    let out = output(s);
+    assert!(!out.contains("FAILED"), "{out}");
+    out.lines()
+        .filter(|l| l.starts_with("memcheck: tick=") && l.ends_with(" ok"))
+        .filter_map(|l| l["memcheck: tick=".len()..].split(' ').next()?.parse().ok())
+        .next_back()
+}
+
+fn wait_tick(s: &CaptureSink, at_least: u64) -> u64 {
+    wait_until(&format!("tick {at_least}"), WAIT, || {
+        last_tick(s).filter(|&t| t >= at_least)
+    })
+}
+
+fn opts(domid: u16) -> RestoreOptions {
+    RestoreOptions {
+        name: "mc".into(),
+        domid,
+        console: Default::default(),
+        start_paused: false,
+    }
+}
+
+/// A running memcheck saved into memory after a few ticks; the domain is destroyed.
+fn saved_image(kind: BootKind) -> (Vec<u8>, u64) {
+    let image = std::fs::read(guest("memcheck")).expect("memcheck guest");
+    let sink = CaptureSink::default();
+    let cfg = DomainConfig {
+        name: "mc".into(),
+        cmdline: "mib=4 tick_ms=10".into(),
+        ..Default::default()
+    };
+    let d = Domain::create_as(cfg, &image, Box::new(sink.clone()), kind).expect("create");
+    wait_tick(&sink, 3);
+    let mut out = Vec::new();
+    save(d.shared(), &mut out, b"{}").expect("save");
+    let at = last_tick(&sink).unwrap();
+    d.destroy();
+    d.wait();
+    (out, at)
+}
+
+fn round_trip(kind: BootKind) {
+    let (image, at) = saved_image(kind);
+    let sink = CaptureSink::default();
+    let (d, config) = restore(image.as_slice(), opts(7), Box::new(sink.clone())).expect("restore");
+    assert_eq!(config, b"{}");
+    let resumed = wait_tick(&sink, at + 3);
+    assert!(resumed > at, "{}", output(&sink));
+    let first = output(&sink)
+        .lines()
+        .find_map(|l| l.strip_prefix("memcheck: tick="))
+        .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
+        .unwrap();
+    assert!(
+        first > at && first <= at + 2,
+        "saved at {at}, resumed at {first}"
+    );
+    d.destroy();
+    d.wait();
+}
+
+#[test]
+fn memcheck_resumes_after_restore_on_rxen_layout() {
+    if !kvm_available("memcheck_resumes_after_restore_on_rxen_layout") {
+        return;
+    }
+    round_trip(BootKind::Rxen);
+}
+
+#[test]
+fn memcheck_resumes_after_restore_on_xen_pv_layout() {
+    if !kvm_available("memcheck_resumes_after_restore_on_xen_pv_layout") {
+        return;
+    }
+    round_trip(BootKind::XenPv);
+}
+
+/// `image` with its VMM state document changed by `edit`.
+fn with_state(image: &[u8], edit: impl Fn(&mut Value)) -> Vec<u8> {
+    let mut r = ImageReader::open(image).unwrap();
+    let mut w = ImageWriter::new(Vec::new(), r.config()).unwrap();
+    while let Some(item) = r.next_item().unwrap() {
+        match item {
+            ImageItem::Libxc(rec) => w.record(&rec).unwrap(),
+            ImageItem::RxenState(s) => {
+                let mut doc: Value = serde_json::from_slice(&s.document).unwrap();
+                edit(&mut doc);
+                w.rxen_state(&RxenState::new(serde_json::to_vec(&doc).unwrap()))
+                    .unwrap();
+            }
+            ImageItem::End => {}
+        }
+    }
+    w.finish().unwrap()
+}
+
+#[test]
+fn lying_vmm_state_is_refused() {
+    if !kvm_available("lying_vmm_state_is_refused") {
+        return;
+    }
+    let (image, _) = saved_image(BootKind::XenPv);
+    type Edit = fn(&mut Value);
+    let lies: [(&str, Edit); 11] = [
+        // `cr3` is at byte 240 of `kvm_sregs` (after 8 segments, GDT, IDT, cr0, cr2).
+        ("cr3 on a frame that is no page table", |d| {
+            d["vcpu_states"][0]["cpu"]["sregs"][242] = 0x3f.into()
+        }),
+        // `kvm_sregs` travels as its bytes: `cs.dpl` is byte 16, `idt.base` starts at 208.
+        ("a vCPU in ring 0", |d| {
+            d["vcpu_states"][0]["cpu"]["sregs"][16] = 0.into()
+        }),
+        ("an IDT of its own", |d| {
+            d["vcpu_states"][0]["cpu"]["sregs"][209] = 0x10.into()
+        }),
+        ("a port on vCPU 99", |d| {
+            d["evtchn"]["ports"][1][1] = 99.into()
+        }),
+        ("port 0 in use", |d| {
+            d["evtchn"]["ports"][0][0] = "Ipi".into()
+        }),
+        ("no vCPUs", |d| d["vcpu_states"] = Value::Array(vec![])),
+        ("33 vCPUs", |d| d["vcpus"] = 33.into()),
+        ("an MMU reference too many", |d| {
+            let frames = d["pv_mmu"]["frames"].as_array_mut().unwrap();
+            let f = frames
+                .iter_mut()
+                .find(|f| f["refs"].as_u64() > Some(0))
+                .unwrap();
+            f["refs"] = (f["refs"].as_u64().unwrap() + 1).into();
+        }),
+        ("a PV domain without its MMU", |d| d["pv_mmu"] = Value::Null),
+        ("a grant frame outside memory", |d| {
+            d["grants"]["frames"][0] = (1u64 << 40).into()
+        }),
+        ("not JSON of the schema", |d| *d = "hello".into()),
+    ];
+    for (what, edit) in lies {
+        let bad = with_state(&image, edit);
+        let sink = CaptureSink::default();
+        match restore(bad.as_slice(), opts(8), Box::new(sink)) {
+            Ok((d, _)) => {
+                d.destroy();
+                d.wait();
+                panic!("restored an image with {what}");
+            }
+            Err(e) => eprintln!("{what}: refused: {e}"),
+        }
+    }
+    // Cut anywhere, the image is refused too.
+    for cut in [0, 100, image.len() / 3, image.len() - 1] {
+        let sink = CaptureSink::default();
+        assert!(
+            restore(&image[..cut], opts(9), Box::new(sink)).is_err(),
+            "cut at {cut}"
+        );
+    }
+}
