@@ -136,9 +136,45 @@ pub fn kill(pid: u32) {
     }
 }
 
+/// How long [`stop`] waits for a killed process to end.
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends SIGKILL to `pid` if it is alive and waits (at most [`STOP_DEADLINE`]) until it
+/// has ended, so that whoever looks next (a client, the next reconciliation) never
+/// sees a process that is being stopped as running. A process that is still there
+/// after the deadline (stuck in the kernel) is logged.
+pub async fn stop(pid: u32) {
+    if !pid_alive(pid) {
+        return;
+    }
+    kill(pid);
+    match tokio::time::timeout(STOP_DEADLINE, wait_exit(pid)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(pid, "waiting for a killed VMM to end: {e}"),
+        Err(_) => tracing::warn!(pid, "a killed VMM is still there after {STOP_DEADLINE:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `stop` returns only once the process has ended (CI once saw a VMM xend had
+    /// just killed still running when a client listed processes).
+    #[tokio::test]
+    async fn stop_returns_once_the_process_has_ended() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        stop(pid).await;
+        // Ended: at most a zombie waiting for its parent (this test) to reap it.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+        assert!(matches!(state, None | Some("Z") | Some("X")), "{stat}");
+        let _ = child.wait();
+    }
 
     #[tokio::test]
     async fn wait_exit_returns_when_the_process_ends() {

@@ -55,7 +55,7 @@ impl Xend {
                 DomainState::Creating | DomainState::Destroying => {
                     tracing::warn!(domid = r.domid, name = r.name, state = %r.state, "rolling back an interrupted operation");
                     if process::is_vmm_of(r.pid, &files.control()) {
-                        process::kill(r.pid);
+                        process::stop(r.pid).await;
                     }
                     d.state = DomainState::Destroying;
                     lock(&self.reg).insert(d);
@@ -120,7 +120,7 @@ impl Xend {
                 .any(|d| d.pid == pid && self.files(d.domid).control() == control);
             if !owned {
                 tracing::warn!(pid, control = %control.display(), "stopping a VMM xend has no record of");
-                process::kill(pid);
+                process::stop(pid).await;
             }
         }
         if let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join("domains")) {
@@ -141,7 +141,7 @@ impl Xend {
                     );
                     let _ = vmm::command(&files.control(), rxen_vmm_api::Request::Destroy).await;
                     if process::is_vmm_of(s.pid, &files.control()) {
-                        process::kill(s.pid);
+                        process::stop(s.pid).await;
                     }
                 }
                 let _ = std::fs::remove_dir_all(&files.dir);
