@@ -171,7 +171,10 @@ mod tests {
         stop(pid).await;
         // Ended: at most a zombie waiting for its parent (this test) to reap it.
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit(')').next().and_then(|r| r.split_whitespace().next());
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
         assert!(matches!(state, None | Some("Z") | Some("X")), "{stat}");
         let _ = child.wait();
     }
