@@ -234,17 +234,79 @@ fn answer_request(dom: &DomainShared, devices: Option<&DeviceBackends>, req: Req
             path,
             config,
             resume,
-        } => save_reply(dom, &path, config.as_bytes(), resume),
+        } => save_reply(dom, devices, &path, config.as_bytes(), resume),
+    }
+}
+
+/// Quiesces the device backends of the paused domain for a save.
+fn quiesce_devices(
+    devices: Option<&DeviceBackends>,
+) -> Result<crate::snapshot::DeviceStates, String> {
+    let Some(d) = devices else {
+        return Ok(Default::default());
+    };
+    let vbds = d
+        .block
+        .quiesce()
+        .map_err(|e| format!("quiescing the block backend: {e}"))?;
+    let vifs = match d.net.quiesce() {
+        Ok(v) => v,
+        Err(e) => {
+            resume_devices(
+                Some(d),
+                crate::snapshot::DeviceStates {
+                    vbds,
+                    vifs: Vec::new(),
+                },
+            );
+            return Err(format!("quiescing the network backend: {e}"));
+        }
+    };
+    Ok(crate::snapshot::DeviceStates { vbds, vifs })
+}
+
+/// Lets quiesced backends serve their rings again (the domain runs on).
+fn resume_devices(devices: Option<&DeviceBackends>, saved: crate::snapshot::DeviceStates) {
+    let Some(d) = devices else {
+        return;
+    };
+    if let Err(e) = d.block.resume(saved.vbds) {
+        tracing::warn!("resuming the block backend after a save: {e}");
+    }
+    if let Err(e) = d.net.resume(saved.vifs) {
+        tracing::warn!("resuming the network backend after a save: {e}");
     }
 }
 
 /// Carries out [`Request::Save`]: the image is written to a new file next to `path`
 /// and renamed over it once complete, so a failed save never leaves half an image.
-fn save_reply(dom: &DomainShared, path: &str, config: &[u8], resume: bool) -> Reply {
+///
+/// The domain is paused first, then its device backends are quiesced (every block
+/// request taken answered, rings unmapped) and their state goes into the image. When
+/// the domain runs on (`resume`, or a failed save) the backends serve the same rings
+/// again from that state.
+fn save_reply(
+    dom: &DomainShared,
+    devices: Option<&DeviceBackends>,
+    path: &str,
+    config: &[u8],
+    resume: bool,
+) -> Reply {
     use std::os::unix::fs::OpenOptionsExt;
     let was_paused = dom.vcpus.iter().all(|v| v.lock().paused);
     let path = Path::new(path);
     let partial = path.with_extension("partial");
+    dom.pause();
+    let saved_devices = match quiesce_devices(devices) {
+        Ok(s) => s,
+        Err(message) => {
+            if !was_paused {
+                dom.unpause();
+            }
+            tracing::warn!(domain = %dom.config.name, "save failed: {message}");
+            return Reply::error(ErrorKind::Save, message);
+        }
+    };
     let result = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -254,7 +316,8 @@ fn save_reply(dom: &DomainShared, path: &str, config: &[u8], resume: bool) -> Re
         .map_err(|e| format!("creating {}: {e}", partial.display()))
         .and_then(|f| {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-            let report = crate::snapshot::save(dom, &mut out, config).map_err(|e| e.to_string())?;
+            let report = crate::snapshot::save_with_devices(dom, &mut out, config, &saved_devices)
+                .map_err(|e| e.to_string())?;
             let f = out.into_inner().map_err(|e| e.to_string())?;
             f.sync_all().map_err(|e| e.to_string())?;
             std::fs::rename(&partial, path).map_err(|e| format!("renaming into place: {e}"))?;
@@ -262,8 +325,11 @@ fn save_reply(dom: &DomainShared, path: &str, config: &[u8], resume: bool) -> Re
         });
     match result {
         Ok(report) => {
-            if resume && !was_paused {
-                dom.unpause();
+            if resume {
+                resume_devices(devices, saved_devices);
+                if !was_paused {
+                    dom.unpause();
+                }
             }
             Reply::Saved {
                 pages: report.pages,
@@ -272,6 +338,7 @@ fn save_reply(dom: &DomainShared, path: &str, config: &[u8], resume: bool) -> Re
         }
         Err(message) => {
             let _ = std::fs::remove_file(&partial);
+            resume_devices(devices, saved_devices);
             if !was_paused {
                 dom.unpause();
             }

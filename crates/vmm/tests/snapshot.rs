@@ -68,7 +68,8 @@ fn saved_image(kind: BootKind) -> (Vec<u8>, u64) {
 fn round_trip(kind: BootKind) {
     let (image, at) = saved_image(kind);
     let sink = CaptureSink::default();
-    let (d, config) = restore(image.as_slice(), opts(7), Box::new(sink.clone())).expect("restore");
+    let r = restore(image.as_slice(), opts(7), Box::new(sink.clone())).expect("restore");
+    let (d, config) = (r.domain, r.toolstack_config);
     assert_eq!(config, b"{}");
     let resumed = wait_tick(&sink, at + 3);
     assert!(resumed > at, "{}", output(&sink));
@@ -165,7 +166,8 @@ fn lying_vmm_state_is_refused() {
         let bad = with_state(&image, edit);
         let sink = CaptureSink::default();
         match restore(bad.as_slice(), opts(8), Box::new(sink)) {
-            Ok((d, _)) => {
+            Ok(r) => {
+                let d = r.domain;
                 d.destroy();
                 d.wait();
                 panic!("restored an image with {what}");

@@ -92,6 +92,21 @@ impl BackendDevice for Vif {
     fn describe(&self) -> String {
         format!("TAP {}", self.tap_name())
     }
+
+    type Saved = super::saved::SavedVif;
+
+    fn quiesce(&mut self, _devid: u32) -> Option<Self::Saved> {
+        None
+    }
+
+    fn resume(
+        &mut self,
+        _dom: &Arc<DomainShared>,
+        _devid: u32,
+        _saved: &Self::Saved,
+    ) -> Result<Vec<(String, String)>, ConnectFailure> {
+        Err(ConnectFailure::Refused("vifs are not restored yet".into()))
+    }
 }
 
 #[cfg(test)]

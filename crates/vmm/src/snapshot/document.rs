@@ -39,6 +39,10 @@ pub struct VmmState {
     /// pin, each vCPU's page-table bases, rxen's reserved L4 slots. Checked at
     /// restore by a full recount against the restored page tables.
     pub pv_mmu: Option<crate::pv::mmu::Mmu>,
+    /// The connected devices' backend state (version 2; absent in version 1, whose
+    /// domains had no devices).
+    #[serde(default)]
+    pub devices: super::devices::DeviceStates,
 }
 
 /// One vCPU: scheduling record, trap state and processor state.

@@ -101,13 +101,24 @@ fn load(image: impl Read, name: &str) -> Result<(Loaded, Vec<u8>), RestoreError>
     Ok((Loaded { ram, state }, config))
 }
 
-/// Restores a domain from `image`; returns it running (or paused) and the toolstack
-/// configuration of the image's xl header.
+/// A restored domain and what its image said beyond the domain itself.
+pub struct Restored {
+    pub domain: Domain,
+    /// The toolstack configuration of the image's xl header.
+    pub toolstack_config: Vec<u8>,
+    /// The saved device backends' state: the caller starts the backends with it
+    /// (`BlockBackend::start_restored`, `NetBackend::start_restored`), which check
+    /// it further (grants, ports, devids against the configuration).
+    pub devices: super::DeviceStates,
+}
+
+/// Restores a domain from `image`; returns it running (or paused), the toolstack
+/// configuration of the image's xl header and the saved device state.
 pub fn restore(
     image: impl Read,
     opts: RestoreOptions,
     sink: Box<dyn ConsoleSink>,
-) -> Result<(Domain, Vec<u8>), RestoreError> {
+) -> Result<Restored, RestoreError> {
     let created_at = Instant::now();
     let (Loaded { ram, state }, toolstack_config) = load(image, &opts.name)?;
     let config = DomainConfig {
@@ -157,6 +168,13 @@ pub fn restore(
         Arc::new(VcpuKicker(vcpus.clone(), traps.upcall_targets())),
     );
     evtchn.restore(&state.evtchn).map_err(bad)?;
+    for port in state.devices.guest_ports() {
+        if evtchn.binding(port) != Some(crate::evtchn::Binding::Unbound { remote_dom: 0 }) {
+            return Err(bad(format!(
+                "a saved device ring names port {port}, which is not unbound for domain 0"
+            )));
+        }
+    }
     let grants = match &pv {
         None => crate::grant::GrantTable::new(ram.clone(), config.domid),
         Some((area, mmu)) => {
@@ -259,9 +277,14 @@ pub fn restore(
     for i in 0..shared.config.vcpus {
         shared.update_time_info(i);
     }
+    let devices = state.devices;
     let domain = Domain::launch(vm, shared, fds, sync_regs, created_at)?;
     tracing::info!(domain = %domain.shared().config.name, ms = created_at.elapsed().as_millis() as u64, "restored");
-    Ok((domain, toolstack_config))
+    Ok(Restored {
+        domain,
+        toolstack_config,
+        devices,
+    })
 }
 
 type PvParts = (
