@@ -149,7 +149,7 @@ pub fn open_vif(v: &VifConfig) -> Result<xenbus::Vif, tap::TapError> {
         tap.route_to(&v.ips)?;
     }
     tracing::info!(devid = v.devid, mac = %v.mac, tap = %v.tap, ips = ?v.ips, "netback: TAP created");
-    Ok(xenbus::Vif::new(tap))
+    Ok(xenbus::Vif::new(tap, v.mac.clone()))
 }
 
 /// Creates every vif's TAP device (before the domain is built, so that a TAP that

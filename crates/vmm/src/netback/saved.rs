@@ -67,3 +67,49 @@ impl SavedVif {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vif() -> SavedVif {
+        SavedVif {
+            tx_ring_ref: 8,
+            rx_ring_ref: 9,
+            evtchn: EventChannels::Split { tx: 5, rx: 6 },
+            rx_offload: RxOffload {
+                sg: true,
+                csum_v4: true,
+                csum_v6: true,
+                gso_v4: true,
+                gso_v6: false,
+            },
+            tx: (300, 300),
+            rx: (12, 10),
+            mac: "00:16:3e:01:02:03".into(),
+        }
+    }
+
+    #[test]
+    fn lying_saved_vifs_are_refused() {
+        let mac = "00:16:3E:01:02:03";
+        assert_eq!(vif().check(mac, 256, 256), Ok(()));
+        assert_eq!(vif().guest_ports(), vec![5, 6]);
+        assert!(vif().check("00:16:3e:01:02:04", 256, 256).is_err());
+        type Lie = fn(&mut SavedVif);
+        let lies: [(&str, Lie); 5] = [
+            ("one page for both rings", |v| v.rx_ring_ref = v.tx_ring_ref),
+            ("one port for both halves", |v| {
+                v.evtchn = EventChannels::Split { tx: 5, rx: 5 }
+            }),
+            ("tx more than a ring in flight", |v| v.tx = (300, 0)),
+            ("rx answers ahead of requests", |v| v.rx = (0, 1)),
+            ("gso without sg", |v| v.rx_offload.sg = false),
+        ];
+        for (what, lie) in lies {
+            let mut v = vif();
+            lie(&mut v);
+            assert!(v.check(mac, 256, 256).is_err(), "{what}");
+        }
+    }
+}
