@@ -247,6 +247,10 @@ pub struct Status {
     /// Bytes of console output dropped by the VMM's rate limit since boot.
     #[serde(default)]
     pub console_dropped_bytes: u64,
+    /// The guest suspended itself (Xen's suspend protocol) and waits to be saved;
+    /// `unpause` cancels the suspend.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 impl Status {
@@ -425,6 +429,7 @@ mod tests {
             },
             console_bytes: 100,
             console_dropped_bytes: 7,
+            suspended: false,
         }
     }
 

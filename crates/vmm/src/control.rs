@@ -89,6 +89,7 @@ pub fn status(dom: &DomainShared) -> Status {
         boot: dom.boot.report,
         console_bytes: counters.total,
         console_dropped_bytes: counters.dropped,
+        suspended: dom.suspended().is_some(),
     }
 }
 
@@ -293,7 +294,9 @@ fn save_reply(
     resume: bool,
 ) -> Reply {
     use std::os::unix::fs::OpenOptionsExt;
-    let was_paused = dom.vcpus.iter().all(|v| v.lock().paused);
+    // A guest that suspended itself is paused for this save: when the domain runs on
+    // (`-c`, or a failed save) its suspend is cancelled by the unpause.
+    let was_paused = dom.vcpus.iter().all(|v| v.lock().paused) && dom.suspended().is_none();
     let path = Path::new(path);
     let partial = path.with_extension("partial");
     dom.pause();
@@ -459,6 +462,7 @@ pub fn start(
         .map_err(|e| format!("binding control socket {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| e.to_string())?;
+    dom.saver.store(true, Ordering::SeqCst);
     std::thread::Builder::new()
         .name(format!("{}-control", dom.config.name))
         .spawn(move || {

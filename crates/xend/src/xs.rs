@@ -438,6 +438,19 @@ pub fn write(socket: &Path, domid: u32, key: &str, value: &str) -> Result<(), Cl
     )
 }
 
+/// Reads `/local/domain/N/<key>`; `None` when it does not exist.
+pub fn read(socket: &Path, domid: u32, key: &str) -> Result<Option<String>, ClientError> {
+    match Client::connect(socket)?.read(0, &format!("{}/{key}", domain_path(domid))) {
+        Ok(v) => Ok(Some(
+            String::from_utf8_lossy(&v)
+                .trim_end_matches('\0')
+                .to_string(),
+        )),
+        Err(ClientError::Xs(e)) if e == "ENOENT" => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Writes an absolute path.
 pub fn write_abs(socket: &Path, path: &str, value: &str) -> Result<(), ClientError> {
     Client::connect(socket)?.write(0, path, value.as_bytes())

@@ -43,6 +43,12 @@ pub struct VmmState {
     /// domains had no devices).
     #[serde(default)]
     pub devices: super::devices::DeviceStates,
+    /// The vCPU that suspended the domain (Xen's suspend protocol) when it was
+    /// saved suspended: the restored domain is a new domain to the guest — that vCPU's
+    /// `SCHEDOP_shutdown` returns 0, every event channel but the xenstore and console
+    /// ones is closed, and its devices start afresh (`devices` is empty).
+    #[serde(default)]
+    pub suspended_vcpu: Option<u32>,
 }
 
 /// One vCPU: scheduling record, trap state and processor state.

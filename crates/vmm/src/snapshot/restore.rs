@@ -120,7 +120,10 @@ pub fn restore(
     sink: Box<dyn ConsoleSink>,
 ) -> Result<Restored, RestoreError> {
     let created_at = Instant::now();
-    let (Loaded { ram, state }, toolstack_config) = load(image, &opts.name)?;
+    let (Loaded { ram, mut state }, toolstack_config) = load(image, &opts.name)?;
+    if let Some(v) = state.suspended_vcpu {
+        as_new_domain(&mut state, v)?;
+    }
     let config = DomainConfig {
         name: opts.name,
         domid: opts.domid,
@@ -270,6 +273,8 @@ pub fn restore(
         exit: Mutex::new(None),
         exit_cond: Condvar::new(),
         shutdown_code: Mutex::new(None),
+        suspended_by: Mutex::new(None),
+        saver: std::sync::atomic::AtomicBool::new(false),
         watchdogs: Mutex::new([(0, false); crate::domain::NR_WATCHDOGS]),
         traps,
     });
@@ -285,6 +290,34 @@ pub fn restore(
         toolstack_config,
         devices,
     })
+}
+
+/// A domain saved after its guest suspended itself resumes as Xen's new domain:
+/// vCPU `vcpu`'s `SCHEDOP_shutdown(SHUTDOWN_suspend)` returns 0 (it was saved with
+/// the 1 of a cancelled suspend), and every event channel is closed but the boot
+/// ones (xenstore, console), which the toolstack connects again.
+fn as_new_domain(state: &mut VmmState, vcpu: u32) -> Result<(), RestoreError> {
+    let v = state
+        .vcpu_states
+        .get_mut(vcpu as usize)
+        .ok_or_else(|| bad(format!("suspended by vCPU {vcpu}, which does not exist")))?;
+    v.cpu.regs.rax = 0;
+    let boot = [
+        state.boot_channels.store_evtchn,
+        state.boot_channels.console_evtchn,
+    ];
+    for (p, entry) in state.evtchn.ports.iter_mut().enumerate() {
+        if !boot.contains(&(p as u32)) {
+            *entry = (crate::evtchn::Binding::Free, 0);
+        }
+    }
+    for row in &mut state.evtchn.virqs {
+        row.iter_mut().for_each(|p| *p = None);
+    }
+    if !state.devices.is_empty() {
+        return Err(bad("a suspended domain's image has device rings"));
+    }
+    Ok(())
 }
 
 type PvParts = (

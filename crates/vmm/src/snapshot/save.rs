@@ -168,6 +168,7 @@ fn document(
             "a device backend is still connected to the guest (not quiesced)".into(),
         ));
     }
+    let suspended_vcpu = dom.suspended();
     let mut vcpu_states = Vec::with_capacity(cpus.len());
     for (v, cpu) in dom.vcpus.iter().zip(cpus) {
         let s = v.lock();
@@ -213,7 +214,13 @@ fn document(
             .pv_mmu
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone()),
-        devices: devices.clone(),
+        // A guest that suspended itself reconnects its devices in the new domain.
+        devices: if suspended_vcpu.is_some() {
+            DeviceStates::default()
+        } else {
+            devices.clone()
+        },
+        suspended_vcpu,
     })
 }
 

@@ -101,6 +101,9 @@ impl Xend {
             "saving",
             serde_json::json!({"path": path}),
         );
+        // Xen's suspend protocol for a guest that advertises it; others are saved
+        // transparently.
+        let guest_suspended = self.suspend_guest(domid).await?;
         let (pages, paused_ms) = vmm::save(
             &self.files(domid).control(),
             &path,
@@ -114,12 +117,12 @@ impl Xend {
             other => DomainError::Internal(other.to_string()),
         })?;
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        tracing::info!(domid, name = d.name, pages, paused_ms, path = %path.display(), "saved");
+        tracing::info!(domid, name = d.name, pages, paused_ms, guest_suspended, path = %path.display(), "saved");
         self.emit(
             Some(domid),
             &d.name,
             "saved",
-            serde_json::json!({"path": path, "pages": pages, "paused_ms": paused_ms, "keep_running": keep_running}),
+            serde_json::json!({"path": path, "pages": pages, "paused_ms": paused_ms, "keep_running": keep_running, "guest_suspended": guest_suspended}),
         );
         if !keep_running {
             self.destroy(&domid.to_string()).await?;
