@@ -220,3 +220,69 @@ fn the_httpd_guest_answers_curl_after_save_and_restore() {
     assert!(now > last, "after -c: {last} requests before, {now} after");
     env.xm_ok(&["destroy", "web"]);
 }
+
+/// `image` with its VMM state document changed by `edit`.
+fn with_state(image: &[u8], edit: impl Fn(&mut Value)) -> Vec<u8> {
+    use rxen_migration::{ImageItem, ImageReader, ImageWriter, RxenState};
+    let mut r = ImageReader::open(image).unwrap();
+    let mut w = ImageWriter::new(Vec::new(), r.config()).unwrap();
+    while let Some(item) = r.next_item().unwrap() {
+        match item {
+            ImageItem::Libxc(rec) => w.record(&rec).unwrap(),
+            ImageItem::RxenState(s) => {
+                let mut doc: Value = serde_json::from_slice(&s.document).unwrap();
+                edit(&mut doc);
+                w.rxen_state(&RxenState::new(serde_json::to_vec(&doc).unwrap()))
+                    .unwrap();
+            }
+            ImageItem::End => {}
+        }
+    }
+    w.finish().unwrap()
+}
+
+/// Device state that lies (a ring page not granted to domain 0, a device the
+/// configuration does not have, a port out of range) is refused at restore: an
+/// error, no domain left, the disk free for the honest image.
+#[test]
+fn lying_device_state_is_refused_at_restore() {
+    if !kvm_available("lying_device_state_is_refused_at_restore") {
+        return;
+    }
+    let env = Env::start("save-disk-lies");
+    let disk = env.dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
+    create_soak(&env, &disk);
+    wait_for_round(&env, 2);
+    let image = env.dir.join("soak.save");
+    env.xm_ok(&["save", NAME, image.to_str().unwrap()]);
+    let good = std::fs::read(&image).unwrap();
+    type Lie = fn(&mut Value);
+    let lies: [(&str, Lie); 4] = [
+        ("a ring page not granted", |d| {
+            d["devices"]["vbds"][0][1]["rings"][0]["ring_refs"] = serde_json::json!([4000])
+        }),
+        ("a vbd the configuration does not have", |d| {
+            d["devices"]["vbds"][0][0] = 1234.into()
+        }),
+        ("a port out of range", |d| {
+            d["devices"]["vbds"][0][1]["rings"][0]["evtchn"] = 70000.into()
+        }),
+        ("another disk size", |d| {
+            d["devices"]["vbds"][0][1]["sectors"] = 1.into()
+        }),
+    ];
+    for (what, lie) in lies {
+        let bad = env.dir.join("lie.save");
+        std::fs::write(&bad, with_state(&good, lie)).unwrap();
+        let o = env.xm(&["restore", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{what}: restored");
+        eprintln!("{what}: {err}");
+        let (_, list) = env.get("/domains");
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{what}: {list}");
+    }
+    env.xm_ok(&["restore", image.to_str().unwrap()]);
+    wait_for_round(&env, 3);
+    env.xm_ok(&["destroy", NAME]);
+}

@@ -14,7 +14,9 @@ use crate::netback::saved::SavedVif;
 /// Every connected device's backend state at the save, by device number.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceStates {
+    #[serde(default)]
     pub vbds: Vec<(u32, SavedVbd)>,
+    #[serde(default)]
     pub vifs: Vec<(u32, SavedVif)>,
 }
 

@@ -171,7 +171,17 @@ pub fn restore(
         Arc::new(VcpuKicker(vcpus.clone(), traps.upcall_targets())),
     );
     evtchn.restore(&state.evtchn).map_err(bad)?;
+    let boot_ports = [
+        state.boot_channels.store_evtchn,
+        state.boot_channels.console_evtchn,
+    ];
+    let mut ring_ports = std::collections::BTreeSet::new();
     for port in state.devices.guest_ports() {
+        if boot_ports.contains(&port) || !ring_ports.insert(port) {
+            return Err(bad(format!(
+                "a saved device ring names port {port}, the xenstore or console port or another ring's"
+            )));
+        }
         if evtchn.binding(port) != Some(crate::evtchn::Binding::Unbound { remote_dom: 0 }) {
             return Err(bad(format!(
                 "a saved device ring names port {port}, which is not unbound for domain 0"
