@@ -286,3 +286,66 @@ fn lying_device_state_is_refused_at_restore() {
     wait_for_round(&env, 3);
     env.xm_ok(&["destroy", NAME]);
 }
+
+/// Reads counted in Mini-OS's block test progress lines (`N read, M write`).
+fn mini_os_reads(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter(|l| l.ends_with(" write") && l.contains(" read, "))
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// An unmodified Xen PV kernel with a disk (Mini-OS's block test, which knows
+/// nothing of rxen and does not support suspend) is saved and restored
+/// transparently and keeps reading and writing its disk.
+#[test]
+fn mini_os_with_a_disk_keeps_reading_after_restore() {
+    const TEST: &str = "mini_os_with_a_disk_keeps_reading_after_restore";
+    if !kvm_available(TEST) {
+        return;
+    }
+    let Some(kernel) = common::guests::mini_os(TEST) else {
+        return;
+    };
+    let env = Env::start("save-mini-os-disk");
+    let disk = env.dir.join("mos.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    env.create(&format!(
+        "name = \"mosd\"\nkernel = \"{}\"\nmemory = 32\non_crash = \"preserve\"\ndisk = [ 'file:{},hda,w' ]\n",
+        kernel.display(),
+        disk.display()
+    ));
+    let healthy = |t: &str| {
+        assert!(
+            !t.contains("Page fault") && !t.contains("bogus data") && !t.contains("got error code"),
+            "Mini-OS's block test failed:\n{t}"
+        );
+    };
+    let mut before = 0;
+    rxen_testkit::wait_until(
+        "a progress line with reads",
+        Duration::from_secs(60),
+        || {
+            let t = console(&env, "mosd");
+            healthy(&t);
+            before = mini_os_reads(&t).last().copied().unwrap_or(0);
+            before > 0
+        },
+    );
+    let image = env.dir.join("mosd.save");
+    env.xm_ok(&["save", "mosd", image.to_str().unwrap()]);
+    env.xm_ok(&["restore", image.to_str().unwrap()]);
+    rxen_testkit::wait_until(
+        "a progress line of the restored Mini-OS",
+        Duration::from_secs(60),
+        || {
+            let t = console(&env, "mosd");
+            healthy(&t);
+            mini_os_reads(&t).last().is_some_and(|&n| n > before)
+        },
+    );
+    env.xm_ok(&["destroy", "mosd"]);
+}
