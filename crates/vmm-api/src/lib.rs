@@ -133,9 +133,8 @@ pub enum ErrorKind {
     /// TAP created, its device number is in use (attach) or unknown (detach), or no
     /// backend can run (the VMM was started without xenstored's socket).
     Device,
-    /// A save that could not be carried out: the domain cannot be saved (a Xen PV
-    /// kernel, devices whose backends are not saved yet) or the image could not be
-    /// written.
+    /// A save that could not be carried out: the domain cannot be saved (a device
+    /// backend that could not be quiesced) or the image could not be written.
     Save,
 }
 

@@ -14,9 +14,10 @@
 //! backend ([`BlockBackend`]), `attach-vif` and `detach-vif` to the network backend
 //! ([`NetBackend`]); what they refuse (a disk that cannot be opened, a TAP that cannot
 //! be created, a device number in use or unknown, no xenstored socket) gets `device`.
-//! `save` with `path`, `config` and `resume` pauses the domain and writes it as a saved
-//! image ([`crate::snapshot`]; reply `saved` with the pages written and the pause
-//! time); a domain that cannot be saved, or an image that cannot be written, gets
+//! `save` with `path`, `config` and `resume` pauses the domain, quiesces its device
+//! backends and writes it as a saved image with their state ([`crate::snapshot`];
+//! reply `saved` with the pages written and the pause time; with `resume` the
+//! backends serve their rings again and the domain runs on); a domain that cannot be saved, or an image that cannot be written, gets
 //! `save` and the domain runs on as it was. The socket is mode 0600.
 //!
 //! This module only translates requests into [`DomainShared`] operations; it owns no
