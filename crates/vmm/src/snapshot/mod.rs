@@ -4,16 +4,20 @@
 //! the VMM's own state ([`document::VmmState`]) to any `Write`; [`restore`] builds a
 //! new domain from an image instead of a kernel, which resumes where it was saved.
 //!
-//! For this milestone a save is transparent (the guest does not take part): an SDK
-//! guest on rxen's own layout (`BootKind::Rxen`) is saved paused and resumes as is.
-//! Xen PV kernels (direct-paging MMU state) and domains with disks or vifs are
-//! refused with a typed error.
+//! A save is transparent (the guest does not take part): the domain is paused, the
+//! caller quiesces the device backends ([`devices::DeviceStates`]: every block
+//! request taken is answered first, rings unmapped, channel ends closed) and the
+//! domain resumes as is after a restore, its backends serving the same rings from
+//! the saved indices. A domain whose device backends were not quiesced is refused
+//! with a typed error.
 
 pub mod cpu;
+pub mod devices;
 pub mod document;
 pub mod restore;
 pub mod save;
 mod vcpu_records;
 
-pub use restore::{restore, RestoreError, RestoreOptions};
-pub use save::{save, SaveError, SaveReport};
+pub use devices::DeviceStates;
+pub use restore::{restore, RestoreError, RestoreOptions, Restored};
+pub use save::{save, save_with_devices, SaveError, SaveReport};

@@ -8,6 +8,7 @@ use rxen_migration::rxen_state::RxenState;
 use rxen_migration::{ImageWriter, PageType, PfnEntry, Record, StreamError, MAX_BATCH_PAGES};
 
 use super::cpu::CpuState;
+use super::devices::DeviceStates;
 use super::document::{VcpuSnapshot, VmmState};
 use crate::domain::DomainShared;
 use crate::pv::mmu::Level;
@@ -43,8 +44,22 @@ pub struct SaveReport {
 
 /// Pauses `dom` and writes it to `out` with `config` (the toolstack's domain
 /// configuration) in the xl header. The domain is left paused: the caller unpauses
-/// it (`xm save -c`) or destroys it.
+/// it (`xm save -c`) or destroys it. A domain with connected devices is refused
+/// (see [`save_with_devices`]).
 pub fn save(dom: &DomainShared, out: impl Write, config: &[u8]) -> Result<SaveReport, SaveError> {
+    save_with_devices(dom, out, config, &DeviceStates::default())
+}
+
+/// [`save`] of a domain whose device backends the caller quiesced after pausing
+/// it: `devices` is what they returned, written in the state document. A backend
+/// still connected to the guest (a port bound to domain 0 that is neither a boot
+/// channel nor a saved ring's) makes the save fail.
+pub fn save_with_devices(
+    dom: &DomainShared,
+    out: impl Write,
+    config: &[u8],
+    devices: &DeviceStates,
+) -> Result<SaveReport, SaveError> {
     let started = Instant::now();
     if dom.exit_reason().is_some() {
         return Err(SaveError::Ended);
@@ -52,7 +67,7 @@ pub fn save(dom: &DomainShared, out: impl Write, config: &[u8]) -> Result<SaveRe
     dom.pause();
     let system_time_ns = dom.clock.now_ns();
     let cpus = capture_all(dom)?;
-    let state = document(dom, system_time_ns, cpus)?;
+    let state = document(dom, system_time_ns, cpus, devices)?;
     let mut w = ImageWriter::new(out, config)?;
     w.record(&Record::X86PvInfo {
         guest_width: 8,
@@ -134,6 +149,7 @@ fn document(
     dom: &DomainShared,
     system_time_ns: u64,
     cpus: Vec<Box<CpuState>>,
+    devices: &DeviceStates,
 ) -> Result<VmmState, SaveError> {
     let evtchn = dom
         .evtchn
@@ -149,9 +165,10 @@ fn document(
     });
     if foreign_backend {
         return Err(SaveError::Unsupported(
-            "a domain with disks or network devices (their backends are not saved yet)".into(),
+            "a device backend is still connected to the guest (not quiesced)".into(),
         ));
     }
+    let suspended_vcpu = dom.suspended();
     let mut vcpu_states = Vec::with_capacity(cpus.len());
     for (v, cpu) in dom.vcpus.iter().zip(cpus) {
         let s = v.lock();
@@ -197,6 +214,13 @@ fn document(
             .pv_mmu
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        // A guest that suspended itself reconnects its devices in the new domain.
+        devices: if suspended_vcpu.is_some() {
+            DeviceStates::default()
+        } else {
+            devices.clone()
+        },
+        suspended_vcpu,
     })
 }
 

@@ -86,6 +86,7 @@ pub async fn create(State(st): State<AppState>, body: Bytes) -> ApiResult<impl I
     let opts = CreateOptions {
         paused: req.paused,
         restore: None,
+        restored_frontends: Vec::new(),
     };
     let domain = st.xend.create(spec, false, opts).await?;
     Ok((StatusCode::CREATED, Json(CreateReply { domain, warnings })))

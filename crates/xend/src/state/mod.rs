@@ -18,6 +18,7 @@ mod managed;
 pub mod nics;
 pub mod registry;
 mod save;
+mod suspend;
 mod xenstored;
 
 use std::path::PathBuf;
