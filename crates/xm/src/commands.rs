@@ -391,10 +391,21 @@ pub fn block_detach(
 
 /// `block-list DOMAIN...`: xl's table for each domain.
 pub fn block_list(api: &Api, out: Output, domains: &[String]) -> XmResult<()> {
+    device_list(out, domains, |d| api.disks(d), format::block_table)
+}
+
+/// The devices of each of `domains` (`fetch`), shown as one table (`table`) or, as
+/// JSON, the single reply or an array of the replies.
+fn device_list<T>(
+    out: Output,
+    domains: &[String],
+    fetch: impl Fn(&str) -> XmResult<crate::client::Decoded<Vec<T>>>,
+    table: impl Fn(&[T]) -> String,
+) -> XmResult<()> {
     let mut all = Vec::new();
     let mut jsons = Vec::new();
     for d in domains {
-        let r = api.disks(d)?;
+        let r = fetch(d)?;
         all.extend(r.value);
         jsons.push(r.json);
     }
@@ -403,7 +414,7 @@ pub fn block_list(api: &Api, out: Output, domains: &[String]) -> XmResult<()> {
     } else {
         Value::Array(jsons)
     };
-    out.show(&json, || format::block_table(&all));
+    out.show(&json, || table(&all));
     Ok(())
 }
 
@@ -442,18 +453,5 @@ pub fn network_detach(
 
 /// `network-list DOMAIN...`: xl's table for each domain.
 pub fn network_list(api: &Api, out: Output, domains: &[String]) -> XmResult<()> {
-    let mut all = Vec::new();
-    let mut jsons = Vec::new();
-    for d in domains {
-        let r = api.nics(d)?;
-        all.extend(r.value);
-        jsons.push(r.json);
-    }
-    let json = if jsons.len() == 1 {
-        jsons.remove(0)
-    } else {
-        Value::Array(jsons)
-    };
-    out.show(&json, || format::network_table(&all));
-    Ok(())
+    device_list(out, domains, |d| api.nics(d), format::network_table)
 }

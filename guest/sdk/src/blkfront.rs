@@ -24,7 +24,6 @@
 //! [`Blkfront::poll`] (`RING_FINAL_CHECK_FOR_RESPONSES`), [`Blkfront::wait`] (blocks
 //! the vCPU) or [`Blkfront::wait_async`] (for the executor).
 
-use alloc::alloc::{alloc_zeroed, Layout};
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
@@ -34,17 +33,13 @@ use rxen_abi::blkif::*;
 use rxen_abi::PAGE_SIZE;
 
 use crate::events::{self, Port};
+use crate::frontend::{pfn_of, STATE_CONNECTED, STATE_INITIALISED, STATE_INIT_WAIT};
 use crate::grant::GrantTable;
 use crate::xenstore::Xenstore;
 
 /// Slots of the one-page ring, and so the deepest queue.
 pub const RING_SLOTS: u32 = BLKIF_RING_SIZE_1PAGE as u32;
 const PAGE: usize = PAGE_SIZE as usize;
-/// States of xenbus (`XenbusStateInitWait`, ...).
-const STATE_INIT_WAIT: u32 = 2;
-const STATE_INITIALISED: u32 = 3;
-const STATE_CONNECTED: u32 = 4;
-const STATE_CLOSING: u32 = 5;
 
 /// What went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -214,22 +209,6 @@ fn store_err(what: &str, e: impl core::fmt::Debug) -> BlkError {
     BlkError::Store(format!("{what}: {e:?}"))
 }
 
-fn alloc_pages(n: usize) -> Result<*mut u8, BlkError> {
-    let layout = Layout::from_size_align(n.max(1) * PAGE, PAGE).map_err(|_| BlkError::NoMemory)?;
-    // SAFETY: a non-zero-sized layout; the pages are never freed (the device lives
-    // as long as the guest), so no dangling grant can point at reused memory.
-    let p = unsafe { alloc_zeroed(layout) };
-    if p.is_null() {
-        return Err(BlkError::NoMemory);
-    }
-    Ok(p)
-}
-
-fn pfn_of(p: *const u8) -> u64 {
-    // SDK guests are identity-mapped: the virtual address is the pseudo-physical one.
-    p as u64 / PAGE_SIZE
-}
-
 fn read_u64(xs: &mut Xenstore, path: &str) -> Result<u64, BlkError> {
     let v = xs.read(path).map_err(|e| store_err(path, e))?;
     v.trim_end_matches('\0')
@@ -240,25 +219,6 @@ fn read_u64(xs: &mut Xenstore, path: &str) -> Result<u64, BlkError> {
 
 fn read_opt_u64(xs: &mut Xenstore, path: &str) -> u64 {
     read_u64(xs, path).unwrap_or(0)
-}
-
-fn wait_state(xs: &mut Xenstore, backend: &str, want: u32) -> Result<(), BlkError> {
-    let deadline = crate::time::now_ns() + 10_000_000_000;
-    loop {
-        let s = read_opt_u64(xs, &format!("{backend}/state")) as u32;
-        if s == want {
-            return Ok(());
-        }
-        if s >= STATE_CLOSING {
-            return Err(BlkError::Backend(format!("backend state {s}")));
-        }
-        if crate::time::now_ns() > deadline {
-            return Err(BlkError::Backend(format!(
-                "backend stayed in state {s}, wanted {want}"
-            )));
-        }
-        crate::time::sleep_ms(1);
-    }
 }
 
 impl<'g> Blkfront<'g> {
@@ -287,7 +247,7 @@ impl<'g> Blkfront<'g> {
             .trim_end_matches('\0')
             .to_string();
         let backend_id = read_u64(xs, &format!("{frontend}/backend-id"))? as u16;
-        wait_state(xs, &backend, STATE_INIT_WAIT)?;
+        frontend_wait(xs, &backend, STATE_INIT_WAIT)?;
         let mut info = DiskInfo {
             persistent: read_opt_u64(xs, &format!("{backend}/feature-persistent")) == 1,
             max_indirect_segments: read_opt_u64(
@@ -313,7 +273,7 @@ impl<'g> Blkfront<'g> {
         let mut rings = Vec::with_capacity(info.queues as usize);
         for q in 0..info.queues {
             // SHARED_RING_INIT: indices 0 (zeroed page), events 1.
-            let page = alloc_pages(1)?;
+            let page = frontend_alloc(1)?;
             // SAFETY: the page was just allocated; the header words are 4-byte aligned.
             unsafe {
                 (*(page.add(4) as *const AtomicU32)).store(1, SeqCst);
@@ -328,7 +288,7 @@ impl<'g> Blkfront<'g> {
                 rsp_cons: 0,
             });
         }
-        let pool = alloc_pages(cfg.pool_pages as usize)?;
+        let pool = frontend_alloc(cfg.pool_pages as usize)?;
         let pool_ref = first_ref + info.queues;
         for i in 0..cfg.pool_pages {
             // SAFETY: page i of the pool allocation.
@@ -337,7 +297,7 @@ impl<'g> Blkfront<'g> {
         }
         let indirect_ref = pool_ref + cfg.pool_pages;
         let indirect = if max_request_pages > BLKIF_MAX_SEGMENTS_PER_REQUEST as u32 {
-            let ind = alloc_pages(RING_SLOTS as usize)?;
+            let ind = frontend_alloc(RING_SLOTS as usize)?;
             for i in 0..RING_SLOTS {
                 // SAFETY: page i of the indirect allocation.
                 let p = unsafe { ind.add(i as usize * PAGE) };
@@ -377,7 +337,7 @@ impl<'g> Blkfront<'g> {
         }
         xs.write(&format!("{frontend}/state"), &STATE_INITIALISED.to_string())
             .map_err(|e| store_err("state", e))?;
-        wait_state(xs, &backend, STATE_CONNECTED)?;
+        frontend_wait(xs, &backend, STATE_CONNECTED)?;
         info.sectors = read_u64(xs, &format!("{backend}/sectors"))?;
         info.sector_size = read_opt_u64(xs, &format!("{backend}/sector-size")).max(512) as u32;
         info.readonly =
@@ -643,4 +603,12 @@ impl<'g> Blkfront<'g> {
             }
         }
     }
+}
+
+fn frontend_alloc(n: usize) -> Result<*mut u8, BlkError> {
+    crate::frontend::alloc_pages(n).ok_or(BlkError::NoMemory)
+}
+
+fn frontend_wait(xs: &mut Xenstore, backend: &str, want: u32) -> Result<(), BlkError> {
+    crate::frontend::wait_state(xs, backend, want).map_err(BlkError::Backend)
 }

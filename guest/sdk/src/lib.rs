@@ -22,6 +22,7 @@ pub mod console;
 mod console_ring;
 pub mod events;
 pub mod executor;
+mod frontend;
 pub mod grant;
 pub mod heap;
 pub mod hypercall;

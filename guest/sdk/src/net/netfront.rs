@@ -13,7 +13,6 @@
 //! frame, and [`super::rx`] completes partial checksums before the stack sees them.
 //! Without it, `feature-no-csum-offload`=1 and every frame arrives finished.
 
-use alloc::alloc::{alloc_zeroed, Layout};
 use alloc::format;
 use alloc::string::{String, ToString};
 
@@ -24,15 +23,9 @@ use super::rx::{RxQueue, RxStats};
 use super::tx::{TxQueue, TxStats};
 use super::PAGE;
 use crate::events::{self, Port};
+use crate::frontend::{pfn_of, STATE_CONNECTED, STATE_INITIALISED, STATE_INIT_WAIT};
 use crate::grant::GrantTable;
 use crate::xenstore::Xenstore;
-
-const STATE_INIT_WAIT: u32 = 2;
-const STATE_INITIALISED: u32 = 3;
-const STATE_CONNECTED: u32 = 4;
-const STATE_CLOSING: u32 = 5;
-/// How long [`Netfront::connect`] waits for each backend state.
-const BACKEND_TIMEOUT_NS: u64 = 10_000_000_000;
 
 /// Why the device could not be brought up.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,52 +104,10 @@ fn store_err(what: &str, e: impl core::fmt::Debug) -> NetError {
     NetError::Store(format!("{what}: {e:?}"))
 }
 
-fn alloc_pages(n: usize) -> Result<*mut u8, NetError> {
-    let layout = Layout::from_size_align(n.max(1) * PAGE, PAGE).map_err(|_| NetError::NoMemory)?;
-    // SAFETY: a non-zero-sized layout; the pages are never freed (the device lives as
-    // long as the guest), so no grant can point at reused memory.
-    let p = unsafe { alloc_zeroed(layout) };
-    if p.is_null() {
-        return Err(NetError::NoMemory);
-    }
-    Ok(p)
-}
-
-fn pfn_of(p: *const u8) -> u64 {
-    // SDK guests are identity-mapped: the virtual address is the pseudo-physical one.
-    p as u64 / rxen_abi::PAGE_SIZE
-}
-
 fn read_str(xs: &mut Xenstore, path: &str) -> Result<String, NetError> {
     xs.read(path)
         .map(|v| v.trim_end_matches('\0').trim().to_string())
         .map_err(|e| store_err(path, e))
-}
-
-fn read_state(xs: &mut Xenstore, path: &str) -> u32 {
-    read_str(xs, path)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0)
-}
-
-fn wait_state(xs: &mut Xenstore, backend: &str, want: u32) -> Result<(), NetError> {
-    let deadline = crate::time::now_ns().saturating_add(BACKEND_TIMEOUT_NS);
-    loop {
-        let s = read_state(xs, &format!("{backend}/state"));
-        if s == want {
-            return Ok(());
-        }
-        if s >= STATE_CLOSING {
-            return Err(NetError::Backend(format!("backend state {s}")));
-        }
-        if crate::time::now_ns() > deadline {
-            return Err(NetError::Backend(format!(
-                "backend stayed in state {s}, wanted {want}"
-            )));
-        }
-        crate::time::sleep_ms(1);
-    }
 }
 
 /// Parses `aa:bb:cc:dd:ee:ff`.
@@ -206,12 +157,12 @@ impl<'g> Netfront<'g> {
         let mac_text = read_str(xs, &format!("{path}/mac"))?;
         let mac = parse_mac(&mac_text)
             .ok_or_else(|| NetError::Store(format!("mac: {mac_text:?} is not a MAC")))?;
-        wait_state(xs, &backend, STATE_INIT_WAIT)?;
+        frontend_wait(xs, &backend, STATE_INIT_WAIT)?;
 
         let tx_ref = first_ref;
         let rx_ref = first_ref + 1;
-        let tx_page = alloc_pages(1)?;
-        let rx_page = alloc_pages(1)?;
+        let tx_page = frontend_alloc(1)?;
+        let rx_page = frontend_alloc(1)?;
         // SAFETY: fresh zeroed pages, owned by the rings from here on.
         let (tx_ring, rx_ring) = unsafe {
             (
@@ -223,14 +174,14 @@ impl<'g> Netfront<'g> {
         grants.grant_access(rx_ref, backend_id, pfn_of(rx_page), false);
 
         let rx_buf_ref = first_ref + 2;
-        let rx_bufs = alloc_pages(cfg.rx_buffers as usize)?;
+        let rx_bufs = frontend_alloc(cfg.rx_buffers as usize)?;
         for i in 0..cfg.rx_buffers {
             // SAFETY: page i of the RX buffer allocation.
             let p = unsafe { rx_bufs.add(i as usize * PAGE) };
             grants.grant_access(rx_buf_ref + i, backend_id, pfn_of(p), false);
         }
         let tx_buf_ref = rx_buf_ref + cfg.rx_buffers;
-        let tx_bufs = alloc_pages(cfg.tx_buffers as usize)?;
+        let tx_bufs = frontend_alloc(cfg.tx_buffers as usize)?;
         for i in 0..cfg.tx_buffers {
             // SAFETY: page i of the TX buffer allocation.
             let p = unsafe { tx_bufs.add(i as usize * PAGE) };
@@ -267,7 +218,7 @@ impl<'g> Netfront<'g> {
         }
         xs.write(&format!("{path}/state"), &STATE_INITIALISED.to_string())
             .map_err(|e| store_err("state", e))?;
-        wait_state(xs, &backend, STATE_CONNECTED)?;
+        frontend_wait(xs, &backend, STATE_CONNECTED)?;
         xs.write(&format!("{path}/state"), &STATE_CONNECTED.to_string())
             .map_err(|e| store_err("state", e))?;
         let mut nf = Self {
@@ -347,4 +298,12 @@ impl<'g> Netfront<'g> {
         self.tx.send(frame.len(), |buf| buf.copy_from_slice(frame));
         true
     }
+}
+
+fn frontend_alloc(n: usize) -> Result<*mut u8, NetError> {
+    crate::frontend::alloc_pages(n).ok_or(NetError::NoMemory)
+}
+
+fn frontend_wait(xs: &mut Xenstore, backend: &str, want: u32) -> Result<(), NetError> {
+    crate::frontend::wait_state(xs, backend, want).map_err(NetError::Backend)
 }
