@@ -7,12 +7,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::guests::{mini_os, pv_grub, skip, Console};
-use common::{kvm_available, rows, wait_until, Env};
+use common::{domid_of, kvm_available, mini_os_cfg, read_node, rows, wait_until, Env};
 use serde_json::Value;
 
 /// Mini-OS's block test reports progress every 10 s; a line with reads done means
@@ -36,32 +36,6 @@ fn wait_for_blkfront_io(console: &Console) {
 
 fn sparse_file(path: &Path, bytes: u64) {
     std::fs::File::create(path).unwrap().set_len(bytes).unwrap();
-}
-
-fn read_node(env: &Env, path: &str) -> Option<String> {
-    env.xenstore()
-        .read(0, path)
-        .ok()
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-}
-
-fn domid_of(env: &Env, name: &str) -> u64 {
-    let (s, dom) = env.get(&format!("/domains/{name}"));
-    assert_eq!(s, 200, "{dom}");
-    dom["domid"].as_u64().unwrap()
-}
-
-fn mini_os_cfg(env: &Env, kernel: &Path, name: &str, extra: &str) -> PathBuf {
-    let cfg = env.dir.join(format!("{name}.cfg"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = \"{name}\"\nkernel = \"{}\"\nmemory = 32\non_crash = \"preserve\"\n{extra}",
-            kernel.display()
-        ),
-    )
-    .unwrap();
-    cfg
 }
 
 /// A disk hot-plugged into a paused Mini-OS is the one its blkfront opens when it

@@ -13,12 +13,11 @@
 mod common;
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use common::guests::{mini_os, mini_os_net};
-use common::{kvm_available, rows, wait_until, Env};
+use common::{domid_of, kvm_available, mini_os_cfg, read_node, rows, wait_until, xm_err, Env};
 use rxen_hostnet::{bridge, link, route};
 use rxen_testkit::net::{unique_ifname as unique, TestBridge as BridgeGuard};
 use serde_json::Value;
@@ -28,38 +27,6 @@ fn test_ip() -> Ipv4Addr {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::SeqCst);
     Ipv4Addr::new(192, 0, 2, (10 + (std::process::id() % 200) + n) as u8)
-}
-
-fn read_node(env: &Env, path: &str) -> Option<String> {
-    env.xenstore()
-        .read(0, path)
-        .ok()
-        .map(|v| String::from_utf8_lossy(&v).into_owned())
-}
-
-fn domid_of(env: &Env, name: &str) -> u64 {
-    let (s, dom) = env.get(&format!("/domains/{name}"));
-    assert_eq!(s, 200, "{dom}");
-    dom["domid"].as_u64().unwrap()
-}
-
-fn mini_os_cfg(env: &Env, kernel: &Path, name: &str, extra: &str) -> PathBuf {
-    let cfg = env.dir.join(format!("{name}.cfg"));
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = \"{name}\"\nkernel = \"{}\"\nmemory = 32\non_crash = \"preserve\"\n{extra}",
-            kernel.display()
-        ),
-    )
-    .unwrap();
-    cfg
-}
-
-fn xm_err(env: &Env, args: &[&str]) -> String {
-    let o = env.xm(args);
-    assert!(!o.status.success(), "xm {args:?} succeeded");
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// `vif = [ 'bridge=B,vifname=T' ]` with B missing: xend creates B and brings it up,

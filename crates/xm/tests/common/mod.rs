@@ -2,7 +2,7 @@
 //! drive them.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -106,5 +106,41 @@ pub fn rows(text: &str) -> Vec<Vec<String>> {
         .map(|l| l.split_whitespace().map(String::from).collect())
         .collect()
 }
+/// A xenstore node's value as domain 0 reads it, `None` if absent.
+pub fn read_node(env: &Env, path: &str) -> Option<String> {
+    env.xenstore()
+        .read(0, path)
+        .ok()
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// The domid of domain `name` (which must exist).
+pub fn domid_of(env: &Env, name: &str) -> u64 {
+    let (s, dom) = env.get(&format!("/domains/{name}"));
+    assert_eq!(s, 200, "{dom}");
+    dom["domid"].as_u64().unwrap()
+}
+
+/// A Mini-OS domain config `name` with `extra` lines, written to the test's directory.
+pub fn mini_os_cfg(env: &Env, kernel: &Path, name: &str, extra: &str) -> PathBuf {
+    let cfg = env.dir.join(format!("{name}.cfg"));
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"{name}\"\nkernel = \"{}\"\nmemory = 32\non_crash = \"preserve\"\n{extra}",
+            kernel.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// Runs `xm args`, which must fail; its stderr.
+pub fn xm_err(env: &Env, args: &[&str]) -> String {
+    let o = env.xm(args);
+    assert!(!o.status.success(), "xm {args:?} succeeded");
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
 pub mod guests;
 pub mod netns;
