@@ -17,7 +17,11 @@
 //! `save` with `path`, `config` and `resume` pauses the domain and writes it as a saved
 //! image ([`crate::snapshot`]; reply `saved` with the pages written and the pause
 //! time); a domain that cannot be saved, or an image that cannot be written, gets
-//! `save` and the domain runs on as it was. The socket is mode 0600.
+//! `save` and the domain runs on as it was. `migrate` with `address`, `token`,
+//! `config` and `live` sends the domain to a relocation server
+//! ([`crate::snapshot::transport`]; reply `migrated` with the figures, the domain left
+//! paused for the toolstack to destroy); any failure gets `migrate` and the domain
+//! runs on. The socket is mode 0600.
 //!
 //! This module only translates requests into [`DomainShared`] operations; it owns no
 //! domain state.
@@ -235,6 +239,15 @@ fn answer_request(dom: &DomainShared, devices: Option<&DeviceBackends>, req: Req
             config,
             resume,
         } => save_reply(dom, &path, config.as_bytes(), resume),
+        Request::Migrate {
+            address,
+            token,
+            config,
+            live,
+        } => match crate::snapshot::migrate(dom, &address, &token, &config, live) {
+            Ok(figures) => Reply::Migrated(figures),
+            Err(e) => Reply::error(ErrorKind::Migrate, e.to_string()),
+        },
     }
 }
 

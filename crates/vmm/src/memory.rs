@@ -7,8 +7,9 @@
 //! and the page tables and hypercall page are read-only to the guest.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::OnceLock;
 
 use rxen_abi::layout;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -33,6 +34,8 @@ pub enum MemoryError {
     Map(String),
     #[error("atomic access at {0:#x} is misaligned or outside the page")]
     Misaligned(u64),
+    #[error("dirty-page log: {0}")]
+    DirtyLog(String),
 }
 
 /// How a guest pointer is used by the VMM.
@@ -45,7 +48,15 @@ pub enum Access {
 }
 
 /// A domain's RAM: one memfd-backed region starting at guest-physical address 0.
+///
+/// While dirty tracking is on ([`GuestRam::start_dirty_tracking`]), every write
+/// through the checked accessors (and every atomic accessor handed out) marks its
+/// page, and KVM logs the guest's own writes; [`GuestRam::take_dirty`] returns both.
 pub struct GuestRam {
+    /// KVM's dirty log of the slot (set by `register`); declared first so that the
+    /// duplicate VM descriptor is closed before the mapping goes.
+    kvm_log: OnceLock<crate::dirty::KvmDirtyLog>,
+    dirty: crate::dirty::VmmDirtyBitmap,
     mem: GuestMemoryMmap,
     memfd: File,
     size: u64,
@@ -84,7 +95,13 @@ impl GuestRam {
             Some(FileOffset::new(file_for_map, 0)),
         )])
         .map_err(|e| MemoryError::Map(e.to_string()))?;
-        Ok(Self { mem, memfd, size })
+        Ok(Self {
+            kvm_log: OnceLock::new(),
+            dirty: crate::dirty::VmmDirtyBitmap::new(size / rxen_abi::PAGE_SIZE),
+            mem,
+            memfd,
+            size,
+        })
     }
 
     /// Size of RAM in bytes.
@@ -184,7 +201,54 @@ impl GuestRam {
         };
         // SAFETY: the region is this whole RAM mapping, and the caller guarantees that
         // it outlives the VM.
-        unsafe { vm.set_user_memory_region(region) }
+        unsafe { vm.set_user_memory_region(region) }?;
+        // A duplicate of the VM's descriptor for the dirty log; without one (no
+        // descriptors left) live migration reports it, nothing else changes.
+        // SAFETY: F_DUPFD_CLOEXEC on the VM's open descriptor; the result is checked
+        // and owned by nothing else.
+        let dup = unsafe { libc::fcntl(vm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if dup >= 0 {
+            // SAFETY: `dup` is a new descriptor this function owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+            let _ = self.kvm_log.set(crate::dirty::KvmDirtyLog::new(fd, region));
+        }
+        Ok(())
+    }
+
+    /// Starts tracking which pages change: KVM's dirty log of the slot and the VMM's
+    /// own bitmap, both cleared.
+    pub fn start_dirty_tracking(&self) -> Result<(), MemoryError> {
+        let log = self
+            .kvm_log
+            .get()
+            .ok_or_else(|| MemoryError::DirtyLog("the RAM is not registered with KVM".into()))?;
+        self.dirty.set_tracking(true);
+        log.set_logging(true).map_err(|e| {
+            self.dirty.set_tracking(false);
+            MemoryError::DirtyLog(format!("enabling KVM_MEM_LOG_DIRTY_PAGES: {e}"))
+        })
+    }
+
+    /// Stops tracking (the slot goes back to unlogged).
+    pub fn stop_dirty_tracking(&self) {
+        self.dirty.set_tracking(false);
+        if let Some(log) = self.kvm_log.get() {
+            if let Err(e) = log.set_logging(false) {
+                tracing::warn!("disabling the dirty log: {e}");
+            }
+        }
+    }
+
+    /// The pages written (by the guest or the VMM) since tracking started or since the
+    /// last call, one bit per page, and clears them.
+    pub fn take_dirty(&self) -> Result<Vec<u64>, MemoryError> {
+        let mut bitmap = vec![0u64; self.nr_pages().div_ceil(64) as usize];
+        self.dirty.take_into(&mut bitmap);
+        if let Some(log) = self.kvm_log.get() {
+            log.take_into(&mut bitmap)
+                .map_err(|e| MemoryError::DirtyLog(format!("KVM_GET_DIRTY_LOG: {e}")))?;
+        }
+        Ok(bitmap)
     }
 
     /// Reads bytes from guest RAM (VMM-internal addresses: only bounds-checked).
@@ -202,6 +266,7 @@ impl GuestRam {
     /// Writes bytes to guest RAM (VMM-internal addresses: only bounds-checked).
     pub fn write(&self, addr: u64, buf: &[u8]) -> Result<(), MemoryError> {
         self.check_range(addr, buf.len() as u64)?;
+        self.dirty.mark(addr, buf.len() as u64);
         self.mem
             .write_slice(buf, GuestAddress(addr))
             .map_err(|_| MemoryError::OutOfRange {
@@ -251,11 +316,13 @@ impl GuestRam {
         self.write(ptr, buf)
     }
 
+    /// A host pointer for atomic access: the page counts as written (the caller may).
     fn host_ptr(&self, addr: u64, len: u64, align: u64) -> Result<*mut u8, MemoryError> {
         self.check_range(addr, len)?;
         if !addr.is_multiple_of(align) {
             return Err(MemoryError::Misaligned(addr));
         }
+        self.dirty.mark(addr, len);
         self.mem
             .get_host_address(GuestAddress(addr))
             .map_err(|_| MemoryError::OutOfRange {

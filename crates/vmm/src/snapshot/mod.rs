@@ -8,12 +8,20 @@
 //! guest on rxen's own layout (`BootKind::Rxen`) is saved paused and resumes as is.
 //! Xen PV kernels (direct-paging MMU state) and domains with disks or vifs are
 //! refused with a typed error.
+//!
+//! Live migration ([`live`], [`transport`]) writes the same image over a TCP
+//! connection to a relocation server, memory in pre-copy rounds driven by the dirty
+//! log ([`crate::dirty`]) while the guest runs.
 
 pub mod cpu;
 pub mod document;
+pub mod live;
 pub mod restore;
 pub mod save;
+pub mod transport;
 mod vcpu_records;
 
+pub use live::{LiveOptions, LiveReport};
 pub use restore::{restore, RestoreError, RestoreOptions};
 pub use save::{save, SaveError, SaveReport};
+pub use transport::{migrate, MigrateError};

@@ -50,25 +50,71 @@ pub fn save(dom: &DomainShared, out: impl Write, config: &[u8]) -> Result<SaveRe
         return Err(SaveError::Ended);
     }
     dom.pause();
-    let system_time_ns = dom.clock.now_ns();
-    let cpus = capture_all(dom)?;
-    let state = document(dom, system_time_ns, cpus)?;
+    let captured = capture(dom)?;
     let mut w = ImageWriter::new(out, config)?;
+    write_head(dom, &mut w)?;
+    let pages = write_pages(dom, &mut w, 0..dom.ram.nr_pages(), true)?;
+    write_tail(dom, &mut w, &captured)?;
+    w.finish()?;
+    tracing::info!(domain = %dom.config.name, pages, ms = started.elapsed().as_millis() as u64, "saved");
+    Ok(SaveReport {
+        pages,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Writes the libxc records that come before the pages: `X86_PV_INFO`,
+/// `STATIC_DATA_END` and the P2M frame range (the memory size).
+pub(super) fn write_head<W: Write>(
+    dom: &DomainShared,
+    w: &mut ImageWriter<W>,
+) -> Result<(), SaveError> {
     w.record(&Record::X86PvInfo {
         guest_width: 8,
         pt_levels: 4,
     })?;
     w.record(&Record::StaticDataEnd)?;
-    let nr_pages = dom.ram.nr_pages();
     // rxen domains have no P2M list of their own: the frame list is empty and the
     // range says how many frames the domain has.
     w.record(&Record::X86PvP2mFrames {
         start_pfn: 0,
-        end_pfn: u32::try_from(nr_pages.saturating_sub(1))
+        end_pfn: u32::try_from(dom.ram.nr_pages().saturating_sub(1))
             .map_err(|_| SaveError::Unsupported("more than 2^32 pages".into()))?,
         frames: Vec::new(),
     })?;
-    let pages = write_pages(dom, state.pv_mmu.as_ref(), &mut w, nr_pages)?;
+    Ok(())
+}
+
+/// The processor and VMM state of a paused domain, and the guest time it was taken at.
+pub(super) struct Captured {
+    state: VmmState,
+    system_time_ns: u64,
+}
+
+/// Captures the vCPUs and the VMM state of the paused domain (before its last pages
+/// are read: taking a vCPU out of a block may write guest memory).
+pub(super) fn capture(dom: &DomainShared) -> Result<Captured, SaveError> {
+    let system_time_ns = dom.clock.now_ns();
+    let cpus = capture_all(dom)?;
+    let state = document(dom, system_time_ns, cpus)?;
+    Ok(Captured {
+        state,
+        system_time_ns,
+    })
+}
+
+/// Writes everything after the pages: TSC info, `shared_info`, the vCPU records,
+/// libxc `END` and rxen's state record (the caller ends the image).
+pub(super) fn write_tail<W: Write>(
+    dom: &DomainShared,
+    w: &mut ImageWriter<W>,
+    captured: &Captured,
+) -> Result<(), SaveError> {
+    let Captured {
+        state,
+        system_time_ns,
+    } = captured;
+    let system_time_ns = *system_time_ns;
     w.record(&Record::X86TscInfo(TscInfo {
         mode: 0,
         khz: state.tsc_khz,
@@ -86,13 +132,8 @@ pub fn save(dom: &DomainShared, out: impl Write, config: &[u8]) -> Result<SaveRe
         }
     }
     w.record(&Record::End)?;
-    w.rxen_state(&RxenState::new(serde_json::to_vec(&state)?))?;
-    w.finish()?;
-    tracing::info!(domain = %dom.config.name, pages, ms = started.elapsed().as_millis() as u64, "saved");
-    Ok(SaveReport {
-        pages,
-        elapsed: started.elapsed(),
-    })
+    w.rxen_state(&RxenState::new(serde_json::to_vec(state)?))?;
+    Ok(())
 }
 
 /// Asks every vCPU thread for its processor state and waits for all of them.
@@ -219,38 +260,50 @@ fn page_type(mmu: Option<&crate::pv::mmu::Mmu>, pfn: u64) -> PageType {
     }
 }
 
-/// Writes every page that is not all zero, in batches of [`MAX_BATCH_PAGES`].
-fn write_pages<W: Write>(
+/// Writes the pages `pfns` in batches of [`MAX_BATCH_PAGES`]; with `skip_zero`,
+/// all-zero pages are left out (a first copy: absent pages are zero at the target).
+/// Returns how many pages were written.
+pub(super) fn write_pages<W: Write>(
     dom: &DomainShared,
-    mmu: Option<&crate::pv::mmu::Mmu>,
     w: &mut ImageWriter<W>,
-    nr_pages: u64,
+    pfns: impl IntoIterator<Item = u64>,
+    skip_zero: bool,
 ) -> Result<u64, SaveError> {
     const PAGE: usize = rxen_migration::PAGE_SIZE;
     let mut entries = Vec::with_capacity(MAX_BATCH_PAGES);
-    let mut data = Vec::with_capacity(MAX_BATCH_PAGES * PAGE);
-    let mut page = vec![0u8; PAGE];
+    let mut data = vec![0u8; MAX_BATCH_PAGES * PAGE];
     let mut written = 0;
-    for pfn in 0..nr_pages {
-        dom.ram.read(pfn * PAGE as u64, &mut page)?;
-        if page.iter().all(|&b| b == 0) {
+    let mut flush = |entries: &mut Vec<PfnEntry>, data: &[u8]| -> Result<(), SaveError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Page types as the MMU has them now (only Xen PV domains have any).
+        if let Some(mmu) = &dom.pv_mmu {
+            let mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            for e in entries.iter_mut() {
+                e.ty = page_type(Some(&mmu), e.pfn);
+            }
+        }
+        w.page_batch(entries, &data[..entries.len() * PAGE])?;
+        written += entries.len() as u64;
+        entries.clear();
+        Ok(())
+    };
+    for pfn in pfns {
+        let at = entries.len() * PAGE;
+        let page = &mut data[at..at + PAGE];
+        dom.ram.read(pfn * PAGE as u64, page)?;
+        if skip_zero && page.iter().all(|&b| b == 0) {
             continue;
         }
         entries.push(PfnEntry {
             pfn,
-            ty: page_type(mmu, pfn),
+            ty: PageType::Normal,
         });
-        data.extend_from_slice(&page);
         if entries.len() == MAX_BATCH_PAGES {
-            w.page_batch(&entries, &data)?;
-            written += entries.len() as u64;
-            entries.clear();
-            data.clear();
+            flush(&mut entries, &data)?;
         }
     }
-    if !entries.is_empty() {
-        w.page_batch(&entries, &data)?;
-        written += entries.len() as u64;
-    }
+    flush(&mut entries, &data)?;
     Ok(written)
 }
