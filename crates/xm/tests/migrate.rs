@@ -1,0 +1,265 @@
+//! Issue 11, second milestone: `xm migrate [--live]` between two xends on one host
+//! (two state directories, two xenstoreds, two API ports, two relocation ports). The
+//! `memcheck` guest rewrites pages while it migrates (`dirty_kib=`) and checks every
+//! page at every tick: it must go on counting at the target and never print FAILED,
+//! 20 times back and forth. Refusals (a wrong token, a name taken at the target, a
+//! stream that is not an image) leave the source running and nothing at the target.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{kvm_available, Env};
+use serde_json::Value;
+
+const NAME: &str = "mc";
+
+/// A token file (mode 0600) in a directory of its own.
+fn token_file(tag: &str, token: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("rxen-migrate-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("token");
+    std::fs::write(&p, format!("{token}\n")).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// An xend with a relocation server on a free port; returns it and that port.
+fn xend(tag: &str, token: &Path) -> (Env, u16) {
+    let port = rxen_testkit::free_port();
+    let env = Env::start_with(
+        tag,
+        &[
+            "--relocation-port",
+            &port.to_string(),
+            "--relocation-token-file",
+            token.to_str().unwrap(),
+        ],
+    );
+    (env, port)
+}
+
+fn console(env: &Env) -> String {
+    match env.get(&format!("/domains/{NAME}/console")) {
+        (200, Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+fn ticks(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter(|l| l.starts_with("memcheck: tick=") && l.ends_with(" ok"))
+        .filter_map(|l| l["memcheck: tick=".len()..].split(' ').next()?.parse().ok())
+        .collect()
+}
+
+/// Waits until the domain at `env` printed tick `at_least`; returns the last tick.
+fn wait_for_tick(env: &Env, at_least: u64) -> u64 {
+    rxen_testkit::wait_until(
+        &format!("memcheck tick >= {at_least}"),
+        Duration::from_secs(60),
+        || {
+            let t = console(env);
+            assert!(!t.contains("FAILED"), "memcheck failed:\n{t}");
+            ticks(&t).last().is_some_and(|&n| n >= at_least)
+        },
+    );
+    *ticks(&console(env)).last().unwrap()
+}
+
+fn create_memcheck(env: &Env) -> Value {
+    let kernel = rxen_testkit::guest("memcheck");
+    env.create(&format!(
+        "name = \"{NAME}\"\nkernel = \"{}\"\nmemory = 32\nextra = \"mib=8 tick_ms=10 dirty_kib=256\"\non_crash = \"preserve\"\n",
+        kernel.display()
+    ))
+}
+
+fn uuid_at(env: &Env) -> Option<String> {
+    let (s, v) = env.get(&format!("/domains/{NAME}"));
+    (s == 200).then(|| v["uuid"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn twenty_live_migrations_back_and_forth_keep_memory_and_counter() {
+    if !kvm_available("twenty_live_migrations_back_and_forth_keep_memory_and_counter") {
+        return;
+    }
+    let token = token_file("pair", "s3cret-relocation");
+    let (a, port_a) = xend("mig-a", &token);
+    let (b, port_b) = xend("mig-b", &token);
+    let uuid = create_memcheck(&a)["uuid"].as_str().unwrap().to_string();
+    let mut tick = wait_for_tick(&a, 3);
+    let mut downtimes = Vec::new();
+    for round in 0..20 {
+        let (from, to, port) = if round % 2 == 0 {
+            (&a, &b, port_b)
+        } else {
+            (&b, &a, port_a)
+        };
+        let target = format!("127.0.0.1:{port}");
+        let (s, reply) = from.post(
+            &format!("/domains/{NAME}/migrate"),
+            &serde_json::json!({"host": "127.0.0.1", "port": port, "live": true}),
+        );
+        assert_eq!(s, 200, "migration {round}: {reply}");
+        assert_eq!(reply["target"], target.as_str(), "{reply}");
+        assert!(reply["rounds"].as_u64().unwrap() >= 2, "{reply}");
+        let sent = reply["pages_sent"].as_u64().unwrap();
+        let per_round: u64 = reply["pages_per_round"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(sent, per_round, "{reply}");
+        downtimes.push(reply["downtime_ms"].as_f64().unwrap());
+        // Gone here, running there with the same UUID, counting on with every page
+        // checked.
+        assert_eq!(from.get(&format!("/domains/{NAME}")).0, 404, "{reply}");
+        assert_eq!(uuid_at(to).as_deref(), Some(uuid.as_str()));
+        let now = wait_for_tick(to, tick + 2);
+        let first = *ticks(&console(to)).first().unwrap();
+        assert!(
+            first + 1 >= tick,
+            "round {round}: it counted from {first} after {tick}"
+        );
+        tick = now;
+    }
+    eprintln!("downtimes (ms): {downtimes:?}");
+}
+
+#[test]
+fn xm_migrate_prints_the_figures_and_without_live_pauses_first() {
+    if !kvm_available("xm_migrate_prints_the_figures_and_without_live_pauses_first") {
+        return;
+    }
+    let token = token_file("xm", "xm-token");
+    let (a, port_a) = xend("mig-xm-a", &token);
+    let (b, port_b) = xend("mig-xm-b", &token);
+    create_memcheck(&a);
+    let tick = wait_for_tick(&a, 3);
+    let out = a.xm_ok(&["migrate", "--live", NAME, &format!("127.0.0.1:{port_b}")]);
+    assert!(out.contains("Migrated domain mc to 127.0.0.1:"), "{out}");
+    assert!(
+        out.contains("downtime") && out.contains("round(s)"),
+        "{out}"
+    );
+    let tick = wait_for_tick(&b, tick + 2);
+    // Without --live: one paused round.
+    let out = b.xm_ok(&["migrate", NAME, &format!("127.0.0.1:{port_a}")]);
+    assert!(out.contains(": 1 round(s)"), "{out}");
+    wait_for_tick(&a, tick + 2);
+    // xend's log (rotated daily: xend.log.DATE) has the figures.
+    let log_b: String = std::fs::read_dir(b.dir.join("log"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("xend.log"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        log_b.contains("migrated") && log_b.contains("downtime_ms"),
+        "{log_b}"
+    );
+}
+
+#[test]
+fn refused_migrations_leave_the_source_running_and_nothing_at_the_target() {
+    if !kvm_available("refused_migrations_leave_the_source_running_and_nothing_at_the_target") {
+        return;
+    }
+    let (a, _) = xend("mig-ref-a", &token_file("ref-a", "token-a"));
+    let token_b = "token-b";
+    let (b, port_b) = xend("mig-ref-b", &token_file("ref-b", token_b));
+    create_memcheck(&a);
+    let mut tick = wait_for_tick(&a, 3);
+    let migrate = |a: &Env| {
+        a.post(
+            &format!("/domains/{NAME}/migrate"),
+            &serde_json::json!({"host": "127.0.0.1", "port": port_b, "live": true}),
+        )
+    };
+    // A wrong token.
+    let (s, v) = migrate(&a);
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "migrate_failed", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad_token"),
+        "{v}"
+    );
+    tick = wait_for_tick(&a, tick + 2);
+    assert_eq!(b.get(&format!("/domains/{NAME}")).0, 404);
+
+    // The right token but the name is taken at the target.
+    let (c, port_c) = xend("mig-ref-c", &token_file("ref-c", "token-a"));
+    c.create(&format!(
+        "name = \"{NAME}\"\nkernel = \"{}\"\nmemory = 16\nextra = \"mib=1 tick_ms=50\"\n",
+        rxen_testkit::guest("memcheck").display()
+    ));
+    let uuid_c = uuid_at(&c).unwrap();
+    let (s, v) = a.post(
+        &format!("/domains/{NAME}/migrate"),
+        &serde_json::json!({"host": "127.0.0.1", "port": port_c, "live": true}),
+    );
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("name_in_use"),
+        "{v}"
+    );
+    tick = wait_for_tick(&a, tick + 2);
+    assert_eq!(uuid_at(&c).as_deref(), Some(uuid_c.as_str()));
+
+    // Nobody at the port (Xen's 8002 unless one runs there): refused at once.
+    let dead = rxen_testkit::free_port();
+    let out = a.xm(&["migrate", "--live", NAME, &format!("127.0.0.1:{dead}")]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("migrat"), "{err}");
+    wait_for_tick(&a, tick + 2);
+
+    // A stream that is not an image, with the right token: the target refuses it and
+    // keeps nothing.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port_b)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let (spec, _) = rxen_xlcfg::DomainSpec::from_xl(&format!(
+        "name = \"{NAME}\"\nkernel = \"{}\"\nmemory = 32\n",
+        rxen_testkit::guest("memcheck").display()
+    ))
+    .unwrap();
+    let config = serde_json::json!({
+        "toolstack": "rxen-xend",
+        "uuid": "6b1f8a52-8d63-4c38-9b7c-2d1b9a6f0e11",
+        "spec": spec,
+    });
+    let hello = serde_json::json!({"token": token_b, "config": config.to_string(), "live": true});
+    writeln!(s, "{hello}").unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("\"ready\""), "{line}");
+    s.write_all(b"Xen saved domain, xl format\n \0 \r this is not an image at all")
+        .unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    line.clear();
+    r.read_line(&mut line).unwrap();
+    assert!(line.contains("\"refused\""), "{line}");
+    assert_eq!(b.get(&format!("/domains/{NAME}")).0, 404);
+    // And a hello without the token never gets `ready`.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port_b)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    writeln!(s, "{{\"token\":\"nope\",\"config\":\"{{}}\"}}").unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    assert!(line.contains("bad_token"), "{line}");
+    wait_for_tick(&a, tick + 4);
+}
