@@ -310,8 +310,9 @@ fn measure(dir: &Path, wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<
             "ms",
             paused_idle.downtime_ms,
             format!(
-                "idle 256 MiB guest, live vs not live; pages per round {} (goal 5 ms)",
-                rounds(&live_idle)
+                "idle 256 MiB guest, live vs not live; pages per round {}, stop-and-copy {:.1} ms (goal 5 ms)",
+                rounds(&live_idle),
+                live_idle.stop_and_copy_ms
             ),
         ));
         out.push(fig(
@@ -320,8 +321,9 @@ fn measure(dir: &Path, wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<
             "ms",
             paused_busy.downtime_ms,
             format!(
-                "guest dirtying {rate:.0} MB/s, live vs not live; pages per round {} (goal 50 ms)",
-                rounds(&live_busy)
+                "guest dirtying {rate:.0} MB/s, live vs not live; pages per round {}, stop-and-copy {:.1} ms (goal 50 ms)",
+                rounds(&live_busy),
+                live_busy.stop_and_copy_ms
             ),
         ));
         let tcp = host_tcp(live_busy.guest_pages * 4096)?;

@@ -189,6 +189,10 @@ pub struct MigrationFigures {
     pub guest_pages: u64,
     /// From the pause to the target's `running`, in milliseconds.
     pub downtime_ms: f64,
+    /// From the pause to the image's last byte (the rest of the downtime is the
+    /// target's), in milliseconds.
+    #[serde(default)]
+    pub stop_and_copy_ms: f64,
     /// From the start to the target's `running`, in milliseconds.
     pub total_ms: f64,
 }

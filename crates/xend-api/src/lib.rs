@@ -226,6 +226,9 @@ pub struct MigrateReply {
     pub guest_pages: u64,
     /// From the pause here to the target's domain running, in milliseconds.
     pub downtime_ms: f64,
+    /// From the pause to the image's last byte sent (the rest of the downtime is the
+    /// target's restore and start), in milliseconds.
+    pub stop_and_copy_ms: f64,
     /// The whole migration, in milliseconds.
     pub total_ms: f64,
 }

@@ -132,6 +132,7 @@ async fn handle(xend: Arc<Xend>, mut conn: TcpStream, token: &str) -> Result<(),
         s.set_write_timeout(Some(HELLO_TIMEOUT))
             .map_err(|e| e.to_string())?;
         s.write_all(line.as_bytes()).map_err(|e| e.to_string())?;
+        tracing::debug!("relocation: answered {}", line.trim_end());
         let _ = s.shutdown(std::net::Shutdown::Both);
         Ok::<_, String>(())
     })

@@ -147,7 +147,7 @@ pub fn migrate(api: &Api, out: Output, domain: &str, target: &str, live: bool) -
     out.show(&reply.json, || {
         let rounds: Vec<String> = r.pages_per_round.iter().map(u64::to_string).collect();
         format!(
-            "Migrated domain {domain} to {} (domain {} there): {} round(s), pages per round {}, {} pages sent for {} ({:.2}x), downtime {:.1} ms, total {:.2} s\n",
+            "Migrated domain {domain} to {} (domain {} there): {} round(s), pages per round {}, {} pages sent for {} ({:.2}x), downtime {:.1} ms (stop-and-copy {:.1} ms), total {:.2} s\n",
             r.target,
             r.target_domid,
             r.rounds,
@@ -156,6 +156,7 @@ pub fn migrate(api: &Api, out: Output, domain: &str, target: &str, live: bool) -
             r.guest_pages,
             r.pages_sent as f64 / r.guest_pages.max(1) as f64,
             r.downtime_ms,
+            r.stop_and_copy_ms,
             r.total_ms / 1e3,
         )
     });

@@ -144,12 +144,25 @@ fn xm_migrate_prints_the_figures_and_without_live_pauses_first() {
     create_memcheck(&a);
     let tick = wait_for_tick(&a, 3);
     let out = a.xm_ok(&["migrate", "--live", NAME, &format!("127.0.0.1:{port_b}")]);
+    eprintln!("{out}");
     assert!(out.contains("Migrated domain mc to 127.0.0.1:"), "{out}");
     assert!(
         out.contains("downtime") && out.contains("round(s)"),
         "{out}"
     );
     let tick = wait_for_tick(&b, tick + 2);
+    if std::env::var_os("RXEN_MIGRATE_TEST_LOGS").is_some() {
+        for e in std::fs::read_dir(b.dir.join("log")).unwrap().flatten() {
+            eprintln!("{}", std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+        for e in std::fs::read_dir(b.dir.join("state/domains"))
+            .unwrap()
+            .flatten()
+        {
+            let log = e.path().join("vmm.log");
+            eprintln!("{}", std::fs::read_to_string(log).unwrap_or_default());
+        }
+    }
     // Without --live: one paused round.
     let out = b.xm_ok(&["migrate", NAME, &format!("127.0.0.1:{port_a}")]);
     assert!(out.contains(": 1 round(s)"), "{out}");

@@ -110,6 +110,7 @@ pub fn restore(
 ) -> Result<(Domain, Vec<u8>), RestoreError> {
     let created_at = Instant::now();
     let (Loaded { ram, state }, toolstack_config) = load(image, &opts.name)?;
+    tracing::debug!(ms = created_at.elapsed().as_secs_f64() * 1e3, "image read");
     let config = DomainConfig {
         name: opts.name,
         domid: opts.domid,

@@ -116,6 +116,7 @@ fn migrate_paused_on_success(
         pages_per_round: report.pages_per_round,
         guest_pages: report.guest_pages,
         downtime_ms: downtime.as_secs_f64() * 1e3,
+        stop_and_copy_ms: report.paused.as_secs_f64() * 1e3,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
     })
 }

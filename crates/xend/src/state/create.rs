@@ -353,6 +353,7 @@ impl Xend {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Ok(status) = vmm::status(&files.control()).await {
+                tracing::debug!(domid, "the new VMM answers");
                 let sock = self.cfg.xenstored_socket.clone();
                 let boot = status.boot;
                 let introduced =

@@ -112,6 +112,7 @@ impl Xend {
             pages_sent: figures.pages_sent,
             guest_pages: figures.guest_pages,
             downtime_ms: figures.downtime_ms,
+            stop_and_copy_ms: figures.stop_and_copy_ms,
             total_ms: figures.total_ms,
         };
         tracing::info!(
@@ -122,6 +123,7 @@ impl Xend {
             pages_sent = reply.pages_sent,
             guest_pages = reply.guest_pages,
             downtime_ms = reply.downtime_ms,
+            stop_and_copy_ms = reply.stop_and_copy_ms,
             total_ms = reply.total_ms,
             "migrated"
         );
