@@ -468,6 +468,28 @@ mod tests {
     }
 
     #[test]
+    fn vmm_writes_are_tracked_while_tracking_is_on() {
+        let r = ram();
+        assert!(
+            r.start_dirty_tracking().is_err(),
+            "no KVM slot: no dirty log"
+        );
+        r.write(0x3000, b"before").unwrap();
+        assert!(r.take_dirty().unwrap().iter().all(|&w| w == 0));
+        // As start_dirty_tracking does, without a VM.
+        r.dirty.set_tracking(true);
+        r.write(0x5ff8, &[1u8; 16]).unwrap(); // pages 5 and 6
+        r.write_obj(0x9000, &7u64).unwrap();
+        r.atomic_u32(0x20004).unwrap();
+        let pages: Vec<u64> = crate::dirty::pages(&r.take_dirty().unwrap()).collect();
+        assert_eq!(pages, vec![5, 6, 9, 0x20]);
+        assert!(r.take_dirty().unwrap().iter().all(|&w| w == 0));
+        r.stop_dirty_tracking();
+        r.write(0x3000, b"after").unwrap();
+        assert!(r.take_dirty().unwrap().iter().all(|&w| w == 0));
+    }
+
+    #[test]
     fn atomics_are_checked() {
         let r = ram();
         assert!(r.atomic_u64(3).is_err());

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rxen_migration::ImageWriter;
 
-use super::save::{capture, write_head, write_pages, write_tail, SaveError};
+use super::save::{capture, check_saveable, write_head, write_pages, write_tail, SaveError};
 use crate::domain::DomainShared;
 
 /// When the pre-copy stops.
@@ -81,6 +81,12 @@ pub fn send(
     if dom.exit_reason().is_some() {
         return Err(SaveError::Ended);
     }
+    let evtchn = dom
+        .evtchn
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .snapshot();
+    check_saveable(dom, &evtchn)?;
     let tracking = opts.max_rounds > 0;
     if tracking {
         dom.ram.start_dirty_tracking()?;

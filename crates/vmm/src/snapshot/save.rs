@@ -136,6 +136,28 @@ pub(super) fn write_tail<W: Write>(
     Ok(())
 }
 
+/// Refuses what an image cannot hold yet: event channels to backends other than the
+/// boot-time xenstore and console ones (disks, vifs). Live migration asks before its
+/// first round, so that a domain that cannot be sent is not copied for nothing.
+pub(super) fn check_saveable(
+    dom: &DomainShared,
+    evtchn: &crate::evtchn::EvtchnSnapshot,
+) -> Result<(), SaveError> {
+    let boot_ports = [
+        dom.boot_channels.store_evtchn,
+        dom.boot_channels.console_evtchn,
+    ];
+    let foreign_backend = evtchn.ports.iter().enumerate().any(|(p, (b, _))| {
+        matches!(b, crate::evtchn::Binding::Dom0 { .. }) && !boot_ports.contains(&(p as u32))
+    });
+    if foreign_backend {
+        return Err(SaveError::Unsupported(
+            "a domain with disks or network devices (their backends are not saved yet)".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Asks every vCPU thread for its processor state and waits for all of them.
 fn capture_all(dom: &DomainShared) -> Result<Vec<Box<CpuState>>, SaveError> {
     for v in &dom.vcpus {
@@ -181,18 +203,7 @@ fn document(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .snapshot();
-    let boot_ports = [
-        dom.boot_channels.store_evtchn,
-        dom.boot_channels.console_evtchn,
-    ];
-    let foreign_backend = evtchn.ports.iter().enumerate().any(|(p, (b, _))| {
-        matches!(b, crate::evtchn::Binding::Dom0 { .. }) && !boot_ports.contains(&(p as u32))
-    });
-    if foreign_backend {
-        return Err(SaveError::Unsupported(
-            "a domain with disks or network devices (their backends are not saved yet)".into(),
-        ));
-    }
+    check_saveable(dom, &evtchn)?;
     let mut vcpu_states = Vec::with_capacity(cpus.len());
     for (v, cpu) in dom.vcpus.iter().zip(cpus) {
         let s = v.lock();
