@@ -386,6 +386,51 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Maps `len` bytes of `file` at `offset` privately (copy-on-write) over guest RAM
+    /// at `addr`, in place of the memfd there: the guest sees the file's content,
+    /// read from the file when first touched, and its writes stay its own. For a
+    /// restore from an image file before the RAM is registered with KVM; the memfd
+    /// keeps zeros for these pages, so it no longer holds the whole RAM.
+    pub fn map_file_private(
+        &self,
+        file: &File,
+        offset: u64,
+        addr: u64,
+        len: u64,
+    ) -> Result<(), MemoryError> {
+        let page = rxen_abi::PAGE_SIZE;
+        if len == 0 {
+            return Ok(());
+        }
+        if !offset.is_multiple_of(page) || !len.is_multiple_of(page) {
+            return Err(MemoryError::Misaligned(offset));
+        }
+        let p = self.host_ptr(addr, len, page)?;
+        let off = libc::off_t::try_from(offset).map_err(|_| MemoryError::Misaligned(offset))?;
+        // SAFETY: `[p, p+len)` is a page-aligned part of this RAM's own mapping
+        // (checked by `host_ptr`), which MAP_FIXED replaces in place: the addresses
+        // stay valid for the RAM's lifetime. It runs before the RAM is registered
+        // with KVM or shared with any thread, so no reference into the range is
+        // alive while its content changes.
+        let rc = unsafe {
+            libc::mmap(
+                p.cast(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if rc == libc::MAP_FAILED {
+            return Err(MemoryError::Map(format!(
+                "mapping the image: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
     /// The raw fd of the memfd.
     pub fn memfd_raw(&self) -> i32 {
         self.memfd.as_raw_fd()

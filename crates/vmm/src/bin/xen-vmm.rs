@@ -198,8 +198,18 @@ fn restore_domain(
             sink,
         )
     } else {
+        // A regular file: its pages are mapped where the image allows it.
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        rxen_vmm::snapshot::restore(std::io::BufReader::with_capacity(1 << 20, file), opts, sink)
+        let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        if regular {
+            rxen_vmm::snapshot::restore_file(&file, opts, sink)
+        } else {
+            rxen_vmm::snapshot::restore(
+                std::io::BufReader::with_capacity(1 << 20, file),
+                opts,
+                sink,
+            )
+        }
     };
     restored
         .map(|(d, _)| d)

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use rxen_migration::ImageWriter;
 
-use super::save::{capture, check_saveable, write_head, write_pages, write_tail, SaveError};
+use super::save::{
+    capture, check_saveable, write_head, write_pages, write_tail, Layout, SaveError,
+};
 use crate::domain::DomainShared;
 
 /// When the pre-copy stops.
@@ -116,8 +118,14 @@ fn send_rounds(
     let mut dirty: Option<Vec<u64>> = None;
     for round in 1..=opts.max_rounds {
         let sent = match &dirty {
-            None => write_pages(dom, &mut w, 0..nr_pages, true)?,
-            Some(bitmap) => write_pages(dom, &mut w, crate::dirty::pages(bitmap), false)?,
+            None => write_pages(dom, &mut w, 0..nr_pages, true, Layout::Stream)?,
+            Some(bitmap) => write_pages(
+                dom,
+                &mut w,
+                crate::dirty::pages(bitmap),
+                false,
+                Layout::Stream,
+            )?,
         };
         report.pages_per_round.push(sent);
         let next = dom.ram.take_dirty()?;
@@ -134,7 +142,7 @@ fn send_rounds(
     report.paused_at = Some(paused_at);
     let captured = capture(dom)?;
     let last = match dirty {
-        None => write_pages(dom, &mut w, 0..nr_pages, true)?,
+        None => write_pages(dom, &mut w, 0..nr_pages, true, Layout::Stream)?,
         Some(mut bitmap) => {
             let tail = dom.ram.take_dirty()?;
             for (a, b) in bitmap.iter_mut().zip(tail) {
@@ -144,7 +152,13 @@ fn send_rounds(
             if let Some(word) = bitmap.get_mut((si / 64) as usize) {
                 *word |= 1 << (si % 64);
             }
-            write_pages(dom, &mut w, crate::dirty::pages(&bitmap), false)?
+            write_pages(
+                dom,
+                &mut w,
+                crate::dirty::pages(&bitmap),
+                false,
+                Layout::Stream,
+            )?
         }
     };
     report.pages_per_round.push(last);

@@ -22,6 +22,6 @@ pub mod transport;
 mod vcpu_records;
 
 pub use live::{LiveOptions, LiveReport};
-pub use restore::{restore, RestoreError, RestoreOptions};
+pub use restore::{restore, restore_file, RestoreError, RestoreOptions};
 pub use save::{save, SaveError, SaveReport};
 pub use transport::{migrate, MigrateError};

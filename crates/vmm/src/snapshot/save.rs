@@ -51,9 +51,10 @@ pub fn save(dom: &DomainShared, out: impl Write, config: &[u8]) -> Result<SaveRe
     }
     dom.pause();
     let captured = capture(dom)?;
-    let mut w = ImageWriter::new(out, config)?;
+    let config = page_aligned_config(dom, config)?;
+    let mut w = ImageWriter::new(out, &config)?;
     write_head(dom, &mut w)?;
-    let pages = write_pages(dom, &mut w, 0..dom.ram.nr_pages(), true)?;
+    let pages = write_pages(dom, &mut w, 0..dom.ram.nr_pages(), true, Layout::Aligned)?;
     write_tail(dom, &mut w, &captured)?;
     w.finish()?;
     tracing::info!(domain = %dom.config.name, pages, ms = started.elapsed().as_millis() as u64, "saved");
@@ -271,18 +272,40 @@ fn page_type(mmu: Option<&crate::pv::mmu::Mmu>, pfn: u64) -> PageType {
     }
 }
 
-/// Writes the pages `pfns` in batches of [`MAX_BATCH_PAGES`]; with `skip_zero`,
-/// all-zero pages are left out (a first copy: absent pages are zero at the target).
-/// Returns how many pages were written.
+/// How the pages of an image are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// Batches of [`MAX_BATCH_PAGES`] (a stream: nobody maps it).
+    Stream,
+    /// Batches of exactly [`ALIGNED_BATCH_PAGES`], so that in a file whose first
+    /// `PAGE_DATA` starts on a page boundary every page's data is page-aligned and a
+    /// restore can map the image's pages instead of copying them. A last, shorter
+    /// batch is filled up with pages that were left out as zero (or sent already):
+    /// sending a page twice or a zero page is harmless.
+    Aligned,
+}
+
+/// Entries of an aligned batch: its header (16 bytes) and pfn list (8 per entry)
+/// then take exactly one page, and the batch ends on a page boundary again.
+pub const ALIGNED_BATCH_PAGES: usize = 510;
+
+/// Writes the pages `pfns` in batches (see [`Layout`]); with `skip_zero`, all-zero
+/// pages are left out (a first copy: absent pages are zero at the target). Returns
+/// how many pages were written.
 pub(super) fn write_pages<W: Write>(
     dom: &DomainShared,
     w: &mut ImageWriter<W>,
     pfns: impl IntoIterator<Item = u64>,
     skip_zero: bool,
+    layout: Layout,
 ) -> Result<u64, SaveError> {
     const PAGE: usize = rxen_migration::PAGE_SIZE;
-    let mut entries = Vec::with_capacity(MAX_BATCH_PAGES);
-    let mut data = vec![0u8; MAX_BATCH_PAGES * PAGE];
+    let batch = match layout {
+        Layout::Stream => MAX_BATCH_PAGES,
+        Layout::Aligned => ALIGNED_BATCH_PAGES,
+    };
+    let mut entries = Vec::with_capacity(batch);
+    let mut data = vec![0u8; batch * PAGE];
     let mut written = 0;
     let mut flush = |entries: &mut Vec<PfnEntry>, data: &[u8]| -> Result<(), SaveError> {
         if entries.is_empty() {
@@ -300,21 +323,61 @@ pub(super) fn write_pages<W: Write>(
         entries.clear();
         Ok(())
     };
+    // Pages left out as zero, to fill an aligned last batch with.
+    let mut zero_pfns = Vec::new();
     for pfn in pfns {
         let at = entries.len() * PAGE;
         let page = &mut data[at..at + PAGE];
         dom.ram.read(pfn * PAGE as u64, page)?;
         if skip_zero && page.iter().all(|&b| b == 0) {
+            if layout == Layout::Aligned && zero_pfns.len() < batch {
+                zero_pfns.push(pfn);
+            }
             continue;
         }
         entries.push(PfnEntry {
             pfn,
             ty: PageType::Normal,
         });
-        if entries.len() == MAX_BATCH_PAGES {
+        if entries.len() == batch {
             flush(&mut entries, &data)?;
+        }
+    }
+    if layout == Layout::Aligned && !entries.is_empty() {
+        let fill = zero_pfns.into_iter().chain(0..dom.ram.nr_pages());
+        for pfn in fill.take(batch - entries.len()) {
+            let at = entries.len() * PAGE;
+            dom.ram.read(pfn * PAGE as u64, &mut data[at..at + PAGE])?;
+            entries.push(PfnEntry {
+                pfn,
+                ty: PageType::Normal,
+            });
         }
     }
     flush(&mut entries, &data)?;
     Ok(written)
+}
+
+/// `config` followed by spaces (JSON allows them) so that the first `PAGE_DATA`
+/// record after [`write_head`] starts on a page boundary of the image.
+fn page_aligned_config(dom: &DomainShared, config: &[u8]) -> Result<Vec<u8>, SaveError> {
+    struct Count(u64);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = ImageWriter::new(Count(0), b"")?;
+    write_head(dom, &mut w)?;
+    let head = w.into_inner().0 + config.len() as u64;
+    let page = rxen_migration::PAGE_SIZE as u64;
+    let pad = ((page - head % page) % page) as usize;
+    let mut out = Vec::with_capacity(config.len() + pad);
+    out.extend_from_slice(config);
+    out.resize(config.len() + pad, b' ');
+    Ok(out)
 }
