@@ -255,7 +255,12 @@ fn refused_or_broken_migration_leaves_the_source_running() {
         }
     });
     let err = migrate(src.shared(), &addr, "secret", "{}", true).unwrap_err();
-    assert!(matches!(err, MigrateError::Protocol(_)), "{err}");
+    // Closed while the answer is awaited (Protocol) or, on a loaded host, while the
+    // image is still being written (Send: a broken pipe): either way the source runs.
+    assert!(
+        matches!(err, MigrateError::Protocol(_) | MigrateError::Send(_)),
+        "{err}"
+    );
     t.join().unwrap();
     // Nobody listening.
     let (l, addr) = listener();
