@@ -348,7 +348,7 @@ fn measure(dir: &Path, wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<
                 .join("/")
         };
         out.push(fig(
-            NAMES[4],
+            "migrate_downtime_ms_idle",
             live_idle.downtime_ms,
             "ms",
             paused_idle.downtime_ms,
@@ -359,7 +359,7 @@ fn measure(dir: &Path, wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<
             ),
         ));
         out.push(fig(
-            NAMES[5],
+            "migrate_downtime_ms_dirty",
             live_busy.downtime_ms,
             "ms",
             paused_busy.downtime_ms,
@@ -371,14 +371,14 @@ fn measure(dir: &Path, wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<
         ));
         let tcp = host_tcp(live_busy.guest_pages * 4096)?;
         out.push(fig(
-            NAMES[6],
+            "migrate_total_s",
             live_busy.total_ms / 1e3,
             "s",
             tcp,
             "the dirtying guest's live migration vs its RAM's bytes over loopback TCP".into(),
         ));
         out.push(fig(
-            NAMES[7],
+            "migrate_pages_sent_ratio",
             live_busy.pages_sent as f64 / live_busy.guest_pages as f64,
             "x",
             1.0,
