@@ -174,6 +174,10 @@ pub enum Reply {
     Saved { pages: u64, paused_ms: u64 },
     /// The answer to [`Request::Migrate`]: the domain runs at the target.
     Migrated(MigrationFigures),
+    /// Sent before the answer to [`Request::Migrate`], once per pre-copy round:
+    /// `pages` sent in round `round`, `dirty` pages written meanwhile (the next
+    /// round's). Not an answer: the final reply follows on the same connection.
+    MigrationProgress { round: u32, pages: u64, dirty: u64 },
 }
 
 /// What a migration took.

@@ -223,7 +223,8 @@ pub async fn save(
 }
 
 /// Asks a VMM to migrate its domain to the relocation server at `address`
-/// (`Request::Migrate`); returns the figures once the target runs it.
+/// (`Request::Migrate`); `progress` hears each pre-copy round as `(round, pages sent,
+/// pages dirty)`; returns the figures once the target runs the domain.
 pub async fn migrate(
     socket: &Path,
     address: String,
@@ -231,6 +232,7 @@ pub async fn migrate(
     config: String,
     live: bool,
     timeout: Duration,
+    mut progress: impl FnMut(u32, u64, u64),
 ) -> Result<rxen_vmm_api::MigrationFigures, ControlError> {
     let req = Request::Migrate {
         address,
@@ -238,9 +240,33 @@ pub async fn migrate(
         config,
         live,
     };
-    match control_within(socket, &req, timeout).await? {
-        Reply::Migrated(figures) => Ok(figures),
-        _ => Err(ControlError::Unexpected("migrate")),
+    let fut = async {
+        let s = UnixStream::connect(socket).await?;
+        let (r, mut w) = s.into_split();
+        w.write_all(encode(&req).as_bytes()).await?;
+        let mut r = BufReader::new(r);
+        loop {
+            let mut line = String::new();
+            (&mut r)
+                .take(rxen_vmm_api::MAX_LINE as u64 + 2)
+                .read_line(&mut line)
+                .await?;
+            match decode::<Reply>(&line, rxen_vmm_api::MAX_LINE)? {
+                Reply::MigrationProgress {
+                    round,
+                    pages,
+                    dirty,
+                } => progress(round, pages, dirty),
+                other => return Ok::<_, ControlError>(other),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(ControlError::Timeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Reply::Error { kind, message })) => Err(ControlError::Refused { kind, message }),
+        Ok(Ok(Reply::Migrated(figures))) => Ok(figures),
+        Ok(Ok(_)) => Err(ControlError::Unexpected("migrate")),
     }
 }
 

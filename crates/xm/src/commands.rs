@@ -141,6 +141,12 @@ pub fn migrate(api: &Api, out: Output, domain: &str, target: &str, live: bool) -
             "Migrating domain {domain} to {target}{} ...",
             if live { " (live)" } else { "" }
         );
+        // Progress: xend's `migration_progress` events of this domain, followed from
+        // before the request (the thread ends with the process).
+        if let Ok(events) = api.events() {
+            let domain = domain.to_string();
+            std::thread::spawn(move || print_migration_progress(events.body, &domain));
+        }
     }
     let reply = api.migrate(domain, &req)?;
     let r = &reply.value;
@@ -161,6 +167,26 @@ pub fn migrate(api: &Api, out: Output, domain: &str, target: &str, live: bool) -
         )
     });
     Ok(())
+}
+
+/// Prints each pre-copy round of `domain`'s migration from xend's event stream.
+fn print_migration_progress(body: impl std::io::Read, domain: &str) {
+    for line in BufReader::new(body).lines() {
+        let Ok(line) = line else { return };
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let Ok(ev) = serde_json::from_str::<DomainEvent>(data.trim()) else {
+            continue;
+        };
+        let ours = ev.name == domain || ev.domid.is_some_and(|d| d.to_string() == domain);
+        if ours && ev.event == "migration_progress" {
+            eprintln!(
+                "  round {}: {} pages sent, {} dirty",
+                ev.detail["round"], ev.detail["pages"], ev.detail["dirty"]
+            );
+        }
+    }
 }
 
 pub fn restore(api: &Api, out: Output, file: &str, paused: bool) -> XmResult<()> {

@@ -143,8 +143,32 @@ fn xm_migrate_prints_the_figures_and_without_live_pauses_first() {
     let (b, port_b) = xend("mig-xm-b", &token);
     create_memcheck(&a);
     let tick = wait_for_tick(&a, 3);
-    let out = a.xm_ok(&["migrate", "--live", NAME, &format!("127.0.0.1:{port_b}")]);
-    eprintln!("{out}");
+    // xend's event stream, followed from before the migration.
+    let events = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stream = ureq::get(format!("{}/events", a.url()))
+        .call()
+        .expect("GET /events");
+    let seen = events.clone();
+    std::thread::spawn(move || {
+        let body = stream.body_mut().as_reader();
+        for line in BufReader::new(body).lines() {
+            let Ok(line) = line else { return };
+            seen.lock().unwrap().push_str(&line);
+        }
+    });
+    let o = a.xm(&["migrate", "--live", NAME, &format!("127.0.0.1:{port_b}")]);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    eprintln!("{err}{out}");
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("Migrating domain mc to 127.0.0.1:"), "{err}");
+    // Each pre-copy round was an event (xm prints them as `round N: ...`).
+    common::wait_until("migration_progress events", || {
+        let e = events.lock().unwrap();
+        e.contains("\"migration_progress\"") && e.contains("\"migrated\"")
+    });
     assert!(out.contains("Migrated domain mc to 127.0.0.1:"), "{out}");
     assert!(
         out.contains("downtime") && out.contains("round(s)"),

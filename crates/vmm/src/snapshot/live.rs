@@ -74,11 +74,13 @@ impl LiveReport {
 /// Writes `dom` to `out` with pre-copy rounds, leaving it paused after the last byte
 /// (the caller destroys it once the target runs, or unpauses it). On an error dirty
 /// tracking is off again and the domain is paused or running as the error found it.
+/// `progress` is told each pre-copy round as `(round, pages sent, pages dirty)`.
 pub fn send(
     dom: &DomainShared,
     out: impl Write,
     config: &[u8],
     opts: LiveOptions,
+    progress: &mut dyn FnMut(u32, u64, u64),
 ) -> Result<LiveReport, SaveError> {
     if dom.exit_reason().is_some() {
         return Err(SaveError::Ended);
@@ -93,7 +95,7 @@ pub fn send(
     if tracking {
         dom.ram.start_dirty_tracking()?;
     }
-    let result = send_rounds(dom, out, config, opts);
+    let result = send_rounds(dom, out, config, opts, progress);
     if tracking {
         dom.ram.stop_dirty_tracking();
     }
@@ -105,6 +107,7 @@ fn send_rounds(
     out: impl Write,
     config: &[u8],
     opts: LiveOptions,
+    progress: &mut dyn FnMut(u32, u64, u64),
 ) -> Result<LiveReport, SaveError> {
     let started = Instant::now();
     let nr_pages = dom.ram.nr_pages();
@@ -131,6 +134,7 @@ fn send_rounds(
         let next = dom.ram.take_dirty()?;
         let count: u64 = next.iter().map(|w| u64::from(w.count_ones())).sum();
         tracing::debug!(domain = %dom.config.name, round, sent, dirty = count, "pre-copy round");
+        progress(round, sent, count);
         dirty = Some(next);
         if count <= opts.stop_pages || report.pages_sent() >= budget {
             break;

@@ -24,4 +24,4 @@ mod vcpu_records;
 pub use live::{LiveOptions, LiveReport};
 pub use restore::{restore, restore_file, RestoreError, RestoreOptions};
 pub use save::{save, SaveError, SaveReport};
-pub use transport::{migrate, MigrateError};
+pub use transport::{migrate, migrate_with_progress, MigrateError};

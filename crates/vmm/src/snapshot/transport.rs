@@ -43,8 +43,21 @@ pub fn migrate(
     config: &str,
     live: bool,
 ) -> Result<MigrationFigures, MigrateError> {
+    migrate_with_progress(dom, address, token, config, live, &mut |_, _, _| {})
+}
+
+/// [`migrate`], telling `progress` each pre-copy round as `(round, pages sent,
+/// pages dirty)`.
+pub fn migrate_with_progress(
+    dom: &DomainShared,
+    address: &str,
+    token: &str,
+    config: &str,
+    live: bool,
+    progress: &mut dyn FnMut(u32, u64, u64),
+) -> Result<MigrationFigures, MigrateError> {
     let was_paused = dom.vcpus.iter().all(|v| v.lock().paused);
-    let result = migrate_paused_on_success(dom, address, token, config, live);
+    let result = migrate_paused_on_success(dom, address, token, config, live, progress);
     if let Err(e) = &result {
         tracing::warn!(domain = %dom.config.name, address, "migration failed: {e}");
         if !was_paused {
@@ -60,6 +73,7 @@ fn migrate_paused_on_success(
     token: &str,
     config: &str,
     live: bool,
+    progress: &mut dyn FnMut(u32, u64, u64),
 ) -> Result<MigrationFigures, MigrateError> {
     let started = Instant::now();
     let stream = connect(address)?;
@@ -100,7 +114,7 @@ fn migrate_paused_on_success(
         }
     };
     let out = std::io::BufWriter::with_capacity(1 << 20, &stream);
-    let report = send(dom, out, config.as_bytes(), opts)?;
+    let report = send(dom, out, config.as_bytes(), opts, progress)?;
     stream
         .set_read_timeout(Some(RUNNING_TIMEOUT))
         .map_err(|e| MigrateError::Protocol(e.to_string()))?;

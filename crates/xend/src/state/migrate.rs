@@ -87,6 +87,15 @@ impl Xend {
             config,
             req.live,
             MIGRATE_TIMEOUT,
+            |round, pages, dirty| {
+                tracing::info!(domid, name = d.name, round, pages, dirty, "migration round");
+                self.emit(
+                    Some(domid),
+                    &d.name,
+                    "migration_progress",
+                    serde_json::json!({"round": round, "pages": pages, "dirty": dirty}),
+                );
+            },
         )
         .await
         .map_err(|e| {
