@@ -22,19 +22,51 @@ const KVM_SET_USER_MEMORY_REGION: libc::c_ulong = 0x4020_ae46;
 const KVM_GET_DIRTY_LOG: libc::c_ulong = 0x4010_ae42;
 
 /// Pages the VMM wrote while tracking was on, one bit per 4 KiB page.
+///
+/// A checked write marks its page after the bytes are in ([`VmmDirtyBitmap::mark`]),
+/// so a round that takes the mark before the write finished sends the page again
+/// next round. An atomic accessor cannot mark after its caller's write, so its pages
+/// are also kept in a *sticky* set that only the stop-and-copy takes
+/// ([`VmmDirtyBitmap::take_sticky_into`]): ring indices and event words are few pages.
 #[derive(Debug)]
 pub struct VmmDirtyBitmap {
     on: AtomicBool,
     words: Box<[AtomicU64]>,
+    sticky: Box<[AtomicU64]>,
 }
 
 impl VmmDirtyBitmap {
     /// A bitmap for `pages` pages, tracking off.
     pub fn new(pages: u64) -> Self {
         let words = (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
+        let sticky = (0..pages.div_ceil(64)).map(|_| AtomicU64::new(0)).collect();
         Self {
             on: AtomicBool::new(false),
             words,
+            sticky,
+        }
+    }
+
+    /// Marks the pages of `[addr, addr+len)` handed out for atomic access: marked
+    /// now and again at the stop-and-copy.
+    #[inline]
+    pub fn mark_sticky(&self, addr: u64, len: u64) {
+        if !self.on.load(Ordering::Relaxed) || len == 0 {
+            return;
+        }
+        self.mark(addr, len);
+        for page in (addr >> 12)..=((addr + len - 1) >> 12) {
+            if let Some(w) = self.sticky.get((page / 64) as usize) {
+                w.fetch_or(1 << (page % 64), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// ORs the pages ever handed out for atomic access while tracking was on into
+    /// `into`, and clears them.
+    pub fn take_sticky_into(&self, into: &mut [u64]) {
+        for (dst, w) in into.iter_mut().zip(self.sticky.iter()) {
+            *dst |= w.swap(0, Ordering::AcqRel);
         }
     }
 
@@ -55,7 +87,7 @@ impl VmmDirtyBitmap {
 
     /// Starts (clearing what was marked) or stops tracking.
     pub fn set_tracking(&self, on: bool) {
-        for w in self.words.iter() {
+        for w in self.words.iter().chain(self.sticky.iter()) {
             w.store(0, Ordering::Relaxed);
         }
         self.on.store(on, Ordering::SeqCst);
@@ -153,6 +185,13 @@ mod tests {
         let mut again = vec![0u64; 4];
         b.take_into(&mut again);
         assert!(again.iter().all(|&w| w == 0), "taking clears");
+        // Atomic pages come back at the stop-and-copy even after a round took them.
+        b.mark_sticky(5 << 12, 4);
+        b.take_into(&mut again);
+        assert_eq!(pages(&again).collect::<Vec<_>>(), vec![5]);
+        let mut last = vec![0u64; 4];
+        b.take_sticky_into(&mut last);
+        assert_eq!(pages(&last).collect::<Vec<_>>(), vec![5]);
     }
 
     #[test]

@@ -240,10 +240,15 @@ impl GuestRam {
     }
 
     /// The pages written (by the guest or the VMM) since tracking started or since the
-    /// last call, one bit per page, and clears them.
-    pub fn take_dirty(&self) -> Result<Vec<u64>, MemoryError> {
+    /// last call, one bit per page, and clears them. With `stop_and_copy` (the domain
+    /// is paused: the last call), also every page handed out for atomic access while
+    /// tracking was on.
+    pub fn take_dirty(&self, stop_and_copy: bool) -> Result<Vec<u64>, MemoryError> {
         let mut bitmap = vec![0u64; self.nr_pages().div_ceil(64) as usize];
         self.dirty.take_into(&mut bitmap);
+        if stop_and_copy {
+            self.dirty.take_sticky_into(&mut bitmap);
+        }
         if let Some(log) = self.kvm_log.get() {
             log.take_into(&mut bitmap)
                 .map_err(|e| MemoryError::DirtyLog(format!("KVM_GET_DIRTY_LOG: {e}")))?;
@@ -266,14 +271,17 @@ impl GuestRam {
     /// Writes bytes to guest RAM (VMM-internal addresses: only bounds-checked).
     pub fn write(&self, addr: u64, buf: &[u8]) -> Result<(), MemoryError> {
         self.check_range(addr, buf.len() as u64)?;
+        let written =
+            self.mem
+                .write_slice(buf, GuestAddress(addr))
+                .map_err(|_| MemoryError::OutOfRange {
+                    addr,
+                    len: buf.len() as u64,
+                    size: self.size,
+                });
+        // After the bytes are in: a round that took the page before sends it again.
         self.dirty.mark(addr, buf.len() as u64);
-        self.mem
-            .write_slice(buf, GuestAddress(addr))
-            .map_err(|_| MemoryError::OutOfRange {
-                addr,
-                len: buf.len() as u64,
-                size: self.size,
-            })
+        written
     }
 
     /// Reads a plain-old-data value at a VMM-internal address.
@@ -316,13 +324,14 @@ impl GuestRam {
         self.write(ptr, buf)
     }
 
-    /// A host pointer for atomic access: the page counts as written (the caller may).
+    /// A host pointer for atomic access: the page counts as written (the caller may,
+    /// at any time after this: see `VmmDirtyBitmap::mark_sticky`).
     fn host_ptr(&self, addr: u64, len: u64, align: u64) -> Result<*mut u8, MemoryError> {
         self.check_range(addr, len)?;
         if !addr.is_multiple_of(align) {
             return Err(MemoryError::Misaligned(addr));
         }
-        self.dirty.mark(addr, len);
+        self.dirty.mark_sticky(addr, len);
         self.mem
             .get_host_address(GuestAddress(addr))
             .map_err(|_| MemoryError::OutOfRange {
@@ -520,18 +529,20 @@ mod tests {
             "no KVM slot: no dirty log"
         );
         r.write(0x3000, b"before").unwrap();
-        assert!(r.take_dirty().unwrap().iter().all(|&w| w == 0));
+        assert!(r.take_dirty(true).unwrap().iter().all(|&w| w == 0));
         // As start_dirty_tracking does, without a VM.
         r.dirty.set_tracking(true);
         r.write(0x5ff8, &[1u8; 16]).unwrap(); // pages 5 and 6
         r.write_obj(0x9000, &7u64).unwrap();
         r.atomic_u32(0x20004).unwrap();
-        let pages: Vec<u64> = crate::dirty::pages(&r.take_dirty().unwrap()).collect();
+        let pages: Vec<u64> = crate::dirty::pages(&r.take_dirty(false).unwrap()).collect();
         assert_eq!(pages, vec![5, 6, 9, 0x20]);
-        assert!(r.take_dirty().unwrap().iter().all(|&w| w == 0));
+        // The atomic page again at the stop-and-copy, nothing else.
+        let pages: Vec<u64> = crate::dirty::pages(&r.take_dirty(true).unwrap()).collect();
+        assert_eq!(pages, vec![0x20]);
         r.stop_dirty_tracking();
         r.write(0x3000, b"after").unwrap();
-        assert!(r.take_dirty().unwrap().iter().all(|&w| w == 0));
+        assert!(r.take_dirty(true).unwrap().iter().all(|&w| w == 0));
     }
 
     #[test]

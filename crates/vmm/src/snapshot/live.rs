@@ -131,7 +131,7 @@ fn send_rounds(
             )?,
         };
         report.pages_per_round.push(sent);
-        let next = dom.ram.take_dirty()?;
+        let next = dom.ram.take_dirty(false)?;
         let count: u64 = next.iter().map(|w| u64::from(w.count_ones())).sum();
         tracing::debug!(domain = %dom.config.name, round, sent, dirty = count, "pre-copy round");
         progress(round, sent, count);
@@ -148,7 +148,7 @@ fn send_rounds(
     let last = match dirty {
         None => write_pages(dom, &mut w, 0..nr_pages, true, Layout::Stream)?,
         Some(mut bitmap) => {
-            let tail = dom.ram.take_dirty()?;
+            let tail = dom.ram.take_dirty(true)?;
             for (a, b) in bitmap.iter_mut().zip(tail) {
                 *a |= b;
             }
