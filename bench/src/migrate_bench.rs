@@ -146,12 +146,13 @@ fn restore_ms(path: &Path, mapped: bool) -> Result<f64, String> {
     let t0 = Instant::now();
     let f = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let sink = Box::new(CaptureSink::default());
-    let (r, _) = if mapped {
+    let r = if mapped {
         restore_file(&f, restore_opts(2), sink)
     } else {
         restore(BufReader::with_capacity(1 << 20, &f), restore_opts(2), sink)
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())?
+    .domain;
     let ms = t0.elapsed().as_secs_f64() * 1e3;
     end(r);
     Ok(ms)
@@ -205,8 +206,9 @@ fn target(l: TcpListener) -> std::thread::JoinHandle<Result<Domain, String>> {
         r.read_line(&mut line).map_err(|e| e.to_string())?;
         let _: Hello = serde_json::from_str(&line).map_err(|e| e.to_string())?;
         answer(&mut s, &Answer::Ready)?;
-        let (d, _) = restore(&mut r, restore_opts(3), Box::new(CaptureSink::default()))
-            .map_err(|e| e.to_string())?;
+        let d = restore(&mut r, restore_opts(3), Box::new(CaptureSink::default()))
+            .map_err(|e| e.to_string())?
+            .domain;
         answer(&mut s, &Answer::Running { domid: 3 })?;
         Ok(d)
     })

@@ -9,6 +9,7 @@ use std::process::Command;
 
 const GUESTS: &[&str] = &[
     "hello",
+    "idle",
     "timers",
     "smp",
     "cpubench",

@@ -24,8 +24,11 @@ use crate::framing::le_u32;
 
 /// The magic after libxl's emulator header.
 pub const RXEN_STATE_MAGIC: &[u8; 8] = b"RXENVMM\0";
-/// The version this build writes and reads.
-pub const RXEN_STATE_VERSION: u32 = 1;
+/// The version this build writes: 2 added the device backends' state (a version 1
+/// document is a version 2 document without devices).
+pub const RXEN_STATE_VERSION: u32 = 2;
+/// The oldest version this build reads.
+pub const RXEN_STATE_MIN_VERSION: u32 = 1;
 
 /// rxen's VMM state record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,10 +67,13 @@ impl RxenState {
             return Err(bad("no RXENVMM magic"));
         }
         let version = le_u32(body, 16);
-        if version != RXEN_STATE_VERSION {
+        if !(RXEN_STATE_MIN_VERSION..=RXEN_STATE_VERSION).contains(&version) {
             return Err(StreamError::bad(
                 "rxen state (EMULATOR_CONTEXT)",
-                format!("version {version}; this build reads version {RXEN_STATE_VERSION}"),
+                format!(
+                    "version {version}; this build reads versions \
+                     {RXEN_STATE_MIN_VERSION} to {RXEN_STATE_VERSION}"
+                ),
             ));
         }
         if le_u32(body, 20) != 0 {
@@ -77,5 +83,30 @@ impl RxenState {
             version,
             document: body[24..].to_vec(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn body(version: u32) -> Vec<u8> {
+        let mut h = RxenState::new(b"{}".to_vec()).encode_head().to_vec();
+        h[16..20].copy_from_slice(&version.to_le_bytes());
+        h.extend_from_slice(b"{}");
+        h
+    }
+
+    #[test]
+    fn versions_one_and_two_are_read_others_refused() {
+        assert_eq!(RxenState::new(Vec::new()).version, 2);
+        for v in [1, 2] {
+            let s = RxenState::decode(&body(v)).unwrap();
+            assert_eq!((s.version, &s.document[..]), (v, &b"{}"[..]));
+        }
+        for v in [0, 3, u32::MAX] {
+            assert!(RxenState::decode(&body(v)).is_err(), "{v}");
+        }
     }
 }

@@ -78,7 +78,9 @@ impl Env {
             .spawn()
             .expect("xend");
         self.xend = Some(child);
-        crate::wait_until("xend to answer /health", Duration::from_secs(10), || {
+        // Generous: a loaded CI machine (parallel tests, each with its own xend and
+        // VMMs) has taken over 10 s to start a xend that reconciles killed VMMs.
+        crate::wait_until("xend to answer /health", Duration::from_secs(30), || {
             self.get("/health").0 == 200
         });
     }

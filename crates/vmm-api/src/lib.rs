@@ -148,9 +148,8 @@ pub enum ErrorKind {
     /// TAP created, its device number is in use (attach) or unknown (detach), or no
     /// backend can run (the VMM was started without xenstored's socket).
     Device,
-    /// A save that could not be carried out: the domain cannot be saved (a Xen PV
-    /// kernel, devices whose backends are not saved yet) or the image could not be
-    /// written.
+    /// A save that could not be carried out: the domain cannot be saved (a device
+    /// backend that could not be quiesced) or the image could not be written.
     Save,
     /// A migration that did not complete: the target refused or failed, or the
     /// connection broke; the domain runs on here.
@@ -292,6 +291,10 @@ pub struct Status {
     /// Bytes of console output dropped by the VMM's rate limit since boot.
     #[serde(default)]
     pub console_dropped_bytes: u64,
+    /// The guest suspended itself (Xen's suspend protocol) and waits to be saved;
+    /// `unpause` cancels the suspend.
+    #[serde(default)]
+    pub suspended: bool,
 }
 
 impl Status {
@@ -470,6 +473,7 @@ mod tests {
             },
             console_bytes: 100,
             console_dropped_bytes: 7,
+            suspended: false,
         }
     }
 

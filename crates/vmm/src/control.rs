@@ -14,15 +14,17 @@
 //! backend ([`BlockBackend`]), `attach-vif` and `detach-vif` to the network backend
 //! ([`NetBackend`]); what they refuse (a disk that cannot be opened, a TAP that cannot
 //! be created, a device number in use or unknown, no xenstored socket) gets `device`.
-//! `save` with `path`, `config` and `resume` pauses the domain and writes it as a saved
-//! image ([`crate::snapshot`]; reply `saved` with the pages written and the pause
-//! time); a domain that cannot be saved, or an image that cannot be written, gets
-//! `save` and the domain runs on as it was. `migrate` with `address`, `token`,
-//! `config` and `live` sends the domain to a relocation server
-//! ([`crate::snapshot::transport`]; `migration-progress` lines for each pre-copy
-//! round, then the reply `migrated` with the figures, the domain left
-//! paused for the toolstack to destroy); any failure gets `migrate` and the domain
-//! runs on. The socket is mode 0600.
+//! `save` with `path`, `config` and `resume` pauses the domain, quiesces its device
+//! backends and writes it as a saved image with their state ([`crate::snapshot`];
+//! reply `saved` with the pages written and the pause time; with `resume` the
+//! backends serve their rings again and the domain runs on); a domain that cannot be
+//! saved, or an image that cannot be written, gets `save` and the domain runs on as
+//! it was. `migrate` with `address`, `token`, `config` and `live` sends the domain to
+//! a relocation server ([`crate::snapshot::transport`]; `migration-progress` lines
+//! for each pre-copy round, then the reply `migrated` with the figures, the domain
+//! left paused for the toolstack to destroy); a domain with disks or vifs is refused
+//! (live migration does not quiesce backends yet), and any failure gets `migrate`
+//! and the domain runs on. The socket is mode 0600.
 //!
 //! This module only translates requests into [`DomainShared`] operations; it owns no
 //! domain state.
@@ -94,6 +96,7 @@ pub fn status(dom: &DomainShared) -> Status {
         boot: dom.boot.report,
         console_bytes: counters.total,
         console_dropped_bytes: counters.dropped,
+        suspended: dom.suspended().is_some(),
     }
 }
 
@@ -249,7 +252,7 @@ fn answer_request(
             path,
             config,
             resume,
-        } => save_reply(dom, &path, config.as_bytes(), resume),
+        } => save_reply(dom, devices, &path, config.as_bytes(), resume),
         Request::Migrate {
             address,
             token,
@@ -275,13 +278,77 @@ fn answer_request(
     }
 }
 
+/// Quiesces the device backends of the paused domain for a save.
+fn quiesce_devices(
+    devices: Option<&DeviceBackends>,
+) -> Result<crate::snapshot::DeviceStates, String> {
+    let Some(d) = devices else {
+        return Ok(Default::default());
+    };
+    let vbds = d
+        .block
+        .quiesce()
+        .map_err(|e| format!("quiescing the block backend: {e}"))?;
+    let vifs = match d.net.quiesce() {
+        Ok(v) => v,
+        Err(e) => {
+            resume_devices(
+                Some(d),
+                crate::snapshot::DeviceStates {
+                    vbds,
+                    vifs: Vec::new(),
+                },
+            );
+            return Err(format!("quiescing the network backend: {e}"));
+        }
+    };
+    Ok(crate::snapshot::DeviceStates { vbds, vifs })
+}
+
+/// Lets quiesced backends serve their rings again (the domain runs on).
+fn resume_devices(devices: Option<&DeviceBackends>, saved: crate::snapshot::DeviceStates) {
+    let Some(d) = devices else {
+        return;
+    };
+    if let Err(e) = d.block.resume(saved.vbds) {
+        tracing::warn!("resuming the block backend after a save: {e}");
+    }
+    if let Err(e) = d.net.resume(saved.vifs) {
+        tracing::warn!("resuming the network backend after a save: {e}");
+    }
+}
+
 /// Carries out [`Request::Save`]: the image is written to a new file next to `path`
 /// and renamed over it once complete, so a failed save never leaves half an image.
-fn save_reply(dom: &DomainShared, path: &str, config: &[u8], resume: bool) -> Reply {
+///
+/// The domain is paused first, then its device backends are quiesced (every block
+/// request taken answered, rings unmapped) and their state goes into the image. When
+/// the domain runs on (`resume`, or a failed save) the backends serve the same rings
+/// again from that state.
+fn save_reply(
+    dom: &DomainShared,
+    devices: Option<&DeviceBackends>,
+    path: &str,
+    config: &[u8],
+    resume: bool,
+) -> Reply {
     use std::os::unix::fs::OpenOptionsExt;
-    let was_paused = dom.vcpus.iter().all(|v| v.lock().paused);
+    // A guest that suspended itself is paused for this save: when the domain runs on
+    // (`-c`, or a failed save) its suspend is cancelled by the unpause.
+    let was_paused = dom.vcpus.iter().all(|v| v.lock().paused) && dom.suspended().is_none();
     let path = Path::new(path);
     let partial = path.with_extension("partial");
+    dom.pause();
+    let saved_devices = match quiesce_devices(devices) {
+        Ok(s) => s,
+        Err(message) => {
+            if !was_paused {
+                dom.unpause();
+            }
+            tracing::warn!(domain = %dom.config.name, "save failed: {message}");
+            return Reply::error(ErrorKind::Save, message);
+        }
+    };
     let result = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -291,7 +358,8 @@ fn save_reply(dom: &DomainShared, path: &str, config: &[u8], resume: bool) -> Re
         .map_err(|e| format!("creating {}: {e}", partial.display()))
         .and_then(|f| {
             let mut out = std::io::BufWriter::with_capacity(1 << 20, f);
-            let report = crate::snapshot::save(dom, &mut out, config).map_err(|e| e.to_string())?;
+            let report = crate::snapshot::save_with_devices(dom, &mut out, config, &saved_devices)
+                .map_err(|e| e.to_string())?;
             let f = out.into_inner().map_err(|e| e.to_string())?;
             f.sync_all().map_err(|e| e.to_string())?;
             std::fs::rename(&partial, path).map_err(|e| format!("renaming into place: {e}"))?;
@@ -299,8 +367,11 @@ fn save_reply(dom: &DomainShared, path: &str, config: &[u8], resume: bool) -> Re
         });
     match result {
         Ok(report) => {
-            if resume && !was_paused {
-                dom.unpause();
+            if resume {
+                resume_devices(devices, saved_devices);
+                if !was_paused {
+                    dom.unpause();
+                }
             }
             Reply::Saved {
                 pages: report.pages,
@@ -309,6 +380,7 @@ fn save_reply(dom: &DomainShared, path: &str, config: &[u8], resume: bool) -> Re
         }
         Err(message) => {
             let _ = std::fs::remove_file(&partial);
+            resume_devices(devices, saved_devices);
             if !was_paused {
                 dom.unpause();
             }
@@ -436,6 +508,7 @@ pub fn start(
         .map_err(|e| format!("binding control socket {}: {e}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| e.to_string())?;
+    dom.saver.store(true, Ordering::SeqCst);
     std::thread::Builder::new()
         .name(format!("{}-control", dom.config.name))
         .spawn(move || {

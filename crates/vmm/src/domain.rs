@@ -203,6 +203,13 @@ pub struct DomainShared {
     pub(crate) exit: Mutex<Option<DomainExit>>,
     pub(crate) exit_cond: Condvar,
     pub shutdown_code: Mutex<Option<u32>>,
+    /// The vCPU that suspended the domain (`SCHEDOP_shutdown(SHUTDOWN_suspend)`,
+    /// Xen's suspend protocol): the domain is paused and waits for the toolstack to
+    /// save it; unpausing it cancels the suspend (the hypercall returns 1).
+    pub suspended_by: Mutex<Option<u32>>,
+    /// A toolstack can save the domain (its control socket is up): only then does a
+    /// guest's suspend wait for it; without one the domain ends (`DomainExit::Suspend`).
+    pub saver: std::sync::atomic::AtomicBool,
     /// `(generation, armed)` of each watchdog slot.
     pub watchdogs: Mutex<[(u64, bool); NR_WATCHDOGS]>,
     /// Each vCPU's trap table and callbacks (`set_trap_table`, `callback_op`).
@@ -333,8 +340,30 @@ impl DomainShared {
         }
     }
 
-    /// Resumes every vCPU.
+    /// Suspends the domain for the toolstack (Xen's suspend protocol): vCPU `vcpu`
+    /// asked with `SCHEDOP_shutdown(SHUTDOWN_suspend)`. The domain is paused until it
+    /// is saved (the restored domain sees the hypercall return 0) or unpaused (the
+    /// suspend is cancelled: it returns 1).
+    /// Without a toolstack that can save it, the domain ends instead
+    /// ([`DomainExit::Suspend`]).
+    pub fn suspend_by(&self, vcpu: u32) {
+        if !self.saver.load(std::sync::atomic::Ordering::SeqCst) {
+            self.request_exit(DomainExit::Suspend);
+            return;
+        }
+        *self.suspended_by.lock().unwrap_or_else(|e| e.into_inner()) = Some(vcpu);
+        tracing::info!(domain = %self.config.name, vcpu, "the guest suspended itself");
+        self.pause();
+    }
+
+    /// The vCPU that suspended the domain, while it is suspended.
+    pub fn suspended(&self) -> Option<u32> {
+        *self.suspended_by.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Resumes every vCPU (a suspended domain's suspend is cancelled).
     pub fn unpause(&self) {
+        *self.suspended_by.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let now = self.clock.now_ns();
         for v in &self.vcpus {
             v.lock().set_paused(false, now);
@@ -592,6 +621,8 @@ impl Domain {
             exit: Mutex::new(None),
             exit_cond: Condvar::new(),
             shutdown_code: Mutex::new(None),
+            suspended_by: Mutex::new(None),
+            saver: std::sync::atomic::AtomicBool::new(false),
             watchdogs: Mutex::new([(0, false); NR_WATCHDOGS]),
             traps,
         });

@@ -133,8 +133,13 @@ fn target(listener: TcpListener, token: &'static str) -> Target {
             inner: &mut r,
             copy: &mut image,
         };
-        let (d, config) = restore(tee, opts, Box::new(sink.clone())).expect("restore");
-        assert_eq!(config, hello.config.as_bytes());
+        let restored = restore(tee, opts, Box::new(sink.clone())).expect("restore");
+        assert_eq!(restored.toolstack_config, hello.config.as_bytes());
+        assert!(
+            restored.devices.is_empty(),
+            "a migration sends no device rings"
+        );
+        let d = restored.domain;
         answer(&mut s, &Answer::Running { domid: 9 });
         Some((d, sink, image))
     })

@@ -136,9 +136,52 @@ pub fn kill(pid: u32) {
     }
 }
 
+/// How long [`stop_all`] waits for killed processes to end.
+const STOP_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Sends SIGKILL to every live process of `pids` and waits (all together, at most
+/// [`STOP_DEADLINE`]) until they have ended, so that whoever looks next (a client, the
+/// next reconciliation) never sees a process that is being stopped as running. One
+/// still there after the deadline (stuck in the kernel) is logged, not waited for.
+pub async fn stop_all(pids: &[u32]) {
+    let live: Vec<u32> = pids.iter().copied().filter(|&p| pid_alive(p)).collect();
+    for &pid in &live {
+        kill(pid);
+    }
+    // One deadline for all: the waits after the first take no extra time.
+    let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
+    for pid in live {
+        match tokio::time::timeout_at(deadline, wait_exit(pid)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(pid, "waiting for a killed VMM to end: {e}"),
+            Err(_) => tracing::warn!(pid, "a killed VMM is still there after {STOP_DEADLINE:?}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `stop_all` returns only once the process has ended (CI once saw a VMM xend had
+    /// just killed still running when a client listed processes).
+    #[tokio::test]
+    async fn stop_all_returns_once_the_process_has_ended() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        stop_all(&[pid]).await;
+        // Ended: at most a zombie waiting for its parent (this test) to reap it.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit(')')
+            .next()
+            .and_then(|r| r.split_whitespace().next());
+        assert!(matches!(state, None | Some("Z") | Some("X")), "{stat}");
+        let _ = child.wait();
+    }
 
     #[tokio::test]
     async fn wait_exit_returns_when_the_process_ends() {

@@ -9,6 +9,8 @@ use rxen_xlcfg::DomainSpec;
 
 use rxen_vmm_api::BootReport;
 
+use crate::restored_devices::RestoredFrontend;
+
 fn domain_path(domid: u32) -> String {
     format!("/local/domain/{domid}")
 }
@@ -51,11 +53,33 @@ pub fn populate(
     uuid: &str,
     spec: &DomainSpec,
     start_time: f64,
+    restored: &[RestoredFrontend],
 ) -> Result<(), ClientError> {
     let mut c = Client::connect(socket)?;
     in_transaction(&mut c, |c, tx| {
-        write_entries(c, tx, domid, uuid, spec, start_time)
+        write_entries(c, tx, domid, uuid, spec, start_time)?;
+        write_restored(c, tx, domid, restored)
     })
+}
+
+/// Writes the frontend nodes of a restored domain's connected devices over the
+/// layout just written (`crate::restored_devices`).
+fn write_restored(
+    c: &mut Client,
+    tx: u32,
+    domid: u32,
+    restored: &[RestoredFrontend],
+) -> Result<(), ClientError> {
+    for f in restored {
+        let front = match f.class {
+            "vbd" => crate::vbd::paths(domid, f.devid)[1].clone(),
+            _ => crate::vif::paths(domid, f.devid)[1].clone(),
+        };
+        for (k, v) in &f.nodes {
+            c.write(tx, &format!("{front}/{k}"), v.as_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 /// Publishes where the domain's xenstore and console rings are
@@ -412,6 +436,19 @@ pub fn write(socket: &Path, domid: u32, key: &str, value: &str) -> Result<(), Cl
         &format!("{}/{key}", domain_path(domid)),
         value.as_bytes(),
     )
+}
+
+/// Reads `/local/domain/N/<key>`; `None` when it does not exist.
+pub fn read(socket: &Path, domid: u32, key: &str) -> Result<Option<String>, ClientError> {
+    match Client::connect(socket)?.read(0, &format!("{}/{key}", domain_path(domid))) {
+        Ok(v) => Ok(Some(
+            String::from_utf8_lossy(&v)
+                .trim_end_matches('\0')
+                .to_string(),
+        )),
+        Err(ClientError::Xs(e)) if e == "ENOENT" => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes an absolute path.

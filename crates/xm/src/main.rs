@@ -110,7 +110,9 @@ enum Cmd {
     /// Xen's migration stream v2 in xl's save format (Xen's verify-stream-v2
     /// accepts it); it holds the domain's memory, vCPUs and configuration. FILE is
     /// written by xend's host; a relative path is taken from the current directory.
-    /// Domains with disks or network interfaces cannot be saved yet.
+    /// Disks and network interfaces are saved too (the guest keeps its connections).
+    /// A guest that advertises control/feature-suspend is asked to suspend first
+    /// (Xen's protocol, 60 s); others are saved without their cooperation.
     Save {
         /// Keep the domain running after the save (a checkpoint).
         #[arg(short = 'c', long)]
@@ -134,7 +136,8 @@ enum Cmd {
     /// (pages it writes meanwhile are sent again), then pauses for the last pages;
     /// without, it is paused first. It is destroyed here only once it runs at the
     /// target; a refusal or failure leaves it running here. Prints the rounds, pages
-    /// and downtime. Disks must be on storage both hosts share (same path).
+    /// and downtime. A domain with disks or vifs is refused (use save/restore; live
+    /// migration does not quiesce device backends yet).
     Migrate {
         /// Copy memory while the domain runs (pre-copy), pausing it only at the end.
         #[arg(short = 'l', long)]

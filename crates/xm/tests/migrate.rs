@@ -3,7 +3,8 @@
 //! `memcheck` guest rewrites pages while it migrates (`dirty_kib=`) and checks every
 //! page at every tick: it must go on counting at the target and never print FAILED,
 //! 20 times back and forth. Refusals (a wrong token, a name taken at the target, a
-//! stream that is not an image) leave the source running and nothing at the target.
+//! stream that is not an image, a domain with a connected disk) leave the source
+//! running and nothing at the target.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -299,4 +300,66 @@ fn refused_migrations_leave_the_source_running_and_nothing_at_the_target() {
     BufReader::new(s).read_line(&mut line).unwrap();
     assert!(line.contains("bad_token"), "{line}");
     wait_for_tick(&a, tick + 4);
+}
+
+/// The `blkbench: soak round=N ok` rounds of `blk`'s console.
+fn soak_rounds(env: &Env) -> Vec<u64> {
+    let text = match env.get("/domains/blk/console") {
+        (200, Value::String(s)) => s,
+        _ => String::new(),
+    };
+    assert!(
+        !text.contains("FAILED") && !text.contains("guest panic"),
+        "blkbench failed:\n{text}"
+    );
+    text.lines()
+        .filter_map(|l| l.strip_prefix("blkbench: soak round="))
+        .filter_map(|l| l.strip_suffix(" ok")?.parse().ok())
+        .collect()
+}
+
+fn wait_for_soak_round(env: &Env, at_least: u64) -> u64 {
+    rxen_testkit::wait_until(
+        &format!("soak round >= {at_least}"),
+        Duration::from_secs(90),
+        || soak_rounds(env).last().is_some_and(|&n| n >= at_least),
+    );
+    *soak_rounds(env).last().unwrap()
+}
+
+/// Live migration does not quiesce device backends (only `xm save` does): a domain
+/// whose disk is connected is refused before the first round, keeps running here
+/// with its disk working, and nothing is created at the target.
+#[test]
+fn a_domain_with_a_connected_disk_is_refused_and_keeps_its_disk() {
+    if !kvm_available("a_domain_with_a_connected_disk_is_refused_and_keeps_its_disk") {
+        return;
+    }
+    let token = token_file("disk", "token-disk");
+    let (a, _) = xend("mig-disk-a", &token);
+    let (b, port_b) = xend("mig-disk-b", &token);
+    let disk = a.dir.join("disk.img");
+    std::fs::write(&disk, vec![0u8; 4 << 20]).unwrap();
+    a.create(&format!(
+        "name = \"blk\"\nkernel = \"{}\"\nmemory = 64\nextra = \"mode=soak soak_blocks=256 soak_ms=5\"\ndisk = [ 'file:{},xvda,w' ]\non_crash = \"preserve\"\n",
+        rxen_testkit::guest("blkbench").display(),
+        disk.display()
+    ));
+    let round = wait_for_soak_round(&a, 1);
+    let (s, v) = a.post(
+        "/domains/blk/migrate",
+        &serde_json::json!({"host": "127.0.0.1", "port": port_b, "live": true}),
+    );
+    assert_eq!(s, 422, "{v}");
+    assert_eq!(v["error"]["code"], "migrate_failed", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("disks or network devices"),
+        "{v}"
+    );
+    // Refused before the relocation server was even contacted: nothing there.
+    assert_eq!(b.get("/domains/blk").0, 404);
+    wait_for_soak_round(&a, round + 2);
 }

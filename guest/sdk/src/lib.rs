@@ -31,6 +31,7 @@ pub mod percpu;
 pub mod pv;
 pub mod smp;
 pub mod start;
+pub mod suspend;
 pub mod time;
 pub mod traps;
 pub mod xenstore;

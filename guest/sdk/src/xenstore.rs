@@ -268,11 +268,15 @@ impl Xenstore {
 
 /// Waits for the toolstack's `control/shutdown` request and acts on it the way Xen
 /// guests do: `poweroff`/`halt` and `reboot` clear the node and shut down with that
-/// reason; other values are acknowledged by clearing. Never returns.
+/// reason; `suspend` clears it and suspends ([`crate::suspend`]; this guest has no
+/// frontends, so in a new domain it binds its timers and its watch again); other
+/// values are acknowledged by clearing. Advertises `feature-poweroff`,
+/// `feature-reboot` and `feature-suspend`. Never returns.
 pub fn serve_control_shutdown(xs: &mut Xenstore) -> ! {
     use rxen_abi::sched::{SHUTDOWN_POWEROFF, SHUTDOWN_REBOOT};
     let _ = xs.write("control/feature-poweroff", "1");
     let _ = xs.write("control/feature-reboot", "1");
+    let _ = xs.write("control/feature-suspend", "1");
     if xs.watch("control/shutdown", "shutdown").is_err() {
         crate::println!("xenstore: cannot watch control/shutdown");
     }
@@ -284,6 +288,23 @@ pub fn serve_control_shutdown(xs: &mut Xenstore) -> ! {
             continue;
         }
         let what = xs.read("control/shutdown").unwrap_or_default();
+        if what == "suspend" {
+            let _ = xs.write("control/shutdown", "");
+            crate::println!("control/shutdown: suspend");
+            match crate::suspend::suspend() {
+                crate::suspend::Resumed::NewDomain => {
+                    crate::suspend::resume_in_new_domain(rxen_abi::layout::MAX_VCPUS);
+                    *xs = Xenstore::new();
+                    if xs.watch("control/shutdown", "shutdown").is_err() {
+                        crate::println!("xenstore: cannot watch control/shutdown");
+                    }
+                    crate::println!("suspend: resumed in a new domain");
+                }
+                crate::suspend::Resumed::Cancelled => crate::println!("suspend: cancelled"),
+                crate::suspend::Resumed::Refused(e) => crate::println!("suspend: refused ({e})"),
+            }
+            continue;
+        }
         let reason = match what.as_str() {
             "poweroff" | "halt" => Some(SHUTDOWN_POWEROFF),
             "reboot" => Some(SHUTDOWN_REBOOT),

@@ -182,7 +182,7 @@ fn restore_domain(
     path: &std::path::Path,
     config: DomainConfig,
     sink: Box<dyn ConsoleSink>,
-) -> Result<Domain, String> {
+) -> Result<rxen_vmm::snapshot::Restored, String> {
     let opts = rxen_vmm::snapshot::RestoreOptions {
         name: config.name,
         domid: config.domid,
@@ -211,9 +211,7 @@ fn restore_domain(
             )
         }
     };
-    restored
-        .map(|(d, _)| d)
-        .map_err(|e| format!("cannot restore {}: {e}", path.display()))
+    restored.map_err(|e| format!("cannot restore {}: {e}", path.display()))
 }
 
 fn main() -> ExitCode {
@@ -340,21 +338,35 @@ fn main() -> ExitCode {
     let created = match &restore {
         Some(path) => restore_domain(path, config, sink),
         None => Domain::create_as(config, &image, sink, kind)
+            .map(|domain| rxen_vmm::snapshot::Restored {
+                domain,
+                toolstack_config: Vec::new(),
+                devices: Default::default(),
+            })
             .map_err(|e| format!("cannot create domain: {e}")),
     };
-    let domain = match created {
-        Ok(d) => d,
+    let (domain, saved_devices) = match created {
+        Ok(r) => (r.domain, r.devices),
         Err(e) => {
             eprintln!("xen-vmm: {e}");
             return ExitCode::from(ExitKind::Internal.exit_code());
         }
     };
     let shared = domain.shared().clone();
+    let vbd_ids: Vec<u32> = disks.iter().map(|d| d.0).collect();
+    let vif_ids: Vec<u32> = vifs.iter().map(|v| v.0).collect();
+    if let Err(e) = saved_devices.check_devids(&vbd_ids, &vif_ids) {
+        eprintln!("xen-vmm: the image's devices: {e}");
+        domain.destroy();
+        domain.wait();
+        return ExitCode::from(ExitKind::Internal.exit_code());
+    }
     // Started before the control socket, which hands it hot-plugged disks.
-    let net_backend = match rxen_vmm::netback::NetBackend::start(
+    let net_backend = match rxen_vmm::netback::NetBackend::start_restored(
         shared.clone(),
         xenstored_socket.clone(),
         vifs,
+        &saved_devices.vifs,
     ) {
         Ok(b) => std::sync::Arc::new(b),
         Err(e) => {
@@ -364,14 +376,16 @@ fn main() -> ExitCode {
             return ExitCode::from(ExitKind::Internal.exit_code());
         }
     };
-    let block_backend = match rxen_vmm::blkback::hotplug::BlockBackend::start(
+    let block_backend = match rxen_vmm::blkback::hotplug::BlockBackend::start_restored(
         shared.clone(),
         xenstored_socket,
         disks,
+        &saved_devices.vbds,
     ) {
         Ok(b) => std::sync::Arc::new(b),
         Err(e) => {
             eprintln!("xen-vmm: {e}");
+            net_backend.stop();
             domain.destroy();
             domain.wait();
             return ExitCode::from(ExitKind::Internal.exit_code());

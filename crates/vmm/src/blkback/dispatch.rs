@@ -30,6 +30,11 @@ impl Dispatcher {
     }
 
     /// Grants kept mapped (0 without `feature-persistent`).
+    /// The persistent grants mapped now.
+    pub fn persistent_refs(&self) -> Vec<u32> {
+        self.persistent.as_ref().map_or(Vec::new(), |p| p.refs())
+    }
+
     pub fn persistent_grants(&self) -> usize {
         self.persistent.as_ref().map_or(0, |p| p.len())
     }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::disk::{Disk, DiskError};
+use super::saved::SavedVbd;
 use super::xenbus::Vbd;
 use crate::domain::DomainShared;
 use crate::xenbus_backend::hotplug::{BackendError, Hotplug};
@@ -33,6 +34,28 @@ impl BlockBackend {
     ) -> Result<Self, HotplugError> {
         let devices = disks.into_iter().map(|(d, k)| (d, Vbd::new(k))).collect();
         Ok(Self(Hotplug::start(dom, socket, devices)?))
+    }
+
+    /// Starts the backend of a restored domain: `disks` as [`Self::start`], the vbds
+    /// of `saved` (from the image) serving their saved rings again at once.
+    pub fn start_restored(
+        dom: Arc<DomainShared>,
+        socket: Option<PathBuf>,
+        disks: Vec<(u32, Arc<Disk>)>,
+        saved: &[(u32, SavedVbd)],
+    ) -> Result<Self, HotplugError> {
+        let devices = disks.into_iter().map(|(d, k)| (d, Vbd::new(k))).collect();
+        Ok(Self(Hotplug::start_restored(dom, socket, devices, saved)?))
+    }
+
+    /// Quiesces every connected vbd for a save (see [`crate::blkback::saved`]).
+    pub fn quiesce(&self) -> Result<Vec<(u32, SavedVbd)>, HotplugError> {
+        Ok(self.0.quiesce()?)
+    }
+
+    /// Serves the vbds of `saved` again after a save that kept the domain.
+    pub fn resume(&self, saved: Vec<(u32, SavedVbd)>) -> Result<(), HotplugError> {
+        Ok(self.0.resume(saved)?)
     }
 
     /// Opens `path` and serves it as device `devid`, whose xenbus nodes the toolstack

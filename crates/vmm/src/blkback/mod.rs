@@ -30,6 +30,7 @@ pub mod persistent;
 pub mod pool;
 pub mod request;
 pub mod ring;
+pub mod saved;
 pub mod xenbus;
 
 use std::path::PathBuf;

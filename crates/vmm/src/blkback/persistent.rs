@@ -47,6 +47,13 @@ impl PersistentGrants {
     }
 
     /// Grants mapped.
+    /// The grant references mapped, in order.
+    pub fn refs(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.maps.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
     pub fn len(&self) -> usize {
         self.maps.len()
     }

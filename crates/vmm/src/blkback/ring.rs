@@ -60,6 +60,22 @@ impl BackRing {
         }
     }
 
+    /// A ring over `pages` that carries on from a saved backend's private indices
+    /// (`crate::blkback::saved`): nothing is re-initialised, the shared indices are
+    /// the frontend's as it left them.
+    pub fn resumed(pages: Vec<GrantMapping>, req_cons: u32, rsp_prod_pvt: u32) -> Self {
+        Self {
+            req_cons,
+            rsp_prod_pvt,
+            ..Self::with_pages(pages)
+        }
+    }
+
+    /// The backend's private `(req_cons, rsp_prod_pvt)`.
+    pub fn indices(&self) -> (u32, u32) {
+        (self.req_cons, self.rsp_prod_pvt)
+    }
+
     /// Slots of the ring.
     pub fn size(&self) -> u32 {
         self.size

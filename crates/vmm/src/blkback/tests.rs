@@ -32,6 +32,7 @@ pub(super) const DISK_SECTORS: u64 = 256;
 
 mod features;
 mod queues;
+mod quiesce;
 
 pub(super) struct Front {
     pub(super) ram: Arc<GuestRam>,

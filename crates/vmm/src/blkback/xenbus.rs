@@ -14,6 +14,7 @@ use rxen_abi::blkif::{BLKIF_SECTOR_SIZE, VDISK_READONLY};
 
 use super::connection::Connection;
 use super::disk::Disk;
+use super::saved::SavedVbd;
 use crate::domain::DomainShared;
 use crate::xenbus_backend::{self, BackendDevice, ConnectFailure, ReadNode};
 
@@ -120,6 +121,69 @@ impl BackendDevice for Vbd {
 
     fn describe(&self) -> String {
         self.disk.path().display().to_string()
+    }
+
+    type Saved = SavedVbd;
+
+    fn quiesce(&mut self, devid: u32) -> Option<SavedVbd> {
+        if self.conns.is_empty() {
+            return None;
+        }
+        let mut rings = Vec::with_capacity(self.conns.len());
+        for conn in self.conns.drain(..) {
+            // A ring that broke (or did not drain) is not saved: the restored
+            // frontend finds it as the broken ring left it, unserved.
+            rings.extend(conn.quiesce());
+        }
+        if let Err(e) = self.disk.flush() {
+            tracing::warn!(
+                devid,
+                "blkback: flushing {} for a save: {e}",
+                self.describe()
+            );
+        }
+        tracing::info!(devid, queues = rings.len(), rings = ?rings.iter().map(|r| (r.req_cons, r.rsp_prod_pvt)).collect::<Vec<_>>(), "blkback: quiesced");
+        if rings.is_empty() {
+            return None;
+        }
+        Some(SavedVbd {
+            rings,
+            sectors: self.disk.sectors(),
+            writable: self.disk.writable(),
+        })
+    }
+
+    fn resume(
+        &mut self,
+        dom: &Arc<DomainShared>,
+        devid: u32,
+        saved: &SavedVbd,
+    ) -> Result<Vec<(String, String)>, ConnectFailure> {
+        saved
+            .check(
+                super::negotiate::max_queues(),
+                self.disk.sectors(),
+                self.disk.writable(),
+            )
+            .map_err(ConnectFailure::Refused)?;
+        let mut conns = Vec::with_capacity(saved.rings.len());
+        for (q, ring) in saved.rings.iter().enumerate() {
+            let name = if saved.rings.len() == 1 {
+                format!("{}-vbd{devid}", dom.config.name)
+            } else {
+                format!("{}-vbd{devid}-q{q}", dom.config.name)
+            };
+            conns.push(
+                Connection::resume(dom.clone(), self.disk.clone(), ring, name)
+                    .map_err(|e| ConnectFailure::Refused(e.to_string()))?,
+            );
+        }
+        self.conns = conns;
+        tracing::info!(devid, queues = saved.rings.len(), "blkback: resumed");
+        Ok(connect_nodes(self.disk.sectors(), self.disk.writable())
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect())
     }
 }
 

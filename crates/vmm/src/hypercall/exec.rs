@@ -97,6 +97,13 @@ pub(super) fn execute(
             block(dom, vcpu, Some(&ports), deadline);
             0
         }
+        Op::SchedShutdown { reason } if reason == rxen_abi::sched::SHUTDOWN_SUSPEND => {
+            // Xen's suspend protocol: the domain waits, paused, for the toolstack. The
+            // 1 returned here is what the guest sees if the suspend is cancelled; a
+            // restored domain sees 0 (`crate::snapshot::restore`).
+            dom.suspend_by(vcpu);
+            1
+        }
         Op::SchedShutdown { reason } => {
             dom.request_exit(DomainExit::from_reason(reason));
             0

@@ -4,6 +4,11 @@
 //! TAP frames into posted RX buffers, one notify per batch (per channel when split).
 //! Dropping or [`stop`](Connection::stop)ping it joins the thread, closes the channel
 //! ends and unmaps the rings; the TAP stays with the device.
+//!
+//! [`quiesce`](Connection::quiesce) (for a save) stops the thread after its last
+//! pass (every TX request taken was answered then; RX buffers are taken only when a
+//! frame fills them) and returns the rings' [`SavedVif`] parts;
+//! [`Connection::resume`] carries on from them. Frames queued for RX are dropped.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
@@ -13,6 +18,7 @@ use std::thread::JoinHandle;
 use super::negotiate::{EventChannels, FrontendRings};
 use super::ring::RingError;
 use super::rx::{self, RxOffload, RxQueue, RxRing, MAX_FRAME};
+use super::saved::RingIndices;
 use super::tap::{FrameIo, Tap};
 use super::tx::{self, TxRing};
 use crate::domain::DomainShared;
@@ -37,13 +43,17 @@ pub enum ConnectError {
     Thread(std::io::Error),
 }
 
+/// The rings' private indices `(tx, rx)` the thread leaves when it ends unbroken.
+type Ended = Option<(RingIndices, RingIndices)>;
+
 /// One connected vif.
 pub struct Connection {
     dom: Arc<DomainShared>,
+    rings: FrontendRings,
     ports: Vec<u32>,
     stop: Arc<AtomicBool>,
     wake: Arc<vmm_sys_util::eventfd::EventFd>,
-    thread: Option<JoinHandle<()>>,
+    thread: Option<JoinHandle<Ended>>,
 }
 
 fn close_ports(dom: &DomainShared, ports: &[u32]) {
@@ -61,6 +71,28 @@ impl Connection {
         tap: Arc<Mutex<Tap>>,
         rings: &FrontendRings,
         name: String,
+    ) -> Result<Self, ConnectError> {
+        Self::start_at(dom, tap, rings, name, ((0, 0), (0, 0)))
+    }
+
+    /// Serves rings saved by [`Self::quiesce`] again, from their private indices
+    /// `(tx, rx)` (checked by `SavedVif::check`).
+    pub fn resume(
+        dom: Arc<DomainShared>,
+        tap: Arc<Mutex<Tap>>,
+        rings: &FrontendRings,
+        name: String,
+        at: (RingIndices, RingIndices),
+    ) -> Result<Self, ConnectError> {
+        Self::start_at(dom, tap, rings, name, at)
+    }
+
+    fn start_at(
+        dom: Arc<DomainShared>,
+        tap: Arc<Mutex<Tap>>,
+        rings: &FrontendRings,
+        name: String,
+        (tx_at, rx_at): (RingIndices, RingIndices),
     ) -> Result<Self, ConnectError> {
         let map = |which, gref| {
             dom.grants
@@ -114,8 +146,8 @@ impl Connection {
             .name(name.clone())
             .spawn(move || {
                 let mut io = Io {
-                    tx: TxRing::new(tx_page),
-                    rx: RxRing::new(rx_page),
+                    tx: TxRing::resumed(tx_page, tx_at.0, tx_at.1),
+                    rx: RxRing::resumed(rx_page, rx_at.0, rx_at.1),
                     queue: RxQueue::default(),
                     rx_offload,
                     name: name.clone(),
@@ -163,16 +195,18 @@ impl Connection {
                             tracing::warn!(
                                 "{name}: the frontend broke a ring ({why}); vif stopped"
                             );
-                            break;
+                            return None;
                         }
                     }
                     let watch_tap = io.queue.has_room();
                     wait(&fds, watch_tap);
                 }
+                Some((io.tx.indices(), io.rx.indices()))
             });
         match spawned {
             Ok(t) => Ok(Self {
                 dom,
+                rings: rings.clone(),
                 ports,
                 stop,
                 wake,
@@ -187,12 +221,24 @@ impl Connection {
 
     /// Stops moving packets, closes domain 0's channel ends and unmaps the rings.
     pub fn stop(&mut self) {
+        let _ = self.end();
+    }
+
+    /// Stops for a save (see the module's description): returns the rings the
+    /// frontend negotiated and their private indices `(tx, rx)`; `None` when the
+    /// frontend had broken a ring.
+    pub fn quiesce(mut self) -> Option<(FrontendRings, (RingIndices, RingIndices))> {
+        let at = self.end()?;
+        Some((self.rings.clone(), at))
+    }
+
+    fn end(&mut self) -> Ended {
         self.stop.store(true, SeqCst);
         let _ = self.wake.write(1);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-            close_ports(&self.dom, &self.ports);
-        }
+        let t = self.thread.take()?;
+        let ended = t.join().ok().flatten();
+        close_ports(&self.dom, &self.ports);
+        ended
     }
 }
 

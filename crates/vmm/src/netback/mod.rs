@@ -24,6 +24,7 @@ pub mod negotiate;
 pub mod offload;
 pub mod ring;
 pub mod rx;
+pub mod saved;
 pub mod tap;
 pub mod tx;
 pub mod xenbus;
@@ -148,7 +149,7 @@ pub fn open_vif(v: &VifConfig) -> Result<xenbus::Vif, tap::TapError> {
         tap.route_to(&v.ips)?;
     }
     tracing::info!(devid = v.devid, mac = %v.mac, tap = %v.tap, ips = ?v.ips, "netback: TAP created");
-    Ok(xenbus::Vif::new(tap))
+    Ok(xenbus::Vif::new(tap, v.mac.clone()))
 }
 
 /// Creates every vif's TAP device (before the domain is built, so that a TAP that
@@ -185,6 +186,32 @@ impl NetBackend {
         vifs: Vec<(u32, xenbus::Vif)>,
     ) -> Result<Self, VifHotplugError> {
         Ok(Self(Hotplug::start(dom, xenstored_socket, vifs)?))
+    }
+
+    /// Starts the backend of a restored domain: `vifs` as [`Self::start`], the vifs
+    /// of `saved` (from the image) serving their saved rings again at once.
+    pub fn start_restored(
+        dom: Arc<DomainShared>,
+        xenstored_socket: Option<PathBuf>,
+        vifs: Vec<(u32, xenbus::Vif)>,
+        saved: &[(u32, saved::SavedVif)],
+    ) -> Result<Self, VifHotplugError> {
+        Ok(Self(Hotplug::start_restored(
+            dom,
+            xenstored_socket,
+            vifs,
+            saved,
+        )?))
+    }
+
+    /// Quiesces every connected vif for a save (see [`saved`]).
+    pub fn quiesce(&self) -> Result<Vec<(u32, saved::SavedVif)>, VifHotplugError> {
+        Ok(self.0.quiesce()?)
+    }
+
+    /// Serves the vifs of `saved` again after a save that kept the domain.
+    pub fn resume(&self, saved: Vec<(u32, saved::SavedVif)>) -> Result<(), VifHotplugError> {
+        Ok(self.0.resume(saved)?)
     }
 
     /// Creates `v`'s TAP (bridge port or routes) and serves it as vif `v.devid`, whose

@@ -28,7 +28,7 @@ pub enum NegotiationError {
 }
 
 /// Domain 0's end(s) of the frontend's event channel(s).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EventChannels {
     /// `event-channel`: one for both rings.
     Shared(u32),

@@ -49,6 +49,22 @@ where
         }
     }
 
+    /// A ring that carries on from a saved backend's private indices
+    /// (`crate::netback::saved`): the shared indices are the frontend's as it left
+    /// them.
+    pub fn resumed(page: GrantMapping, req_cons: u32, rsp_prod_pvt: u32) -> Self {
+        Self {
+            req_cons,
+            rsp_prod_pvt,
+            ..Self::new(page)
+        }
+    }
+
+    /// The backend's private `(req_cons, rsp_prod_pvt)`.
+    pub fn indices(&self) -> (u32, u32) {
+        (self.req_cons, self.rsp_prod_pvt)
+    }
+
     /// Slots of the ring.
     pub fn size(&self) -> u32 {
         self.size

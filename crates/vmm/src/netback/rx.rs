@@ -41,7 +41,7 @@ pub const QUEUE_FRAMES: usize = 256;
 pub const MAX_FRAME: usize = 0x10000 + 18;
 
 /// What the frontend takes on its RX ring (its `feature-*` nodes).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RxOffload {
     /// Frames over several buffers (`feature-sg`).
     pub sg: bool,

@@ -8,7 +8,11 @@
 
 use std::sync::{Arc, Mutex};
 
+use rxen_abi::netif::{NET_RX_RING_SIZE, NET_TX_RING_SIZE};
+
 use super::connection::Connection;
+use super::negotiate::FrontendRings;
+use super::saved::SavedVif;
 use super::tap::Tap;
 use crate::domain::DomainShared;
 use crate::xenbus_backend::{self, BackendDevice, ConnectFailure, ReadNode};
@@ -24,13 +28,16 @@ pub fn backend_path(domid: u16, devid: u32) -> String {
 /// One vif of the domain: its TAP and, while connected, its rings.
 pub struct Vif {
     tap: Arc<Mutex<Tap>>,
+    /// The MAC configured for the vif (a restored vif must have the saved one).
+    mac: String,
     conn: Option<Connection>,
 }
 
 impl Vif {
-    pub fn new(tap: Tap) -> Self {
+    pub fn new(tap: Tap, mac: String) -> Self {
         Vif {
             tap: Arc::new(Mutex::new(tap)),
+            mac,
             conn: None,
         }
     }
@@ -91,6 +98,50 @@ impl BackendDevice for Vif {
 
     fn describe(&self) -> String {
         format!("TAP {}", self.tap_name())
+    }
+
+    type Saved = SavedVif;
+
+    fn quiesce(&mut self, devid: u32) -> Option<Self::Saved> {
+        let (rings, (tx, rx)) = self.conn.take()?.quiesce()?;
+        tracing::info!(devid, ?tx, ?rx, "netback: quiesced");
+        Some(SavedVif {
+            tx_ring_ref: rings.tx_ring_ref,
+            rx_ring_ref: rings.rx_ring_ref,
+            evtchn: rings.evtchn,
+            rx_offload: rings.rx,
+            tx,
+            rx,
+            mac: self.mac.clone(),
+        })
+    }
+
+    fn resume(
+        &mut self,
+        dom: &Arc<DomainShared>,
+        devid: u32,
+        saved: &Self::Saved,
+    ) -> Result<Vec<(String, String)>, ConnectFailure> {
+        saved
+            .check(&self.mac, NET_TX_RING_SIZE as u32, NET_RX_RING_SIZE as u32)
+            .map_err(ConnectFailure::Refused)?;
+        let rings = FrontendRings {
+            tx_ring_ref: saved.tx_ring_ref,
+            rx_ring_ref: saved.rx_ring_ref,
+            evtchn: saved.evtchn,
+            rx: saved.rx_offload,
+        };
+        let conn = Connection::resume(
+            dom.clone(),
+            self.tap.clone(),
+            &rings,
+            self.tap_name(),
+            (saved.tx, saved.rx),
+        )
+        .map_err(|e| ConnectFailure::Refused(e.to_string()))?;
+        self.conn = Some(conn);
+        tracing::info!(devid, tap = %self.tap_name(), "netback: resumed");
+        Ok(Vec::new())
     }
 }
 

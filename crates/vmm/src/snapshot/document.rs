@@ -39,6 +39,16 @@ pub struct VmmState {
     /// pin, each vCPU's page-table bases, rxen's reserved L4 slots. Checked at
     /// restore by a full recount against the restored page tables.
     pub pv_mmu: Option<crate::pv::mmu::Mmu>,
+    /// The connected devices' backend state (version 2; absent in version 1, whose
+    /// domains had no devices).
+    #[serde(default)]
+    pub devices: super::devices::DeviceStates,
+    /// The vCPU that suspended the domain (Xen's suspend protocol) when it was
+    /// saved suspended: the restored domain is a new domain to the guest — that vCPU's
+    /// `SCHEDOP_shutdown` returns 0, every event channel but the xenstore and console
+    /// ones is closed, and its devices start afresh (`devices` is empty).
+    #[serde(default)]
+    pub suspended_vcpu: Option<u32>,
 }
 
 /// One vCPU: scheduling record, trap state and processor state.

@@ -144,7 +144,7 @@ fn send_rounds(
     dom.pause();
     let paused_at = Instant::now();
     report.paused_at = Some(paused_at);
-    let captured = capture(dom)?;
+    let captured = capture(dom, &super::devices::DeviceStates::default())?;
     let last = match dirty {
         None => write_pages(dom, &mut w, 0..nr_pages, true, Layout::Stream)?,
         Some(mut bitmap) => {

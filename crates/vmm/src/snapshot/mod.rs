@@ -4,16 +4,21 @@
 //! the VMM's own state ([`document::VmmState`]) to any `Write`; [`restore`] builds a
 //! new domain from an image instead of a kernel, which resumes where it was saved.
 //!
-//! For this milestone a save is transparent (the guest does not take part): an SDK
-//! guest on rxen's own layout (`BootKind::Rxen`) is saved paused and resumes as is.
-//! Xen PV kernels (direct-paging MMU state) and domains with disks or vifs are
-//! refused with a typed error.
+//! A save is transparent (the guest does not take part): the domain is paused, the
+//! caller quiesces the device backends ([`devices::DeviceStates`]: every block
+//! request taken is answered first, rings unmapped, channel ends closed) and the
+//! domain resumes as is after a restore, its backends serving the same rings from
+//! the saved indices. A domain whose device backends were not quiesced is refused
+//! with a typed error.
 //!
 //! Live migration ([`live`], [`transport`]) writes the same image over a TCP
 //! connection to a relocation server, memory in pre-copy rounds driven by the dirty
-//! log ([`crate::dirty`]) while the guest runs.
+//! log ([`crate::dirty`]) while the guest runs. A domain with connected disks or
+//! vifs is refused before the target is contacted (`save::check_saveable`): only
+//! a save quiesces device backends.
 
 pub mod cpu;
+pub mod devices;
 pub mod document;
 pub mod live;
 pub mod restore;
@@ -21,7 +26,8 @@ pub mod save;
 pub mod transport;
 mod vcpu_records;
 
+pub use devices::DeviceStates;
 pub use live::{LiveOptions, LiveReport};
-pub use restore::{restore, restore_file, RestoreError, RestoreOptions};
-pub use save::{save, SaveError, SaveReport};
+pub use restore::{restore, restore_file, RestoreError, RestoreOptions, Restored};
+pub use save::{save, save_with_devices, SaveError, SaveReport};
 pub use transport::{migrate, migrate_with_progress, MigrateError};

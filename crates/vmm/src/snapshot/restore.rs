@@ -200,19 +200,30 @@ pub fn restore_file(
     file: &std::fs::File,
     opts: RestoreOptions,
     sink: Box<dyn ConsoleSink>,
-) -> Result<(Domain, Vec<u8>), RestoreError> {
+) -> Result<Restored, RestoreError> {
     let created_at = Instant::now();
     let (loaded, config) = load_mapped(file, &opts.name)?;
     build(loaded, config, opts, sink, created_at)
 }
 
-/// Restores a domain from `image`; returns it running (or paused) and the toolstack
-/// configuration of the image's xl header.
+/// A restored domain and what its image said beyond the domain itself.
+pub struct Restored {
+    pub domain: Domain,
+    /// The toolstack configuration of the image's xl header.
+    pub toolstack_config: Vec<u8>,
+    /// The saved device backends' state: the caller starts the backends with it
+    /// (`BlockBackend::start_restored`, `NetBackend::start_restored`), which check
+    /// it further (grants, ports, devids against the configuration).
+    pub devices: super::DeviceStates,
+}
+
+/// Restores a domain from `image`; returns it running (or paused), the toolstack
+/// configuration of the image's xl header and the saved device state.
 pub fn restore(
     image: impl Read,
     opts: RestoreOptions,
     sink: Box<dyn ConsoleSink>,
-) -> Result<(Domain, Vec<u8>), RestoreError> {
+) -> Result<Restored, RestoreError> {
     let created_at = Instant::now();
     let (loaded, config) = load(image, &opts.name)?;
     build(loaded, config, opts, sink, created_at)
@@ -225,9 +236,12 @@ fn build(
     opts: RestoreOptions,
     sink: Box<dyn ConsoleSink>,
     created_at: Instant,
-) -> Result<(Domain, Vec<u8>), RestoreError> {
-    let Loaded { ram, state } = loaded;
+) -> Result<Restored, RestoreError> {
+    let Loaded { ram, mut state } = loaded;
     tracing::debug!(ms = created_at.elapsed().as_secs_f64() * 1e3, "image read");
+    if let Some(v) = state.suspended_vcpu {
+        as_new_domain(&mut state, v)?;
+    }
     let config = DomainConfig {
         name: opts.name,
         domid: opts.domid,
@@ -275,6 +289,23 @@ fn build(
         Arc::new(VcpuKicker(vcpus.clone(), traps.upcall_targets())),
     );
     evtchn.restore(&state.evtchn).map_err(bad)?;
+    let boot_ports = [
+        state.boot_channels.store_evtchn,
+        state.boot_channels.console_evtchn,
+    ];
+    let mut ring_ports = std::collections::BTreeSet::new();
+    for port in state.devices.guest_ports() {
+        if boot_ports.contains(&port) || !ring_ports.insert(port) {
+            return Err(bad(format!(
+                "a saved device ring names port {port}, the xenstore or console port or another ring's"
+            )));
+        }
+        if evtchn.binding(port) != Some(crate::evtchn::Binding::Unbound { remote_dom: 0 }) {
+            return Err(bad(format!(
+                "a saved device ring names port {port}, which is not unbound for domain 0"
+            )));
+        }
+    }
     let grants = match &pv {
         None => crate::grant::GrantTable::new(ram.clone(), config.domid),
         Some((area, mmu)) => {
@@ -370,6 +401,8 @@ fn build(
         exit: Mutex::new(None),
         exit_cond: Condvar::new(),
         shutdown_code: Mutex::new(None),
+        suspended_by: Mutex::new(None),
+        saver: std::sync::atomic::AtomicBool::new(false),
         watchdogs: Mutex::new([(0, false); crate::domain::NR_WATCHDOGS]),
         traps,
     });
@@ -377,9 +410,42 @@ fn build(
     for i in 0..shared.config.vcpus {
         shared.update_time_info(i);
     }
+    let devices = state.devices;
     let domain = Domain::launch(vm, shared, fds, sync_regs, created_at)?;
     tracing::info!(domain = %domain.shared().config.name, ms = created_at.elapsed().as_millis() as u64, "restored");
-    Ok((domain, toolstack_config))
+    Ok(Restored {
+        domain,
+        toolstack_config,
+        devices,
+    })
+}
+
+/// A domain saved after its guest suspended itself resumes as Xen's new domain:
+/// vCPU `vcpu`'s `SCHEDOP_shutdown(SHUTDOWN_suspend)` returns 0 (it was saved with
+/// the 1 of a cancelled suspend), and every event channel is closed but the boot
+/// ones (xenstore, console), which the toolstack connects again.
+fn as_new_domain(state: &mut VmmState, vcpu: u32) -> Result<(), RestoreError> {
+    let v = state
+        .vcpu_states
+        .get_mut(vcpu as usize)
+        .ok_or_else(|| bad(format!("suspended by vCPU {vcpu}, which does not exist")))?;
+    v.cpu.regs.rax = 0;
+    let boot = [
+        state.boot_channels.store_evtchn,
+        state.boot_channels.console_evtchn,
+    ];
+    for (p, entry) in state.evtchn.ports.iter_mut().enumerate() {
+        if !boot.contains(&(p as u32)) {
+            *entry = (crate::evtchn::Binding::Free, 0);
+        }
+    }
+    for row in &mut state.evtchn.virqs {
+        row.iter_mut().for_each(|p| *p = None);
+    }
+    if !state.devices.is_empty() {
+        return Err(bad("a suspended domain's image has device rings"));
+    }
+    Ok(())
 }
 
 type PvParts = (

@@ -8,6 +8,7 @@ use rxen_migration::rxen_state::RxenState;
 use rxen_migration::{ImageWriter, PageType, PfnEntry, Record, StreamError, MAX_BATCH_PAGES};
 
 use super::cpu::CpuState;
+use super::devices::DeviceStates;
 use super::document::{VcpuSnapshot, VmmState};
 use crate::domain::DomainShared;
 use crate::pv::mmu::Level;
@@ -43,14 +44,28 @@ pub struct SaveReport {
 
 /// Pauses `dom` and writes it to `out` with `config` (the toolstack's domain
 /// configuration) in the xl header. The domain is left paused: the caller unpauses
-/// it (`xm save -c`) or destroys it.
+/// it (`xm save -c`) or destroys it. A domain with connected devices is refused
+/// (see [`save_with_devices`]).
 pub fn save(dom: &DomainShared, out: impl Write, config: &[u8]) -> Result<SaveReport, SaveError> {
+    save_with_devices(dom, out, config, &DeviceStates::default())
+}
+
+/// [`save`] of a domain whose device backends the caller quiesced after pausing
+/// it: `devices` is what they returned, written in the state document. A backend
+/// still connected to the guest (a port bound to domain 0 that is neither a boot
+/// channel nor a saved ring's) makes the save fail.
+pub fn save_with_devices(
+    dom: &DomainShared,
+    out: impl Write,
+    config: &[u8],
+    devices: &DeviceStates,
+) -> Result<SaveReport, SaveError> {
     let started = Instant::now();
     if dom.exit_reason().is_some() {
         return Err(SaveError::Ended);
     }
     dom.pause();
-    let captured = capture(dom)?;
+    let captured = capture(dom, devices)?;
     let config = page_aligned_config(dom, config)?;
     let mut w = ImageWriter::new(out, &config)?;
     write_head(dom, &mut w)?;
@@ -94,10 +109,11 @@ pub(super) struct Captured {
 
 /// Captures the vCPUs and the VMM state of the paused domain (before its last pages
 /// are read: taking a vCPU out of a block may write guest memory).
-pub(super) fn capture(dom: &DomainShared) -> Result<Captured, SaveError> {
+/// `devices` is what the quiesced device backends returned (empty when there are none).
+pub(super) fn capture(dom: &DomainShared, devices: &DeviceStates) -> Result<Captured, SaveError> {
     let system_time_ns = dom.clock.now_ns();
     let cpus = capture_all(dom)?;
-    let state = document(dom, system_time_ns, cpus)?;
+    let state = document(dom, system_time_ns, cpus, devices)?;
     Ok(Captured {
         state,
         system_time_ns,
@@ -137,26 +153,35 @@ pub(super) fn write_tail<W: Write>(
     Ok(())
 }
 
-/// Refuses what an image cannot hold yet: event channels to backends other than the
-/// boot-time xenstore and console ones (disks, vifs). Live migration asks before its
-/// first round, so that a domain that cannot be sent is not copied for nothing.
+/// Refuses what a live migration cannot send yet: a domain with event channels to
+/// backends other than the boot-time xenstore and console ones (disks, vifs). Its
+/// backends are quiesced only by a save (`xm save`), not in the stop-and-copy of a
+/// migration. Live migration asks before its first round, so that a domain that
+/// cannot be sent is not copied for nothing.
 pub(super) fn check_saveable(
     dom: &DomainShared,
     evtchn: &crate::evtchn::EvtchnSnapshot,
 ) -> Result<(), SaveError> {
+    if backend_connected(dom, evtchn) {
+        return Err(SaveError::Unsupported(
+            "a domain with disks or network devices (live migration does not quiesce their \
+             backends yet)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a port is bound to a backend in domain 0 other than the boot-time
+/// xenstore and console ones (a device backend that was not quiesced).
+fn backend_connected(dom: &DomainShared, evtchn: &crate::evtchn::EvtchnSnapshot) -> bool {
     let boot_ports = [
         dom.boot_channels.store_evtchn,
         dom.boot_channels.console_evtchn,
     ];
-    let foreign_backend = evtchn.ports.iter().enumerate().any(|(p, (b, _))| {
+    evtchn.ports.iter().enumerate().any(|(p, (b, _))| {
         matches!(b, crate::evtchn::Binding::Dom0 { .. }) && !boot_ports.contains(&(p as u32))
-    });
-    if foreign_backend {
-        return Err(SaveError::Unsupported(
-            "a domain with disks or network devices (their backends are not saved yet)".into(),
-        ));
-    }
-    Ok(())
+    })
 }
 
 /// Asks every vCPU thread for its processor state and waits for all of them.
@@ -198,13 +223,19 @@ fn document(
     dom: &DomainShared,
     system_time_ns: u64,
     cpus: Vec<Box<CpuState>>,
+    devices: &DeviceStates,
 ) -> Result<VmmState, SaveError> {
     let evtchn = dom
         .evtchn
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .snapshot();
-    check_saveable(dom, &evtchn)?;
+    if backend_connected(dom, &evtchn) {
+        return Err(SaveError::Unsupported(
+            "a device backend is still connected to the guest (not quiesced)".into(),
+        ));
+    }
+    let suspended_vcpu = dom.suspended();
     let mut vcpu_states = Vec::with_capacity(cpus.len());
     for (v, cpu) in dom.vcpus.iter().zip(cpus) {
         let s = v.lock();
@@ -250,6 +281,13 @@ fn document(
             .pv_mmu
             .as_ref()
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        // A guest that suspended itself reconnects its devices in the new domain.
+        devices: if suspended_vcpu.is_some() {
+            DeviceStates::default()
+        } else {
+            devices.clone()
+        },
+        suspended_vcpu,
     })
 }
 

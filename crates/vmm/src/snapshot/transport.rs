@@ -76,6 +76,14 @@ fn migrate_paused_on_success(
     progress: &mut dyn FnMut(u32, u64, u64),
 ) -> Result<MigrationFigures, MigrateError> {
     let started = Instant::now();
+    // A domain that cannot be sent is refused before the target starts anything
+    // (`send` checks again: a device may connect meanwhile).
+    let evtchn = dom
+        .evtchn
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .snapshot();
+    super::save::check_saveable(dom, &evtchn)?;
     let stream = connect(address)?;
     let mut reader = BufReader::new(
         stream

@@ -21,6 +21,11 @@ pub(super) struct Slot<D> {
     pub(super) state: XenbusState,
     /// Being detached: the device goes once the frontend has closed.
     pub(super) removing: bool,
+    /// Quiesced for a save: frontend changes are not acted on until it resumes.
+    pub(super) suspended: bool,
+    /// Nodes of a device whose rings were resumed from a saved state, to publish
+    /// with `state` = Connected at the next chance (xenstore may not be there yet).
+    resumed_nodes: Option<Vec<(String, String)>>,
 }
 
 /// Reads a node; `None` when it does not exist.
@@ -46,7 +51,47 @@ impl<D: BackendDevice> Slot<D> {
             device,
             state: XenbusState::Initialising,
             removing: false,
+            suspended: false,
+            resumed_nodes: None,
         }
+    }
+
+    /// Serves the rings of `saved` again (the device is connected afterwards); the
+    /// nodes to publish wait for [`Self::publish_resumed`].
+    pub(super) fn resume(
+        &mut self,
+        dom: &Arc<DomainShared>,
+        saved: &D::Saved,
+    ) -> Result<(), String> {
+        self.suspended = false;
+        self.disconnect();
+        match self.device.resume(dom, self.devid, saved) {
+            Ok(nodes) => {
+                tracing::info!(
+                    devid = self.devid,
+                    "{}: rings resumed from a saved state",
+                    D::DRIVER
+                );
+                self.resumed_nodes = Some(nodes);
+                Ok(())
+            }
+            Err(ConnectFailure::Refused(why)) => Err(why),
+            Err(ConnectFailure::Store(e)) => Err(e.to_string()),
+        }
+    }
+
+    /// Publishes a resumed device's nodes and `state` = Connected.
+    pub(super) fn publish_resumed(&mut self, c: &mut Client) -> Result<(), ClientError> {
+        let Some(nodes) = self.resumed_nodes.take() else {
+            return Ok(());
+        };
+        for (key, value) in &nodes {
+            c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
+        }
+        if self.device.connected() {
+            self.set_state(c, XenbusState::Connected)?;
+        }
+        Ok(())
     }
 
     /// The watch token of this device.
@@ -94,6 +139,7 @@ impl<D: BackendDevice> Slot<D> {
         for (key, value) in self.device.features() {
             c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
         }
+        self.publish_resumed(c)?;
         if !self.device.connected() && self.state == XenbusState::Initialising {
             self.set_state(c, XenbusState::InitWait)?;
         }
@@ -105,6 +151,9 @@ impl<D: BackendDevice> Slot<D> {
         c: &mut Client,
         dom: &Arc<DomainShared>,
     ) -> Result<(), ClientError> {
+        if self.suspended {
+            return Ok(());
+        }
         let Some(front) = self.frontend.clone() else {
             if self.removing && self.state != XenbusState::Closed {
                 self.close(c)?;

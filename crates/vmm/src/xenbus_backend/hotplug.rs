@@ -20,6 +20,12 @@ pub enum BackendError {
     Start(std::io::Error),
 }
 
+impl From<std::io::Error> for BackendError {
+    fn from(e: std::io::Error) -> Self {
+        BackendError::Start(e)
+    }
+}
+
 /// One driver's backend, running or not yet.
 pub struct Hotplug<D: BackendDevice> {
     dom: Arc<DomainShared>,
@@ -48,6 +54,45 @@ impl<D: BackendDevice> Hotplug<D> {
             socket,
             running: Mutex::new(running),
         })
+    }
+
+    /// Starts the backend of a restored domain: `devices` as [`Self::start`], the
+    /// devices of `saved` serving their saved rings again at once.
+    pub fn start_restored(
+        dom: Arc<DomainShared>,
+        socket: Option<PathBuf>,
+        devices: Vec<(u32, D)>,
+        saved: &[(u32, D::Saved)],
+    ) -> Result<Self, BackendError> {
+        if saved.is_empty() {
+            return Self::start(dom, socket, devices);
+        }
+        let Some(s) = &socket else {
+            return Err(BackendError::NoXenstore);
+        };
+        let b = XenbusBackend::start_restored(dom.clone(), s.clone(), devices, saved)?;
+        Ok(Self {
+            dom,
+            socket,
+            running: Mutex::new(Some(b)),
+        })
+    }
+
+    /// Quiesces every connected device for a save (nothing when no backend runs).
+    pub fn quiesce(&self) -> Result<Vec<(u32, D::Saved)>, BackendError> {
+        match self.lock().as_ref() {
+            Some(b) => Ok(b.quiesce()?),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Serves the saved devices again after a save that kept the domain.
+    pub fn resume(&self, saved: Vec<(u32, D::Saved)>) -> Result<(), BackendError> {
+        match self.lock().as_ref() {
+            Some(b) => Ok(b.resume(saved)?),
+            None if saved.is_empty() => Ok(()),
+            None => Err(BackendError::NoXenstore),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Option<XenbusBackend<D>>> {

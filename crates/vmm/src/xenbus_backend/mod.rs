@@ -49,6 +49,8 @@ use crate::domain::DomainShared;
 /// Longest wait for the thread to take a command (below xend's 5 s control timeout,
 /// so that a busy thread is an error reply, not a silent socket).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for every device to quiesce (in-flight block I/O completes first).
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Reads one frontend node by its key; `None` when it does not exist.
 pub type ReadNode<'a> = dyn FnMut(&str) -> Result<Option<String>, ClientError> + 'a;
@@ -88,6 +90,25 @@ pub trait BackendDevice: Send + 'static {
     fn disconnect(&mut self, devid: u32);
     /// What the device serves, for log lines (a disk's path, a TAP's name).
     fn describe(&self) -> String;
+
+    /// What a save keeps of a connected device so that its rings can be served again
+    /// without the frontend noticing (`crate::snapshot`).
+    type Saved: Clone + std::fmt::Debug + Send + 'static;
+    /// Quiesces a connected device for a save: stops taking requests, lets what is in
+    /// flight finish and its responses be written, flushes, then disconnects (rings
+    /// unmapped, domain 0's channel ends closed) and returns what [`Self::resume`]
+    /// needs. `None` when not connected.
+    fn quiesce(&mut self, devid: u32) -> Option<Self::Saved>;
+    /// Serves the rings `saved` describes again (after a save that kept the domain,
+    /// or in the domain restored from the image): maps and binds them, continues from
+    /// the saved ring indices; returns the nodes to publish, as [`Self::connect`].
+    /// `saved` comes from an image and is checked like a frontend's nodes.
+    fn resume(
+        &mut self,
+        dom: &Arc<DomainShared>,
+        devid: u32,
+        saved: &Self::Saved,
+    ) -> Result<Vec<(String, String)>, ConnectFailure>;
 }
 
 /// Xen's backend directory of device `devid` of class `D` of domain `domid`.
@@ -104,10 +125,12 @@ pub enum DeviceError {
     NoSuchDevice(u32),
     #[error("the backend is not running")]
     NotRunning,
+    #[error("device {devid}'s saved state is refused: {why}")]
+    Resume { devid: u32, why: String },
 }
 
 /// What the toolstack asks of the thread while it runs.
-enum Command<D> {
+enum Command<D: BackendDevice> {
     Attach {
         devid: u32,
         device: D,
@@ -116,6 +139,14 @@ enum Command<D> {
     Detach {
         devid: u32,
         force: bool,
+        done: Sender<Result<(), DeviceError>>,
+    },
+    /// Quiesce every connected device for a save (see [`BackendDevice::quiesce`]).
+    Quiesce { done: Sender<Vec<(u32, D::Saved)>> },
+    /// Serve the saved devices again and let every quiesced device follow its
+    /// frontend again.
+    Resume {
+        saved: Vec<(u32, D::Saved)>,
         done: Sender<Result<(), DeviceError>>,
     },
 }
@@ -136,10 +167,46 @@ impl<D: BackendDevice> XenbusBackend<D> {
         devices: Vec<(u32, D)>,
     ) -> std::io::Result<Self> {
         let domid = dom.config.domid;
+        let slots: Vec<device::Slot<D>> = devices
+            .into_iter()
+            .map(|(devid, d)| device::Slot::new(domid, devid, d))
+            .collect();
+        Self::spawn(dom, socket, slots)
+    }
+
+    /// Starts the thread for `devices` of a restored domain: the devices of `saved`
+    /// have their rings served again before the thread starts (the guest carries on
+    /// where it was saved); each saved device must be one of `devices`.
+    pub fn start_restored(
+        dom: Arc<DomainShared>,
+        socket: PathBuf,
+        devices: Vec<(u32, D)>,
+        saved: &[(u32, D::Saved)],
+    ) -> Result<Self, hotplug::BackendError> {
+        let domid = dom.config.domid;
         let mut slots: Vec<device::Slot<D>> = devices
             .into_iter()
             .map(|(devid, d)| device::Slot::new(domid, devid, d))
             .collect();
+        for (devid, state) in saved {
+            let slot = slots
+                .iter_mut()
+                .find(|s| s.devid == *devid)
+                .ok_or(DeviceError::Resume {
+                    devid: *devid,
+                    why: "no such device in the domain's configuration".into(),
+                })?;
+            slot.resume(&dom, state)
+                .map_err(|why| DeviceError::Resume { devid: *devid, why })?;
+        }
+        Self::spawn(dom, socket, slots).map_err(hotplug::BackendError::Start)
+    }
+
+    fn spawn(
+        dom: Arc<DomainShared>,
+        socket: PathBuf,
+        mut slots: Vec<device::Slot<D>>,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let t_stop = stop.clone();
         let (commands, rx) = mpsc::channel();
@@ -170,6 +237,25 @@ impl<D: BackendDevice> XenbusBackend<D> {
     /// Starts removing device `devid` (see the module's description).
     pub fn detach(&self, devid: u32, force: bool) -> Result<(), DeviceError> {
         self.ask(|done| Command::Detach { devid, force, done })
+    }
+
+    /// Quiesces every connected device for a save; returns what each needs to carry
+    /// on. The devices stay quiesced (not following their frontends) until
+    /// [`Self::resume`].
+    pub fn quiesce(&self) -> Result<Vec<(u32, D::Saved)>, DeviceError> {
+        let (done, answer) = mpsc::channel();
+        self.commands
+            .send(Command::Quiesce { done })
+            .map_err(|_| DeviceError::NotRunning)?;
+        answer
+            .recv_timeout(QUIESCE_TIMEOUT)
+            .map_err(|_| DeviceError::NotRunning)
+    }
+
+    /// Serves the devices of `saved` again (from their saved rings) and lets every
+    /// quiesced device follow its frontend again.
+    pub fn resume(&self, saved: Vec<(u32, D::Saved)>) -> Result<(), DeviceError> {
+        self.ask(|done| Command::Resume { saved, done })
     }
 
     fn ask(

@@ -83,6 +83,44 @@ fn apply<D: BackendDevice>(
             let _ = done.send(Ok(()));
             result
         }
+        Command::Quiesce { done } => {
+            let mut saved = Vec::new();
+            for s in slots.iter_mut().filter(|s| !s.removing) {
+                s.suspended = true;
+                if let Some(state) = s.device.quiesce(s.devid) {
+                    saved.push((s.devid, state));
+                }
+            }
+            tracing::info!(devices = saved.len(), "{}: quiesced for a save", D::DRIVER);
+            let _ = done.send(saved);
+            Ok(())
+        }
+        Command::Resume { saved, done } => {
+            let mut result = Ok(());
+            for (devid, state) in &saved {
+                let r = match slots.iter_mut().find(|s| s.devid == *devid) {
+                    None => Err(DeviceError::NoSuchDevice(*devid)),
+                    Some(s) => s
+                        .resume(dom, state)
+                        .map_err(|why| DeviceError::Resume { devid: *devid, why }),
+                };
+                if let Err(e) = r {
+                    tracing::warn!("{}: {e}", D::DRIVER);
+                    result = Err(e);
+                }
+            }
+            for s in slots.iter_mut() {
+                s.suspended = false;
+            }
+            let _ = done.send(result);
+            if let Some(c) = c {
+                for s in slots.iter_mut() {
+                    s.publish_resumed(c)?;
+                    s.frontend_changed(c, dom)?;
+                }
+            }
+            Ok(())
+        }
         Command::Detach { devid, force, done } => {
             let Some(i) = slots.iter().position(|v| v.devid == devid) else {
                 let _ = done.send(Err(DeviceError::NoSuchDevice(devid)));

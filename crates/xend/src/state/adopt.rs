@@ -55,7 +55,7 @@ impl Xend {
                 DomainState::Creating | DomainState::Destroying => {
                     tracing::warn!(domid = r.domid, name = r.name, state = %r.state, "rolling back an interrupted operation");
                     if process::is_vmm_of(r.pid, &files.control()) {
-                        process::kill(r.pid);
+                        process::stop_all(&[r.pid]).await;
                     }
                     d.state = DomainState::Destroying;
                     lock(&self.reg).insert(d);
@@ -114,15 +114,17 @@ impl Xend {
         // VMMs of this state directory that no registered domain owns, however far
         // their start got (even before their control socket existed).
         let domains_dir = self.cfg.state_dir.join("domains");
+        let mut unowned = Vec::new();
         for (pid, control) in process::vmms_under(&domains_dir) {
             let owned = lock(&self.reg)
                 .iter()
                 .any(|d| d.pid == pid && self.files(d.domid).control() == control);
             if !owned {
                 tracing::warn!(pid, control = %control.display(), "stopping a VMM xend has no record of");
-                process::kill(pid);
+                unowned.push(pid);
             }
         }
+        process::stop_all(&unowned).await;
         if let Ok(rd) = std::fs::read_dir(self.cfg.state_dir.join("domains")) {
             for e in rd.flatten() {
                 let Some(domid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
@@ -141,7 +143,7 @@ impl Xend {
                     );
                     let _ = vmm::command(&files.control(), rxen_vmm_api::Request::Destroy).await;
                     if process::is_vmm_of(s.pid, &files.control()) {
-                        process::kill(s.pid);
+                        process::stop_all(&[s.pid]).await;
                     }
                 }
                 let _ = std::fs::remove_dir_all(&files.dir);

@@ -188,6 +188,9 @@ impl Xend {
             paused: false,
             restore: Some("-".into()),
             incoming: Some(conn),
+            // The sender refuses domains with disks or vifs (`check_saveable`), so
+            // the stream holds no device rings to reconnect.
+            restored_frontends: Vec::new(),
         };
         match self.create(spec, false, opts).await {
             Ok(d) => {

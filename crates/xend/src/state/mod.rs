@@ -19,6 +19,7 @@ pub mod migrate;
 pub mod nics;
 pub mod registry;
 mod save;
+mod suspend;
 mod xenstored;
 
 use std::path::PathBuf;

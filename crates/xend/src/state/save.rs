@@ -40,8 +40,9 @@ fn absolute(path: &str) -> DomainResult<PathBuf> {
     Ok(p)
 }
 
-/// Reads the whole image, checking every record, and returns its configuration.
-fn check_image(path: &Path) -> DomainResult<SavedConfig> {
+/// Reads the whole image, checking every record, and returns its configuration and
+/// the VMM's state document.
+fn check_image(path: &Path) -> DomainResult<(SavedConfig, Vec<u8>)> {
     let file = std::fs::File::open(path)
         .map_err(|e| DomainError::BadImage(format!("{}: {e}", path.display())))?;
     if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
@@ -61,14 +62,16 @@ fn check_image(path: &Path) -> DomainResult<SavedConfig> {
             config.toolstack
         )));
     }
-    let mut state = false;
+    let mut state = None;
     while let Some(item) = r.next_item().map_err(bad)? {
-        state |= matches!(item, rxen_migration::ImageItem::RxenState(_));
+        if let rxen_migration::ImageItem::RxenState(s) = item {
+            state = Some(s.document);
+        }
     }
-    if !state {
+    let Some(document) = state else {
         return Err(DomainError::BadImage("it has no rxen VMM state".into()));
-    }
-    Ok(config)
+    };
+    Ok((config, document))
 }
 
 impl Xend {
@@ -98,6 +101,9 @@ impl Xend {
             "saving",
             serde_json::json!({"path": path}),
         );
+        // Xen's suspend protocol for a guest that advertises it; others are saved
+        // transparently.
+        let guest_suspended = self.suspend_guest(domid).await?;
         let (pages, paused_ms) = vmm::save(
             &self.files(domid).control(),
             &path,
@@ -111,12 +117,12 @@ impl Xend {
             other => DomainError::Internal(other.to_string()),
         })?;
         let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        tracing::info!(domid, name = d.name, pages, paused_ms, path = %path.display(), "saved");
+        tracing::info!(domid, name = d.name, pages, paused_ms, guest_suspended, path = %path.display(), "saved");
         self.emit(
             Some(domid),
             &d.name,
             "saved",
-            serde_json::json!({"path": path, "pages": pages, "paused_ms": paused_ms, "keep_running": keep_running}),
+            serde_json::json!({"path": path, "pages": pages, "paused_ms": paused_ms, "keep_running": keep_running, "guest_suspended": guest_suspended}),
         );
         if !keep_running {
             self.destroy(&domid.to_string()).await?;
@@ -134,15 +140,20 @@ impl Xend {
     pub async fn restore(self: &Arc<Self>, path: &str, paused: bool) -> DomainResult<DomainInfo> {
         let path = absolute(path)?;
         let p = path.clone();
-        let config = tokio::task::spawn_blocking(move || check_image(&p))
+        let (config, document) = tokio::task::spawn_blocking(move || check_image(&p))
             .await
             .map_err(|e| DomainError::Internal(format!("image check task: {e}")))??;
         let mut spec = config.spec;
         spec.uuid = Some(config.uuid);
+        let vbds: Vec<u32> = spec.disks.iter().filter_map(|d| d.devid()).collect();
+        let vifs = crate::vif::devids(&spec.vifs);
+        let restored_frontends = crate::restored_devices::from_document(&document, &vbds, &vifs)
+            .map_err(DomainError::BadImage)?;
         let opts = CreateOptions {
             paused,
             restore: Some(path),
             incoming: None,
+            restored_frontends,
         };
         self.create(spec, false, opts).await
     }

@@ -12,6 +12,12 @@
 //!   4 KiB random writes at queue depth 32), flushes, reads everything back and
 //!   compares, discards a range and reads zeroes (when offered), checks that a read
 //!   past the end fails; prints `blkbench: verify ok ...` or `blkbench: verify FAILED: why`.
+//! * `mode=soak` (issue 11, save/restore with disks): rounds 1, 2, .. (`rounds`,
+//!   default unbounded): writes `soak_blocks` 4 KiB blocks (default 128) at queue
+//!   depth 32 with the round's pattern, reads them all back and compares, prints
+//!   `blkbench: soak round=N ok` (or `blkbench: soak FAILED: why`) and sleeps
+//!   `soak_ms` (default 20). A save and restore in the middle must lose no write
+//!   that was acknowledged: a block read back with an older round's pattern fails.
 //!
 //! * `queues=N` (default 1): queues (rings) to use, capped by the backend's
 //!   `multi-queue-max-queues`; requests go to them in turn. `lie_num_queues=N` writes N
@@ -287,6 +293,62 @@ fn verify(bf: &mut Blkfront, span_sectors: u64) -> Result<u64, &'static str> {
     Ok(checked)
 }
 
+/// Writes, then reads back and checks, blocks `0..blocks` with the pattern of `gen`
+/// at queue depth 32.
+fn soak_round(bf: &mut Blkfront, blocks: u64, gen: u64) -> Result<(), &'static str> {
+    let page = PAGE_SIZE;
+    for batch in 0..blocks.div_ceil(u64::from(QD)) {
+        let first = batch * u64::from(QD);
+        let n = (blocks - first).min(u64::from(QD));
+        for slot in 0..n {
+            fill(bf.buffer(slot as u32, 1), (first + slot) * page, gen);
+        }
+        let (done, _, err) = run_qd(bf, BlkOp::Write, n as u32, 1, u64::MAX, n, |i| {
+            (first + i) * 8
+        });
+        if done != n || err != 0 {
+            return Err("a write failed");
+        }
+    }
+    for batch in 0..blocks.div_ceil(u64::from(QD)) {
+        let first = batch * u64::from(QD);
+        let n = (blocks - first).min(u64::from(QD));
+        for slot in 0..n {
+            bf.buffer(slot as u32, 1).fill(0xee);
+        }
+        let (done, _, err) = run_qd(bf, BlkOp::Read, n as u32, 1, u64::MAX, n, |i| {
+            (first + i) * 8
+        });
+        if done != n || err != 0 {
+            return Err("a read failed");
+        }
+        for slot in 0..n {
+            let b = first + slot;
+            if !check(bf.buffer(slot as u32, 1), b * page, gen) {
+                println!("blkbench: soak block {b} does not hold round {gen}'s data");
+                return Err("an acknowledged write was lost");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn soak(bf: &mut Blkfront) {
+    let blocks = arg("soak_blocks", 128).clamp(1, bf.info.sectors / 8);
+    let rounds = arg("rounds", u64::MAX);
+    let pause = arg("soak_ms", 20);
+    for round in 1..=rounds {
+        match soak_round(bf, blocks, round) {
+            Ok(()) => println!("blkbench: soak round={round} ok"),
+            Err(why) => {
+                println!("blkbench: soak FAILED: round {round}: {why}");
+                return;
+            }
+        }
+        time::sleep_ms(pause);
+    }
+}
+
 fn main() {
     // SAFETY: TABLE is a page of this image used for nothing else.
     let table = match unsafe { GrantTable::setup(core::ptr::addr_of!(TABLE) as u64 / PAGE_SIZE) } {
@@ -330,7 +392,9 @@ fn main() {
         0 => i.sectors,
         m => (m * 2048).min(i.sectors),
     };
-    if start::cmdline_value("mode") == Some("verify") {
+    if start::cmdline_value("mode") == Some("soak") {
+        soak(&mut bf);
+    } else if start::cmdline_value("mode") == Some("verify") {
         match verify(&mut bf, span) {
             Ok(bytes) => println!("blkbench: verify ok bytes={bytes}"),
             Err(why) => println!("blkbench: verify FAILED: {why}"),

@@ -1,6 +1,7 @@
 //! A network benchmark peer over the SDK's netfront and smoltcp (`rxen_guest::net`),
 //! driven from the host by `rxen-bench` (bench/src/net_bench.rs). Command line:
-//! `ip=A.B.C.D/N` (optional `gw=`) or `ip=dhcp`.
+//! `ip=A.B.C.D/N` (optional `gw=`) or `ip=dhcp`; `offload=0` turns the netfront's RX
+//! offloads off (every frame arrives segmented and checksummed).
 //!
 //! Three TCP services, one connection each at a time:
 //!
@@ -10,7 +11,8 @@
 //! * port 5203, **echo**: sends back every byte it receives.
 //!
 //! Prints `netbench: ready on IP` once the address is set, and for every finished sink
-//! stream `netbench: sink N bytes`.
+//! stream `netbench: sink N bytes in F frames (B bytes per frame, E checksum errors)`
+//! (large frames: the host hands over unsegmented TCP, see the SDK's RX offloads).
 #![no_std]
 #![no_main]
 
@@ -38,7 +40,9 @@ const SINK_PORT: u16 = 5201;
 const SOURCE_PORT: u16 = 5202;
 const ECHO_PORT: u16 = 5203;
 /// Socket buffers of the bulk services (the TCP window).
-const BULK_BUFFER: usize = 256 << 10;
+const BULK_BUFFER: usize = 1 << 20;
+/// The source's send buffer.
+const SOURCE_BUFFER: usize = 256 << 10;
 
 fn socket(rx: usize, tx: usize) -> tcp::Socket<'static> {
     tcp::Socket::new(
@@ -63,14 +67,18 @@ struct Sink {
     handle: SocketHandle,
     received: u64,
     answered: bool,
+    /// RX frames and bytes counted by the device when the stream began.
+    frames_at_start: (u64, u64),
 }
 
 impl Sink {
     fn step(&mut self, net: &mut NetStack) -> bool {
+        let rx = net.device.stats().rx;
         let s = net.sockets.get_mut::<tcp::Socket>(self.handle);
         if !s.is_open() {
             self.received = 0;
             self.answered = false;
+            self.frames_at_start = (rx.packets, rx.bytes);
             relisten(s, SINK_PORT);
             return false;
         }
@@ -89,7 +97,14 @@ impl Sink {
             && !self.answered
             && s.send_slice(&self.received.to_le_bytes()) == Ok(8)
         {
-            println!("netbench: sink {} bytes", self.received);
+            let frames = rx.packets - self.frames_at_start.0;
+            let bytes = rx.bytes - self.frames_at_start.1;
+            println!(
+                "netbench: sink {} bytes in {frames} frames ({} bytes per frame, {} checksum errors)",
+                self.received,
+                bytes / frames.max(1),
+                rx.checksum_errors
+            );
             self.answered = true;
             s.close();
             progress = true;
@@ -161,7 +176,11 @@ fn main() {
         println!("netbench: no vif (add vif = [ '...' ] to the domain's configuration)");
         return;
     };
-    let nf = match Netfront::connect(&mut xs, &grants, FIRST_FREE_REF, devid, Config::default()) {
+    let config = Config {
+        rx_offload: rxen_guest::start::cmdline_value("offload") != Some("0"),
+        ..Config::default()
+    };
+    let nf = match Netfront::connect(&mut xs, &grants, FIRST_FREE_REF, devid, config) {
         Ok(nf) => nf,
         Err(e) => {
             println!("netbench: connecting vif {devid}: {e}");
@@ -173,8 +192,9 @@ fn main() {
         handle: net.sockets.add(socket(BULK_BUFFER, 64)),
         received: 0,
         answered: false,
+        frames_at_start: (0, 0),
     };
-    let source_h = net.sockets.add(socket(4096, BULK_BUFFER));
+    let source_h = net.sockets.add(socket(4096, SOURCE_BUFFER));
     let echo_h = net.sockets.add(socket(4096, 4096));
     let pattern: alloc::vec::Vec<u8> = (0..65536u32).map(|i| (i * 31 + 7) as u8).collect();
     let mut announced = false;

@@ -15,6 +15,10 @@ use super::config::IpConfig;
 use super::netfront::Netfront;
 use crate::{events, hypercall, time};
 
+/// Egress passes one [`NetStack::poll`] makes at most (each sends up to one packet
+/// per socket).
+const MAX_EGRESS_PASSES: usize = 256;
+
 /// Longest a [`NetStack::wait`] blocks when the stack has no timer pending.
 const MAX_WAIT_NS: u64 = 1_000_000_000;
 
@@ -95,7 +99,20 @@ impl<'g> NetStack<'g> {
     /// Runs the stack once: received frames in, timers, frames out; then publishes
     /// the batch (one notify) and takes DHCP's news. True if sockets may have changed.
     pub fn poll(&mut self) -> bool {
-        let result = self.iface.poll(now(), &mut self.device, &mut self.sockets);
+        let mut result = self.iface.poll(now(), &mut self.device, &mut self.sockets);
+        // smoltcp sends at most one packet per socket per egress pass: keep passing
+        // while packets go out (and the TX ring has room), so that a batch of segments
+        // is published with one notification instead of one each.
+        for _ in 0..MAX_EGRESS_PASSES {
+            if self
+                .iface
+                .poll_egress(now(), &mut self.device, &mut self.sockets)
+                != PollResult::SocketStateChanged
+            {
+                break;
+            }
+            result = PollResult::SocketStateChanged;
+        }
         self.device.push();
         if let Some(h) = self.dhcp {
             match self.sockets.get_mut::<dhcpv4::Socket>(h).poll() {

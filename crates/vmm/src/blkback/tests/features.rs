@@ -260,7 +260,7 @@ fn the_worker_pool_keeps_a_ring_in_flight() {
     }
     let store = Arc::new(io::Store::new(f.disk.clone(), false));
     let pool = Pool::new("test", 4, store, f.grants.clone()).unwrap();
-    let dispatcher = Dispatcher::new(full(), f.grants.clone(), true);
+    let mut dispatcher = Dispatcher::new(full(), f.grants.clone(), true);
     let rsp_prod = || {
         f.ram
             .atomic_u32(RING_PFN * PAGE_SIZE + 8)
@@ -272,7 +272,7 @@ fn the_worker_pool_keeps_a_ring_in_flight() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     connection::serve(
         &mut ring,
-        dispatcher,
+        &mut dispatcher,
         &pool,
         || notifies += 1,
         || {

@@ -36,12 +36,13 @@ fn serve_queue(f: &Front, gref: u32, pfn: u64, name: &str) -> u32 {
     let mut ring = BackRing::new(f.grants.map(DOM0, gref, false).unwrap());
     let store = Arc::new(io::Store::new(f.disk.clone(), false));
     let pool = Pool::new(name, 2, store, f.grants.clone()).unwrap();
-    let dispatcher = Dispatcher::new(Limits::basic(DISK_SECTORS, true), f.grants.clone(), false);
+    let mut dispatcher =
+        Dispatcher::new(Limits::basic(DISK_SECTORS, true), f.grants.clone(), false);
     let rsp_prod = || f.ram.atomic_u32(pfn * PAGE_SIZE + 8).unwrap().load(SeqCst);
     let deadline = Instant::now() + Duration::from_secs(20);
     connection::serve(
         &mut ring,
-        dispatcher,
+        &mut dispatcher,
         &pool,
         || {},
         || {

@@ -1,0 +1,215 @@
+//! The frontend directories of a restored domain's connected devices: pure data
+//! taken from the image's VMM state document (its `devices` part, version 2 of
+//! `docs/migration.md`'s document), written by [`crate::xs`] at restore over the
+//! layout of [`crate::vbd`] / [`crate::vif`], so that the new domain's xenstore says
+//! what its guest negotiated before the save: `state` = Connected (4), the ring
+//! references, event channels and features. The guest does not take part in a
+//! transparent restore and never writes them again; the VMM's backends serve the
+//! same rings from the saved indices and publish their own nodes.
+//!
+//! The document is the image's and untrusted: only the fields below are read, every
+//! number must be a `u32`, and a device the domain's configuration does not have is
+//! left out (the VMM refuses such an image anyway).
+
+use serde::Deserialize;
+
+/// The nodes of one restored device's frontend directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredFrontend {
+    /// `vbd` or `vif`.
+    pub class: &'static str,
+    pub devid: u32,
+    pub nodes: Vec<(String, String)>,
+}
+
+#[derive(Deserialize)]
+struct Doc {
+    #[serde(default)]
+    devices: Devices,
+}
+
+#[derive(Default, Deserialize)]
+struct Devices {
+    #[serde(default)]
+    vbds: Vec<(u32, Vbd)>,
+    #[serde(default)]
+    vifs: Vec<(u32, Vif)>,
+}
+
+#[derive(Deserialize)]
+struct Vbd {
+    rings: Vec<Ring>,
+}
+
+#[derive(Deserialize)]
+struct Ring {
+    ring_refs: Vec<u32>,
+    evtchn: u32,
+    persistent: bool,
+}
+
+#[derive(Deserialize)]
+struct Vif {
+    tx_ring_ref: u32,
+    rx_ring_ref: u32,
+    evtchn: Evtchn,
+    rx_offload: RxOffload,
+}
+
+#[derive(Deserialize)]
+enum Evtchn {
+    Shared(u32),
+    Split { tx: u32, rx: u32 },
+}
+
+#[derive(Deserialize)]
+struct RxOffload {
+    sg: bool,
+    csum_v4: bool,
+    csum_v6: bool,
+    gso_v4: bool,
+    gso_v6: bool,
+}
+
+fn kv(k: impl Into<String>, v: impl ToString) -> (String, String) {
+    (k.into(), v.to_string())
+}
+
+fn flag(b: bool) -> u8 {
+    u8::from(b)
+}
+
+fn vbd_nodes(v: &Vbd) -> Vec<(String, String)> {
+    let mut n = vec![kv("state", 4), kv("protocol", "x86_64-abi")];
+    let persistent = v.rings.iter().any(|r| r.persistent);
+    n.push(kv("feature-persistent", flag(persistent)));
+    if v.rings.len() > 1 {
+        n.push(kv("multi-queue-num-queues", v.rings.len()));
+    }
+    let pages = v.rings.first().map_or(1, |r| r.ring_refs.len());
+    if pages > 1 {
+        n.push(kv("ring-page-order", pages.trailing_zeros()));
+    }
+    for (q, r) in v.rings.iter().enumerate() {
+        let dir = if v.rings.len() > 1 {
+            format!("queue-{q}/")
+        } else {
+            String::new()
+        };
+        if r.ring_refs.len() == 1 {
+            n.push(kv(format!("{dir}ring-ref"), r.ring_refs[0]));
+        } else {
+            for (i, g) in r.ring_refs.iter().enumerate() {
+                n.push(kv(format!("{dir}ring-ref{i}"), g));
+            }
+        }
+        n.push(kv(format!("{dir}event-channel"), r.evtchn));
+    }
+    n
+}
+
+fn vif_nodes(v: &Vif) -> Vec<(String, String)> {
+    let mut n = vec![
+        kv("state", 4),
+        kv("tx-ring-ref", v.tx_ring_ref),
+        kv("rx-ring-ref", v.rx_ring_ref),
+        kv("request-rx-copy", 1),
+    ];
+    match v.evtchn {
+        Evtchn::Shared(p) => n.push(kv("event-channel", p)),
+        Evtchn::Split { tx, rx } => {
+            n.push(kv("event-channel-tx", tx));
+            n.push(kv("event-channel-rx", rx));
+        }
+    }
+    let o = &v.rx_offload;
+    n.extend([
+        kv("feature-sg", flag(o.sg)),
+        kv("feature-no-csum-offload", flag(!o.csum_v4)),
+        kv("feature-ipv6-csum-offload", flag(o.csum_v6)),
+        kv("feature-gso-tcpv4", flag(o.gso_v4)),
+        kv("feature-gso-tcpv6", flag(o.gso_v6)),
+    ]);
+    n
+}
+
+/// The frontend nodes of the devices `document` (the image's VMM state) saved
+/// connected, for those among `vbds` / `vifs` (the configuration's device numbers).
+pub fn from_document(
+    document: &[u8],
+    vbds: &[u32],
+    vifs: &[u32],
+) -> Result<Vec<RestoredFrontend>, String> {
+    let doc: Doc =
+        serde_json::from_slice(document).map_err(|e| format!("its device state: {e}"))?;
+    let mut out = Vec::new();
+    for (devid, v) in doc.devices.vbds.iter().filter(|(d, _)| vbds.contains(d)) {
+        out.push(RestoredFrontend {
+            class: "vbd",
+            devid: *devid,
+            nodes: vbd_nodes(v),
+        });
+    }
+    for (devid, v) in doc.devices.vifs.iter().filter(|(d, _)| vifs.contains(d)) {
+        out.push(RestoredFrontend {
+            class: "vif",
+            devid: *devid,
+            nodes: vif_nodes(v),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn get<'a>(f: &'a RestoredFrontend, k: &str) -> Option<&'a str> {
+        f.nodes.iter().find(|n| n.0 == k).map(|n| n.1.as_str())
+    }
+
+    #[test]
+    fn frontends_say_what_the_guest_negotiated() {
+        let doc = br#"{"memory_mib": 16, "devices": {
+            "vbds": [[51712, {"rings": [{"ring_refs": [8], "evtchn": 5, "persistent": true,
+                "req_cons": 3, "rsp_prod_pvt": 3, "persistent_grants": []}],
+                "sectors": 2048, "writable": true}],
+                     [51728, {"rings": [
+                {"ring_refs": [10, 11], "evtchn": 6, "persistent": false, "req_cons": 0, "rsp_prod_pvt": 0, "persistent_grants": []},
+                {"ring_refs": [12, 13], "evtchn": 7, "persistent": false, "req_cons": 0, "rsp_prod_pvt": 0, "persistent_grants": []}],
+                "sectors": 8, "writable": false}]],
+            "vifs": [[0, {"tx_ring_ref": 20, "rx_ring_ref": 21, "evtchn": {"Split": {"tx": 8, "rx": 9}},
+                "rx_offload": {"sg": true, "csum_v4": true, "csum_v6": false, "gso_v4": true, "gso_v6": false},
+                "tx": [1, 1], "rx": [2, 2], "mac": "00:16:3e:00:00:01"}],
+                     [7, {"tx_ring_ref": 1, "rx_ring_ref": 2, "evtchn": {"Shared": 3},
+                "rx_offload": {"sg": false, "csum_v4": false, "csum_v6": false, "gso_v4": false, "gso_v6": false},
+                "tx": [0, 0], "rx": [0, 0], "mac": "00:16:3e:00:00:02"}]]}}"#;
+        let f = from_document(doc, &[51712, 51728], &[0]).unwrap();
+        assert_eq!(f.len(), 3, "vif 7 is not configured: left out");
+        assert_eq!(get(&f[0], "state"), Some("4"));
+        assert_eq!(get(&f[0], "ring-ref"), Some("8"));
+        assert_eq!(get(&f[0], "event-channel"), Some("5"));
+        assert_eq!(get(&f[0], "feature-persistent"), Some("1"));
+        assert_eq!(get(&f[1], "multi-queue-num-queues"), Some("2"));
+        assert_eq!(get(&f[1], "ring-page-order"), Some("1"));
+        assert_eq!(get(&f[1], "queue-1/ring-ref1"), Some("13"));
+        assert_eq!(get(&f[1], "queue-1/event-channel"), Some("7"));
+        assert_eq!((f[2].class, f[2].devid), ("vif", 0));
+        assert_eq!(get(&f[2], "event-channel-rx"), Some("9"));
+        assert_eq!(get(&f[2], "feature-no-csum-offload"), Some("0"));
+        assert_eq!(get(&f[2], "feature-ipv6-csum-offload"), Some("0"));
+        // A version 1 document has no devices.
+        assert!(from_document(br#"{"memory_mib": 16}"#, &[1], &[0])
+            .unwrap()
+            .is_empty());
+        // Lies about types are an error, not a panic.
+        assert!(from_document(
+            br#"{"devices": {"vbds": [[1, {"rings": [{"ring_refs": [-1]}]}]]}}"#,
+            &[1],
+            &[]
+        )
+        .is_err());
+        assert!(from_document(b"not json", &[], &[]).is_err());
+    }
+}
