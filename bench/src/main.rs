@@ -5,6 +5,7 @@
 //! Owns measurement only; it must not contain VMM or guest logic.
 
 mod blk_bench;
+mod migrate_bench;
 mod net_bench;
 mod pv_bench;
 mod vmm_bench;
@@ -58,6 +59,10 @@ fn main() {
         ("xend", xend_bench::run(&wants, cli.quick)),
         ("block devices", blk_bench::run(&wants, cli.quick)),
         ("network", net_bench::run(&wants, cli.quick)),
+        (
+            "save, restore, migration",
+            migrate_bench::run(&wants, cli.quick),
+        ),
     ] {
         match result {
             Ok(f) => figures.extend(f),

@@ -45,6 +45,16 @@ pub(crate) fn read_record(
     r: &mut impl Read,
     stream: &'static str,
 ) -> Result<RawRecord, StreamError> {
+    let (rtype, len) = read_record_header(r, stream)?;
+    read_record_body(r, stream, rtype, len)
+}
+
+/// Reads a record header: its type and body length (checked against
+/// `MAX_RECORD_LEN`).
+pub(crate) fn read_record_header(
+    r: &mut impl Read,
+    stream: &'static str,
+) -> Result<(u32, u32), StreamError> {
     let mut hdr = [0u8; 8];
     read_exact(r, &mut hdr, "a record header")?;
     let rtype = u32::from_le_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]);
@@ -57,6 +67,16 @@ pub(crate) fn read_record(
             max: MAX_RECORD_LEN,
         });
     }
+    Ok((rtype, len))
+}
+
+/// Reads the body (and checks the padding) of a record whose header was read.
+pub(crate) fn read_record_body(
+    r: &mut impl Read,
+    stream: &'static str,
+    rtype: u32,
+    len: u32,
+) -> Result<RawRecord, StreamError> {
     let body = read_vec(r, len as usize, "a record body")?;
     let pad = padding(len as usize);
     let mut p = [0u8; 8];

@@ -25,7 +25,7 @@ pub mod xl_header;
 
 pub use error::StreamError;
 pub use libxc::{PageBatch, PageType, PfnEntry, Record, TscInfo, VcpuRecordKind};
-pub use reader::{ImageItem, ImageReader};
+pub use reader::{ImageItem, ImageReader, IndexedItem, PageIndex};
 pub use rxen_state::RxenState;
 pub use writer::ImageWriter;
 

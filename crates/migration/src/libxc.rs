@@ -348,7 +348,7 @@ fn exact(record: &'static str, body: &[u8], len: usize) -> Result<(), StreamErro
     Ok(())
 }
 
-fn parse_record(rtype: u32, body: Vec<u8>, version: u32) -> Result<Record, StreamError> {
+pub(crate) fn parse_record(rtype: u32, body: Vec<u8>, version: u32) -> Result<Record, StreamError> {
     Ok(match rtype {
         rec::END => {
             exact("END", &body, 0)?;
@@ -455,30 +455,36 @@ fn parse_record(rtype: u32, body: Vec<u8>, version: u32) -> Result<Record, Strea
     })
 }
 
-fn parse_page_data(body: Vec<u8>) -> Result<PageBatch, StreamError> {
+/// The entry count of a `PAGE_DATA` body whose first 8 bytes are `head`, checked.
+pub(crate) fn page_data_count(head: &[u8], body_len: usize) -> Result<usize, StreamError> {
     let bad = |d: String| StreamError::bad("PAGE_DATA", d);
-    if body.len() < 8 {
-        return Err(bad(format!(
-            "{} bytes, shorter than its header",
-            body.len()
-        )));
+    if body_len < 8 || head.len() < 8 {
+        return Err(bad(format!("{body_len} bytes, shorter than its header")));
     }
-    let count = le_u32(&body, 0) as usize;
-    if le_u32(&body, 4) != 0 {
+    let count = le_u32(head, 0) as usize;
+    if le_u32(head, 4) != 0 {
         return Err(bad("reserved bits set".into()));
     }
     if count == 0 || count > MAX_BATCH_PAGES {
         return Err(bad(format!("{count} entries (1..={MAX_BATCH_PAGES})")));
     }
-    let pfn_end = 8 + count * 8;
-    if body.len() < pfn_end {
+    if body_len < 8 + count * 8 {
         return Err(bad(format!(
-            "{count} entries do not fit in {} bytes",
-            body.len()
+            "{count} entries do not fit in {body_len} bytes"
         )));
     }
-    let mut entries = Vec::with_capacity(count);
-    for (i, c) in body[8..pfn_end].chunks_exact(8).enumerate() {
+    Ok(count)
+}
+
+/// The entries of a `PAGE_DATA` body (`pfns`: its pfn list), checked against the
+/// body's length; returns them and how many have data.
+pub(crate) fn page_data_entries(
+    pfns: &[u8],
+    body_len: usize,
+) -> Result<(Vec<PfnEntry>, usize), StreamError> {
+    let bad = |d: String| StreamError::bad("PAGE_DATA", d);
+    let mut entries = Vec::with_capacity(pfns.len() / 8);
+    for (i, c) in pfns.chunks_exact(8).enumerate() {
         let raw = le_u64(c, 0);
         if raw & PFN_RESERVED != 0 {
             return Err(bad(format!("reserved bits set in pfn[{i}]: {raw:#x}")));
@@ -491,13 +497,20 @@ fn parse_page_data(body: Vec<u8>) -> Result<PageBatch, StreamError> {
         });
     }
     let pages = entries.iter().filter(|e| e.ty.has_data()).count();
-    if body.len() != pfn_end + pages * PAGE_SIZE {
+    let pfn_end = 8 + pfns.len();
+    if body_len != pfn_end + pages * PAGE_SIZE {
         return Err(bad(format!(
-            "{} bytes, expected {} for {pages} pages of data",
-            body.len(),
+            "{body_len} bytes, expected {} for {pages} pages of data",
             pfn_end + pages * PAGE_SIZE
         )));
     }
+    Ok((entries, pages))
+}
+
+fn parse_page_data(body: Vec<u8>) -> Result<PageBatch, StreamError> {
+    let count = page_data_count(&body, body.len())?;
+    let pfn_end = 8 + count * 8;
+    let (entries, _) = page_data_entries(&body[8..pfn_end], body.len())?;
     let mut body = body;
     let data = body.split_off(pfn_end);
     Ok(PageBatch { entries, data })

@@ -1,7 +1,7 @@
 //! [`ImageReader`]: reads an image over any `Read`, strictly, one item at a time (page
 //! batches are never all in memory at once).
 
-use std::io::Read;
+use std::io::{Read, Seek};
 
 use crate::error::StreamError;
 use crate::framing::read_record;
@@ -20,6 +20,24 @@ pub enum ImageItem {
     End,
 }
 
+/// Where a `PAGE_DATA` record's pages are in a seekable image: its entries, and the
+/// offset of the first page of data (the pages of the entries that have data follow
+/// each other, 4096 bytes each).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageIndex {
+    pub entries: Vec<crate::PfnEntry>,
+    pub data_offset: u64,
+}
+
+/// One item of [`ImageReader::next_indexed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexedItem {
+    /// A `PAGE_DATA` record, its data skipped.
+    Pages(PageIndex),
+    /// Anything else, read as [`ImageReader::next_item`] reads it.
+    Item(ImageItem),
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
     Libxc,
@@ -35,6 +53,8 @@ pub struct ImageReader<R: Read> {
     config: Vec<u8>,
     seen_pv_info: bool,
     seen_state: bool,
+    /// The image's length, once [`ImageReader::next_indexed`] needed it.
+    stream_len: Option<u64>,
 }
 
 impl<R: Read> ImageReader<R> {
@@ -58,6 +78,7 @@ impl<R: Read> ImageReader<R> {
             config,
             seen_pv_info: false,
             seen_state: false,
+            stream_len: None,
         })
     }
 
@@ -72,6 +93,15 @@ impl<R: Read> ImageReader<R> {
             Phase::Done => Ok(None),
             Phase::Libxc => {
                 let rec = libxc::read_record_from(&mut self.r, self.version)?;
+                self.libxc_item(rec).map(Some)
+            }
+            Phase::AfterLibxc => self.libxl_item().map(Some),
+        }
+    }
+
+    fn libxc_item(&mut self, rec: Record) -> Result<ImageItem, StreamError> {
+        {
+            {
                 match &rec {
                     Record::X86PvInfo { .. } => {
                         if self.seen_pv_info {
@@ -87,14 +117,19 @@ impl<R: Read> ImageReader<R> {
                     }
                     _ => {}
                 }
-                Ok(Some(ImageItem::Libxc(rec)))
+                Ok(ImageItem::Libxc(rec))
             }
-            Phase::AfterLibxc => {
+        }
+    }
+
+    fn libxl_item(&mut self) -> Result<ImageItem, StreamError> {
+        {
+            {
                 let raw = read_record(&mut self.r, "libxl")?;
                 match raw.rtype {
                     libxl::rec::END if raw.body.is_empty() => {
                         self.phase = Phase::Done;
-                        Ok(Some(ImageItem::End))
+                        Ok(ImageItem::End)
                     }
                     libxl::rec::END => Err(StreamError::bad("libxl END", "non-empty")),
                     libxl::rec::EMULATOR_CONTEXT => {
@@ -102,7 +137,7 @@ impl<R: Read> ImageReader<R> {
                             return Err(StreamError::Order("two rxen state records".into()));
                         }
                         self.seen_state = true;
-                        Ok(Some(ImageItem::RxenState(RxenState::decode(&raw.body)?)))
+                        Ok(ImageItem::RxenState(RxenState::decode(&raw.body)?))
                     }
                     libxl::rec::LIBXC_CONTEXT => Err(StreamError::Order(
                         "a second LIBXC_CONTEXT (checkpointed streams are not supported)".into(),
@@ -120,5 +155,52 @@ impl<R: Read> ImageReader<R> {
                 }
             }
         }
+    }
+}
+
+impl<R: Read + Seek> ImageReader<R> {
+    /// As [`ImageReader::next_item`], but the data of a `PAGE_DATA` record is skipped
+    /// (sought over) and its place returned: everything but the page data is checked
+    /// as `next_item` checks it. For restoring by mapping the image's pages.
+    pub fn next_indexed(&mut self) -> Result<Option<IndexedItem>, StreamError> {
+        if self.phase != Phase::Libxc {
+            return Ok(self.next_item()?.map(IndexedItem::Item));
+        }
+        let (rtype, len) = crate::framing::read_record_header(&mut self.r, "libxc")?;
+        if rtype != libxc::rec::PAGE_DATA {
+            let raw = crate::framing::read_record_body(&mut self.r, "libxc", rtype, len)?;
+            let rec = libxc::parse_record(raw.rtype, raw.body, self.version)?;
+            return self.libxc_item(rec).map(|i| Some(IndexedItem::Item(i)));
+        }
+        if !self.seen_pv_info {
+            return Err(StreamError::Order(
+                "a libxc record before X86_PV_INFO".into(),
+            ));
+        }
+        let len = len as usize;
+        let mut head = [0u8; 8];
+        crate::framing::read_exact(&mut self.r, &mut head, "a PAGE_DATA header")?;
+        let count = libxc::page_data_count(&head, len)?;
+        let pfns = crate::framing::read_vec(&mut self.r, count * 8, "a PAGE_DATA pfn list")?;
+        let (entries, pages) = libxc::page_data_entries(&pfns, len)?;
+        let data_offset = self.r.stream_position()?;
+        // The body is 8-aligned (8 + 8 * count + 4096 * pages): no padding follows.
+        let end = data_offset + (pages * crate::PAGE_SIZE) as u64;
+        let size = match self.stream_len {
+            Some(s) => s,
+            None => {
+                let s = self.r.seek(std::io::SeekFrom::End(0))?;
+                self.stream_len = Some(s);
+                s
+            }
+        };
+        if end > size {
+            return Err(StreamError::Truncated("a PAGE_DATA record's data"));
+        }
+        self.r.seek(std::io::SeekFrom::Start(end))?;
+        Ok(Some(IndexedItem::Pages(PageIndex {
+            entries,
+            data_offset,
+        })))
     }
 }

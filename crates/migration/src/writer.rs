@@ -67,6 +67,11 @@ impl<W: Write> ImageWriter<W> {
         Ok(())
     }
 
+    /// The underlying writer, whatever was written so far (for measuring a prefix).
+    pub fn into_inner(self) -> W {
+        self.w
+    }
+
     /// Page bytes written so far (for progress reports).
     pub fn page_bytes(&self) -> u64 {
         self.bytes

@@ -14,6 +14,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod relocation;
+
 /// Longest request or reply line the peer must accept, in bytes (without the newline).
 pub const MAX_LINE: usize = 64 * 1024;
 /// Longest request line a VMM accepts.
@@ -105,6 +107,19 @@ pub enum Request {
         #[serde(default)]
         resume: bool,
     },
+    /// Migrate the domain to the relocation server at `address` (`host:port`) with
+    /// `token` ([`relocation`]): with `live`, pre-copy rounds while the guest runs,
+    /// then a stop-and-copy; without, paused first. The domain stays paused once the
+    /// target says it runs (the toolstack destroys it); any failure (refusal, broken
+    /// connection, the target's domain failing to start) leaves it as it was.
+    Migrate {
+        address: String,
+        token: String,
+        #[serde(default)]
+        config: String,
+        #[serde(default)]
+        live: bool,
+    },
 }
 
 /// Whether the guest may write a disk (xl's `r` / `w`).
@@ -136,6 +151,9 @@ pub enum ErrorKind {
     /// A save that could not be carried out: the domain cannot be saved (a device
     /// backend that could not be quiesced) or the image could not be written.
     Save,
+    /// A migration that did not complete: the target refused or failed, or the
+    /// connection broke; the domain runs on here.
+    Migrate,
 }
 
 /// A VMM's answer to one [`Request`].
@@ -153,6 +171,33 @@ pub enum Reply {
     /// The answer to [`Request::Save`]: pages written (all-zero pages are left out)
     /// and how long the domain was paused for it.
     Saved { pages: u64, paused_ms: u64 },
+    /// The answer to [`Request::Migrate`]: the domain runs at the target.
+    Migrated(MigrationFigures),
+    /// Sent before the answer to [`Request::Migrate`], once per pre-copy round:
+    /// `pages` sent in round `round`, `dirty` pages written meanwhile (the next
+    /// round's). Not an answer: the final reply follows on the same connection.
+    MigrationProgress { round: u32, pages: u64, dirty: u64 },
+}
+
+/// What a migration took.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MigrationFigures {
+    /// The target's domain id.
+    pub target_domid: u32,
+    /// Pages sent in each round; the last is the stop-and-copy.
+    pub pages_per_round: Vec<u64>,
+    /// All pages sent.
+    pub pages_sent: u64,
+    /// The domain's pages.
+    pub guest_pages: u64,
+    /// From the pause to the target's `running`, in milliseconds.
+    pub downtime_ms: f64,
+    /// From the pause to the image's last byte (the rest of the downtime is the
+    /// target's), in milliseconds.
+    #[serde(default)]
+    pub stop_and_copy_ms: f64,
+    /// From the start to the target's `running`, in milliseconds.
+    pub total_ms: f64,
 }
 
 /// The newest console output a VMM kept in memory, with its console counters.

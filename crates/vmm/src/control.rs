@@ -17,8 +17,14 @@
 //! `save` with `path`, `config` and `resume` pauses the domain, quiesces its device
 //! backends and writes it as a saved image with their state ([`crate::snapshot`];
 //! reply `saved` with the pages written and the pause time; with `resume` the
-//! backends serve their rings again and the domain runs on); a domain that cannot be saved, or an image that cannot be written, gets
-//! `save` and the domain runs on as it was. The socket is mode 0600.
+//! backends serve their rings again and the domain runs on); a domain that cannot be
+//! saved, or an image that cannot be written, gets `save` and the domain runs on as
+//! it was. `migrate` with `address`, `token`, `config` and `live` sends the domain to
+//! a relocation server ([`crate::snapshot::transport`]; `migration-progress` lines
+//! for each pre-copy round, then the reply `migrated` with the figures, the domain
+//! left paused for the toolstack to destroy); a domain with disks or vifs is refused
+//! (live migration does not quiesce backends yet), and any failure gets `migrate`
+//! and the domain runs on. The socket is mode 0600.
 //!
 //! This module only translates requests into [`DomainShared`] operations; it owns no
 //! domain state.
@@ -125,7 +131,7 @@ fn fit_line(mut tail: ConsoleTail) -> ConsoleTail {
 
 /// Carries out one request line.
 pub fn answer(dom: &DomainShared, line: &str) -> Reply {
-    let (reply, then) = answer_then(dom, None, line);
+    let (reply, then) = answer_then(dom, None, line, &mut |_| {});
     then.run(dom);
     reply
 }
@@ -147,7 +153,12 @@ impl Then {
 }
 
 /// The reply to one request line, and what to do once it has been sent.
-fn answer_then(dom: &DomainShared, devices: Option<&DeviceBackends>, line: &str) -> (Reply, Then) {
+fn answer_then(
+    dom: &DomainShared,
+    devices: Option<&DeviceBackends>,
+    line: &str,
+    progress: &mut dyn FnMut(Reply),
+) -> (Reply, Then) {
     let req: Request = match decode(line, MAX_REQUEST_LINE) {
         Ok(Request::Destroy) => return (Reply::Done, Then::Destroy),
         Ok(r) => r,
@@ -164,10 +175,15 @@ fn answer_then(dom: &DomainShared, devices: Option<&DeviceBackends>, line: &str)
             )
         }
     };
-    (answer_request(dom, devices, req), Then::Nothing)
+    (answer_request(dom, devices, req, progress), Then::Nothing)
 }
 
-fn answer_request(dom: &DomainShared, devices: Option<&DeviceBackends>, req: Request) -> Reply {
+fn answer_request(
+    dom: &DomainShared,
+    devices: Option<&DeviceBackends>,
+    req: Request,
+    progress: &mut dyn FnMut(Reply),
+) -> Reply {
     let ended = dom.exit_reason();
     match req {
         Request::Status => Reply::Status(status(dom)),
@@ -237,6 +253,28 @@ fn answer_request(dom: &DomainShared, devices: Option<&DeviceBackends>, req: Req
             config,
             resume,
         } => save_reply(dom, devices, &path, config.as_bytes(), resume),
+        Request::Migrate {
+            address,
+            token,
+            config,
+            live,
+        } => match crate::snapshot::migrate_with_progress(
+            dom,
+            &address,
+            &token,
+            &config,
+            live,
+            &mut |round, pages, dirty| {
+                progress(Reply::MigrationProgress {
+                    round,
+                    pages,
+                    dirty,
+                })
+            },
+        ) {
+            Ok(figures) => Reply::Migrated(figures),
+            Err(e) => Reply::error(ErrorKind::Migrate, e.to_string()),
+        },
     }
 }
 
@@ -429,7 +467,14 @@ fn serve_conn(dom: Arc<DomainShared>, devices: Option<Arc<DeviceBackends>>, s: U
     loop {
         let (reply, then) = match read_line(&mut r, &mut buf) {
             Ok(Line::End) | Err(_) => return,
-            Ok(Line::Text(line)) => answer_then(&dom, devices.as_deref(), &line),
+            Ok(Line::Text(line)) => {
+                // Progress lines go out as they come (a migration's rounds); a
+                // writer that fails loses them, not the request.
+                let mut progress = |r: Reply| {
+                    let _ = w.write_all(encode(&r).as_bytes());
+                };
+                answer_then(&dom, devices.as_deref(), &line, &mut progress)
+            }
             Ok(Line::NotUtf8) => (
                 Reply::error(ErrorKind::BadRequest, "request is not UTF-8"),
                 Then::Nothing,

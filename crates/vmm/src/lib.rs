@@ -18,6 +18,7 @@ pub mod builder;
 pub mod clock;
 pub mod console;
 pub mod control;
+pub mod dirty;
 pub mod domain;
 pub mod elf;
 pub mod evtchn;

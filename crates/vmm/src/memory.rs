@@ -7,8 +7,9 @@
 //! and the page tables and hypercall page are read-only to the guest.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, AtomicU8};
+use std::sync::OnceLock;
 
 use rxen_abi::layout;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -33,6 +34,8 @@ pub enum MemoryError {
     Map(String),
     #[error("atomic access at {0:#x} is misaligned or outside the page")]
     Misaligned(u64),
+    #[error("dirty-page log: {0}")]
+    DirtyLog(String),
 }
 
 /// How a guest pointer is used by the VMM.
@@ -45,7 +48,15 @@ pub enum Access {
 }
 
 /// A domain's RAM: one memfd-backed region starting at guest-physical address 0.
+///
+/// While dirty tracking is on ([`GuestRam::start_dirty_tracking`]), every write
+/// through the checked accessors (and every atomic accessor handed out) marks its
+/// page, and KVM logs the guest's own writes; [`GuestRam::take_dirty`] returns both.
 pub struct GuestRam {
+    /// KVM's dirty log of the slot (set by `register`); declared first so that the
+    /// duplicate VM descriptor is closed before the mapping goes.
+    kvm_log: OnceLock<crate::dirty::KvmDirtyLog>,
+    dirty: crate::dirty::VmmDirtyBitmap,
     mem: GuestMemoryMmap,
     memfd: File,
     size: u64,
@@ -84,7 +95,13 @@ impl GuestRam {
             Some(FileOffset::new(file_for_map, 0)),
         )])
         .map_err(|e| MemoryError::Map(e.to_string()))?;
-        Ok(Self { mem, memfd, size })
+        Ok(Self {
+            kvm_log: OnceLock::new(),
+            dirty: crate::dirty::VmmDirtyBitmap::new(size / rxen_abi::PAGE_SIZE),
+            mem,
+            memfd,
+            size,
+        })
     }
 
     /// Size of RAM in bytes.
@@ -184,7 +201,59 @@ impl GuestRam {
         };
         // SAFETY: the region is this whole RAM mapping, and the caller guarantees that
         // it outlives the VM.
-        unsafe { vm.set_user_memory_region(region) }
+        unsafe { vm.set_user_memory_region(region) }?;
+        // A duplicate of the VM's descriptor for the dirty log; without one (no
+        // descriptors left) live migration reports it, nothing else changes.
+        // SAFETY: F_DUPFD_CLOEXEC on the VM's open descriptor; the result is checked
+        // and owned by nothing else.
+        let dup = unsafe { libc::fcntl(vm.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+        if dup >= 0 {
+            // SAFETY: `dup` is a new descriptor this function owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(dup) };
+            let _ = self.kvm_log.set(crate::dirty::KvmDirtyLog::new(fd, region));
+        }
+        Ok(())
+    }
+
+    /// Starts tracking which pages change: KVM's dirty log of the slot and the VMM's
+    /// own bitmap, both cleared.
+    pub fn start_dirty_tracking(&self) -> Result<(), MemoryError> {
+        let log = self
+            .kvm_log
+            .get()
+            .ok_or_else(|| MemoryError::DirtyLog("the RAM is not registered with KVM".into()))?;
+        self.dirty.set_tracking(true);
+        log.set_logging(true).map_err(|e| {
+            self.dirty.set_tracking(false);
+            MemoryError::DirtyLog(format!("enabling KVM_MEM_LOG_DIRTY_PAGES: {e}"))
+        })
+    }
+
+    /// Stops tracking (the slot goes back to unlogged).
+    pub fn stop_dirty_tracking(&self) {
+        self.dirty.set_tracking(false);
+        if let Some(log) = self.kvm_log.get() {
+            if let Err(e) = log.set_logging(false) {
+                tracing::warn!("disabling the dirty log: {e}");
+            }
+        }
+    }
+
+    /// The pages written (by the guest or the VMM) since tracking started or since the
+    /// last call, one bit per page, and clears them. With `stop_and_copy` (the domain
+    /// is paused: the last call), also every page handed out for atomic access while
+    /// tracking was on.
+    pub fn take_dirty(&self, stop_and_copy: bool) -> Result<Vec<u64>, MemoryError> {
+        let mut bitmap = vec![0u64; self.nr_pages().div_ceil(64) as usize];
+        self.dirty.take_into(&mut bitmap);
+        if stop_and_copy {
+            self.dirty.take_sticky_into(&mut bitmap);
+        }
+        if let Some(log) = self.kvm_log.get() {
+            log.take_into(&mut bitmap)
+                .map_err(|e| MemoryError::DirtyLog(format!("KVM_GET_DIRTY_LOG: {e}")))?;
+        }
+        Ok(bitmap)
     }
 
     /// Reads bytes from guest RAM (VMM-internal addresses: only bounds-checked).
@@ -202,13 +271,17 @@ impl GuestRam {
     /// Writes bytes to guest RAM (VMM-internal addresses: only bounds-checked).
     pub fn write(&self, addr: u64, buf: &[u8]) -> Result<(), MemoryError> {
         self.check_range(addr, buf.len() as u64)?;
-        self.mem
-            .write_slice(buf, GuestAddress(addr))
-            .map_err(|_| MemoryError::OutOfRange {
-                addr,
-                len: buf.len() as u64,
-                size: self.size,
-            })
+        let written =
+            self.mem
+                .write_slice(buf, GuestAddress(addr))
+                .map_err(|_| MemoryError::OutOfRange {
+                    addr,
+                    len: buf.len() as u64,
+                    size: self.size,
+                });
+        // After the bytes are in: a round that took the page before sends it again.
+        self.dirty.mark(addr, buf.len() as u64);
+        written
     }
 
     /// Reads a plain-old-data value at a VMM-internal address.
@@ -251,11 +324,14 @@ impl GuestRam {
         self.write(ptr, buf)
     }
 
+    /// A host pointer for atomic access: the page counts as written (the caller may,
+    /// at any time after this: see `VmmDirtyBitmap::mark_sticky`).
     fn host_ptr(&self, addr: u64, len: u64, align: u64) -> Result<*mut u8, MemoryError> {
         self.check_range(addr, len)?;
         if !addr.is_multiple_of(align) {
             return Err(MemoryError::Misaligned(addr));
         }
+        self.dirty.mark_sticky(addr, len);
         self.mem
             .get_host_address(GuestAddress(addr))
             .map_err(|_| MemoryError::OutOfRange {
@@ -313,6 +389,51 @@ impl GuestRam {
         if rc != 0 {
             return Err(MemoryError::Map(format!(
                 "madvise: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Maps `len` bytes of `file` at `offset` privately (copy-on-write) over guest RAM
+    /// at `addr`, in place of the memfd there: the guest sees the file's content,
+    /// read from the file when first touched, and its writes stay its own. For a
+    /// restore from an image file before the RAM is registered with KVM; the memfd
+    /// keeps zeros for these pages, so it no longer holds the whole RAM.
+    pub fn map_file_private(
+        &self,
+        file: &File,
+        offset: u64,
+        addr: u64,
+        len: u64,
+    ) -> Result<(), MemoryError> {
+        let page = rxen_abi::PAGE_SIZE;
+        if len == 0 {
+            return Ok(());
+        }
+        if !offset.is_multiple_of(page) || !len.is_multiple_of(page) {
+            return Err(MemoryError::Misaligned(offset));
+        }
+        let p = self.host_ptr(addr, len, page)?;
+        let off = libc::off_t::try_from(offset).map_err(|_| MemoryError::Misaligned(offset))?;
+        // SAFETY: `[p, p+len)` is a page-aligned part of this RAM's own mapping
+        // (checked by `host_ptr`), which MAP_FIXED replaces in place: the addresses
+        // stay valid for the RAM's lifetime. It runs before the RAM is registered
+        // with KVM or shared with any thread, so no reference into the range is
+        // alive while its content changes.
+        let rc = unsafe {
+            libc::mmap(
+                p.cast(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if rc == libc::MAP_FAILED {
+            return Err(MemoryError::Map(format!(
+                "mapping the image: {}",
                 std::io::Error::last_os_error()
             )));
         }
@@ -398,6 +519,30 @@ mod tests {
         assert!(r
             .check_guest_range(0xffff_8000_0000_0000, 8, Access::Read)
             .is_err());
+    }
+
+    #[test]
+    fn vmm_writes_are_tracked_while_tracking_is_on() {
+        let r = ram();
+        assert!(
+            r.start_dirty_tracking().is_err(),
+            "no KVM slot: no dirty log"
+        );
+        r.write(0x3000, b"before").unwrap();
+        assert!(r.take_dirty(true).unwrap().iter().all(|&w| w == 0));
+        // As start_dirty_tracking does, without a VM.
+        r.dirty.set_tracking(true);
+        r.write(0x5ff8, &[1u8; 16]).unwrap(); // pages 5 and 6
+        r.write_obj(0x9000, &7u64).unwrap();
+        r.atomic_u32(0x20004).unwrap();
+        let pages: Vec<u64> = crate::dirty::pages(&r.take_dirty(false).unwrap()).collect();
+        assert_eq!(pages, vec![5, 6, 9, 0x20]);
+        // The atomic page again at the stop-and-copy, nothing else.
+        let pages: Vec<u64> = crate::dirty::pages(&r.take_dirty(true).unwrap()).collect();
+        assert_eq!(pages, vec![0x20]);
+        r.stop_dirty_tracking();
+        r.write(0x3000, b"after").unwrap();
+        assert!(r.take_dirty(true).unwrap().iter().all(|&w| w == 0));
     }
 
     #[test]

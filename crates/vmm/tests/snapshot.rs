@@ -210,6 +210,71 @@ fn lying_vmm_state_is_refused() {
     }
 }
 
+/// Restores `image` from a file with `restore_file`; the guest must count on.
+fn restore_from_file(image: &[u8], at: u64, kind: &str, mapped: bool) {
+    let path = std::env::temp_dir().join(format!("rxen-snap-{kind}-{}.img", std::process::id()));
+    std::fs::write(&path, image).unwrap();
+    let file = std::fs::File::open(&path).unwrap();
+    let sink = CaptureSink::default();
+    let restored =
+        rxen_vmm::snapshot::restore_file(&file, opts(5), Box::new(sink.clone())).expect(kind);
+    assert!(restored.devices.is_empty(), "{kind}: no devices were saved");
+    let (d, config) = (restored.domain, restored.toolstack_config);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert_eq!(
+        maps.contains(path.to_str().unwrap()),
+        mapped,
+        "{kind}: mapped pages of the image"
+    );
+    // The image may be replaced or removed while the domain runs on its mapping.
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(
+        config, b"{}",
+        "the padding of an aligned image is not config"
+    );
+    let resumed = wait_tick(&sink, at + 3);
+    assert!(resumed > at, "{}", output(&sink));
+    d.destroy();
+    d.wait();
+}
+
+#[test]
+fn saved_images_are_page_aligned_and_restore_by_mapping() {
+    if !kvm_available("saved_images_are_page_aligned_and_restore_by_mapping") {
+        return;
+    }
+    let (image, at) = saved_image(BootKind::Rxen);
+    // Every page's data starts on a page boundary of the file.
+    let mut r = ImageReader::open(std::io::Cursor::new(&image)).unwrap();
+    let mut batches = 0;
+    while let Some(item) = r.next_indexed().unwrap() {
+        if let rxen_migration::IndexedItem::Pages(p) = item {
+            assert_eq!(p.data_offset % 4096, 0, "batch {batches}");
+            batches += 1;
+        }
+    }
+    assert!(batches > 0);
+    restore_from_file(&image, at, "aligned", true);
+    // An image whose pages are not aligned (another config length) is copied.
+    let shifted = {
+        let mut r = ImageReader::open(image.as_slice()).unwrap();
+        let mut w = ImageWriter::new(Vec::new(), b"{}").unwrap();
+        while let Some(item) = r.next_item().unwrap() {
+            match item {
+                ImageItem::Libxc(rec) => w.record(&rec).unwrap(),
+                ImageItem::RxenState(s) => w.rxen_state(&s).unwrap(),
+                ImageItem::End => {}
+            }
+        }
+        w.finish().unwrap()
+    };
+    restore_from_file(&shifted, at, "unaligned", false);
+    // A Xen PV domain is copied too (its MMU discards frames).
+    let (pv, at) = saved_image(BootKind::XenPv);
+    restore_from_file(&pv, at, "pv", false);
+}
+
 /// The `memcheck` ticks of `text` (complete lines), in order.
 fn ticks_of(text: &str) -> Vec<u64> {
     text.lines()

@@ -192,6 +192,47 @@ pub struct SaveReply {
     pub kept_running: bool,
 }
 
+/// Body of `POST /domains/{id}/migrate` (`xm migrate`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrateRequest {
+    /// The target host's relocation server: a host name or address.
+    pub host: String,
+    /// Its port (Xen's 8002 when absent).
+    #[serde(default)]
+    pub port: Option<u16>,
+    /// Pre-copy while the domain runs (`--live`); otherwise it is paused first.
+    #[serde(default)]
+    pub live: bool,
+}
+
+/// Xen's relocation port.
+pub const RELOCATION_PORT: u16 = 8002;
+
+/// Reply of `POST /domains/{id}/migrate`: the domain runs at the target and is gone
+/// here.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrateReply {
+    /// `host:port` migrated to.
+    pub target: String,
+    /// The domain's id at the target.
+    pub target_domid: u32,
+    pub live: bool,
+    /// Rounds, the stop-and-copy included.
+    pub rounds: u32,
+    /// Pages sent in each round; the last is the stop-and-copy.
+    pub pages_per_round: Vec<u64>,
+    pub pages_sent: u64,
+    /// The domain's pages (pages sent / guest pages is the pre-copy's cost).
+    pub guest_pages: u64,
+    /// From the pause here to the target's domain running, in milliseconds.
+    pub downtime_ms: f64,
+    /// From the pause to the image's last byte sent (the rest of the downtime is the
+    /// target's restore and start), in milliseconds.
+    pub stop_and_copy_ms: f64,
+    /// The whole migration, in milliseconds.
+    pub total_ms: f64,
+}
+
 /// Body of `POST /restore` (`xm restore`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestoreRequest {

@@ -59,6 +59,7 @@ impl From<DomainError> for ApiError {
             D::BadRequest(_) | D::Refused(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             D::BadImage(_) => (StatusCode::BAD_REQUEST, "bad_image"),
             D::SaveFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "save_failed"),
+            D::MigrateFailed(_) => (StatusCode::UNPROCESSABLE_ENTITY, "migrate_failed"),
             D::NameInUse(_) => (StatusCode::CONFLICT, "name_in_use"),
             D::UuidInUse(_) => (StatusCode::CONFLICT, "uuid_in_use"),
             D::WrongState(_) => (StatusCode::CONFLICT, "wrong_state"),

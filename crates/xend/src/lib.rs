@@ -10,6 +10,7 @@ pub mod api;
 pub mod db;
 pub mod error;
 pub mod process;
+pub mod relocation;
 pub mod restored_devices;
 pub mod state;
 pub mod vbd;

@@ -105,6 +105,20 @@ struct Opts {
     /// at create and attach. See docs/networking.md.
     #[arg(long)]
     no_bridge_create: bool,
+    /// Accept live migrations from other hosts on this TCP port (Xen's relocation
+    /// server uses 8002). Off by default; needs --relocation-token-file.
+    #[arg(long, value_name = "PORT")]
+    relocation_port: Option<u16>,
+    /// Address the relocation server listens on. Loopback by default: a migration
+    /// stream is not encrypted (see docs/migration.md), so only give a routable
+    /// address on a trusted network.
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    relocation_address: String,
+    /// File holding the relocation token (first line, trimmed; not readable by other
+    /// users). Incoming migrations must carry it and `xm migrate` sends it, so both
+    /// hosts are configured with the same token.
+    #[arg(long, value_name = "PATH")]
+    relocation_token_file: Option<PathBuf>,
 }
 
 fn sibling(name: &str) -> PathBuf {
@@ -166,6 +180,20 @@ fn check_options(o: &Opts) -> Result<Option<String>, String> {
     }
     if let Some(cfg) = &o.create {
         read_create_config(cfg)?;
+    }
+    relocation_token(o)?;
+    Ok(token)
+}
+
+/// The relocation token, if a file names one; a relocation port without one is an
+/// error (the server never runs without a token).
+fn relocation_token(o: &Opts) -> Result<Option<String>, String> {
+    let token = match &o.relocation_token_file {
+        Some(p) => auth_token::resolve(Some(p))?,
+        None => None,
+    };
+    if o.relocation_port.is_some() && token.is_none() {
+        return Err("--relocation-port needs --relocation-token-file".into());
     }
     Ok(token)
 }
@@ -403,8 +431,23 @@ async fn foreground(o: Opts) -> Result<(), String> {
             o.memory_overcommit,
         ),
         create_bridges: !o.no_bridge_create,
+        relocation_token: relocation_token(&o)?,
+    };
+    let relocation = match (o.relocation_port, &cfg.relocation_token) {
+        (Some(port), Some(token)) => {
+            let addr = format!("{}:{port}", o.relocation_address);
+            let l = tokio::net::TcpListener::bind(&addr)
+                .await
+                .map_err(|e| format!("relocation server on {addr}: {e}"))?;
+            tracing::info!(%addr, "relocation server listening");
+            Some((l, token.clone()))
+        }
+        _ => None,
     };
     let xend = Xend::new(cfg)?;
+    if let Some((l, token)) = relocation {
+        tokio::spawn(rxen_xend::relocation::serve(xend.clone(), l, token));
+    }
     let sock = o.xenstored_socket.clone();
     if let Err(e) = tokio::task::spawn_blocking(move || rxen_xend::xs::populate_dom0(&sock))
         .await

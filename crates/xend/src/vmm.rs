@@ -102,6 +102,9 @@ pub struct Launch<'a> {
     pub paused: bool,
     /// Restore the domain from this saved image instead of booting `kernel`.
     pub restore: Option<&'a Path>,
+    /// The VMM's standard input (a live migration's connection, `restore` = `-`);
+    /// without it, /dev/null.
+    pub stdin: Option<&'a std::os::fd::OwnedFd>,
 }
 
 /// Starts the VMM in a session of its own, so that signals to xend's terminal or
@@ -160,10 +163,11 @@ pub fn spawn(l: &Launch) -> std::io::Result<tokio::process::Child> {
     for v in &l.vifs {
         cmd.arg(v.arg());
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(false);
+    match l.stdin {
+        Some(fd) => cmd.stdin(Stdio::from(fd.try_clone()?)),
+        None => cmd.stdin(Stdio::null()),
+    };
+    cmd.stdout(Stdio::null()).stderr(log).kill_on_drop(false);
     // SAFETY: setsid is async-signal-safe and touches no memory of the parent; it runs
     // in the child between fork and exec.
     unsafe {
@@ -215,6 +219,54 @@ pub async fn save(
     match control_within(socket, &req, timeout).await? {
         Reply::Saved { pages, paused_ms } => Ok((pages, paused_ms)),
         _ => Err(ControlError::Unexpected("save")),
+    }
+}
+
+/// Asks a VMM to migrate its domain to the relocation server at `address`
+/// (`Request::Migrate`); `progress` hears each pre-copy round as `(round, pages sent,
+/// pages dirty)`; returns the figures once the target runs the domain.
+pub async fn migrate(
+    socket: &Path,
+    address: String,
+    token: String,
+    config: String,
+    live: bool,
+    timeout: Duration,
+    mut progress: impl FnMut(u32, u64, u64),
+) -> Result<rxen_vmm_api::MigrationFigures, ControlError> {
+    let req = Request::Migrate {
+        address,
+        token,
+        config,
+        live,
+    };
+    let fut = async {
+        let s = UnixStream::connect(socket).await?;
+        let (r, mut w) = s.into_split();
+        w.write_all(encode(&req).as_bytes()).await?;
+        let mut r = BufReader::new(r);
+        loop {
+            let mut line = String::new();
+            (&mut r)
+                .take(rxen_vmm_api::MAX_LINE as u64 + 2)
+                .read_line(&mut line)
+                .await?;
+            match decode::<Reply>(&line, rxen_vmm_api::MAX_LINE)? {
+                Reply::MigrationProgress {
+                    round,
+                    pages,
+                    dirty,
+                } => progress(round, pages, dirty),
+                other => return Ok::<_, ControlError>(other),
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, fut).await {
+        Err(_) => Err(ControlError::Timeout),
+        Ok(Err(e)) => Err(e),
+        Ok(Ok(Reply::Error { kind, message })) => Err(ControlError::Refused { kind, message }),
+        Ok(Ok(Reply::Migrated(figures))) => Ok(figures),
+        Ok(Ok(_)) => Err(ControlError::Unexpected("migrate")),
     }
 }
 

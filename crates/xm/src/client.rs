@@ -144,6 +144,14 @@ impl Api {
         self.call("POST", &format!("/domains/{}/save", enc(id)), Some(req))
     }
 
+    pub fn migrate(
+        &self,
+        id: &str,
+        req: &rxen_xend_api::MigrateRequest,
+    ) -> XmResult<Decoded<rxen_xend_api::MigrateReply>> {
+        self.call("POST", &format!("/domains/{}/migrate", enc(id)), Some(req))
+    }
+
     pub fn restore(&self, req: &RestoreRequest) -> XmResult<Decoded<CreateReply>> {
         self.call("POST", "/restore", Some(req))
     }

@@ -110,6 +110,85 @@ pub fn save(api: &Api, out: Output, domain: &str, file: &str, keep_running: bool
     Ok(())
 }
 
+/// `HOST`, `HOST:PORT` or `[V6]:PORT` as the API's host and port.
+fn migration_target(target: &str) -> XmResult<(String, Option<u16>)> {
+    let bad = || XmError::Usage(format!("{target:?} is not HOST or HOST:PORT"));
+    if let Some(rest) = target.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
+        return match after.strip_prefix(':') {
+            Some(p) => Ok((host.to_string(), Some(p.parse().map_err(|_| bad())?))),
+            None if after.is_empty() => Ok((host.to_string(), None)),
+            None => Err(bad()),
+        };
+    }
+    match target.rsplit_once(':') {
+        // More than one colon: a bare IPv6 address.
+        Some((host, _)) if host.contains(':') => Ok((target.to_string(), None)),
+        Some((host, port)) if !host.is_empty() => {
+            Ok((host.to_string(), Some(port.parse().map_err(|_| bad())?)))
+        }
+        Some(_) => Err(bad()),
+        None if target.is_empty() => Err(bad()),
+        None => Ok((target.to_string(), None)),
+    }
+}
+
+pub fn migrate(api: &Api, out: Output, domain: &str, target: &str, live: bool) -> XmResult<()> {
+    let (host, port) = migration_target(target)?;
+    let req = rxen_xend_api::MigrateRequest { host, port, live };
+    if !out.json {
+        eprintln!(
+            "Migrating domain {domain} to {target}{} ...",
+            if live { " (live)" } else { "" }
+        );
+        // Progress: xend's `migration_progress` events of this domain, followed from
+        // before the request (the thread ends with the process).
+        if let Ok(events) = api.events() {
+            let domain = domain.to_string();
+            std::thread::spawn(move || print_migration_progress(events.body, &domain));
+        }
+    }
+    let reply = api.migrate(domain, &req)?;
+    let r = &reply.value;
+    out.show(&reply.json, || {
+        let rounds: Vec<String> = r.pages_per_round.iter().map(u64::to_string).collect();
+        format!(
+            "Migrated domain {domain} to {} (domain {} there): {} round(s), pages per round {}, {} pages sent for {} ({:.2}x), downtime {:.1} ms (stop-and-copy {:.1} ms), total {:.2} s\n",
+            r.target,
+            r.target_domid,
+            r.rounds,
+            rounds.join("/"),
+            r.pages_sent,
+            r.guest_pages,
+            r.pages_sent as f64 / r.guest_pages.max(1) as f64,
+            r.downtime_ms,
+            r.stop_and_copy_ms,
+            r.total_ms / 1e3,
+        )
+    });
+    Ok(())
+}
+
+/// Prints each pre-copy round of `domain`'s migration from xend's event stream.
+fn print_migration_progress(body: impl std::io::Read, domain: &str) {
+    for line in BufReader::new(body).lines() {
+        let Ok(line) = line else { return };
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let Ok(ev) = serde_json::from_str::<DomainEvent>(data.trim()) else {
+            continue;
+        };
+        let ours = ev.name == domain || ev.domid.is_some_and(|d| d.to_string() == domain);
+        if ours && ev.event == "migration_progress" {
+            eprintln!(
+                "  round {}: {} pages sent, {} dirty",
+                ev.detail["round"], ev.detail["pages"], ev.detail["dirty"]
+            );
+        }
+    }
+}
+
 pub fn restore(api: &Api, out: Output, file: &str, paused: bool) -> XmResult<()> {
     let req = rxen_xend_api::RestoreRequest {
         path: absolute_file(file)?,
@@ -454,4 +533,22 @@ pub fn network_detach(
 /// `network-list DOMAIN...`: xl's table for each domain.
 pub fn network_list(api: &Api, out: Output, domains: &[String]) -> XmResult<()> {
     device_list(out, domains, |d| api.nics(d), format::network_table)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migration_targets() {
+        let t = |s: &str| migration_target(s).ok();
+        assert_eq!(t("h"), Some(("h".into(), None)));
+        assert_eq!(t("h:8003"), Some(("h".into(), Some(8003))));
+        assert_eq!(t("[::1]:9"), Some(("::1".into(), Some(9))));
+        assert_eq!(t("::1"), Some(("::1".into(), None)));
+        assert_eq!(t("[::1]"), Some(("::1".into(), None)));
+        for bad in ["", ":1", "h:x", "h:70000", "[::1", "[::1]x"] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+    }
 }

@@ -129,6 +129,23 @@ enum Cmd {
         paused: bool,
         file: String,
     },
+    /// Migrate a domain to another host's xend (its relocation server, Xen's port
+    /// 8002 unless HOST:PORT says otherwise). Both xends need the same relocation
+    /// token (xend --relocation-token-file); the target's needs --relocation-port.
+    /// With --live the domain keeps running while its memory is copied in rounds
+    /// (pages it writes meanwhile are sent again), then pauses for the last pages;
+    /// without, it is paused first. It is destroyed here only once it runs at the
+    /// target; a refusal or failure leaves it running here. Prints the rounds, pages
+    /// and downtime. A domain with disks or vifs is refused (use save/restore; live
+    /// migration does not quiesce device backends yet).
+    Migrate {
+        /// Copy memory while the domain runs (pre-copy), pausing it only at the end.
+        #[arg(short = 'l', long)]
+        live: bool,
+        domain: String,
+        /// The target: HOST or HOST:PORT ([V6]:PORT for IPv6).
+        target: String,
+    },
     /// Print a domain's console and follow it until the domain ends. On a terminal,
     /// keys go to the guest as typed and Ctrl-] detaches; otherwise lines read from
     /// stdin go to the guest. Terminal controls in the guest's output (escape
@@ -297,6 +314,11 @@ fn run(cli: Cli) -> XmResult<()> {
             file,
         } => commands::save(&api, out, &domain, &file, checkpoint),
         Cmd::Restore { paused, file } => commands::restore(&api, out, &file, paused),
+        Cmd::Migrate {
+            live,
+            domain,
+            target,
+        } => commands::migrate(&api, out, &domain, &target, live),
         Cmd::Console {
             domain,
             no_follow,

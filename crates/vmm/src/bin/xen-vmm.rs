@@ -48,6 +48,8 @@ enum Cmd {
         /// v2) instead of building one from a kernel: memory, vCPUs, vCPU count,
         /// command line and UUID come from the image; --name, --domid, --paused and
         /// the console options are this run's. The guest resumes where it was saved.
+        /// `-` reads the image from standard input (a relocation server hands a
+        /// live migration's connection over as stdin).
         #[arg(long, value_name = "IMAGE", conflicts_with_all = ["pv", "ramdisk"])]
         restore: Option<PathBuf>,
         /// The kernel is an unmodified Xen PV kernel (e.g. Mini-OS or PV-GRUB): build it
@@ -181,15 +183,35 @@ fn restore_domain(
     config: DomainConfig,
     sink: Box<dyn ConsoleSink>,
 ) -> Result<rxen_vmm::snapshot::Restored, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let opts = rxen_vmm::snapshot::RestoreOptions {
         name: config.name,
         domid: config.domid,
         console: config.console,
         start_paused: config.start_paused,
     };
-    rxen_vmm::snapshot::restore(std::io::BufReader::with_capacity(1 << 20, file), opts, sink)
-        .map_err(|e| format!("cannot restore {}: {e}", path.display()))
+    let restored = if path.as_os_str() == "-" {
+        // The sender writes nothing after the image's END (it waits for the
+        // relocation server's answer), so reading ahead cannot take anything else.
+        rxen_vmm::snapshot::restore(
+            std::io::BufReader::with_capacity(1 << 20, std::io::stdin()),
+            opts,
+            sink,
+        )
+    } else {
+        // A regular file: its pages are mapped where the image allows it.
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let regular = file.metadata().map(|m| m.is_file()).unwrap_or(false);
+        if regular {
+            rxen_vmm::snapshot::restore_file(&file, opts, sink)
+        } else {
+            rxen_vmm::snapshot::restore(
+                std::io::BufReader::with_capacity(1 << 20, file),
+                opts,
+                sink,
+            )
+        }
+    };
+    restored.map_err(|e| format!("cannot restore {}: {e}", path.display()))
 }
 
 fn main() -> ExitCode {

@@ -10,14 +10,24 @@
 //! domain resumes as is after a restore, its backends serving the same rings from
 //! the saved indices. A domain whose device backends were not quiesced is refused
 //! with a typed error.
+//!
+//! Live migration ([`live`], [`transport`]) writes the same image over a TCP
+//! connection to a relocation server, memory in pre-copy rounds driven by the dirty
+//! log ([`crate::dirty`]) while the guest runs. A domain with connected disks or
+//! vifs is refused before the target is contacted (`save::check_saveable`): only
+//! a save quiesces device backends.
 
 pub mod cpu;
 pub mod devices;
 pub mod document;
+pub mod live;
 pub mod restore;
 pub mod save;
+pub mod transport;
 mod vcpu_records;
 
 pub use devices::DeviceStates;
-pub use restore::{restore, RestoreError, RestoreOptions, Restored};
+pub use live::{LiveOptions, LiveReport};
+pub use restore::{restore, restore_file, RestoreError, RestoreOptions, Restored};
 pub use save::{save, save_with_devices, SaveError, SaveReport};
+pub use transport::{migrate, migrate_with_progress, MigrateError};

@@ -60,7 +60,7 @@ struct Loaded {
 /// Reads the whole image: pages go straight into a new guest memory.
 fn load(image: impl Read, name: &str) -> Result<(Loaded, Vec<u8>), RestoreError> {
     let mut r = ImageReader::open(image)?;
-    let config = r.config().to_vec();
+    let config = toolstack_config(r.config());
     let mut ram: Option<Arc<GuestRam>> = None;
     let mut state = None;
     while let Some(item) = r.next_item()? {
@@ -69,11 +69,7 @@ fn load(image: impl Read, name: &str) -> Result<(Loaded, Vec<u8>), RestoreError>
                 if ram.is_some() {
                     return Err(bad("two P2M frame records"));
                 }
-                let bytes = (u64::from(end_pfn) + 1) * rxen_abi::PAGE_SIZE;
-                if bytes > MAX_MEM_BYTES {
-                    return Err(bad(format!("{bytes} bytes of memory")));
-                }
-                ram = Some(Arc::new(GuestRam::new(name, bytes)?));
+                ram = Some(new_ram(end_pfn, name)?);
             }
             ImageItem::Libxc(Record::PageData(batch)) => {
                 let ram = ram
@@ -101,6 +97,115 @@ fn load(image: impl Read, name: &str) -> Result<(Loaded, Vec<u8>), RestoreError>
     Ok((Loaded { ram, state }, config))
 }
 
+/// The xl header's configuration without the spaces a save pads it with (to put the
+/// page data on page boundaries, `save::Layout::Aligned`).
+fn toolstack_config(raw: &[u8]) -> Vec<u8> {
+    let end = raw.iter().rposition(|&b| b != b' ').map_or(0, |i| i + 1);
+    raw[..end].to_vec()
+}
+
+/// Memory size from a P2M frame record, checked.
+fn new_ram(end_pfn: u32, name: &str) -> Result<Arc<GuestRam>, RestoreError> {
+    let bytes = (u64::from(end_pfn) + 1) * rxen_abi::PAGE_SIZE;
+    if bytes > MAX_MEM_BYTES {
+        return Err(bad(format!("{bytes} bytes of memory")));
+    }
+    Ok(Arc::new(GuestRam::new(name, bytes)?))
+}
+
+/// Reads a seekable image file: pages whose data is page-aligned in the file are
+/// mapped (a private, copy-on-write mapping of the file over that part of guest RAM:
+/// the file is read when the guest first touches a page), the others copied. Xen PV
+/// domains are always copied (their MMU discards frames with `MADV_DONTNEED`, which
+/// would bring a mapped page back to the file's content).
+fn load_mapped(file: &std::fs::File, name: &str) -> Result<(Loaded, Vec<u8>), RestoreError> {
+    use rxen_migration::{IndexedItem, PageIndex};
+    use std::os::unix::fs::FileExt;
+    let mut r = ImageReader::open(std::io::BufReader::with_capacity(16 << 10, file))?;
+    let config = toolstack_config(r.config());
+    let mut ram: Option<Arc<GuestRam>> = None;
+    let mut state = None;
+    let mut batches: Vec<PageIndex> = Vec::new();
+    while let Some(item) = r.next_indexed()? {
+        match item {
+            IndexedItem::Item(ImageItem::Libxc(Record::X86PvP2mFrames { end_pfn, .. })) => {
+                if ram.is_some() {
+                    return Err(bad("two P2M frame records"));
+                }
+                ram = Some(new_ram(end_pfn, name)?);
+            }
+            IndexedItem::Pages(p) => {
+                if ram.is_none() {
+                    return Err(bad("page data before the P2M frame record"));
+                }
+                batches.push(p);
+            }
+            IndexedItem::Item(ImageItem::RxenState(s)) => {
+                state = Some(serde_json::from_slice::<VmmState>(&s.document)?)
+            }
+            IndexedItem::Item(_) => {}
+        }
+    }
+    let ram = ram.ok_or_else(|| bad("no P2M frame record (memory size)"))?;
+    let state: VmmState = state.ok_or_else(|| bad("no rxen state record"))?;
+    if state.mem_bytes != ram.size() {
+        return Err(bad("memory size differs between the records"));
+    }
+    let page = rxen_abi::PAGE_SIZE;
+    let may_map = state.pv_mmu.is_none();
+    let mut buf = vec![0u8; page as usize];
+    // Later batches replace earlier ones, as in a stream.
+    for b in &batches {
+        let pfns = b.entries.iter().filter(|e| e.ty.has_data()).map(|e| e.pfn);
+        let mut offset = b.data_offset;
+        let mut run: Option<(u64, u64, u64)> = None; // (first pfn, count, file offset)
+        let flush = |run: Option<(u64, u64, u64)>, buf: &mut Vec<u8>| {
+            let Some((first, count, at)) = run else {
+                return Ok::<_, RestoreError>(());
+            };
+            let addr = first
+                .checked_mul(page)
+                .ok_or_else(|| bad("pfn out of range"))?;
+            if may_map && at.is_multiple_of(page) {
+                ram.map_file_private(file, at, addr, count * page)?;
+            } else {
+                for i in 0..count {
+                    file.read_exact_at(buf, at + i * page)
+                        .map_err(|e| RestoreError::Image(StreamError::Io(e)))?;
+                    ram.write(addr + i * page, buf)?;
+                }
+            }
+            Ok(())
+        };
+        for pfn in pfns {
+            run = match run {
+                Some((first, count, at)) if first + count == pfn => Some((first, count + 1, at)),
+                other => {
+                    flush(other, &mut buf)?;
+                    Some((pfn, 1, offset))
+                }
+            };
+            offset += page;
+        }
+        flush(run, &mut buf)?;
+    }
+    Ok((Loaded { ram, state }, config))
+}
+
+/// Restores a domain from the image file `file`, mapping its pages where the image
+/// allows it instead of copying them (see `load_mapped`); otherwise as [`restore`].
+/// The file must stay as it is while the domain runs (`xm save` replaces an image by
+/// renaming a new file over it, which leaves a mapped one intact).
+pub fn restore_file(
+    file: &std::fs::File,
+    opts: RestoreOptions,
+    sink: Box<dyn ConsoleSink>,
+) -> Result<Restored, RestoreError> {
+    let created_at = Instant::now();
+    let (loaded, config) = load_mapped(file, &opts.name)?;
+    build(loaded, config, opts, sink, created_at)
+}
+
 /// A restored domain and what its image said beyond the domain itself.
 pub struct Restored {
     pub domain: Domain,
@@ -120,7 +225,20 @@ pub fn restore(
     sink: Box<dyn ConsoleSink>,
 ) -> Result<Restored, RestoreError> {
     let created_at = Instant::now();
-    let (Loaded { ram, mut state }, toolstack_config) = load(image, &opts.name)?;
+    let (loaded, config) = load(image, &opts.name)?;
+    build(loaded, config, opts, sink, created_at)
+}
+
+/// Builds and starts the domain of a loaded image.
+fn build(
+    loaded: Loaded,
+    toolstack_config: Vec<u8>,
+    opts: RestoreOptions,
+    sink: Box<dyn ConsoleSink>,
+    created_at: Instant,
+) -> Result<Restored, RestoreError> {
+    let Loaded { ram, mut state } = loaded;
+    tracing::debug!(ms = created_at.elapsed().as_secs_f64() * 1e3, "image read");
     if let Some(v) = state.suspended_vcpu {
         as_new_domain(&mut state, v)?;
     }

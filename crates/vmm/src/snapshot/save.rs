@@ -65,25 +65,73 @@ pub fn save_with_devices(
         return Err(SaveError::Ended);
     }
     dom.pause();
-    let system_time_ns = dom.clock.now_ns();
-    let cpus = capture_all(dom)?;
-    let state = document(dom, system_time_ns, cpus, devices)?;
-    let mut w = ImageWriter::new(out, config)?;
+    let captured = capture(dom, devices)?;
+    let config = page_aligned_config(dom, config)?;
+    let mut w = ImageWriter::new(out, &config)?;
+    write_head(dom, &mut w)?;
+    let pages = write_pages(dom, &mut w, 0..dom.ram.nr_pages(), true, Layout::Aligned)?;
+    write_tail(dom, &mut w, &captured)?;
+    w.finish()?;
+    tracing::info!(domain = %dom.config.name, pages, ms = started.elapsed().as_millis() as u64, "saved");
+    Ok(SaveReport {
+        pages,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Writes the libxc records that come before the pages: `X86_PV_INFO`,
+/// `STATIC_DATA_END` and the P2M frame range (the memory size).
+pub(super) fn write_head<W: Write>(
+    dom: &DomainShared,
+    w: &mut ImageWriter<W>,
+) -> Result<(), SaveError> {
     w.record(&Record::X86PvInfo {
         guest_width: 8,
         pt_levels: 4,
     })?;
     w.record(&Record::StaticDataEnd)?;
-    let nr_pages = dom.ram.nr_pages();
     // rxen domains have no P2M list of their own: the frame list is empty and the
     // range says how many frames the domain has.
     w.record(&Record::X86PvP2mFrames {
         start_pfn: 0,
-        end_pfn: u32::try_from(nr_pages.saturating_sub(1))
+        end_pfn: u32::try_from(dom.ram.nr_pages().saturating_sub(1))
             .map_err(|_| SaveError::Unsupported("more than 2^32 pages".into()))?,
         frames: Vec::new(),
     })?;
-    let pages = write_pages(dom, state.pv_mmu.as_ref(), &mut w, nr_pages)?;
+    Ok(())
+}
+
+/// The processor and VMM state of a paused domain, and the guest time it was taken at.
+pub(super) struct Captured {
+    state: VmmState,
+    system_time_ns: u64,
+}
+
+/// Captures the vCPUs and the VMM state of the paused domain (before its last pages
+/// are read: taking a vCPU out of a block may write guest memory).
+/// `devices` is what the quiesced device backends returned (empty when there are none).
+pub(super) fn capture(dom: &DomainShared, devices: &DeviceStates) -> Result<Captured, SaveError> {
+    let system_time_ns = dom.clock.now_ns();
+    let cpus = capture_all(dom)?;
+    let state = document(dom, system_time_ns, cpus, devices)?;
+    Ok(Captured {
+        state,
+        system_time_ns,
+    })
+}
+
+/// Writes everything after the pages: TSC info, `shared_info`, the vCPU records,
+/// libxc `END` and rxen's state record (the caller ends the image).
+pub(super) fn write_tail<W: Write>(
+    dom: &DomainShared,
+    w: &mut ImageWriter<W>,
+    captured: &Captured,
+) -> Result<(), SaveError> {
+    let Captured {
+        state,
+        system_time_ns,
+    } = captured;
+    let system_time_ns = *system_time_ns;
     w.record(&Record::X86TscInfo(TscInfo {
         mode: 0,
         khz: state.tsc_khz,
@@ -101,12 +149,38 @@ pub fn save_with_devices(
         }
     }
     w.record(&Record::End)?;
-    w.rxen_state(&RxenState::new(serde_json::to_vec(&state)?))?;
-    w.finish()?;
-    tracing::info!(domain = %dom.config.name, pages, ms = started.elapsed().as_millis() as u64, "saved");
-    Ok(SaveReport {
-        pages,
-        elapsed: started.elapsed(),
+    w.rxen_state(&RxenState::new(serde_json::to_vec(state)?))?;
+    Ok(())
+}
+
+/// Refuses what a live migration cannot send yet: a domain with event channels to
+/// backends other than the boot-time xenstore and console ones (disks, vifs). Its
+/// backends are quiesced only by a save (`xm save`), not in the stop-and-copy of a
+/// migration. Live migration asks before its first round, so that a domain that
+/// cannot be sent is not copied for nothing.
+pub(super) fn check_saveable(
+    dom: &DomainShared,
+    evtchn: &crate::evtchn::EvtchnSnapshot,
+) -> Result<(), SaveError> {
+    if backend_connected(dom, evtchn) {
+        return Err(SaveError::Unsupported(
+            "a domain with disks or network devices (live migration does not quiesce their \
+             backends yet)"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a port is bound to a backend in domain 0 other than the boot-time
+/// xenstore and console ones (a device backend that was not quiesced).
+fn backend_connected(dom: &DomainShared, evtchn: &crate::evtchn::EvtchnSnapshot) -> bool {
+    let boot_ports = [
+        dom.boot_channels.store_evtchn,
+        dom.boot_channels.console_evtchn,
+    ];
+    evtchn.ports.iter().enumerate().any(|(p, (b, _))| {
+        matches!(b, crate::evtchn::Binding::Dom0 { .. }) && !boot_ports.contains(&(p as u32))
     })
 }
 
@@ -156,14 +230,7 @@ fn document(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .snapshot();
-    let boot_ports = [
-        dom.boot_channels.store_evtchn,
-        dom.boot_channels.console_evtchn,
-    ];
-    let foreign_backend = evtchn.ports.iter().enumerate().any(|(p, (b, _))| {
-        matches!(b, crate::evtchn::Binding::Dom0 { .. }) && !boot_ports.contains(&(p as u32))
-    });
-    if foreign_backend {
+    if backend_connected(dom, &evtchn) {
         return Err(SaveError::Unsupported(
             "a device backend is still connected to the guest (not quiesced)".into(),
         ));
@@ -243,38 +310,112 @@ fn page_type(mmu: Option<&crate::pv::mmu::Mmu>, pfn: u64) -> PageType {
     }
 }
 
-/// Writes every page that is not all zero, in batches of [`MAX_BATCH_PAGES`].
-fn write_pages<W: Write>(
+/// How the pages of an image are laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// Batches of [`MAX_BATCH_PAGES`] (a stream: nobody maps it).
+    Stream,
+    /// Batches of exactly [`ALIGNED_BATCH_PAGES`], so that in a file whose first
+    /// `PAGE_DATA` starts on a page boundary every page's data is page-aligned and a
+    /// restore can map the image's pages instead of copying them. A last, shorter
+    /// batch is filled up with pages that were left out as zero (or sent already):
+    /// sending a page twice or a zero page is harmless.
+    Aligned,
+}
+
+/// Entries of an aligned batch: its header (16 bytes) and pfn list (8 per entry)
+/// then take exactly one page, and the batch ends on a page boundary again.
+pub const ALIGNED_BATCH_PAGES: usize = 510;
+
+/// Writes the pages `pfns` in batches (see [`Layout`]); with `skip_zero`, all-zero
+/// pages are left out (a first copy: absent pages are zero at the target). Returns
+/// how many pages were written.
+pub(super) fn write_pages<W: Write>(
     dom: &DomainShared,
-    mmu: Option<&crate::pv::mmu::Mmu>,
     w: &mut ImageWriter<W>,
-    nr_pages: u64,
+    pfns: impl IntoIterator<Item = u64>,
+    skip_zero: bool,
+    layout: Layout,
 ) -> Result<u64, SaveError> {
     const PAGE: usize = rxen_migration::PAGE_SIZE;
-    let mut entries = Vec::with_capacity(MAX_BATCH_PAGES);
-    let mut data = Vec::with_capacity(MAX_BATCH_PAGES * PAGE);
-    let mut page = vec![0u8; PAGE];
+    let batch = match layout {
+        Layout::Stream => MAX_BATCH_PAGES,
+        Layout::Aligned => ALIGNED_BATCH_PAGES,
+    };
+    let mut entries = Vec::with_capacity(batch);
+    let mut data = vec![0u8; batch * PAGE];
     let mut written = 0;
-    for pfn in 0..nr_pages {
-        dom.ram.read(pfn * PAGE as u64, &mut page)?;
-        if page.iter().all(|&b| b == 0) {
+    let mut flush = |entries: &mut Vec<PfnEntry>, data: &[u8]| -> Result<(), SaveError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        // Page types as the MMU has them now (only Xen PV domains have any).
+        if let Some(mmu) = &dom.pv_mmu {
+            let mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            for e in entries.iter_mut() {
+                e.ty = page_type(Some(&mmu), e.pfn);
+            }
+        }
+        w.page_batch(entries, &data[..entries.len() * PAGE])?;
+        written += entries.len() as u64;
+        entries.clear();
+        Ok(())
+    };
+    // Pages left out as zero, to fill an aligned last batch with.
+    let mut zero_pfns = Vec::new();
+    for pfn in pfns {
+        let at = entries.len() * PAGE;
+        let page = &mut data[at..at + PAGE];
+        dom.ram.read(pfn * PAGE as u64, page)?;
+        if skip_zero && page.iter().all(|&b| b == 0) {
+            if layout == Layout::Aligned && zero_pfns.len() < batch {
+                zero_pfns.push(pfn);
+            }
             continue;
         }
         entries.push(PfnEntry {
             pfn,
-            ty: page_type(mmu, pfn),
+            ty: PageType::Normal,
         });
-        data.extend_from_slice(&page);
-        if entries.len() == MAX_BATCH_PAGES {
-            w.page_batch(&entries, &data)?;
-            written += entries.len() as u64;
-            entries.clear();
-            data.clear();
+        if entries.len() == batch {
+            flush(&mut entries, &data)?;
         }
     }
-    if !entries.is_empty() {
-        w.page_batch(&entries, &data)?;
-        written += entries.len() as u64;
+    if layout == Layout::Aligned && !entries.is_empty() {
+        let fill = zero_pfns.into_iter().chain(0..dom.ram.nr_pages());
+        for pfn in fill.take(batch - entries.len()) {
+            let at = entries.len() * PAGE;
+            dom.ram.read(pfn * PAGE as u64, &mut data[at..at + PAGE])?;
+            entries.push(PfnEntry {
+                pfn,
+                ty: PageType::Normal,
+            });
+        }
     }
+    flush(&mut entries, &data)?;
     Ok(written)
+}
+
+/// `config` followed by spaces (JSON allows them) so that the first `PAGE_DATA`
+/// record after [`write_head`] starts on a page boundary of the image.
+fn page_aligned_config(dom: &DomainShared, config: &[u8]) -> Result<Vec<u8>, SaveError> {
+    struct Count(u64);
+    impl Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut w = ImageWriter::new(Count(0), b"")?;
+    write_head(dom, &mut w)?;
+    let head = w.into_inner().0 + config.len() as u64;
+    let page = rxen_migration::PAGE_SIZE as u64;
+    let pad = ((page - head % page) % page) as usize;
+    let mut out = Vec::with_capacity(config.len() + pad);
+    out.extend_from_slice(config);
+    out.resize(config.len() + pad, b' ');
+    Ok(out)
 }

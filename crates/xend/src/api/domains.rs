@@ -10,8 +10,8 @@ use axum::response::IntoResponse;
 use axum::Json;
 use rxen_xend_api::{
     CreateReply, CreateRequest, DiskAttachRequest, DiskDetachQuery, ManagedReply, MemoryRequest,
-    NicAttachRequest, NicDetachQuery, RenameRequest, RestoreRequest, SaveRequest, ShutdownQuery,
-    UptimeReply, VcpusRequest,
+    MigrateRequest, NicAttachRequest, NicDetachQuery, RenameRequest, RestoreRequest, SaveRequest,
+    ShutdownQuery, UptimeReply, VcpusRequest,
 };
 use rxen_xlcfg::DomainSpec;
 
@@ -85,8 +85,7 @@ pub async fn create(State(st): State<AppState>, body: Bytes) -> ApiResult<impl I
     }
     let opts = CreateOptions {
         paused: req.paused,
-        restore: None,
-        restored_frontends: Vec::new(),
+        ..Default::default()
     };
     let domain = st.xend.create(spec, false, opts).await?;
     Ok((StatusCode::CREATED, Json(CreateReply { domain, warnings })))
@@ -176,6 +175,17 @@ pub async fn save(
 ) -> ApiResult<impl IntoResponse> {
     let b: SaveRequest = parse_json(&body)?;
     Ok(Json(st.xend.save(&id, &b.path, b.keep_running).await?))
+}
+
+/// `xm migrate [--live]`: the domain's VMM sends it to the target's relocation
+/// server; the domain is destroyed here once it runs there.
+pub async fn migrate(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<impl IntoResponse> {
+    let b: MigrateRequest = parse_json(&body)?;
+    Ok(Json(st.xend.migrate(&id, &b).await?))
 }
 
 /// `xm restore`: the whole image is checked before anything is created.

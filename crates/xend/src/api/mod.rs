@@ -56,6 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/domains/{id}/maxmem", post(domains::maxmem))
         .route("/domains/{id}/uptime", get(domains::uptime))
         .route("/domains/{id}/save", post(domains::save))
+        .route("/domains/{id}/migrate", post(domains::migrate))
         .route("/restore", post(domains::restore))
         .route(
             "/domains/{id}/console",

@@ -29,10 +29,18 @@ pub struct CreateOptions {
     /// Restore from this saved image (checked by the caller) instead of booting the
     /// spec's kernel (`xm restore`).
     pub restore: Option<std::path::PathBuf>,
+    /// A live migration's connection, handed to the VMM as its standard input
+    /// (with `restore` = `-`); the stream may take minutes, so the start deadline is
+    /// [`INCOMING_START_TIMEOUT`].
+    pub incoming: Option<Arc<std::os::fd::OwnedFd>>,
     /// The restored image's connected devices: their frontend nodes are written
     /// (state Connected) instead of a new device's.
     pub restored_frontends: Vec<crate::restored_devices::RestoredFrontend>,
 }
+
+/// How long a VMM restoring from a live migration's connection may take to answer
+/// (the pre-copy rounds run before it can).
+pub const INCOMING_START_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How a VMM start ended.
 enum Started {
@@ -315,6 +323,7 @@ impl Xend {
             files: &files,
             paused: opts.paused,
             restore: opts.restore.as_deref(),
+            stdin: opts.incoming.as_deref(),
         };
         let mut child = match vmm::spawn(&launch) {
             Ok(c) => {
@@ -341,9 +350,15 @@ impl Xend {
                 )));
             }
         };
-        let deadline = tokio::time::Instant::now() + self.cfg.start_timeout;
+        let timeout = if opts.incoming.is_some() {
+            self.cfg.start_timeout.max(INCOMING_START_TIMEOUT)
+        } else {
+            self.cfg.start_timeout
+        };
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if let Ok(status) = vmm::status(&files.control()).await {
+                tracing::debug!(domid, "the new VMM answers");
                 let sock = self.cfg.xenstored_socket.clone();
                 let boot = status.boot;
                 let introduced =

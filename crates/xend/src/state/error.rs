@@ -50,6 +50,9 @@ pub enum DomainError {
     /// The VMM could not save the domain (it keeps running as it was).
     #[error("save failed: {0}")]
     SaveFailed(String),
+    /// A migration did not complete (the domain runs on here).
+    #[error("migration failed: {0}")]
+    MigrateFailed(String),
     #[error("the guest did not shut down in time (use force to destroy it)")]
     ShutdownTimeout,
     #[error("{0}")]

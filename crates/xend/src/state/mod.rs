@@ -15,6 +15,7 @@ mod exit_policy;
 mod host;
 mod lifecycle;
 mod managed;
+pub mod migrate;
 pub mod nics;
 pub mod registry;
 mod save;
@@ -49,6 +50,9 @@ pub struct XendConfig {
     /// Create (and bring up) a vif's bridge when it is missing; when `false`
     /// (`--no-bridge-create`), a missing bridge is an error.
     pub create_bridges: bool,
+    /// The relocation token (`--relocation-token-file`): sent with outgoing
+    /// migrations and required of incoming ones.
+    pub relocation_token: Option<String>,
 }
 
 /// Memory domains may use on this host: `(MemTotal - dom0_mib) * overcommit`.

@@ -21,14 +21,14 @@ const SAVE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// What xend keeps in the image's xl header (JSON).
 #[derive(Debug, Serialize, Deserialize)]
-struct SavedConfig {
+pub(super) struct SavedConfig {
     /// `"rxen-xend"`, so that an xl image's config is not taken for ours.
-    toolstack: String,
-    uuid: String,
-    spec: DomainSpec,
+    pub(super) toolstack: String,
+    pub(super) uuid: String,
+    pub(super) spec: DomainSpec,
 }
 
-const TOOLSTACK: &str = "rxen-xend";
+pub(super) const TOOLSTACK: &str = "rxen-xend";
 
 fn absolute(path: &str) -> DomainResult<PathBuf> {
     let p = PathBuf::from(path);
@@ -152,6 +152,7 @@ impl Xend {
         let opts = CreateOptions {
             paused,
             restore: Some(path),
+            incoming: None,
             restored_frontends,
         };
         self.create(spec, false, opts).await

@@ -1,0 +1,185 @@
+//! Live migration's connection: the VMM sends its domain to a relocation server
+//! (`rxen_vmm_api::relocation`): connect, [`Hello`], wait for `ready`, the image
+//! ([`super::live::send`]), then wait for `running`. Only then is the migration done
+//! and the domain stays paused for the toolstack to destroy; on any failure the
+//! domain is unpaused (unless it was paused before) and runs on here.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use rxen_vmm_api::relocation::{Answer, Hello, MAX_RELOCATION_LINE};
+use rxen_vmm_api::MigrationFigures;
+
+use super::live::{send, LiveOptions};
+use super::save::SaveError;
+use crate::domain::DomainShared;
+
+/// How long the connection and the target's first answer may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the target may take from the end of the image to its domain running.
+const RUNNING_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest a single write to the target may block (a stalled peer).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why a migration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("connecting to {address}: {detail}")]
+    Connect { address: String, detail: String },
+    #[error("the target refused ({error}): {message}")]
+    Refused { error: String, message: String },
+    #[error("the target's answer: {0}")]
+    Protocol(String),
+    #[error("sending the domain: {0}")]
+    Send(#[from] SaveError),
+}
+
+/// Migrates `dom` to the relocation server at `address`; see the module doc.
+pub fn migrate(
+    dom: &DomainShared,
+    address: &str,
+    token: &str,
+    config: &str,
+    live: bool,
+) -> Result<MigrationFigures, MigrateError> {
+    migrate_with_progress(dom, address, token, config, live, &mut |_, _, _| {})
+}
+
+/// [`migrate`], telling `progress` each pre-copy round as `(round, pages sent,
+/// pages dirty)`.
+pub fn migrate_with_progress(
+    dom: &DomainShared,
+    address: &str,
+    token: &str,
+    config: &str,
+    live: bool,
+    progress: &mut dyn FnMut(u32, u64, u64),
+) -> Result<MigrationFigures, MigrateError> {
+    let was_paused = dom.vcpus.iter().all(|v| v.lock().paused);
+    let result = migrate_paused_on_success(dom, address, token, config, live, progress);
+    if let Err(e) = &result {
+        tracing::warn!(domain = %dom.config.name, address, "migration failed: {e}");
+        if !was_paused {
+            dom.unpause();
+        }
+    }
+    result
+}
+
+fn migrate_paused_on_success(
+    dom: &DomainShared,
+    address: &str,
+    token: &str,
+    config: &str,
+    live: bool,
+    progress: &mut dyn FnMut(u32, u64, u64),
+) -> Result<MigrationFigures, MigrateError> {
+    let started = Instant::now();
+    // A domain that cannot be sent is refused before the target starts anything
+    // (`send` checks again: a device may connect meanwhile).
+    let evtchn = dom
+        .evtchn
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .snapshot();
+    super::save::check_saveable(dom, &evtchn)?;
+    let stream = connect(address)?;
+    let mut reader = BufReader::new(
+        stream
+            .try_clone()
+            .map_err(|e| MigrateError::Protocol(e.to_string()))?,
+    );
+    let hello = Hello {
+        token: token.to_string(),
+        config: config.to_string(),
+        live,
+    };
+    let mut line =
+        serde_json::to_string(&hello).map_err(|e| MigrateError::Protocol(e.to_string()))?;
+    line.push('\n');
+    (&stream)
+        .write_all(line.as_bytes())
+        .map_err(|e| MigrateError::Protocol(format!("writing the hello: {e}")))?;
+    stream
+        .set_read_timeout(Some(CONNECT_TIMEOUT))
+        .map_err(|e| MigrateError::Protocol(e.to_string()))?;
+    match read_answer(&mut reader)? {
+        Answer::Ready => {}
+        Answer::Refused { error, message } => return Err(MigrateError::Refused { error, message }),
+        other => {
+            return Err(MigrateError::Protocol(format!(
+                "{other:?} before the image"
+            )))
+        }
+    }
+    let opts = if live {
+        LiveOptions::default()
+    } else {
+        LiveOptions {
+            max_rounds: 0,
+            ..LiveOptions::default()
+        }
+    };
+    let out = std::io::BufWriter::with_capacity(1 << 20, &stream);
+    let report = send(dom, out, config.as_bytes(), opts, progress)?;
+    stream
+        .set_read_timeout(Some(RUNNING_TIMEOUT))
+        .map_err(|e| MigrateError::Protocol(e.to_string()))?;
+    let domid = match read_answer(&mut reader)? {
+        Answer::Running { domid } => domid,
+        Answer::Refused { error, message } => return Err(MigrateError::Refused { error, message }),
+        Answer::Ready => return Err(MigrateError::Protocol("a second ready".into())),
+    };
+    let downtime = report.paused_at.map_or(report.paused, |at| at.elapsed());
+    Ok(MigrationFigures {
+        target_domid: domid,
+        pages_sent: report.pages_sent(),
+        pages_per_round: report.pages_per_round,
+        guest_pages: report.guest_pages,
+        downtime_ms: downtime.as_secs_f64() * 1e3,
+        stop_and_copy_ms: report.paused.as_secs_f64() * 1e3,
+        total_ms: started.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+fn connect(address: &str) -> Result<TcpStream, MigrateError> {
+    let err = |detail: String| MigrateError::Connect {
+        address: address.to_string(),
+        detail,
+    };
+    let addrs: Vec<_> = address
+        .to_socket_addrs()
+        .map_err(|e| err(e.to_string()))?
+        .collect();
+    let mut last = String::from("no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+            Ok(s) => {
+                let _ = s.set_nodelay(true);
+                s.set_write_timeout(Some(WRITE_TIMEOUT))
+                    .map_err(|e| err(e.to_string()))?;
+                return Ok(s);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(err(last))
+}
+
+/// One answer line (at most [`MAX_RELOCATION_LINE`] bytes).
+fn read_answer(r: &mut impl BufRead) -> Result<Answer, MigrateError> {
+    let mut line = String::new();
+    let n = Read::take(&mut *r, MAX_RELOCATION_LINE as u64 + 1)
+        .read_line(&mut line)
+        .map_err(|e| MigrateError::Protocol(format!("reading: {e}")))?;
+    if n == 0 {
+        return Err(MigrateError::Protocol(
+            "the target closed the connection".into(),
+        ));
+    }
+    if !line.ends_with('\n') {
+        return Err(MigrateError::Protocol("an answer line too long".into()));
+    }
+    serde_json::from_str(line.trim_end()).map_err(|e| MigrateError::Protocol(e.to_string()))
+}

@@ -1,0 +1,220 @@
+//! `xm migrate [--live]` (the sending side) and what the relocation server does with
+//! a connection it accepted (the receiving side), `docs/migration.md`.
+//!
+//! Sending: xend hands the target's address, its relocation token and the domain's
+//! configuration to the domain's VMM (`Request::Migrate`), which connects, streams
+//! the image (pre-copy rounds with `--live`) and waits for the target's `running`.
+//! Only then is the domain destroyed here; any failure leaves it running.
+//!
+//! Receiving: after the token was checked ([`crate::relocation`]), the name and UUID
+//! must be free; the connection is answered `ready` and handed to a new VMM as its
+//! standard input (`xen-vmm run --restore -`), created as `xm restore` would (a new
+//! domid, the same name, UUID and config). Its boot report (the domain runs) is what
+//! the sender waits for.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rxen_vmm_api::relocation::{Answer, Hello};
+use rxen_xend_api::{DomainState, MigrateReply, MigrateRequest, RELOCATION_PORT};
+
+use super::create::CreateOptions;
+use super::save::{SavedConfig, TOOLSTACK};
+use super::{lock, DomainError, DomainResult, Xend};
+use crate::vmm;
+
+/// How long a VMM may take to send its domain (all rounds and the target's start).
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// `host:port` of a migration target (`[v6]:port` for IPv6 literals).
+fn target_address(host: &str, port: Option<u16>) -> DomainResult<String> {
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        return Err(DomainError::BadRequest(format!("{host:?} is not a host")));
+    }
+    let port = port.unwrap_or(RELOCATION_PORT);
+    Ok(if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    })
+}
+
+/// The `error` code of the target's refusal for `e` (the API's codes).
+fn refusal(e: DomainError) -> Answer {
+    let api = crate::error::ApiError::from(e);
+    Answer::Refused {
+        error: api.code.to_string(),
+        message: api.message,
+    }
+}
+
+impl Xend {
+    /// Migrates domain `id` to `req`'s relocation server; see the module doc.
+    pub async fn migrate(
+        self: &Arc<Self>,
+        id: &str,
+        req: &MigrateRequest,
+    ) -> DomainResult<MigrateReply> {
+        let target = target_address(&req.host, req.port)?;
+        let token = self.cfg.relocation_token.clone().ok_or_else(|| {
+            DomainError::Refused(
+                "this xend has no relocation token (--relocation-token-file)".into(),
+            )
+        })?;
+        let domid = self.resolve(id)?;
+        let d = self.get(domid)?;
+        if !matches!(d.state, DomainState::Running | DomainState::Paused) {
+            return Err(DomainError::WrongState(d.state));
+        }
+        let config = serde_json::to_string(&SavedConfig {
+            toolstack: TOOLSTACK.into(),
+            uuid: d.uuid.clone(),
+            spec: d.spec.clone(),
+        })
+        .map_err(|e| DomainError::Internal(format!("encoding the config: {e}")))?;
+        tracing::info!(domid, name = d.name, target, live = req.live, "migrating");
+        self.emit(
+            Some(domid),
+            &d.name,
+            "migrating",
+            serde_json::json!({"target": target, "live": req.live}),
+        );
+        let figures = vmm::migrate(
+            &self.files(domid).control(),
+            target.clone(),
+            token,
+            config,
+            req.live,
+            MIGRATE_TIMEOUT,
+            |round, pages, dirty| {
+                tracing::info!(domid, name = d.name, round, pages, dirty, "migration round");
+                self.emit(
+                    Some(domid),
+                    &d.name,
+                    "migration_progress",
+                    serde_json::json!({"round": round, "pages": pages, "dirty": dirty}),
+                );
+            },
+        )
+        .await
+        .map_err(|e| {
+            let message = match e {
+                vmm::ControlError::Refused { message, .. } => message,
+                other => other.to_string(),
+            };
+            tracing::warn!(domid, name = d.name, target, "migration failed: {message}");
+            self.emit(
+                Some(domid),
+                &d.name,
+                "migration_failed",
+                serde_json::json!({"target": target, "message": message}),
+            );
+            DomainError::MigrateFailed(message)
+        })?;
+        let reply = MigrateReply {
+            target: target.clone(),
+            target_domid: figures.target_domid,
+            live: req.live,
+            rounds: figures.pages_per_round.len() as u32,
+            pages_per_round: figures.pages_per_round,
+            pages_sent: figures.pages_sent,
+            guest_pages: figures.guest_pages,
+            downtime_ms: figures.downtime_ms,
+            stop_and_copy_ms: figures.stop_and_copy_ms,
+            total_ms: figures.total_ms,
+        };
+        tracing::info!(
+            domid,
+            name = d.name,
+            target,
+            rounds = reply.rounds,
+            pages_sent = reply.pages_sent,
+            guest_pages = reply.guest_pages,
+            downtime_ms = reply.downtime_ms,
+            stop_and_copy_ms = reply.stop_and_copy_ms,
+            total_ms = reply.total_ms,
+            "migrated"
+        );
+        self.emit(
+            Some(domid),
+            &d.name,
+            "migrated",
+            serde_json::to_value(&reply).unwrap_or_default(),
+        );
+        // The target runs the domain: the paused one here goes.
+        self.destroy(&domid.to_string()).await?;
+        Ok(reply)
+    }
+
+    /// Checks an incoming migration's `hello` (its token was checked): the
+    /// configuration and a free name and UUID. Returns the configuration to create.
+    pub fn accept_migration(&self, hello: &Hello) -> Result<SavedConfigRef, Answer> {
+        let config: SavedConfig = serde_json::from_str(&hello.config).map_err(|e| {
+            refusal(DomainError::BadImage(format!(
+                "the domain configuration: {e}"
+            )))
+        })?;
+        if config.toolstack != TOOLSTACK {
+            return Err(refusal(DomainError::BadImage(format!(
+                "sent by {:?}, not by rxen's xend",
+                config.toolstack
+            ))));
+        }
+        let reg = lock(&self.reg);
+        if reg.by_name(&config.spec.name).is_some() {
+            return Err(refusal(DomainError::NameInUse(config.spec.name)));
+        }
+        if reg.by_uuid(&config.uuid).is_some() {
+            return Err(refusal(DomainError::UuidInUse(config.uuid)));
+        }
+        Ok(SavedConfigRef(config))
+    }
+
+    /// Creates the migrating domain from the connection `conn` (answered `ready`);
+    /// returns the answer for the sender.
+    pub async fn receive_migration(
+        self: &Arc<Self>,
+        config: SavedConfigRef,
+        conn: Arc<OwnedFd>,
+        live: bool,
+    ) -> Answer {
+        let SavedConfigRef(config) = config;
+        let mut spec = config.spec;
+        spec.uuid = Some(config.uuid);
+        let name = spec.name.clone();
+        tracing::info!(name, live, "receiving a migrating domain");
+        let opts = CreateOptions {
+            paused: false,
+            restore: Some("-".into()),
+            incoming: Some(conn),
+            // The sender refuses domains with disks or vifs (`check_saveable`), so
+            // the stream holds no device rings to reconnect.
+            restored_frontends: Vec::new(),
+        };
+        match self.create(spec, false, opts).await {
+            Ok(d) => {
+                let Some(domid) = d.domid else {
+                    return refusal(DomainError::Internal(
+                        "the migrated domain ended at once".into(),
+                    ));
+                };
+                tracing::info!(domid, name, "migrated domain runs");
+                self.emit(
+                    Some(domid),
+                    &name,
+                    "migrated_in",
+                    serde_json::json!({"live": live}),
+                );
+                Answer::Running { domid }
+            }
+            Err(e) => {
+                tracing::warn!(name, "incoming migration failed: {e}");
+                refusal(e)
+            }
+        }
+    }
+}
+
+/// An incoming migration's checked configuration.
+pub struct SavedConfigRef(SavedConfig);
