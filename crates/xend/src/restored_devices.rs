@@ -76,6 +76,9 @@ fn vif_nodes(v: &ConnectedVif) -> Vec<(String, String)> {
         kv("tx-ring-ref", v.tx_ring_ref),
         kv("rx-ring-ref", v.rx_ring_ref),
         kv("request-rx-copy", 1),
+        // Every frontend a netback serves wrote it (Linux's netback refuses one that
+        // did not); the backend does not keep it, so it is not in the state.
+        kv("feature-rx-notify", 1),
     ];
     match v.evtchn {
         VifEventChannels::Shared(p) => n.push(kv("event-channel", p)),
@@ -169,6 +172,7 @@ mod tests {
         assert_eq!(get(&f[1], "queue-1/event-channel"), Some("7"));
         assert_eq!((f[2].class, f[2].devid), ("vif", 0));
         assert_eq!(get(&f[2], "event-channel-rx"), Some("9"));
+        assert_eq!(get(&f[2], "feature-rx-notify"), Some("1"));
         assert_eq!(get(&f[2], "feature-no-csum-offload"), Some("0"));
         assert_eq!(get(&f[2], "feature-ipv6-csum-offload"), Some("0"));
         // A version 1 document has no devices.

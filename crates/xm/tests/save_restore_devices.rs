@@ -112,15 +112,10 @@ fn a_disk_writing_guest_is_saved_and_restored_without_losing_writes() {
     env.xm_ok(&["destroy", NAME]);
 }
 
-/// `curl -s --max-time 5 URL` from the test's namespace: the body when it worked.
 fn curl(net: &common::netns::TestNet, url: &str) -> Option<String> {
-    let out = net.exec("curl", &["-s", "--max-time", "5", url]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    net.curl(url)
 }
 
-/// The httpd guest's request count (`/stats`), once curl gets it.
 fn requests(net: &common::netns::TestNet, ip: &str) -> u64 {
     let mut n = 0;
     rxen_testkit::wait_until("curl to get /stats", Duration::from_secs(60), || {
