@@ -24,7 +24,7 @@ fn frontend_nodes(env: &Env, domid: u64) -> Vec<(String, String)> {
 
 fn device_nodes(env: &Env, front: &str) -> Vec<(String, String)> {
     let mut xs = env.xenstore();
-    let mut keys: Vec<String> = xs.directory(0, &front).unwrap_or_default();
+    let mut keys: Vec<String> = xs.directory(0, front).unwrap_or_default();
     keys.sort();
     keys.into_iter()
         .filter(|k| {
