@@ -81,22 +81,27 @@ impl Xend {
                 DomainState::Running | DomainState::Paused | DomainState::ShuttingDown
             );
             let control = self.files(domid).control();
-            let connected = if live {
-                self.connected_frontends(domid, &control, &d.spec).await
-            } else {
-                Vec::new()
-            };
-            let (s, uuid, spec, started) =
-                (sock.clone(), d.uuid.clone(), d.spec.clone(), d.started);
             // A durable xenstored kept the entries: then they are never overwritten
             // (a pending control/shutdown written meanwhile must survive).
-            let populated = tokio::task::spawn_blocking(move || {
-                if xs::has_domain(&s, domid)? {
-                    return Ok(());
+            let s = sock.clone();
+            let kept = tokio::task::spawn_blocking(move || xs::has_domain(&s, domid)).await;
+            let populated = match kept {
+                Ok(Ok(true)) => Ok(Ok(())),
+                Ok(Ok(false)) => {
+                    let connected = if live {
+                        self.connected_frontends(domid, &control, &d.spec).await
+                    } else {
+                        Vec::new()
+                    };
+                    let (s, uuid, spec, started) =
+                        (sock.clone(), d.uuid.clone(), d.spec.clone(), d.started);
+                    tokio::task::spawn_blocking(move || {
+                        xs::populate(&s, domid, &uuid, &spec, started, &connected)
+                    })
+                    .await
                 }
-                xs::populate(&s, domid, &uuid, &spec, started, &connected)
-            })
-            .await;
+                other => other.map(|r| r.map(|_| ())),
+            };
             if !matches!(populated, Ok(Ok(()))) {
                 tracing::error!(domid, "restoring the domain's xenstore entries failed");
                 continue;
