@@ -85,6 +85,54 @@ impl Env {
         });
     }
 
+    /// SIGKILLs the test's xenstored (the one started here, or the daemon xend
+    /// restarted) and waits until it is gone; with `lose_store` its state file and
+    /// log go too, so that the next xenstored starts with an empty store. Returns
+    /// the pid killed. xend's supervisor starts a new one.
+    pub fn kill_xenstored(&mut self, lose_store: bool) -> i32 {
+        let state = self.dir.join("state");
+        let pid_file = state.join("xenstored.pid");
+        let pid = match self.xs.take() {
+            Some(mut c) => {
+                let pid = c.id() as i32;
+                let _ = c.kill();
+                let _ = c.wait();
+                pid
+            }
+            None => {
+                let pid = rxen_xenstore::pidfile::PidFile::holder(&pid_file)
+                    .filter(|p| *p > 0)
+                    .expect("a live xenstored holds the pid file") as i32;
+                // SAFETY: signalling the test's own xenstored, which holds its pid file.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                crate::wait_until("xenstored to die", Duration::from_secs(10), || {
+                    rxen_xenstore::pidfile::PidFile::holder(&pid_file)
+                        .is_none_or(|p| p as i32 != pid)
+                });
+                pid
+            }
+        };
+        if lose_store {
+            for f in ["xenstored.json", "xenstored.json.wal"] {
+                let _ = std::fs::remove_file(state.join(f));
+            }
+        }
+        pid
+    }
+
+    /// Waits until a xenstored other than `killed` holds the pid file and answers.
+    pub fn wait_xenstored_restarted(&self, killed: i32) {
+        let pid_file = self.dir.join("state/xenstored.pid");
+        let sock = self.dir.join("xs/socket");
+        crate::wait_until("xend to restart xenstored", Duration::from_secs(60), || {
+            let holder = rxen_xenstore::pidfile::PidFile::holder(&pid_file);
+            holder.is_some_and(|p| p != 0 && p as i32 != killed)
+                && rxen_xenstore::client::Client::connect(&sock)
+                    .and_then(|mut c| c.read(0, "/local/domain/0/name"))
+                    .is_ok()
+        });
+    }
+
     pub fn kill_xend(&mut self) {
         if let Some(mut c) = self.xend.take() {
             let _ = c.kill();

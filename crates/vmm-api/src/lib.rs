@@ -120,6 +120,67 @@ pub enum Request {
         #[serde(default)]
         live: bool,
     },
+    /// Say what the frontend of every connected device negotiated (ring grant
+    /// references, event channels, queues, features), for the toolstack to write
+    /// the frontend nodes back after xenstored lost them ([`Reply::DeviceStates`]).
+    DeviceStates,
+}
+
+/// What the frontends of a domain's connected devices negotiated, by device number:
+/// the nodes a frontend wrote before it connected, which it never writes again. The
+/// same fields (and JSON shape) as the `devices` part of a saved image's VMM state
+/// document (`docs/migration.md`), which holds more per device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectedDevices {
+    #[serde(default)]
+    pub vbds: Vec<(u32, ConnectedVbd)>,
+    #[serde(default)]
+    pub vifs: Vec<(u32, ConnectedVif)>,
+}
+
+/// A connected vbd's rings, one per queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectedVbd {
+    pub rings: Vec<ConnectedRing>,
+}
+
+/// One queue's ring of a vbd.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectedRing {
+    /// `ring-ref` (one page) or `ring-ref0`.. in order.
+    pub ring_refs: Vec<u32>,
+    /// The guest's port of the ring's `event-channel`.
+    pub evtchn: u32,
+    /// Both ends offered `feature-persistent`.
+    pub persistent: bool,
+}
+
+/// A connected vif's rings, event channel(s) and what it takes on its RX ring.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectedVif {
+    pub tx_ring_ref: u32,
+    pub rx_ring_ref: u32,
+    pub evtchn: VifEventChannels,
+    pub rx_offload: VifRxOffload,
+}
+
+/// A vif's event channel: one (`event-channel`) or split
+/// (`event-channel-tx` / `event-channel-rx`); the guest's ports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VifEventChannels {
+    Shared(u32),
+    Split { tx: u32, rx: u32 },
+}
+
+/// The frontend's RX features (`feature-sg`, `feature-no-csum-offload` negated,
+/// `feature-ipv6-csum-offload`, `feature-gso-tcpv4`, `feature-gso-tcpv6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VifRxOffload {
+    pub sg: bool,
+    pub csum_v4: bool,
+    pub csum_v6: bool,
+    pub gso_v4: bool,
+    pub gso_v6: bool,
 }
 
 /// Whether the guest may write a disk (xl's `r` / `w`).
@@ -171,6 +232,8 @@ pub enum Reply {
     /// The answer to [`Request::Save`]: pages written (all-zero pages are left out)
     /// and how long the domain was paused for it.
     Saved { pages: u64, paused_ms: u64 },
+    /// The answer to [`Request::DeviceStates`].
+    DeviceStates(ConnectedDevices),
     /// The answer to [`Request::Migrate`]: the domain runs at the target.
     Migrated(MigrationFigures),
     /// Sent before the answer to [`Request::Migrate`], once per pre-copy round:

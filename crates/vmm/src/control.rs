@@ -275,7 +275,25 @@ fn answer_request(
             Ok(figures) => Reply::Migrated(figures),
             Err(e) => Reply::error(ErrorKind::Migrate, e.to_string()),
         },
+        Request::DeviceStates => device_states(devices),
     }
+}
+
+/// Carries out [`Request::DeviceStates`]: what the frontend of each connected device
+/// negotiated, from its backend.
+fn device_states(devices: Option<&DeviceBackends>) -> Reply {
+    let Some(d) = devices else {
+        return Reply::DeviceStates(Default::default());
+    };
+    let vbds = match d.block.frontends() {
+        Ok(v) => v,
+        Err(e) => return Reply::error(ErrorKind::Device, format!("block backend: {e}")),
+    };
+    let vifs = match d.net.frontends() {
+        Ok(v) => v,
+        Err(e) => return Reply::error(ErrorKind::Device, format!("network backend: {e}")),
+    };
+    Reply::DeviceStates(rxen_vmm_api::ConnectedDevices { vbds, vifs })
 }
 
 /// Quiesces the device backends of the paused domain for a save.

@@ -10,7 +10,12 @@
 //! The document is the image's and untrusted: only the fields below are read, every
 //! number must be a `u32`, and a device the domain's configuration does not have is
 //! left out (the VMM refuses such an image anyway).
+//!
+//! The same nodes are written back for a running domain after xenstored lost its
+//! tree (`crate::state::xenstored`): then they come from the VMM's answer to
+//! `device-states` ([`rxen_vmm_api::ConnectedDevices`], the same fields).
 
+use rxen_vmm_api::{ConnectedDevices, ConnectedVbd, ConnectedVif, VifEventChannels};
 use serde::Deserialize;
 
 /// The nodes of one restored device's frontend directory.
@@ -25,50 +30,7 @@ pub struct RestoredFrontend {
 #[derive(Deserialize)]
 struct Doc {
     #[serde(default)]
-    devices: Devices,
-}
-
-#[derive(Default, Deserialize)]
-struct Devices {
-    #[serde(default)]
-    vbds: Vec<(u32, Vbd)>,
-    #[serde(default)]
-    vifs: Vec<(u32, Vif)>,
-}
-
-#[derive(Deserialize)]
-struct Vbd {
-    rings: Vec<Ring>,
-}
-
-#[derive(Deserialize)]
-struct Ring {
-    ring_refs: Vec<u32>,
-    evtchn: u32,
-    persistent: bool,
-}
-
-#[derive(Deserialize)]
-struct Vif {
-    tx_ring_ref: u32,
-    rx_ring_ref: u32,
-    evtchn: Evtchn,
-    rx_offload: RxOffload,
-}
-
-#[derive(Deserialize)]
-enum Evtchn {
-    Shared(u32),
-    Split { tx: u32, rx: u32 },
-}
-
-#[derive(Deserialize)]
-struct RxOffload {
-    sg: bool,
-    csum_v4: bool,
-    csum_v6: bool,
-    gso_v4: bool,
-    gso_v6: bool,
+    devices: ConnectedDevices,
 }
 
 fn kv(k: impl Into<String>, v: impl ToString) -> (String, String) {
@@ -79,7 +41,7 @@ fn flag(b: bool) -> u8 {
     u8::from(b)
 }
 
-fn vbd_nodes(v: &Vbd) -> Vec<(String, String)> {
+fn vbd_nodes(v: &ConnectedVbd) -> Vec<(String, String)> {
     let mut n = vec![kv("state", 4), kv("protocol", "x86_64-abi")];
     let persistent = v.rings.iter().any(|r| r.persistent);
     n.push(kv("feature-persistent", flag(persistent)));
@@ -108,16 +70,19 @@ fn vbd_nodes(v: &Vbd) -> Vec<(String, String)> {
     n
 }
 
-fn vif_nodes(v: &Vif) -> Vec<(String, String)> {
+fn vif_nodes(v: &ConnectedVif) -> Vec<(String, String)> {
     let mut n = vec![
         kv("state", 4),
         kv("tx-ring-ref", v.tx_ring_ref),
         kv("rx-ring-ref", v.rx_ring_ref),
         kv("request-rx-copy", 1),
+        // Every frontend a netback serves wrote it (Linux's netback refuses one that
+        // did not); the backend does not keep it, so it is not in the state.
+        kv("feature-rx-notify", 1),
     ];
     match v.evtchn {
-        Evtchn::Shared(p) => n.push(kv("event-channel", p)),
-        Evtchn::Split { tx, rx } => {
+        VifEventChannels::Shared(p) => n.push(kv("event-channel", p)),
+        VifEventChannels::Split { tx, rx } => {
             n.push(kv("event-channel-tx", tx));
             n.push(kv("event-channel-rx", rx));
         }
@@ -142,22 +107,32 @@ pub fn from_document(
 ) -> Result<Vec<RestoredFrontend>, String> {
     let doc: Doc =
         serde_json::from_slice(document).map_err(|e| format!("its device state: {e}"))?;
+    Ok(from_connected(&doc.devices, vbds, vifs))
+}
+
+/// The frontend nodes of `devices` (what a VMM's backends say of their connected
+/// devices, or what an image saved), for those among `vbds` / `vifs`.
+pub fn from_connected(
+    devices: &ConnectedDevices,
+    vbds: &[u32],
+    vifs: &[u32],
+) -> Vec<RestoredFrontend> {
     let mut out = Vec::new();
-    for (devid, v) in doc.devices.vbds.iter().filter(|(d, _)| vbds.contains(d)) {
+    for (devid, v) in devices.vbds.iter().filter(|(d, _)| vbds.contains(d)) {
         out.push(RestoredFrontend {
             class: "vbd",
             devid: *devid,
             nodes: vbd_nodes(v),
         });
     }
-    for (devid, v) in doc.devices.vifs.iter().filter(|(d, _)| vifs.contains(d)) {
+    for (devid, v) in devices.vifs.iter().filter(|(d, _)| vifs.contains(d)) {
         out.push(RestoredFrontend {
             class: "vif",
             devid: *devid,
             nodes: vif_nodes(v),
         });
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -197,6 +172,7 @@ mod tests {
         assert_eq!(get(&f[1], "queue-1/event-channel"), Some("7"));
         assert_eq!((f[2].class, f[2].devid), ("vif", 0));
         assert_eq!(get(&f[2], "event-channel-rx"), Some("9"));
+        assert_eq!(get(&f[2], "feature-rx-notify"), Some("1"));
         assert_eq!(get(&f[2], "feature-no-csum-offload"), Some("0"));
         assert_eq!(get(&f[2], "feature-ipv6-csum-offload"), Some("0"));
         // A version 1 document has no devices.

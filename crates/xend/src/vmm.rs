@@ -310,6 +310,14 @@ pub async fn status(socket: &Path) -> Result<Status, ControlError> {
     }
 }
 
+/// Asks a VMM what the frontends of its connected devices negotiated.
+pub async fn device_states(socket: &Path) -> Result<rxen_vmm_api::ConnectedDevices, ControlError> {
+    match control(socket, &Request::DeviceStates).await? {
+        Reply::DeviceStates(d) => Ok(d),
+        _ => Err(ControlError::Unexpected("device-states")),
+    }
+}
+
 /// How a VMM recorded its domain's end, if it did.
 pub fn read_exit(files: &DomainFiles) -> Option<ExitRecord> {
     let text = std::fs::read_to_string(files.exit_file()).ok()?;

@@ -12,39 +12,16 @@ use std::time::Duration;
 use common::{kvm_available, Env};
 use serde_json::Value;
 
+use common::soak::{rounds, BLOCKS};
+
 const NAME: &str = "soak";
-/// 4 KiB blocks the guest rewrites each round.
-const BLOCKS: u64 = 128;
 
 fn console(env: &Env, name: &str) -> String {
-    match env.get(&format!("/domains/{name}/console")) {
-        (200, Value::String(s)) => s,
-        _ => String::new(),
-    }
-}
-
-/// The round numbers of the complete `blkbench: soak round=N ok` lines.
-fn rounds(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("blkbench: soak round="))
-        .filter_map(|l| l.strip_suffix(" ok")?.parse().ok())
-        .collect()
+    common::soak::console(env, name)
 }
 
 fn wait_for_round(env: &Env, at_least: u64) -> String {
-    rxen_testkit::wait_until(
-        &format!("soak round >= {at_least}"),
-        Duration::from_secs(90),
-        || {
-            let t = console(env, NAME);
-            assert!(
-                !t.contains("FAILED") && !t.contains("guest panic"),
-                "blkbench failed:\n{t}"
-            );
-            rounds(&t).last().is_some_and(|&n| n >= at_least)
-        },
-    );
-    console(env, NAME)
+    common::soak::wait_for_round(env, NAME, at_least)
 }
 
 /// blkbench's pattern word at byte `off` of the disk after round `gen`.
@@ -64,12 +41,7 @@ fn block_round(disk: &[u8], b: u64, candidates: &[u64]) -> Option<u64> {
 }
 
 fn create_soak(env: &Env, disk: &std::path::Path) {
-    let kernel = rxen_testkit::guest("blkbench");
-    env.create(&format!(
-        "name = \"{NAME}\"\nkernel = \"{}\"\nmemory = 64\nextra = \"mode=soak soak_blocks={BLOCKS} soak_ms=5\"\ndisk = [ 'file:{},xvda,w' ]\non_crash = \"preserve\"\n",
-        kernel.display(),
-        disk.display()
-    ));
+    common::soak::create(env, NAME, disk)
 }
 
 fn domid_of(env: &Env) -> u64 {
@@ -140,15 +112,10 @@ fn a_disk_writing_guest_is_saved_and_restored_without_losing_writes() {
     env.xm_ok(&["destroy", NAME]);
 }
 
-/// `curl -s --max-time 5 URL` from the test's namespace: the body when it worked.
 fn curl(net: &common::netns::TestNet, url: &str) -> Option<String> {
-    let out = net.exec("curl", &["-s", "--max-time", "5", url]);
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    net.curl(url)
 }
 
-/// The httpd guest's request count (`/stats`), once curl gets it.
 fn requests(net: &common::netns::TestNet, ip: &str) -> u64 {
     let mut n = 0;
     rxen_testkit::wait_until("curl to get /stats", Duration::from_secs(60), || {

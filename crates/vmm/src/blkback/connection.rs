@@ -210,6 +210,11 @@ impl Connection {
         })
     }
 
+    /// The ring the frontend gave (its pages, port, persistent grants).
+    pub fn frontend_ring(&self) -> &FrontendRing {
+        &self.ring
+    }
+
     /// Stops serving, closes domain 0's end of the channel and unmaps the ring.
     pub fn stop(&mut self) {
         let _ = self.end();

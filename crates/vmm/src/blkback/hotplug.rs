@@ -53,6 +53,11 @@ impl BlockBackend {
         Ok(self.0.quiesce()?)
     }
 
+    /// What the frontend of every connected vbd negotiated.
+    pub fn frontends(&self) -> Result<Vec<(u32, rxen_vmm_api::ConnectedVbd)>, HotplugError> {
+        Ok(self.0.frontends()?)
+    }
+
     /// Serves the vbds of `saved` again after a save that kept the domain.
     pub fn resume(&self, saved: Vec<(u32, SavedVbd)>) -> Result<(), HotplugError> {
         Ok(self.0.resume(saved)?)

@@ -123,6 +123,27 @@ impl BackendDevice for Vbd {
         self.disk.path().display().to_string()
     }
 
+    type Frontend = rxen_vmm_api::ConnectedVbd;
+
+    fn frontend(&self) -> Option<Self::Frontend> {
+        if self.conns.is_empty() {
+            return None;
+        }
+        let rings = self
+            .conns
+            .iter()
+            .map(|c| {
+                let r = c.frontend_ring();
+                rxen_vmm_api::ConnectedRing {
+                    ring_refs: r.ring_refs.clone(),
+                    evtchn: r.evtchn,
+                    persistent: r.persistent,
+                }
+            })
+            .collect();
+        Some(rxen_vmm_api::ConnectedVbd { rings })
+    }
+
     type Saved = SavedVbd;
 
     fn quiesce(&mut self, devid: u32) -> Option<SavedVbd> {

@@ -64,6 +64,11 @@ fn close_ports(dom: &DomainShared, ports: &[u32]) {
 }
 
 impl Connection {
+    /// The rings the frontend gave.
+    pub fn frontend_rings(&self) -> &FrontendRings {
+        &self.rings
+    }
+
     /// Maps the rings, binds the guest's unbound port(s) and starts moving packets
     /// between them and `tap`.
     pub fn start(

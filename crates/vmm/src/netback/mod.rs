@@ -209,6 +209,11 @@ impl NetBackend {
         Ok(self.0.quiesce()?)
     }
 
+    /// What the frontend of every connected vif negotiated.
+    pub fn frontends(&self) -> Result<Vec<(u32, rxen_vmm_api::ConnectedVif)>, VifHotplugError> {
+        Ok(self.0.frontends()?)
+    }
+
     /// Serves the vifs of `saved` again after a save that kept the domain.
     pub fn resume(&self, saved: Vec<(u32, saved::SavedVif)>) -> Result<(), VifHotplugError> {
         Ok(self.0.resume(saved)?)

@@ -26,6 +26,13 @@ pub(super) struct Slot<D> {
     /// Nodes of a device whose rings were resumed from a saved state, to publish
     /// with `state` = Connected at the next chance (xenstore may not be there yet).
     resumed_nodes: Option<Vec<(String, String)>>,
+    /// The nodes the driver published when it connected (written again after
+    /// xenstored restarted).
+    published: Vec<(String, String)>,
+    /// Connected before xenstored restarted: until the frontend's nodes read a
+    /// state again (the toolstack writes them back when the store lost them), an
+    /// absent or initial frontend state is not acted on.
+    reconnected: bool,
 }
 
 /// Reads a node; `None` when it does not exist.
@@ -53,6 +60,8 @@ impl<D: BackendDevice> Slot<D> {
             removing: false,
             suspended: false,
             resumed_nodes: None,
+            published: Vec::new(),
+            reconnected: false,
         }
     }
 
@@ -88,10 +97,19 @@ impl<D: BackendDevice> Slot<D> {
         for (key, value) in &nodes {
             c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
         }
+        self.published = nodes;
         if self.device.connected() {
             self.set_state(c, XenbusState::Connected)?;
         }
         Ok(())
+    }
+
+    /// Writes again what a connected device published and `state` = Connected.
+    fn republish(&mut self, c: &mut Client) -> Result<(), ClientError> {
+        for (key, value) in &self.published {
+            c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
+        }
+        self.set_state(c, XenbusState::Connected)
     }
 
     /// The watch token of this device.
@@ -128,6 +146,12 @@ impl<D: BackendDevice> Slot<D> {
         let home = format!("/local/domain/{domid}/");
         self.frontend = match read_opt(c, &format!("{}/frontend", self.backend))? {
             Some(f) if f.starts_with(&home) && !f.contains("..") => Some(f),
+            // A xenstored that lost its tree: the toolstack writes the nodes back,
+            // the frontend's directory is still the one checked before.
+            None if self.frontend.is_some() => {
+                tracing::info!(backend = %self.backend, "{}: the backend's nodes are gone; watching the frontend checked before", D::DRIVER);
+                self.frontend.take()
+            }
             other => {
                 tracing::warn!(backend = %self.backend, "{}: frontend {other:?} is not under {home}; device not served", D::DRIVER);
                 None
@@ -138,6 +162,15 @@ impl<D: BackendDevice> Slot<D> {
         }
         for (key, value) in self.device.features() {
             c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
+        }
+        if self.device.connected()
+            && self.state == XenbusState::Connected
+            && self.resumed_nodes.is_none()
+        {
+            // A new session of a connected device: xenstored restarted, and may have
+            // lost the frontend's nodes (the toolstack writes them back).
+            self.reconnected = true;
+            self.republish(c)?;
         }
         self.publish_resumed(c)?;
         if !self.device.connected() && self.state == XenbusState::Initialising {
@@ -167,6 +200,25 @@ impl<D: BackendDevice> Slot<D> {
             .and_then(XenbusState::from_value)
             .unwrap_or(XenbusState::Unknown);
         tracing::debug!(devid = self.devid, frontend = ?fs, backend = ?self.state, "{}: frontend state", D::DRIVER);
+        if self.reconnected && !self.removing && self.device.connected() {
+            match fs {
+                XenbusState::Unknown | XenbusState::Initialising | XenbusState::InitWait => {
+                    tracing::info!(devid = self.devid, frontend = ?fs, "{}: connected before xenstored restarted; waiting for the frontend's nodes to be written back", D::DRIVER);
+                    return Ok(());
+                }
+                XenbusState::Initialised | XenbusState::Connected => {
+                    // Written back (or kept): the rings served are the frontend's.
+                    self.reconnected = false;
+                    tracing::info!(
+                        devid = self.devid,
+                        "{}: frontend still connected after xenstored restarted",
+                        D::DRIVER
+                    );
+                    return self.republish(c);
+                }
+                _ => self.reconnected = false,
+            }
+        }
         if self.removing {
             // Being detached: never (re)connect; close once the frontend has closed,
             // or at once if it never connected (nothing of the guest's is in use).
@@ -234,9 +286,10 @@ impl<D: BackendDevice> Slot<D> {
     ) -> Result<(), ConnectFailure> {
         let mut read = |key: &str| read_opt(c, &format!("{front}/{key}"));
         let nodes = self.device.connect(dom, self.devid, &mut read)?;
-        for (key, value) in nodes {
+        for (key, value) in &nodes {
             c.write(0, &format!("{}/{key}", self.backend), value.as_bytes())?;
         }
+        self.published = nodes;
         Ok(())
     }
 }

@@ -86,6 +86,15 @@ impl<D: BackendDevice> Hotplug<D> {
         }
     }
 
+    /// What every connected device's frontend negotiated (nothing when no backend
+    /// runs).
+    pub fn frontends(&self) -> Result<Vec<(u32, D::Frontend)>, BackendError> {
+        match self.lock().as_ref() {
+            Some(b) => Ok(b.frontends()?),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// Serves the saved devices again after a save that kept the domain.
     pub fn resume(&self, saved: Vec<(u32, D::Saved)>) -> Result<(), BackendError> {
         match self.lock().as_ref() {

@@ -28,8 +28,12 @@
 //! xenstore directory (the toolstack does).
 //!
 //! xenstored may restart (xend supervises it): the thread reconnects with a growing
-//! delay, announces again (keeping connected rings) and re-registers its watches,
-//! whose first firing re-reads every frontend's state.
+//! delay, announces again (keeping connected rings, publishing their nodes and
+//! `state` = Connected again) and re-registers its watches, whose first firing
+//! re-reads every frontend's state. A store that lost its tree has no frontend nodes
+//! (or the toolstack's initial ones) until the toolstack writes them back from
+//! [`XenbusBackend::frontends`]: a device connected before the restart ignores an
+//! absent, Initialising or InitWait frontend until the frontend reads a state again.
 
 mod device;
 pub mod hotplug;
@@ -91,6 +95,12 @@ pub trait BackendDevice: Send + 'static {
     /// What the device serves, for log lines (a disk's path, a TAP's name).
     fn describe(&self) -> String;
 
+    /// What a connected frontend negotiated (the nodes it wrote before connecting),
+    /// for the toolstack to write back after xenstored lost them.
+    type Frontend: Clone + std::fmt::Debug + Send + 'static;
+    /// `None` when not connected.
+    fn frontend(&self) -> Option<Self::Frontend>;
+
     /// What a save keeps of a connected device so that its rings can be served again
     /// without the frontend noticing (`crate::snapshot`).
     type Saved: Clone + std::fmt::Debug + Send + 'static;
@@ -143,6 +153,10 @@ enum Command<D: BackendDevice> {
     },
     /// Quiesce every connected device for a save (see [`BackendDevice::quiesce`]).
     Quiesce { done: Sender<Vec<(u32, D::Saved)>> },
+    /// Say what every connected device's frontend negotiated.
+    Frontends {
+        done: Sender<Vec<(u32, D::Frontend)>>,
+    },
     /// Serve the saved devices again and let every quiesced device follow its
     /// frontend again.
     Resume {
@@ -249,6 +263,17 @@ impl<D: BackendDevice> XenbusBackend<D> {
             .map_err(|_| DeviceError::NotRunning)?;
         answer
             .recv_timeout(QUIESCE_TIMEOUT)
+            .map_err(|_| DeviceError::NotRunning)
+    }
+
+    /// What every connected device's frontend negotiated.
+    pub fn frontends(&self) -> Result<Vec<(u32, D::Frontend)>, DeviceError> {
+        let (done, answer) = mpsc::channel();
+        self.commands
+            .send(Command::Frontends { done })
+            .map_err(|_| DeviceError::NotRunning)?;
+        answer
+            .recv_timeout(COMMAND_TIMEOUT)
             .map_err(|_| DeviceError::NotRunning)
     }
 

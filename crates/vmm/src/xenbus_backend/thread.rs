@@ -95,6 +95,15 @@ fn apply<D: BackendDevice>(
             let _ = done.send(saved);
             Ok(())
         }
+        Command::Frontends { done } => {
+            let connected = slots
+                .iter()
+                .filter(|s| !s.removing)
+                .filter_map(|s| Some((s.devid, s.device.frontend()?)))
+                .collect();
+            let _ = done.send(connected);
+            Ok(())
+        }
         Command::Resume { saved, done } => {
             let mut result = Ok(());
             for (devid, state) in &saved {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use rxen_xend_api::DomainState;
 
 use super::{lock, Xend};
+use crate::restored_devices::{self, RestoredFrontend};
 use crate::vmm;
 use crate::xenstored::XenstoredLaunch;
 use crate::xs;
@@ -62,7 +63,10 @@ impl Xend {
     }
 
     /// Writes back the entries of every domain xenstored lost and introduces the live
-    /// ones again (INTRODUCE of a domain it kept is idempotent).
+    /// ones again (INTRODUCE of a domain it kept is idempotent). The frontends of a
+    /// live domain's connected devices are written as their VMM says they are
+    /// (Connected, with their rings and event channels): the guest wrote them once
+    /// and never writes them again.
     pub async fn restore_xenstore(&self) {
         let sock = self.cfg.xenstored_socket.clone();
         let s = sock.clone();
@@ -71,33 +75,41 @@ impl Xend {
         }
         let doms: Vec<_> = lock(&self.reg).iter().cloned().collect();
         for d in doms {
-            let (s, uuid, spec, started, domid) = (
-                sock.clone(),
-                d.uuid.clone(),
-                d.spec.clone(),
-                d.started,
-                d.domid,
+            let domid = d.domid;
+            let live = matches!(
+                d.state,
+                DomainState::Running | DomainState::Paused | DomainState::ShuttingDown
             );
+            let control = self.files(domid).control();
             // A durable xenstored kept the entries: then they are never overwritten
             // (a pending control/shutdown written meanwhile must survive).
-            let populated = tokio::task::spawn_blocking(move || {
-                if xs::has_domain(&s, domid)? {
-                    return Ok(());
+            let s = sock.clone();
+            let kept = tokio::task::spawn_blocking(move || xs::has_domain(&s, domid)).await;
+            let populated = match kept {
+                Ok(Ok(true)) => Ok(Ok(())),
+                Ok(Ok(false)) => {
+                    let connected = if live {
+                        self.connected_frontends(domid, &control, &d.spec).await
+                    } else {
+                        Vec::new()
+                    };
+                    let (s, uuid, spec, started) =
+                        (sock.clone(), d.uuid.clone(), d.spec.clone(), d.started);
+                    tokio::task::spawn_blocking(move || {
+                        xs::populate(&s, domid, &uuid, &spec, started, &connected)
+                    })
+                    .await
                 }
-                xs::populate(&s, domid, &uuid, &spec, started, &[])
-            })
-            .await;
+                other => other.map(|r| r.map(|_| ())),
+            };
             if !matches!(populated, Ok(Ok(()))) {
                 tracing::error!(domid, "restoring the domain's xenstore entries failed");
                 continue;
             }
-            if !matches!(
-                d.state,
-                DomainState::Running | DomainState::Paused | DomainState::ShuttingDown
-            ) {
+            if !live {
                 continue;
             }
-            match vmm::status(&self.files(domid).control()).await {
+            match vmm::status(&control).await {
                 Ok(status) => {
                     let s = sock.clone();
                     let boot = status.boot;
@@ -110,6 +122,33 @@ impl Xend {
                 Err(e) => {
                     tracing::error!(domid, "no boot report to introduce the domain again: {e}")
                 }
+            }
+        }
+    }
+
+    /// The frontend nodes of a live domain's connected devices, as its VMM's backends
+    /// say they are (none when the VMM cannot say: its backends then keep the rings
+    /// they serve, see `rxen_vmm::xenbus_backend`).
+    async fn connected_frontends(
+        &self,
+        domid: u32,
+        control: &std::path::Path,
+        spec: &rxen_xlcfg::DomainSpec,
+    ) -> Vec<RestoredFrontend> {
+        match vmm::device_states(control).await {
+            Ok(devices) => {
+                let vbds: Vec<u32> = spec.disks.iter().filter_map(|d| d.devid()).collect();
+                let vifs = crate::vif::devids(&spec.vifs);
+                let f = restored_devices::from_connected(&devices, &vbds, &vifs);
+                tracing::info!(domid, devices = f.len(), "connected devices to write back");
+                f
+            }
+            Err(e) => {
+                tracing::warn!(
+                    domid,
+                    "the VMM did not say which devices are connected: {e}"
+                );
+                Vec::new()
             }
         }
     }

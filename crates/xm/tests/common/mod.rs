@@ -58,6 +58,16 @@ impl Env {
         self.inner.delete(path)
     }
 
+    /// SIGKILLs xenstored (see `rxen_testkit::Env::kill_xenstored`); returns its pid.
+    pub fn kill_xenstored(&mut self, lose_store: bool) -> i32 {
+        self.inner.kill_xenstored(lose_store)
+    }
+
+    /// Waits until xend started a xenstored other than `killed`.
+    pub fn wait_xenstored_restarted(&self, killed: i32) {
+        self.inner.wait_xenstored_restarted(killed)
+    }
+
     /// Kills xend (SIGKILL; domains keep running) and starts it again on the same
     /// state directory, so that it adopts them.
     pub fn restart_xend(&mut self) {
@@ -144,3 +154,4 @@ pub fn xm_err(env: &Env, args: &[&str]) -> String {
 
 pub mod guests;
 pub mod netns;
+pub mod soak;

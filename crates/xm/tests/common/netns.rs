@@ -106,6 +106,14 @@ impl TestNet {
             .output()
             .expect("running ip netns exec")
     }
+
+    /// `curl -s --max-time 5 URL` from the namespace: the body when it worked.
+    pub fn curl(&self, url: &str) -> Option<String> {
+        let out = self.exec("curl", &["-s", "--max-time", "5", url]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
 }
 
 /// The Internet checksum (RFC 1071) of `data`.
