@@ -141,7 +141,13 @@ enum Cmd {
 
 fn load_kernel(path: &Option<PathBuf>) -> Result<Vec<u8>, String> {
     match path {
-        Some(p) => rxen_vmm::kernel_file::read_kernel(p).map_err(|e| e.to_string()),
+        Some(p) => {
+            let file = rxen_vmm::kernel_file::read_kernel(p).map_err(|e| e.to_string())?;
+            // A Linux bzImage (`kernel = "/boot/vmlinuz-..."`) carries its ELF kernel
+            // compressed inside, as xl's builder expects.
+            rxen_vmm::bzimage::unwrap_kernel(file)
+                .map_err(|e| format!("kernel {}: {e}", p.display()))
+        }
         None => default_guest(),
     }
 }
