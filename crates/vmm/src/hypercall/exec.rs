@@ -177,14 +177,7 @@ fn xen_version(dom: &DomainShared, mem: &GuestView<'_>, cmd: u64, ptr: u64) -> i
             if fi.submap_idx >= XENFEAT_NR_SUBMAPS {
                 return -EINVAL as i64;
             }
-            // Xen's rule (common/kernel.c): auto-translated only for translated
-            // domains (rxen's own layout); a PV domain gets the PV features rxen
-            // implements (`MMU_PT_UPDATE_PRESERVE_AD`).
-            fi.submap = if dom.pv_mmu.is_some() {
-                1 << XENFEAT_MMU_PT_UPDATE_PRESERVE_AD
-            } else {
-                1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP
-            };
+            fi.submap = feature_submap(dom.pv_mmu.is_some());
             write_back(mem, ptr, &fi)
         }
         XENVER_GUEST_HANDLE => match mem.write_bytes(ptr, &dom.config.uuid) {
@@ -194,6 +187,22 @@ fn xen_version(dom: &DomainShared, mem: &GuestView<'_>, cmd: u64, ptr: u64) -> i
         // Only privileged domains may read the hypervisor's command line and build id.
         XENVER_COMMANDLINE | XENVER_BUILD_ID => -EPERM as i64,
         _ => -ENOSYS as i64,
+    }
+}
+
+/// Submap 0 of `XENVER_get_features`. Xen's rule (common/kernel.c): auto-translated
+/// only for translated domains (rxen's own layout); a PV domain gets what Xen gives
+/// every PV domain: `mmu_pt_update_preserve_ad`, `highmem_assist` and
+/// `gnttab_map_avail_bits`. Linux panics at its first steps without the last one
+/// ("XENFEAT_gnttab_map_avail_bits not available"), although rxen does not map grants
+/// into PV page tables yet (`GNTMAP_host_map` is refused when it is asked for).
+pub fn feature_submap(pv: bool) -> u32 {
+    if pv {
+        (1 << XENFEAT_MMU_PT_UPDATE_PRESERVE_AD)
+            | (1 << XENFEAT_HIGHMEM_ASSIST)
+            | (1 << XENFEAT_GNTTAB_MAP_AVAIL_BITS)
+    } else {
+        1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP
     }
 }
 
@@ -474,5 +483,22 @@ fn set_segment_base(fd: &VcpuFd, which: u64, base: u64) -> i64 {
     match fd.set_sregs(&s) {
         Ok(()) => 0,
         Err(_) => -EIO as i64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Debian's 6.1 kernel panicked right after its first hypercall when
+    /// `gnttab_map_avail_bits` was missing (a native `cli` in `panic` then faulted).
+    #[test]
+    fn pv_domains_get_the_features_xen_gives_every_pv_domain() {
+        let pv = feature_submap(true);
+        assert_ne!(pv & (1 << XENFEAT_GNTTAB_MAP_AVAIL_BITS), 0);
+        assert_ne!(pv & (1 << XENFEAT_MMU_PT_UPDATE_PRESERVE_AD), 0);
+        assert_eq!(pv & (1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP), 0);
+        assert_eq!(pv & (1 << XENFEAT_WRITABLE_PAGE_TABLES), 0);
+        assert_eq!(feature_submap(false), 1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP);
     }
 }

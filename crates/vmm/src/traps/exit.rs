@@ -54,6 +54,9 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
     if let Some(done) = emulate_msr(fd, dom, id, sync_regs, &regs, &sregs) {
         return done;
     }
+    if let Some(done) = super::cpuid::emulate(fd, dom, id, sync_regs, &regs, &sregs) {
+        return done;
+    }
     match deliver(dom, id, &regs, &sregs) {
         Ok(next) => match write_regs(fd, sync_regs, &next) {
             Ok(()) => true,
@@ -159,7 +162,7 @@ fn deliver(
 
 /// The CPU frame of the exception that exited at `regs.rip`, if it is an exception of
 /// `vector` raised by an instruction (not `int n`).
-fn hardware_frame(
+pub(super) fn hardware_frame(
     dom: &DomainShared,
     id: u32,
     regs: &kvm_regs,

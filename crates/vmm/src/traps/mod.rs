@@ -14,6 +14,7 @@
 //! domain as a crash.
 
 pub mod bounce;
+pub mod cpuid;
 mod exit;
 pub use exit::handle as handle_stub_exit;
 mod guest_mem;

@@ -143,17 +143,11 @@ pub fn check_entry(r: &kvm_regs, stub: u64, range: ReturnRange) -> Result<(), Ba
         ReturnRange::UserHalf if !regs::is_canonical_user(r.rcx) => {
             Err(BadEntry::BadReturn { rcx: r.rcx })
         }
-        ReturnRange::Canonical if !is_canonical(r.rcx) => {
+        ReturnRange::Canonical if !crate::guest_view::is_canonical(r.rcx) => {
             Err(BadEntry::NotCanonical { rcx: r.rcx })
         }
         _ => Ok(()),
     }
-}
-
-/// Whether `addr` is canonical for 48-bit virtual addresses.
-pub fn is_canonical(addr: u64) -> bool {
-    let top = addr >> 47;
-    top == 0 || top == (1 << 17) - 1
 }
 
 /// The `rflags` the guest returns with: its own arithmetic flags and DF from `r11`,
