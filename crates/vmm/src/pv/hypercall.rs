@@ -79,6 +79,14 @@ pub fn handle(
             let out = mmu.update_va_mapping(&mut frames, vcpu as usize, a0, a1);
             finish(dom, out).1
         }
+        nr::SET_GDT => {
+            let mut mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            set_gdt(dom, &mut mmu, vcpu, mem, a0, a1)
+        }
+        nr::UPDATE_DESCRIPTOR => {
+            let mut mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            rax(mmu.update_descriptor(&mut frames(dom), a0, a1))
+        }
         nr::MULTICALL => multicall(dom, vcpu, fd, mem, a0, a1),
         nr::FPU_TASKSWITCH => fpu_taskswitch(fd, a0),
         nr::SET_SEGMENT_BASE => set_segment_base(fd, a0, a1),
@@ -123,6 +131,42 @@ pub fn initialise_vcpu_base(dom: &DomainShared, vcpu: u32, cr3: u64) -> Result<(
             );
             -EINVAL
         })
+}
+
+/// `set_gdt(frame_list, entries)`: the list (unsigned longs, `ceil(entries / 512)` of
+/// them) is copied from the guest, then the MMU takes the frames as the vCPU's GDT.
+/// The CPU keeps using rxen's GDT, whose page 0 holds the same flat user selectors
+/// (0x23, 0x2b, 0x33) as Linux's (docs/architecture.md, "Linux as a PV guest").
+fn set_gdt(
+    dom: &DomainShared,
+    mmu: &mut Mmu,
+    vcpu: u32,
+    mem: &GuestView<'_>,
+    list: u64,
+    entries: u64,
+) -> i64 {
+    use super::mmu::segdesc::{DESCS_PER_FRAME, MAX_GDT_ENTRIES, MAX_GDT_FRAMES};
+    if entries > MAX_GDT_ENTRIES {
+        return i64::from(-EINVAL);
+    }
+    let count = entries.div_ceil(DESCS_PER_FRAME) as usize;
+    let mut frame_list = [0u64; MAX_GDT_FRAMES];
+    for (i, slot) in frame_list.iter_mut().take(count).enumerate() {
+        match mem.read::<u64>(list.wrapping_add(8 * i as u64)) {
+            Ok(f) => *slot = f,
+            Err(_) => return i64::from(-EFAULT),
+        }
+    }
+    let rc = mmu.set_gdt(
+        &mut frames(dom),
+        vcpu as usize,
+        &frame_list[..count],
+        entries,
+    );
+    if let Err(e) = &rc {
+        tracing::debug!(vcpu, entries, "set_gdt refused: {e}");
+    }
+    rax(rc)
 }
 
 fn frames(dom: &DomainShared) -> RamFrames<'_> {

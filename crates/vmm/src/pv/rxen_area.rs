@@ -14,8 +14,9 @@
 //! pfn (`mfn == pfn` for the guest's RAM, `!0` for rxen's frames).
 //!
 //! Exception delivery (`crate::traps`) needs rxen's GDT, IDT and trap stubs here too:
-//! the GDT is Xen's shape (limit 0xefff: pages 0-13 all map one zero frame, page 14
-//! holds `FLAT_RING3_CS32`/`CS64`/`DS32` at 0xe023/0xe033/0xe02b), the IDT's gates go
+//! the GDT is Xen's shape (limit 0xefff: pages 1-13 all map one zero frame, page 14
+//! holds `FLAT_RING3_CS32`/`CS64`/`DS32` at 0xe023/0xe033/0xe02b, and page 0 maps the
+//! same descriptor frame, which gives Linux's user selectors 0x23/0x33/0x2b), the IDT's gates go
 //! through 0xe033 to the stubs. All three are read-only to the guest (the GDT and IDT
 //! also NX), and their descriptors are pre-accessed so the CPU never writes them.
 //!
@@ -208,7 +209,13 @@ pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError
     )?;
     ram.write_obj(frame(L1) + slot(IDT_VA, 12), &(frame(IDT) | ro_nx))?;
     for p in 0..=XEN_GDT_PAGE {
-        let f = if p == XEN_GDT_PAGE { GDT_DESC } else { ZERO };
+        // Page 0 holds the same descriptors as page 14: at its offsets they are the
+        // flat user selectors 0x23/0x2b/0x33 of Linux's GDT (`set_gdt`).
+        let f = if p == XEN_GDT_PAGE || p == 0 {
+            GDT_DESC
+        } else {
+            ZERO
+        };
         let va = GDT_VA + p * PAGE_SIZE;
         ram.write_obj(frame(L1) + slot(va, 12), &(frame(f) | ro_nx))?;
     }
@@ -347,8 +354,11 @@ mod tests {
             ram.read((e & ADDR) + (va & 0xfff), &mut b).unwrap();
             (e, u64::from_le_bytes(b))
         };
-        // GDT: zero below page 14, Xen's flat selectors in it.
-        for sel in [0u64, 0x33, 0x2b, 0x1000, 0xd038] {
+        // GDT: zero below page 14 except Linux's user selectors in page 0, Xen's flat
+        // selectors in page 14.
+        assert_eq!(read(GDT_VA + 0x30).1, 0x00af_fb00_0000_ffff);
+        assert_eq!(read(GDT_VA + 0x28).1, 0x00cf_f300_0000_ffff);
+        for sel in [0u64, 0x10, 0x1000, 0xd038] {
             let (e, d) = read(GDT_VA + sel);
             assert_eq!(d, 0, "selector {sel:#x}");
             assert_eq!(e >> 63, 1, "NX");

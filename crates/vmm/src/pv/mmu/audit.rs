@@ -93,6 +93,13 @@ impl Mmu {
                 bump(&mut refs, base)?;
                 bump(&mut types, base)?;
             }
+            for &f in v.gdt.frames() {
+                if self.info(f).map(|i| i.ty) != Some(FrameType::SegDesc) {
+                    return Err(format!("GDT frame {f:#x} is not a descriptor frame"));
+                }
+                bump(&mut refs, f)?;
+                bump(&mut types, f)?;
+            }
         }
         for (f, info) in self.frames.iter().enumerate() {
             if u64::from(info.refs) != refs[f] || u64::from(info.type_count) != types[f] {
