@@ -209,6 +209,16 @@ pub struct DomainShared {
 impl DomainShared {
     /// The memory guest pointers of vCPU `vcpu` reach right now: rxen's identity view,
     /// or for a PV domain a walk of the vCPU's current kernel page tables.
+    /// Where this domain's code and stacks may be (Xen PV kernels live in the upper
+    /// half; rxen's own guests in the lower).
+    pub fn address_range(&self) -> crate::vcpu::regs::AddressRange {
+        if self.pv_mmu.is_some() {
+            crate::vcpu::regs::AddressRange::Canonical
+        } else {
+            crate::vcpu::regs::AddressRange::UserHalf
+        }
+    }
+
     pub fn guest_view(&self, vcpu: u32) -> crate::guest_view::GuestView<'_> {
         match &self.pv_mmu {
             None => crate::guest_view::GuestView::identity(&self.ram),

@@ -142,6 +142,12 @@ impl SharedInfoPage {
             .store(cr2, SeqCst);
     }
 
+    /// `vcpu_info.arch.cr2` of `vcpu`: the last page-fault address delivered.
+    pub fn cr2(&self, vcpu: u32) -> u64 {
+        self.word(off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::ARCH_CR2)
+            .load(SeqCst)
+    }
+
     /// Clears `evtchn_upcall_pending` of `vcpu` (what a guest does when it handles its
     /// events; for tests).
     #[cfg(test)]

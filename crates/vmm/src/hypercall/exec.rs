@@ -85,6 +85,7 @@ pub(super) fn execute(
         }
         Op::SchedBlock => {
             block(dom, vcpu, None, None);
+            update_runstate_area(dom, mem, vcpu);
             0
         }
         Op::SchedPoll { ports, timeout } => {
@@ -95,6 +96,7 @@ pub(super) fn execute(
             drop(table);
             let deadline = (timeout != 0).then(|| dom.clock.instant_of(timeout));
             block(dom, vcpu, Some(&ports), deadline);
+            update_runstate_area(dom, mem, vcpu);
             0
         }
         Op::SchedShutdown { reason } => {
@@ -307,6 +309,31 @@ fn watchdog(dom: &DomainShared, id: u32, timeout: u32) -> i64 {
     }
 }
 
+/// Writes vCPU `vcpu`'s runstate into the area it registered, if any (through the
+/// calling vCPU's view: the area is in the kernel's address space). A bad area is
+/// dropped silently, as Xen does.
+fn update_runstate_area(dom: &DomainShared, mem: &GuestView<'_>, vcpu: u32) {
+    let Some(ctl) = dom.vcpus.get(vcpu as usize) else {
+        return;
+    };
+    let now = dom.clock.now_ns();
+    let (area, r) = {
+        let s = ctl.lock();
+        (s.runstate_area, s.runstate.snapshot(now))
+    };
+    if let Some(addr) = area {
+        let info = VcpuRunstateInfo {
+            state: r.state,
+            pad: 0,
+            state_entry_time: r.entry_time,
+            time: r.time,
+        };
+        if mem.write(addr, &info).is_err() {
+            tracing::debug!(vcpu, addr, "runstate area not writable");
+        }
+    }
+}
+
 fn vcpu_op(dom: &DomainShared, mem: &GuestView<'_>, current: u32, target: u64, op: VcpuOp) -> i64 {
     let Some(ctl) = dom.vcpus.get(target as usize) else {
         return -ENOENT as i64;
@@ -341,6 +368,18 @@ fn vcpu_op(dom: &DomainShared, mem: &GuestView<'_>, current: u32, target: u64, o
             0
         }
         VcpuOp::IsUp => (ctl.lock().state != VcpuState::Down) as i64,
+        VcpuOp::RegisterRunstateArea { addr } => {
+            // Xen checks only that the address is a guest address; it writes the
+            // area now and at every state change (rxen: after every block).
+            if addr != 0 && !dom.address_range().contains(addr) {
+                return -EINVAL as i64;
+            }
+            ctl.lock().runstate_area = (addr != 0).then_some(addr);
+            if target == current {
+                update_runstate_area(dom, mem, current);
+            }
+            0
+        }
         VcpuOp::GetRunstateInfo { ptr } => {
             let r = ctl.lock().runstate.snapshot(now);
             write_back(

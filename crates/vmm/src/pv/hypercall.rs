@@ -28,6 +28,8 @@ const CHUNK: u64 = 512;
 const MMU_UPDATE_PREEMPTED: u64 = 1 << 31;
 /// Most entries of one `multicall` (Xen bounds nothing but preempts; rxen refuses).
 const MAX_MULTICALL: u64 = 1 << 16;
+/// `PHYSDEVOP_set_iopl` (xen/include/public/physdev.h).
+const PHYSDEVOP_SET_IOPL: u64 = 6;
 /// `XENMEM_memory_map`.
 const XENMEM_MEMORY_MAP: u64 = 9;
 
@@ -87,6 +89,13 @@ pub fn handle(
             let mut mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
             rax(mmu.update_descriptor(&mut frames(dom), a0, a1))
         }
+        nr::PHYSDEV_OP if a0 == PHYSDEVOP_SET_IOPL => match mem.read::<u32>(a1) {
+            // The virtual IOPL only matters for emulated port I/O, which rxen does not
+            // offer a domU: accepted and forgotten.
+            Ok(iopl) if iopl <= 3 => 0,
+            Ok(_) => i64::from(-EINVAL),
+            Err(_) => i64::from(-EFAULT),
+        },
         nr::MULTICALL => multicall(dom, vcpu, fd, mem, a0, a1),
         nr::FPU_TASKSWITCH => fpu_taskswitch(fd, a0),
         nr::SET_SEGMENT_BASE => set_segment_base(fd, a0, a1),

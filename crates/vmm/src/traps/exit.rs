@@ -57,6 +57,9 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
     if let Some(done) = super::cpuid::emulate(fd, dom, id, sync_regs, &regs, &sregs) {
         return done;
     }
+    if let Some(done) = super::privop::emulate_exit(fd, dom, id, sync_regs, &regs, &sregs) {
+        return done;
+    }
     match deliver(dom, id, &regs, &sregs) {
         Ok(next) => match write_regs(fd, sync_regs, &next) {
             Ok(()) => true,
@@ -127,16 +130,16 @@ fn deliver(
             error_code: frame.error_code,
             rip: frame.rip,
         })?;
-        bounce::decide(vector, &frame, software, &traps.table).map_err(|e| {
-            match (e, not_emulated) {
+        bounce::decide(vector, &frame, software, &traps.table, dom.address_range()).map_err(
+            |e| match (e, not_emulated) {
                 (Undeliverable::NoHandler { rip, .. }, Some(why)) => Undeliverable::Slot256 {
                     cr2: sregs.cr2,
                     rip,
                     why,
                 },
                 (e, _) => e,
-            }
-        })?
+            },
+        )?
     };
     let saved_mask = dom.shared_info.upcall_mask(id);
     let (frame_at, frame_words) = bounce::bounce_frame(regs, &frame, &delivery, saved_mask);

@@ -23,6 +23,7 @@ pub mod iret;
 pub mod m2p;
 pub mod msr;
 pub mod pages;
+pub mod privop;
 pub mod upcall;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -12,7 +12,6 @@ use kvm_ioctls::VcpuFd;
 use super::exit::{crash, write_regs};
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
-use crate::vcpu::regs::is_canonical_user;
 
 const RFLAGS_IF: u64 = 1 << 9;
 
@@ -88,7 +87,7 @@ pub fn maybe_deliver(
         );
         return true;
     }
-    if !is_canonical_user(cb.address) {
+    if !dom.address_range().contains(cb.address) {
         crash(
             fd,
             dom,

@@ -68,6 +68,10 @@ pub struct VcpuSched {
     pub timer: Option<u64>,
     pub timer_generation: u64,
     pub runstate: Runstate,
+    /// Where the guest wants its runstate kept (`VCPUOP_register_runstate_memory_area`).
+    pub runstate_area: Option<u64>,
+    /// The CR4 the guest last wrote (emulated `mov %cr4`; see `traps::privop`).
+    pub guest_cr4: u64,
 }
 
 impl VcpuSched {
@@ -93,6 +97,8 @@ impl VcpuSched {
                 },
                 ..Default::default()
             },
+            runstate_area: None,
+            guest_cr4: crate::traps::privop::PV_CR4,
         }
     }
 

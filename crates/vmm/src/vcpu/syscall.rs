@@ -33,7 +33,7 @@ use kvm_ioctls::VcpuFd;
 use rxen_abi::layout::{SYSCALL_STUB, SYSCALL_STUB_PORT};
 use rxen_abi::PAGE_SIZE;
 
-use super::regs;
+use super::regs::{self, AddressRange};
 
 const MSR_STAR: u32 = 0xc000_0081;
 const MSR_LSTAR: u32 = 0xc000_0082;
@@ -123,30 +123,16 @@ pub enum BadEntry {
     NotCanonical { rcx: u64 },
 }
 
-/// Where a hypercall may return to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReturnRange {
-    /// rxen's own layout: the guest lives in the lower half.
-    UserHalf,
-    /// Xen PV domains: the kernel is linked in the upper half (Linux at
-    /// 0xffffffff80000000) and runs at CPL 3, so any canonical address will do.
-    Canonical,
-}
-
 /// Checks that the exit came from the stub at `stub` and that `rcx` is a place to
 /// return to.
-pub fn check_entry(r: &kvm_regs, stub: u64, range: ReturnRange) -> Result<(), BadEntry> {
+pub fn check_entry(r: &kvm_regs, stub: u64, range: AddressRange) -> Result<(), BadEntry> {
     if r.rip != rip_after_exit(stub) {
         return Err(BadEntry::NotFromStub { rip: r.rip });
     }
     match range {
-        ReturnRange::UserHalf if !regs::is_canonical_user(r.rcx) => {
-            Err(BadEntry::BadReturn { rcx: r.rcx })
-        }
-        ReturnRange::Canonical if !crate::guest_view::is_canonical(r.rcx) => {
-            Err(BadEntry::NotCanonical { rcx: r.rcx })
-        }
-        _ => Ok(()),
+        _ if range.contains(r.rcx) => Ok(()),
+        AddressRange::UserHalf => Err(BadEntry::BadReturn { rcx: r.rcx }),
+        AddressRange::Canonical => Err(BadEntry::NotCanonical { rcx: r.rcx }),
     }
 }
 
@@ -191,7 +177,10 @@ mod tests {
             r11: u64::MAX,
             ..Default::default()
         };
-        assert_eq!(check_entry(&r, SYSCALL_STUB, ReturnRange::UserHalf), Ok(()));
+        assert_eq!(
+            check_entry(&r, SYSCALL_STUB, AddressRange::UserHalf),
+            Ok(())
+        );
         return_regs(&mut r, -38);
         assert_eq!(r.rip, 0x40_1234);
         assert_eq!(r.rax as i64, -38);
@@ -210,13 +199,13 @@ mod tests {
         let mut r = ok;
         r.rip = 0x40_0002;
         assert_eq!(
-            check_entry(&r, SYSCALL_STUB, ReturnRange::UserHalf),
+            check_entry(&r, SYSCALL_STUB, AddressRange::UserHalf),
             Err(BadEntry::NotFromStub { rip: 0x40_0002 })
         );
         let mut r = ok;
         r.rcx = 0xffff_8000_0000_0000;
         assert!(matches!(
-            check_entry(&r, SYSCALL_STUB, ReturnRange::UserHalf),
+            check_entry(&r, SYSCALL_STUB, AddressRange::UserHalf),
             Err(BadEntry::BadReturn { .. })
         ));
     }
@@ -232,17 +221,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            check_entry(&r, SYSCALL_STUB, ReturnRange::Canonical),
+            check_entry(&r, SYSCALL_STUB, AddressRange::Canonical),
             Ok(())
         );
         r.rcx = 0x0000_8000_0000_0000;
         assert_eq!(
-            check_entry(&r, SYSCALL_STUB, ReturnRange::Canonical),
+            check_entry(&r, SYSCALL_STUB, AddressRange::Canonical),
             Err(BadEntry::NotCanonical { rcx: r.rcx })
         );
         r.rcx = 0x40_0000;
         assert_eq!(
-            check_entry(&r, SYSCALL_STUB, ReturnRange::Canonical),
+            check_entry(&r, SYSCALL_STUB, AddressRange::Canonical),
             Ok(())
         );
     }

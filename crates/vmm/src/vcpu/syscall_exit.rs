@@ -23,12 +23,7 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
             }
         }
     };
-    let range = if dom.pv_mmu.is_some() {
-        syscall::ReturnRange::Canonical
-    } else {
-        syscall::ReturnRange::UserHalf
-    };
-    if let Err(bad) = syscall::check_entry(&regs, dom.boot.syscall_stub, range) {
+    if let Err(bad) = syscall::check_entry(&regs, dom.boot.syscall_stub, dom.address_range()) {
         let registers = format!("{bad}; {}", super::thread::dump_registers(fd));
         dom.request_exit(DomainExit::TripleFault {
             vcpu: id,
