@@ -274,8 +274,7 @@ impl DomainShared {
 
     /// Publishes a fresh pvclock in `vcpu_info[vcpu].time` (Xen's version protocol).
     pub fn update_time_info(&self, vcpu: u32) {
-        let addr = self.shared_info_base
-            + (shared_info_offsets::vcpu_info(vcpu as usize) + shared_info_offsets::TIME) as u64;
+        let addr = self.shared_info.vcpu_info_gpa(vcpu) + shared_info_offsets::TIME as u64;
         let version = self.ram.read_obj::<u32>(addr).unwrap_or(0);
         let odd = version | 1;
         let _ = self.ram.write_obj(addr, &odd);

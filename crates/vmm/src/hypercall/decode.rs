@@ -83,6 +83,11 @@ pub enum VcpuOp {
     RegisterRunstateArea {
         addr: u64,
     },
+    /// `VCPUOP_register_vcpu_info`: move the vCPU's `vcpu_info` to `mfn`:`offset`.
+    RegisterVcpuInfo {
+        mfn: u64,
+        offset: u32,
+    },
     SetSingleshotTimer {
         timeout_abs_ns: u64,
         flags: u32,
@@ -264,6 +269,13 @@ pub fn decode(call: HypercallArgs, mem: &GuestView<'_>) -> Result<Op, i32> {
                 VCPUOP_GET_RUNSTATE_INFO => {
                     check_writable::<VcpuRunstateInfo>(mem, a2)?;
                     VcpuOp::GetRunstateInfo { ptr: a2 }
+                }
+                VCPUOP_REGISTER_VCPU_INFO => {
+                    let words: [u64; 2] = read(mem, a2)?;
+                    VcpuOp::RegisterVcpuInfo {
+                        mfn: words[0],
+                        offset: words[1] as u32,
+                    }
                 }
                 VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => {
                     let addr: u64 = read(mem, a2)?;

@@ -309,6 +309,42 @@ fn watchdog(dom: &DomainShared, id: u32, timeout: u32) -> i64 {
     }
 }
 
+/// `VCPUOP_register_vcpu_info` (PV domains; Xen's `map_vcpu_info`): the frame must
+/// be the domain's own RAM and stays writable-typed for good; the `vcpu_info` must fit
+/// in it. `-EINVAL` for anything else, and for a second registration.
+fn register_vcpu_info(dom: &DomainShared, vcpu: u32, mfn: u64, offset: u32) -> i64 {
+    let Some(mmu) = dom.pv_mmu.as_ref() else {
+        return -ENOSYS as i64;
+    };
+    if u64::from(offset) > rxen_abi::PAGE_SIZE - crate::shared_info::VCPU_INFO_SIZE
+        || offset % 8 != 0
+    {
+        return -EINVAL as i64;
+    }
+    let mut mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+    if mmu.frame(mfn).map(|f| f.owner) != Some(crate::pv::mmu::Owner::Guest) {
+        return -EINVAL as i64;
+    }
+    let (base, entries) = dom.pv_m2p;
+    let mut frames = crate::pv::ram_frames::RamFrames::with_m2p(&dom.ram, base, entries);
+    if let Err(e) = mmu.hold_vcpu_info(&mut frames, vcpu as usize, mfn) {
+        tracing::debug!(vcpu, mfn, "register_vcpu_info: {e}");
+        return -EINVAL as i64;
+    }
+    drop(mmu);
+    let gpa = mfn * rxen_abi::PAGE_SIZE + u64::from(offset);
+    match dom.shared_info.relocate_vcpu_info(vcpu, gpa) {
+        Ok(()) => {
+            dom.update_time_info(vcpu);
+            0
+        }
+        Err(e) => {
+            tracing::debug!(vcpu, gpa, "register_vcpu_info: {e}");
+            -EINVAL as i64
+        }
+    }
+}
+
 /// Writes vCPU `vcpu`'s runstate into the area it registered, if any (through the
 /// calling vCPU's view: the area is in the kernel's address space). A bad area is
 /// dropped silently, as Xen does.
@@ -368,6 +404,7 @@ fn vcpu_op(dom: &DomainShared, mem: &GuestView<'_>, current: u32, target: u64, o
             0
         }
         VcpuOp::IsUp => (ctl.lock().state != VcpuState::Down) as i64,
+        VcpuOp::RegisterVcpuInfo { mfn, offset } => register_vcpu_info(dom, target, mfn, offset),
         VcpuOp::RegisterRunstateArea { addr } => {
             // Xen checks only that the address is a guest address; it writes the
             // area now and at every state change (rxen: after every block).

@@ -90,9 +90,14 @@ pub fn handle(
             rax(mmu.update_descriptor(&mut frames(dom), a0, a1))
         }
         nr::PHYSDEV_OP if a0 == PHYSDEVOP_SET_IOPL => match mem.read::<u32>(a1) {
-            // The virtual IOPL only matters for emulated port I/O, which rxen does not
-            // offer a domU: accepted and forgotten.
-            Ok(iopl) if iopl <= 3 => 0,
+            // The virtual IOPL lets the kernel's native `cli`/`sti` pass as no-ops
+            // (`traps::privop`); port I/O finds no ports whatever it is.
+            Ok(iopl) if iopl <= 3 => {
+                if let Some(ctl) = dom.vcpus.get(vcpu as usize) {
+                    ctl.lock().virtual_iopl = iopl;
+                }
+                0
+            }
             Ok(_) => i64::from(-EINVAL),
             Err(_) => i64::from(-EFAULT),
         },

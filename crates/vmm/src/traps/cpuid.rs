@@ -50,8 +50,17 @@ const LEAF1_ECX_HIDDEN: u32 = (1 << 2)
     | (1 << 27);
 /// Leaf 1 ECX's "running on a hypervisor" bit.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// Bits cleared from leaf 1 EDX: APIC, MTRR, DS, ACPI, TM, PBE.
-const LEAF1_EDX_HIDDEN: u32 = (1 << 9) | (1 << 12) | (1 << 21) | (1 << 22) | (1 << 29) | (1 << 31);
+/// Bits cleared from leaf 1 EDX: PSE, APIC, MTRR, PGE, PSE36, DS, ACPI, TM, PBE. A PV
+/// guest's page tables have no superpages (the MMU refuses PSE) and no global pages.
+const LEAF1_EDX_HIDDEN: u32 = (1 << 3)
+    | (1 << 9)
+    | (1 << 12)
+    | (1 << 13)
+    | (1 << 17)
+    | (1 << 21)
+    | (1 << 22)
+    | (1 << 29)
+    | (1 << 31);
 /// Leaf 7 EBX hidden: FSGSBASE, TSC_ADJUST, SMEP, INVPCID, RDT-M, RDT-A, SMAP, PT.
 const LEAF7_EBX_HIDDEN: u32 =
     1 | (1 << 1) | (1 << 7) | (1 << 10) | (1 << 12) | (1 << 15) | (1 << 20) | (1 << 25);
@@ -61,6 +70,8 @@ const LEAF7_ECX_HIDDEN: u32 = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 
 const LEAF7_EDX_HIDDEN: u32 = (1 << 15) | (1 << 29) | (1 << 30);
 /// Leaf 0x80000001 ECX hidden: SVM, the extended APIC space, MONITORX.
 const EXT1_ECX_HIDDEN: u32 = (1 << 2) | (1 << 3) | (1 << 29);
+/// Leaf 0x80000001 EDX hidden: PSE36, 1 GiB pages (no superpages for PV), RDTSCP.
+const EXT1_EDX_HIDDEN: u32 = (1 << 17) | (1 << 26) | (1 << 27);
 
 /// The answer Xen's PV policy gives for `leaf`/`subleaf`, from the host's
 /// answers (`host`).
@@ -83,7 +94,10 @@ pub fn pv_cpuid(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> Cpuid) -> Cp
             r.ecx &= !LEAF7_ECX_HIDDEN;
             r.edx &= !LEAF7_EDX_HIDDEN;
         }
-        0x8000_0001 => r.ecx &= !EXT1_ECX_HIDDEN,
+        0x8000_0001 => {
+            r.ecx &= !EXT1_ECX_HIDDEN;
+            r.edx &= !EXT1_EDX_HIDDEN;
+        }
         _ => {}
     }
     r
@@ -199,6 +213,14 @@ mod tests {
         assert_eq!(r.ecx & (1 << 26), 0, "XSAVE");
         assert_eq!(r.ecx & (1 << 21), 0, "x2APIC");
         assert_eq!(r.edx & (1 << 9), 0, "APIC");
+        // Debian's kernel mapped its direct map with 1 GiB pages and every such
+        // mmu_update failed (-EINVAL) while PSE/PAGE1GB were visible.
+        assert_eq!(r.edx & (1 << 3), 0, "PSE");
+        assert_eq!(
+            pv_cpuid(0x8000_0001, 0, fake_host).edx & (1 << 26),
+            0,
+            "1 GiB pages"
+        );
         assert_ne!(r.edx & 1, 0, "FPU stays");
         let r = pv_cpuid(7, 0, fake_host);
         assert_eq!(r.ebx & (1 << 7), 0, "SMEP");

@@ -142,7 +142,9 @@ fn deliver(
         )?
     };
     let saved_mask = dom.shared_info.upcall_mask(id);
-    let (frame_at, frame_words) = bounce::bounce_frame(regs, &frame, &delivery, saved_mask);
+    let mut guest_frame = frame;
+    guest_frame.cs = u64::from(super::frame_cs(dom, frame.cs as u16));
+    let (frame_at, frame_words) = bounce::bounce_frame(regs, &guest_frame, &delivery, saved_mask);
     let bytes: Vec<u8> = frame_words.iter().flat_map(|w| w.to_le_bytes()).collect();
     super::guest_mem::write(dom, id, frame_at, &bytes).map_err(|_| Undeliverable::BadStack {
         vector: delivery.vector,

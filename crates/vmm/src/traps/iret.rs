@@ -41,8 +41,10 @@ pub fn apply(
     c: &IretContext,
     range: AddressRange,
 ) -> Result<(kvm_regs, bool), BadIret> {
-    let cs = c.cs & 0xffff;
-    let ss = c.ss & 0xffff;
+    // Xen forces the guest's privilege: a kernel frame's RPL-0 CS (see
+    // `traps::frame_cs`) returns to the same ring-3 selector.
+    let cs = (c.cs & 0xffff) | 3;
+    let ss = (c.ss & 0xffff) | 3;
     if !(cs == u64::from(USER_CS) || cs == XEN_FLAT_CS64)
         || !(ss == u64::from(USER_DS) || ss == XEN_FLAT_SS64)
     {

@@ -149,3 +149,16 @@ impl DomainTraps {
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
     }
 }
+
+/// The CS a bounce or upcall frame carries for code interrupted in the guest kernel.
+/// Xen clears its RPL for a PV domain ("indicate kernel context to guest",
+/// `create_bounce_frame`): the kernel runs in ring 3, and Linux tells kernel from user
+/// frames by `CS & 3` (and Xen's `iret` returns to user mode exactly when it is 3).
+/// rxen's own layout keeps the CPU's selector.
+pub fn frame_cs(dom: &crate::domain::DomainShared, cs: u16) -> u16 {
+    if dom.pv_mmu.is_some() {
+        cs & !3
+    } else {
+        cs
+    }
+}

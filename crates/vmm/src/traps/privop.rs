@@ -9,6 +9,10 @@
 //! * `mov reg, %crN` (0f 22): CR0 only if nothing but TS changes (Xen's rule; TS is
 //!   ignored: the FPU is never lazily switched here), CR4 stored in the shadow and
 //!   otherwise ignored (Xen masks the guest's CR4 the same way). CR3 and others fault.
+//! * `cli`/`sti` (fa/fb): no-ops once the kernel raised its virtual IOPL to 1 or more
+//!   with `PHYSDEVOP_set_iopl` (Xen's `iopl_ok`; Linux does it first thing, because
+//!   code that runs before its paravirt patching executes them natively). Events stay
+//!   as the guest's `evtchn_upcall_mask` says, as in Xen.
 //! * `wbinvd` (0f 09) and `invd` (0f 08): no-ops, as Xen without cache-flush permission.
 //! * port I/O (`in`/`out` with an immediate port or `dx`, 8/16/32 bits; not the string
 //!   forms): a domU has no I/O ports, so reads give all ones and writes are dropped,
@@ -46,6 +50,8 @@ pub struct CpuState {
     /// The kernel L4's frame, if any.
     pub kernel_base: Option<u64>,
     pub cr4: u64,
+    /// The virtual IOPL (`PHYSDEVOP_set_iopl`).
+    pub iopl: u32,
 }
 
 /// What an emulated instruction changed besides the registers.
@@ -70,6 +76,7 @@ pub fn emulate(code: &[u8], regs: &mut kvm_regs, cpu: &CpuState) -> Option<Effec
         rest => (0, rest, 0),
     };
     let (effect, len) = match rest {
+        [0xfa | 0xfb, ..] if rex == 0 && cpu.iopl >= 1 => (Effect::Regs, 1),
         [0x0f, op @ (0x20 | 0x22), modrm, ..] => {
             let cr = ((modrm >> 3) & 7) | if rex & 0x4 != 0 { 8 } else { 0 };
             let gpr = (modrm & 7) | if rex & 0x1 != 0 { 8 } else { 0 };
@@ -137,6 +144,11 @@ pub(super) fn emulate_exit(
         .rev()
         .find(|&n| super::guest_mem::read(dom, id, frame.rip, &mut code[..n]).is_ok())?;
     let ctl = dom.vcpus.get(id as usize)?;
+    // One lock: the guard of a temporary lives to the end of the statement.
+    let (cr4, iopl) = {
+        let sched = ctl.lock();
+        (sched.guest_cr4, sched.virtual_iopl)
+    };
     let cpu = CpuState {
         cr2: dom.shared_info.cr2(id),
         kernel_base: mmu
@@ -144,7 +156,8 @@ pub(super) fn emulate_exit(
             .unwrap_or_else(|e| e.into_inner())
             .vcpu(id as usize)
             .and_then(|b| b.kernel),
-        cr4: ctl.lock().guest_cr4,
+        cr4,
+        iopl,
     };
     let mut next = *regs;
     next.rip = frame.rip;
@@ -225,7 +238,19 @@ mod tests {
         cr2: 0xdead_b000,
         kernel_base: Some(0x4a03),
         cr4: PV_CR4,
+        iopl: 1,
     };
+
+    /// `this_cpu_cmpxchg16b_emu` (`pushf; cli`) runs before Linux patches its
+    /// alternatives; Debian's kernel died there with a #GP before.
+    #[test]
+    fn cli_and_sti_need_the_virtual_iopl() {
+        let mut r = regs();
+        assert_eq!(emulate(&[0xfa], &mut r, &CPU), Some(Effect::Regs));
+        assert_eq!(r.rip, 0x1001);
+        let no_iopl = CpuState { iopl: 0, ..CPU };
+        assert_eq!(emulate(&[0xfb], &mut regs(), &no_iopl), None);
+    }
 
     fn regs() -> kvm_regs {
         kvm_regs {

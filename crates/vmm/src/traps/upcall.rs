@@ -106,7 +106,7 @@ pub fn maybe_deliver(
         regs.rcx,
         regs.r11,
         regs.rip,
-        u64::from(cs),
+        u64::from(super::frame_cs(dom, cs)),
         regs.rflags | RFLAGS_IF,
         regs.rsp,
         u64::from(ss),

@@ -72,6 +72,8 @@ pub struct VcpuSched {
     pub runstate_area: Option<u64>,
     /// The CR4 the guest last wrote (emulated `mov %cr4`; see `traps::privop`).
     pub guest_cr4: u64,
+    /// The virtual IOPL the kernel set with `PHYSDEVOP_set_iopl`.
+    pub virtual_iopl: u32,
 }
 
 impl VcpuSched {
@@ -99,6 +101,7 @@ impl VcpuSched {
             },
             runstate_area: None,
             guest_cr4: crate::traps::privop::PV_CR4,
+            virtual_iopl: 0,
         }
     }
 

@@ -51,6 +51,10 @@ pub struct VcpuBases {
     pub ldt: (u64, u32),
     /// The guest GDT (`set_gdt`): each frame holds a reference and the descriptor type.
     pub gdt: segdesc::GdtFrames,
+    /// The frame holding the relocated `vcpu_info` (`VCPUOP_register_vcpu_info`): a
+    /// reference and a writable type, for good, so it can never become a page table
+    /// while rxen writes event bits into it.
+    pub vcpu_info: Option<u64>,
 }
 
 /// What one batch (`mmu_update` array, `mmuext_op` array, one `update_va_mapping`)

@@ -125,6 +125,27 @@ impl Mmu {
         Ok(())
     }
 
+    /// Holds `frame` writable for `vcpu`'s relocated `vcpu_info` (once per vCPU).
+    pub fn hold_vcpu_info<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        vcpu: usize,
+        frame: u64,
+    ) -> Result<(), MmuError> {
+        match self.vcpus.get(vcpu) {
+            None => return Err(MmuError::Invalid("no such vCPU")),
+            Some(v) if v.vcpu_info.is_some() => {
+                return Err(MmuError::Invalid("vcpu_info already registered"))
+            }
+            Some(_) => {}
+        }
+        self.get_page_and_type(mem, frame, FrameType::Writable)?;
+        if let Some(v) = self.vcpus.get_mut(vcpu) {
+            v.vcpu_info = Some(frame);
+        }
+        Ok(())
+    }
+
     /// `update_descriptor`: writes descriptor `desc` at byte `maddr` (8-aligned) of
     /// the domain's memory. The frame must be a descriptor frame or able to be
     /// writable (not a page table); the descriptor must pass [`check_descriptor`].
