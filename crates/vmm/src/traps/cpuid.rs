@@ -50,10 +50,13 @@ const LEAF1_ECX_HIDDEN: u32 = (1 << 2)
     | (1 << 27);
 /// Leaf 1 ECX's "running on a hypervisor" bit.
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
-/// Bits cleared from leaf 1 EDX: PSE, APIC, MTRR, PGE, PSE36, DS, ACPI, TM, PBE. A PV
-/// guest's page tables have no superpages (the MMU refuses PSE) and no global pages.
+/// Bits cleared from leaf 1 EDX: PSE, MCE, APIC, MTRR, PGE, MCA, PSE36, DS, ACPI, TM,
+/// PBE. A PV guest's page tables have no superpages (the MMU refuses PSE) and no global
+/// pages; rxen has no virtual machine-check MSRs (Xen's vMCE).
 const LEAF1_EDX_HIDDEN: u32 = (1 << 3)
+    | (1 << 7)
     | (1 << 9)
+    | (1 << 14)
     | (1 << 12)
     | (1 << 13)
     | (1 << 17)
@@ -216,6 +219,9 @@ mod tests {
         // Debian's kernel mapped its direct map with 1 GiB pages and every such
         // mmu_update failed (-EINVAL) while PSE/PAGE1GB were visible.
         assert_eq!(r.edx & (1 << 3), 0, "PSE");
+        // Linux's MCE init read MCG_CAP (0x179) and panicked on the #GP.
+        assert_eq!(r.edx & (1 << 7), 0, "MCE");
+        assert_eq!(r.edx & (1 << 14), 0, "MCA");
         assert_eq!(
             pv_cpuid(0x8000_0001, 0, fake_host).edx & (1 << 26),
             0,
