@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Unpacks Debian's stock kernel image (the package linux-image-amd64 depends on) into
+# DIR (default target/linux-kernel): DIR/boot/vmlinuz-<version>. Used by the Linux
+# guest test (crates/xm/tests/linux_guest.rs) and scripts/setup.sh. Needs apt.
+set -euo pipefail
+dir=${1:-target/linux-kernel}
+mkdir -p "$dir"
+if ls "$dir"/boot/vmlinuz-* >/dev/null 2>&1; then
+    exit 0
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# linux-image-amd64 is a metapackage: the image is the package it depends on.
+pkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
+    | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+if [ -z "$pkg" ]; then
+    apt-get update -qq >/dev/null 2>&1 || true
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
+        | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+fi
+if [ -z "$pkg" ]; then
+    echo "fetch-linux-kernel: apt knows no linux-image-amd64" >&2
+    exit 1
+fi
+(cd "$work" && apt-get download "$pkg" >/dev/null)
+deb=$(ls "$work"/*.deb)
+dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work" --wildcards './boot/vmlinuz-*'
+mkdir -p "$dir/boot"
+mv "$work"/boot/vmlinuz-* "$dir/boot/"
+ls "$dir"/boot/vmlinuz-*
