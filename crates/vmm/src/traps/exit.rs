@@ -99,6 +99,11 @@ fn deliver(
     }
     let (mut frame, software) =
         bounce::parse_frame(vector, words, sregs.cs.selector, sregs.ss.selector, at)?;
+    if vector == VECTOR_PF && !software {
+        if let Some(next) = super::ptwr::emulate(dom, id, regs, sregs, &frame) {
+            return Ok(next);
+        }
+    }
     let mut not_emulated = None;
     if vector == VECTOR_PF && !software && m2p::SLOT_256.contains(&sregs.cr2) {
         if let Some(window) = dom.boot.m2p {

@@ -24,6 +24,7 @@ pub mod m2p;
 pub mod msr;
 pub mod pages;
 pub mod privop;
+pub mod ptwr;
 pub mod upcall;
 
 use std::sync::atomic::{AtomicBool, Ordering};
