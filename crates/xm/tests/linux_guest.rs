@@ -4,8 +4,10 @@
 //!
 //! The kernel comes from `RXEN_LINUX_KERNEL`, else from `target/linux-kernel/` (filled
 //! by `scripts/fetch-linux-kernel.sh`, which `apt-get download`s the package
-//! `linux-image-amd64` depends on); the test runs that script itself when the cache is
-//! empty, and skips loudly when the package cannot be had.
+//! `linux-image-amd64` depends on, and Debian's `busybox-static`); the test runs that
+//! script itself when the cache is empty, and skips loudly when the packages cannot be
+//! had. The initramfs (newc cpio: busybox, `/bin/sh`, `/dev/console`, an `/init`
+//! script printing a marker and powering off) is written by the test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -31,12 +33,18 @@ const MILESTONES: &[&str] = &[
     "Grant table initialized",
     "xen:balloon: Initialising balloon driver",
     "clocksource: Switched to clocksource xen",
+    "Unpacking initramfs",
     "Freeing unused kernel image",
     "Run /init as init process",
+    // Printed by /init in guest user mode.
+    INIT_MARKER,
 ];
 
+/// What the test's `/init` prints.
+const INIT_MARKER: &str = "RXEN-INIT-OK";
+
 /// The milestone this branch reaches reliably: the test fails below it.
-const EXPECTED: &str = "xen:balloon: Initialising balloon driver";
+const EXPECTED: &str = "Run /init as init process";
 
 /// The kernel to boot, or `None` after a loud skip.
 fn linux_kernel(test: &str) -> Option<PathBuf> {
@@ -76,6 +84,75 @@ fn linux_kernel(test: &str) -> Option<PathBuf> {
     }
 }
 
+/// Busybox from the cache `scripts/fetch-linux-kernel.sh` fills (next to `boot/`).
+fn busybox(kernel: &Path, test: &str) -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("RXEN_BUSYBOX").map(PathBuf::from),
+        kernel.parent().and_then(|b| b.parent()).map(|d| d.join("busybox")),
+        Some(PathBuf::from("/bin/busybox")),
+    ];
+    let found = candidates.into_iter().flatten().find(|p| p.is_file());
+    if found.is_none() {
+        skip(
+            test,
+            "no static busybox (scripts/fetch-linux-kernel.sh, or set RXEN_BUSYBOX)",
+        );
+    }
+    found
+}
+
+/// One entry of a newc (`070701`) cpio archive.
+fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+    let fields = [
+        ino,
+        mode,
+        0,
+        0,
+        1,
+        0,
+        data.len() as u32,
+        0,
+        0,
+        rdev.0,
+        rdev.1,
+        name.len() as u32 + 1,
+        0,
+    ];
+    out.extend_from_slice(b"070701");
+    for f in fields {
+        out.extend_from_slice(format!("{f:08x}").as_bytes());
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+    out.extend_from_slice(data);
+    while out.len() % 4 != 0 {
+        out.push(0);
+    }
+}
+
+/// The test's initramfs: `/init` prints [`INIT_MARKER`] and powers off.
+fn initramfs(busybox: &Path) -> Vec<u8> {
+    const DIR: u32 = 0o040755;
+    const FILE: u32 = 0o100755;
+    const LINK: u32 = 0o120777;
+    const CHR: u32 = 0o020600;
+    let init = format!("#!/bin/sh\necho {INIT_MARKER}\n/bin/busybox poweroff -f\n");
+    let bb = std::fs::read(busybox).unwrap();
+    let mut out = Vec::new();
+    cpio_entry(&mut out, 1, "bin", DIR, (0, 0), &[]);
+    cpio_entry(&mut out, 2, "dev", DIR, (0, 0), &[]);
+    cpio_entry(&mut out, 3, "proc", DIR, (0, 0), &[]);
+    cpio_entry(&mut out, 4, "dev/console", CHR, (5, 1), &[]);
+    cpio_entry(&mut out, 5, "bin/busybox", FILE, (0, 0), &bb);
+    cpio_entry(&mut out, 6, "bin/sh", LINK, (0, 0), b"busybox");
+    cpio_entry(&mut out, 7, "init", FILE, (0, 0), init.as_bytes());
+    cpio_entry(&mut out, 8, "TRAILER!!!", 0, (0, 0), &[]);
+    out
+}
+
 /// Everything the domain printed so far: the VMM's log (hypervisor console lines,
 /// `(dN) ...`) and the console ring's log (hvc0).
 fn boot_text(state: &Path) -> String {
@@ -110,13 +187,19 @@ fn debian_kernel_boots_as_a_pv_guest() {
     let Some(kernel) = linux_kernel(test) else {
         return;
     };
+    let Some(busybox) = busybox(&kernel, test) else {
+        return;
+    };
     let env = Env::start("linux");
+    let ramdisk = env.dir.join("initramfs.cpio");
+    std::fs::write(&ramdisk, initramfs(&busybox)).unwrap();
     let cfg = env.dir.join("linux.cfg");
     std::fs::write(
         &cfg,
         format!(
-            "name = \"linux\"\nkernel = \"{}\"\nmemory = 256\nextra = \"console=hvc0 earlyprintk=xen\"\non_crash = \"preserve\"\non_poweroff = \"preserve\"\n",
-            kernel.display()
+            "name = \"linux\"\nkernel = \"{}\"\nramdisk = \"{}\"\nmemory = 256\nextra = \"console=hvc0 earlyprintk=xen\"\non_crash = \"preserve\"\non_poweroff = \"preserve\"\n",
+            kernel.display(),
+            ramdisk.display()
         ),
     )
     .unwrap();
