@@ -88,7 +88,10 @@ fn linux_kernel(test: &str) -> Option<PathBuf> {
 fn busybox(kernel: &Path, test: &str) -> Option<PathBuf> {
     let candidates = [
         std::env::var_os("RXEN_BUSYBOX").map(PathBuf::from),
-        kernel.parent().and_then(|b| b.parent()).map(|d| d.join("busybox")),
+        kernel
+            .parent()
+            .and_then(|b| b.parent())
+            .map(|d| d.join("busybox")),
         Some(PathBuf::from("/bin/busybox")),
     ];
     let found = candidates.into_iter().flatten().find(|p| p.is_file());

@@ -107,9 +107,12 @@ pub fn handle(
         nr::VM_ASSIST => vm_assist(a0, a1),
         nr::MEMORY_OP if a0 == XENMEM_MACHPHYS_MAPPING => {
             let (_, entries) = dom.pv_m2p;
+            // The natively readable alias, not Xen's fixed RO_MPT_VIRT_START (slot
+            // 256, emulated on this host); kernels that hardcode the latter still work.
+            let v_start = super::rxen_area::M2P_ALIAS_VA;
             let map = MachphysMapping {
-                v_start: RO_MPT_VIRT_START,
-                v_end: RO_MPT_VIRT_START + entries * MACH2PHYS_ENTRY_SIZE,
+                v_start,
+                v_end: v_start + entries * MACH2PHYS_ENTRY_SIZE,
                 max_mfn: entries.saturating_sub(1),
             };
             match mem.write(a1, &map) {
