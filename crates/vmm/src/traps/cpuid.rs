@@ -21,8 +21,9 @@ pub const VECTOR_UD: u8 = 6;
 pub const XEN_CPUID_BASE: u32 = 0x4000_0000;
 /// Highest hypervisor leaf answered (`XEN_CPUID_MAX_PV_NUM_LEAVES` in Xen's terms).
 const XEN_CPUID_MAX: u32 = XEN_CPUID_BASE + 5;
-/// The Xen version rxen reports in leaf 0x40000001 (major << 16 | minor): 4.17.
-pub const XEN_VERSION: u32 = (4 << 16) | 17;
+/// The Xen version rxen reports in leaf 0x40000001 (major << 16 | minor), the same
+/// as `xen_version`.
+pub const XEN_VERSION: u32 = (crate::hypercall::XEN_MAJOR << 16) | crate::hypercall::XEN_MINOR;
 
 /// One CPUID answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
