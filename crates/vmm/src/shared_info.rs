@@ -74,7 +74,7 @@ impl SharedInfoPage {
             .relocated
             .get(vcpu as usize)
             .ok_or(RelocateError::BadPlace)?;
-        if gpa % 8 != 0
+        if !gpa.is_multiple_of(8)
             || gpa % rxen_abi::PAGE_SIZE > rxen_abi::PAGE_SIZE - VCPU_INFO_SIZE
             || gpa == 0
         {

@@ -317,7 +317,7 @@ fn register_vcpu_info(dom: &DomainShared, vcpu: u32, mfn: u64, offset: u32) -> i
         return -ENOSYS as i64;
     };
     if u64::from(offset) > rxen_abi::PAGE_SIZE - crate::shared_info::VCPU_INFO_SIZE
-        || offset % 8 != 0
+        || !offset.is_multiple_of(8)
     {
         return -EINVAL as i64;
     }

@@ -93,7 +93,7 @@ pub fn decode(code: &[u8], f: &Fault<'_>) -> Option<Decoded> {
         _ => return None,
     };
     let address = ins.virtual_address(mem_op, 0, |reg, _, _| register_value(r, f, reg))?;
-    if address % 8 != 0 || !(address..address + 8).contains(&f.cr2) {
+    if !address.is_multiple_of(8) || !(address..address + 8).contains(&f.cr2) {
         return None;
     }
     Some(Decoded {

@@ -155,7 +155,7 @@ impl Mmu {
         maddr: u64,
         desc: u64,
     ) -> Result<(), MmuError> {
-        if maddr % 8 != 0 {
+        if !maddr.is_multiple_of(8) {
             return Err(MmuError::Invalid("descriptor address not 8-aligned"));
         }
         let d = check_descriptor(desc).ok_or(MmuError::Invalid("bad segment descriptor"))?;
