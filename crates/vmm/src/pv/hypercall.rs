@@ -439,10 +439,9 @@ fn vm_assist(cmd: u64, kind: u64) -> i64 {
     let Ok(kind) = u32::try_from(kind) else {
         return i64::from(-EINVAL);
     };
+    // Writable page tables are always on (`traps::ptwr` emulates a direct write of an
+    // L1 entry whether or not the guest asked), so enabling them succeeds.
     match kind {
-        VMASST_TYPE_WRITABLE_PAGETABLES if cmd == u64::from(VMASST_CMD_ENABLE) => {
-            i64::from(-EINVAL)
-        }
         VMASST_TYPE_4GB_SEGMENTS
         | VMASST_TYPE_4GB_SEGMENTS_NOTIFY
         | VMASST_TYPE_WRITABLE_PAGETABLES
@@ -461,10 +460,8 @@ mod tests {
     #[test]
     fn vm_assist_answers_like_xen() {
         assert_eq!(vm_assist(0, u64::from(VMASST_TYPE_4GB_SEGMENTS)), 0);
-        assert_eq!(
-            vm_assist(0, u64::from(VMASST_TYPE_WRITABLE_PAGETABLES)),
-            i64::from(-EINVAL)
-        );
+        // Linux enables writable page tables (emulated since traps/ptwr.rs).
+        assert_eq!(vm_assist(0, u64::from(VMASST_TYPE_WRITABLE_PAGETABLES)), 0);
         assert_eq!(vm_assist(1, u64::from(VMASST_TYPE_WRITABLE_PAGETABLES)), 0);
         assert_eq!(vm_assist(0, 7), i64::from(-EINVAL));
         assert_eq!(vm_assist(9, 0), i64::from(-ENOSYS));
