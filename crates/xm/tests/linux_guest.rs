@@ -244,6 +244,15 @@ fn debian_kernel_boots_as_a_pv_guest() {
         .collect::<Vec<_>>()
         .join("\n");
     let reached = best.map(|i| MILESTONES[i]);
+    // How the domain ended, if it did (the VMM's own lines).
+    let vmm_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("rxen_vmm::") && !l.contains("hypervisor_console"))
+        .collect();
+    eprintln!(
+        "{test}: VMM log tail:\n{}",
+        vmm_lines[vmm_lines.len().saturating_sub(6)..].join("\n")
+    );
     eprintln!(
         "{test}: furthest milestone {reached:?} in {:?}; last lines:\n{tail}",
         started.elapsed()

@@ -82,6 +82,13 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool, r: 
     match result {
         Ok((next, masked)) => {
             dom.shared_info.set_upcall_mask(id, masked);
+            // Xen's rule: an RPL-3 CS returns to guest user mode.
+            if c.cs & 3 == 3 {
+                if let Err(e) = super::guest_mode::enter_user(fd, dom, id) {
+                    dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+                    return false;
+                }
+            }
             match super::exit::write_regs(fd, sync_regs, &next) {
                 Ok(()) => true,
                 Err(e) => {

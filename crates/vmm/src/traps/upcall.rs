@@ -102,16 +102,25 @@ pub fn maybe_deliver(
     // Events were unmasked (checked above): the saved mask is 0 and the virtual IF 1.
     // CS/SS: the guest's own flat selectors (Xen's 0xe033/0xe02b for a PV kernel).
     let (cs, ss) = dom.boot.selectors;
+    // From guest user mode: kernel page table and GS first, the frame on the kernel
+    // stack (`traps::guest_mode`).
+    let kernel_stack = match super::guest_mode::enter_kernel(fd, dom, id) {
+        Ok(k) => k,
+        Err(e) => {
+            dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+            return false;
+        }
+    };
     let words = [
         regs.rcx,
         regs.r11,
         regs.rip,
-        u64::from(super::frame_cs(dom, cs)),
+        u64::from(super::frame_cs(dom, cs, kernel_stack.is_some())),
         regs.rflags | RFLAGS_IF,
         regs.rsp,
         u64::from(ss),
     ];
-    let at = (regs.rsp & !0xf).wrapping_sub(8 * words.len() as u64);
+    let at = (kernel_stack.unwrap_or(regs.rsp) & !0xf).wrapping_sub(8 * words.len() as u64);
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     if super::guest_mem::write(dom, id, at, &bytes).is_err() {
         crash(
