@@ -3,7 +3,9 @@
 //! read-only (it is a validated table). The write faults (#PF, present + write); rxen
 //! decodes the instruction at the fault (iced-x86), and for an 8-byte, 8-aligned
 //! `MOV m64, r64/imm32`, `XCHG m64, r64` or `CMPXCHG m64, r64` whose address is the
-//! faulting one, applies it as an `mmu_update` of that entry (validated like any other:
+//! faulting one, or a read-modify-write of part of one entry (`AND`/`OR` with an
+//! immediate or register, `BTR`/`BTS`, 1 to 8 bytes: Linux's `clear_bit` and
+//! `test_and_clear_bit` on PTEs), applies it as an `mmu_update` of that entry (validated like any other:
 //! a refused entry leaves the fault to the guest, as Xen does) and resumes after the
 //! instruction. Linux relies on it: `ptep_get_and_clear` is a native `xchg` on the PTE.
 //!
@@ -33,6 +35,77 @@ pub enum PteWrite {
     Exchange { value: u64, reg: iced_x86::Register },
     /// `CMPXCHG`: store `value` if the entry equals `expected` (RAX); else RAX gets it.
     CompareExchange { value: u64, expected: u64 },
+    /// `AND`/`OR`/`BTR`/`BTS` of `size` bytes at byte `offset` of the entry.
+    Modify {
+        op: Modify,
+        operand: u64,
+        offset: u32,
+        size: u32,
+    },
+}
+
+/// A read-modify-write on part of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Modify {
+    And,
+    Or,
+    /// Bit test and reset; CF = the old bit.
+    Btr,
+    /// Bit test and set; CF = the old bit.
+    Bts,
+}
+
+const RFLAGS_CF: u64 = 1;
+const RFLAGS_SF: u64 = 1 << 7;
+const RFLAGS_OF: u64 = 1 << 11;
+
+impl PteWrite {
+    /// The new entry for `old`, and the flags to merge into RFLAGS (mask, value) for
+    /// the read-modify-write forms.
+    pub fn apply_modify(
+        op: Modify,
+        old: u64,
+        operand: u64,
+        offset: u32,
+        size: u32,
+    ) -> (u64, u64, u64) {
+        let bits = size * 8;
+        let mask = if bits == 64 { !0 } else { (1u64 << bits) - 1 };
+        let shift = offset * 8;
+        let part = (old >> shift) & mask;
+        let (new_part, flags_mask, flags) = match op {
+            Modify::And | Modify::Or => {
+                let r = if op == Modify::And {
+                    part & operand
+                } else {
+                    part | operand
+                } & mask;
+                let mut f = 0;
+                if r == 0 {
+                    f |= RFLAGS_ZF;
+                }
+                if r >> (bits - 1) & 1 == 1 {
+                    f |= RFLAGS_SF;
+                }
+                (r, RFLAGS_ZF | RFLAGS_SF | RFLAGS_CF | RFLAGS_OF, f)
+            }
+            Modify::Btr | Modify::Bts => {
+                let bit = operand % u64::from(bits);
+                let was = (part >> bit) & 1;
+                let r = if op == Modify::Btr {
+                    part & !(1 << bit)
+                } else {
+                    part | (1 << bit)
+                };
+                (r, RFLAGS_CF, was * RFLAGS_CF)
+            }
+        };
+        (
+            (old & !(mask << shift)) | (new_part << shift),
+            flags_mask,
+            flags,
+        )
+    }
 }
 
 /// What [`decode`] found: the write, its 8-aligned address and the next `rip`.
@@ -52,7 +125,13 @@ pub fn decode(code: &[u8], f: &Fault<'_>) -> Option<Decoded> {
     let r = f.regs;
     let mut decoder = Decoder::with_ip(64, code, r.rip, DecoderOptions::NONE);
     let ins = decoder.decode();
-    if ins.is_invalid() || ins.op_count() != 2 || ins.memory_size().size() != 8 {
+    if ins.is_invalid() || ins.op_count() != 2 {
+        return None;
+    }
+    if let Some(d) = decode_modify(&ins, f) {
+        return Some(d);
+    }
+    if ins.memory_size().size() != 8 {
         return None;
     }
     let (mem_op, other) = match (ins.op0_kind(), ins.op1_kind()) {
@@ -99,6 +178,60 @@ pub fn decode(code: &[u8], f: &Fault<'_>) -> Option<Decoded> {
     Some(Decoded {
         write,
         address,
+        next_rip: ins.next_ip(),
+    })
+}
+
+/// `AND`/`OR`/`BTR`/`BTS` with a memory destination inside one 8-byte entry.
+fn decode_modify(ins: &iced_x86::Instruction, f: &Fault<'_>) -> Option<Decoded> {
+    let op = match ins.mnemonic() {
+        Mnemonic::And => Modify::And,
+        Mnemonic::Or => Modify::Or,
+        Mnemonic::Btr => Modify::Btr,
+        Mnemonic::Bts => Modify::Bts,
+        _ => return None,
+    };
+    if ins.op0_kind() != OpKind::Memory {
+        return None;
+    }
+    let r = f.regs;
+    let operand = match ins.op1_kind() {
+        OpKind::Register => register_value(r, f, ins.op1_register())?,
+        OpKind::Immediate8 => u64::from(ins.immediate8()),
+        OpKind::Immediate16 => u64::from(ins.immediate16()),
+        OpKind::Immediate32 => u64::from(ins.immediate32()),
+        OpKind::Immediate8to16 | OpKind::Immediate8to32 | OpKind::Immediate8to64 => {
+            ins.immediate8to64() as u64
+        }
+        OpKind::Immediate32to64 => ins.immediate32to64() as u64,
+        _ => return None,
+    };
+    // A register bit offset may reach outside the operand (BT with a register): only
+    // offsets inside it are emulated.
+    let size = ins.memory_size().size() as u32;
+    if !matches!(size, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    if matches!(op, Modify::Btr | Modify::Bts)
+        && ins.op1_kind() == OpKind::Register
+        && operand >= u64::from(size * 8)
+    {
+        return None;
+    }
+    let address = ins.virtual_address(0, 0, |reg, _, _| register_value(r, f, reg))?;
+    let entry = address & !7;
+    let offset = (address - entry) as u32;
+    if offset + size > 8 || !(address..address + u64::from(size)).contains(&f.cr2) {
+        return None;
+    }
+    Some(Decoded {
+        write: PteWrite::Modify {
+            op,
+            operand,
+            offset,
+            size,
+        },
+        address: entry,
         next_rip: ins.next_ip(),
     })
 }
@@ -158,6 +291,16 @@ pub(super) fn emulate(
             PteWrite::Store { value } => value,
             PteWrite::Exchange { value, reg } => {
                 write_register(&mut next, reg, old);
+                value
+            }
+            PteWrite::Modify {
+                op,
+                operand,
+                offset,
+                size,
+            } => {
+                let (value, mask, flags) = PteWrite::apply_modify(op, old, operand, offset, size);
+                next.rflags = (next.rflags & !mask) | flags;
                 value
             }
             PteWrite::CompareExchange { value, expected } => {
@@ -250,6 +393,53 @@ mod tests {
                 expected: 0x1111
             }
         );
+    }
+
+    /// Linux's `ptep_set_wrprotect` is `lock andb $0xfd,(%r12)` on the PTE (fork's
+    /// `copy_page_range`); Debian's init died there before.
+    #[test]
+    fn byte_and_on_an_entry() {
+        let r = kvm_regs {
+            r12: 0xffff_8880_069a_5f10,
+            rip: 0x1000,
+            ..Default::default()
+        };
+        let d = decode(&[0xf0, 0x41, 0x80, 0x24, 0x24, 0xfd], &fault(&r, r.r12)).unwrap();
+        assert_eq!(d.address, r.r12);
+        assert_eq!(d.next_rip, 0x1006);
+        let PteWrite::Modify {
+            op,
+            operand,
+            offset,
+            size,
+        } = d.write
+        else {
+            panic!("{d:?}");
+        };
+        assert_eq!((op, operand as u8, offset, size), (Modify::And, 0xfd, 0, 1));
+        let (new, _, _) = PteWrite::apply_modify(op, 0x8000_0000_029f_7867, operand, offset, size);
+        assert_eq!(new, 0x8000_0000_029f_7865, "RW cleared, the rest kept");
+        // lock btrq $5,(%rax): test_and_clear_bit(_PAGE_BIT_ACCESSED).
+        let r = kvm_regs {
+            rax: 0x5008,
+            rip: 0x1000,
+            ..Default::default()
+        };
+        let d = decode(&[0xf0, 0x48, 0x0f, 0xba, 0x30, 0x05], &fault(&r, 0x5008)).unwrap();
+        let PteWrite::Modify {
+            op,
+            operand,
+            offset,
+            size,
+        } = d.write
+        else {
+            panic!("{d:?}");
+        };
+        let (new, mask, flags) = PteWrite::apply_modify(op, 0x67, operand, offset, size);
+        assert_eq!((new, mask, flags), (0x47, RFLAGS_CF, RFLAGS_CF));
+        // orb to byte 1 of an entry.
+        let (new, _, _) = PteWrite::apply_modify(Modify::Or, 0x67, 0x08, 1, 1);
+        assert_eq!(new, 0x867);
     }
 
     #[test]
