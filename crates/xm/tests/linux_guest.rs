@@ -38,12 +38,17 @@ const MILESTONES: &[&str] = &[
     "Run /init as init process",
     // Printed by /init in guest user mode.
     INIT_MARKER,
+    // busybox's `poweroff -f` (a fork, an exec, the reboot system call).
+    "reboot: Power down",
 ];
 
 /// What the test's `/init` prints.
 const INIT_MARKER: &str = "RXEN-INIT-OK";
 
-/// The milestone this branch reaches reliably: the test fails below it.
+/// The milestone this branch reaches reliably: the test fails below it. `/init`'s
+/// marker comes in some runs only: an exception in guest user mode pushes its CPU
+/// frame on the user stack, and when that page is not populated yet (stack growth)
+/// the push faults and the vCPU triple-faults (docs/linux-guest.md, "Next").
 const EXPECTED: &str = "Run /init as init process";
 
 /// The kernel to boot, or `None` after a loud skip.
@@ -244,14 +249,23 @@ fn debian_kernel_boots_as_a_pv_guest() {
         .collect::<Vec<_>>()
         .join("\n");
     let reached = best.map(|i| MILESTONES[i]);
-    // How the domain ended, if it did (the VMM's own lines).
-    let vmm_lines: Vec<&str> = text
-        .lines()
-        .filter(|l| l.contains("rxen_vmm::") && !l.contains("hypervisor_console"))
-        .collect();
+    // How the domain ended, if it did: the VMM's own lines (not the guest's).
+    let mut vmm_lines = Vec::new();
+    if let Ok(dirs) = std::fs::read_dir(state.join("domains")) {
+        for d in dirs.filter_map(|e| e.ok()) {
+            if let Ok(b) = std::fs::read(d.path().join("vmm.log")) {
+                vmm_lines.extend(
+                    String::from_utf8_lossy(&b)
+                        .lines()
+                        .filter(|l| !l.contains("(d"))
+                        .map(str::to_owned),
+                );
+            }
+        }
+    }
     eprintln!(
         "{test}: VMM log tail:\n{}",
-        vmm_lines[vmm_lines.len().saturating_sub(6)..].join("\n")
+        vmm_lines[vmm_lines.len().saturating_sub(8)..].join("\n")
     );
     eprintln!(
         "{test}: furthest milestone {reached:?} in {:?}; last lines:\n{tail}",
