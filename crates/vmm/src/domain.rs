@@ -457,7 +457,7 @@ impl Domain {
             })
             .collect();
         let pv_area = pv_layout
-            .map(|l| crate::pv::rxen_area::write(&ram, l))
+            .map(|l| crate::pv::rxen_area::write(&ram, l, config.vcpus))
             .transpose()?;
         let shared_info_base = pv_area.map_or(layout::SHARED_INFO, |a| a.shared_info_maddr);
         let shared_info = SharedInfoPage::new(ram.clone(), shared_info_base)?;
