@@ -177,8 +177,10 @@ fn parse_uuid(s: &str) -> Option<[u8; 16]> {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // Warnings, and the hypervisor console (a PV domain's `console_io`, Xen's
+            // `xl dmesg`): the domain's early output belongs in its log by default.
             tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,rxen_vmm::hypervisor_console=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();
