@@ -33,6 +33,9 @@ if command -v rustup >/dev/null 2>&1; then
         rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
     done
 fi
+# Debian's stock kernel for the Linux guest test (crates/xm/tests/linux_guest.rs).
+"$(dirname "$0")/fetch-linux-kernel.sh" "$(dirname "$0")/../target/linux-kernel" >/dev/null \
+    || echo "setup: WARNING: Debian's kernel could not be fetched; the Linux guest test will skip" >&2
 if [ ! -e /dev/kvm ]; then
     echo "setup: WARNING: /dev/kvm is missing; domains cannot run here (KVM tests will be skipped)" >&2
 fi

@@ -8,6 +8,7 @@ pub const SET_CALLBACKS: u32 = 4;
 pub const FPU_TASKSWITCH: u32 = 5;
 pub const SCHED_OP_COMPAT: u32 = 6;
 pub const PLATFORM_OP: u32 = 7;
+pub const UPDATE_DESCRIPTOR: u32 = 10;
 pub const MEMORY_OP: u32 = 12;
 pub const MULTICALL: u32 = 13;
 pub const UPDATE_VA_MAPPING: u32 = 14;
@@ -42,6 +43,7 @@ pub fn name(nr: u32) -> &'static str {
         SET_TRAP_TABLE => "set_trap_table",
         MMU_UPDATE => "mmu_update",
         SET_GDT => "set_gdt",
+        UPDATE_DESCRIPTOR => "update_descriptor",
         STACK_SWITCH => "stack_switch",
         SET_CALLBACKS => "set_callbacks",
         MEMORY_OP => "memory_op",

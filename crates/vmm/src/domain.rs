@@ -219,6 +219,16 @@ pub struct DomainShared {
 impl DomainShared {
     /// The memory guest pointers of vCPU `vcpu` reach right now: rxen's identity view,
     /// or for a PV domain a walk of the vCPU's current kernel page tables.
+    /// Where this domain's code and stacks may be (Xen PV kernels live in the upper
+    /// half; rxen's own guests in the lower).
+    pub fn address_range(&self) -> crate::vcpu::regs::AddressRange {
+        if self.pv_mmu.is_some() {
+            crate::vcpu::regs::AddressRange::Canonical
+        } else {
+            crate::vcpu::regs::AddressRange::UserHalf
+        }
+    }
+
     pub fn guest_view(&self, vcpu: u32) -> crate::guest_view::GuestView<'_> {
         match &self.pv_mmu {
             None => crate::guest_view::GuestView::identity(&self.ram),
@@ -274,8 +284,7 @@ impl DomainShared {
 
     /// Publishes a fresh pvclock in `vcpu_info[vcpu].time` (Xen's version protocol).
     pub fn update_time_info(&self, vcpu: u32) {
-        let addr = self.shared_info_base
-            + (shared_info_offsets::vcpu_info(vcpu as usize) + shared_info_offsets::TIME) as u64;
+        let addr = self.shared_info.vcpu_info_gpa(vcpu) + shared_info_offsets::TIME as u64;
         let version = self.ram.read_obj::<u32>(addr).unwrap_or(0);
         let odd = version | 1;
         let _ = self.ram.write_obj(addr, &odd);
@@ -480,7 +489,7 @@ impl Domain {
             })
             .collect();
         let pv_area = pv_layout
-            .map(|l| crate::pv::rxen_area::write(&ram, l))
+            .map(|l| crate::pv::rxen_area::write(&ram, l, config.vcpus))
             .transpose()?;
         let shared_info_base = pv_area.map_or(layout::SHARED_INFO, |a| a.shared_info_maddr);
         let shared_info = SharedInfoPage::new(ram.clone(), shared_info_base)?;

@@ -1,7 +1,7 @@
 //! rxen's per-domain virtual machine monitor.
 //!
 //! This crate owns one domain's execution on KVM: guest RAM ([`memory`]), the domain
-//! builder ([`kernel_file`], [`elf`], [`builder`]), vCPUs and their threads ([`vcpu`]), Xen's hypercall
+//! builder ([`kernel_file`], [`bzimage`], [`elf`], [`builder`]), vCPUs and their threads ([`vcpu`]), Xen's hypercall
 //! ABI ([`hypercall`]), event channels ([`evtchn`], [`shared_info`]), grant tables
 //! ([`grant`]), the block backend ([`blkback`]), time
 //! ([`clock`], [`timers`]), the emergency console ([`console`]) and the control socket
@@ -15,6 +15,7 @@
 
 pub mod blkback;
 pub mod builder;
+pub mod bzimage;
 pub mod clock;
 pub mod console;
 pub mod control;

@@ -3,6 +3,10 @@
 //! The guest changes these words concurrently (it clears pending bits and selector
 //! bits, sets masks), so the VMM only ever uses atomic read-modify-write on them,
 //! through [`GuestRam`]'s checked atomic accessors.
+//!
+//! A vCPU's `vcpu_info` starts in `shared_info` (the first 32 vCPUs) and may move into
+//! guest RAM with `VCPUOP_register_vcpu_info` ([`SharedInfoPage::relocate_vcpu_info`]);
+//! every `vcpu_info` access here follows it.
 
 use std::sync::atomic::Ordering::SeqCst;
 use std::sync::atomic::{AtomicU64, AtomicU8};
@@ -16,8 +20,25 @@ use crate::memory::GuestRam;
 #[derive(Debug, Clone)]
 pub struct SharedInfoPage {
     /// Keeps the mapping that `host` points into alive.
-    _ram: Arc<GuestRam>,
+    ram: Arc<GuestRam>,
     host: *mut u8,
+    /// Guest-physical address of the page.
+    base: u64,
+    /// Guest-physical address of each vCPU's relocated `vcpu_info` (0: in
+    /// `shared_info`). Set once per vCPU, checked to lie in RAM.
+    relocated: Arc<[AtomicU64; rxen_abi::xen::LEGACY_MAX_VCPUS]>,
+}
+
+/// Size of `struct vcpu_info` (x86-64).
+pub const VCPU_INFO_SIZE: u64 = 64;
+
+/// Why a `vcpu_info` cannot move where the guest asks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RelocateError {
+    #[error("vcpu_info must be 8-aligned and lie within one page of RAM")]
+    BadPlace,
+    #[error("this vCPU's vcpu_info was already moved")]
+    AlreadyMoved,
 }
 
 // SAFETY: `host` points into a shared mapping owned by `_ram` (which is Send + Sync), and
@@ -37,9 +58,77 @@ impl SharedInfoPage {
         let first = ram.atomic_u64(base)? as *const _ as *mut u8;
         ram.atomic_u64(base + rxen_abi::PAGE_SIZE - 8)?;
         Ok(Self {
-            _ram: ram,
+            ram,
             host: first,
+            base,
+            relocated: Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
         })
+    }
+
+    /// Moves `vcpu`'s `vcpu_info` to guest-physical `gpa` (Xen's
+    /// `VCPUOP_register_vcpu_info`): the current contents are copied, every selector
+    /// bit and `evtchn_upcall_pending` are set so the guest rescans its events, and all
+    /// later accesses go there. Once per vCPU.
+    pub fn relocate_vcpu_info(&self, vcpu: u32, gpa: u64) -> Result<(), RelocateError> {
+        let slot = self
+            .relocated
+            .get(vcpu as usize)
+            .ok_or(RelocateError::BadPlace)?;
+        if !gpa.is_multiple_of(8)
+            || gpa % rxen_abi::PAGE_SIZE > rxen_abi::PAGE_SIZE - VCPU_INFO_SIZE
+            || gpa == 0
+        {
+            return Err(RelocateError::BadPlace);
+        }
+        self.ram
+            .atomic_u64(gpa)
+            .and_then(|_| self.ram.atomic_u64(gpa + VCPU_INFO_SIZE - 8))
+            .map_err(|_| RelocateError::BadPlace)?;
+        if slot.load(SeqCst) != 0 {
+            return Err(RelocateError::AlreadyMoved);
+        }
+        let old = self.vcpu_info_gpa(vcpu);
+        let mut info = [0u8; VCPU_INFO_SIZE as usize];
+        self.ram
+            .read(old, &mut info)
+            .map_err(|_| RelocateError::BadPlace)?;
+        self.ram
+            .write(gpa, &info)
+            .map_err(|_| RelocateError::BadPlace)?;
+        slot.store(gpa, SeqCst);
+        self.vcpu_word(vcpu, off::PENDING_SEL).store(!0, SeqCst);
+        self.vcpu_byte(vcpu, off::UPCALL_PENDING).store(1, SeqCst);
+        Ok(())
+    }
+
+    /// Guest-physical address of `vcpu`'s `vcpu_info`.
+    pub fn vcpu_info_gpa(&self, vcpu: u32) -> u64 {
+        let v = vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS;
+        match self.relocated[v].load(SeqCst) {
+            0 => self.base + off::vcpu_info(v) as u64,
+            gpa => gpa,
+        }
+    }
+
+    /// A field of `vcpu`'s `vcpu_info` (8-aligned offset `field`) as an atomic word.
+    fn vcpu_word(&self, vcpu: u32, field: usize) -> &AtomicU64 {
+        let v = vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS;
+        match self.relocated[v].load(SeqCst) {
+            0 => self.word(off::vcpu_info(v) + field),
+            gpa => match self.ram.atomic_u64(gpa + field as u64) {
+                Ok(w) => w,
+                // Checked at relocation: the whole vcpu_info lies in RAM.
+                Err(_) => self.word(off::vcpu_info(v) + field),
+            },
+        }
+    }
+
+    /// A byte of `vcpu`'s `vcpu_info` as an atomic.
+    fn vcpu_byte(&self, vcpu: u32, field: usize) -> &AtomicU8 {
+        let word = self.vcpu_word(vcpu, field & !7);
+        // SAFETY: `word` is an 8-aligned atomic word of mapped guest RAM that lives as
+        // long as `self.ram`; byte `field % 8` of it is inside that word.
+        unsafe { &*((word as *const AtomicU64 as *const u8).add(field % 8) as *const AtomicU8) }
     }
 
     fn word(&self, offset: usize) -> &AtomicU64 {
@@ -49,12 +138,6 @@ impl SharedInfoPage {
         // callers derive it from ports reduced modulo NR_EVENT_CHANNELS and vCPU ids < 32,
         // so it always holds).
         unsafe { &*(self.host.add(offset) as *const AtomicU64) }
-    }
-
-    fn byte(&self, offset: usize) -> &AtomicU8 {
-        assert!(offset < rxen_abi::PAGE_SIZE as usize);
-        // SAFETY: as in `word`; bytes need no alignment.
-        unsafe { &*(self.host.add(offset) as *const AtomicU8) }
     }
 
     fn split(port: u32) -> (usize, u64) {
@@ -102,53 +185,41 @@ impl SharedInfoPage {
     /// a running vCPU for an upcall: a burst of events costs one kick).
     pub fn mark_vcpu_pending(&self, vcpu: u32, port: u32) -> bool {
         let (w, _) = Self::split(port);
-        let vcpu = vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS;
-        let sel = self.word(off::vcpu_info(vcpu) + off::PENDING_SEL);
+        let sel = self.vcpu_word(vcpu, off::PENDING_SEL);
         sel.fetch_or(1u64 << w, SeqCst);
-        self.byte(off::vcpu_info(vcpu) + off::UPCALL_PENDING)
-            .swap(1, SeqCst)
-            == 0
+        self.vcpu_byte(vcpu, off::UPCALL_PENDING).swap(1, SeqCst) == 0
     }
 
     /// The `evtchn_upcall_pending` flag of `vcpu`.
     pub fn upcall_pending(&self, vcpu: u32) -> bool {
-        self.byte(
-            off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_PENDING,
-        )
-        .load(SeqCst)
-            != 0
+        self.vcpu_byte(vcpu, off::UPCALL_PENDING).load(SeqCst) != 0
     }
 
     /// Sets `evtchn_upcall_mask` of `vcpu`.
     pub fn set_upcall_mask(&self, vcpu: u32, masked: bool) {
-        self.byte(
-            off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_MASK,
-        )
-        .store(masked as u8, SeqCst);
+        self.vcpu_byte(vcpu, off::UPCALL_MASK)
+            .store(masked as u8, SeqCst);
     }
 
     /// `evtchn_upcall_mask` of `vcpu`.
     pub fn upcall_mask(&self, vcpu: u32) -> bool {
-        self.byte(
-            off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_MASK,
-        )
-        .load(SeqCst)
-            != 0
+        self.vcpu_byte(vcpu, off::UPCALL_MASK).load(SeqCst) != 0
     }
 
     /// Writes `vcpu_info.arch.cr2` of `vcpu` (Xen's place for a #PF address).
     pub fn set_cr2(&self, vcpu: u32, cr2: u64) {
-        self.word(off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::ARCH_CR2)
-            .store(cr2, SeqCst);
+        self.vcpu_word(vcpu, off::ARCH_CR2).store(cr2, SeqCst);
+    }
+
+    /// `vcpu_info.arch.cr2` of `vcpu`: the last page-fault address delivered.
+    pub fn cr2(&self, vcpu: u32) -> u64 {
+        self.vcpu_word(vcpu, off::ARCH_CR2).load(SeqCst)
     }
 
     /// Clears `evtchn_upcall_pending` of `vcpu` (what a guest does when it handles its
     /// events; for tests).
     #[cfg(test)]
     pub fn clear_upcall_pending(&self, vcpu: u32) {
-        self.byte(
-            off::vcpu_info(vcpu as usize % rxen_abi::xen::LEGACY_MAX_VCPUS) + off::UPCALL_PENDING,
-        )
-        .store(0, SeqCst);
+        self.vcpu_byte(vcpu, off::UPCALL_PENDING).store(0, SeqCst);
     }
 }

@@ -149,7 +149,13 @@ enum Cmd {
 
 fn load_kernel(path: &Option<PathBuf>) -> Result<Vec<u8>, String> {
     match path {
-        Some(p) => rxen_vmm::kernel_file::read_kernel(p).map_err(|e| e.to_string()),
+        Some(p) => {
+            let file = rxen_vmm::kernel_file::read_kernel(p).map_err(|e| e.to_string())?;
+            // A Linux bzImage (`kernel = "/boot/vmlinuz-..."`) carries its ELF kernel
+            // compressed inside, as xl's builder expects.
+            rxen_vmm::bzimage::unwrap_kernel(file)
+                .map_err(|e| format!("kernel {}: {e}", p.display()))
+        }
         None => default_guest(),
     }
 }
@@ -217,8 +223,10 @@ fn restore_domain(
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
+            // Warnings, and the hypervisor console (a PV domain's `console_io`, Xen's
+            // `xl dmesg`): the domain's early output belongs in its log by default.
             tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| "warn,rxen_vmm::hypervisor_console=info".into()),
         )
         .with_writer(std::io::stderr)
         .init();

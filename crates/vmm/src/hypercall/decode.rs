@@ -75,8 +75,23 @@ pub enum VcpuOp {
     Up,
     Down,
     IsUp,
-    GetRunstateInfo { ptr: u64 },
-    SetSingleshotTimer { timeout_abs_ns: u64, flags: u32 },
+    GetRunstateInfo {
+        ptr: u64,
+    },
+    /// `VCPUOP_register_runstate_memory_area`: the guest virtual address Xen keeps a
+    /// `vcpu_runstate_info` at (0: none).
+    RegisterRunstateArea {
+        addr: u64,
+    },
+    /// `VCPUOP_register_vcpu_info`: move the vCPU's `vcpu_info` to `mfn`:`offset`.
+    RegisterVcpuInfo {
+        mfn: u64,
+        offset: u32,
+    },
+    SetSingleshotTimer {
+        timeout_abs_ns: u64,
+        flags: u32,
+    },
     StopSingleshotTimer,
     StopPeriodicTimer,
 }
@@ -254,6 +269,17 @@ pub fn decode(call: HypercallArgs, mem: &GuestView<'_>) -> Result<Op, i32> {
                 VCPUOP_GET_RUNSTATE_INFO => {
                     check_writable::<VcpuRunstateInfo>(mem, a2)?;
                     VcpuOp::GetRunstateInfo { ptr: a2 }
+                }
+                VCPUOP_REGISTER_VCPU_INFO => {
+                    let words: [u64; 2] = read(mem, a2)?;
+                    VcpuOp::RegisterVcpuInfo {
+                        mfn: words[0],
+                        offset: words[1] as u32,
+                    }
+                }
+                VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => {
+                    let addr: u64 = read(mem, a2)?;
+                    VcpuOp::RegisterRunstateArea { addr }
                 }
                 VCPUOP_SET_SINGLESHOT_TIMER => {
                     let t: VcpuSetSingleshotTimer = read(mem, a2)?;

@@ -85,6 +85,7 @@ pub(super) fn execute(
         }
         Op::SchedBlock => {
             block(dom, vcpu, None, None);
+            update_runstate_area(dom, mem, vcpu);
             0
         }
         Op::SchedPoll { ports, timeout } => {
@@ -95,6 +96,7 @@ pub(super) fn execute(
             drop(table);
             let deadline = (timeout != 0).then(|| dom.clock.instant_of(timeout));
             block(dom, vcpu, Some(&ports), deadline);
+            update_runstate_area(dom, mem, vcpu);
             0
         }
         Op::SchedShutdown { reason } if reason == rxen_abi::sched::SHUTDOWN_SUSPEND => {
@@ -184,14 +186,7 @@ fn xen_version(dom: &DomainShared, mem: &GuestView<'_>, cmd: u64, ptr: u64) -> i
             if fi.submap_idx >= XENFEAT_NR_SUBMAPS {
                 return -EINVAL as i64;
             }
-            // Xen's rule (common/kernel.c): auto-translated only for translated
-            // domains (rxen's own layout); a PV domain gets the PV features rxen
-            // implements (`MMU_PT_UPDATE_PRESERVE_AD`).
-            fi.submap = if dom.pv_mmu.is_some() {
-                1 << XENFEAT_MMU_PT_UPDATE_PRESERVE_AD
-            } else {
-                1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP
-            };
+            fi.submap = feature_submap(dom.pv_mmu.is_some());
             write_back(mem, ptr, &fi)
         }
         XENVER_GUEST_HANDLE => match mem.write_bytes(ptr, &dom.config.uuid) {
@@ -201,6 +196,22 @@ fn xen_version(dom: &DomainShared, mem: &GuestView<'_>, cmd: u64, ptr: u64) -> i
         // Only privileged domains may read the hypervisor's command line and build id.
         XENVER_COMMANDLINE | XENVER_BUILD_ID => -EPERM as i64,
         _ => -ENOSYS as i64,
+    }
+}
+
+/// Submap 0 of `XENVER_get_features`. Xen's rule (common/kernel.c): auto-translated
+/// only for translated domains (rxen's own layout); a PV domain gets what Xen gives
+/// every PV domain: `mmu_pt_update_preserve_ad`, `highmem_assist` and
+/// `gnttab_map_avail_bits`. Linux panics at its first steps without the last one
+/// ("XENFEAT_gnttab_map_avail_bits not available"), although rxen does not map grants
+/// into PV page tables yet (`GNTMAP_host_map` is refused when it is asked for).
+pub fn feature_submap(pv: bool) -> u32 {
+    if pv {
+        (1 << XENFEAT_MMU_PT_UPDATE_PRESERVE_AD)
+            | (1 << XENFEAT_HIGHMEM_ASSIST)
+            | (1 << XENFEAT_GNTTAB_MAP_AVAIL_BITS)
+    } else {
+        1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP
     }
 }
 
@@ -307,6 +318,67 @@ fn watchdog(dom: &DomainShared, id: u32, timeout: u32) -> i64 {
     }
 }
 
+/// `VCPUOP_register_vcpu_info` (PV domains; Xen's `map_vcpu_info`): the frame must
+/// be the domain's own RAM and stays writable-typed for good; the `vcpu_info` must fit
+/// in it. `-EINVAL` for anything else, and for a second registration.
+fn register_vcpu_info(dom: &DomainShared, vcpu: u32, mfn: u64, offset: u32) -> i64 {
+    let Some(mmu) = dom.pv_mmu.as_ref() else {
+        return -ENOSYS as i64;
+    };
+    if u64::from(offset) > rxen_abi::PAGE_SIZE - crate::shared_info::VCPU_INFO_SIZE
+        || !offset.is_multiple_of(8)
+    {
+        return -EINVAL as i64;
+    }
+    let mut mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+    if mmu.frame(mfn).map(|f| f.owner) != Some(crate::pv::mmu::Owner::Guest) {
+        return -EINVAL as i64;
+    }
+    let (base, entries) = dom.pv_m2p;
+    let mut frames = crate::pv::ram_frames::RamFrames::with_m2p(&dom.ram, base, entries);
+    if let Err(e) = mmu.hold_vcpu_info(&mut frames, vcpu as usize, mfn) {
+        tracing::debug!(vcpu, mfn, "register_vcpu_info: {e}");
+        return -EINVAL as i64;
+    }
+    drop(mmu);
+    let gpa = mfn * rxen_abi::PAGE_SIZE + u64::from(offset);
+    match dom.shared_info.relocate_vcpu_info(vcpu, gpa) {
+        Ok(()) => {
+            dom.update_time_info(vcpu);
+            0
+        }
+        Err(e) => {
+            tracing::debug!(vcpu, gpa, "register_vcpu_info: {e}");
+            -EINVAL as i64
+        }
+    }
+}
+
+/// Writes vCPU `vcpu`'s runstate into the area it registered, if any (through the
+/// calling vCPU's view: the area is in the kernel's address space). A bad area is
+/// dropped silently, as Xen does.
+fn update_runstate_area(dom: &DomainShared, mem: &GuestView<'_>, vcpu: u32) {
+    let Some(ctl) = dom.vcpus.get(vcpu as usize) else {
+        return;
+    };
+    let now = dom.clock.now_ns();
+    let (area, r) = {
+        let s = ctl.lock();
+        (s.runstate_area, s.runstate.snapshot(now))
+    };
+    if let Some(addr) = area {
+        let info = VcpuRunstateInfo {
+            state: r.state,
+            pad: 0,
+            state_entry_time: r.entry_time,
+            time: r.time,
+        };
+        if mem.write(addr, &info).is_err() {
+            tracing::debug!(vcpu, addr, "runstate area not writable");
+        }
+    }
+}
+
 fn vcpu_op(dom: &DomainShared, mem: &GuestView<'_>, current: u32, target: u64, op: VcpuOp) -> i64 {
     let Some(ctl) = dom.vcpus.get(target as usize) else {
         return -ENOENT as i64;
@@ -341,6 +413,19 @@ fn vcpu_op(dom: &DomainShared, mem: &GuestView<'_>, current: u32, target: u64, o
             0
         }
         VcpuOp::IsUp => (ctl.lock().state != VcpuState::Down) as i64,
+        VcpuOp::RegisterVcpuInfo { mfn, offset } => register_vcpu_info(dom, target, mfn, offset),
+        VcpuOp::RegisterRunstateArea { addr } => {
+            // Xen checks only that the address is a guest address; it writes the
+            // area now and at every state change (rxen: after every block).
+            if addr != 0 && !dom.address_range().contains(addr) {
+                return -EINVAL as i64;
+            }
+            ctl.lock().runstate_area = (addr != 0).then_some(addr);
+            if target == current {
+                update_runstate_area(dom, mem, current);
+            }
+            0
+        }
         VcpuOp::GetRunstateInfo { ptr } => {
             let r = ctl.lock().runstate.snapshot(now);
             write_back(
@@ -483,5 +568,22 @@ fn set_segment_base(fd: &VcpuFd, which: u64, base: u64) -> i64 {
     match fd.set_sregs(&s) {
         Ok(()) => 0,
         Err(_) => -EIO as i64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Debian's 6.1 kernel panicked right after its first hypercall when
+    /// `gnttab_map_avail_bits` was missing (a native `cli` in `panic` then faulted).
+    #[test]
+    fn pv_domains_get_the_features_xen_gives_every_pv_domain() {
+        let pv = feature_submap(true);
+        assert_ne!(pv & (1 << XENFEAT_GNTTAB_MAP_AVAIL_BITS), 0);
+        assert_ne!(pv & (1 << XENFEAT_MMU_PT_UPDATE_PRESERVE_AD), 0);
+        assert_eq!(pv & (1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP), 0);
+        assert_eq!(pv & (1 << XENFEAT_WRITABLE_PAGE_TABLES), 0);
+        assert_eq!(feature_submap(false), 1 << XENFEAT_AUTO_TRANSLATED_PHYSMAP);
     }
 }

@@ -8,6 +8,7 @@ use kvm_ioctls::VcpuFd;
 
 use crate::domain::DomainShared;
 pub use decode::{HypercallArgs, Op};
+pub use exec::{feature_submap, XEN_MAJOR, XEN_MINOR};
 
 /// Handles one hypercall of vCPU `vcpu`; returns the guest's `rax`.
 pub fn handle(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, call: HypercallArgs) -> i64 {

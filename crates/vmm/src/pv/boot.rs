@@ -115,7 +115,7 @@ mod tests {
         };
         let layout = AreaLayout::for_guest(8192);
         let ram = GuestRam::new("pv-boot", (32 << 20) + layout.bytes()).unwrap();
-        let area = rxen_area::write(&ram, layout).unwrap();
+        let area = rxen_area::write(&ram, layout, 1).unwrap();
         let channels = BootChannels {
             store_evtchn: 1,
             console_evtchn: 2,

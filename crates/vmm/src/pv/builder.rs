@@ -18,8 +18,9 @@
 //! L1 entries with U (and Xen's guest-kernel marker), since the kernel runs at CPL 3.
 //! The returned `Mmu` is the domain's MMU state from then on.
 //!
-//! Not supported (typed errors): `INIT_P2M` (the P2M's own mapping), used by Linux but
-//! by neither Mini-OS nor PV-GRUB. Not done here: the `shared_info` page's contents
+//! With `INIT_P2M` (Linux) the P2M list lies after the bootstrap mapping and gets a
+//! mapping of its own at the note's address: its L3/L2/L1 frames follow the list and
+//! hang off the same L4 (`setup_pgtables_pv` over the second `map`). Not done here: the `shared_info` page's contents
 //! (events masked in every `vcpu_info`) and vCPU registers — the caller owns both.
 
 use rxen_abi::layout::START_INFO_MAGIC;
@@ -77,8 +78,6 @@ pub enum PvBuildError {
     Image(#[from] PvImageError),
     #[error("PV layout: {0}")]
     Layout(#[from] LayoutError),
-    #[error("INIT_P2M (a separately mapped P2M list) is not supported")]
-    InitP2mUnsupported,
     #[error("the command line is {0} bytes; at most {max} fit", max = MAX_GUEST_CMDLINE - 1)]
     CmdlineTooLong(usize),
     #[error("the command line contains a NUL byte")]
@@ -106,9 +105,6 @@ pub fn build<M: PhysMemory>(
         vcpus: config.vcpus,
     };
     let layout = PvLayout::compute(&kernel, &request)?;
-    if layout.p2m_tables.is_some() {
-        return Err(PvBuildError::InitP2mUnsupported);
-    }
     let cmdline = cmdline_bytes(config.cmdline)?;
     load_kernel(mem, image, &layout)?;
     if let (Some(data), Some(region)) = (config.ramdisk, layout.ramdisk) {
@@ -223,10 +219,17 @@ fn load_kernel<M: PhysMemory>(
     Ok(())
 }
 
+/// Pages of the P2M list itself (with `INIT_P2M` its region also holds the tables of
+/// its mapping, after the list).
+fn p2m_list_pages(layout: &PvLayout) -> u64 {
+    let tables = layout.p2m_tables.as_ref().map_or(0, |t| t.count());
+    layout.p2m.pages.saturating_sub(tables)
+}
+
 fn write_p2m<M: PhysMemory>(mem: &mut M, layout: &PvLayout) -> Result<(), PvBuildError> {
     let nr = layout.start_info.nr_pages;
     let mut page = vec![0u8; PAGE_SIZE as usize];
-    for i in 0..layout.p2m.pages {
+    for i in 0..p2m_list_pages(layout) {
         for (j, slot) in page.chunks_exact_mut(8).enumerate() {
             let pfn = i * (PAGE_SIZE / 8) + j as u64;
             let value = if pfn < nr { pfn } else { INVALID_P2M };
@@ -268,36 +271,79 @@ fn table_index(va: u64, base: u64, shift: u32) -> u64 {
 }
 
 /// Fills the bootstrap page tables (`setup_pgtables_pv`): every pfn below
-/// `mapped_pages` at `VIRT_BASE + pfn * 4096`.
+/// `mapped_pages` at `VIRT_BASE + pfn * 4096`, and with `INIT_P2M` the P2M list at
+/// its own address through the same L4.
 fn write_page_tables<M: PhysMemory>(mem: &mut M, layout: &PvLayout) -> Result<(), PvBuildError> {
     let t = &layout.tables;
     let l4 = t.l4.ok_or(PvBuildError::TableLayout(layout.virt_base))?;
     zero_pages(mem, layout.page_tables.pfn, layout.page_tables.pages)?;
-    let pt = layout.page_tables.pfn..layout.page_tables.pfn_end();
-    let base = layout.virt_base;
-    for pfn in 0..layout.mapped_pages {
-        let va = base.wrapping_add(pfn * PAGE_SIZE);
-        let pick = |(first, count): (u64, u64), shift| {
-            let i = table_index(va, base, shift);
-            (i < count)
-                .then_some(first + i)
-                .ok_or(PvBuildError::TableLayout(va))
+    let read_only = layout.page_tables.pfn..layout.page_tables.pfn_end();
+    let main = OneMapping {
+        l4,
+        tables: t,
+        base: layout.virt_base,
+        first_pfn: 0,
+        pages: layout.mapped_pages,
+        read_only: &read_only,
+    };
+    main.write(mem)?;
+    if let Some(p2m_tables) = &layout.p2m_tables {
+        let list_pages = p2m_list_pages(layout);
+        let table_pfn = layout.p2m.pfn + list_pages;
+        zero_pages(mem, table_pfn, p2m_tables.count())?;
+        let p2m = OneMapping {
+            l4,
+            tables: p2m_tables,
+            base: layout.p2m.vstart,
+            first_pfn: layout.p2m.pfn,
+            pages: list_pages,
+            read_only: &read_only,
         };
-        let l3 = pick(t.l3, 39)?;
-        let l2 = pick(t.l2, 30)?;
-        let l1 = pick(t.l1, 21)?;
-        let slot = |shift: u32| ((va >> shift) & 511) as usize;
-        mem.write_entry(l4, slot(39), (l3 << 12) | UPPER_PROT);
-        mem.write_entry(l3, slot(30), (l2 << 12) | UPPER_PROT);
-        mem.write_entry(l2, slot(21), (l1 << 12) | UPPER_PROT);
-        let prot = if pt.contains(&pfn) {
-            L1_PROT_RO
-        } else {
-            L1_PROT
-        };
-        mem.write_entry(l1, slot(12), (pfn << 12) | prot);
+        p2m.write(mem)?;
     }
     Ok(())
+}
+
+/// One contiguous mapping of `pages` frames from `first_pfn` at `base`, through
+/// `tables` (whose first L3/L2/L1 cover `base`) under `l4`.
+struct OneMapping<'a> {
+    l4: u64,
+    tables: &'a super::layout::TableFrames,
+    base: u64,
+    first_pfn: u64,
+    pages: u64,
+    /// Frames mapped without `_PAGE_RW` (the bootstrap page tables).
+    read_only: &'a std::ops::Range<u64>,
+}
+
+impl OneMapping<'_> {
+    fn write<M: PhysMemory>(&self, mem: &mut M) -> Result<(), PvBuildError> {
+        let t = self.tables;
+        for i in 0..self.pages {
+            let pfn = self.first_pfn + i;
+            let va = self.base.wrapping_add(i * PAGE_SIZE);
+            let pick = |(first, count): (u64, u64), shift| {
+                let i = table_index(va, self.base, shift);
+                (i < count)
+                    .then_some(first + i)
+                    .ok_or(PvBuildError::TableLayout(va))
+            };
+            let l3 = pick(t.l3, 39)?;
+            let l2 = pick(t.l2, 30)?;
+            let l1 = pick(t.l1, 21)?;
+            let slot = |shift: u32| ((va >> shift) & 511) as usize;
+            mem.write_entry(self.l4, slot(39), (l3 << 12) | UPPER_PROT);
+            mem.write_entry(l3, slot(30), (l2 << 12) | UPPER_PROT);
+            mem.write_entry(l2, slot(21), (l1 << 12) | UPPER_PROT);
+            let prot = if self.read_only.contains(&pfn) {
+                L1_PROT_RO
+            } else {
+                L1_PROT
+            };
+            mem.write_entry(l1, slot(12), (pfn << 12) | prot);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

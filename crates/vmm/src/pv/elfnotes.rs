@@ -189,7 +189,11 @@ impl XenNotes {
                 return Err(truncated());
             }
             if name == b"Xen\0" || name == b"Xen" {
-                self.apply(kind, desc)?;
+                // libelf reads a string note up to its NUL wherever that is (its
+                // `elf_strval`), so a `.ascii` note such as Linux's
+                // XEN_ELFNOTE_FEATURES ends in the zero padding after `descsz`.
+                let padded = area.get(desc_start..next.min(area.len())).unwrap_or(desc);
+                self.apply_note(kind, desc, padded)?;
             }
             pos = next;
         }
@@ -198,6 +202,13 @@ impl XenNotes {
 
     /// Records one note named "Xen" of type `kind`, as `elf_xen_parse_note` does.
     pub fn apply(&mut self, kind: u32, desc: &[u8]) -> Result<(), ElfNotesError> {
+        self.apply_note(kind, desc, desc)
+    }
+
+    /// [`Self::apply`] for a note whose descriptor is followed by its alignment
+    /// padding (`padded` starts with `desc`): string notes may end their text there.
+    fn apply_note(&mut self, kind: u32, desc: &[u8], padded: &[u8]) -> Result<(), ElfNotesError> {
+        let text = |kind| string(kind, padded);
         let num = |slot: &mut Option<u64>| -> Result<(), ElfNotesError> {
             *slot = Some(numeric(kind, desc)?);
             Ok(())
@@ -218,14 +229,14 @@ impl XenNotes {
             XEN_ELFNOTE_INIT_P2M => num(&mut self.init_p2m)?,
             XEN_ELFNOTE_MOD_START_PFN => num(&mut self.mod_start_pfn)?,
             XEN_ELFNOTE_PHYS32_ENTRY => num(&mut self.phys32_entry)?,
-            XEN_ELFNOTE_XEN_VERSION => self.xen_version = Some(string(kind, desc)?),
-            XEN_ELFNOTE_GUEST_OS => self.guest_os = Some(string(kind, desc)?),
-            XEN_ELFNOTE_GUEST_VERSION => self.guest_version = Some(string(kind, desc)?),
-            XEN_ELFNOTE_LOADER => self.loader = Some(string(kind, desc)?),
-            XEN_ELFNOTE_PAE_MODE => self.pae_mode = Some(string(kind, desc)?),
-            XEN_ELFNOTE_BSD_SYMTAB => self.bsd_symtab = string(kind, desc)? == "yes",
+            XEN_ELFNOTE_XEN_VERSION => self.xen_version = Some(text(kind)?),
+            XEN_ELFNOTE_GUEST_OS => self.guest_os = Some(text(kind)?),
+            XEN_ELFNOTE_GUEST_VERSION => self.guest_version = Some(text(kind)?),
+            XEN_ELFNOTE_LOADER => self.loader = Some(text(kind)?),
+            XEN_ELFNOTE_PAE_MODE => self.pae_mode = Some(text(kind)?),
+            XEN_ELFNOTE_BSD_SYMTAB => self.bsd_symtab = text(kind)? == "yes",
             XEN_ELFNOTE_FEATURES => {
-                let text = string(kind, desc)?;
+                let text = text(kind)?;
                 self.features.add_feature_string(&text)?;
             }
             XEN_ELFNOTE_SUPPORTED_FEATURES => {

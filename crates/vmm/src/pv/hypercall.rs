@@ -28,6 +28,8 @@ const CHUNK: u64 = 512;
 const MMU_UPDATE_PREEMPTED: u64 = 1 << 31;
 /// Most entries of one `multicall` (Xen bounds nothing but preempts; rxen refuses).
 const MAX_MULTICALL: u64 = 1 << 16;
+/// `PHYSDEVOP_set_iopl` (xen/include/public/physdev.h).
+const PHYSDEVOP_SET_IOPL: u64 = 6;
 /// `XENMEM_memory_map`.
 const XENMEM_MEMORY_MAP: u64 = 9;
 
@@ -79,15 +81,38 @@ pub fn handle(
             let out = mmu.update_va_mapping(&mut frames, vcpu as usize, a0, a1);
             finish(dom, out).1
         }
+        nr::SET_GDT => {
+            let mut mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            set_gdt(dom, &mut mmu, vcpu, mem, a0, a1)
+        }
+        nr::UPDATE_DESCRIPTOR => {
+            let mut mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            rax(mmu.update_descriptor(&mut frames(dom), a0, a1))
+        }
+        nr::PHYSDEV_OP if a0 == PHYSDEVOP_SET_IOPL => match mem.read::<u32>(a1) {
+            // The virtual IOPL lets the kernel's native `cli`/`sti` pass as no-ops
+            // (`traps::privop`); port I/O finds no ports whatever it is.
+            Ok(iopl) if iopl <= 3 => {
+                if let Some(ctl) = dom.vcpus.get(vcpu as usize) {
+                    ctl.lock().virtual_iopl = iopl;
+                }
+                0
+            }
+            Ok(_) => i64::from(-EINVAL),
+            Err(_) => i64::from(-EFAULT),
+        },
         nr::MULTICALL => multicall(dom, vcpu, fd, mem, a0, a1),
         nr::FPU_TASKSWITCH => fpu_taskswitch(fd, a0),
         nr::SET_SEGMENT_BASE => set_segment_base(fd, a0, a1),
         nr::VM_ASSIST => vm_assist(a0, a1),
         nr::MEMORY_OP if a0 == XENMEM_MACHPHYS_MAPPING => {
             let (_, entries) = dom.pv_m2p;
+            // The natively readable alias, not Xen's fixed RO_MPT_VIRT_START (slot
+            // 256, emulated on this host); kernels that hardcode the latter still work.
+            let v_start = super::rxen_area::M2P_ALIAS_VA;
             let map = MachphysMapping {
-                v_start: RO_MPT_VIRT_START,
-                v_end: RO_MPT_VIRT_START + entries * MACH2PHYS_ENTRY_SIZE,
+                v_start,
+                v_end: v_start + entries * MACH2PHYS_ENTRY_SIZE,
                 max_mfn: entries.saturating_sub(1),
             };
             match mem.write(a1, &map) {
@@ -123,6 +148,42 @@ pub fn initialise_vcpu_base(dom: &DomainShared, vcpu: u32, cr3: u64) -> Result<(
             );
             -EINVAL
         })
+}
+
+/// `set_gdt(frame_list, entries)`: the list (unsigned longs, `ceil(entries / 512)` of
+/// them) is copied from the guest, then the MMU takes the frames as the vCPU's GDT.
+/// The CPU keeps using rxen's GDT, whose page 0 holds the same flat user selectors
+/// (0x23, 0x2b, 0x33) as Linux's (docs/architecture.md, "Linux as a PV guest").
+fn set_gdt(
+    dom: &DomainShared,
+    mmu: &mut Mmu,
+    vcpu: u32,
+    mem: &GuestView<'_>,
+    list: u64,
+    entries: u64,
+) -> i64 {
+    use super::mmu::segdesc::{DESCS_PER_FRAME, MAX_GDT_ENTRIES, MAX_GDT_FRAMES};
+    if entries > MAX_GDT_ENTRIES {
+        return i64::from(-EINVAL);
+    }
+    let count = entries.div_ceil(DESCS_PER_FRAME) as usize;
+    let mut frame_list = [0u64; MAX_GDT_FRAMES];
+    for (i, slot) in frame_list.iter_mut().take(count).enumerate() {
+        match mem.read::<u64>(list.wrapping_add(8 * i as u64)) {
+            Ok(f) => *slot = f,
+            Err(_) => return i64::from(-EFAULT),
+        }
+    }
+    let rc = mmu.set_gdt(
+        &mut frames(dom),
+        vcpu as usize,
+        &frame_list[..count],
+        entries,
+    );
+    if let Err(e) = &rc {
+        tracing::debug!(vcpu, entries, "set_gdt refused: {e}");
+    }
+    rax(rc)
 }
 
 fn frames(dom: &DomainShared) -> RamFrames<'_> {
@@ -378,10 +439,9 @@ fn vm_assist(cmd: u64, kind: u64) -> i64 {
     let Ok(kind) = u32::try_from(kind) else {
         return i64::from(-EINVAL);
     };
+    // Writable page tables are always on (`traps::ptwr` emulates a direct write of an
+    // L1 entry whether or not the guest asked), so enabling them succeeds.
     match kind {
-        VMASST_TYPE_WRITABLE_PAGETABLES if cmd == u64::from(VMASST_CMD_ENABLE) => {
-            i64::from(-EINVAL)
-        }
         VMASST_TYPE_4GB_SEGMENTS
         | VMASST_TYPE_4GB_SEGMENTS_NOTIFY
         | VMASST_TYPE_WRITABLE_PAGETABLES
@@ -400,10 +460,8 @@ mod tests {
     #[test]
     fn vm_assist_answers_like_xen() {
         assert_eq!(vm_assist(0, u64::from(VMASST_TYPE_4GB_SEGMENTS)), 0);
-        assert_eq!(
-            vm_assist(0, u64::from(VMASST_TYPE_WRITABLE_PAGETABLES)),
-            i64::from(-EINVAL)
-        );
+        // Linux enables writable page tables (emulated since traps/ptwr.rs).
+        assert_eq!(vm_assist(0, u64::from(VMASST_TYPE_WRITABLE_PAGETABLES)), 0);
         assert_eq!(vm_assist(1, u64::from(VMASST_TYPE_WRITABLE_PAGETABLES)), 0);
         assert_eq!(vm_assist(0, 7), i64::from(-EINVAL));
         assert_eq!(vm_assist(9, 0), i64::from(-ENOSYS));

@@ -14,20 +14,21 @@
 //! pfn (`mfn == pfn` for the guest's RAM, `!0` for rxen's frames).
 //!
 //! Exception delivery (`crate::traps`) needs rxen's GDT, IDT and trap stubs here too:
-//! the GDT is Xen's shape (limit 0xefff: pages 0-13 all map one zero frame, page 14
-//! holds `FLAT_RING3_CS32`/`CS64`/`DS32` at 0xe023/0xe033/0xe02b), the IDT's gates go
+//! the GDT is Xen's shape (limit 0xefff: pages 1-13 all map one zero frame, page 14
+//! holds `FLAT_RING3_CS32`/`CS64`/`DS32` at 0xe023/0xe033/0xe02b, and page 0 maps the
+//! same descriptor frame, which gives Linux's user selectors 0x23/0x33/0x2b), the IDT's gates go
 //! through 0xe033 to the stubs. All three are read-only to the guest (the GDT and IDT
 //! also NX), and their descriptors are pre-accessed so the CPU never writes them.
 //!
 //! Frames, from `first` (the first frame after the guest's RAM): 0 `shared_info`,
 //! 1 stub, 2..=4 TSS, 5 L3, 6 L2, 7 L1 (slot 257), 8 M2P L3, 9 M2P L2 (slot 256),
-//! 10 zero frame (GDT pages 0-13), 11 GDT page 14, 12 IDT, 13 trap stubs, then the
-//! M2P's L1s, then the M2P itself.
+//! 10 zero frame (GDT pages 0-13), 11 GDT page 14, 12 IDT, 13 trap stubs, 14 the
+//! exception stack (`IST1`), then the M2P's L1s, then the M2P itself.
 
 use rxen_abi::mmu::{HYPERVISOR_VIRT_START, RO_MPT_VIRT_START};
 
 use super::layout::PAGE_SIZE;
-use super::mmu::entry::{PAGE_ACCESSED, PAGE_NX, PAGE_PRESENT, PAGE_USER};
+use super::mmu::entry::{PAGE_ACCESSED, PAGE_NX, PAGE_PRESENT, PAGE_RW, PAGE_USER};
 use crate::memory::{GuestRam, MemoryError};
 use crate::traps::pages::{self, TrapLayout, XEN_FLAT_CS64, XEN_GDT_LIMIT, XEN_GDT_PAGE};
 
@@ -47,14 +48,29 @@ pub const TRAP_STUBS_VA: u64 = RXEN_VA + 5 * PAGE_SIZE;
 pub const IDT_VA: u64 = RXEN_VA + 6 * PAGE_SIZE;
 /// Virtual address of the GDT (15 pages).
 pub const GDT_VA: u64 = RXEN_VA + 16 * PAGE_SIZE;
-/// Where exception delivery finds its pages in a PV domain.
+/// A second, natively readable mapping of the M2P (read-only, in slot 257, 1 GiB into
+/// rxen's area): `XENMEM_machphys_mapping` points PV kernels here, so Linux reads the
+/// M2P at memory speed instead of through the emulated slot-256 window (36 µs a read).
+pub const M2P_ALIAS_VA: u64 = RXEN_VA + (1 << 30);
+/// The exception stack (`IST1`): the CPU pushes its frame for an exception here, not
+/// on the guest's stack (whose next page may not be populated: a guest user stack
+/// growing) and not over a user red zone. One page, user-writable (the push happens at
+/// CPL 3), NX; rxen's frame. The upper levels of slot 257 are therefore writable; every
+/// other page of the slot stays read-only in its L1 entry.
+pub const EXCEPTION_STACK_VA: u64 = RXEN_VA + 8 * PAGE_SIZE;
+/// Where exception delivery finds its pages in a PV domain. Gates use `IST1` in a
+/// domain with one vCPU; with more they share one TSS, so they push on the interrupted
+/// stack as before (a TSS per vCPU is future work).
 pub const TRAPS: TrapLayout = TrapLayout {
     gdt: GDT_VA,
     gdt_limit: XEN_GDT_LIMIT,
     idt: IDT_VA,
     stubs: TRAP_STUBS_VA,
     code_selector: XEN_FLAT_CS64,
+    ist: 0,
 };
+/// `IST1`'s offset in the 64-bit TSS.
+const TSS_IST1: u64 = 0x24;
 /// rxen's RAM is added in these steps (GuestRam sizes are multiples of 2 MiB).
 const STEP_PAGES: u64 = 512;
 /// Grant-table frames rxen reserves (`MAX_GRANT_FRAMES`), at the end of the area.
@@ -75,7 +91,8 @@ const ZERO: u64 = 10;
 const GDT_DESC: u64 = 11;
 const IDT: u64 = 12;
 const TRAP_STUBS: u64 = 13;
-const M2P_L1: u64 = 14;
+const EXCEPTION_STACK: u64 = 14;
+const M2P_L1: u64 = 15;
 const LINK: u64 = PAGE_PRESENT | PAGE_USER | PAGE_ACCESSED;
 
 /// Where rxen's pages go for a domain of `guest_pages`.
@@ -176,8 +193,12 @@ pub struct RxenArea {
     pub m2p: M2pWindow,
 }
 
-/// Writes rxen's pages into `ram` where `layout` puts them.
-pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError> {
+/// Writes rxen's pages into `ram` where `layout` puts them, for a domain of `vcpus`.
+pub fn write(ram: &GuestRam, layout: AreaLayout, vcpus: u32) -> Result<RxenArea, MemoryError> {
+    let traps = TrapLayout {
+        ist: u8::from(vcpus == 1),
+        ..TRAPS
+    };
     let frame = |i: u64| layout.frame(i);
     let zeros = [0u8; PAGE_SIZE as usize];
     for i in 0..M2P_L1 + layout.m2p_l1s {
@@ -190,8 +211,8 @@ pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError
     ram.write(frame(STUB), &crate::vcpu::syscall::stub_page())?;
     crate::tss::write_tss(ram, frame(TSS))?;
     let slot = |va: u64, shift: u32| ((va >> shift) & 511) * 8;
-    ram.write_obj(frame(L3) + slot(RXEN_VA, 30), &(frame(L2) | LINK))?;
-    ram.write_obj(frame(L2) + slot(RXEN_VA, 21), &(frame(L1) | LINK))?;
+    ram.write_obj(frame(L3) + slot(RXEN_VA, 30), &(frame(L2) | LINK | PAGE_RW))?;
+    ram.write_obj(frame(L2) + slot(RXEN_VA, 21), &(frame(L1) | LINK | PAGE_RW))?;
     ram.write_obj(frame(L1) + slot(STUB_VA, 12), &(frame(STUB) | LINK))?;
     for i in 0..TSS_PAGES {
         let va = TSS_VA + i * PAGE_SIZE;
@@ -199,7 +220,12 @@ pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError
     }
     // Exception delivery: stubs (executable), IDT, GDT (14 zero pages + descriptors).
     ram.write(frame(GDT_DESC), &pages::gdt_page())?;
-    ram.write(frame(IDT), &TRAPS.idt_page())?;
+    ram.write(frame(IDT), &traps.idt_page())?;
+    ram.write_obj(frame(TSS) + TSS_IST1, &(EXCEPTION_STACK_VA + PAGE_SIZE))?;
+    ram.write_obj(
+        frame(L1) + slot(EXCEPTION_STACK_VA, 12),
+        &(frame(EXCEPTION_STACK) | LINK | PAGE_RW | PAGE_NX),
+    )?;
     ram.write(frame(TRAP_STUBS), &pages::stub_page())?;
     let ro_nx = LINK | PAGE_NX;
     ram.write_obj(
@@ -208,7 +234,13 @@ pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError
     )?;
     ram.write_obj(frame(L1) + slot(IDT_VA, 12), &(frame(IDT) | ro_nx))?;
     for p in 0..=XEN_GDT_PAGE {
-        let f = if p == XEN_GDT_PAGE { GDT_DESC } else { ZERO };
+        // Page 0 holds the same descriptors as page 14: at its offsets they are the
+        // flat user selectors 0x23/0x2b/0x33 of Linux's GDT (`set_gdt`).
+        let f = if p == XEN_GDT_PAGE || p == 0 {
+            GDT_DESC
+        } else {
+            ZERO
+        };
         let va = GDT_VA + p * PAGE_SIZE;
         ram.write_obj(frame(L1) + slot(va, 12), &(frame(f) | ro_nx))?;
     }
@@ -217,6 +249,8 @@ pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError
         frame(M2P_L3) + slot(RO_MPT_VIRT_START, 30),
         &(frame(M2P_L2) | LINK),
     )?;
+    // The same L2 (so the same L1s and pages) also under slot 257's L3.
+    ram.write_obj(frame(L3) + slot(M2P_ALIAS_VA, 30), &(frame(M2P_L2) | LINK))?;
     for l1 in 0..layout.m2p_l1s {
         let va = RO_MPT_VIRT_START + l1 * (2 << 20);
         ram.write_obj(frame(M2P_L2) + slot(va, 21), &(frame(M2P_L1 + l1) | LINK))?;
@@ -242,9 +276,9 @@ pub fn write(ram: &GuestRam, layout: AreaLayout) -> Result<RxenArea, MemoryError
         shared_info_maddr: frame(SHARED_INFO),
         stub_va: STUB_VA,
         tss_va: TSS_VA,
-        l4_entry: frame(L3) | LINK,
+        l4_entry: frame(L3) | LINK | PAGE_RW,
         m2p_l4_entry: frame(M2P_L3) | LINK,
-        traps: TRAPS,
+        traps,
         m2p: layout.m2p_window(),
     })
 }
@@ -292,7 +326,7 @@ mod tests {
         let ram = GuestRam::new("rxen-area", 10 << 20).unwrap();
         let layout = AreaLayout::for_guest(2048);
         assert_eq!(layout.bytes(), 2 << 20);
-        let area = write(&ram, layout).unwrap();
+        let area = write(&ram, layout, 1).unwrap();
         let first = layout.first;
         let stub = walk(&ram, area.l4_entry, STUB_VA);
         assert_eq!(stub & ADDR, (first + 1) * PAGE_SIZE);
@@ -317,6 +351,16 @@ mod tests {
         assert_eq!(read_m2p(2047), 2047);
         assert_eq!(read_m2p(2048), !0);
         assert_eq!(read_m2p(2048 + 511), !0);
+        // The same M2P through its native alias in slot 257 (XENMEM_machphys_mapping).
+        let read_alias = |mfn: u64| {
+            let va = M2P_ALIAS_VA + mfn * 8;
+            let e = walk(&ram, area.l4_entry, va);
+            assert_eq!(e & 0xfff, LINK, "read-only user mapping");
+            ram.read_obj::<u64>((e & ADDR) + (va & 0xfff)).unwrap()
+        };
+        assert_eq!(read_alias(0x78), 0x78);
+        assert_eq!(read_alias(2048), !0);
+        assert_eq!((M2P_ALIAS_VA >> 39) & 511, RXEN_L4_SLOT as u64);
         // The M2P window: whole pages, nothing past them.
         let w = area.m2p;
         assert_eq!(
@@ -335,7 +379,7 @@ mod tests {
     fn maps_gdt_idt_and_trap_stubs_read_only() {
         let ram = GuestRam::new("rxen-area", 10 << 20).unwrap();
         let layout = AreaLayout::for_guest(2048);
-        let area = write(&ram, layout).unwrap();
+        let area = write(&ram, layout, 1).unwrap();
         let read = |va: u64| {
             let e = walk(&ram, area.l4_entry, va);
             assert_eq!(
@@ -347,8 +391,11 @@ mod tests {
             ram.read((e & ADDR) + (va & 0xfff), &mut b).unwrap();
             (e, u64::from_le_bytes(b))
         };
-        // GDT: zero below page 14, Xen's flat selectors in it.
-        for sel in [0u64, 0x33, 0x2b, 0x1000, 0xd038] {
+        // GDT: zero below page 14 except Linux's user selectors in page 0, Xen's flat
+        // selectors in page 14.
+        assert_eq!(read(GDT_VA + 0x30).1, 0x00af_fb00_0000_ffff);
+        assert_eq!(read(GDT_VA + 0x28).1, 0x00cf_f300_0000_ffff);
+        for sel in [0u64, 0x10, 0x1000, 0xd038] {
             let (e, d) = read(GDT_VA + sel);
             assert_eq!(d, 0, "selector {sel:#x}");
             assert_eq!(e >> 63, 1, "NX");
@@ -368,6 +415,19 @@ mod tests {
         let (e, stub) = read(TRAPS.stub_address(14));
         assert_eq!(e >> 63, 0, "stubs executable");
         assert_eq!(stub & 0xffff_ffff, 0x0b0f_e1e6);
-        assert_eq!(area.traps, TRAPS);
+        assert_eq!(area.traps, TrapLayout { ist: 1, ..TRAPS });
+        // One vCPU: gates switch to IST1, the TSS's IST1 is the top of the exception
+        // stack, which is user-writable (the CPU pushes at CPL 3) and NX. Debian's
+        // /init triple-faulted before when its first user page fault pushed its frame
+        // on a user stack page that was not populated yet.
+        assert_eq!((lo >> 32) & 7, 1, "IST 1");
+        let ist1 = ram.read_obj::<u64>(layout.frame(TSS) + TSS_IST1).unwrap();
+        assert_eq!(ist1, EXCEPTION_STACK_VA + PAGE_SIZE);
+        let e = walk(&ram, area.l4_entry, EXCEPTION_STACK_VA);
+        assert_eq!(e & 0x7, PAGE_PRESENT | PAGE_RW | PAGE_USER);
+        assert_eq!(e >> 63, 1, "NX");
+        // Several vCPUs would share the one TSS: no IST.
+        let ram2 = GuestRam::new("rxen-area-smp", 10 << 20).unwrap();
+        assert_eq!(write(&ram2, layout, 2).unwrap().traps.ist, 0);
     }
 }

@@ -25,7 +25,7 @@ use kvm_bindings::kvm_regs;
 
 use super::pages::has_error_code;
 use super::TrapEntry;
-use crate::vcpu::regs::is_canonical_user;
+use crate::vcpu::regs::AddressRange;
 
 const RFLAGS_IF: u64 = 1 << 9;
 /// #GP.
@@ -63,7 +63,7 @@ pub enum Undeliverable {
         error_code: Option<u64>,
         rip: u64,
     },
-    #[error("vector {vector}: handler address {address:#x} is not a canonical user address")]
+    #[error("vector {vector}: handler address {address:#x} is outside the domain's address range")]
     BadHandler { vector: u8, address: u64 },
     #[error(
         "page fault at {cr2:#x} (rxen's L4 slot 256) from rip {rip:#x}: not an emulated M2P read ({why}), and no page-fault handler"
@@ -132,6 +132,7 @@ pub fn decide(
     frame: &CpuFrame,
     software: bool,
     table: &[TrapEntry; 256],
+    range: AddressRange,
 ) -> Result<Delivery, Undeliverable> {
     let softint_allowed = |n: u8| {
         let e = table[usize::from(n)];
@@ -166,7 +167,7 @@ pub fn decide(
             rip,
         });
     }
-    if !is_canonical_user(entry.address) {
+    if !range.contains(entry.address) {
         return Err(Undeliverable::BadHandler {
             vector,
             address: entry.address,
@@ -245,7 +246,7 @@ mod tests {
         assert_eq!(f.rip, 0x40_2000);
         assert_eq!(f.rsp, 0x3f_fff8);
         let t = table_with(14, 4);
-        let d = decide(14, &f, soft, &t).unwrap();
+        let d = decide(14, &f, soft, &t, AddressRange::UserHalf).unwrap();
         assert_eq!((d.vector, d.error_code, d.rip), (14, Some(4), 0x40_2000));
         let r = kvm_regs {
             rcx: 11,
@@ -280,7 +281,7 @@ mod tests {
         assert!(!soft);
         let empty = Box::new([TrapEntry::default(); 256]);
         assert!(matches!(
-            decide(6, &f, soft, &empty),
+            decide(6, &f, soft, &empty, AddressRange::UserHalf),
             Err(Undeliverable::NoHandler { vector: 6, .. })
         ));
         let garbage = [Some(1), Some(2), Some(3), Some(4), Some(5), Some(6)];
@@ -288,7 +289,7 @@ mod tests {
         let mut t = table_with(6, 0);
         t[6].address = 0xffff_8000_0000_0000;
         assert!(matches!(
-            decide(6, &f, false, &t),
+            decide(6, &f, false, &t, AddressRange::UserHalf),
             Err(Undeliverable::BadHandler { .. })
         ));
     }
@@ -310,10 +311,10 @@ mod tests {
             cs: 0,
             address: 0x40_5000,
         };
-        let d = decide(13, &f, false, &t).unwrap();
+        let d = decide(13, &f, false, &t, AddressRange::UserHalf).unwrap();
         assert_eq!((d.vector, d.error_code, d.rip), (0x80, None, 0x40_0002));
         t[0x80].flags = 0;
-        let d = decide(13, &f, false, &t).unwrap();
+        let d = decide(13, &f, false, &t, AddressRange::UserHalf).unwrap();
         assert_eq!(
             (d.vector, d.error_code, d.rip),
             (13, Some((0x80 << 3) | 2), 0x40_0000)
@@ -329,7 +330,7 @@ mod tests {
         ];
         let (f, soft) = parse_frame(14, w, CS, SS, 0).unwrap();
         assert!(soft);
-        let d = decide(14, &f, soft, &t).unwrap();
+        let d = decide(14, &f, soft, &t, AddressRange::UserHalf).unwrap();
         assert_eq!(
             (d.vector, d.error_code, d.rip),
             (13, Some((14 << 3) | 2), 0x40_0000)

@@ -51,10 +51,33 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
             return false;
         }
     };
-    if let Some(done) = emulate_msr(fd, dom, id, sync_regs, &regs, &sregs) {
+    let user = super::guest_mode::is_user(dom, id);
+    if let Some(done) = super::cpuid::emulate(fd, dom, id, sync_regs, &regs, &sregs) {
         return done;
     }
-    match deliver(dom, id, &regs, &sregs) {
+    // Privileged instructions are the guest kernel's only (Xen's `guest_kernel_mode`).
+    if !user {
+        if let Some(done) = emulate_msr(fd, dom, id, sync_regs, &regs, &sregs) {
+            return done;
+        }
+        if let Some(done) = super::privop::emulate_exit(fd, dom, id, sync_regs, &regs, &sregs) {
+            return done;
+        }
+    }
+    // An exception in guest user mode enters the kernel first; its frame goes on the
+    // kernel stack.
+    let kernel_stack = if user {
+        match super::guest_mode::enter_kernel(fd, dom, id) {
+            Ok(k) => k,
+            Err(e) => {
+                dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+                return false;
+            }
+        }
+    } else {
+        None
+    };
+    match deliver(dom, id, &regs, &sregs, kernel_stack) {
         Ok(next) => match write_regs(fd, sync_regs, &next) {
             Ok(()) => true,
             Err(e) => {
@@ -75,6 +98,7 @@ fn deliver(
     id: u32,
     regs: &kvm_regs,
     sregs: &kvm_sregs,
+    kernel_stack: Option<u64>,
 ) -> Result<kvm_regs, Undeliverable> {
     let vector = dom
         .boot
@@ -93,6 +117,11 @@ fn deliver(
     }
     let (mut frame, software) =
         bounce::parse_frame(vector, words, sregs.cs.selector, sregs.ss.selector, at)?;
+    if vector == VECTOR_PF && !software && kernel_stack.is_none() {
+        if let Some(next) = super::ptwr::emulate(dom, id, regs, sregs, &frame) {
+            return Ok(next);
+        }
+    }
     let mut not_emulated = None;
     if vector == VECTOR_PF && !software && m2p::SLOT_256.contains(&sregs.cr2) {
         if let Some(window) = dom.boot.m2p {
@@ -124,19 +153,29 @@ fn deliver(
             error_code: frame.error_code,
             rip: frame.rip,
         })?;
-        bounce::decide(vector, &frame, software, &traps.table).map_err(|e| {
-            match (e, not_emulated) {
+        bounce::decide(vector, &frame, software, &traps.table, dom.address_range()).map_err(
+            |e| match (e, not_emulated) {
                 (Undeliverable::NoHandler { rip, .. }, Some(why)) => Undeliverable::Slot256 {
                     cr2: sregs.cr2,
                     rip,
                     why,
                 },
                 (e, _) => e,
-            }
-        })?
+            },
+        )?
     };
     let saved_mask = dom.shared_info.upcall_mask(id);
-    let (frame_at, frame_words) = bounce::bounce_frame(regs, &frame, &delivery, saved_mask);
+    let mut guest_frame = frame;
+    guest_frame.cs = u64::from(super::frame_cs(
+        dom,
+        frame.cs as u16,
+        kernel_stack.is_some(),
+    ));
+    let (mut frame_at, frame_words) =
+        bounce::bounce_frame(regs, &guest_frame, &delivery, saved_mask);
+    if let Some(sp) = kernel_stack {
+        frame_at = (sp & !0xf).wrapping_sub(8 * frame_words.len() as u64);
+    }
     let bytes: Vec<u8> = frame_words.iter().flat_map(|w| w.to_le_bytes()).collect();
     super::guest_mem::write(dom, id, frame_at, &bytes).map_err(|_| Undeliverable::BadStack {
         vector: delivery.vector,
@@ -159,7 +198,7 @@ fn deliver(
 
 /// The CPU frame of the exception that exited at `regs.rip`, if it is an exception of
 /// `vector` raised by an instruction (not `int n`).
-fn hardware_frame(
+pub(super) fn hardware_frame(
     dom: &DomainShared,
     id: u32,
     regs: &kvm_regs,

@@ -16,7 +16,7 @@ use zerocopy::{FromZeros, IntoBytes};
 
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
-use crate::vcpu::regs::{is_canonical_user, USER_CS, USER_DS};
+use crate::vcpu::regs::{AddressRange, USER_CS, USER_DS};
 
 const RFLAGS_IF: u64 = 1 << 9;
 /// Xen's `FLAT_RING3_CS64` / `FLAT_RING3_SS64`: the same flat segments under Xen's
@@ -36,15 +36,21 @@ pub enum BadIret {
 }
 
 /// The registers after `iret` with context `c`, and whether events become masked.
-pub fn apply(r: &kvm_regs, c: &IretContext) -> Result<(kvm_regs, bool), BadIret> {
-    let cs = c.cs & 0xffff;
-    let ss = c.ss & 0xffff;
+pub fn apply(
+    r: &kvm_regs,
+    c: &IretContext,
+    range: AddressRange,
+) -> Result<(kvm_regs, bool), BadIret> {
+    // Xen forces the guest's privilege: a kernel frame's RPL-0 CS (see
+    // `traps::frame_cs`) returns to the same ring-3 selector.
+    let cs = (c.cs & 0xffff) | 3;
+    let ss = (c.ss & 0xffff) | 3;
     if !(cs == u64::from(USER_CS) || cs == XEN_FLAT_CS64)
         || !(ss == u64::from(USER_DS) || ss == XEN_FLAT_SS64)
     {
         return Err(BadIret::Selectors { cs: c.cs, ss: c.ss });
     }
-    if !is_canonical_user(c.rip) || !is_canonical_user(c.rsp) {
+    if !range.contains(c.rip) || !range.contains(c.rsp) {
         return Err(BadIret::Address {
             rip: c.rip,
             rsp: c.rsp,
@@ -72,10 +78,17 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool, r: 
     let mut c = IretContext::new_zeroed();
     let result = super::guest_mem::read(dom, id, r.rsp, c.as_mut_bytes())
         .map_err(|_| BadIret::Unreadable(r.rsp))
-        .and_then(|()| apply(r, &c));
+        .and_then(|()| apply(r, &c, dom.address_range()));
     match result {
         Ok((next, masked)) => {
             dom.shared_info.set_upcall_mask(id, masked);
+            // Xen's rule: an RPL-3 CS returns to guest user mode.
+            if c.cs & 3 == 3 {
+                if let Err(e) = super::guest_mode::enter_user(fd, dom, id) {
+                    dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+                    return false;
+                }
+            }
             match super::exit::write_regs(fd, sync_regs, &next) {
                 Ok(()) => true,
                 Err(e) => {
@@ -112,7 +125,7 @@ mod tests {
     #[test]
     fn restores_registers_and_unmasks_by_if() {
         let r = kvm_regs::default();
-        let (n, masked) = apply(&r, &ctx()).unwrap();
+        let (n, masked) = apply(&r, &ctx(), AddressRange::UserHalf).unwrap();
         assert_eq!(
             (n.rax, n.r11, n.rcx, n.rip, n.rsp),
             (1, 2, 3, 0x40_1000, 0x3f_ff00)
@@ -131,7 +144,7 @@ mod tests {
             r11: 8,
             ..Default::default()
         };
-        let (n, masked) = apply(&r, &c).unwrap();
+        let (n, masked) = apply(&r, &c, AddressRange::UserHalf).unwrap();
         assert!(masked);
         assert_eq!((n.rcx, n.r11), (9, 8), "in_syscall keeps rcx/r11");
     }
@@ -141,16 +154,25 @@ mod tests {
         let r = kvm_regs::default();
         let mut c = ctx();
         c.cs = 0x08;
-        assert!(matches!(apply(&r, &c), Err(BadIret::Selectors { .. })));
+        assert!(matches!(
+            apply(&r, &c, AddressRange::UserHalf),
+            Err(BadIret::Selectors { .. })
+        ));
         let mut c = ctx();
         c.ss = 0x10;
-        assert!(matches!(apply(&r, &c), Err(BadIret::Selectors { .. })));
+        assert!(matches!(
+            apply(&r, &c, AddressRange::UserHalf),
+            Err(BadIret::Selectors { .. })
+        ));
         let mut c = ctx();
         c.rip = 0xffff_8000_0000_0000;
-        assert!(matches!(apply(&r, &c), Err(BadIret::Address { .. })));
+        assert!(matches!(
+            apply(&r, &c, AddressRange::UserHalf),
+            Err(BadIret::Address { .. })
+        ));
         let mut c = ctx();
         c.cs = 0xe033;
         c.ss = 0xe02b;
-        assert!(apply(&r, &c).is_ok());
+        assert!(apply(&r, &c, AddressRange::UserHalf).is_ok());
     }
 }

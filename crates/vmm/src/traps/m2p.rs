@@ -141,7 +141,7 @@ fn is_high_byte(reg: Register) -> bool {
 
 /// Writes `value` to `reg` as a load does: 64 bits whole, 32 bits zero-extended,
 /// 16 and 8 bits merged into the register.
-fn write_register(r: &mut kvm_regs, reg: Register, value: u64) {
+pub(super) fn write_register(r: &mut kvm_regs, reg: Register, value: u64) {
     let size = reg.size();
     let Some(dst) = slot(r, reg.full_register()) else {
         return;
@@ -156,7 +156,7 @@ fn write_register(r: &mut kvm_regs, reg: Register, value: u64) {
 }
 
 /// A register's value for address computation (segment registers: their base).
-fn register_value(r: &kvm_regs, f: &Fault<'_>, reg: Register) -> Option<u64> {
+pub(super) fn register_value(r: &kvm_regs, f: &Fault<'_>, reg: Register) -> Option<u64> {
     match reg {
         Register::ES | Register::CS | Register::SS | Register::DS => return Some(0),
         Register::FS => return Some(f.fs_base),

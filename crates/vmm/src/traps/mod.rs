@@ -14,14 +14,18 @@
 //! domain as a crash.
 
 pub mod bounce;
+pub mod cpuid;
 mod exit;
 pub use exit::handle as handle_stub_exit;
 mod guest_mem;
+pub mod guest_mode;
 pub mod hypercall;
 pub mod iret;
 pub mod m2p;
 pub mod msr;
 pub mod pages;
+pub mod privop;
+pub mod ptwr;
 pub mod upcall;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -75,6 +79,8 @@ pub struct VcpuTraps {
     /// The guest kernel's stack for entries from guest user mode (`stack_switch`:
     /// selector, stack pointer); Xen's `kernel_ss`/`kernel_sp`.
     pub kernel_stack: (u16, u64),
+    /// Whether the vCPU runs guest user code ([`guest_mode`]).
+    pub user_mode: bool,
 }
 
 impl Default for VcpuTraps {
@@ -83,6 +89,7 @@ impl Default for VcpuTraps {
             table: [TrapEntry::default(); 256],
             callbacks: Callbacks::default(),
             kernel_stack: (0, 0),
+            user_mode: false,
         }
     }
 }
@@ -145,5 +152,19 @@ impl DomainTraps {
         self.vcpus
             .get(vcpu as usize)
             .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// The CS a bounce or upcall frame carries for code interrupted in the guest kernel.
+/// Xen clears its RPL for a PV domain ("indicate kernel context to guest",
+/// `create_bounce_frame`): the kernel runs in ring 3, and Linux tells kernel from user
+/// frames by `CS & 3` (and Xen's `iret` returns to user mode exactly when it is 3).
+/// rxen's own layout keeps the CPU's selector.
+/// Frames of code interrupted in guest user mode keep RPL 3 (`from_user`).
+pub fn frame_cs(dom: &crate::domain::DomainShared, cs: u16, from_user: bool) -> u16 {
+    if dom.pv_mmu.is_some() && !from_user {
+        cs & !3
+    } else {
+        cs
     }
 }

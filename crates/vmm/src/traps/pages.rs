@@ -44,6 +44,9 @@ pub struct TrapLayout {
     pub stubs: u64,
     /// The selector of every IDT gate (the guest's own 64-bit code segment).
     pub code_selector: u16,
+    /// The interrupt stack table slot every gate uses (0: none, the CPU pushes its
+    /// frame on the interrupted stack).
+    pub ist: u8,
 }
 
 impl TrapLayout {
@@ -55,6 +58,7 @@ impl TrapLayout {
             idt: IDT,
             stubs: TRAP_STUBS,
             code_selector: USER_CS,
+            ist: 0,
         }
     }
 
@@ -71,6 +75,7 @@ impl TrapLayout {
             let target = self.stub_address(v);
             let lo = (target & 0xffff)
                 | (u64::from(self.code_selector) << 16)
+                | (u64::from(self.ist & 7) << 32)
                 | ((0x8e_u64 | (3 << 5)) << 40)
                 | ((target >> 16 & 0xffff) << 48);
             let at = usize::from(v) * 16;
@@ -160,6 +165,7 @@ mod tests {
             idt: 0xffff_8080_0000_6000,
             stubs: 0xffff_8080_0000_5000,
             code_selector: XEN_FLAT_CS64,
+            ist: 1,
         };
         let idt = l.idt_page();
         let at = 14 * 16;
@@ -168,6 +174,7 @@ mod tests {
         let target = (lo & 0xffff) | ((lo >> 48) << 16) | (hi << 32);
         assert_eq!(target, l.stub_address(14));
         assert_eq!((lo >> 16) & 0xffff, 0xe033);
+        assert_eq!((lo >> 32) & 7, 1, "IST 1");
         assert_eq!(l.vector_of_exit(l.stub_address(14) + 2), Some(14));
         assert_eq!(l.vector_of_exit(stub_address(14) + 2), None);
         assert_eq!(XEN_GDT_LIMIT, 0xefff);

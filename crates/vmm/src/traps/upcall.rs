@@ -13,7 +13,6 @@ use kvm_ioctls::VcpuFd;
 use super::exit::{crash, write_regs};
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
-use crate::vcpu::regs::is_canonical_user;
 
 const RFLAGS_IF: u64 = 1 << 9;
 
@@ -43,7 +42,7 @@ fn in_rxen_stub(dom: &DomainShared, rip: u64) -> bool {
 /// event), then `r11, rcx`. The callback is entered with `rsp` at `rcx`, so `rsp` is
 /// 8 modulo 16 whatever the interrupted `rsp` was. `rflags` carries IF = 1: events were
 /// enabled (the saved upcall mask is 0) when the callback was taken.
-pub(crate) fn event_frame(regs: &kvm_regs, cs: u16, ss: u16) -> (u64, [u64; 7]) {
+pub(crate) fn event_frame(regs: &kvm_regs, cs: u16, ss: u16, stack: u64) -> (u64, [u64; 7]) {
     let words = [
         regs.rcx,
         regs.r11,
@@ -53,7 +52,7 @@ pub(crate) fn event_frame(regs: &kvm_regs, cs: u16, ss: u16) -> (u64, [u64; 7]) 
         regs.rsp,
         u64::from(ss),
     ];
-    let at = (regs.rsp & !0xf).wrapping_sub(8 * words.len() as u64);
+    let at = (stack & !0xf).wrapping_sub(8 * words.len() as u64);
     (at, words)
 }
 
@@ -109,7 +108,7 @@ pub fn maybe_deliver(
         );
         return true;
     }
-    if !is_canonical_user(cb.address) {
+    if !dom.address_range().contains(cb.address) {
         crash(
             fd,
             dom,
@@ -124,7 +123,17 @@ pub fn maybe_deliver(
     // Events were unmasked (checked above): the saved mask is 0 and the virtual IF 1.
     // CS/SS: the guest's own flat selectors (Xen's 0xe033/0xe02b for a PV kernel).
     let (cs, ss) = dom.boot.selectors;
-    let (at, words) = event_frame(&regs, cs, ss);
+    // From guest user mode: kernel page table and GS first, the frame on the kernel
+    // stack (`traps::guest_mode`).
+    let kernel_stack = match super::guest_mode::enter_kernel(fd, dom, id) {
+        Ok(k) => k,
+        Err(e) => {
+            dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+            return false;
+        }
+    };
+    let frame_cs = super::frame_cs(dom, cs, kernel_stack.is_some());
+    let (at, words) = event_frame(&regs, frame_cs, ss, kernel_stack.unwrap_or(regs.rsp));
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     if super::guest_mem::write(dom, id, at, &bytes).is_err() {
         crash(
@@ -173,7 +182,7 @@ mod tests {
     #[test]
     fn the_callback_is_entered_with_rsp_8_modulo_16_below_the_rounded_stack() {
         for rsp in 0xffed0..0xffee0u64 {
-            let (at, _) = event_frame(&regs(rsp), 0xe033, 0xe02b);
+            let (at, _) = event_frame(&regs(rsp), 0xe033, 0xe02b, rsp);
             assert_eq!(at, (rsp & !0xf) - 56, "rsp {rsp:#x}");
             assert_eq!(at % 16, 8, "rsp {rsp:#x}");
         }
@@ -181,7 +190,7 @@ mod tests {
 
     #[test]
     fn the_frame_holds_rcx_r11_then_the_iret_frame_with_if_set() {
-        let (_, words) = event_frame(&regs(0xffed8), 0xe033, 0xe02b);
+        let (_, words) = event_frame(&regs(0xffed8), 0xe033, 0xe02b, 0xffed8);
         assert_eq!(
             words,
             [0x11, 0x22, 0x23aa, 0xe033, 0x2 | RFLAGS_IF, 0xffed8, 0xe02b]

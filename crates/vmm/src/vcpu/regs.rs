@@ -153,6 +153,28 @@ pub fn is_canonical_user(addr: u64) -> bool {
     addr < 0x0000_8000_0000_0000
 }
 
+/// Where a domain's code and stacks may be: the addresses rxen accepts for hypercall
+/// returns, trap and event handlers and `iret` targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressRange {
+    /// rxen's own layout: the guest lives in the lower half.
+    UserHalf,
+    /// Xen PV domains: the kernel is linked in the upper half (Linux at
+    /// 0xffffffff80000000) and runs at CPL 3, so any canonical address will do; its
+    /// page tables decide what is there.
+    Canonical,
+}
+
+impl AddressRange {
+    /// Whether `addr` lies in the range.
+    pub fn contains(self, addr: u64) -> bool {
+        match self {
+            AddressRange::UserHalf => is_canonical_user(addr),
+            AddressRange::Canonical => crate::guest_view::is_canonical(addr),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -72,6 +72,12 @@ pub struct VcpuSched {
     /// ([`crate::snapshot::cpu`]); the thread answers in `captured`.
     pub capture_wanted: bool,
     pub captured: Option<Result<Box<crate::snapshot::cpu::CpuState>, String>>,
+    /// Where the guest wants its runstate kept (`VCPUOP_register_runstate_memory_area`).
+    pub runstate_area: Option<u64>,
+    /// The CR4 the guest last wrote (emulated `mov %cr4`; see `traps::privop`).
+    pub guest_cr4: u64,
+    /// The virtual IOPL the kernel set with `PHYSDEVOP_set_iopl`.
+    pub virtual_iopl: u32,
 }
 
 impl VcpuSched {
@@ -99,6 +105,9 @@ impl VcpuSched {
             },
             capture_wanted: false,
             captured: None,
+            runstate_area: None,
+            guest_cr4: crate::traps::privop::PV_CR4,
+            virtual_iopl: 0,
         }
     }
 

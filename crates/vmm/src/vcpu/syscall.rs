@@ -33,7 +33,7 @@ use kvm_ioctls::VcpuFd;
 use rxen_abi::layout::{SYSCALL_STUB, SYSCALL_STUB_PORT};
 use rxen_abi::PAGE_SIZE;
 
-use super::regs;
+use super::regs::{self, AddressRange};
 
 const MSR_STAR: u32 = 0xc000_0081;
 const MSR_LSTAR: u32 = 0xc000_0082;
@@ -119,18 +119,21 @@ pub enum BadEntry {
     NotFromStub { rip: u64 },
     #[error("return address {rcx:#x} (rcx) is not a canonical user address")]
     BadReturn { rcx: u64 },
+    #[error("return address {rcx:#x} (rcx) is not canonical")]
+    NotCanonical { rcx: u64 },
 }
 
 /// Checks that the exit came from the stub at `stub` and that `rcx` is a place to
 /// return to.
-pub fn check_entry(r: &kvm_regs, stub: u64) -> Result<(), BadEntry> {
+pub fn check_entry(r: &kvm_regs, stub: u64, range: AddressRange) -> Result<(), BadEntry> {
     if r.rip != rip_after_exit(stub) {
         return Err(BadEntry::NotFromStub { rip: r.rip });
     }
-    if !regs::is_canonical_user(r.rcx) {
-        return Err(BadEntry::BadReturn { rcx: r.rcx });
+    match range {
+        _ if range.contains(r.rcx) => Ok(()),
+        AddressRange::UserHalf => Err(BadEntry::BadReturn { rcx: r.rcx }),
+        AddressRange::Canonical => Err(BadEntry::NotCanonical { rcx: r.rcx }),
     }
-    Ok(())
 }
 
 /// The `rflags` the guest returns with: its own arithmetic flags and DF from `r11`,
@@ -174,7 +177,10 @@ mod tests {
             r11: u64::MAX,
             ..Default::default()
         };
-        assert_eq!(check_entry(&r, SYSCALL_STUB), Ok(()));
+        assert_eq!(
+            check_entry(&r, SYSCALL_STUB, AddressRange::UserHalf),
+            Ok(())
+        );
         return_regs(&mut r, -38);
         assert_eq!(r.rip, 0x40_1234);
         assert_eq!(r.rax as i64, -38);
@@ -193,14 +199,40 @@ mod tests {
         let mut r = ok;
         r.rip = 0x40_0002;
         assert_eq!(
-            check_entry(&r, SYSCALL_STUB),
+            check_entry(&r, SYSCALL_STUB, AddressRange::UserHalf),
             Err(BadEntry::NotFromStub { rip: 0x40_0002 })
         );
         let mut r = ok;
         r.rcx = 0xffff_8000_0000_0000;
         assert!(matches!(
-            check_entry(&r, SYSCALL_STUB),
+            check_entry(&r, SYSCALL_STUB, AddressRange::UserHalf),
             Err(BadEntry::BadReturn { .. })
         ));
+    }
+
+    /// Linux's hypercalls return to its kernel text at 0xffffffff8...; PV domains
+    /// accept that. Failed before: Debian's kernel crashed on its first hypercall with
+    /// "return address 0xffffffff81a442b5 (rcx) is not a canonical user address".
+    #[test]
+    fn pv_domains_return_to_the_upper_half() {
+        let mut r = kvm_regs {
+            rip: RIP_AFTER_EXIT,
+            rcx: 0xffff_ffff_81a4_42b5,
+            ..Default::default()
+        };
+        assert_eq!(
+            check_entry(&r, SYSCALL_STUB, AddressRange::Canonical),
+            Ok(())
+        );
+        r.rcx = 0x0000_8000_0000_0000;
+        assert_eq!(
+            check_entry(&r, SYSCALL_STUB, AddressRange::Canonical),
+            Err(BadEntry::NotCanonical { rcx: r.rcx })
+        );
+        r.rcx = 0x40_0000;
+        assert_eq!(
+            check_entry(&r, SYSCALL_STUB, AddressRange::Canonical),
+            Ok(())
+        );
     }
 }

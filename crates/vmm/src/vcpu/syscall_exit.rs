@@ -23,13 +23,16 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
             }
         }
     };
-    if let Err(bad) = syscall::check_entry(&regs, dom.boot.syscall_stub) {
+    if let Err(bad) = syscall::check_entry(&regs, dom.boot.syscall_stub, dom.address_range()) {
         let registers = format!("{bad}; {}", super::thread::dump_registers(fd));
         dom.request_exit(DomainExit::TripleFault {
             vcpu: id,
             registers,
         });
         return false;
+    }
+    if crate::traps::guest_mode::is_user(dom, id) {
+        return user_syscall(fd, dom, id, sync_regs, &regs);
     }
     if regs.rax == u64::from(rxen_abi::hypercall::IRET) {
         return crate::traps::iret::handle(fd, dom, id, sync_regs, &regs);
@@ -47,6 +50,81 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
         return true;
     }
     match fd.set_regs(&back) {
+        Ok(()) => true,
+        Err(e) => {
+            dom.request_exit(DomainExit::Internal(format!("vCPU {id}: set regs: {e}")));
+            false
+        }
+    }
+}
+
+/// A `syscall` in guest user mode is the guest kernel's system call, not a hypercall:
+/// rxen enters kernel mode and bounces to the kernel's `CALLBACKTYPE_syscall` callback
+/// on its `stack_switch` stack with Xen's frame `rcx, r11, rip, cs, rflags, rsp, ss`
+/// (`rip`/`rflags` are what `syscall` left in `rcx`/`r11`; the saved event mask is in
+/// the CS word's bits 32-39, and events are masked if the callback asks).
+fn user_syscall(
+    fd: &mut VcpuFd,
+    dom: &DomainShared,
+    id: u32,
+    sync_regs: bool,
+    regs: &kvm_bindings::kvm_regs,
+) -> bool {
+    let callback = dom.traps.vcpu(id).and_then(|t| t.callbacks.syscall);
+    let Some(cb) = callback else {
+        dom.request_exit(DomainExit::TripleFault {
+            vcpu: id,
+            registers: format!(
+                "syscall from guest user mode without a syscall callback; {}",
+                super::thread::dump_registers(fd)
+            ),
+        });
+        return false;
+    };
+    let kernel_sp = match crate::traps::guest_mode::enter_kernel(fd, dom, id) {
+        Ok(Some(sp)) => sp,
+        Ok(None) => regs.rsp,
+        Err(e) => {
+            dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+            return false;
+        }
+    };
+    let (cs, ss) = dom.boot.selectors;
+    let saved_mask = dom.shared_info.upcall_mask(id);
+    let words = [
+        regs.rcx,
+        regs.r11,
+        regs.rcx,
+        u64::from(cs) | (u64::from(saved_mask) << 32),
+        regs.r11,
+        regs.rsp,
+        u64::from(ss),
+    ];
+    let at = (kernel_sp & !0xf).wrapping_sub(8 * words.len() as u64);
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    if dom.guest_view(id).write_bytes(at, &bytes).is_err() {
+        dom.request_exit(DomainExit::TripleFault {
+            vcpu: id,
+            registers: format!(
+                "kernel stack {kernel_sp:#x} not writable for a syscall frame; {}",
+                super::thread::dump_registers(fd)
+            ),
+        });
+        return false;
+    }
+    if cb.mask_events {
+        dom.shared_info.set_upcall_mask(id, true);
+    }
+    let mut next = *regs;
+    next.rip = cb.address;
+    next.rsp = at;
+    next.rflags = syscall::user_rflags(0);
+    if sync_regs {
+        fd.sync_regs_mut().regs = next;
+        fd.set_sync_dirty_reg(SyncReg::Register);
+        return true;
+    }
+    match fd.set_regs(&next) {
         Ok(()) => true,
         Err(e) => {
             dom.request_exit(DomainExit::Internal(format!("vCPU {id}: set regs: {e}")));

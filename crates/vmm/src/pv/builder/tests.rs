@@ -264,21 +264,70 @@ fn bad_input_is_a_typed_error() {
         build(&mut mem, &image, &cfg),
         Err(PvBuildError::Layout(_))
     ));
-    // INIT_P2M (below VIRT_BASE, aligned) is refused rather than half-built.
+}
+
+/// Linux's `XEN_ELFNOTE_INIT_P2M` (512 GiB, L4 slot 1): the P2M list lies after the
+/// bootstrap mapping with tables of its own under the same L4. Failed before:
+/// `InitP2mUnsupported`.
+#[test]
+fn init_p2m_gets_its_own_mapping() {
+    const P2M_VA: u64 = 0x80_0000_0000;
     let mut notes = xen(XEN_ELFNOTE_GUEST_OS, b"linux\0");
     notes.extend(xen(XEN_ELFNOTE_XEN_VERSION, b"xen-3.0\0"));
     notes.extend(xen(XEN_ELFNOTE_VIRT_BASE, &LINUX_BASE.to_le_bytes()));
     notes.extend(xen(XEN_ELFNOTE_PADDR_OFFSET, &0u64.to_le_bytes()));
-    notes.extend(xen(
-        XEN_ELFNOTE_INIT_P2M,
-        &0xffff_ea00_0000_0000u64.to_le_bytes(),
-    ));
-    let p2m_image = ElfBuilder::new(0xffff_ffff_8010_0000)
+    notes.extend(xen(XEN_ELFNOTE_INIT_P2M, &P2M_VA.to_le_bytes()));
+    let image = ElfBuilder::new(0xffff_ffff_8010_0000)
         .load(0xffff_ffff_8010_0000, 0x10_0000, 0x100, 0x1000)
         .note_segment(&notes)
         .build();
-    assert!(matches!(
-        build(&mut mem, &p2m_image, &config("", None)),
-        Err(PvBuildError::InitP2mUnsupported)
-    ));
+    let ram = GuestRam::new("pvb-p2m", 16 * MIB).unwrap();
+    let mut mem = RamFrames::new(&ram);
+    let built = build(&mut mem, &image, &config("", None)).unwrap();
+    let l = &built.layout;
+    let si = start_info_of(&ram, &built);
+    assert_eq!(si.mfn_list, P2M_VA);
+    assert_eq!(
+        (si.first_p2m_pfn, si.nr_p2m_frames),
+        (l.p2m.pfn, l.p2m.pages)
+    );
+    assert!(
+        l.p2m.pfn >= l.mapped_pages,
+        "the list lies after the bootstrap mapping"
+    );
+    let tables = l.p2m_tables.unwrap();
+    assert_eq!(tables.l4, None);
+    let list_pages = l.p2m.pages - tables.count();
+    let nr = 16 * MIB / PAGE_SIZE;
+    assert_eq!(list_pages, nr * 8 / PAGE_SIZE);
+    for i in 0..list_pages {
+        let va = P2M_VA + i * PAGE_SIZE;
+        let (pfn, flags) = translate(&ram, built.regs.cr3_pfn, va).unwrap();
+        assert_eq!(pfn, l.p2m.pfn + i, "va {va:#x}");
+        assert_ne!(flags & PAGE_RW, 0);
+    }
+    assert_eq!(
+        translate(&ram, built.regs.cr3_pfn, P2M_VA + list_pages * PAGE_SIZE),
+        None
+    );
+    // Read through the mapping: entry i holds i.
+    for pfn in [0u64, 1, nr - 1] {
+        let (frame, _) = translate(&ram, built.regs.cr3_pfn, P2M_VA + pfn * 8).unwrap();
+        assert_eq!(
+            read_u64(&ram, frame * PAGE_SIZE + (pfn * 8) % PAGE_SIZE),
+            pfn
+        );
+    }
+    for (range, level) in [
+        (tables.l3, Level::L3),
+        (tables.l2, Level::L2),
+        (tables.l1, Level::L1),
+    ] {
+        for f in range.0..range.0 + range.1 {
+            assert_eq!(built.mmu.frame(f).unwrap().table_level(), Some(level));
+        }
+    }
+    check_mapping(&ram, &built);
+    check_mmu_state(&built);
+    built.mmu.audit(&mem).unwrap();
 }

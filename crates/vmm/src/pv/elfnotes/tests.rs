@@ -131,6 +131,23 @@ ELF_PADDR_OFFSET=0xC0000000,HYPERCALL_PAGE=0x2,LOADER=generic\0",
     assert_eq!(n.paddr_offset, Some(0xC000_0000));
 }
 
+/// Linux's `xen-head.S` declares `XEN_ELFNOTE_FEATURES` with `.ascii` (21 bytes, no
+/// NUL): libelf finds the terminator in the note's zero padding, and so must we.
+/// Failed before: `UnterminatedString { kind: 10 }` for Debian's kernel.
+#[test]
+fn a_string_note_may_end_in_its_padding() {
+    let parse = |notes: &[u8]| XenNotes::parse_elf(&ElfBuilder::new(0).note_segment(notes).build());
+    let mut notes = xen(XEN_ELFNOTE_FEATURES, b"!writable_page_tables");
+    notes.extend(xen(XEN_ELFNOTE_GUEST_OS, b"linux"));
+    let n = parse(&notes).unwrap();
+    assert_eq!(n.guest_os.as_deref(), Some("linux"));
+    // A note whose text fills its 4-byte words exactly has no padding to end in.
+    assert_eq!(
+        parse(&xen(XEN_ELFNOTE_GUEST_OS, b"linuxabc")),
+        Err(ElfNotesError::UnterminatedString { kind: 6 })
+    );
+}
+
 #[test]
 fn hostile_notes_are_typed_errors() {
     let parse = |notes: &[u8]| XenNotes::parse_elf(&ElfBuilder::new(0).note_segment(notes).build());
@@ -139,7 +156,7 @@ fn hostile_notes_are_typed_errors() {
         Err(ElfNotesError::BadNumericSize { kind: 1, size: 3 })
     );
     assert_eq!(
-        parse(&xen(XEN_ELFNOTE_GUEST_OS, b"no nul")),
+        parse(&xen(XEN_ELFNOTE_GUEST_OS, b"no nul!!")),
         Err(ElfNotesError::UnterminatedString { kind: 6 })
     );
     assert_eq!(

@@ -93,6 +93,20 @@ impl Mmu {
                 bump(&mut refs, base)?;
                 bump(&mut types, base)?;
             }
+            if let Some(f) = v.vcpu_info {
+                if self.info(f).map(|i| i.ty) != Some(FrameType::Writable) {
+                    return Err(format!("vcpu_info frame {f:#x} is not writable"));
+                }
+                bump(&mut refs, f)?;
+                bump(&mut types, f)?;
+            }
+            for &f in v.gdt.frames() {
+                if self.info(f).map(|i| i.ty) != Some(FrameType::SegDesc) {
+                    return Err(format!("GDT frame {f:#x} is not a descriptor frame"));
+                }
+                bump(&mut refs, f)?;
+                bump(&mut types, f)?;
+            }
         }
         for (f, info) in self.frames.iter().enumerate() {
             if u64::from(info.refs) != refs[f] || u64::from(info.type_count) != types[f] {

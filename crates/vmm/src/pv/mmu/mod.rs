@@ -21,6 +21,7 @@ mod frames;
 mod guest;
 mod invalidate;
 mod refs;
+pub mod segdesc;
 mod update;
 
 #[cfg(test)]
@@ -48,6 +49,12 @@ pub struct VcpuBases {
     pub user: Option<u64>,
     /// The LDT (`MMUEXT_SET_LDT`): linear base and entries.
     pub ldt: (u64, u32),
+    /// The guest GDT (`set_gdt`): each frame holds a reference and the descriptor type.
+    pub gdt: segdesc::GdtFrames,
+    /// The frame holding the relocated `vcpu_info` (`VCPUOP_register_vcpu_info`): a
+    /// reference and a writable type, for good, so it can never become a page table
+    /// while rxen writes event bits into it.
+    pub vcpu_info: Option<u64>,
 }
 
 /// What one batch (`mmu_update` array, `mmuext_op` array, one `update_va_mapping`)

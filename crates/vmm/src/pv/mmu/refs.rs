@@ -61,7 +61,8 @@ impl Mmu {
         }
         let checked = match ty {
             FrameType::Table(level) => self.alloc_table(mem, frame, level),
-            FrameType::None | FrameType::Writable | FrameType::SegDesc => Ok(()),
+            FrameType::SegDesc => self.alloc_segdesc(mem, frame),
+            FrameType::None | FrameType::Writable => Ok(()),
         };
         if let Some(i) = self.info_mut(frame) {
             match checked {

@@ -1,0 +1,362 @@
+//! Privileged instructions a PV kernel executes natively and Xen emulates for it
+//! (`emulate_privileged_op`, xen/arch/x86/pv/emul-priv-op.c): they raise #GP at CPL 3,
+//! rxen decodes the bytes at the faulting `rip` and, for the ones below, applies them
+//! and moves `rip` past; everything else goes to the guest's #GP handler as before.
+//!
+//! * `mov %crN, reg` (0f 20): CR0 the fixed value a 64-bit PV kernel sees, CR2 the
+//!   last #PF address rxen delivered (`vcpu_info.arch.cr2`), CR3 the kernel base
+//!   pointer (`xen_pfn_to_cr3`), CR4 the guest's shadow.
+//! * `mov reg, %crN` (0f 22): CR0 only if nothing but TS changes (Xen's rule; TS is
+//!   ignored: the FPU is never lazily switched here), CR4 stored in the shadow and
+//!   otherwise ignored (Xen masks the guest's CR4 the same way). CR3 and others fault.
+//! * `cli`/`sti` (fa/fb): no-ops once the kernel raised its virtual IOPL to 1 or more
+//!   with `PHYSDEVOP_set_iopl` (Xen's `iopl_ok`; Linux does it first thing, because
+//!   code that runs before its paravirt patching executes them natively). Events stay
+//!   as the guest's `evtchn_upcall_mask` says, as in Xen.
+//! * `wbinvd` (0f 09) and `invd` (0f 08): no-ops, as Xen without cache-flush permission.
+//! * port I/O (`in`/`out` with an immediate port or `dx`, 8/16/32 bits; not the string
+//!   forms): a domU has no I/O ports, so reads give all ones and writes are dropped,
+//!   as Xen answers a PV guest for ports it was not granted (Linux's early AMD code
+//!   reads PCI config space through 0xcf8/0xcfc after `PHYSDEVOP_set_iopl`).
+//! * `rdmsr`/`wrmsr` of a few MSRs Linux reads without `_safe` (after [`super::msr`]'s
+//!   segment bases): EFER, PAT (Xen's PV PAT), MISC_ENABLE, and writes of PAT that
+//!   keep Xen's value.
+//!
+//! [`emulate`] is pure decoding over [`kvm_regs`] and a [`CpuState`] snapshot;
+//! [`emulate_exit`] is the vCPU thread's glue (reads the bytes, applies the result).
+
+use kvm_bindings::kvm_regs;
+
+/// `X86_CR0_PE | MP | ET | NE | WP | AM | PG`: what a 64-bit PV kernel reads.
+pub const PV_CR0: u64 = 0x8005_0033;
+/// CR0.TS.
+const CR0_TS: u64 = 1 << 3;
+/// The CR4 a PV vCPU starts with: PAE, OSFXSR, OSXMMEXCPT (the vCPU's real CR4).
+pub const PV_CR4: u64 = (1 << 5) | (1 << 9) | (1 << 10);
+/// `MSR_EFER` and what a 64-bit PV kernel reads: SCE, LME, LMA, NXE.
+const MSR_EFER: u32 = 0xc000_0080;
+const PV_EFER: u64 = 1 | (1 << 8) | (1 << 10) | (1 << 11);
+/// `MSR_IA32_CR_PAT` and Xen's PAT for PV guests (`XEN_MSR_PAT`).
+const MSR_PAT: u32 = 0x277;
+pub const XEN_PV_PAT: u64 = 0x0005_0100_0704_0406;
+/// `MSR_IA32_MISC_ENABLE`: fast strings only (Xen hides the rest from PV guests).
+const MSR_MISC_ENABLE: u32 = 0x1a0;
+const PV_MISC_ENABLE: u64 = 1;
+
+/// What the emulator needs to know about the vCPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CpuState {
+    pub cr2: u64,
+    /// The kernel L4's frame, if any.
+    pub kernel_base: Option<u64>,
+    pub cr4: u64,
+    /// The virtual IOPL (`PHYSDEVOP_set_iopl`).
+    pub iopl: u32,
+}
+
+/// What an emulated instruction changed besides the registers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Only the general registers (and `rip`).
+    Regs,
+    /// The guest's CR4 shadow is now this.
+    Cr4(u64),
+}
+
+/// Emulates the instruction at the faulting `rip` (its first bytes in `code`) if it is
+/// one of this module's: updates `regs` (destination, `rip`) and says what else changed.
+pub fn emulate(code: &[u8], regs: &mut kvm_regs, cpu: &CpuState) -> Option<Effect> {
+    if let Some(len) = port_io(code, regs) {
+        regs.rip = regs.rip.wrapping_add(len);
+        return Some(Effect::Regs);
+    }
+    // An optional REX prefix (mov to/from CR uses REX.R for CR8+ and REX.B for r8+).
+    let (rex, rest, prefix_len) = match code {
+        [r @ 0x40..=0x4f, rest @ ..] => (*r, rest, 1u64),
+        rest => (0, rest, 0),
+    };
+    let (effect, len) = match rest {
+        [0xfa | 0xfb, ..] if rex == 0 && cpu.iopl >= 1 => (Effect::Regs, 1),
+        [0x0f, op @ (0x20 | 0x22), modrm, ..] => {
+            let cr = ((modrm >> 3) & 7) | if rex & 0x4 != 0 { 8 } else { 0 };
+            let gpr = (modrm & 7) | if rex & 0x1 != 0 { 8 } else { 0 };
+            let effect = if *op == 0x20 {
+                let value = match cr {
+                    0 => PV_CR0,
+                    2 => cpu.cr2,
+                    3 => cpu.kernel_base? << 12,
+                    4 => cpu.cr4,
+                    _ => return None,
+                };
+                *gpr_mut(regs, gpr)? = value;
+                Effect::Regs
+            } else {
+                let value = *gpr_mut(regs, gpr)?;
+                match cr {
+                    0 if (value ^ PV_CR0) & !CR0_TS == 0 => Effect::Regs,
+                    4 => Effect::Cr4(value),
+                    _ => return None,
+                }
+            };
+            (effect, 3)
+        }
+        [0x0f, 0x08 | 0x09, ..] if rex == 0 => (Effect::Regs, 2),
+        [0x0f, 0x32, ..] if rex == 0 => {
+            let value = match regs.rcx as u32 {
+                MSR_EFER => PV_EFER,
+                MSR_PAT => XEN_PV_PAT,
+                MSR_MISC_ENABLE => PV_MISC_ENABLE,
+                _ => return None,
+            };
+            regs.rax = value & 0xffff_ffff;
+            regs.rdx = value >> 32;
+            (Effect::Regs, 2)
+        }
+        [0x0f, 0x30, ..] if rex == 0 => {
+            let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+            match regs.rcx as u32 {
+                MSR_PAT if value == XEN_PV_PAT => {}
+                MSR_EFER if value == PV_EFER => {}
+                _ => return None,
+            }
+            (Effect::Regs, 2)
+        }
+        _ => return None,
+    };
+    regs.rip = regs.rip.wrapping_add(prefix_len + len);
+    Some(effect)
+}
+
+/// A #GP from one of this module's instructions, emulated: `Some(keep running)` when
+/// it was one, `None` to deliver the exception as usual. PV domains only.
+pub(super) fn emulate_exit(
+    fd: &mut kvm_ioctls::VcpuFd,
+    dom: &crate::domain::DomainShared,
+    id: u32,
+    sync_regs: bool,
+    regs: &kvm_regs,
+    sregs: &kvm_bindings::kvm_sregs,
+) -> Option<bool> {
+    let mmu = dom.pv_mmu.as_ref()?;
+    let frame = super::exit::hardware_frame(dom, id, regs, sregs, super::msr::VECTOR_GP)?;
+    let mut code = [0u8; 4];
+    let n = (0..=code.len())
+        .rev()
+        .find(|&n| super::guest_mem::read(dom, id, frame.rip, &mut code[..n]).is_ok())?;
+    let ctl = dom.vcpus.get(id as usize)?;
+    // One lock: the guard of a temporary lives to the end of the statement.
+    let (cr4, iopl) = {
+        let sched = ctl.lock();
+        (sched.guest_cr4, sched.virtual_iopl)
+    };
+    let cpu = CpuState {
+        cr2: dom.shared_info.cr2(id),
+        kernel_base: mmu
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .vcpu(id as usize)
+            .and_then(|b| b.kernel),
+        cr4,
+        iopl,
+    };
+    let mut next = *regs;
+    next.rip = frame.rip;
+    next.rsp = frame.rsp;
+    next.rflags = crate::vcpu::syscall::user_rflags(frame.rflags);
+    let effect = emulate(&code[..n], &mut next, &cpu)?;
+    if let Effect::Cr4(value) = effect {
+        ctl.lock().guest_cr4 = value;
+    }
+    tracing::trace!(
+        vcpu = id,
+        rip = frame.rip,
+        ?effect,
+        "privileged instruction emulated"
+    );
+    Some(match super::exit::write_regs(fd, sync_regs, &next) {
+        Ok(()) => true,
+        Err(e) => {
+            dom.request_exit(crate::exit::DomainExit::Internal(format!("vCPU {id}: {e}")));
+            false
+        }
+    })
+}
+
+/// `in`/`out` without an I/O port behind it: the instruction's length, after setting
+/// the destination of an `in` to all ones.
+fn port_io(code: &[u8], regs: &mut kvm_regs) -> Option<u64> {
+    let (operand16, rest, prefix) = match code {
+        [0x66, rest @ ..] => (true, rest, 1u64),
+        rest => (false, rest, 0),
+    };
+    let (opcode, len) = match rest {
+        [op @ (0xe4..=0xe7), _imm, ..] => (*op, 2),
+        [op @ (0xec..=0xef), ..] => (*op, 1),
+        _ => return None,
+    };
+    let is_in = matches!(opcode, 0xe4 | 0xe5 | 0xec | 0xed);
+    let byte = matches!(opcode, 0xe4 | 0xe6 | 0xec | 0xee);
+    if is_in {
+        regs.rax = match (byte, operand16) {
+            (true, _) => regs.rax | 0xff,
+            (false, true) => regs.rax | 0xffff,
+            // A 32-bit destination zero-extends into rax.
+            (false, false) => 0xffff_ffff,
+        };
+    }
+    Some(prefix + len)
+}
+
+/// The general register numbered `n` in ModRM order (0 = rax .. 15 = r15).
+fn gpr_mut(r: &mut kvm_regs, n: u8) -> Option<&mut u64> {
+    Some(match n {
+        0 => &mut r.rax,
+        1 => &mut r.rcx,
+        2 => &mut r.rdx,
+        3 => &mut r.rbx,
+        4 => &mut r.rsp,
+        5 => &mut r.rbp,
+        6 => &mut r.rsi,
+        7 => &mut r.rdi,
+        8 => &mut r.r8,
+        9 => &mut r.r9,
+        10 => &mut r.r10,
+        11 => &mut r.r11,
+        12 => &mut r.r12,
+        13 => &mut r.r13,
+        14 => &mut r.r14,
+        15 => &mut r.r15,
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CPU: CpuState = CpuState {
+        cr2: 0xdead_b000,
+        kernel_base: Some(0x4a03),
+        cr4: PV_CR4,
+        iopl: 1,
+    };
+
+    /// `this_cpu_cmpxchg16b_emu` (`pushf; cli`) runs before Linux patches its
+    /// alternatives; Debian's kernel died there with a #GP before.
+    #[test]
+    fn cli_and_sti_need_the_virtual_iopl() {
+        let mut r = regs();
+        assert_eq!(emulate(&[0xfa], &mut r, &CPU), Some(Effect::Regs));
+        assert_eq!(r.rip, 0x1001);
+        let no_iopl = CpuState { iopl: 0, ..CPU };
+        assert_eq!(emulate(&[0xfb], &mut regs(), &no_iopl), None);
+    }
+
+    fn regs() -> kvm_regs {
+        kvm_regs {
+            rip: 0x1000,
+            ..Default::default()
+        }
+    }
+
+    /// Debian's kernel reads CR4 in `cr4_init_shadow` (0f 20 e0); it crashed there
+    /// with "vector 13 ... no handler" before.
+    #[test]
+    fn control_register_reads() {
+        let mut r = regs();
+        assert_eq!(
+            emulate(&[0x0f, 0x20, 0xe0], &mut r, &CPU),
+            Some(Effect::Regs)
+        );
+        assert_eq!((r.rax, r.rip), (PV_CR4, 0x1003));
+        let mut r = regs();
+        emulate(&[0x41, 0x0f, 0x20, 0xd8], &mut r, &CPU).unwrap();
+        assert_eq!((r.r8, r.rip), (0x4a03000, 0x1004), "mov %cr3,%r8");
+        let mut r = regs();
+        emulate(&[0x0f, 0x20, 0xd3], &mut r, &CPU).unwrap();
+        assert_eq!(r.rbx, 0xdead_b000, "mov %cr2,%rbx");
+        let mut r = regs();
+        emulate(&[0x0f, 0x20, 0xc1], &mut r, &CPU).unwrap();
+        assert_eq!(r.rcx, PV_CR0);
+        assert_eq!(
+            emulate(&[0x44, 0x0f, 0x20, 0xc0], &mut regs(), &CPU),
+            None,
+            "CR8"
+        );
+        let none = CpuState {
+            kernel_base: None,
+            ..CPU
+        };
+        assert_eq!(emulate(&[0x0f, 0x20, 0xd8], &mut regs(), &none), None);
+    }
+
+    #[test]
+    fn control_register_writes() {
+        let mut r = regs();
+        r.rdi = PV_CR4 | (1 << 7);
+        assert_eq!(
+            emulate(&[0x0f, 0x22, 0xe7], &mut r, &CPU),
+            Some(Effect::Cr4(PV_CR4 | (1 << 7)))
+        );
+        let mut r = regs();
+        r.rax = PV_CR0 | CR0_TS;
+        assert_eq!(
+            emulate(&[0x0f, 0x22, 0xc0], &mut r, &CPU),
+            Some(Effect::Regs)
+        );
+        let mut r = regs();
+        r.rax = PV_CR0 & !1;
+        assert_eq!(
+            emulate(&[0x0f, 0x22, 0xc0], &mut r, &CPU),
+            None,
+            "clearing PE"
+        );
+        assert_eq!(emulate(&[0x0f, 0x22, 0xd8], &mut regs(), &CPU), None, "CR3");
+    }
+
+    /// Debian's kernel probes PCI config space (`out %eax,(%dx)` to 0xcf8) early;
+    /// the #GP went to its handler and the boot halted before.
+    #[test]
+    fn port_io_reads_all_ones_and_drops_writes() {
+        let mut r = regs();
+        r.rax = 0x1234_5678_9abc_def0;
+        assert_eq!(emulate(&[0xef], &mut r, &CPU), Some(Effect::Regs));
+        assert_eq!((r.rax, r.rip), (0x1234_5678_9abc_def0, 0x1001));
+        let mut r = regs();
+        r.rax = 0x1234_5678_9abc_0000;
+        emulate(&[0x66, 0xed], &mut r, &CPU).unwrap();
+        assert_eq!((r.rax, r.rip), (0x1234_5678_9abc_ffff, 0x1002));
+        let mut r = regs();
+        r.rax = 0x1234_5678_9abc_0000;
+        emulate(&[0xed], &mut r, &CPU).unwrap();
+        assert_eq!(r.rax, 0xffff_ffff);
+        let mut r = regs();
+        emulate(&[0xe4, 0x61], &mut r, &CPU).unwrap();
+        assert_eq!((r.rax, r.rip), (0xff, 0x1002));
+        assert_eq!(
+            emulate(&[0x6c], &mut regs(), &CPU),
+            None,
+            "string forms fault"
+        );
+    }
+
+    #[test]
+    fn msrs_and_cache_flushes() {
+        let mut r = regs();
+        r.rcx = u64::from(MSR_PAT);
+        emulate(&[0x0f, 0x32], &mut r, &CPU).unwrap();
+        assert_eq!((r.rdx << 32) | r.rax, XEN_PV_PAT);
+        let mut w = r;
+        assert_eq!(emulate(&[0x0f, 0x30], &mut w, &CPU), Some(Effect::Regs));
+        w.rax ^= 1;
+        assert_eq!(emulate(&[0x0f, 0x30], &mut w, &CPU), None);
+        let mut r = regs();
+        r.rcx = 0x1b;
+        assert_eq!(emulate(&[0x0f, 0x32], &mut r, &CPU), None, "APIC base");
+        let mut r = regs();
+        assert_eq!(emulate(&[0x0f, 0x09], &mut r, &CPU), Some(Effect::Regs));
+        assert_eq!(r.rip, 0x1002);
+        assert_eq!(emulate(&[0x0f], &mut regs(), &CPU), None);
+        assert_eq!(emulate(&[], &mut regs(), &CPU), None);
+    }
+}

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Unpacks Debian's stock kernel image (the package linux-image-amd64 depends on) into
+# DIR (default target/linux-kernel): DIR/boot/vmlinuz-<version>, and Debian's static
+# busybox (busybox-static) as DIR/busybox for the test's initramfs. Used by the Linux
+# guest test (crates/xm/tests/linux_guest.rs) and scripts/setup.sh. Needs apt.
+set -euo pipefail
+dir=${1:-target/linux-kernel}
+mkdir -p "$dir"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+if [ ! -x "$dir/busybox" ]; then
+    (cd "$work" && apt-get download busybox-static >/dev/null) || true
+    if ls "$work"/busybox-static_*.deb >/dev/null 2>&1; then
+        dpkg-deb -x "$work"/busybox-static_*.deb "$work/bb"
+        cp "$work/bb/bin/busybox" "$dir/busybox"
+    fi
+fi
+if ls "$dir"/boot/vmlinuz-* >/dev/null 2>&1; then
+    exit 0
+fi
+# linux-image-amd64 is a metapackage: the image is the package it depends on.
+pkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
+    | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+if [ -z "$pkg" ]; then
+    apt-get update -qq >/dev/null 2>&1 || true
+    pkg=$(apt-cache depends linux-image-amd64 2>/dev/null \
+        | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+fi
+if [ -z "$pkg" ]; then
+    echo "fetch-linux-kernel: apt knows no linux-image-amd64" >&2
+    exit 1
+fi
+(cd "$work" && apt-get download "$pkg" >/dev/null)
+deb=$(ls "$work"/*.deb)
+dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work" --wildcards './boot/vmlinuz-*'
+mkdir -p "$dir/boot"
+mv "$work"/boot/vmlinuz-* "$dir/boot/"
+ls "$dir"/boot/vmlinuz-*
