@@ -83,9 +83,16 @@ fn boot(
     marker: &str,
 ) -> Result<(), String> {
     let kernel = rxen_guest_images::guest_path(guest);
+    // TAP names are host-wide and every xend numbers its domains from 1: a name of this
+    // run's own never collides with another xend's vif<domid>.0.
+    let tap = format!(
+        "rxt{}{}",
+        std::process::id() % 100_000,
+        name.get(..2).unwrap_or(name)
+    );
     let config = format!(
-        "name='{name}'\nmemory=64\nkernel='{}'\nextra='{extra}'\nvif=[ 'bridge={bridge}' ]\n",
-        kernel.display()
+        "name='{name}'\nmemory=64\nkernel='{}'\nextra='{extra}'\nvif=[ 'bridge={bridge},vifname={tap}' ]\n",
+        kernel.display(),
     );
     create_config(d, name, &config)?;
     let t0 = Instant::now();
