@@ -11,7 +11,6 @@ pub mod db;
 pub mod error;
 pub mod process;
 pub mod relocation;
-pub mod restored_devices;
 pub mod state;
 pub mod vbd;
 pub mod vif;

@@ -9,8 +9,6 @@ use rxen_xlcfg::DomainSpec;
 
 use rxen_vmm_api::BootReport;
 
-use crate::restored_devices::RestoredFrontend;
-
 fn domain_path(domid: u32) -> String {
     format!("/local/domain/{domid}")
 }
@@ -53,33 +51,11 @@ pub fn populate(
     uuid: &str,
     spec: &DomainSpec,
     start_time: f64,
-    restored: &[RestoredFrontend],
 ) -> Result<(), ClientError> {
     let mut c = Client::connect(socket)?;
     in_transaction(&mut c, |c, tx| {
-        write_entries(c, tx, domid, uuid, spec, start_time)?;
-        write_restored(c, tx, domid, restored)
+        write_entries(c, tx, domid, uuid, spec, start_time)
     })
-}
-
-/// Writes the frontend nodes of a restored domain's connected devices over the
-/// layout just written (`crate::restored_devices`).
-fn write_restored(
-    c: &mut Client,
-    tx: u32,
-    domid: u32,
-    restored: &[RestoredFrontend],
-) -> Result<(), ClientError> {
-    for f in restored {
-        let front = match f.class {
-            "vbd" => crate::vbd::paths(domid, f.devid)[1].clone(),
-            _ => crate::vif::paths(domid, f.devid)[1].clone(),
-        };
-        for (k, v) in &f.nodes {
-            c.write(tx, &format!("{front}/{k}"), v.as_bytes())?;
-        }
-    }
-    Ok(())
 }
 
 /// Publishes where the domain's xenstore and console rings are

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rxen_abi::xenbus::XenbusState;
 use rxen_xenstore::client::{Client, ClientError};
 
-use super::{backend_path, BackendDevice, ConnectFailure};
+use super::{backend_path, BackendDevice, ConnectFailure, SavedDevice};
 use crate::domain::DomainShared;
 
 /// One device of the domain.
@@ -26,6 +26,10 @@ pub(super) struct Slot<D> {
     /// Nodes of a device whose rings were resumed from a saved state, to publish
     /// with `state` = Connected at the next chance (xenstore may not be there yet).
     resumed_nodes: Option<Vec<(String, String)>>,
+    /// Frontend nodes of a device restored connected (a restore or an incoming
+    /// migration), written before the backend follows the frontend: the guest does
+    /// not write them again, and the toolstack may have written a new device's.
+    restored_frontend: Option<Vec<(String, String)>>,
 }
 
 /// Reads a node; `None` when it does not exist.
@@ -53,6 +57,7 @@ impl<D: BackendDevice> Slot<D> {
             removing: false,
             suspended: false,
             resumed_nodes: None,
+            restored_frontend: None,
         }
     }
 
@@ -80,8 +85,28 @@ impl<D: BackendDevice> Slot<D> {
         }
     }
 
-    /// Publishes a resumed device's nodes and `state` = Connected.
+    /// [`Self::resume`] in a domain restored from `saved` (not the one that was
+    /// saved): its frontend directory is written from `saved` too, at
+    /// [`Self::publish_resumed`].
+    pub(super) fn resume_restored(
+        &mut self,
+        dom: &Arc<DomainShared>,
+        saved: &D::Saved,
+    ) -> Result<(), String> {
+        self.resume(dom, saved)?;
+        self.restored_frontend = Some(saved.frontend_nodes());
+        Ok(())
+    }
+
+    /// Publishes a resumed device's nodes and `state` = Connected (a restored
+    /// device's frontend nodes first).
     pub(super) fn publish_resumed(&mut self, c: &mut Client) -> Result<(), ClientError> {
+        if let (Some(front), Some(nodes)) = (&self.frontend, &self.restored_frontend) {
+            for (key, value) in nodes {
+                c.write(0, &format!("{front}/{key}"), value.as_bytes())?;
+            }
+            self.restored_frontend = None;
+        }
         let Some(nodes) = self.resumed_nodes.take() else {
             return Ok(());
         };

@@ -84,7 +84,7 @@ impl Xend {
                 if xs::has_domain(&s, domid)? {
                     return Ok(());
                 }
-                xs::populate(&s, domid, &uuid, &spec, started, &[])
+                xs::populate(&s, domid, &uuid, &spec, started)
             })
             .await;
             if !matches!(populated, Ok(Ok(()))) {
