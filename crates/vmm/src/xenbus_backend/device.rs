@@ -147,9 +147,8 @@ impl<D: BackendDevice> Slot<D> {
         self.set_state(c, XenbusState::Closed)
     }
 
-    /// Reads `frontend`, publishes the features and enters InitWait (unless already
-    /// further along, after a xenstored restart).
-    pub(super) fn announce(&mut self, c: &mut Client, domid: u16) -> Result<(), ClientError> {
+    /// Reads `frontend` (which must be under the domain's home).
+    fn read_frontend(&mut self, c: &mut Client, domid: u16) -> Result<(), ClientError> {
         let home = format!("/local/domain/{domid}/");
         self.frontend = match read_opt(c, &format!("{}/frontend", self.backend))? {
             Some(f) if f.starts_with(&home) && !f.contains("..") => Some(f),
@@ -158,6 +157,33 @@ impl<D: BackendDevice> Slot<D> {
                 None
             }
         };
+        Ok(())
+    }
+
+    /// Writes a restored device's frontend nodes now (before the domain is reported
+    /// running), rather than at the first announce.
+    pub(super) fn write_restored_frontend(
+        &mut self,
+        c: &mut Client,
+        domid: u16,
+    ) -> Result<(), ClientError> {
+        if self.restored_frontend.is_none() {
+            return Ok(());
+        }
+        self.read_frontend(c, domid)?;
+        if let (Some(front), Some(nodes)) = (&self.frontend, &self.restored_frontend) {
+            for (key, value) in nodes {
+                c.write(0, &format!("{front}/{key}"), value.as_bytes())?;
+            }
+            self.restored_frontend = None;
+        }
+        Ok(())
+    }
+
+    /// Reads `frontend`, publishes the features and enters InitWait (unless already
+    /// further along, after a xenstored restart).
+    pub(super) fn announce(&mut self, c: &mut Client, domid: u16) -> Result<(), ClientError> {
+        self.read_frontend(c, domid)?;
         if self.frontend.is_none() {
             return Ok(());
         }

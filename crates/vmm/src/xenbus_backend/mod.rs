@@ -208,6 +208,16 @@ impl<D: BackendDevice> XenbusBackend<D> {
             slot.resume_restored(&dom, state)
                 .map_err(|why| DeviceError::Resume { devid: *devid, why })?;
         }
+        // The frontends say Connected before the toolstack hears the domain runs;
+        // without xenstored now, the thread writes them at its first connection.
+        if !saved.is_empty() {
+            if let Err(e) = thread::write_restored_frontends(&dom, &socket, &mut slots) {
+                tracing::warn!(
+                    "{}: writing the restored frontends now: {e}; left to the xenbus thread",
+                    D::DRIVER
+                );
+            }
+        }
         Self::spawn(dom, socket, slots).map_err(hotplug::BackendError::Start)
     }
 
