@@ -278,3 +278,92 @@ fn refused_or_broken_migration_leaves_the_source_running() {
     src.destroy();
     src.wait();
 }
+
+/// Device backends that record what the snapshot code asked of them.
+#[derive(Default)]
+struct RecordingBackends {
+    calls: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl rxen_vmm::snapshot::devices::QuiesceBackends for RecordingBackends {
+    fn quiesce(&self) -> Result<rxen_vmm::snapshot::DeviceStates, String> {
+        self.calls.lock().unwrap().push("quiesce");
+        Ok(Default::default())
+    }
+
+    fn resume(&self, _saved: rxen_vmm::snapshot::DeviceStates) {
+        self.calls.lock().unwrap().push("resume");
+    }
+}
+
+/// The stop-and-copy quiesces the device backends once the domain is paused; a
+/// target that takes the whole image and then refuses to run it has them resumed
+/// before the domain runs on here. A migration that succeeds leaves them quiesced.
+#[test]
+fn the_stop_and_copy_quiesces_backends_and_a_refusal_resumes_them() {
+    if !kvm_available("the_stop_and_copy_quiesces_backends_and_a_refusal_resumes_them") {
+        return;
+    }
+    let (src, sink) = memcheck("mib=4 tick_ms=10 dirty_kib=64");
+    wait_tick(&sink, 2);
+    let (l, addr) = listener();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        answer(&mut s, &Answer::Ready);
+        let opts = RestoreOptions {
+            name: "mc".into(),
+            domid: 9,
+            console: Default::default(),
+            start_paused: true,
+        };
+        let restored = restore(&mut r, opts, Box::new(CaptureSink::default())).expect("restore");
+        restored.domain.destroy();
+        restored.domain.wait();
+        let refused = Answer::Refused {
+            error: "create_failed".into(),
+            message: "the test's target refuses".into(),
+        };
+        answer(&mut s, &refused);
+    });
+    let backends = RecordingBackends::default();
+    let err = rxen_vmm::snapshot::migrate_with_progress(
+        src.shared(),
+        &addr,
+        "secret",
+        "{}",
+        true,
+        &backends,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err();
+    assert!(matches!(err, MigrateError::Refused { .. }), "{err}");
+    t.join().unwrap();
+    assert_eq!(*backends.calls.lock().unwrap(), ["quiesce", "resume"]);
+    assert!(src.shared().vcpus.iter().all(|v| !v.lock().paused));
+    let after = last_tick(&sink).unwrap();
+    wait_tick(&sink, after + 3);
+    // Accepted: quiesced, not resumed (the toolstack destroys the domain).
+    let (l, addr) = listener();
+    let t = target(l, "secret");
+    let backends = RecordingBackends::default();
+    rxen_vmm::snapshot::migrate_with_progress(
+        src.shared(),
+        &addr,
+        "secret",
+        "{}",
+        true,
+        &backends,
+        &mut |_, _, _| {},
+    )
+    .expect("migrate");
+    assert_eq!(*backends.calls.lock().unwrap(), ["quiesce"]);
+    let (dst, dst_sink, _) = t.join().unwrap().unwrap();
+    wait_tick(&dst_sink, after + 3);
+    src.destroy();
+    src.wait();
+    dst.destroy();
+    dst.wait();
+}
