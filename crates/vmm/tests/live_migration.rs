@@ -2,7 +2,8 @@
 //! the relocation server on a loopback socket (hello, `ready`, the image restored
 //! straight from the connection, `running`). The `memcheck` guest rewrites pages while
 //! the pre-copy runs (`dirty_kib=`), so a page the dirty log missed fails its check at
-//! the target; a refusal or a target that dies leaves the source running.
+//! the target; a refusal or a target that dies leaves the source running, and device
+//! backends quiesced at the stop-and-copy are resumed when it does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -137,7 +138,7 @@ fn target(listener: TcpListener, token: &'static str) -> Target {
         assert_eq!(restored.toolstack_config, hello.config.as_bytes());
         assert!(
             restored.devices.is_empty(),
-            "a migration sends no device rings"
+            "memcheck has no devices: no device rings in the stream"
         );
         let d = restored.domain;
         answer(&mut s, &Answer::Running { domid: 9 });
