@@ -22,9 +22,10 @@
 //! it was. `migrate` with `address`, `token`, `config` and `live` sends the domain to
 //! a relocation server ([`crate::snapshot::transport`]; `migration-progress` lines
 //! for each pre-copy round, then the reply `migrated` with the figures, the domain
-//! left paused for the toolstack to destroy); a domain with disks or vifs is refused
-//! (live migration does not quiesce backends yet), and any failure gets `migrate`
-//! and the domain runs on. The socket is mode 0600.
+//! left paused for the toolstack to destroy); its device backends are quiesced at
+//! the stop-and-copy as for a save and their state travels in the stream, and any
+//! failure gets `migrate`, the backends serve again and the domain runs on. The
+//! socket is mode 0600.
 //!
 //! This module only translates requests into [`DomainShared`] operations; it owns no
 //! domain state.
@@ -46,6 +47,8 @@ use crate::blkback::hotplug::BlockBackend;
 use crate::domain::DomainShared;
 use crate::exit::DomainExit;
 use crate::netback::{NetBackend, VifConfig};
+use crate::snapshot::devices::{NoBackends, QuiesceBackends};
+use crate::snapshot::DeviceStates;
 use crate::vcpu::{VcpuControl, VcpuState};
 
 /// The device backends that hot-plug requests go to.
@@ -264,6 +267,7 @@ fn answer_request(
             &token,
             &config,
             live,
+            backends(devices),
             &mut |round, pages, dirty| {
                 progress(Reply::MigrationProgress {
                     round,
@@ -296,43 +300,55 @@ fn device_states(devices: Option<&DeviceBackends>) -> Reply {
     Reply::DeviceStates(rxen_vmm_api::ConnectedDevices { vbds, vifs })
 }
 
-/// Quiesces the device backends of the paused domain for a save.
-fn quiesce_devices(
-    devices: Option<&DeviceBackends>,
-) -> Result<crate::snapshot::DeviceStates, String> {
-    let Some(d) = devices else {
-        return Ok(Default::default());
-    };
-    let vbds = d
-        .block
-        .quiesce()
-        .map_err(|e| format!("quiescing the block backend: {e}"))?;
-    let vifs = match d.net.quiesce() {
-        Ok(v) => v,
-        Err(e) => {
-            resume_devices(
-                Some(d),
-                crate::snapshot::DeviceStates {
-                    vbds,
-                    vifs: Vec::new(),
-                },
-            );
-            return Err(format!("quiescing the network backend: {e}"));
-        }
-    };
-    Ok(crate::snapshot::DeviceStates { vbds, vifs })
+/// The backends the snapshot code quiesces and resumes (none without backends).
+fn backends(devices: Option<&DeviceBackends>) -> &dyn QuiesceBackends {
+    match devices {
+        Some(d) => d,
+        None => &NoBackends,
+    }
 }
 
-/// Lets quiesced backends serve their rings again (the domain runs on).
-fn resume_devices(devices: Option<&DeviceBackends>, saved: crate::snapshot::DeviceStates) {
-    let Some(d) = devices else {
-        return;
-    };
-    if let Err(e) = d.block.resume(saved.vbds) {
-        tracing::warn!("resuming the block backend after a save: {e}");
+/// A save and a migration's stop-and-copy quiesce the block and the network
+/// backend at once (each xenbus thread takes the command at its next poll: in
+/// parallel, the domain's pause waits for one poll, not two); the domain is paused.
+impl QuiesceBackends for DeviceBackends {
+    fn quiesce(&self) -> Result<DeviceStates, String> {
+        let (vbds, vifs) = std::thread::scope(|s| {
+            let net = s.spawn(|| self.net.quiesce().map_err(|e| e.to_string()));
+            let vbds = self.block.quiesce().map_err(|e| e.to_string());
+            let vifs = net
+                .join()
+                .unwrap_or_else(|_| Err("its quiescing thread panicked".to_string()));
+            (vbds, vifs)
+        });
+        match (vbds, vifs) {
+            (Ok(vbds), Ok(vifs)) => Ok(DeviceStates { vbds, vifs }),
+            (Ok(vbds), Err(e)) => {
+                self.resume(DeviceStates {
+                    vbds,
+                    vifs: Vec::new(),
+                });
+                Err(format!("quiescing the network backend: {e}"))
+            }
+            (Err(e), vifs) => {
+                if let Ok(vifs) = vifs {
+                    self.resume(DeviceStates {
+                        vbds: Vec::new(),
+                        vifs,
+                    });
+                }
+                Err(format!("quiescing the block backend: {e}"))
+            }
+        }
     }
-    if let Err(e) = d.net.resume(saved.vifs) {
-        tracing::warn!("resuming the network backend after a save: {e}");
+
+    fn resume(&self, saved: DeviceStates) {
+        if let Err(e) = self.block.resume(saved.vbds) {
+            tracing::warn!("resuming the block backend: {e}");
+        }
+        if let Err(e) = self.net.resume(saved.vifs) {
+            tracing::warn!("resuming the network backend: {e}");
+        }
     }
 }
 
@@ -357,7 +373,7 @@ fn save_reply(
     let path = Path::new(path);
     let partial = path.with_extension("partial");
     dom.pause();
-    let saved_devices = match quiesce_devices(devices) {
+    let saved_devices = match backends(devices).quiesce() {
         Ok(s) => s,
         Err(message) => {
             if !was_paused {
@@ -386,7 +402,7 @@ fn save_reply(
     match result {
         Ok(report) => {
             if resume {
-                resume_devices(devices, saved_devices);
+                backends(devices).resume(saved_devices);
                 if !was_paused {
                     dom.unpause();
                 }
@@ -398,7 +414,7 @@ fn save_reply(
         }
         Err(message) => {
             let _ = std::fs::remove_file(&partial);
-            resume_devices(devices, saved_devices);
+            backends(devices).resume(saved_devices);
             if !was_paused {
                 dom.unpause();
             }

@@ -2,7 +2,8 @@
 //! the relocation server on a loopback socket (hello, `ready`, the image restored
 //! straight from the connection, `running`). The `memcheck` guest rewrites pages while
 //! the pre-copy runs (`dirty_kib=`), so a page the dirty log missed fails its check at
-//! the target; a refusal or a target that dies leaves the source running.
+//! the target; a refusal or a target that dies leaves the source running, and device
+//! backends quiesced at the stop-and-copy are resumed when it does.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -137,7 +138,7 @@ fn target(listener: TcpListener, token: &'static str) -> Target {
         assert_eq!(restored.toolstack_config, hello.config.as_bytes());
         assert!(
             restored.devices.is_empty(),
-            "a migration sends no device rings"
+            "memcheck has no devices: no device rings in the stream"
         );
         let d = restored.domain;
         answer(&mut s, &Answer::Running { domid: 9 });
@@ -277,4 +278,93 @@ fn refused_or_broken_migration_leaves_the_source_running() {
     wait_tick(&sink, after + 3);
     src.destroy();
     src.wait();
+}
+
+/// Device backends that record what the snapshot code asked of them.
+#[derive(Default)]
+struct RecordingBackends {
+    calls: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl rxen_vmm::snapshot::devices::QuiesceBackends for RecordingBackends {
+    fn quiesce(&self) -> Result<rxen_vmm::snapshot::DeviceStates, String> {
+        self.calls.lock().unwrap().push("quiesce");
+        Ok(Default::default())
+    }
+
+    fn resume(&self, _saved: rxen_vmm::snapshot::DeviceStates) {
+        self.calls.lock().unwrap().push("resume");
+    }
+}
+
+/// The stop-and-copy quiesces the device backends once the domain is paused; a
+/// target that takes the whole image and then refuses to run it has them resumed
+/// before the domain runs on here. A migration that succeeds leaves them quiesced.
+#[test]
+fn the_stop_and_copy_quiesces_backends_and_a_refusal_resumes_them() {
+    if !kvm_available("the_stop_and_copy_quiesces_backends_and_a_refusal_resumes_them") {
+        return;
+    }
+    let (src, sink) = memcheck("mib=4 tick_ms=10 dirty_kib=64");
+    wait_tick(&sink, 2);
+    let (l, addr) = listener();
+    let t = std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut r = BufReader::new(s.try_clone().unwrap());
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        answer(&mut s, &Answer::Ready);
+        let opts = RestoreOptions {
+            name: "mc".into(),
+            domid: 9,
+            console: Default::default(),
+            start_paused: true,
+        };
+        let restored = restore(&mut r, opts, Box::new(CaptureSink::default())).expect("restore");
+        restored.domain.destroy();
+        restored.domain.wait();
+        let refused = Answer::Refused {
+            error: "create_failed".into(),
+            message: "the test's target refuses".into(),
+        };
+        answer(&mut s, &refused);
+    });
+    let backends = RecordingBackends::default();
+    let err = rxen_vmm::snapshot::migrate_with_progress(
+        src.shared(),
+        &addr,
+        "secret",
+        "{}",
+        true,
+        &backends,
+        &mut |_, _, _| {},
+    )
+    .unwrap_err();
+    assert!(matches!(err, MigrateError::Refused { .. }), "{err}");
+    t.join().unwrap();
+    assert_eq!(*backends.calls.lock().unwrap(), ["quiesce", "resume"]);
+    assert!(src.shared().vcpus.iter().all(|v| !v.lock().paused));
+    let after = last_tick(&sink).unwrap();
+    wait_tick(&sink, after + 3);
+    // Accepted: quiesced, not resumed (the toolstack destroys the domain).
+    let (l, addr) = listener();
+    let t = target(l, "secret");
+    let backends = RecordingBackends::default();
+    rxen_vmm::snapshot::migrate_with_progress(
+        src.shared(),
+        &addr,
+        "secret",
+        "{}",
+        true,
+        &backends,
+        &mut |_, _, _| {},
+    )
+    .expect("migrate");
+    assert_eq!(*backends.calls.lock().unwrap(), ["quiesce"]);
+    let (dst, dst_sink, _) = t.join().unwrap().unwrap();
+    wait_tick(&dst_sink, after + 3);
+    src.destroy();
+    src.wait();
+    dst.destroy();
+    dst.wait();
 }

@@ -47,6 +47,10 @@ fn in_transaction(
 /// may read its subtree and write `control` and `data`; it sees nothing of other
 /// domains. The domain is introduced later ([`introduce`]), once its VMM reported
 /// where its ring is.
+///
+/// `restored`: frontend nodes of connected devices to write over the layout, in the
+/// same transaction (after xenstored lost a live domain's entries: the guest wrote
+/// them once and never writes them again; empty otherwise).
 pub fn populate(
     socket: &Path,
     domid: u32,
@@ -62,8 +66,8 @@ pub fn populate(
     })
 }
 
-/// Writes the frontend nodes of a restored domain's connected devices over the
-/// layout just written (`crate::restored_devices`).
+/// Writes the frontend nodes of a live domain's connected devices over the layout
+/// just written (`crate::restored_devices`).
 fn write_restored(
     c: &mut Client,
     tx: u32,

@@ -136,8 +136,9 @@ enum Cmd {
     /// (pages it writes meanwhile are sent again), then pauses for the last pages;
     /// without, it is paused first. It is destroyed here only once it runs at the
     /// target; a refusal or failure leaves it running here. Prints the rounds, pages
-    /// and downtime. A domain with disks or vifs is refused (use save/restore; live
-    /// migration does not quiesce device backends yet).
+    /// and downtime. Disks and vifs stay connected: disks must be at the same path
+    /// on the target (shared storage); vifs get a TAP there (vif<domid>.<devid>
+    /// unless vifname= is set, which is refused when that name exists at the target).
     Migrate {
         /// Copy memory while the domain runs (pre-copy), pausing it only at the end.
         #[arg(short = 'l', long)]

@@ -78,10 +78,104 @@ impl SavedVbd {
     }
 }
 
+impl crate::xenbus_backend::SavedDevice for SavedVbd {
+    /// What blkfront wrote: `state` 4, `protocol`, `feature-persistent`, the queue
+    /// count (more than one), `ring-page-order` (more than one page) and each queue's
+    /// `ring-ref`/`ring-refN` and `event-channel` (under `queue-N/` with queues).
+    fn frontend_nodes(&self) -> Vec<(String, String)> {
+        let kv = |k: String, v: String| (k, v);
+        let mut n = vec![
+            kv("state".into(), "4".into()),
+            kv("protocol".into(), "x86_64-abi".into()),
+        ];
+        let persistent = self.rings.iter().any(|r| r.persistent);
+        n.push(kv(
+            "feature-persistent".into(),
+            u8::from(persistent).to_string(),
+        ));
+        let queues = self.rings.len();
+        if queues > 1 {
+            n.push(kv("multi-queue-num-queues".into(), queues.to_string()));
+        }
+        let pages = self.rings.first().map_or(1, |r| r.ring_refs.len());
+        if pages > 1 {
+            n.push(kv(
+                "ring-page-order".into(),
+                pages.trailing_zeros().to_string(),
+            ));
+        }
+        for (q, r) in self.rings.iter().enumerate() {
+            let dir = if queues > 1 {
+                format!("queue-{q}/")
+            } else {
+                String::new()
+            };
+            if let [only] = r.ring_refs[..] {
+                n.push(kv(format!("{dir}ring-ref"), only.to_string()));
+            } else {
+                for (i, g) in r.ring_refs.iter().enumerate() {
+                    n.push(kv(format!("{dir}ring-ref{i}"), g.to_string()));
+                }
+            }
+            n.push(kv(format!("{dir}event-channel"), r.evtchn.to_string()));
+        }
+        n
+    }
+}
+
 fn mode(writable: bool) -> &'static str {
     if writable {
         "writable"
     } else {
         "read-only"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xenbus_backend::SavedDevice;
+
+    fn ring(refs: &[u32], evtchn: u32, persistent: bool) -> SavedRing {
+        SavedRing {
+            ring_refs: refs.to_vec(),
+            evtchn,
+            persistent,
+            req_cons: 3,
+            rsp_prod_pvt: 3,
+            persistent_grants: Vec::new(),
+        }
+    }
+
+    fn node<'a>(nodes: &'a [(String, String)], k: &str) -> Option<&'a str> {
+        nodes.iter().find(|n| n.0 == k).map(|n| n.1.as_str())
+    }
+
+    #[test]
+    fn frontend_nodes_say_what_blkfront_negotiated() {
+        let one = SavedVbd {
+            rings: vec![ring(&[8], 5, true)],
+            sectors: 2048,
+            writable: true,
+        };
+        let n = one.frontend_nodes();
+        assert_eq!(node(&n, "state"), Some("4"));
+        assert_eq!(node(&n, "ring-ref"), Some("8"));
+        assert_eq!(node(&n, "event-channel"), Some("5"));
+        assert_eq!(node(&n, "feature-persistent"), Some("1"));
+        assert_eq!(node(&n, "multi-queue-num-queues"), None);
+        assert_eq!(node(&n, "ring-page-order"), None);
+        let two = SavedVbd {
+            rings: vec![ring(&[10, 11], 6, false), ring(&[12, 13], 7, false)],
+            sectors: 8,
+            writable: false,
+        };
+        let n = two.frontend_nodes();
+        assert_eq!(node(&n, "multi-queue-num-queues"), Some("2"));
+        assert_eq!(node(&n, "ring-page-order"), Some("1"));
+        assert_eq!(node(&n, "feature-persistent"), Some("0"));
+        assert_eq!(node(&n, "queue-0/ring-ref0"), Some("10"));
+        assert_eq!(node(&n, "queue-1/ring-ref1"), Some("13"));
+        assert_eq!(node(&n, "queue-1/event-channel"), Some("7"));
     }
 }

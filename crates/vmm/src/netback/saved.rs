@@ -68,6 +68,37 @@ impl SavedVif {
     }
 }
 
+impl crate::xenbus_backend::SavedDevice for SavedVif {
+    /// What netfront wrote: `state` 4, both ring references, `request-rx-copy`, the
+    /// event channel(s) and the RX features it takes.
+    fn frontend_nodes(&self) -> Vec<(String, String)> {
+        let kv = |k: &str, v: String| (k.to_string(), v);
+        let flag = |b: bool| u8::from(b).to_string();
+        let mut n = vec![
+            kv("state", "4".into()),
+            kv("tx-ring-ref", self.tx_ring_ref.to_string()),
+            kv("rx-ring-ref", self.rx_ring_ref.to_string()),
+            kv("request-rx-copy", "1".into()),
+        ];
+        match self.evtchn {
+            EventChannels::Shared(p) => n.push(kv("event-channel", p.to_string())),
+            EventChannels::Split { tx, rx } => {
+                n.push(kv("event-channel-tx", tx.to_string()));
+                n.push(kv("event-channel-rx", rx.to_string()));
+            }
+        }
+        let o = self.rx_offload;
+        n.extend([
+            kv("feature-sg", flag(o.sg)),
+            kv("feature-no-csum-offload", flag(!o.csum_v4)),
+            kv("feature-ipv6-csum-offload", flag(o.csum_v6)),
+            kv("feature-gso-tcpv4", flag(o.gso_v4)),
+            kv("feature-gso-tcpv6", flag(o.gso_v6)),
+        ]);
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,6 +119,31 @@ mod tests {
             rx: (12, 10),
             mac: "00:16:3e:01:02:03".into(),
         }
+    }
+
+    fn node<'a>(nodes: &'a [(String, String)], k: &str) -> Option<&'a str> {
+        nodes.iter().find(|n| n.0 == k).map(|n| n.1.as_str())
+    }
+
+    #[test]
+    fn frontend_nodes_say_what_netfront_negotiated() {
+        use crate::xenbus_backend::SavedDevice;
+        let n = vif().frontend_nodes();
+        assert_eq!(node(&n, "state"), Some("4"));
+        assert_eq!(node(&n, "tx-ring-ref"), Some("8"));
+        assert_eq!(node(&n, "rx-ring-ref"), Some("9"));
+        assert_eq!(node(&n, "event-channel-tx"), Some("5"));
+        assert_eq!(node(&n, "event-channel-rx"), Some("6"));
+        assert_eq!(node(&n, "event-channel"), None);
+        assert_eq!(node(&n, "feature-no-csum-offload"), Some("0"));
+        assert_eq!(node(&n, "feature-ipv6-csum-offload"), Some("1"));
+        assert_eq!(node(&n, "feature-gso-tcpv6"), Some("0"));
+        let mut shared = vif();
+        shared.evtchn = EventChannels::Shared(3);
+        shared.rx_offload.csum_v4 = false;
+        let n = shared.frontend_nodes();
+        assert_eq!(node(&n, "event-channel"), Some("3"));
+        assert_eq!(node(&n, "feature-no-csum-offload"), Some("1"));
     }
 
     #[test]

@@ -11,6 +11,29 @@ use serde::{Deserialize, Serialize};
 use crate::blkback::saved::SavedVbd;
 use crate::netback::saved::SavedVif;
 
+/// The device backends of a domain being saved or migrated, as the snapshot code
+/// sees them: quiesced once the domain is paused (a save, a migration's
+/// stop-and-copy), resumed when the domain runs on here after all (`xm save -c`,
+/// a failure).
+pub trait QuiesceBackends {
+    /// Quiesces every connected device of the paused domain; returns their state.
+    /// On an error nothing stays quiesced.
+    fn quiesce(&self) -> Result<DeviceStates, String>;
+    /// Lets the devices of `saved` serve their rings again.
+    fn resume(&self, saved: DeviceStates);
+}
+
+/// A domain without device backends (a VMM started without them, or tests).
+pub struct NoBackends;
+
+impl QuiesceBackends for NoBackends {
+    fn quiesce(&self) -> Result<DeviceStates, String> {
+        Ok(DeviceStates::default())
+    }
+
+    fn resume(&self, _saved: DeviceStates) {}
+}
+
 /// Every connected device's backend state at the save, by device number.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceStates {

@@ -9,8 +9,11 @@
 //! 4. when few pages are dirty ([`LiveOptions::stop_pages`]), the rounds run out
 //!    ([`LiveOptions::max_rounds`], Xen's 30) or the pages sent reach
 //!    [`LiveOptions::max_factor`] times the guest's (Xen's 3x), the domain is paused,
-//!    its vCPUs captured, and the last dirty pages, the `shared_info` page (which the
-//!    VMM writes through a pointer the bitmap does not see) and the state follow.
+//!    its device backends quiesced as for a save ([`super::devices::QuiesceBackends`]:
+//!    every block request taken answered and flushed, rings unmapped), its vCPUs
+//!    captured, and the last dirty pages (the backends' last responses among them),
+//!    the `shared_info` page (which the VMM writes through a pointer the bitmap does
+//!    not see) and the state with the devices' follow.
 //!
 //! A later `PAGE_DATA` for a pfn replaces the earlier one at the reader, so the image
 //! stays a valid stream v2 that Xen's checker accepts. This module only writes; the
@@ -21,9 +24,8 @@ use std::time::{Duration, Instant};
 
 use rxen_migration::ImageWriter;
 
-use super::save::{
-    capture, check_saveable, write_head, write_pages, write_tail, Layout, SaveError,
-};
+use super::devices::{DeviceStates, QuiesceBackends};
+use super::save::{capture, write_head, write_pages, write_tail, Layout, SaveError};
 use crate::domain::DomainShared;
 
 /// When the pre-copy stops.
@@ -62,6 +64,9 @@ pub struct LiveReport {
     pub paused_at: Option<Instant>,
     /// From the start to the end of the image.
     pub total: Duration,
+    /// What the quiesced device backends returned (sent in the image): the caller
+    /// resumes them with it if the domain runs on here after all.
+    pub devices: DeviceStates,
 }
 
 impl LiveReport {
@@ -71,31 +76,28 @@ impl LiveReport {
     }
 }
 
-/// Writes `dom` to `out` with pre-copy rounds, leaving it paused after the last byte
-/// (the caller destroys it once the target runs, or unpauses it). On an error dirty
-/// tracking is off again and the domain is paused or running as the error found it.
-/// `progress` is told each pre-copy round as `(round, pages sent, pages dirty)`.
+/// Writes `dom` to `out` with pre-copy rounds, leaving it paused and its device
+/// backends quiesced after the last byte (the caller destroys it once the target
+/// runs, or resumes the backends with [`LiveReport::devices`] and unpauses it). On an
+/// error dirty tracking is off again, the backends serve again and the domain is
+/// paused or running as the error found it. `progress` is told each pre-copy round
+/// as `(round, pages sent, pages dirty)`.
 pub fn send(
     dom: &DomainShared,
     out: impl Write,
     config: &[u8],
     opts: LiveOptions,
+    backends: &dyn QuiesceBackends,
     progress: &mut dyn FnMut(u32, u64, u64),
 ) -> Result<LiveReport, SaveError> {
     if dom.exit_reason().is_some() {
         return Err(SaveError::Ended);
     }
-    let evtchn = dom
-        .evtchn
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .snapshot();
-    check_saveable(dom, &evtchn)?;
     let tracking = opts.max_rounds > 0;
     if tracking {
         dom.ram.start_dirty_tracking()?;
     }
-    let result = send_rounds(dom, out, config, opts, progress);
+    let result = send_rounds(dom, out, config, opts, backends, progress);
     if tracking {
         dom.ram.stop_dirty_tracking();
     }
@@ -107,6 +109,7 @@ fn send_rounds(
     out: impl Write,
     config: &[u8],
     opts: LiveOptions,
+    backends: &dyn QuiesceBackends,
     progress: &mut dyn FnMut(u32, u64, u64),
 ) -> Result<LiveReport, SaveError> {
     let started = Instant::now();
@@ -144,7 +147,38 @@ fn send_rounds(
     dom.pause();
     let paused_at = Instant::now();
     report.paused_at = Some(paused_at);
-    let captured = capture(dom, &super::devices::DeviceStates::default())?;
+    let devices = backends.quiesce().map_err(SaveError::Devices)?;
+    match stop_and_copy(dom, w, dirty, &devices) {
+        Ok(last) => report.pages_per_round.push(last),
+        Err(e) => {
+            backends.resume(devices);
+            return Err(e);
+        }
+    }
+    report.devices = devices;
+    report.paused = paused_at.elapsed();
+    report.total = started.elapsed();
+    tracing::info!(
+        domain = %dom.config.name,
+        rounds = report.pages_per_round.len(),
+        pages = report.pages_sent(),
+        devices = report.devices.vbds.len() + report.devices.vifs.len(),
+        paused_ms = report.paused.as_secs_f64() * 1e3,
+        "sent"
+    );
+    Ok(report)
+}
+
+/// The paused domain's last pages (those of `dirty`, or all without pre-copy), its
+/// state with `devices`, and the end of the image. Returns the pages sent.
+fn stop_and_copy<W: Write>(
+    dom: &DomainShared,
+    mut w: ImageWriter<W>,
+    dirty: Option<Vec<u64>>,
+    devices: &DeviceStates,
+) -> Result<u64, SaveError> {
+    let nr_pages = dom.ram.nr_pages();
+    let captured = capture(dom, devices)?;
     let last = match dirty {
         None => write_pages(dom, &mut w, 0..nr_pages, true, Layout::Stream)?,
         Some(mut bitmap) => {
@@ -165,17 +199,7 @@ fn send_rounds(
             )?
         }
     };
-    report.pages_per_round.push(last);
     write_tail(dom, &mut w, &captured)?;
     w.finish()?;
-    report.paused = paused_at.elapsed();
-    report.total = started.elapsed();
-    tracing::info!(
-        domain = %dom.config.name,
-        rounds = report.pages_per_round.len(),
-        pages = report.pages_sent(),
-        paused_ms = report.paused.as_secs_f64() * 1e3,
-        "sent"
-    );
-    Ok(report)
+    Ok(last)
 }

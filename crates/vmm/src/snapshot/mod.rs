@@ -13,9 +13,11 @@
 //!
 //! Live migration ([`live`], [`transport`]) writes the same image over a TCP
 //! connection to a relocation server, memory in pre-copy rounds driven by the dirty
-//! log ([`crate::dirty`]) while the guest runs. A domain with connected disks or
-//! vifs is refused before the target is contacted (`save::check_saveable`): only
-//! a save quiesces device backends.
+//! log ([`crate::dirty`]) while the guest runs; the device backends are quiesced
+//! at its stop-and-copy as for a save ([`devices::QuiesceBackends`]). The restored
+//! domain's backends write each device's frontend directory from its saved state
+//! before they follow it (`xenbus_backend::SavedDevice`), so that a migrated-in
+//! domain comes back connected though its toolstack never saw the image.
 
 pub mod cpu;
 pub mod devices;

@@ -31,6 +31,8 @@ pub enum SaveError {
     Stream(#[from] StreamError),
     #[error("encoding the VMM state: {0}")]
     Encode(#[from] serde_json::Error),
+    #[error("{0}")]
+    Devices(String),
 }
 
 /// What a save wrote.
@@ -150,25 +152,6 @@ pub(super) fn write_tail<W: Write>(
     }
     w.record(&Record::End)?;
     w.rxen_state(&RxenState::new(serde_json::to_vec(state)?))?;
-    Ok(())
-}
-
-/// Refuses what a live migration cannot send yet: a domain with event channels to
-/// backends other than the boot-time xenstore and console ones (disks, vifs). Its
-/// backends are quiesced only by a save (`xm save`), not in the stop-and-copy of a
-/// migration. Live migration asks before its first round, so that a domain that
-/// cannot be sent is not copied for nothing.
-pub(super) fn check_saveable(
-    dom: &DomainShared,
-    evtchn: &crate::evtchn::EvtchnSnapshot,
-) -> Result<(), SaveError> {
-    if backend_connected(dom, evtchn) {
-        return Err(SaveError::Unsupported(
-            "a domain with disks or network devices (live migration does not quiesce their \
-             backends yet)"
-                .into(),
-        ));
-    }
     Ok(())
 }
 

@@ -1,8 +1,15 @@
 //! Live migration's connection: the VMM sends its domain to a relocation server
 //! (`rxen_vmm_api::relocation`): connect, [`Hello`], wait for `ready`, the image
-//! ([`super::live::send`]), then wait for `running`. Only then is the migration done
-//! and the domain stays paused for the toolstack to destroy; on any failure the
-//! domain is unpaused (unless it was paused before) and runs on here.
+//! ([`super::live::send`], which quiesces the device backends at the stop-and-copy),
+//! then wait for `running`. Only then is the migration done and the domain stays
+//! paused, its backends quiesced, for the toolstack to destroy; on any failure the
+//! backends serve their rings again and the domain is unpaused (unless it was paused
+//! before) and runs on here.
+//!
+//! A target that started the domain but whose `running` never arrives (the
+//! connection broke at that moment) leaves two running copies: the one here resumes.
+//! As with Xen, the toolstack cannot tell; disks on shared storage would then be
+//! written by both, so the operator must destroy one (`docs/migration.md`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -11,6 +18,7 @@ use std::time::{Duration, Instant};
 use rxen_vmm_api::relocation::{Answer, Hello, MAX_RELOCATION_LINE};
 use rxen_vmm_api::MigrationFigures;
 
+use super::devices::{NoBackends, QuiesceBackends};
 use super::live::{send, LiveOptions};
 use super::save::SaveError;
 use crate::domain::DomainShared;
@@ -35,7 +43,8 @@ pub enum MigrateError {
     Send(#[from] SaveError),
 }
 
-/// Migrates `dom` to the relocation server at `address`; see the module doc.
+/// Migrates `dom`, which has no device backends, to the relocation server at
+/// `address`; see the module doc.
 pub fn migrate(
     dom: &DomainShared,
     address: &str,
@@ -43,21 +52,30 @@ pub fn migrate(
     config: &str,
     live: bool,
 ) -> Result<MigrationFigures, MigrateError> {
-    migrate_with_progress(dom, address, token, config, live, &mut |_, _, _| {})
+    migrate_with_progress(
+        dom,
+        address,
+        token,
+        config,
+        live,
+        &NoBackends,
+        &mut |_, _, _| {},
+    )
 }
 
-/// [`migrate`], telling `progress` each pre-copy round as `(round, pages sent,
-/// pages dirty)`.
+/// [`migrate`] of a domain with the device `backends`, telling `progress` each
+/// pre-copy round as `(round, pages sent, pages dirty)`.
 pub fn migrate_with_progress(
     dom: &DomainShared,
     address: &str,
     token: &str,
     config: &str,
     live: bool,
+    backends: &dyn QuiesceBackends,
     progress: &mut dyn FnMut(u32, u64, u64),
 ) -> Result<MigrationFigures, MigrateError> {
     let was_paused = dom.vcpus.iter().all(|v| v.lock().paused);
-    let result = migrate_paused_on_success(dom, address, token, config, live, progress);
+    let result = migrate_paused_on_success(dom, address, token, config, live, backends, progress);
     if let Err(e) = &result {
         tracing::warn!(domain = %dom.config.name, address, "migration failed: {e}");
         if !was_paused {
@@ -73,17 +91,10 @@ fn migrate_paused_on_success(
     token: &str,
     config: &str,
     live: bool,
+    backends: &dyn QuiesceBackends,
     progress: &mut dyn FnMut(u32, u64, u64),
 ) -> Result<MigrationFigures, MigrateError> {
     let started = Instant::now();
-    // A domain that cannot be sent is refused before the target starts anything
-    // (`send` checks again: a device may connect meanwhile).
-    let evtchn = dom
-        .evtchn
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .snapshot();
-    super::save::check_saveable(dom, &evtchn)?;
     let stream = connect(address)?;
     let mut reader = BufReader::new(
         stream
@@ -122,14 +133,14 @@ fn migrate_paused_on_success(
         }
     };
     let out = std::io::BufWriter::with_capacity(1 << 20, &stream);
-    let report = send(dom, out, config.as_bytes(), opts, progress)?;
-    stream
-        .set_read_timeout(Some(RUNNING_TIMEOUT))
-        .map_err(|e| MigrateError::Protocol(e.to_string()))?;
-    let domid = match read_answer(&mut reader)? {
-        Answer::Running { domid } => domid,
-        Answer::Refused { error, message } => return Err(MigrateError::Refused { error, message }),
-        Answer::Ready => return Err(MigrateError::Protocol("a second ready".into())),
+    let mut report = send(dom, out, config.as_bytes(), opts, backends, progress)?;
+    let domid = match wait_running(&stream, &mut reader) {
+        Ok(domid) => domid,
+        Err(e) => {
+            // The domain runs on here: its backends serve their rings again first.
+            backends.resume(std::mem::take(&mut report.devices));
+            return Err(e);
+        }
     };
     let downtime = report.paused_at.map_or(report.paused, |at| at.elapsed());
     Ok(MigrationFigures {
@@ -141,6 +152,18 @@ fn migrate_paused_on_success(
         stop_and_copy_ms: report.paused.as_secs_f64() * 1e3,
         total_ms: started.elapsed().as_secs_f64() * 1e3,
     })
+}
+
+/// The target's answer after the image: the new domain's id once it runs.
+fn wait_running(stream: &TcpStream, reader: &mut impl BufRead) -> Result<u32, MigrateError> {
+    stream
+        .set_read_timeout(Some(RUNNING_TIMEOUT))
+        .map_err(|e| MigrateError::Protocol(e.to_string()))?;
+    match read_answer(reader)? {
+        Answer::Running { domid } => Ok(domid),
+        Answer::Refused { error, message } => Err(MigrateError::Refused { error, message }),
+        Answer::Ready => Err(MigrateError::Protocol("a second ready".into())),
+    }
 }
 
 fn connect(address: &str) -> Result<TcpStream, MigrateError> {

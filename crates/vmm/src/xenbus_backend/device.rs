@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rxen_abi::xenbus::XenbusState;
 use rxen_xenstore::client::{Client, ClientError};
 
-use super::{backend_path, BackendDevice, ConnectFailure};
+use super::{backend_path, BackendDevice, ConnectFailure, SavedDevice};
 use crate::domain::DomainShared;
 
 /// One device of the domain.
@@ -33,6 +33,10 @@ pub(super) struct Slot<D> {
     /// state again (the toolstack writes them back when the store lost them), an
     /// absent or initial frontend state is not acted on.
     reconnected: bool,
+    /// Frontend nodes of a device restored connected (a restore or an incoming
+    /// migration), written before the backend follows the frontend: the guest does
+    /// not write them again, and the toolstack may have written a new device's.
+    restored_frontend: Option<Vec<(String, String)>>,
 }
 
 /// Reads a node; `None` when it does not exist.
@@ -62,6 +66,7 @@ impl<D: BackendDevice> Slot<D> {
             resumed_nodes: None,
             published: Vec::new(),
             reconnected: false,
+            restored_frontend: None,
         }
     }
 
@@ -89,8 +94,28 @@ impl<D: BackendDevice> Slot<D> {
         }
     }
 
-    /// Publishes a resumed device's nodes and `state` = Connected.
+    /// [`Self::resume`] in a domain restored from `saved` (not the one that was
+    /// saved): its frontend directory is written from `saved` too, at
+    /// [`Self::publish_resumed`].
+    pub(super) fn resume_restored(
+        &mut self,
+        dom: &Arc<DomainShared>,
+        saved: &D::Saved,
+    ) -> Result<(), String> {
+        self.resume(dom, saved)?;
+        self.restored_frontend = Some(saved.frontend_nodes());
+        Ok(())
+    }
+
+    /// Publishes a resumed device's nodes and `state` = Connected (a restored
+    /// device's frontend nodes first).
     pub(super) fn publish_resumed(&mut self, c: &mut Client) -> Result<(), ClientError> {
+        if let (Some(front), Some(nodes)) = (&self.frontend, &self.restored_frontend) {
+            for (key, value) in nodes {
+                c.write(0, &format!("{front}/{key}"), value.as_bytes())?;
+            }
+            self.restored_frontend = None;
+        }
         let Some(nodes) = self.resumed_nodes.take() else {
             return Ok(());
         };
@@ -140,9 +165,8 @@ impl<D: BackendDevice> Slot<D> {
         self.set_state(c, XenbusState::Closed)
     }
 
-    /// Reads `frontend`, publishes the features and enters InitWait (unless already
-    /// further along, after a xenstored restart).
-    pub(super) fn announce(&mut self, c: &mut Client, domid: u16) -> Result<(), ClientError> {
+    /// Reads `frontend` (which must be under the domain's home).
+    fn read_frontend(&mut self, c: &mut Client, domid: u16) -> Result<(), ClientError> {
         let home = format!("/local/domain/{domid}/");
         self.frontend = match read_opt(c, &format!("{}/frontend", self.backend))? {
             Some(f) if f.starts_with(&home) && !f.contains("..") => Some(f),
@@ -157,6 +181,33 @@ impl<D: BackendDevice> Slot<D> {
                 None
             }
         };
+        Ok(())
+    }
+
+    /// Writes a restored device's frontend nodes now (before the domain is reported
+    /// running), rather than at the first announce.
+    pub(super) fn write_restored_frontend(
+        &mut self,
+        c: &mut Client,
+        domid: u16,
+    ) -> Result<(), ClientError> {
+        if self.restored_frontend.is_none() {
+            return Ok(());
+        }
+        self.read_frontend(c, domid)?;
+        if let (Some(front), Some(nodes)) = (&self.frontend, &self.restored_frontend) {
+            for (key, value) in nodes {
+                c.write(0, &format!("{front}/{key}"), value.as_bytes())?;
+            }
+            self.restored_frontend = None;
+        }
+        Ok(())
+    }
+
+    /// Reads `frontend`, publishes the features and enters InitWait (unless already
+    /// further along, after a xenstored restart).
+    pub(super) fn announce(&mut self, c: &mut Client, domid: u16) -> Result<(), ClientError> {
+        self.read_frontend(c, domid)?;
         if self.frontend.is_none() {
             return Ok(());
         }

@@ -103,7 +103,7 @@ pub trait BackendDevice: Send + 'static {
 
     /// What a save keeps of a connected device so that its rings can be served again
     /// without the frontend noticing (`crate::snapshot`).
-    type Saved: Clone + std::fmt::Debug + Send + 'static;
+    type Saved: SavedDevice + Clone + std::fmt::Debug + Send + 'static;
     /// Quiesces a connected device for a save: stops taking requests, lets what is in
     /// flight finish and its responses be written, flushes, then disconnects (rings
     /// unmapped, domain 0's channel ends closed) and returns what [`Self::resume`]
@@ -119,6 +119,15 @@ pub trait BackendDevice: Send + 'static {
         devid: u32,
         saved: &Self::Saved,
     ) -> Result<Vec<(String, String)>, ConnectFailure>;
+}
+
+/// A connected device's saved state, as far as its frontend directory goes.
+pub trait SavedDevice {
+    /// The frontend nodes the guest wrote when it connected the rings this state
+    /// describes (`state` = Connected, ring references, event channels, queues,
+    /// features): what a restored or migrated-in domain's frontend directory must say
+    /// before its backend follows it, since the guest does not write them again.
+    fn frontend_nodes(&self) -> Vec<(String, String)>;
 }
 
 /// Xen's backend directory of device `devid` of class `D` of domain `domid`.
@@ -210,8 +219,18 @@ impl<D: BackendDevice> XenbusBackend<D> {
                     devid: *devid,
                     why: "no such device in the domain's configuration".into(),
                 })?;
-            slot.resume(&dom, state)
+            slot.resume_restored(&dom, state)
                 .map_err(|why| DeviceError::Resume { devid: *devid, why })?;
+        }
+        // The frontends say Connected before the toolstack hears the domain runs;
+        // without xenstored now, the thread writes them at its first connection.
+        if !saved.is_empty() {
+            if let Err(e) = thread::write_restored_frontends(&dom, &socket, &mut slots) {
+                tracing::warn!(
+                    "{}: writing the restored frontends now: {e}; left to the xenbus thread",
+                    D::DRIVER
+                );
+            }
         }
         Self::spawn(dom, socket, slots).map_err(hotplug::BackendError::Start)
     }

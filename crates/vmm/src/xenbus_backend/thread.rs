@@ -55,6 +55,21 @@ pub(super) fn run<D: BackendDevice>(
     }
 }
 
+/// Writes the frontend nodes of the restored devices among `slots` over a
+/// connection of its own (see `Slot::write_restored_frontend`).
+pub(super) fn write_restored_frontends<D: BackendDevice>(
+    dom: &DomainShared,
+    socket: &Path,
+    slots: &mut [Slot<D>],
+) -> Result<(), ClientError> {
+    let mut c = Client::connect(socket)?;
+    c.set_timeout(Some(REQUEST_TIMEOUT))?;
+    for s in slots {
+        s.write_restored_frontend(&mut c, dom.config.domid)?;
+    }
+    Ok(())
+}
+
 /// Carries out one command; `c` is the xenstore connection when there is one. A
 /// failure of xenstore is returned after the command was answered.
 fn apply<D: BackendDevice>(

@@ -33,9 +33,6 @@ pub struct CreateOptions {
     /// (with `restore` = `-`); the stream may take minutes, so the start deadline is
     /// [`INCOMING_START_TIMEOUT`].
     pub incoming: Option<Arc<std::os::fd::OwnedFd>>,
-    /// The restored image's connected devices: their frontend nodes are written
-    /// (state Connected) instead of a new device's.
-    pub restored_frontends: Vec<crate::restored_devices::RestoredFrontend>,
 }
 
 /// How long a VMM restoring from a live migration's connection may take to answer
@@ -271,9 +268,8 @@ impl Xend {
         let started_at = lock(&self.reg).get(domid).map_or(0.0, |d| d.started);
         let sock = self.cfg.xenstored_socket.clone();
         let (u, s) = (uuid.to_string(), spec.clone());
-        let restored = opts.restored_frontends.clone();
         let populated = tokio::task::spawn_blocking(move || {
-            xs::populate(&sock, domid, &u, &s, started_at, &restored)
+            xs::populate(&sock, domid, &u, &s, started_at, &[])
         })
         .await
         .map_err(internal("xenstore task"))?;

@@ -7,10 +7,14 @@
 //! Only then is the domain destroyed here; any failure leaves it running.
 //!
 //! Receiving: after the token was checked ([`crate::relocation`]), the name and UUID
-//! must be free; the connection is answered `ready` and handed to a new VMM as its
+//! must be free, and so must a fixed TAP name (`vifname=`) of its vifs; the
+//! connection is answered `ready` and handed to a new VMM as its
 //! standard input (`xen-vmm run --restore -`), created as `xm restore` would (a new
 //! domid, the same name, UUID and config). Its boot report (the domain runs) is what
-//! the sender waits for.
+//! the sender waits for. The VMM brings the stream's connected disks and vifs back
+//! connected itself (it writes their frontend nodes from the image's device state):
+//! xend never sees that state. Disks are the same paths (shared storage); vifs get
+//! TAPs of their own here (`vif<newdomid>.<devid>` by default).
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -161,6 +165,7 @@ impl Xend {
                 config.toolstack
             ))));
         }
+        taps_free(&config.spec).map_err(refusal)?;
         let reg = lock(&self.reg);
         if reg.by_name(&config.spec.name).is_some() {
             return Err(refusal(DomainError::NameInUse(config.spec.name)));
@@ -188,9 +193,6 @@ impl Xend {
             paused: false,
             restore: Some("-".into()),
             incoming: Some(conn),
-            // The sender refuses domains with disks or vifs (`check_saveable`), so
-            // the stream holds no device rings to reconnect.
-            restored_frontends: Vec::new(),
         };
         match self.create(spec, false, opts).await {
             Ok(d) => {
@@ -214,6 +216,24 @@ impl Xend {
             }
         }
     }
+}
+
+/// Refuses an incoming domain whose fixed TAP name (`vifname=`) is an interface of
+/// this host already: between two xends on one host, the source's VMM holds it until
+/// the migration is over. Default names (`vif<domid>.<devid>`) take the new domid.
+fn taps_free(spec: &rxen_xlcfg::DomainSpec) -> DomainResult<()> {
+    for (v, devid) in spec.vifs.iter().zip(crate::vif::devids(&spec.vifs)) {
+        if let Some(name) = v.vifname.as_deref() {
+            if rxen_hostnet::link::exists(name) {
+                return Err(DomainError::DeviceRefused(format!(
+                    "vif {devid}: vifname={name} is an interface of this host already (a \
+                     migration between xends on one host: the source holds it until the \
+                     end); leave vifname= out to get vif<domid>.{devid}"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// An incoming migration's checked configuration.

@@ -40,9 +40,10 @@ fn absolute(path: &str) -> DomainResult<PathBuf> {
     Ok(p)
 }
 
-/// Reads the whole image, checking every record, and returns its configuration and
-/// the VMM's state document.
-fn check_image(path: &Path) -> DomainResult<(SavedConfig, Vec<u8>)> {
+/// Reads the whole image, checking every record, and returns its configuration (the
+/// VMM's state document, with the connected devices the restored VMM reconnects and
+/// writes the frontend nodes of, must be there).
+fn check_image(path: &Path) -> DomainResult<SavedConfig> {
     let file = std::fs::File::open(path)
         .map_err(|e| DomainError::BadImage(format!("{}: {e}", path.display())))?;
     if !file.metadata().map(|m| m.is_file()).unwrap_or(false) {
@@ -62,16 +63,14 @@ fn check_image(path: &Path) -> DomainResult<(SavedConfig, Vec<u8>)> {
             config.toolstack
         )));
     }
-    let mut state = None;
+    let mut state = false;
     while let Some(item) = r.next_item().map_err(bad)? {
-        if let rxen_migration::ImageItem::RxenState(s) = item {
-            state = Some(s.document);
-        }
+        state |= matches!(item, rxen_migration::ImageItem::RxenState(_));
     }
-    let Some(document) = state else {
+    if !state {
         return Err(DomainError::BadImage("it has no rxen VMM state".into()));
-    };
-    Ok((config, document))
+    }
+    Ok(config)
 }
 
 impl Xend {
@@ -140,20 +139,15 @@ impl Xend {
     pub async fn restore(self: &Arc<Self>, path: &str, paused: bool) -> DomainResult<DomainInfo> {
         let path = absolute(path)?;
         let p = path.clone();
-        let (config, document) = tokio::task::spawn_blocking(move || check_image(&p))
+        let config = tokio::task::spawn_blocking(move || check_image(&p))
             .await
             .map_err(|e| DomainError::Internal(format!("image check task: {e}")))??;
         let mut spec = config.spec;
         spec.uuid = Some(config.uuid);
-        let vbds: Vec<u32> = spec.disks.iter().filter_map(|d| d.devid()).collect();
-        let vifs = crate::vif::devids(&spec.vifs);
-        let restored_frontends = crate::restored_devices::from_document(&document, &vbds, &vifs)
-            .map_err(DomainError::BadImage)?;
         let opts = CreateOptions {
             paused,
             restore: Some(path),
             incoming: None,
-            restored_frontends,
         };
         self.create(spec, false, opts).await
     }
