@@ -189,6 +189,14 @@ pub fn boot_text(state: &Path) -> String {
     text
 }
 
+/// The lines of `text` that are not the guest's (`(dN) ...`): the VMM's own log.
+pub fn vmm_lines(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with('[') && !l.contains("(d"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
@@ -199,7 +207,7 @@ pub fn tail(text: &str, n: usize) -> String {
 /// until what the domains under `state` printed satisfies `done`; fails early, with
 /// the last lines, on a panic or a triple fault.
 pub fn wait_for_text(state: &Path, what: &str, mut done: impl FnMut(&str) -> bool) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let deadline = std::time::Instant::now() + Duration::from_secs(linux_wait_secs());
     loop {
         let text = boot_text(state);
         if done(&text) {
@@ -212,8 +220,9 @@ pub fn wait_for_text(state: &Path, what: &str, mut done: impl FnMut(&str) -> boo
         );
         assert!(
             std::time::Instant::now() < deadline,
-            "timed out waiting for {what}:\n{}",
-            tail(&text, 40)
+            "timed out waiting for {what}:\n{}\n--- the VMM's own lines:\n{}",
+            tail(&text, 40),
+            tail(&vmm_lines(&text), 30)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -227,4 +236,12 @@ pub fn config(name: &str, kernel: &Path, ramdisk: &Path, extra: &str) -> String 
         kernel.display(),
         ramdisk.display()
     )
+}
+
+/// How long [`wait_for_text`] waits: `RXEN_LINUX_WAIT_SECS`, else 300 s.
+fn linux_wait_secs() -> u64 {
+    std::env::var("RXEN_LINUX_WAIT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300)
 }
