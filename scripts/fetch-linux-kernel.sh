@@ -35,8 +35,10 @@ if [ -z "$pkg" ]; then
     echo "fetch-linux-kernel: apt knows no linux-image-amd64" >&2
     exit 1
 fi
-(cd "$work" && apt-get download "$pkg" >/dev/null)
-deb=$(ls "$work"/*.deb)
+# Its own directory: busybox-static's .deb may be in $work already.
+mkdir -p "$work/kernel"
+(cd "$work/kernel" && apt-get download "$pkg" >/dev/null)
+deb=$(ls "$work"/kernel/*.deb)
 patterns=('./boot/vmlinuz-*')
 for m in $modules; do
     patterns+=("./lib/modules/*/kernel/$m")

@@ -365,6 +365,8 @@ fn linux_blkfront_mounts_an_ext2_disk() {
         "the file Linux wrote is not in the image: {}",
         String::from_utf8_lossy(&cat.stderr)
     );
+    let _ = std::fs::remove_dir_all(&tree);
+    let _ = std::fs::remove_file(&img);
 }
 
 /// A fresh directory for `test`'s disk tree (its image goes next to it).
