@@ -376,3 +376,74 @@ fn tempfile_dir(test: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// `vif = [ 'bridge=BR' ]` on the test's private bridge: Linux's xen-netfront
+/// (insmod'ed from the initramfs) connects to the VMM's netback, `/init` gives eth0 a
+/// static address with busybox `ip`, and a ping from the namespace on the bridge is
+/// answered by Linux.
+#[test]
+fn linux_netfront_answers_ping_on_a_bridge() {
+    let test = "linux_netfront_answers_ping_on_a_bridge";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(kernel) = linux::kernel(test) else {
+        return;
+    };
+    let Some(netfront) = linux::module(&kernel, "xen-netfront.ko", test) else {
+        return;
+    };
+    let Some(net) = common::netns::test_net(test) else {
+        return;
+    };
+    let ip = net.addr(2);
+    let before = format!(
+        "/bin/busybox mount -t sysfs sysfs /sys\n\
+         /bin/busybox insmod /lib/xen-netfront.ko\n\
+         i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done\n\
+         /bin/busybox ip link set lo up\n\
+         /bin/busybox ip addr add {ip}/24 dev eth0\n\
+         /bin/busybox ip link set eth0 up && echo RXEN-ETH0-UP\n"
+    );
+    let files = [("lib/xen-netfront.ko", std::fs::read(netfront).unwrap())];
+    let extra = format!(
+        "vif = [ 'bridge={},vifname={}' ]\n",
+        net.bridge,
+        net.tap_name(0)
+    );
+    let Some(env) = boot(test, "linuxnet", &shell_init(&before), &files, &extra) else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "/init's marker", |t| t.contains(INIT_MARKER));
+    let text = boot_text(&state);
+    assert!(
+        text.contains("RXEN-ETH0-UP"),
+        "eth0 did not come up:\n{}",
+        linux::tail(&text, 40)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match net.ping(&ip, Duration::from_secs(2)) {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no answer to ping {ip}: {e}\n{}",
+                linux::tail(&boot_text(&state), 40)
+            ),
+        }
+    }
+    let domid = common::domid_of(&env, "linuxnet");
+    let front = common::read_node(&env, &format!("/local/domain/{domid}/device/vif/0/state"));
+    let back = common::read_node(
+        &env,
+        &format!("/local/domain/0/backend/vif/{domid}/0/state"),
+    );
+    assert_eq!(
+        (front.as_deref(), back.as_deref()),
+        (Some("4"), Some("4")),
+        "xenbus states"
+    );
+    env.xm_ok(&["shutdown", "-w", "linuxnet"]);
+    assert_powered_off(&env, "linuxnet");
+}
