@@ -287,41 +287,17 @@ fn linux_blkfront_mounts_an_ext2_disk() {
     let Some(kernel) = linux::kernel(test) else {
         return;
     };
-    let mut files = Vec::new();
-    for m in DISK_MODULES {
-        let Some(path) = linux::module(&kernel, m, test) else {
-            return;
-        };
-        files.push((format!("lib/{m}"), std::fs::read(path).unwrap()));
-    }
+    let Some(files) = disk_modules(&kernel, test) else {
+        return;
+    };
     let tree = tempfile_dir(test);
     std::fs::write(tree.join("hello.txt"), format!("{DISK_FILE}\n")).unwrap();
-    let img = tree.with_extension("img");
-    let made = std::process::Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext2", "-d"])
-        .arg(&tree)
-        .arg(&img)
-        .arg("8M")
-        .output();
-    match made {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => panic!("mke2fs: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) => {
-            return common::guests::skip(
-                test,
-                &format!("mke2fs is not usable ({e}); apt-get install e2fsprogs"),
-            )
-        }
-    }
-    let mut before = String::from("/bin/busybox mount -t sysfs sysfs /sys\n");
-    for m in DISK_MODULES {
-        before.push_str(&format!("/bin/busybox insmod /lib/{m}\n"));
-    }
-    // blkfront probes asynchronously: wait (bounded) for the disk to appear.
+    let Some(img) = ext2_image(test, &tree) else {
+        return;
+    };
+    let mut before = load_disk_modules();
     before.push_str(
-        "i=0; while [ ! -e /sys/block/xvda ] && [ $i -lt 300 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done\n\
-         /bin/busybox mknod /dev/xvda b 202 0\n\
-         /bin/busybox mount -t ext4 /dev/xvda /mnt && echo RXEN-MOUNTED\n\
+        "/bin/busybox mount -t ext4 /dev/xvda /mnt && echo RXEN-MOUNTED\n\
          /bin/busybox cat /mnt/hello.txt\n\
          echo written-by-linux > /mnt/from-linux.txt\n\
          /bin/busybox umount /mnt && echo RXEN-UNMOUNTED\n",
@@ -365,6 +341,122 @@ fn linux_blkfront_mounts_an_ext2_disk() {
         "the file Linux wrote is not in the image: {}",
         String::from_utf8_lossy(&cat.stderr)
     );
+    let _ = std::fs::remove_dir_all(&tree);
+    let _ = std::fs::remove_file(&img);
+}
+
+/// The disk modules as initramfs files (`lib/NAME.ko`), or `None` after a loud skip.
+fn disk_modules(kernel: &std::path::Path, test: &str) -> Option<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for m in DISK_MODULES {
+        let path = linux::module(kernel, m, test)?;
+        files.push((format!("lib/{m}"), std::fs::read(path).unwrap()));
+    }
+    Some(files)
+}
+
+/// `/init` lines loading [`DISK_MODULES`] and waiting (bounded: blkfront probes
+/// asynchronously) for xvda, then making its node.
+fn load_disk_modules() -> String {
+    let mut lines = String::from("/bin/busybox mount -t sysfs sysfs /sys\n");
+    for m in DISK_MODULES {
+        lines.push_str(&format!("/bin/busybox insmod /lib/{m}\n"));
+    }
+    lines.push_str(
+        "i=0; while [ ! -e /sys/block/xvda ] && [ $i -lt 300 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done\n\
+         /bin/busybox mknod /dev/xvda b 202 0\n",
+    );
+    lines
+}
+
+/// An ext2 image of `tree` made by `mke2fs -d` (next to it), or `None` after a loud
+/// skip when mke2fs is missing.
+fn ext2_image(test: &str, tree: &std::path::Path) -> Option<std::path::PathBuf> {
+    let img = tree.with_extension("img");
+    let made = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext2", "-d"])
+        .arg(tree)
+        .arg(&img)
+        .arg("16M")
+        .output();
+    match made {
+        Ok(o) if o.status.success() => Some(img),
+        Ok(o) => panic!("mke2fs: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            common::guests::skip(
+                test,
+                &format!("mke2fs is not usable ({e}); apt-get install e2fsprogs"),
+            );
+            None
+        }
+    }
+}
+
+/// The issue's root disk: an ext2 image holding busybox and `/sbin/init`; the
+/// initramfs's `/init` loads blkfront and ext4, mounts xvda and `switch_root`s to it;
+/// the disk's `/sbin/init` runs as PID 1 from xvda, prints its marker and a file of
+/// the disk, and powers off.
+#[test]
+fn linux_switches_root_to_an_ext2_disk() {
+    let test = "linux_switches_root_to_an_ext2_disk";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(kernel) = linux::kernel(test) else {
+        return;
+    };
+    let Some(busybox) = linux::busybox(&kernel, test) else {
+        return;
+    };
+    let Some(files) = disk_modules(&kernel, test) else {
+        return;
+    };
+    let tree = tempfile_dir(test);
+    for d in ["bin", "sbin", "etc", "dev", "proc"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    std::fs::copy(&busybox, tree.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", tree.join("bin/sh")).unwrap();
+    std::fs::write(tree.join("etc/marker"), format!("{DISK_FILE}\n")).unwrap();
+    let root_init = tree.join("sbin/init");
+    std::fs::write(
+        &root_init,
+        "#!/bin/sh\necho RXEN-ROOT-INIT pid $$\n/bin/busybox cat /etc/marker\n/bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&root_init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(img) = ext2_image(test, &tree) else {
+        return;
+    };
+    let init = format!(
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n{}\
+         /bin/busybox mount -t ext4 /dev/xvda /mnt && echo {INIT_MARKER}\n\
+         /bin/busybox umount /sys /proc\n\
+         exec /bin/busybox switch_root /mnt /sbin/init\n",
+        load_disk_modules()
+    );
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let extra = format!("disk = [ 'file:{},xvda,w' ]\n", img.display());
+    let Some(env) = boot(test, "linuxroot", &init, &files, &extra) else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "the disk's init to power off", |t| {
+        t.contains("reboot: ")
+    });
+    let text = boot_text(&state);
+    assert!(
+        text.contains("RXEN-ROOT-INIT pid 1") && text.contains(DISK_FILE),
+        "the disk's /sbin/init did not run as PID 1:\n{}",
+        linux::tail(&text, 40)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.get("/domains/linuxroot").1["state"] != "shutdown" {
+        assert!(Instant::now() < deadline, "the domain did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_powered_off(&env, "linuxroot");
     let _ = std::fs::remove_dir_all(&tree);
     let _ = std::fs::remove_file(&img);
 }
