@@ -469,10 +469,13 @@ fn tempfile_dir(test: &str) -> std::path::PathBuf {
     dir
 }
 
+/// The page busybox's httpd serves in the vif test.
+const LINUX_PAGE: &str = "Hello from Linux on rxen\n";
+
 /// `vif = [ 'bridge=BR' ]` on the test's private bridge: Linux's xen-netfront
 /// (insmod'ed from the initramfs) connects to the VMM's netback, `/init` gives eth0 a
-/// static address with busybox `ip`, and a ping from the namespace on the bridge is
-/// answered by Linux.
+/// static address with busybox `ip` and starts busybox's httpd; a ping from the
+/// namespace on the bridge is answered by Linux and curl gets the page.
 #[test]
 fn linux_netfront_answers_ping_on_a_bridge() {
     let test = "linux_netfront_answers_ping_on_a_bridge";
@@ -495,9 +498,13 @@ fn linux_netfront_answers_ping_on_a_bridge() {
          i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done\n\
          /bin/busybox ip link set lo up\n\
          /bin/busybox ip addr add {ip}/24 dev eth0\n\
-         /bin/busybox ip link set eth0 up && echo RXEN-ETH0-UP\n"
+         /bin/busybox ip link set eth0 up && echo RXEN-ETH0-UP\n\
+         /bin/busybox httpd -p 80 -h /www && echo RXEN-HTTPD-UP\n"
     );
-    let files = [("lib/xen-netfront.ko", std::fs::read(netfront).unwrap())];
+    let files = [
+        ("lib/xen-netfront.ko", std::fs::read(netfront).unwrap()),
+        ("www/index.html", LINUX_PAGE.as_bytes().to_vec()),
+    ];
     let extra = format!(
         "vif = [ 'bridge={},vifname={}' ]\n",
         net.bridge,
@@ -525,6 +532,14 @@ fn linux_netfront_answers_ping_on_a_bridge() {
             ),
         }
     }
+    let url = format!("http://{ip}/index.html");
+    let page = net.exec("curl", &["-s", "--max-time", "10", &url]);
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains(LINUX_PAGE.trim()),
+        "curl {url}: {:?}\n{}",
+        page,
+        linux::tail(&boot_text(&state), 40)
+    );
     let domid = common::domid_of(&env, "linuxnet");
     let front = common::read_node(&env, &format!("/local/domain/{domid}/device/vif/0/state"));
     let back = common::read_node(

@@ -137,7 +137,7 @@ fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u3
 /// `control/shutdown`: busybox's `poweroff -f`, as the test's `/init` is no init
 /// daemon to signal), `/init` with `init` as its script, and `files` (path in the
 /// archive, contents; their directories must be among the ones made here: `bin`,
-/// `sbin`, `dev`, `proc`, `sys`, `mnt`, `lib`).
+/// `sbin`, `dev`, `proc`, `sys`, `mnt`, `lib`, `www`).
 pub fn initramfs(busybox: &Path, init: &str, files: &[(&str, Vec<u8>)]) -> Vec<u8> {
     const DIR: u32 = 0o040755;
     const FILE: u32 = 0o100755;
@@ -150,7 +150,7 @@ pub fn initramfs(busybox: &Path, init: &str, files: &[(&str, Vec<u8>)]) -> Vec<u
         ino += 1;
         ino
     };
-    for d in ["bin", "sbin", "dev", "proc", "sys", "mnt", "lib"] {
+    for d in ["bin", "sbin", "dev", "proc", "sys", "mnt", "lib", "www"] {
         cpio_entry(&mut out, next(), d, DIR, (0, 0), &[]);
     }
     cpio_entry(&mut out, next(), "dev/console", CHR, (5, 1), &[]);
