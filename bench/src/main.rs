@@ -5,6 +5,7 @@
 //! Owns measurement only; it must not contain VMM or guest logic.
 
 mod blk_bench;
+mod linux_bench;
 mod migrate_bench;
 mod net_bench;
 mod pv_bench;
@@ -58,6 +59,7 @@ fn main() {
         ("xenstore", xenstore_bench::run(&wants, cli.quick)),
         ("xend", xend_bench::run(&wants, cli.quick)),
         ("block devices", blk_bench::run(&wants, cli.quick)),
+        ("Linux guests", linux_bench::run(&wants, cli.quick)),
         ("network", net_bench::run(&wants, cli.quick)),
         (
             "save, restore, migration",

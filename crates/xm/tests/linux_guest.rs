@@ -2,20 +2,16 @@
 //! guest under xend, created as xl would (`kernel = "/boot/vmlinuz-..."`), and how far
 //! its boot gets (issue 12, first milestone; docs/linux-guest.md says where it stops).
 //!
-//! The kernel comes from `RXEN_LINUX_KERNEL`, else from `target/linux-kernel/` (filled
-//! by `scripts/fetch-linux-kernel.sh`, which `apt-get download`s the package
-//! `linux-image-amd64` depends on, and Debian's `busybox-static`); the test runs that
-//! script itself when the cache is empty, and skips loudly when the packages cannot be
-//! had. The initramfs (newc cpio: busybox, `/bin/sh`, `/dev/console`, an `/init`
-//! script printing a marker and powering off) is written by the test.
+//! Where the kernel, its modules and busybox come from: `common/linux.rs`. Each test
+//! writes its own initramfs (newc cpio: busybox, `/bin/sh`, `/dev/console`, an `/init`
+//! script).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::guests::skip;
+use common::linux::{self, boot_text, INIT_MARKER};
 use common::{kvm_available, Env};
 
 /// Boot messages in the order Debian's 6.1 kernel prints them; the test reports the
@@ -43,139 +39,9 @@ const MILESTONES: &[&str] = &[
     "reboot: ",
 ];
 
-/// What the test's `/init` prints.
-const INIT_MARKER: &str = "RXEN-INIT-OK";
-
 /// The milestone the boot must reach: `/init` ran in guest user mode, printed its
 /// marker and powered the domain off through busybox (fork, exec, `reboot`).
 const EXPECTED: &str = "reboot: ";
-
-/// The kernel to boot, or `None` after a loud skip.
-fn linux_kernel(test: &str) -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("RXEN_LINUX_KERNEL") {
-        return Some(PathBuf::from(p));
-    }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let cache = root.join("target/linux-kernel");
-    let find = || -> Option<PathBuf> {
-        std::fs::read_dir(cache.join("boot"))
-            .ok()?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("vmlinuz-"))
-            })
-    };
-    if let Some(k) = find() {
-        return Some(k);
-    }
-    let fetched = std::process::Command::new("bash")
-        .arg(root.join("scripts/fetch-linux-kernel.sh"))
-        .arg(&cache)
-        .status();
-    match (fetched, find()) {
-        (Ok(s), Some(k)) if s.success() => Some(k),
-        (r, _) => {
-            skip(
-                test,
-                &format!(
-                    "Debian's kernel could not be obtained ({r:?}; run scripts/fetch-linux-kernel.sh or set RXEN_LINUX_KERNEL)"
-                ),
-            );
-            None
-        }
-    }
-}
-
-/// Busybox from the cache `scripts/fetch-linux-kernel.sh` fills (next to `boot/`).
-fn busybox(kernel: &Path, test: &str) -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("RXEN_BUSYBOX").map(PathBuf::from),
-        kernel
-            .parent()
-            .and_then(|b| b.parent())
-            .map(|d| d.join("busybox")),
-        Some(PathBuf::from("/bin/busybox")),
-    ];
-    let found = candidates.into_iter().flatten().find(|p| p.is_file());
-    if found.is_none() {
-        skip(
-            test,
-            "no static busybox (scripts/fetch-linux-kernel.sh, or set RXEN_BUSYBOX)",
-        );
-    }
-    found
-}
-
-/// One entry of a newc (`070701`) cpio archive.
-fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
-    let fields = [
-        ino,
-        mode,
-        0,
-        0,
-        1,
-        0,
-        data.len() as u32,
-        0,
-        0,
-        rdev.0,
-        rdev.1,
-        name.len() as u32 + 1,
-        0,
-    ];
-    out.extend_from_slice(b"070701");
-    for f in fields {
-        out.extend_from_slice(format!("{f:08x}").as_bytes());
-    }
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-    out.extend_from_slice(data);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-}
-
-/// The test's initramfs: `/init` prints [`INIT_MARKER`] and powers off.
-fn initramfs(busybox: &Path) -> Vec<u8> {
-    const DIR: u32 = 0o040755;
-    const FILE: u32 = 0o100755;
-    const LINK: u32 = 0o120777;
-    const CHR: u32 = 0o020600;
-    let init = format!("#!/bin/sh\necho {INIT_MARKER}\n/bin/busybox poweroff -f\n");
-    let bb = std::fs::read(busybox).unwrap();
-    let mut out = Vec::new();
-    cpio_entry(&mut out, 1, "bin", DIR, (0, 0), &[]);
-    cpio_entry(&mut out, 2, "dev", DIR, (0, 0), &[]);
-    cpio_entry(&mut out, 3, "proc", DIR, (0, 0), &[]);
-    cpio_entry(&mut out, 4, "dev/console", CHR, (5, 1), &[]);
-    cpio_entry(&mut out, 5, "bin/busybox", FILE, (0, 0), &bb);
-    cpio_entry(&mut out, 6, "bin/sh", LINK, (0, 0), b"busybox");
-    cpio_entry(&mut out, 7, "init", FILE, (0, 0), init.as_bytes());
-    cpio_entry(&mut out, 8, "TRAILER!!!", 0, (0, 0), &[]);
-    out
-}
-
-/// Everything the domain printed so far: the VMM's log (hypervisor console lines,
-/// `(dN) ...`) and the console ring's log (hvc0).
-fn boot_text(state: &Path) -> String {
-    let mut text = String::new();
-    let Ok(dirs) = std::fs::read_dir(state.join("domains")) else {
-        return text;
-    };
-    for d in dirs.filter_map(|e| e.ok()) {
-        for f in ["vmm.log", "console.log"] {
-            if let Ok(b) = std::fs::read(d.path().join(f)) {
-                text.push_str(&String::from_utf8_lossy(&b));
-            }
-        }
-    }
-    text
-}
 
 fn furthest(text: &str) -> Option<usize> {
     MILESTONES.iter().rposition(|m| text.contains(m))
@@ -192,25 +58,18 @@ fn debian_kernel_boots_as_a_pv_guest() {
     if !kvm_available(test) {
         return;
     }
-    let Some(kernel) = linux_kernel(test) else {
+    let Some(kernel) = linux::kernel(test) else {
         return;
     };
-    let Some(busybox) = busybox(&kernel, test) else {
+    let Some(busybox) = linux::busybox(&kernel, test) else {
         return;
     };
     let env = Env::start("linux");
     let ramdisk = env.dir.join("initramfs.cpio");
-    std::fs::write(&ramdisk, initramfs(&busybox)).unwrap();
+    let init = format!("#!/bin/sh\necho {INIT_MARKER}\n/bin/busybox poweroff -f\n");
+    std::fs::write(&ramdisk, linux::initramfs(&busybox, &init, &[])).unwrap();
     let cfg = env.dir.join("linux.cfg");
-    std::fs::write(
-        &cfg,
-        format!(
-            "name = \"linux\"\nkernel = \"{}\"\nramdisk = \"{}\"\nmemory = 256\nextra = \"console=hvc0 earlyprintk=xen\"\non_crash = \"preserve\"\non_poweroff = \"preserve\"\n",
-            kernel.display(),
-            ramdisk.display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, linux::config("linux", &kernel, &ramdisk, "")).unwrap();
     let started = Instant::now();
     env.xm_ok(&["create", cfg.to_str().unwrap()]);
     let state = env.dir.join("state");
@@ -284,4 +143,414 @@ fn debian_kernel_boots_as_a_pv_guest() {
         text.contains(INIT_MARKER),
         "/init did not print its marker:\n{tail}"
     );
+}
+
+/// An `/init` that prints [`INIT_MARKER`] and leaves a shell on the console (hvc0).
+fn shell_init(before: &str) -> String {
+    format!(
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n{before}echo {INIT_MARKER}\nexec /bin/sh\n"
+    )
+}
+
+/// Boots Debian's kernel under a fresh xend with `init` and `files` in its initramfs
+/// and `extra` config lines, as domain `name`; `None` after a loud skip.
+fn boot(test: &str, name: &str, init: &str, files: &[(&str, Vec<u8>)], extra: &str) -> Option<Env> {
+    if !kvm_available(test) {
+        return None;
+    }
+    let kernel = linux::kernel(test)?;
+    let busybox = linux::busybox(&kernel, test)?;
+    let env = Env::start(name);
+    let ramdisk = env.dir.join("initramfs.cpio");
+    std::fs::write(&ramdisk, linux::initramfs(&busybox, init, files)).unwrap();
+    let cfg = env.dir.join(format!("{name}.cfg"));
+    std::fs::write(&cfg, linux::config(name, &kernel, &ramdisk, extra)).unwrap();
+    env.xm_ok(&["create", cfg.to_str().unwrap()]);
+    Some(env)
+}
+
+/// `xm shutdown -w` on a domain that ended: a clean poweroff, preserved.
+fn assert_powered_off(env: &Env, name: &str) {
+    let (_, dom) = env.get(&format!("/domains/{name}"));
+    assert_eq!(dom["state"], "shutdown", "{dom}");
+    assert!(
+        dom["exit_reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("poweroff"),
+        "{dom}"
+    );
+}
+
+/// `xm shutdown` writes `poweroff` to the domain's `control/shutdown`: Linux's xenbus
+/// watch on it fires, Linux runs `/sbin/poweroff` (busybox `poweroff -f`), powers
+/// down (`reboot: `) and the domain ends with reason poweroff.
+#[test]
+fn xm_shutdown_powers_linux_off_through_control_shutdown() {
+    let test = "xm_shutdown_powers_linux_off_through_control_shutdown";
+    let Some(env) = boot(test, "linuxdown", &shell_init(""), &[], "") else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "/init's marker", |t| t.contains(INIT_MARKER));
+    // Linux's xenbus watches control/shutdown from its xenbus probe on; /init runs
+    // after it.
+    let down = env.xm(&["shutdown", "-w", "linuxdown"]);
+    let text = boot_text(&state);
+    assert!(
+        down.status.success(),
+        "xm shutdown: {}\n{}",
+        String::from_utf8_lossy(&down.stderr),
+        linux::tail(&text, 40)
+    );
+    assert!(
+        text.contains("reboot: "),
+        "Linux did not power down:\n{}",
+        linux::tail(&text, 40)
+    );
+    assert_powered_off(&env, "linuxdown");
+}
+
+/// `xm console` gives the shell `/init` leaves on hvc0: a command typed through it runs
+/// and its output comes back.
+#[test]
+fn xm_console_gives_a_shell_on_hvc0() {
+    let test = "xm_console_gives_a_shell_on_hvc0";
+    let Some(env) = boot(test, "linuxsh", &shell_init(""), &[], "") else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "/init's marker", |t| t.contains(INIT_MARKER));
+    let mut console = common::guests::Console::attach(&env, "linuxsh");
+    // The typed line is echoed back as typed; only the shell's arithmetic makes "42-".
+    console.type_line("echo $((6*7))-RXEN-SHELL; uname -r");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !console.text().contains("42-RXEN-SHELL") {
+        assert!(
+            Instant::now() < deadline,
+            "no output from the shell on xm console:\n{}\n--- boot text:\n{}",
+            console.text(),
+            linux::tail(&boot_text(&state), 30)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_uname(&console);
+    console.type_line("/sbin/poweroff");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while env.get("/domains/linuxsh").1["state"] != "shutdown" {
+        assert!(
+            Instant::now() < deadline,
+            "poweroff typed on the console did not end the domain:\n{}",
+            console.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_powered_off(&env, "linuxsh");
+}
+
+/// `uname -r` (typed after the echo) printed the kernel's release.
+fn wait_for_uname(console: &common::guests::Console) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !console.text().contains("-amd64") {
+        assert!(
+            Instant::now() < deadline,
+            "no uname output:\n{}",
+            console.text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What the disk test's file holds.
+const DISK_FILE: &str = "hello from an rxen disk under Linux";
+
+/// Modules the disk test's `/init` loads, in order (Debian builds them as modules).
+const DISK_MODULES: &[&str] = &[
+    "xen-blkfront.ko",
+    "crc16.ko",
+    "crc32c_generic.ko",
+    "mbcache.ko",
+    "jbd2.ko",
+    "ext4.ko",
+];
+
+/// `disk = [ 'file:IMG,xvda,w' ]` with an ext2 image made by `mke2fs -d`: Linux's
+/// xen-blkfront connects to the VMM's blkback (xenbus state 4 on both ends), `/init`
+/// mounts `/dev/xvda` with ext4 (which reads ext2), prints the image's file and writes
+/// one back; after `xm shutdown` the image holds it.
+#[test]
+fn linux_blkfront_mounts_an_ext2_disk() {
+    let test = "linux_blkfront_mounts_an_ext2_disk";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(kernel) = linux::kernel(test) else {
+        return;
+    };
+    let Some(files) = disk_modules(&kernel, test) else {
+        return;
+    };
+    let tree = tempfile_dir(test);
+    std::fs::write(tree.join("hello.txt"), format!("{DISK_FILE}\n")).unwrap();
+    let Some(img) = ext2_image(test, &tree) else {
+        return;
+    };
+    let mut before = load_disk_modules();
+    before.push_str(
+        "/bin/busybox mount -t ext4 /dev/xvda /mnt && echo RXEN-MOUNTED\n\
+         /bin/busybox cat /mnt/hello.txt\n\
+         echo written-by-linux > /mnt/from-linux.txt\n\
+         /bin/busybox umount /mnt && echo RXEN-UNMOUNTED\n",
+    );
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let extra = format!("disk = [ 'file:{},xvda,w' ]\n", img.display());
+    let Some(env) = boot(test, "linuxdisk", &shell_init(&before), &files, &extra) else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "/init's marker", |t| t.contains(INIT_MARKER));
+    let text = boot_text(&state);
+    assert!(
+        text.contains(DISK_FILE) && text.contains("RXEN-UNMOUNTED"),
+        "the disk's file was not printed:\n{}",
+        linux::tail(&text, 40)
+    );
+    let domid = common::domid_of(&env, "linuxdisk");
+    let front = common::read_node(
+        &env,
+        &format!("/local/domain/{domid}/device/vbd/51712/state"),
+    );
+    let back = common::read_node(
+        &env,
+        &format!("/local/domain/0/backend/vbd/{domid}/51712/state"),
+    );
+    assert_eq!(
+        (front.as_deref(), back.as_deref()),
+        (Some("4"), Some("4")),
+        "xenbus states"
+    );
+    env.xm_ok(&["shutdown", "-w", "linuxdisk"]);
+    assert_powered_off(&env, "linuxdisk");
+    let cat = std::process::Command::new("debugfs")
+        .args(["-R", "cat /from-linux.txt"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&cat.stdout).contains("written-by-linux"),
+        "the file Linux wrote is not in the image: {}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&tree);
+    let _ = std::fs::remove_file(&img);
+}
+
+/// The disk modules as initramfs files (`lib/NAME.ko`), or `None` after a loud skip.
+fn disk_modules(kernel: &std::path::Path, test: &str) -> Option<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for m in DISK_MODULES {
+        let path = linux::module(kernel, m, test)?;
+        files.push((format!("lib/{m}"), std::fs::read(path).unwrap()));
+    }
+    Some(files)
+}
+
+/// `/init` lines loading [`DISK_MODULES`] and waiting (bounded: blkfront probes
+/// asynchronously) for xvda, then making its node.
+fn load_disk_modules() -> String {
+    let mut lines = String::from("/bin/busybox mount -t sysfs sysfs /sys\n");
+    for m in DISK_MODULES {
+        lines.push_str(&format!("/bin/busybox insmod /lib/{m}\n"));
+    }
+    lines.push_str(
+        "i=0; while [ ! -e /sys/block/xvda ] && [ $i -lt 300 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done\n\
+         /bin/busybox mknod /dev/xvda b 202 0\n",
+    );
+    lines
+}
+
+/// An ext2 image of `tree` made by `mke2fs -d` (next to it), or `None` after a loud
+/// skip when mke2fs is missing.
+fn ext2_image(test: &str, tree: &std::path::Path) -> Option<std::path::PathBuf> {
+    let img = tree.with_extension("img");
+    let made = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext2", "-d"])
+        .arg(tree)
+        .arg(&img)
+        .arg("16M")
+        .output();
+    match made {
+        Ok(o) if o.status.success() => Some(img),
+        Ok(o) => panic!("mke2fs: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            common::guests::skip(
+                test,
+                &format!("mke2fs is not usable ({e}); apt-get install e2fsprogs"),
+            );
+            None
+        }
+    }
+}
+
+/// The issue's root disk: an ext2 image holding busybox and `/sbin/init`; the
+/// initramfs's `/init` loads blkfront and ext4, mounts xvda and `switch_root`s to it;
+/// the disk's `/sbin/init` runs as PID 1 from xvda, prints its marker and a file of
+/// the disk, and powers off.
+#[test]
+fn linux_switches_root_to_an_ext2_disk() {
+    let test = "linux_switches_root_to_an_ext2_disk";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(kernel) = linux::kernel(test) else {
+        return;
+    };
+    let Some(busybox) = linux::busybox(&kernel, test) else {
+        return;
+    };
+    let Some(files) = disk_modules(&kernel, test) else {
+        return;
+    };
+    let tree = tempfile_dir(test);
+    for d in ["bin", "sbin", "etc", "dev", "proc"] {
+        std::fs::create_dir_all(tree.join(d)).unwrap();
+    }
+    std::fs::copy(&busybox, tree.join("bin/busybox")).unwrap();
+    std::os::unix::fs::symlink("busybox", tree.join("bin/sh")).unwrap();
+    std::fs::write(tree.join("etc/marker"), format!("{DISK_FILE}\n")).unwrap();
+    let root_init = tree.join("sbin/init");
+    std::fs::write(
+        &root_init,
+        "#!/bin/sh\necho RXEN-ROOT-INIT pid $$\n/bin/busybox cat /etc/marker\n/bin/busybox poweroff -f\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&root_init, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let Some(img) = ext2_image(test, &tree) else {
+        return;
+    };
+    let init = format!(
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n{}\
+         /bin/busybox mount -t ext4 /dev/xvda /mnt && echo {INIT_MARKER}\n\
+         /bin/busybox umount /sys /proc\n\
+         exec /bin/busybox switch_root /mnt /sbin/init\n",
+        load_disk_modules()
+    );
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
+    let extra = format!("disk = [ 'file:{},xvda,w' ]\n", img.display());
+    let Some(env) = boot(test, "linuxroot", &init, &files, &extra) else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "the disk's init to power off", |t| {
+        t.contains("reboot: ")
+    });
+    let text = boot_text(&state);
+    assert!(
+        text.contains("RXEN-ROOT-INIT pid 1") && text.contains(DISK_FILE),
+        "the disk's /sbin/init did not run as PID 1:\n{}",
+        linux::tail(&text, 40)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while env.get("/domains/linuxroot").1["state"] != "shutdown" {
+        assert!(Instant::now() < deadline, "the domain did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_powered_off(&env, "linuxroot");
+    let _ = std::fs::remove_dir_all(&tree);
+    let _ = std::fs::remove_file(&img);
+}
+
+/// A fresh directory for `test`'s disk tree (its image goes next to it).
+fn tempfile_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rxen-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The page busybox's httpd serves in the vif test.
+const LINUX_PAGE: &str = "Hello from Linux on rxen\n";
+
+/// `vif = [ 'bridge=BR' ]` on the test's private bridge: Linux's xen-netfront
+/// (insmod'ed from the initramfs) connects to the VMM's netback, `/init` gives eth0 a
+/// static address with busybox `ip` and starts busybox's httpd; a ping from the
+/// namespace on the bridge is answered by Linux and curl gets the page.
+#[test]
+fn linux_netfront_answers_ping_on_a_bridge() {
+    let test = "linux_netfront_answers_ping_on_a_bridge";
+    if !kvm_available(test) {
+        return;
+    }
+    let Some(kernel) = linux::kernel(test) else {
+        return;
+    };
+    let Some(netfront) = linux::module(&kernel, "xen-netfront.ko", test) else {
+        return;
+    };
+    let Some(net) = common::netns::test_net(test) else {
+        return;
+    };
+    let ip = net.addr(2);
+    let before = format!(
+        "/bin/busybox mount -t sysfs sysfs /sys\n\
+         /bin/busybox insmod /lib/xen-netfront.ko\n\
+         i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done\n\
+         /bin/busybox ip link set lo up\n\
+         /bin/busybox ip addr add {ip}/24 dev eth0\n\
+         /bin/busybox ip link set eth0 up && echo RXEN-ETH0-UP\n\
+         /bin/busybox httpd -p 80 -h /www && echo RXEN-HTTPD-UP\n"
+    );
+    let files = [
+        ("lib/xen-netfront.ko", std::fs::read(netfront).unwrap()),
+        ("www/index.html", LINUX_PAGE.as_bytes().to_vec()),
+    ];
+    let extra = format!(
+        "vif = [ 'bridge={},vifname={}' ]\n",
+        net.bridge,
+        net.tap_name(0)
+    );
+    let Some(env) = boot(test, "linuxnet", &shell_init(&before), &files, &extra) else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "/init's marker", |t| t.contains(INIT_MARKER));
+    let text = boot_text(&state);
+    assert!(
+        text.contains("RXEN-ETH0-UP"),
+        "eth0 did not come up:\n{}",
+        linux::tail(&text, 40)
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match net.ping(&ip, Duration::from_secs(2)) {
+            Ok(()) => break,
+            Err(e) => assert!(
+                Instant::now() < deadline,
+                "no answer to ping {ip}: {e}\n{}",
+                linux::tail(&boot_text(&state), 40)
+            ),
+        }
+    }
+    let url = format!("http://{ip}/index.html");
+    let page = net.exec("curl", &["-s", "--max-time", "10", &url]);
+    assert!(
+        String::from_utf8_lossy(&page.stdout).contains(LINUX_PAGE.trim()),
+        "curl {url}: {:?}\n{}",
+        page,
+        linux::tail(&boot_text(&state), 40)
+    );
+    let domid = common::domid_of(&env, "linuxnet");
+    let front = common::read_node(&env, &format!("/local/domain/{domid}/device/vif/0/state"));
+    let back = common::read_node(
+        &env,
+        &format!("/local/domain/0/backend/vif/{domid}/0/state"),
+    );
+    assert_eq!(
+        (front.as_deref(), back.as_deref()),
+        (Some("4"), Some("4")),
+        "xenbus states"
+    );
+    env.xm_ok(&["shutdown", "-w", "linuxnet"]);
+    assert_powered_off(&env, "linuxnet");
 }

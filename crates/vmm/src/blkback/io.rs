@@ -32,6 +32,16 @@ pub enum IoError {
     },
     #[error("disk I/O: {0}")]
     Disk(#[from] std::io::Error),
+    #[error("sector {0} is beyond any byte offset")]
+    Sector(u64),
+}
+
+/// The byte offset of `sector` (ranges with data were checked against the disk by
+/// `request::parse`; this only keeps the arithmetic from overflowing).
+fn byte_offset(sector: u64) -> Result<u64, IoError> {
+    sector
+        .checked_mul(BLKIF_SECTOR_SIZE)
+        .ok_or(IoError::Sector(sector))
 }
 
 /// How a segment's page is reached.
@@ -178,16 +188,15 @@ pub fn execute(
     bounce: &mut Bounce,
 ) -> Result<(), IoError> {
     let req = &job.req;
-    let offset = req.sector * BLKIF_SECTOR_SIZE;
     if let Op::Discard { sectors } = req.op {
-        store.discard(offset, sectors * BLKIF_SECTOR_SIZE)?;
+        store.discard(byte_offset(req.sector)?, byte_offset(sectors)?)?;
         return Ok(());
     }
     let buf = bounce.get(req.bytes() as usize);
     let parts = req.segments.iter().zip(&job.pages).enumerate();
     match req.op {
         Op::Read => {
-            store.read_at(offset, buf)?;
+            store.read_at(byte_offset(req.sector)?, buf)?;
             let mut at = 0usize;
             for (index, (s, page)) in parts {
                 let part = &buf[at..at + s.len as usize];
@@ -210,8 +219,10 @@ pub fn execute(
                 r.map_err(|e| grant_err(index, page, e))?;
                 at += s.len as usize;
             }
+            // A flush without data has no meaningful sector: Linux's blkfront sends
+            // a flush request's unset position, (sector_t)-1.
             if !buf.is_empty() {
-                store.write_at(offset, buf)?;
+                store.write_at(byte_offset(req.sector)?, buf)?;
             }
             if req.op == Op::Flush {
                 store.disk.flush()?;

@@ -92,6 +92,27 @@ impl Drop for Pool {
     }
 }
 
+/// Runs `exec` for `job`; a panic in it (an rxen bug a guest's request found) answers
+/// `BLKIF_RSP_ERROR` and keeps the worker serving, where it used to end the thread
+/// silently and leave the guest waiting for the answer forever.
+fn answer(job: &Job, exec: impl FnOnce() -> BlkifResponse) -> BlkifResponse {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(exec)) {
+        Ok(rsp) => rsp,
+        Err(_) => {
+            tracing::error!(
+                id = job.req.id,
+                operation = job.req.operation,
+                "blkback: a request made the I/O worker panic; answered with an error"
+            );
+            io::response(
+                job.req.id,
+                job.req.operation,
+                rxen_abi::blkif::BLKIF_RSP_ERROR,
+            )
+        }
+    }
+}
+
 fn worker(rx: &Mutex<Receiver<Job>>, done: &Done, store: &Store, grants: &GrantTable) {
     let mut bounce = io::Bounce::default();
     loop {
@@ -99,12 +120,45 @@ fn worker(rx: &Mutex<Receiver<Job>>, done: &Done, store: &Store, grants: &GrantT
             Ok(j) => j,
             Err(_) => return,
         };
-        let rsp = io::run(&job, store, grants, &mut bounce);
+        let rsp = answer(&job, || io::run(&job, store, grants, &mut bounce));
         drop(job);
         done.list
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(rsp);
         let _ = done.wake.write(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blkback::request::{Op, Request};
+
+    /// A panicking request is answered with an error for its id and operation.
+    #[test]
+    #[allow(clippy::panic)]
+    fn a_panicking_request_is_answered_with_an_error() {
+        let job = Job {
+            req: Request {
+                id: 77,
+                operation: rxen_abi::blkif::BLKIF_OP_WRITE,
+                op: Op::Write,
+                sector: 0,
+                segments: Vec::new(),
+            },
+            pages: Vec::new(),
+        };
+        let rsp = answer(&job, || panic!("an rxen bug"));
+        assert_eq!(
+            (rsp.id, rsp.operation, rsp.status),
+            (
+                77,
+                rxen_abi::blkif::BLKIF_OP_WRITE,
+                rxen_abi::blkif::BLKIF_RSP_ERROR
+            )
+        );
+        let ok = answer(&job, || io::response(77, 0, 0));
+        assert_eq!(ok.status, 0);
     }
 }

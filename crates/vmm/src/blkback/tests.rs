@@ -217,6 +217,23 @@ fn writes_then_reads_back_through_grants() {
     assert_eq!(f.grants.active_entries(), 1);
 }
 
+/// Linux's blkfront sends a flush without data at its request's unset position,
+/// sector (sector_t)-1: the flush is done and answered, the sector ignored (the I/O
+/// thread multiplied it into a byte offset and panicked on the overflow).
+#[test]
+fn a_flush_without_data_ignores_its_sector() {
+    let mut f = setup("flush-sector");
+    let mut ring = f.ring();
+    f.push(&rw(BLKIF_OP_FLUSH_DISKCACHE, 9, u64::MAX, &[]));
+    let (r, _) = f.serve(&mut ring);
+    assert_eq!(r.unwrap(), 1);
+    let rsp = f.response(0);
+    assert_eq!(
+        (rsp.id, rsp.operation, rsp.status),
+        (9, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_RSP_OKAY)
+    );
+}
+
 #[test]
 fn lying_requests_get_error_responses() {
     let mut f = setup("lies");

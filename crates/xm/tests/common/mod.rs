@@ -153,5 +153,6 @@ pub fn xm_err(env: &Env, args: &[&str]) -> String {
 }
 
 pub mod guests;
+pub mod linux;
 pub mod netns;
 pub mod soak;
