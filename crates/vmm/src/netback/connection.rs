@@ -177,9 +177,15 @@ impl Connection {
                     for e in &ends {
                         let _ = e.notify.read();
                     }
-                    let r = {
+                    // A panic on the guest's input (a bug: every value is checked) stops
+                    // this vif with a log line instead of ending the thread silently.
+                    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                         let mut tap = tap.lock().unwrap_or_else(|e| e.into_inner());
                         io.pass(&t_dom.grants, &mut *tap, &mut buf)
+                    }));
+                    let Ok(r) = r else {
+                        tracing::error!("{name}: a pass over the rings panicked; vif stopped");
+                        return None;
                     };
                     match r {
                         Ok((tx_notify, rx_notify)) => {
