@@ -52,8 +52,17 @@ fn furthest(text: &str) -> Option<usize> {
 /// hypervisor console, `/init` runs in guest user mode, prints [`INIT_MARKER`] on hvc0
 /// and powers off ([`EXPECTED`]). Waits until the boot stops making progress (no new milestone for
 /// 60 s), the domain ends, or the last milestone is reached.
+/// One Linux boot at a time in this binary: six kernels booting at once on a 2-core
+/// CI machine made a guest's own timeouts (and xend's 60 s shutdown wait) the limit,
+/// not rxen; each test takes this first.
+fn one_linux_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 #[test]
 fn debian_kernel_boots_as_a_pv_guest() {
+    let _serial = one_linux_at_a_time();
     let test = "debian_kernel_boots_as_a_pv_guest";
     if !kvm_available(test) {
         return;
@@ -187,6 +196,7 @@ fn assert_powered_off(env: &Env, name: &str) {
 /// down (`reboot: `) and the domain ends with reason poweroff.
 #[test]
 fn xm_shutdown_powers_linux_off_through_control_shutdown() {
+    let _serial = one_linux_at_a_time();
     let test = "xm_shutdown_powers_linux_off_through_control_shutdown";
     let Some(env) = boot(test, "linuxdown", &shell_init(""), &[], "") else {
         return;
@@ -195,7 +205,7 @@ fn xm_shutdown_powers_linux_off_through_control_shutdown() {
     linux::wait_for_text(&state, "/init's marker", |t| t.contains(INIT_MARKER));
     // Linux's xenbus watches control/shutdown from its xenbus probe on; /init runs
     // after it.
-    let down = env.xm(&["shutdown", "-w", "linuxdown"]);
+    let down = env.xm(&["shutdown", "-w", "--timeout", "180", "linuxdown"]);
     let text = boot_text(&state);
     assert!(
         down.status.success(),
@@ -215,6 +225,7 @@ fn xm_shutdown_powers_linux_off_through_control_shutdown() {
 /// and its output comes back.
 #[test]
 fn xm_console_gives_a_shell_on_hvc0() {
+    let _serial = one_linux_at_a_time();
     let test = "xm_console_gives_a_shell_on_hvc0";
     let Some(env) = boot(test, "linuxsh", &shell_init(""), &[], "") else {
         return;
@@ -280,6 +291,7 @@ const DISK_MODULES: &[&str] = &[
 /// one back; after `xm shutdown` the image holds it.
 #[test]
 fn linux_blkfront_mounts_an_ext2_disk() {
+    let _serial = one_linux_at_a_time();
     let test = "linux_blkfront_mounts_an_ext2_disk";
     if !kvm_available(test) {
         return;
@@ -329,7 +341,7 @@ fn linux_blkfront_mounts_an_ext2_disk() {
         (Some("4"), Some("4")),
         "xenbus states"
     );
-    env.xm_ok(&["shutdown", "-w", "linuxdisk"]);
+    env.xm_ok(&["shutdown", "-w", "--timeout", "180", "linuxdisk"]);
     assert_powered_off(&env, "linuxdisk");
     let cat = std::process::Command::new("debugfs")
         .args(["-R", "cat /from-linux.txt"])
@@ -398,6 +410,7 @@ fn ext2_image(test: &str, tree: &std::path::Path) -> Option<std::path::PathBuf> 
 /// the disk, and powers off.
 #[test]
 fn linux_switches_root_to_an_ext2_disk() {
+    let _serial = one_linux_at_a_time();
     let test = "linux_switches_root_to_an_ext2_disk";
     if !kvm_available(test) {
         return;
@@ -478,6 +491,7 @@ const LINUX_PAGE: &str = "Hello from Linux on rxen\n";
 /// namespace on the bridge is answered by Linux and curl gets the page.
 #[test]
 fn linux_netfront_answers_ping_on_a_bridge() {
+    let _serial = one_linux_at_a_time();
     let test = "linux_netfront_answers_ping_on_a_bridge";
     if !kvm_available(test) {
         return;
@@ -551,6 +565,6 @@ fn linux_netfront_answers_ping_on_a_bridge() {
         (Some("4"), Some("4")),
         "xenbus states"
     );
-    env.xm_ok(&["shutdown", "-w", "linuxnet"]);
+    env.xm_ok(&["shutdown", "-w", "--timeout", "180", "linuxnet"]);
     assert_powered_off(&env, "linuxnet");
 }
