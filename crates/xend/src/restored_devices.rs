@@ -1,22 +1,13 @@
-//! The frontend directories of a restored domain's connected devices: pure data
-//! taken from the image's VMM state document (its `devices` part, version 2 of
-//! `docs/migration.md`'s document), written by [`crate::xs`] at restore over the
-//! layout of [`crate::vbd`] / [`crate::vif`], so that the new domain's xenstore says
-//! what its guest negotiated before the save: `state` = Connected (4), the ring
-//! references, event channels and features. The guest does not take part in a
-//! transparent restore and never writes them again; the VMM's backends serve the
-//! same rings from the saved indices and publish their own nodes.
-//!
-//! The document is the image's and untrusted: only the fields below are read, every
-//! number must be a `u32`, and a device the domain's configuration does not have is
-//! left out (the VMM refuses such an image anyway).
-//!
-//! The same nodes are written back for a running domain after xenstored lost its
-//! tree (`crate::state::xenstored`): then they come from the VMM's answer to
-//! `device-states` ([`rxen_vmm_api::ConnectedDevices`], the same fields).
+//! The frontend directories of a running domain's connected devices, written back by
+//! [`crate::xs`] over the layout of [`crate::vbd`] / [`crate::vif`] after xenstored
+//! lost the domain's tree (`crate::state::xenstored`): `state` = Connected (4), the
+//! ring references, event channels and features the guest negotiated, which it never
+//! writes again. They come from the VMM's answer to `device-states`
+//! ([`rxen_vmm_api::ConnectedDevices`]); a device the domain's configuration does not
+//! have is left out. (After a restore or an incoming migration the restoring VMM
+//! writes the same nodes itself, from the image's device state.)
 
 use rxen_vmm_api::{ConnectedDevices, ConnectedVbd, ConnectedVif, VifEventChannels};
-use serde::Deserialize;
 
 /// The nodes of one restored device's frontend directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,12 +16,6 @@ pub struct RestoredFrontend {
     pub class: &'static str,
     pub devid: u32,
     pub nodes: Vec<(String, String)>,
-}
-
-#[derive(Deserialize)]
-struct Doc {
-    #[serde(default)]
-    devices: ConnectedDevices,
 }
 
 fn kv(k: impl Into<String>, v: impl ToString) -> (String, String) {
@@ -98,18 +83,6 @@ fn vif_nodes(v: &ConnectedVif) -> Vec<(String, String)> {
     n
 }
 
-/// The frontend nodes of the devices `document` (the image's VMM state) saved
-/// connected, for those among `vbds` / `vifs` (the configuration's device numbers).
-pub fn from_document(
-    document: &[u8],
-    vbds: &[u32],
-    vifs: &[u32],
-) -> Result<Vec<RestoredFrontend>, String> {
-    let doc: Doc =
-        serde_json::from_slice(document).map_err(|e| format!("its device state: {e}"))?;
-    Ok(from_connected(&doc.devices, vbds, vifs))
-}
-
 /// The frontend nodes of `devices` (what a VMM's backends say of their connected
 /// devices, or what an image saved), for those among `vbds` / `vifs`.
 pub fn from_connected(
@@ -139,6 +112,22 @@ pub fn from_connected(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// The `devices` part of a VMM state document (the JSON shape `device-states`
+    /// answers with), then [`from_connected`].
+    fn from_document(
+        document: &[u8],
+        vbds: &[u32],
+        vifs: &[u32],
+    ) -> Result<Vec<RestoredFrontend>, serde_json::Error> {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            #[serde(default)]
+            devices: ConnectedDevices,
+        }
+        let doc: Doc = serde_json::from_slice(document)?;
+        Ok(from_connected(&doc.devices, vbds, vifs))
+    }
 
     fn get<'a>(f: &'a RestoredFrontend, k: &str) -> Option<&'a str> {
         f.nodes.iter().find(|n| n.0 == k).map(|n| n.1.as_str())
