@@ -458,13 +458,17 @@ pub fn block_detach(
         wait: timeout,
     };
     let r = api.detach_disk(domain, dev, &q)?;
-    if r.value.forced && !force {
-        eprintln!(
-            "warning: the guest did not release {} in time; it was removed by force",
-            r.value.vdev
-        );
+    let forced = r.value.forced.then(|| r.value.vdev.clone());
+    report_detach(out, force, forced, &r.json)
+}
+
+/// Shows a detach's reply; warns when the backend removed the device (`forced`,
+/// its name) by force although the user asked to wait for the guest (`!force`).
+fn report_detach(out: Output, force: bool, forced: Option<String>, json: &Value) -> XmResult<()> {
+    if let Some(device) = forced.filter(|_| !force) {
+        eprintln!("warning: the guest did not release {device} in time; it was removed by force");
     }
-    out.show(&r.json, String::new);
+    out.show(json, String::new);
     Ok(())
 }
 
@@ -520,14 +524,8 @@ pub fn network_detach(
         wait: timeout,
     };
     let r = api.detach_nic(domain, dev, &q)?;
-    if r.value.forced && !force {
-        eprintln!(
-            "warning: the guest did not release vif {} in time; it was removed by force",
-            r.value.devid
-        );
-    }
-    out.show(&r.json, String::new);
-    Ok(())
+    let forced = r.value.forced.then(|| format!("vif {}", r.value.devid));
+    report_detach(out, force, forced, &r.json)
 }
 
 /// `network-list DOMAIN...`: xl's table for each domain.
