@@ -9,6 +9,10 @@
 //! (mode 0600). Requests are tagged by `op`, replies by `reply`. Lines longer than
 //! [`MAX_LINE`] are refused.
 //!
+//! It also says which xenstore nodes a connected device's state stands for
+//! ([`ConnectedVbd::frontend_nodes`], [`ConnectedVif::frontend_nodes`]): both sides
+//! write them back (the VMM after a restore, xend after a xenstored restart).
+//!
 //! It must not contain behaviour of either side: no sockets, no domain state. Both
 //! `xen-vmm` and `xend` (and tests) depend on it; it depends on neither.
 
@@ -181,6 +185,83 @@ pub struct VifRxOffload {
     pub csum_v6: bool,
     pub gso_v4: bool,
     pub gso_v6: bool,
+}
+
+fn node(k: impl Into<String>, v: impl ToString) -> (String, String) {
+    (k.into(), v.to_string())
+}
+
+fn flag(b: bool) -> u8 {
+    u8::from(b)
+}
+
+impl ConnectedVbd {
+    /// What blkfront wrote when it connected: `state` 4, `protocol`,
+    /// `feature-persistent`, the queue count (more than one), `ring-page-order`
+    /// (more than one page) and each queue's `ring-ref`/`ring-refN` and
+    /// `event-channel` (under `queue-N/` with queues).
+    pub fn frontend_nodes(&self) -> Vec<(String, String)> {
+        let mut n = vec![node("state", 4), node("protocol", "x86_64-abi")];
+        let persistent = self.rings.iter().any(|r| r.persistent);
+        n.push(node("feature-persistent", flag(persistent)));
+        let queues = self.rings.len();
+        if queues > 1 {
+            n.push(node("multi-queue-num-queues", queues));
+        }
+        let pages = self.rings.first().map_or(1, |r| r.ring_refs.len());
+        if pages > 1 {
+            n.push(node("ring-page-order", pages.trailing_zeros()));
+        }
+        for (q, r) in self.rings.iter().enumerate() {
+            let dir = if queues > 1 {
+                format!("queue-{q}/")
+            } else {
+                String::new()
+            };
+            if let [only] = r.ring_refs[..] {
+                n.push(node(format!("{dir}ring-ref"), only));
+            } else {
+                for (i, g) in r.ring_refs.iter().enumerate() {
+                    n.push(node(format!("{dir}ring-ref{i}"), g));
+                }
+            }
+            n.push(node(format!("{dir}event-channel"), r.evtchn));
+        }
+        n
+    }
+}
+
+impl ConnectedVif {
+    /// What netfront wrote when it connected: `state` 4, both ring references,
+    /// `request-rx-copy`, `feature-rx-notify`, the event channel(s) and the RX
+    /// features it takes.
+    pub fn frontend_nodes(&self) -> Vec<(String, String)> {
+        let mut n = vec![
+            node("state", 4),
+            node("tx-ring-ref", self.tx_ring_ref),
+            node("rx-ring-ref", self.rx_ring_ref),
+            node("request-rx-copy", 1),
+            // Every frontend a netback serves wrote it (Linux's netback refuses one
+            // that did not); the backend does not keep it, so it is not in the state.
+            node("feature-rx-notify", 1),
+        ];
+        match self.evtchn {
+            VifEventChannels::Shared(p) => n.push(node("event-channel", p)),
+            VifEventChannels::Split { tx, rx } => {
+                n.push(node("event-channel-tx", tx));
+                n.push(node("event-channel-rx", rx));
+            }
+        }
+        let o = &self.rx_offload;
+        n.extend([
+            node("feature-sg", flag(o.sg)),
+            node("feature-no-csum-offload", flag(!o.csum_v4)),
+            node("feature-ipv6-csum-offload", flag(o.csum_v6)),
+            node("feature-gso-tcpv4", flag(o.gso_v4)),
+            node("feature-gso-tcpv6", flag(o.gso_v6)),
+        ]);
+        n
+    }
 }
 
 /// Whether the guest may write a disk (xl's `r` / `w`).

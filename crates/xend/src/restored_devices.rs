@@ -7,7 +7,7 @@
 //! have is left out. (After a restore or an incoming migration the restoring VMM
 //! writes the same nodes itself, from the image's device state.)
 
-use rxen_vmm_api::{ConnectedDevices, ConnectedVbd, ConnectedVif, VifEventChannels};
+use rxen_vmm_api::ConnectedDevices;
 
 /// The nodes of one restored device's frontend directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,71 +16,6 @@ pub struct RestoredFrontend {
     pub class: &'static str,
     pub devid: u32,
     pub nodes: Vec<(String, String)>,
-}
-
-fn kv(k: impl Into<String>, v: impl ToString) -> (String, String) {
-    (k.into(), v.to_string())
-}
-
-fn flag(b: bool) -> u8 {
-    u8::from(b)
-}
-
-fn vbd_nodes(v: &ConnectedVbd) -> Vec<(String, String)> {
-    let mut n = vec![kv("state", 4), kv("protocol", "x86_64-abi")];
-    let persistent = v.rings.iter().any(|r| r.persistent);
-    n.push(kv("feature-persistent", flag(persistent)));
-    if v.rings.len() > 1 {
-        n.push(kv("multi-queue-num-queues", v.rings.len()));
-    }
-    let pages = v.rings.first().map_or(1, |r| r.ring_refs.len());
-    if pages > 1 {
-        n.push(kv("ring-page-order", pages.trailing_zeros()));
-    }
-    for (q, r) in v.rings.iter().enumerate() {
-        let dir = if v.rings.len() > 1 {
-            format!("queue-{q}/")
-        } else {
-            String::new()
-        };
-        if r.ring_refs.len() == 1 {
-            n.push(kv(format!("{dir}ring-ref"), r.ring_refs[0]));
-        } else {
-            for (i, g) in r.ring_refs.iter().enumerate() {
-                n.push(kv(format!("{dir}ring-ref{i}"), g));
-            }
-        }
-        n.push(kv(format!("{dir}event-channel"), r.evtchn));
-    }
-    n
-}
-
-fn vif_nodes(v: &ConnectedVif) -> Vec<(String, String)> {
-    let mut n = vec![
-        kv("state", 4),
-        kv("tx-ring-ref", v.tx_ring_ref),
-        kv("rx-ring-ref", v.rx_ring_ref),
-        kv("request-rx-copy", 1),
-        // Every frontend a netback serves wrote it (Linux's netback refuses one that
-        // did not); the backend does not keep it, so it is not in the state.
-        kv("feature-rx-notify", 1),
-    ];
-    match v.evtchn {
-        VifEventChannels::Shared(p) => n.push(kv("event-channel", p)),
-        VifEventChannels::Split { tx, rx } => {
-            n.push(kv("event-channel-tx", tx));
-            n.push(kv("event-channel-rx", rx));
-        }
-    }
-    let o = &v.rx_offload;
-    n.extend([
-        kv("feature-sg", flag(o.sg)),
-        kv("feature-no-csum-offload", flag(!o.csum_v4)),
-        kv("feature-ipv6-csum-offload", flag(o.csum_v6)),
-        kv("feature-gso-tcpv4", flag(o.gso_v4)),
-        kv("feature-gso-tcpv6", flag(o.gso_v6)),
-    ]);
-    n
 }
 
 /// The frontend nodes of `devices` (what a VMM's backends say of their connected
@@ -95,14 +30,14 @@ pub fn from_connected(
         out.push(RestoredFrontend {
             class: "vbd",
             devid: *devid,
-            nodes: vbd_nodes(v),
+            nodes: v.frontend_nodes(),
         });
     }
     for (devid, v) in devices.vifs.iter().filter(|(d, _)| vifs.contains(d)) {
         out.push(RestoredFrontend {
             class: "vif",
             devid: *devid,
-            nodes: vif_nodes(v),
+            nodes: v.frontend_nodes(),
         });
     }
     out

@@ -78,48 +78,25 @@ impl SavedVbd {
     }
 }
 
+impl From<&SavedVbd> for rxen_vmm_api::ConnectedVbd {
+    fn from(v: &SavedVbd) -> Self {
+        let rings = v
+            .rings
+            .iter()
+            .map(|r| rxen_vmm_api::ConnectedRing {
+                ring_refs: r.ring_refs.clone(),
+                evtchn: r.evtchn,
+                persistent: r.persistent,
+            })
+            .collect();
+        Self { rings }
+    }
+}
+
 impl crate::xenbus_backend::SavedDevice for SavedVbd {
-    /// What blkfront wrote: `state` 4, `protocol`, `feature-persistent`, the queue
-    /// count (more than one), `ring-page-order` (more than one page) and each queue's
-    /// `ring-ref`/`ring-refN` and `event-channel` (under `queue-N/` with queues).
+    /// What blkfront wrote ([`rxen_vmm_api::ConnectedVbd::frontend_nodes`]).
     fn frontend_nodes(&self) -> Vec<(String, String)> {
-        let kv = |k: String, v: String| (k, v);
-        let mut n = vec![
-            kv("state".into(), "4".into()),
-            kv("protocol".into(), "x86_64-abi".into()),
-        ];
-        let persistent = self.rings.iter().any(|r| r.persistent);
-        n.push(kv(
-            "feature-persistent".into(),
-            u8::from(persistent).to_string(),
-        ));
-        let queues = self.rings.len();
-        if queues > 1 {
-            n.push(kv("multi-queue-num-queues".into(), queues.to_string()));
-        }
-        let pages = self.rings.first().map_or(1, |r| r.ring_refs.len());
-        if pages > 1 {
-            n.push(kv(
-                "ring-page-order".into(),
-                pages.trailing_zeros().to_string(),
-            ));
-        }
-        for (q, r) in self.rings.iter().enumerate() {
-            let dir = if queues > 1 {
-                format!("queue-{q}/")
-            } else {
-                String::new()
-            };
-            if let [only] = r.ring_refs[..] {
-                n.push(kv(format!("{dir}ring-ref"), only.to_string()));
-            } else {
-                for (i, g) in r.ring_refs.iter().enumerate() {
-                    n.push(kv(format!("{dir}ring-ref{i}"), g.to_string()));
-                }
-            }
-            n.push(kv(format!("{dir}event-channel"), r.evtchn.to_string()));
-        }
-        n
+        rxen_vmm_api::ConnectedVbd::from(self).frontend_nodes()
     }
 }
 

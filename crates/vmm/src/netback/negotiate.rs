@@ -38,6 +38,27 @@ pub enum EventChannels {
 
 use super::rx::RxOffload;
 
+impl From<EventChannels> for rxen_vmm_api::VifEventChannels {
+    fn from(e: EventChannels) -> Self {
+        match e {
+            EventChannels::Shared(p) => Self::Shared(p),
+            EventChannels::Split { tx, rx } => Self::Split { tx, rx },
+        }
+    }
+}
+
+impl From<RxOffload> for rxen_vmm_api::VifRxOffload {
+    fn from(o: RxOffload) -> Self {
+        Self {
+            sg: o.sg,
+            csum_v4: o.csum_v4,
+            csum_v6: o.csum_v6,
+            gso_v4: o.gso_v4,
+            gso_v6: o.gso_v6,
+        }
+    }
+}
+
 /// The checked details a frontend published.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FrontendRings {

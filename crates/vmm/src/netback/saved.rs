@@ -68,34 +68,21 @@ impl SavedVif {
     }
 }
 
-impl crate::xenbus_backend::SavedDevice for SavedVif {
-    /// What netfront wrote: `state` 4, both ring references, `request-rx-copy`, the
-    /// event channel(s) and the RX features it takes.
-    fn frontend_nodes(&self) -> Vec<(String, String)> {
-        let kv = |k: &str, v: String| (k.to_string(), v);
-        let flag = |b: bool| u8::from(b).to_string();
-        let mut n = vec![
-            kv("state", "4".into()),
-            kv("tx-ring-ref", self.tx_ring_ref.to_string()),
-            kv("rx-ring-ref", self.rx_ring_ref.to_string()),
-            kv("request-rx-copy", "1".into()),
-        ];
-        match self.evtchn {
-            EventChannels::Shared(p) => n.push(kv("event-channel", p.to_string())),
-            EventChannels::Split { tx, rx } => {
-                n.push(kv("event-channel-tx", tx.to_string()));
-                n.push(kv("event-channel-rx", rx.to_string()));
-            }
+impl From<&SavedVif> for rxen_vmm_api::ConnectedVif {
+    fn from(v: &SavedVif) -> Self {
+        Self {
+            tx_ring_ref: v.tx_ring_ref,
+            rx_ring_ref: v.rx_ring_ref,
+            evtchn: v.evtchn.into(),
+            rx_offload: v.rx_offload.into(),
         }
-        let o = self.rx_offload;
-        n.extend([
-            kv("feature-sg", flag(o.sg)),
-            kv("feature-no-csum-offload", flag(!o.csum_v4)),
-            kv("feature-ipv6-csum-offload", flag(o.csum_v6)),
-            kv("feature-gso-tcpv4", flag(o.gso_v4)),
-            kv("feature-gso-tcpv6", flag(o.gso_v6)),
-        ]);
-        n
+    }
+}
+
+impl crate::xenbus_backend::SavedDevice for SavedVif {
+    /// What netfront wrote ([`rxen_vmm_api::ConnectedVif::frontend_nodes`]).
+    fn frontend_nodes(&self) -> Vec<(String, String)> {
+        rxen_vmm_api::ConnectedVif::from(self).frontend_nodes()
     }
 }
 

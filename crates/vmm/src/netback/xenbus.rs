@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use rxen_abi::netif::{NET_RX_RING_SIZE, NET_TX_RING_SIZE};
 
 use super::connection::Connection;
-use super::negotiate::{EventChannels, FrontendRings};
+use super::negotiate::FrontendRings;
 use super::saved::SavedVif;
 use super::tap::Tap;
 use crate::domain::DomainShared;
@@ -104,21 +104,11 @@ impl BackendDevice for Vif {
 
     fn frontend(&self) -> Option<Self::Frontend> {
         let r = self.conn.as_ref()?.frontend_rings();
-        let o = r.rx;
         Some(rxen_vmm_api::ConnectedVif {
             tx_ring_ref: r.tx_ring_ref,
             rx_ring_ref: r.rx_ring_ref,
-            evtchn: match r.evtchn {
-                EventChannels::Shared(p) => rxen_vmm_api::VifEventChannels::Shared(p),
-                EventChannels::Split { tx, rx } => rxen_vmm_api::VifEventChannels::Split { tx, rx },
-            },
-            rx_offload: rxen_vmm_api::VifRxOffload {
-                sg: o.sg,
-                csum_v4: o.csum_v4,
-                csum_v6: o.csum_v6,
-                gso_v4: o.gso_v4,
-                gso_v6: o.gso_v6,
-            },
+            evtchn: r.evtchn.into(),
+            rx_offload: r.rx.into(),
         })
     }
 
