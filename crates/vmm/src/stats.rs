@@ -361,6 +361,7 @@ fn mmuext_name(i: usize) -> String {
 }
 
 fn subop_name(number: u32, i: usize) -> String {
+    use rxen_abi::event_channel::*;
     use rxen_abi::sched::*;
     use rxen_abi::vcpu::*;
     let cmd = i as u64;
@@ -390,6 +391,23 @@ fn subop_name(number: u32, i: usize) -> String {
             VCPUOP_REGISTER_VCPU_INFO => "register_vcpu_info",
             VCPUOP_SEND_NMI => "send_nmi",
             VCPUOP_GET_PHYSID => "get_physid",
+            _ => "unknown",
+        },
+        nr::EVENT_CHANNEL_OP => match cmd {
+            EVTCHNOP_BIND_INTERDOMAIN => "bind_interdomain",
+            EVTCHNOP_BIND_VIRQ => "bind_virq",
+            EVTCHNOP_BIND_PIRQ => "bind_pirq",
+            EVTCHNOP_CLOSE => "close",
+            EVTCHNOP_SEND => "send",
+            EVTCHNOP_STATUS => "status",
+            EVTCHNOP_ALLOC_UNBOUND => "alloc_unbound",
+            EVTCHNOP_BIND_IPI => "bind_ipi",
+            EVTCHNOP_BIND_VCPU => "bind_vcpu",
+            EVTCHNOP_UNMASK => "unmask",
+            EVTCHNOP_RESET => "reset",
+            EVTCHNOP_INIT_CONTROL => "init_control",
+            EVTCHNOP_EXPAND_ARRAY => "expand_array",
+            EVTCHNOP_SET_PRIORITY => "set_priority",
             _ => "unknown",
         },
         _ => "unknown",
@@ -437,10 +455,14 @@ mod tests {
         assert_eq!(count(&snap, "hypercall", "sched_op"), 2);
         assert_eq!(count(&snap, "sched_op", "block"), 2);
         assert_eq!(count(&snap, "vcpu_op", "set_singleshot_timer"), 1);
-        assert_eq!(count(&snap, "memory_op", "7"), 1);
+        assert_eq!(
+            count(&snap, "memory_op", "7"),
+            1,
+            "unnamed sub-ops are numbers"
+        );
         assert_eq!(count(&snap, "hypercall", "mmu_update"), 1);
         // mmu_update's first argument is a pointer, not a sub-op.
-        assert_eq!(snap.counts.len(), 6);
+        assert_eq!(snap.counts.len(), 7);
         assert_eq!(snap.counts[0].count, 2, "highest first");
     }
 
