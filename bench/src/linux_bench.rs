@@ -5,13 +5,15 @@
 //! The kernel is `RXEN_LINUX_KERNEL`, else `target/linux-kernel/boot/vmlinuz-*` (run
 //! `scripts/fetch-linux-kernel.sh` when missing); busybox is `RXEN_BUSYBOX`, else
 //! `target/linux-kernel/busybox`. Without them the figure is skipped with a message.
-//! The initramfs (newc cpio: busybox, `/init` printing the marker and powering off) is
-//! written here.
+//! The initramfs (`rxen_initramfs`: busybox, `/init` printing the marker and powering
+//! off) is written here. The first Linux boot is kept until it powers off, and the
+//! top of its counters (`rxen_vmm::stats`, the table its VMM logs when the domain
+//! ends) is printed on stderr: where the boot's time went.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::xend_bench::{console, create_config, start, Daemons};
+use crate::xend_bench::{console, create_config, create_reply, start, Daemons};
 use crate::Figure;
 
 const NAME: &str = "linux_boot_to_init_s";
@@ -42,7 +44,7 @@ fn find_kernel() -> Option<PathBuf> {
 }
 
 /// The kernel and busybox, or why not.
-fn inputs() -> Result<(PathBuf, PathBuf), String> {
+pub(crate) fn inputs() -> Result<(PathBuf, PathBuf), String> {
     let kernel = match std::env::var_os("RXEN_LINUX_KERNEL") {
         Some(k) => PathBuf::from(k),
         None => match find_kernel() {
@@ -70,40 +72,109 @@ fn inputs() -> Result<(PathBuf, PathBuf), String> {
     Ok((kernel, busybox))
 }
 
-/// One entry of a newc (`070701`) cpio archive.
-fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
-    let size = u32::try_from(data.len()).unwrap_or(u32::MAX);
-    let name_len = u32::try_from(name.len() + 1).unwrap_or(u32::MAX);
-    let fields = [
-        ino, mode, 0, 0, 1, 0, size, 0, 0, rdev.0, rdev.1, name_len, 0,
-    ];
-    out.extend_from_slice(b"070701");
-    for f in fields {
-        out.extend_from_slice(format!("{f:08x}").as_bytes());
-    }
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-    out.extend_from_slice(data);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-}
-
 fn initramfs(busybox: &Path) -> Result<Vec<u8>, String> {
     let bb = std::fs::read(busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
     let init = format!("#!/bin/sh\necho {MARKER}\n/bin/busybox poweroff -f\n");
-    let mut out = Vec::new();
-    cpio_entry(&mut out, 1, "bin", 0o040755, (0, 0), &[]);
-    cpio_entry(&mut out, 2, "dev", 0o040755, (0, 0), &[]);
-    cpio_entry(&mut out, 3, "dev/console", 0o020600, (5, 1), &[]);
-    cpio_entry(&mut out, 4, "bin/busybox", 0o100755, (0, 0), &bb);
-    cpio_entry(&mut out, 5, "bin/sh", 0o120777, (0, 0), b"busybox");
-    cpio_entry(&mut out, 6, "init", 0o100755, (0, 0), init.as_bytes());
-    cpio_entry(&mut out, 7, "TRAILER!!!", 0, (0, 0), &[]);
-    Ok(out)
+    Ok(rxen_initramfs::busybox_initramfs(&bb, &init, &[]))
+}
+
+/// How many counters of a boot are printed.
+const TOP_COUNTS: usize = 25;
+
+/// A Linux domain booted under xend: seconds from create to `marker` on its console,
+/// its console text then, and its counters when `keep` (the domain is left to power
+/// off, preserved, and its VMM's log read).
+pub(crate) struct LinuxRun {
+    pub(crate) secs: f64,
+    pub(crate) console: String,
+    pub(crate) stats: Option<rxen_vmm_api::DomainStats>,
+}
+
+/// The xl.cfg text of a Linux domain with `ramdisk`.
+pub(crate) fn linux_config(name: &str, kernel: &Path, ramdisk: &Path) -> String {
+    format!(
+        "name='{name}'\nmemory=256\nkernel='{}'\nramdisk='{}'\nextra='console=hvc0'\non_poweroff='preserve'\n",
+        kernel.display(),
+        ramdisk.display()
+    )
+}
+
+/// Boots `config` and waits for `marker` on its console; with `keep`, then for the
+/// domain to end and its VMM's counter table (see [`LinuxRun`]). Deletes the domain.
+pub(crate) fn run_linux(
+    d: &Daemons,
+    name: &str,
+    config: &str,
+    marker: &str,
+    keep: bool,
+) -> Result<LinuxRun, String> {
+    let t0 = Instant::now();
+    let reply = create_reply(d, name, config)?;
+    let result = (|| {
+        let (secs, console_text) = loop {
+            let text = console(d, name);
+            if text.contains(marker) {
+                break (t0.elapsed().as_secs_f64(), text);
+            }
+            if t0.elapsed() > BOOT_LIMIT {
+                return Err(format!(
+                    "{name}: no {marker:?} within {BOOT_LIMIT:?}; console ends:\n{}",
+                    tail(&text, 20)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stats = match (keep, reply.domain.domid) {
+            (true, Some(domid)) => Some(logged_stats(&d.domain_dir(domid).join("vmm.log"))?),
+            _ => None,
+        };
+        Ok(LinuxRun {
+            secs,
+            console: console_text,
+            stats,
+        })
+    })();
+    let _ = d.agent.delete(format!("{}/domains/{name}", d.url)).call();
+    result
+}
+
+/// The counter table the VMM logs at `log` when its domain ends (waits for it).
+fn logged_stats(log: &Path) -> Result<rxen_vmm_api::DomainStats, String> {
+    let header = rxen_vmm_api::DomainStats::TABLE_HEADER;
+    let t0 = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(at) = text.find(header) {
+            let after = &text[at + header.len()..];
+            return Ok(rxen_vmm_api::DomainStats::parse_table(
+                after.lines().skip(1),
+            ));
+        }
+        if t0.elapsed() > BOOT_LIMIT {
+            return Err(format!(
+                "{}: no counter table within {BOOT_LIMIT:?} (did the domain power off?)",
+                log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Prints the top of `stats` on stderr under `title`.
+pub(crate) fn print_stats(title: &str, stats: &rxen_vmm_api::DomainStats) {
+    eprintln!(
+        "rxen-bench: {title}: top counts (of {}):",
+        stats.counts.len()
+    );
+    for line in stats.table(TOP_COUNTS).lines().skip(1) {
+        eprintln!("rxen-bench: {line}");
+    }
 }
 
 /// Seconds from the create request to `marker` on the console (any output when empty).
@@ -153,14 +224,14 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
             (0..n)
                 .map(|i| {
                     let name = format!("linux{i}");
-                    let config = format!(
-                        "name='{name}'\nmemory=256\nkernel='{}'\nramdisk='{}'\nextra='console=hvc0'\n",
-                        kernel.display(),
-                        ramdisk.display()
-                    );
-                    boot_s(&d, &name, &config, MARKER)
+                    let config = linux_config(&name, &kernel, &ramdisk);
+                    let run = run_linux(&d, &name, &config, MARKER, i == 0)?;
+                    if let Some(stats) = &run.stats {
+                        print_stats("Linux boot to poweroff", stats);
+                    }
+                    Ok(run.secs)
                 })
-                .collect::<Result<Vec<_>, _>>()?,
+                .collect::<Result<Vec<_>, String>>()?,
         );
         Ok((value, baseline))
     })();

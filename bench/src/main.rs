@@ -6,6 +6,7 @@
 
 mod blk_bench;
 mod linux_bench;
+mod linux_probe_bench;
 mod migrate_bench;
 mod net_bench;
 mod pv_bench;
@@ -60,6 +61,10 @@ fn main() {
         ("xend", xend_bench::run(&wants, cli.quick)),
         ("block devices", blk_bench::run(&wants, cli.quick)),
         ("Linux guests", linux_bench::run(&wants, cli.quick)),
+        (
+            "Linux guests against the host",
+            linux_probe_bench::run(&wants, cli.quick),
+        ),
         ("network", net_bench::run(&wants, cli.quick)),
         (
             "save, restore, migration",

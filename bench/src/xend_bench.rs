@@ -34,6 +34,14 @@ pub(crate) struct Daemons {
     pub(crate) agent: ureq::Agent,
 }
 
+impl Daemons {
+    /// Domain `domid`'s directory under xend's state directory (`vmm.log`,
+    /// `console.log`).
+    pub(crate) fn domain_dir(&self, domid: u32) -> PathBuf {
+        self.dir.join("state/domains").join(domid.to_string())
+    }
+}
+
 impl Drop for Daemons {
     fn drop(&mut self) {
         let _ = self.xend.kill();
@@ -76,7 +84,9 @@ pub(crate) fn start() -> Result<Daemons, String> {
         .arg("--xenstored-socket")
         .arg(&sock)
         .stderr(Stdio::null())
-        .env("RXEN_LOG", "warn")
+        // Inherited by the VMMs: warnings, and each domain's counters when it ends
+        // (`rxen_vmm::stats`, read back by the Linux benchmark).
+        .env("RXEN_LOG", "warn,rxen_vmm::stats=info")
         .spawn()
         .map_err(|e| format!("xend: {e}"))?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -121,6 +131,19 @@ pub(crate) fn console(d: &Daemons, name: &str) -> String {
 
 /// `POST /domains` with xl.cfg text `config`; the new domain's VMM pid.
 pub(crate) fn create_config(d: &Daemons, name: &str, config: &str) -> Result<u64, String> {
+    create_reply(d, name, config)?
+        .domain
+        .pid
+        .map(u64::from)
+        .ok_or_else(|| "no pid".into())
+}
+
+/// `POST /domains` with xl.cfg text `config`; xend's answer.
+pub(crate) fn create_reply(
+    d: &Daemons,
+    name: &str,
+    config: &str,
+) -> Result<rxen_xend_api::CreateReply, String> {
     let body = serde_json::to_string(&rxen_xend_api::CreateRequest {
         config: Some(config.to_string()),
         ..Default::default()
@@ -136,13 +159,7 @@ pub(crate) fn create_config(d: &Daemons, name: &str, config: &str) -> Result<u64
     if r.status().as_u16() != 201 {
         return Err(format!("create {name}: {text}"));
     }
-    let reply: rxen_xend_api::CreateReply =
-        serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    reply
-        .domain
-        .pid
-        .map(u64::from)
-        .ok_or_else(|| "no pid".into())
+    serde_json::from_str(&text).map_err(|e| e.to_string())
 }
 
 fn create(d: &Daemons, name: &str) -> Result<u64, String> {

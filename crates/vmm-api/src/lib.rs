@@ -128,6 +128,10 @@ pub enum Request {
     /// references, event channels, queues, features), for the toolstack to write
     /// the frontend nodes back after xenstored lost them ([`Reply::DeviceStates`]).
     DeviceStates,
+    /// Say how often the domain did what costs time so far: hypercalls by op and
+    /// sub-op, KVM exits by reason, emulated instructions by kind, bounced traps by
+    /// vector, event upcalls and guest-mode switches ([`Reply::Stats`]).
+    Stats,
 }
 
 /// What the frontends of a domain's connected devices negotiated, by device number:
@@ -315,12 +319,69 @@ pub enum Reply {
     Saved { pages: u64, paused_ms: u64 },
     /// The answer to [`Request::DeviceStates`].
     DeviceStates(ConnectedDevices),
+    /// The answer to [`Request::Stats`].
+    Stats(DomainStats),
     /// The answer to [`Request::Migrate`]: the domain runs at the target.
     Migrated(MigrationFigures),
     /// Sent before the answer to [`Request::Migrate`], once per pre-copy round:
     /// `pages` sent in round `round`, `dirty` pages written meanwhile (the next
     /// round's). Not an answer: the final reply follows on the same connection.
     MigrationProgress { round: u32, pages: u64, dirty: u64 },
+}
+
+/// A domain's counters since it started ([`Request::Stats`]): the ones that are not
+/// zero, highest count first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainStats {
+    pub counts: Vec<StatCount>,
+}
+
+/// One counter: `group` says what is counted (`hypercall`, `mmuext_op`, `exit`,
+/// `emulated`, `trap`, `event`, ...), `name` which one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatCount {
+    pub group: String,
+    pub name: String,
+    pub count: u64,
+}
+
+impl DomainStats {
+    /// The header line of [`DomainStats::table`], for finding the table in a log.
+    pub const TABLE_HEADER: &'static str = "domain statistics (group, name, count):";
+
+    /// The counters as a text table: [`DomainStats::TABLE_HEADER`], then one line per
+    /// counter (`  group  name  count`), at most `top` of them.
+    pub fn table(&self, top: usize) -> String {
+        let mut out = String::from(Self::TABLE_HEADER);
+        for c in self.counts.iter().take(top) {
+            out.push_str(&format!(
+                "\n  {:<18} {:<32} {:>12}",
+                c.group, c.name, c.count
+            ));
+        }
+        out
+    }
+
+    /// Parses the lines of a [`DomainStats::table`] that follow its header (stops at
+    /// the first line that is not one); unparsable lines end the table.
+    pub fn parse_table<'a>(lines: impl Iterator<Item = &'a str>) -> Self {
+        let mut counts = Vec::new();
+        for line in lines {
+            let mut words = line.split_whitespace();
+            let (Some(group), Some(name), Some(count), None) =
+                (words.next(), words.next(), words.next(), words.next())
+            else {
+                break;
+            };
+            let Ok(count) = count.parse() else { break };
+            counts.push(StatCount {
+                group: group.into(),
+                name: name.into(),
+                count,
+            });
+        }
+        Self { counts }
+    }
 }
 
 /// What a migration took.
@@ -586,6 +647,32 @@ pub fn decode<T: serde::de::DeserializeOwned>(line: &str, limit: usize) -> Resul
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_stats_table_parses_back_up_to_its_end() {
+        let stats = DomainStats {
+            counts: vec![
+                StatCount {
+                    group: "hypercall".into(),
+                    name: "mmu_update".into(),
+                    count: 26866,
+                },
+                StatCount {
+                    group: "exit".into(),
+                    name: "io_out_trap_stub".into(),
+                    count: 7,
+                },
+            ],
+        };
+        let text = format!("{}\nnot a table line\n", stats.table(10));
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some(DomainStats::TABLE_HEADER));
+        assert_eq!(DomainStats::parse_table(lines), stats);
+        assert_eq!(stats.table(1).lines().count(), 2);
+        let reply = Reply::Stats(stats.clone());
+        let line = encode(&reply);
+        assert_eq!(decode::<Reply>(line.trim_end(), MAX_LINE).unwrap(), reply);
+    }
 
     fn sample_status() -> Status {
         Status {

@@ -280,6 +280,7 @@ fn answer_request(
             Err(e) => Reply::error(ErrorKind::Migrate, e.to_string()),
         },
         Request::DeviceStates => device_states(devices),
+        Request::Stats => Reply::Stats(dom.stats.snapshot()),
     }
 }
 

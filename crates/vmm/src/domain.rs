@@ -214,6 +214,8 @@ pub struct DomainShared {
     pub watchdogs: Mutex<[(u64, bool); NR_WATCHDOGS]>,
     /// Each vCPU's trap table and callbacks (`set_trap_table`, `callback_op`).
     pub traps: crate::traps::DomainTraps,
+    /// Counters of hypercalls, exits, emulated instructions, traps, upcalls.
+    pub stats: crate::stats::DomainStats,
 }
 
 impl DomainShared {
@@ -634,6 +636,7 @@ impl Domain {
             saver: std::sync::atomic::AtomicBool::new(false),
             watchdogs: Mutex::new([(0, false); NR_WATCHDOGS]),
             traps,
+            stats: Default::default(),
         });
         shared.write_wallclock();
         for i in 0..shared.config.vcpus {

@@ -5,7 +5,8 @@
 //! ABI ([`hypercall`]), event channels ([`evtchn`], [`shared_info`]), grant tables
 //! ([`grant`]), the block backend ([`blkback`]), time
 //! ([`clock`], [`timers`]), the emergency console ([`console`]) and the control socket
-//! ([`control`], speaking `rxen_vmm_api`'s protocol). [`pv`] computes Xen's start of day
+//! ([`control`], speaking `rxen_vmm_api`'s protocol) and counters of where the time goes
+//! ([`stats`]). [`pv`] computes Xen's start of day
 //! for unmodified PV kernels (notes, checks, layout); the builder does not use it yet.
 //!
 //! It must not know about other domains or the toolstack's policies: those belong to
@@ -35,6 +36,7 @@ pub mod rawimage;
 pub mod shared_info;
 pub mod snapshot;
 pub mod sring;
+pub mod stats;
 pub mod timers;
 pub mod traps;
 pub mod tss;

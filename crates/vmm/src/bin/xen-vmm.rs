@@ -223,10 +223,12 @@ fn restore_domain(
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            // Warnings, and the hypervisor console (a PV domain's `console_io`, Xen's
-            // `xl dmesg`): the domain's early output belongs in its log by default.
-            tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG")
-                .unwrap_or_else(|_| "warn,rxen_vmm::hypervisor_console=info".into()),
+            // Warnings, the hypervisor console (a PV domain's `console_io`, Xen's
+            // `xl dmesg`): the domain's early output belongs in its log by default; and
+            // the domain's counters when it ends.
+            tracing_subscriber::EnvFilter::try_from_env("RXEN_LOG").unwrap_or_else(|_| {
+                "warn,rxen_vmm::hypervisor_console=info,rxen_vmm::stats=info".into()
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -459,6 +461,12 @@ fn main() -> ExitCode {
         });
     }
     let why = domain.wait();
+    // Where the domain's time went (`rxen_vmm::stats`), for its log.
+    tracing::info!(
+        target: "rxen_vmm::stats",
+        "{}",
+        shared.stats.snapshot().table(usize::MAX)
+    );
     block_backend.stop();
     net_backend.stop();
     if let Some(p) = &exit_file {

@@ -16,6 +16,7 @@ pub fn handle(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, call: HypercallArgs) -
         v.hypercalls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    dom.stats.hypercall(call.nr, call.args[0]);
     let mem = dom.guest_view(vcpu);
     let rc = if let Some(rc) = crate::traps::hypercall::handle(&dom.traps, &mem, vcpu, &call) {
         rc

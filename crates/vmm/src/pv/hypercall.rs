@@ -318,6 +318,7 @@ fn mmuext_op(
     }
     let count = count & !MMU_UPDATE_PREEMPTED;
     batched::<MmuextOp>(mem, ops, count, pdone, |chunk| {
+        dom.stats.mmuext_ops(chunk);
         let mut frames = frames(dom);
         finish(dom, mmu.mmuext_op(&mut frames, vcpu as usize, chunk))
     })

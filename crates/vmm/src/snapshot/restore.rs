@@ -405,6 +405,7 @@ fn build(
         saver: std::sync::atomic::AtomicBool::new(false),
         watchdogs: Mutex::new([(0, false); crate::domain::NR_WATCHDOGS]),
         traps,
+        stats: Default::default(),
     });
     shared.write_wallclock();
     for i in 0..shared.config.vcpus {

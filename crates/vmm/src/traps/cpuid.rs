@@ -159,6 +159,7 @@ pub(super) fn emulate(
         return None;
     }
     let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
+    dom.stats.emulated(crate::stats::Emulated::Cpuid);
     let r = pv_cpuid(leaf, subleaf, host_cpuid);
     let mut next = *regs;
     next.rip = frame.rip.wrapping_add(FORCED_CPUID.len() as u64);

@@ -119,6 +119,7 @@ fn deliver(
         bounce::parse_frame(vector, words, sregs.cs.selector, sregs.ss.selector, at)?;
     if vector == VECTOR_PF && !software && kernel_stack.is_none() {
         if let Some(next) = super::ptwr::emulate(dom, id, regs, sregs, &frame) {
+            dom.stats.emulated(crate::stats::Emulated::PtWrite);
             return Ok(next);
         }
     }
@@ -127,6 +128,7 @@ fn deliver(
         if let Some(window) = dom.boot.m2p {
             match emulate_m2p(dom, id, regs, sregs, &frame, &window) {
                 Ok(next) => {
+                    dom.stats.emulated(crate::stats::Emulated::M2pRead);
                     tracing::trace!(
                         vcpu = id,
                         cr2 = sregs.cr2,
@@ -187,6 +189,7 @@ fn deliver(
     if delivery.entry.masks_events() {
         dom.shared_info.set_upcall_mask(id, true);
     }
+    dom.stats.trap(delivery.vector);
     tracing::trace!(
         vcpu = id,
         vector = delivery.vector,
@@ -246,6 +249,7 @@ fn emulate_msr(
     let mut next_sregs = *sregs;
     let shadow = msr::read_shadow_gs(fd);
     let effect = msr::emulate(&code, &mut next, &mut next_sregs, shadow)?;
+    dom.stats.emulated(crate::stats::Emulated::Msr);
     let applied = (|| -> Result<(), String> {
         if let msr::Effect::ShadowGs(value) = effect {
             msr::write_shadow_gs(fd, value)?;

@@ -49,6 +49,7 @@ pub fn enter_kernel(fd: &VcpuFd, dom: &DomainShared, id: u32) -> Result<Option<u
         .and_then(|b| b.kernel)
         .ok_or("no kernel page table")?;
     switch(fd, kernel * rxen_abi::PAGE_SIZE)?;
+    dom.stats.event(crate::stats::Event::ToKernel);
     t.user_mode = false;
     Ok(Some(t.kernel_stack.1))
 }
@@ -74,6 +75,7 @@ pub fn enter_user(fd: &VcpuFd, dom: &DomainShared, id: u32) -> Result<bool, Stri
         return Ok(false);
     };
     switch(fd, user * rxen_abi::PAGE_SIZE)?;
+    dom.stats.event(crate::stats::Event::ToUser);
     t.user_mode = true;
     Ok(true)
 }

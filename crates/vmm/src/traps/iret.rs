@@ -75,6 +75,7 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool, r: 
         v.hypercalls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+    dom.stats.hypercall(u64::from(rxen_abi::hypercall::IRET), 0);
     let mut c = IretContext::new_zeroed();
     let result = super::guest_mem::read(dom, id, r.rsp, c.as_mut_bytes())
         .map_err(|_| BadIret::Unreadable(r.rsp))

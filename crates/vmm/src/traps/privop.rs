@@ -164,6 +164,8 @@ pub(super) fn emulate_exit(
     next.rsp = frame.rsp;
     next.rflags = crate::vcpu::syscall::user_rflags(frame.rflags);
     let effect = emulate(&code[..n], &mut next, &cpu)?;
+    dom.stats
+        .emulated(crate::stats::Emulated::of_privileged(&code[..n]));
     if let Effect::Cr4(value) = effect {
         ctl.lock().guest_cr4 = value;
     }

@@ -156,6 +156,7 @@ pub fn maybe_deliver(
         dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
         return false;
     }
+    dom.stats.event(crate::stats::Event::Upcall);
     tracing::trace!(vcpu = id, callback = cb.address, "event upcall");
     true
 }

@@ -70,6 +70,7 @@ fn user_syscall(
     sync_regs: bool,
     regs: &kvm_bindings::kvm_regs,
 ) -> bool {
+    dom.stats.event(crate::stats::Event::UserSyscall);
     let callback = dom.traps.vcpu(id).and_then(|t| t.callbacks.syscall);
     let Some(cb) = callback else {
         dom.request_exit(DomainExit::TripleFault {

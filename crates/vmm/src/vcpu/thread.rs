@@ -91,6 +91,7 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
             continue;
         }
         let exit = fd.run();
+        dom.stats.exit(crate::stats::Exit::of(&exit));
         ran = true;
         ctl.thread.leave_guest();
         let next = match exit {

@@ -100,76 +100,13 @@ pub fn module(kernel: &Path, name: &str, test: &str) -> Option<PathBuf> {
     path
 }
 
-/// One entry of a newc (`070701`) cpio archive.
-fn cpio_entry(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
-    let fields = [
-        ino,
-        mode,
-        0,
-        0,
-        1,
-        0,
-        data.len() as u32,
-        0,
-        0,
-        rdev.0,
-        rdev.1,
-        name.len() as u32 + 1,
-        0,
-    ];
-    out.extend_from_slice(b"070701");
-    for f in fields {
-        out.extend_from_slice(format!("{f:08x}").as_bytes());
-    }
-    out.extend_from_slice(name.as_bytes());
-    out.push(0);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-    out.extend_from_slice(data);
-    while !out.len().is_multiple_of(4) {
-        out.push(0);
-    }
-}
-
-/// An initramfs (newc cpio): busybox as `/bin/busybox` with `/bin/sh`, `/dev/console`,
-/// `/sbin/poweroff` (what Linux runs when the toolstack asks for a poweroff through
-/// `control/shutdown`: busybox's `poweroff -f`, as the test's `/init` is no init
-/// daemon to signal), `/init` with `init` as its script, and `files` (path in the
-/// archive, contents; their directories must be among the ones made here: `bin`,
-/// `sbin`, `dev`, `proc`, `sys`, `mnt`, `lib`, `www`).
+/// An initramfs (newc cpio, `rxen_initramfs`): busybox as `/bin/busybox` with
+/// `/bin/sh`, `/dev/console`, `/sbin/poweroff` (busybox's `poweroff -f`, what Linux runs
+/// for `control/shutdown`), `/init` with `init` as its script, and `files` (path in the
+/// archive, contents; their directories must be among [`rxen_initramfs::DIRS`]).
 pub fn initramfs(busybox: &Path, init: &str, files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    const DIR: u32 = 0o040755;
-    const FILE: u32 = 0o100755;
-    const LINK: u32 = 0o120777;
-    const CHR: u32 = 0o020600;
     let bb = std::fs::read(busybox).unwrap();
-    let mut out = Vec::new();
-    let mut ino = 0;
-    let mut next = || {
-        ino += 1;
-        ino
-    };
-    for d in ["bin", "sbin", "dev", "proc", "sys", "mnt", "lib", "www"] {
-        cpio_entry(&mut out, next(), d, DIR, (0, 0), &[]);
-    }
-    cpio_entry(&mut out, next(), "dev/console", CHR, (5, 1), &[]);
-    cpio_entry(&mut out, next(), "bin/busybox", FILE, (0, 0), &bb);
-    cpio_entry(&mut out, next(), "bin/sh", LINK, (0, 0), b"busybox");
-    cpio_entry(
-        &mut out,
-        next(),
-        "sbin/poweroff",
-        FILE,
-        (0, 0),
-        b"#!/bin/sh\nexec /bin/busybox poweroff -f\n",
-    );
-    cpio_entry(&mut out, next(), "init", FILE, (0, 0), init.as_bytes());
-    for (path, data) in files {
-        cpio_entry(&mut out, next(), path, FILE, (0, 0), data);
-    }
-    cpio_entry(&mut out, next(), "TRAILER!!!", 0, (0, 0), &[]);
-    out
+    rxen_initramfs::busybox_initramfs(&bb, init, files)
 }
 
 /// Everything the domains under `state` printed so far: the VMM's log (hypervisor
