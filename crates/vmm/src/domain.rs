@@ -214,6 +214,8 @@ pub struct DomainShared {
     pub watchdogs: Mutex<[(u64, bool); NR_WATCHDOGS]>,
     /// Each vCPU's trap table and callbacks (`set_trap_table`, `callback_op`).
     pub traps: crate::traps::DomainTraps,
+    /// PIT channel 2 and port 0x61 as a PV guest's port I/O reaches them.
+    pub pit: Mutex<crate::pit::Pit>,
 }
 
 impl DomainShared {
@@ -633,6 +635,7 @@ impl Domain {
             suspended_by: Mutex::new(None),
             saver: std::sync::atomic::AtomicBool::new(false),
             watchdogs: Mutex::new([(0, false); NR_WATCHDOGS]),
+            pit: Mutex::new(crate::pit::Pit::new()),
             traps,
         });
         shared.write_wallclock();

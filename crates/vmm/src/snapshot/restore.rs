@@ -404,6 +404,7 @@ fn build(
         suspended_by: Mutex::new(None),
         saver: std::sync::atomic::AtomicBool::new(false),
         watchdogs: Mutex::new([(0, false); crate::domain::NR_WATCHDOGS]),
+        pit: Mutex::new(crate::pit::Pit::new()),
         traps,
     });
     shared.write_wallclock();
