@@ -147,6 +147,18 @@ impl Mmu {
         Ok(())
     }
 
+    /// Drops `vcpu`'s hold on its `vcpu_info` frame (a restored domain that is a new
+    /// domain to its guest, which registers its `vcpu_info` again); the frame it was.
+    pub fn release_vcpu_info<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        vcpu: usize,
+    ) -> Option<u64> {
+        let frame = self.vcpus.get_mut(vcpu)?.vcpu_info.take()?;
+        self.put_page_and_type(mem, frame);
+        Some(frame)
+    }
+
     /// `update_descriptor`: writes descriptor `desc` at byte `maddr` (8-aligned) of
     /// the domain's memory. The frame must be a descriptor frame or able to be
     /// writable (not a page table); the descriptor must pass [`check_descriptor`].
