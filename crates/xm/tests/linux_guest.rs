@@ -152,6 +152,30 @@ fn debian_kernel_boots_as_a_pv_guest() {
         text.contains(INIT_MARKER),
         "/init did not print its marker:\n{tail}"
     );
+    // PIT channel 2 (ports 0x42/0x43/0x61, `rxen_vmm::pit`): Linux's
+    // `quick_pit_calibrate` sees the counter run and ends within milliseconds of
+    // guest time. It still gives up ("Fast TSC calibration failed": each emulated
+    // port read costs tens of µs, above its 500 ppm error bound), and Linux takes
+    // `xen_tsc_khz`; with ports reading all ones it spun 50 000 iterations × 2 reads,
+    // ~3 s, before saying so.
+    let calibration = text
+        .lines()
+        .find(|l| l.contains("tsc: Fast TSC calibration"))
+        .unwrap_or_else(|| panic!("no TSC calibration message:\n{tail}"));
+    let at =
+        printk_seconds(calibration).unwrap_or_else(|| panic!("no printk time in {calibration:?}"));
+    assert!(
+        at < 1.0,
+        "Linux's PIT calibration ended only at {at} s: {calibration}"
+    );
+}
+
+/// The printk timestamp (`[    0.000623] tsc: ...`) of a kernel message line, in
+/// seconds (the log's own prefix may hold other brackets: the last `[` before `] tsc:`).
+fn printk_seconds(line: &str) -> Option<f64> {
+    let end = line.find("] tsc: ")?;
+    let open = line[..end].rfind('[')?;
+    line[open + 1..end].trim().parse().ok()
 }
 
 /// An `/init` that prints [`INIT_MARKER`] and leaves a shell on the console (hvc0).
