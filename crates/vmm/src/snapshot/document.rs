@@ -95,3 +95,32 @@ pub struct PvVcpuState {
     #[serde(default)]
     pub vcpu_info: Option<u64>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct PvOnly {
+        #[serde(default)]
+        pv: PvVcpuState,
+    }
+
+    /// A version 2 vCPU (no `pv`) reads as one that never set any PV state; a
+    /// version 3 one round-trips.
+    #[test]
+    fn pv_vcpu_state_is_optional_and_round_trips() {
+        let old: PvOnly = serde_json::from_str(r#"{"state":"Running"}"#).unwrap();
+        assert_eq!(old.pv, PvVcpuState::default());
+        let pv = PvVcpuState {
+            runstate_area: Some(0xffff_8880_0001_2340),
+            guest_cr4: Some(0x6f0),
+            virtual_iopl: 1,
+            user_mode: true,
+            vcpu_info: Some(0x1234_5040),
+        };
+        let json = serde_json::json!({ "pv": pv }).to_string();
+        let back: PvOnly = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.pv, pv);
+    }
+}

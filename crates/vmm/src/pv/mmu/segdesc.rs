@@ -272,4 +272,20 @@ mod tests {
         assert_eq!(mem.read_entry(7, 0), KERNEL_CS | DPL);
         mmu.audit(&mem).unwrap();
     }
+
+    /// A restored new domain (Linux's suspend) drops the vcpu_info hold so the guest
+    /// can register again; Linux panicked on the -EINVAL of a second registration.
+    #[test]
+    fn a_released_vcpu_info_frame_can_be_registered_again() {
+        let mut mem = VecFrames::new(16);
+        let mut mmu = Mmu::new(16, 1);
+        mmu.hold_vcpu_info(&mut mem, 0, 9).unwrap();
+        assert!(mmu.hold_vcpu_info(&mut mem, 0, 9).is_err());
+        assert_eq!(mmu.frame(9).map(|f| (f.refs, f.type_count)), Some((1, 1)));
+        assert_eq!(mmu.release_vcpu_info(&mut mem, 0), Some(9));
+        assert_eq!(mmu.frame(9).map(|f| (f.refs, f.type_count)), Some((0, 0)));
+        assert_eq!(mmu.release_vcpu_info(&mut mem, 0), None);
+        mmu.hold_vcpu_info(&mut mem, 0, 9).unwrap();
+        mmu.audit(&mem).unwrap();
+    }
 }
