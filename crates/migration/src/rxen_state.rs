@@ -25,8 +25,11 @@ use crate::framing::le_u32;
 /// The magic after libxl's emulator header.
 pub const RXEN_STATE_MAGIC: &[u8; 8] = b"RXENVMM\0";
 /// The version this build writes: 2 added the device backends' state (a version 1
-/// document is a version 2 document without devices).
-pub const RXEN_STATE_VERSION: u32 = 2;
+/// document is a version 2 document without devices); 3 added the per-vCPU state a
+/// Linux PV kernel sets up (runstate area, guest CR4, virtual IOPL, guest user mode,
+/// a moved `vcpu_info`; a version 2 document is a version 3 document whose vCPUs
+/// never set them).
+pub const RXEN_STATE_VERSION: u32 = 3;
 /// The oldest version this build reads.
 pub const RXEN_STATE_MIN_VERSION: u32 = 1;
 
@@ -99,13 +102,13 @@ mod tests {
     }
 
     #[test]
-    fn versions_one_and_two_are_read_others_refused() {
-        assert_eq!(RxenState::new(Vec::new()).version, 2);
-        for v in [1, 2] {
+    fn versions_one_to_three_are_read_others_refused() {
+        assert_eq!(RxenState::new(Vec::new()).version, 3);
+        for v in [1, 2, 3] {
             let s = RxenState::decode(&body(v)).unwrap();
             assert_eq!((s.version, &s.document[..]), (v, &b"{}"[..]));
         }
-        for v in [0, 3, u32::MAX] {
+        for v in [0, 4, u32::MAX] {
             assert!(RxenState::decode(&body(v)).is_err(), "{v}");
         }
     }

@@ -216,6 +216,8 @@ pub struct DomainShared {
     pub traps: crate::traps::DomainTraps,
     /// Counters of hypercalls, exits, emulated instructions, traps, upcalls.
     pub stats: crate::stats::DomainStats,
+    /// PIT channel 2 and port 0x61 as a PV guest's port I/O reaches them.
+    pub pit: Mutex<crate::pit::Pit>,
 }
 
 impl DomainShared {
@@ -635,6 +637,7 @@ impl Domain {
             suspended_by: Mutex::new(None),
             saver: std::sync::atomic::AtomicBool::new(false),
             watchdogs: Mutex::new([(0, false); NR_WATCHDOGS]),
+            pit: Mutex::new(crate::pit::Pit::new()),
             traps,
             stats: Default::default(),
         });

@@ -31,6 +31,7 @@ pub mod hypercall;
 pub mod kernel_file;
 pub mod memory;
 pub mod netback;
+pub mod pit;
 pub mod pv;
 pub mod rawimage;
 pub mod shared_info;

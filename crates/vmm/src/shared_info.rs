@@ -74,16 +74,7 @@ impl SharedInfoPage {
             .relocated
             .get(vcpu as usize)
             .ok_or(RelocateError::BadPlace)?;
-        if !gpa.is_multiple_of(8)
-            || gpa % rxen_abi::PAGE_SIZE > rxen_abi::PAGE_SIZE - VCPU_INFO_SIZE
-            || gpa == 0
-        {
-            return Err(RelocateError::BadPlace);
-        }
-        self.ram
-            .atomic_u64(gpa)
-            .and_then(|_| self.ram.atomic_u64(gpa + VCPU_INFO_SIZE - 8))
-            .map_err(|_| RelocateError::BadPlace)?;
+        self.check_place(gpa)?;
         if slot.load(SeqCst) != 0 {
             return Err(RelocateError::AlreadyMoved);
         }
@@ -98,6 +89,43 @@ impl SharedInfoPage {
         slot.store(gpa, SeqCst);
         self.vcpu_word(vcpu, off::PENDING_SEL).store(!0, SeqCst);
         self.vcpu_byte(vcpu, off::UPCALL_PENDING).store(1, SeqCst);
+        Ok(())
+    }
+
+    /// A `vcpu_info` may lie at `gpa`: 8-aligned, within one page of RAM.
+    fn check_place(&self, gpa: u64) -> Result<(), RelocateError> {
+        if !gpa.is_multiple_of(8)
+            || gpa % rxen_abi::PAGE_SIZE > rxen_abi::PAGE_SIZE - VCPU_INFO_SIZE
+            || gpa == 0
+        {
+            return Err(RelocateError::BadPlace);
+        }
+        self.ram
+            .atomic_u64(gpa)
+            .and_then(|_| self.ram.atomic_u64(gpa + VCPU_INFO_SIZE - 8))
+            .map_err(|_| RelocateError::BadPlace)?;
+        Ok(())
+    }
+
+    /// Where `vcpu`'s `vcpu_info` was moved (`None`: still in `shared_info`).
+    pub fn relocated_vcpu_info(&self, vcpu: u32) -> Option<u64> {
+        let gpa = self.relocated.get(vcpu as usize)?.load(SeqCst);
+        (gpa != 0).then_some(gpa)
+    }
+
+    /// Puts `vcpu`'s `vcpu_info` back at `gpa`, where a saved domain had moved it
+    /// (restore: the contents are in the restored memory already). The same checks as
+    /// [`Self::relocate_vcpu_info`].
+    pub fn restore_vcpu_info(&self, vcpu: u32, gpa: u64) -> Result<(), RelocateError> {
+        let slot = self
+            .relocated
+            .get(vcpu as usize)
+            .ok_or(RelocateError::BadPlace)?;
+        self.check_place(gpa)?;
+        if slot.load(SeqCst) != 0 {
+            return Err(RelocateError::AlreadyMoved);
+        }
+        slot.store(gpa, SeqCst);
         Ok(())
     }
 

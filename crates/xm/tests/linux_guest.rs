@@ -152,6 +152,30 @@ fn debian_kernel_boots_as_a_pv_guest() {
         text.contains(INIT_MARKER),
         "/init did not print its marker:\n{tail}"
     );
+    // PIT channel 2 (ports 0x42/0x43/0x61, `rxen_vmm::pit`): Linux's
+    // `quick_pit_calibrate` sees the counter run and ends within milliseconds of
+    // guest time. It still gives up ("Fast TSC calibration failed": each emulated
+    // port read costs tens of µs, above its 500 ppm error bound), and Linux takes
+    // `xen_tsc_khz`; with ports reading all ones it spun 50 000 iterations × 2 reads,
+    // ~3 s, before saying so.
+    let calibration = text
+        .lines()
+        .find(|l| l.contains("tsc: Fast TSC calibration"))
+        .unwrap_or_else(|| panic!("no TSC calibration message:\n{tail}"));
+    let at =
+        printk_seconds(calibration).unwrap_or_else(|| panic!("no printk time in {calibration:?}"));
+    assert!(
+        at < 1.0,
+        "Linux's PIT calibration ended only at {at} s: {calibration}"
+    );
+}
+
+/// The printk timestamp (`[    0.000623] tsc: ...`) of a kernel message line, in
+/// seconds (the log's own prefix may hold other brackets: the last `[` before `] tsc:`).
+fn printk_seconds(line: &str) -> Option<f64> {
+    let end = line.find("] tsc: ")?;
+    let open = line[..end].rfind('[')?;
+    line[open + 1..end].trim().parse().ok()
 }
 
 /// An `/init` that prints [`INIT_MARKER`] and leaves a shell on the console (hvc0).
@@ -567,4 +591,73 @@ fn linux_netfront_answers_ping_on_a_bridge() {
     );
     env.xm_ok(&["shutdown", "-w", "--timeout", "180", "linuxnet"]);
     assert_powered_off(&env, "linuxnet");
+}
+
+/// The largest `RXEN-COUNT-<n>` the counter loop of [`counter_init`] printed in `text`.
+fn last_count(text: &str) -> Option<u64> {
+    text.split("RXEN-COUNT-")
+        .skip(1)
+        .filter_map(|s| {
+            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .max()
+}
+
+/// An `/init` that prints an incrementing counter on hvc0 every ~0.2 s forever.
+fn counter_init() -> String {
+    format!(
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\necho {INIT_MARKER}\ni=0\nwhile true; do i=$((i+1)); echo RXEN-COUNT-$i; /bin/busybox sleep 0.2; done\n"
+    )
+}
+
+/// `xm save` of a Linux domain goes through Xen's suspend protocol (Linux advertises
+/// `control/feature-suspend`; xend writes `suspend` to `control/shutdown`, Linux's
+/// `do_suspend` freezes its devices and makes `SCHEDOP_shutdown(SHUTDOWN_suspend)`),
+/// the domain is gone and the image written; `xm restore` makes a new domain in which
+/// the hypercall returns 0, Linux resumes (event channels, xenbus, hvc0 rebound) and
+/// `/init`'s counter carries on past where it was; `xm shutdown` still powers it off.
+#[test]
+fn linux_survives_save_and_restore() {
+    let _serial = one_linux_at_a_time();
+    let test = "linux_survives_save_and_restore";
+    let Some(env) = boot(test, "linuxsave", &counter_init(), &[], "") else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "the counter to reach 5", |t| {
+        last_count(t).is_some_and(|n| n >= 5)
+    });
+    let mut before = last_count(&boot_text(&state)).unwrap();
+    let image = env.dir.join("linuxsave.save");
+    let save = env.xm(&["save", "linuxsave", image.to_str().unwrap()]);
+    let text = boot_text(&state);
+    assert!(
+        save.status.success(),
+        "xm save: {}\n{}\n--- the VMM's own lines:\n{}",
+        String::from_utf8_lossy(&save.stderr),
+        linux::tail(&text, 40),
+        linux::tail(&linux::vmm_lines(&text), 30)
+    );
+    assert_eq!(env.get("/domains/linuxsave").0, 404, "the domain is gone");
+    assert!(image.is_file(), "no image at {}", image.display());
+    before = before.max(last_count(&text).unwrap_or(0));
+    eprintln!("{test}: saved at count {before}");
+    env.xm_ok(&["restore", image.to_str().unwrap()]);
+    linux::wait_for_text(&state, "the counter to go on after the restore", |t| {
+        last_count(t).is_some_and(|n| n >= before + 5)
+    });
+    eprintln!(
+        "{test}: restored; count {:?}",
+        last_count(&boot_text(&state))
+    );
+    let down = env.xm(&["shutdown", "-w", "--timeout", "180", "linuxsave"]);
+    let text = boot_text(&state);
+    assert!(
+        down.status.success(),
+        "xm shutdown after the restore: {}\n{}",
+        String::from_utf8_lossy(&down.stderr),
+        linux::tail(&text, 40)
+    );
+    assert_powered_off(&env, "linuxsave");
 }

@@ -67,4 +67,60 @@ pub struct VcpuSnapshot {
     pub callbacks: Callbacks,
     pub kernel_stack: (u16, u64),
     pub cpu: CpuState,
+    /// What a Linux PV kernel sets up besides (version 3; absent before, as for a
+    /// vCPU that never set any of it).
+    #[serde(default)]
+    pub pv: PvVcpuState,
+}
+
+/// Per-vCPU state of a Xen PV kernel beyond traps and registers (version 3). Its
+/// page-table bases, guest GDT frames and the frame of a moved `vcpu_info` are in the
+/// MMU's state ([`VmmState::pv_mmu`]); the GS bases in [`CpuState`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PvVcpuState {
+    /// `VCPUOP_register_runstate_memory_area`'s guest address.
+    #[serde(default)]
+    pub runstate_area: Option<u64>,
+    /// The CR4 the guest last wrote (`None`: never written, the vCPU's initial CR4).
+    #[serde(default)]
+    pub guest_cr4: Option<u64>,
+    /// `PHYSDEVOP_set_iopl`'s virtual IOPL.
+    #[serde(default)]
+    pub virtual_iopl: u32,
+    /// The vCPU ran guest user code (its `cr3` is the user L4).
+    #[serde(default)]
+    pub user_mode: bool,
+    /// Guest-physical address of the `vcpu_info` moved with
+    /// `VCPUOP_register_vcpu_info` (`None`: still in `shared_info`).
+    #[serde(default)]
+    pub vcpu_info: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct PvOnly {
+        #[serde(default)]
+        pv: PvVcpuState,
+    }
+
+    /// A version 2 vCPU (no `pv`) reads as one that never set any PV state; a
+    /// version 3 one round-trips.
+    #[test]
+    fn pv_vcpu_state_is_optional_and_round_trips() {
+        let old: PvOnly = serde_json::from_str(r#"{"state":"Running"}"#).unwrap();
+        assert_eq!(old.pv, PvVcpuState::default());
+        let pv = PvVcpuState {
+            runstate_area: Some(0xffff_8880_0001_2340),
+            guest_cr4: Some(0x6f0),
+            virtual_iopl: 1,
+            user_mode: true,
+            vcpu_info: Some(0x1234_5040),
+        };
+        let json = serde_json::json!({ "pv": pv }).to_string();
+        let back: PvOnly = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.pv, pv);
+    }
 }

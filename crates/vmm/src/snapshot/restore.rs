@@ -258,6 +258,13 @@ fn build(
         return Err(bad("vCPU count"));
     }
     let pv = pv_parts(&state, &ram)?;
+    if let (Some(_), Some((_, mmu))) = (state.suspended_vcpu, &pv) {
+        let mut mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+        let mut frames = crate::pv::ram_frames::RamFrames::new(&ram);
+        for i in 0..state.vcpu_states.len() {
+            mmu.release_vcpu_info(&mut frames, i);
+        }
+    }
     let kvm = kvm()?;
     let vm = kvm.create_vm().map_err(kvm_err("create VM"))?;
     // SAFETY: `ram` goes into the `DomainShared` the Domain holds, and the Domain
@@ -271,6 +278,7 @@ fn build(
         .map(|(i, v)| restore_vcpu(i as u32, v, opts.start_paused))
         .collect::<Result<_, _>>()?;
     let shared_info = SharedInfoPage::new(ram.clone(), state.shared_info_base)?;
+    restore_vcpu_infos(&state, pv.as_ref(), &shared_info)?;
     let traps = crate::traps::DomainTraps::new(config.vcpus);
     for (i, v) in state.vcpu_states.iter().enumerate() {
         if let Some(mut t) = traps.vcpu(i as u32) {
@@ -279,6 +287,7 @@ fn build(
             }
             t.callbacks = v.callbacks;
             t.kernel_stack = v.kernel_stack;
+            t.user_mode = v.pv.user_mode;
             traps.note_callbacks(i as u32, &t);
         }
     }
@@ -356,6 +365,11 @@ fn build(
                     "cr3 frame {frame:#x} is not one of its page-table bases"
                 )));
             }
+            if v.pv.user_mode && bases.user != Some(frame) {
+                return Err(vcpu_err(format!(
+                    "in guest user mode on cr3 frame {frame:#x}, not its user L4"
+                )));
+            }
         }
         super::cpu::load(&fd, &v.cpu).map_err(vcpu_err)?;
         fds.push(fd);
@@ -404,6 +418,7 @@ fn build(
         suspended_by: Mutex::new(None),
         saver: std::sync::atomic::AtomicBool::new(false),
         watchdogs: Mutex::new([(0, false); crate::domain::NR_WATCHDOGS]),
+        pit: Mutex::new(crate::pit::Pit::new()),
         traps,
         stats: Default::default(),
     });
@@ -431,6 +446,13 @@ fn as_new_domain(state: &mut VmmState, vcpu: u32) -> Result<(), RestoreError> {
         .get_mut(vcpu as usize)
         .ok_or_else(|| bad(format!("suspended by vCPU {vcpu}, which does not exist")))?;
     v.cpu.regs.rax = 0;
+    // Xen's new domain has no runstate area and no moved vcpu_info: the guest
+    // registers them again (Linux's `xen_vcpu_restore`, which fails on a vcpu_info
+    // still registered). The MMU's holds on the vcpu_info frames go in `build`.
+    for v in &mut state.vcpu_states {
+        v.pv.runstate_area = None;
+        v.pv.vcpu_info = None;
+    }
     let boot = [
         state.boot_channels.store_evtchn,
         state.boot_channels.console_evtchn,
@@ -445,6 +467,33 @@ fn as_new_domain(state: &mut VmmState, vcpu: u32) -> Result<(), RestoreError> {
     }
     if !state.devices.is_empty() {
         return Err(bad("a suspended domain's image has device rings"));
+    }
+    Ok(())
+}
+
+/// Puts every moved `vcpu_info` back where the image says, checked against the
+/// frame the MMU holds for it.
+fn restore_vcpu_infos(
+    state: &VmmState,
+    pv: Option<&PvParts>,
+    shared_info: &SharedInfoPage,
+) -> Result<(), RestoreError> {
+    for (i, v) in state.vcpu_states.iter().enumerate() {
+        let held = pv.and_then(|(_, mmu)| {
+            let mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            mmu.vcpu(i).and_then(|b| b.vcpu_info)
+        });
+        let Some(gpa) = v.pv.vcpu_info else {
+            continue;
+        };
+        if held != Some(gpa / rxen_abi::PAGE_SIZE) {
+            return Err(bad(format!(
+                "vCPU {i}'s vcpu_info at {gpa:#x} is not in the frame the MMU holds for it"
+            )));
+        }
+        shared_info
+            .restore_vcpu_info(i as u32, gpa)
+            .map_err(|e| bad(format!("vCPU {i}'s vcpu_info at {gpa:#x}: {e}")))?;
     }
     Ok(())
 }
@@ -492,6 +541,9 @@ fn restore_vcpu(
         s.timer_generation = v.timer_generation;
         s.runstate = v.runstate;
         s.paused = paused;
+        s.runstate_area = v.pv.runstate_area;
+        s.guest_cr4 = v.pv.guest_cr4.unwrap_or(crate::traps::privop::PV_CR4);
+        s.virtual_iopl = v.pv.virtual_iopl;
         if let Some(bytes) = &v.pending_context {
             let ctx =
                 <rxen_abi::vcpu::VcpuGuestContext as zerocopy::FromBytes>::read_from_bytes(bytes)

@@ -243,6 +243,13 @@ fn document(
             callbacks: traps.callbacks,
             kernel_stack: traps.kernel_stack,
             cpu: *cpu,
+            pv: super::document::PvVcpuState {
+                runstate_area: s.runstate_area,
+                guest_cr4: (s.guest_cr4 != crate::traps::privop::PV_CR4).then_some(s.guest_cr4),
+                virtual_iopl: s.virtual_iopl,
+                user_mode: traps.user_mode,
+                vcpu_info: dom.shared_info.relocated_vcpu_info(v.id),
+            },
         });
     }
     Ok(VmmState {

@@ -15,9 +15,12 @@
 //!   as the guest's `evtchn_upcall_mask` says, as in Xen.
 //! * `wbinvd` (0f 09) and `invd` (0f 08): no-ops, as Xen without cache-flush permission.
 //! * port I/O (`in`/`out` with an immediate port or `dx`, 8/16/32 bits; not the string
-//!   forms): a domU has no I/O ports, so reads give all ones and writes are dropped,
-//!   as Xen answers a PV guest for ports it was not granted (Linux's early AMD code
-//!   reads PCI config space through 0xcf8/0xcfc after `PHYSDEVOP_set_iopl`).
+//!   forms), byte by byte as Xen's `guest_io_read`/`guest_io_write`: ports 0x42, 0x43
+//!   and 0x61 go to the domain's PIT channel 2 ([`crate::pit`], Xen's
+//!   `pv_pit_handler`); a domU has no other I/O ports, so other reads give all ones and
+//!   writes are dropped, as Xen answers a PV guest for ports it was not granted (Linux's
+//!   early AMD code reads PCI config space through 0xcf8/0xcfc after
+//!   `PHYSDEVOP_set_iopl`).
 //! * `rdmsr`/`wrmsr` of a few MSRs Linux reads without `_safe` (after [`super::msr`]'s
 //!   segment bases): EFER, PAT (Xen's PV PAT), MISC_ENABLE, and writes of PAT that
 //!   keep Xen's value.
@@ -54,6 +57,45 @@ pub struct CpuState {
     pub iopl: u32,
 }
 
+/// The I/O ports a PV guest reaches through `in`/`out`, one byte at a time.
+pub trait IoPorts {
+    /// An 8-bit read of `port`.
+    fn read(&mut self, port: u16) -> u8;
+    /// An 8-bit write of `value` to `port`.
+    fn write(&mut self, port: u16, value: u8);
+}
+
+/// No ports at all: reads give all ones, writes are dropped.
+pub struct NoPorts;
+
+impl IoPorts for NoPorts {
+    fn read(&mut self, _port: u16) -> u8 {
+        0xff
+    }
+    fn write(&mut self, _port: u16, _value: u8) {}
+}
+
+/// A domain's emulated ports ([`crate::pit`]) at one instant of its clock.
+pub struct PitPorts<'a> {
+    pub pit: &'a mut crate::pit::Pit,
+    pub now_ns: u64,
+}
+
+impl IoPorts for PitPorts<'_> {
+    fn read(&mut self, port: u16) -> u8 {
+        if crate::pit::handles(port) {
+            self.pit.read(port, self.now_ns)
+        } else {
+            0xff
+        }
+    }
+    fn write(&mut self, port: u16, value: u8) {
+        if crate::pit::handles(port) {
+            self.pit.write(port, value, self.now_ns);
+        }
+    }
+}
+
 /// What an emulated instruction changed besides the registers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Effect {
@@ -65,8 +107,14 @@ pub enum Effect {
 
 /// Emulates the instruction at the faulting `rip` (its first bytes in `code`) if it is
 /// one of this module's: updates `regs` (destination, `rip`) and says what else changed.
-pub fn emulate(code: &[u8], regs: &mut kvm_regs, cpu: &CpuState) -> Option<Effect> {
-    if let Some(len) = port_io(code, regs) {
+/// `ports` answers `in`/`out`.
+pub fn emulate(
+    code: &[u8],
+    regs: &mut kvm_regs,
+    cpu: &CpuState,
+    ports: &mut dyn IoPorts,
+) -> Option<Effect> {
+    if let Some(len) = port_io(code, regs, ports) {
         regs.rip = regs.rip.wrapping_add(len);
         return Some(Effect::Regs);
     }
@@ -163,7 +211,14 @@ pub(super) fn emulate_exit(
     next.rip = frame.rip;
     next.rsp = frame.rsp;
     next.rflags = crate::vcpu::syscall::user_rflags(frame.rflags);
-    let effect = emulate(&code[..n], &mut next, &cpu)?;
+    let effect = {
+        let mut pit = dom.pit.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ports = PitPorts {
+            pit: &mut pit,
+            now_ns: dom.clock.now_ns(),
+        };
+        emulate(&code[..n], &mut next, &cpu, &mut ports)?
+    };
     dom.stats
         .emulated(crate::stats::Emulated::of_privileged(&code[..n]));
     if let Effect::Cr4(value) = effect {
@@ -184,27 +239,40 @@ pub(super) fn emulate_exit(
     })
 }
 
-/// `in`/`out` without an I/O port behind it: the instruction's length, after setting
-/// the destination of an `in` to all ones.
-fn port_io(code: &[u8], regs: &mut kvm_regs) -> Option<u64> {
+/// `in`/`out` (not the string forms) through `ports`, byte by byte from the first
+/// port as Xen does: the instruction's length, after setting the destination of an
+/// `in`.
+fn port_io(code: &[u8], regs: &mut kvm_regs, ports: &mut dyn IoPorts) -> Option<u64> {
     let (operand16, rest, prefix) = match code {
         [0x66, rest @ ..] => (true, rest, 1u64),
         rest => (false, rest, 0),
     };
-    let (opcode, len) = match rest {
-        [op @ (0xe4..=0xe7), _imm, ..] => (*op, 2),
-        [op @ (0xec..=0xef), ..] => (*op, 1),
+    let (opcode, port, len) = match rest {
+        [op @ (0xe4..=0xe7), imm, ..] => (*op, u16::from(*imm), 2),
+        [op @ (0xec..=0xef), ..] => (*op, regs.rdx as u16, 1),
         _ => return None,
     };
     let is_in = matches!(opcode, 0xe4 | 0xe5 | 0xec | 0xed);
-    let byte = matches!(opcode, 0xe4 | 0xe6 | 0xec | 0xee);
+    let size: u16 = match (matches!(opcode, 0xe4 | 0xe6 | 0xec | 0xee), operand16) {
+        (true, _) => 1,
+        (false, true) => 2,
+        (false, false) => 4,
+    };
     if is_in {
-        regs.rax = match (byte, operand16) {
-            (true, _) => regs.rax | 0xff,
-            (false, true) => regs.rax | 0xffff,
+        let mut value = 0u64;
+        for i in 0..size {
+            value |= u64::from(ports.read(port.wrapping_add(i))) << (8 * i);
+        }
+        regs.rax = match size {
+            1 => (regs.rax & !0xff) | value,
+            2 => (regs.rax & !0xffff) | value,
             // A 32-bit destination zero-extends into rax.
-            (false, false) => 0xffff_ffff,
+            _ => value,
         };
+    } else {
+        for i in 0..size {
+            ports.write(port.wrapping_add(i), (regs.rax >> (8 * i)) as u8);
+        }
     }
     Some(prefix + len)
 }
@@ -248,10 +316,13 @@ mod tests {
     #[test]
     fn cli_and_sti_need_the_virtual_iopl() {
         let mut r = regs();
-        assert_eq!(emulate(&[0xfa], &mut r, &CPU), Some(Effect::Regs));
+        assert_eq!(
+            emulate(&[0xfa], &mut r, &CPU, &mut NoPorts),
+            Some(Effect::Regs)
+        );
         assert_eq!(r.rip, 0x1001);
         let no_iopl = CpuState { iopl: 0, ..CPU };
-        assert_eq!(emulate(&[0xfb], &mut regs(), &no_iopl), None);
+        assert_eq!(emulate(&[0xfb], &mut regs(), &no_iopl, &mut NoPorts), None);
     }
 
     fn regs() -> kvm_regs {
@@ -267,21 +338,21 @@ mod tests {
     fn control_register_reads() {
         let mut r = regs();
         assert_eq!(
-            emulate(&[0x0f, 0x20, 0xe0], &mut r, &CPU),
+            emulate(&[0x0f, 0x20, 0xe0], &mut r, &CPU, &mut NoPorts),
             Some(Effect::Regs)
         );
         assert_eq!((r.rax, r.rip), (PV_CR4, 0x1003));
         let mut r = regs();
-        emulate(&[0x41, 0x0f, 0x20, 0xd8], &mut r, &CPU).unwrap();
+        emulate(&[0x41, 0x0f, 0x20, 0xd8], &mut r, &CPU, &mut NoPorts).unwrap();
         assert_eq!((r.r8, r.rip), (0x4a03000, 0x1004), "mov %cr3,%r8");
         let mut r = regs();
-        emulate(&[0x0f, 0x20, 0xd3], &mut r, &CPU).unwrap();
+        emulate(&[0x0f, 0x20, 0xd3], &mut r, &CPU, &mut NoPorts).unwrap();
         assert_eq!(r.rbx, 0xdead_b000, "mov %cr2,%rbx");
         let mut r = regs();
-        emulate(&[0x0f, 0x20, 0xc1], &mut r, &CPU).unwrap();
+        emulate(&[0x0f, 0x20, 0xc1], &mut r, &CPU, &mut NoPorts).unwrap();
         assert_eq!(r.rcx, PV_CR0);
         assert_eq!(
-            emulate(&[0x44, 0x0f, 0x20, 0xc0], &mut regs(), &CPU),
+            emulate(&[0x44, 0x0f, 0x20, 0xc0], &mut regs(), &CPU, &mut NoPorts),
             None,
             "CR8"
         );
@@ -289,7 +360,10 @@ mod tests {
             kernel_base: None,
             ..CPU
         };
-        assert_eq!(emulate(&[0x0f, 0x20, 0xd8], &mut regs(), &none), None);
+        assert_eq!(
+            emulate(&[0x0f, 0x20, 0xd8], &mut regs(), &none, &mut NoPorts),
+            None
+        );
     }
 
     #[test]
@@ -297,23 +371,27 @@ mod tests {
         let mut r = regs();
         r.rdi = PV_CR4 | (1 << 7);
         assert_eq!(
-            emulate(&[0x0f, 0x22, 0xe7], &mut r, &CPU),
+            emulate(&[0x0f, 0x22, 0xe7], &mut r, &CPU, &mut NoPorts),
             Some(Effect::Cr4(PV_CR4 | (1 << 7)))
         );
         let mut r = regs();
         r.rax = PV_CR0 | CR0_TS;
         assert_eq!(
-            emulate(&[0x0f, 0x22, 0xc0], &mut r, &CPU),
+            emulate(&[0x0f, 0x22, 0xc0], &mut r, &CPU, &mut NoPorts),
             Some(Effect::Regs)
         );
         let mut r = regs();
         r.rax = PV_CR0 & !1;
         assert_eq!(
-            emulate(&[0x0f, 0x22, 0xc0], &mut r, &CPU),
+            emulate(&[0x0f, 0x22, 0xc0], &mut r, &CPU, &mut NoPorts),
             None,
             "clearing PE"
         );
-        assert_eq!(emulate(&[0x0f, 0x22, 0xd8], &mut regs(), &CPU), None, "CR3");
+        assert_eq!(
+            emulate(&[0x0f, 0x22, 0xd8], &mut regs(), &CPU, &mut NoPorts),
+            None,
+            "CR3"
+        );
     }
 
     /// Debian's kernel probes PCI config space (`out %eax,(%dx)` to 0xcf8) early;
@@ -322,43 +400,86 @@ mod tests {
     fn port_io_reads_all_ones_and_drops_writes() {
         let mut r = regs();
         r.rax = 0x1234_5678_9abc_def0;
-        assert_eq!(emulate(&[0xef], &mut r, &CPU), Some(Effect::Regs));
+        assert_eq!(
+            emulate(&[0xef], &mut r, &CPU, &mut NoPorts),
+            Some(Effect::Regs)
+        );
         assert_eq!((r.rax, r.rip), (0x1234_5678_9abc_def0, 0x1001));
         let mut r = regs();
         r.rax = 0x1234_5678_9abc_0000;
-        emulate(&[0x66, 0xed], &mut r, &CPU).unwrap();
+        emulate(&[0x66, 0xed], &mut r, &CPU, &mut NoPorts).unwrap();
         assert_eq!((r.rax, r.rip), (0x1234_5678_9abc_ffff, 0x1002));
         let mut r = regs();
         r.rax = 0x1234_5678_9abc_0000;
-        emulate(&[0xed], &mut r, &CPU).unwrap();
+        emulate(&[0xed], &mut r, &CPU, &mut NoPorts).unwrap();
         assert_eq!(r.rax, 0xffff_ffff);
         let mut r = regs();
-        emulate(&[0xe4, 0x61], &mut r, &CPU).unwrap();
+        emulate(&[0xe4, 0x61], &mut r, &CPU, &mut NoPorts).unwrap();
         assert_eq!((r.rax, r.rip), (0xff, 0x1002));
         assert_eq!(
-            emulate(&[0x6c], &mut regs(), &CPU),
+            emulate(&[0x6c], &mut regs(), &CPU, &mut NoPorts),
             None,
             "string forms fault"
         );
+    }
+
+    /// Linux's `quick_pit_calibrate` (`outb 0xb0,0x43`, two `outb 0xff,0x42`, then
+    /// `inb 0x42` pairs) read all ones before and spun its 50 000 iterations.
+    #[test]
+    fn ports_0x42_0x43_0x61_reach_the_pit() {
+        let mut pit = crate::pit::Pit::new();
+        let mut ports = PitPorts {
+            pit: &mut pit,
+            now_ns: 0,
+        };
+        let out = |ports: &mut PitPorts, port: u8, value: u64| {
+            let mut r = regs();
+            r.rax = value;
+            emulate(&[0xe6, port], &mut r, &CPU, ports).unwrap();
+        };
+        out(&mut ports, 0x61, 1);
+        out(&mut ports, 0x43, 0xb0);
+        out(&mut ports, 0x42, 0xff);
+        out(&mut ports, 0x42, 0xff);
+        ports.now_ns = 1_000_000; // 1193 ticks: 0xffff - 0x4a9 = 0xfb56
+        let mut r = regs();
+        r.rdx = 0x42;
+        emulate(&[0xec], &mut r, &CPU, &mut ports).unwrap();
+        emulate(&[0xe4, 0x42], &mut r, &CPU, &mut ports).unwrap();
+        assert_eq!(r.rax & 0xff, 0xfb, "the MSB after the LSB");
+        let mut r = regs();
+        r.rdx = 0x61;
+        emulate(&[0xec], &mut r, &CPU, &mut ports).unwrap();
+        assert_eq!(r.rax & 0x21, 0x01, "gate on, OUT2 low");
     }
 
     #[test]
     fn msrs_and_cache_flushes() {
         let mut r = regs();
         r.rcx = u64::from(MSR_PAT);
-        emulate(&[0x0f, 0x32], &mut r, &CPU).unwrap();
+        emulate(&[0x0f, 0x32], &mut r, &CPU, &mut NoPorts).unwrap();
         assert_eq!((r.rdx << 32) | r.rax, XEN_PV_PAT);
         let mut w = r;
-        assert_eq!(emulate(&[0x0f, 0x30], &mut w, &CPU), Some(Effect::Regs));
+        assert_eq!(
+            emulate(&[0x0f, 0x30], &mut w, &CPU, &mut NoPorts),
+            Some(Effect::Regs)
+        );
         w.rax ^= 1;
-        assert_eq!(emulate(&[0x0f, 0x30], &mut w, &CPU), None);
+        assert_eq!(emulate(&[0x0f, 0x30], &mut w, &CPU, &mut NoPorts), None);
         let mut r = regs();
         r.rcx = 0x1b;
-        assert_eq!(emulate(&[0x0f, 0x32], &mut r, &CPU), None, "APIC base");
+        assert_eq!(
+            emulate(&[0x0f, 0x32], &mut r, &CPU, &mut NoPorts),
+            None,
+            "APIC base"
+        );
         let mut r = regs();
-        assert_eq!(emulate(&[0x0f, 0x09], &mut r, &CPU), Some(Effect::Regs));
+        assert_eq!(
+            emulate(&[0x0f, 0x09], &mut r, &CPU, &mut NoPorts),
+            Some(Effect::Regs)
+        );
         assert_eq!(r.rip, 0x1002);
-        assert_eq!(emulate(&[0x0f], &mut regs(), &CPU), None);
-        assert_eq!(emulate(&[], &mut regs(), &CPU), None);
+        assert_eq!(emulate(&[0x0f], &mut regs(), &CPU, &mut NoPorts), None);
+        assert_eq!(emulate(&[], &mut regs(), &CPU, &mut NoPorts), None);
     }
 }

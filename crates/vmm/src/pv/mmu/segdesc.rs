@@ -147,6 +147,18 @@ impl Mmu {
         Ok(())
     }
 
+    /// Drops `vcpu`'s hold on its `vcpu_info` frame (a restored domain that is a new
+    /// domain to its guest, which registers its `vcpu_info` again); the frame it was.
+    pub fn release_vcpu_info<G: GuestFrames + ?Sized>(
+        &mut self,
+        mem: &mut G,
+        vcpu: usize,
+    ) -> Option<u64> {
+        let frame = self.vcpus.get_mut(vcpu)?.vcpu_info.take()?;
+        self.put_page_and_type(mem, frame);
+        Some(frame)
+    }
+
     /// `update_descriptor`: writes descriptor `desc` at byte `maddr` (8-aligned) of
     /// the domain's memory. The frame must be a descriptor frame or able to be
     /// writable (not a page table); the descriptor must pass [`check_descriptor`].
@@ -258,6 +270,22 @@ mod tests {
         mmu.update_descriptor(&mut mem, 7 * 4096, KERNEL_CS)
             .unwrap();
         assert_eq!(mem.read_entry(7, 0), KERNEL_CS | DPL);
+        mmu.audit(&mem).unwrap();
+    }
+
+    /// A restored new domain (Linux's suspend) drops the vcpu_info hold so the guest
+    /// can register again; Linux panicked on the -EINVAL of a second registration.
+    #[test]
+    fn a_released_vcpu_info_frame_can_be_registered_again() {
+        let mut mem = VecFrames::new(16);
+        let mut mmu = Mmu::new(16, 1);
+        mmu.hold_vcpu_info(&mut mem, 0, 9).unwrap();
+        assert!(mmu.hold_vcpu_info(&mut mem, 0, 9).is_err());
+        assert_eq!(mmu.frame(9).map(|f| (f.refs, f.type_count)), Some((1, 1)));
+        assert_eq!(mmu.release_vcpu_info(&mut mem, 0), Some(9));
+        assert_eq!(mmu.frame(9).map(|f| (f.refs, f.type_count)), Some((0, 0)));
+        assert_eq!(mmu.release_vcpu_info(&mut mem, 0), None);
+        mmu.hold_vcpu_info(&mut mem, 0, 9).unwrap();
         mmu.audit(&mem).unwrap();
     }
 }
