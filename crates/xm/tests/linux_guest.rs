@@ -568,3 +568,79 @@ fn linux_netfront_answers_ping_on_a_bridge() {
     env.xm_ok(&["shutdown", "-w", "--timeout", "180", "linuxnet"]);
     assert_powered_off(&env, "linuxnet");
 }
+
+/// What the SMP test's `/init` prints when both CPUs ran its loops.
+const SMP_MARKER: &str = "RXEN-SMP-DONE";
+
+/// `vcpus = 2`: Linux brings up CPU 1 (`VCPUOP_initialise` with its full PV context,
+/// `VCPUOP_up`), both CPUs are online, and two busy loops pinned with busybox
+/// `taskset` each run on their own CPU in guest user mode; `/proc/stat` shows user
+/// time on both CPUs; then `/init` prints [`SMP_MARKER`] and powers off.
+#[test]
+fn linux_runs_on_two_vcpus() {
+    let _serial = one_linux_at_a_time();
+    let test = "linux_runs_on_two_vcpus";
+    let init = format!(
+        "#!/bin/sh\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox mount -t sysfs sysfs /sys\n\
+         /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+         echo RXEN-NPROC=$(/bin/busybox nproc)\n\
+         echo RXEN-PROCESSORS=$(/bin/busybox grep -c ^processor /proc/cpuinfo)\n\
+         echo RXEN-ONLINE=$(/bin/busybox cat /sys/devices/system/cpu/online)\n\
+         for c in 0 1; do\n\
+           /bin/busybox taskset -c $c /bin/sh -c 'i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; echo RXEN-LOOP-DONE-on-$(/bin/busybox taskset -p $$)' &\n\
+         done\n\
+         wait\n\
+         /bin/busybox grep ^cpu /proc/stat\n\
+         echo {SMP_MARKER}\n\
+         /bin/busybox poweroff -f\n"
+    );
+    let Some(env) = boot(test, "linuxsmp", &init, &[], "vcpus = 2\n") else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "the SMP marker", |t| {
+        t.contains(SMP_MARKER) && t.contains("reboot: ")
+    });
+    let text = boot_text(&state);
+    let tail = linux::tail(&text, 40);
+    let report: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("RXEN-") || l.contains("smp: ") || l.starts_with("cpu"))
+        .collect();
+    eprintln!("{test}:\n{}", report.join("\n"));
+    assert!(
+        text.contains("RXEN-ONLINE=0-1"),
+        "CPU 1 not online:\n{tail}"
+    );
+    assert!(text.contains("RXEN-NPROC=2"), "nproc is not 2:\n{tail}");
+    assert!(text.contains("RXEN-PROCESSORS=2"), "/proc/cpuinfo:\n{tail}");
+    assert_eq!(
+        text.matches("RXEN-LOOP-DONE").count(),
+        2,
+        "both loops finish:\n{tail}"
+    );
+    // Each loop ran pinned to its CPU (busybox: "pid N's current affinity mask: 1").
+    for mask in ["mask: 1", "mask: 2"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("RXEN-LOOP-DONE") && l.contains(mask)),
+            "no loop with affinity {mask}:\n{tail}"
+        );
+    }
+    // `/proc/stat`'s `cpuN user nice system ...` (in USER_HZ ticks): both CPUs ran
+    // user code.
+    for cpu in ["cpu0 ", "cpu1 "] {
+        let line = text
+            .lines()
+            .find_map(|l| l.find(cpu).map(|i| &l[i..]))
+            .unwrap_or_else(|| panic!("no {cpu} line in /proc/stat:\n{tail}"));
+        let user: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("bad /proc/stat line {line:?}"));
+        assert!(user > 0, "{cpu}ran no user code: {line:?}\n{tail}");
+    }
+}
