@@ -575,7 +575,8 @@ const SMP_MARKER: &str = "RXEN-SMP-DONE";
 /// `vcpus = 2`: Linux brings up CPU 1 (`VCPUOP_initialise` with its full PV context,
 /// `VCPUOP_up`), both CPUs are online, and two busy loops pinned with busybox
 /// `taskset` each run on their own CPU in guest user mode; `/proc/stat` shows user
-/// time on both CPUs; then `/init` prints [`SMP_MARKER`] and powers off.
+/// time on both CPUs; CPU 1 goes offline and comes back through sysfs; then `/init`
+/// prints [`SMP_MARKER`] and powers off.
 #[test]
 fn linux_runs_on_two_vcpus() {
     let _serial = one_linux_at_a_time();
@@ -593,6 +594,11 @@ fn linux_runs_on_two_vcpus() {
          done\n\
          wait\n\
          /bin/busybox grep ^cpu /proc/stat\n\
+         echo 0 > /sys/devices/system/cpu/cpu1/online\n\
+         echo RXEN-AFTER-DOWN=$(/bin/busybox cat /sys/devices/system/cpu/online)\n\
+         echo 1 > /sys/devices/system/cpu/cpu1/online\n\
+         echo RXEN-AFTER-UP=$(/bin/busybox cat /sys/devices/system/cpu/online)\n\
+         /bin/busybox taskset -c 1 /bin/sh -c 'echo RXEN-BACK-ON-$(/bin/busybox taskset -p $$)'\n\
          echo {SMP_MARKER}\n\
          /bin/busybox poweroff -f\n"
     );
@@ -629,6 +635,22 @@ fn linux_runs_on_two_vcpus() {
             "no loop with affinity {mask}:\n{tail}"
         );
     }
+    // CPU hotplug: Linux takes CPU 1 down (`VCPUOP_down` of itself from its
+    // `play_dead`) and up again (`VCPUOP_up`: the vCPU resumes after its down), and a
+    // process pinned to it runs there again.
+    assert!(
+        text.contains("RXEN-AFTER-DOWN=0\n") || text.contains("RXEN-AFTER-DOWN=0\r"),
+        "CPU 1 did not go offline:\n{tail}"
+    );
+    assert!(
+        text.contains("RXEN-AFTER-UP=0-1"),
+        "CPU 1 did not come back:\n{tail}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("RXEN-BACK-ON-") && l.contains("mask: 2")),
+        "nothing ran on CPU 1 after it came back:\n{tail}"
+    );
     // `/proc/stat`'s `cpuN user nice system ...` (in USER_HZ ticks): both CPUs ran
     // user code.
     for cpu in ["cpu0 ", "cpu1 "] {

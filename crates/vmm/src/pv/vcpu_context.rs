@@ -131,3 +131,56 @@ fn check(ctx: &VcpuGuestContext) -> Result<(), i32> {
 pub fn virtual_iopl(ctx: &VcpuGuestContext) -> u32 {
     ((ctx.user_regs.rflags >> 12) & 3) as u32
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::FromZeros;
+
+    /// The context Linux's `cpu_initialize_context` passes for CPU 1 (the fields it
+    /// sets; addresses from Debian's 6.1 kernel).
+    fn linux_context() -> Box<VcpuGuestContext> {
+        let mut ctx = VcpuGuestContext::new_box_zeroed().unwrap();
+        ctx.flags = VGCF_IN_KERNEL;
+        ctx.user_regs.rip = 0xffff_ffff_8100_1f40;
+        ctx.user_regs.rsp = 0xffff_c900_4009_3f58;
+        ctx.user_regs.rflags = 0x1000;
+        ctx.trap_ctxt[14].address = 0xffff_ffff_81a0_0b30;
+        ctx.gdt_frames[0] = 0x2a3f;
+        ctx.gdt_ents = 16;
+        ctx.kernel_ss = 0xe02b;
+        ctx.kernel_sp = 0xffff_c900_4009_4000;
+        ctx.gs_base_kernel = 0xffff_8880_0f40_0000;
+        ctx.event_callback_eip = 0xffff_ffff_81a0_1230;
+        ctx.failsafe_callback_eip = 0xffff_ffff_81a0_12f0;
+        ctx.ctrlreg[3] = 0x2a10 << 12;
+        ctx
+    }
+
+    #[test]
+    fn linux_cpu_context_passes_the_checks() {
+        let ctx = linux_context();
+        assert_eq!(check(&ctx), Ok(()));
+        // IOPL 1 (`IOPL_RING1`): the new CPU's native cli/sti pass as on CPU 0.
+        assert_eq!(virtual_iopl(&ctx), 1);
+    }
+
+    #[test]
+    fn user_mode_starts_big_gdts_and_non_canonical_addresses_are_refused() {
+        let mut ctx = linux_context();
+        ctx.flags = 0;
+        assert_eq!(check(&ctx), Err(-EINVAL), "user mode start");
+        let mut ctx = linux_context();
+        ctx.gdt_ents = MAX_GDT_ENTRIES + 1;
+        assert_eq!(check(&ctx), Err(-EINVAL), "GDT past Xen's reserved entries");
+        let mut ctx = linux_context();
+        ctx.gs_base_kernel = 0x8000_0000_0000_0000;
+        assert_eq!(check(&ctx), Err(-EINVAL), "GS base");
+        let mut ctx = linux_context();
+        ctx.trap_ctxt[3].address = 0x0000_8000_0000_0000;
+        assert_eq!(check(&ctx), Err(-EINVAL), "trap handler");
+        let mut ctx = linux_context();
+        ctx.kernel_sp = 0x00ff_0000_0000_0000;
+        assert_eq!(check(&ctx), Err(-EINVAL), "kernel stack");
+    }
+}
