@@ -43,7 +43,8 @@ pub struct BootInfo {
     pub report: BootReport,
     /// Virtual address of the `syscall` stub (`MSR_LSTAR`).
     pub syscall_stub: u64,
-    /// Virtual address of the TSS (the TR base).
+    /// Virtual address of the TSS (the TR base) of vCPU 0; [`BootInfo::tss_base_of`]
+    /// gives each vCPU's.
     pub tss_base: u64,
     /// Code and data selectors vCPU 0 starts with (Xen's flat selectors for PV
     /// kernels; rxen's `0x33`/`0x2b` otherwise).
@@ -52,6 +53,19 @@ pub struct BootInfo {
     pub traps: crate::traps::pages::TrapLayout,
     /// The read-only M2P whose guest reads are emulated (Xen PV domains only).
     pub m2p: Option<crate::pv::rxen_area::M2pWindow>,
+}
+
+impl BootInfo {
+    /// The TR base of vCPU `vcpu`: in a Xen PV domain each vCPU has its own TSS (and so
+    /// its own `IST1` exception stack, `crate::pv::rxen_area`); rxen's own layout has
+    /// one TSS without stacks for all.
+    pub fn tss_base_of(&self, vcpu: u32) -> u64 {
+        if self.m2p.is_some() {
+            crate::pv::rxen_area::tss_va(vcpu)
+        } else {
+            self.tss_base
+        }
+    }
 }
 
 /// Event channels the builder wires into `start_info`.

@@ -558,7 +558,7 @@ impl Domain {
             vcpu::syscall::program_msrs(&fd, boot.syscall_stub)?;
             let sregs = fd.get_sregs().map_err(kvm_err("get sregs"))?;
             let mut sregs = regs::long_mode_sregs(sregs, boot.cr3, &boot.traps);
-            sregs.tr.base = boot.tss_base;
+            sregs.tr.base = boot.tss_base_of(i);
             sregs.cs.selector = boot.selectors.0;
             for seg in [
                 &mut sregs.ss,

@@ -661,3 +661,101 @@ fn linux_survives_save_and_restore() {
     );
     assert_powered_off(&env, "linuxsave");
 }
+
+/// What the SMP test's `/init` prints when both CPUs ran its loops.
+const SMP_MARKER: &str = "RXEN-SMP-DONE";
+
+/// `vcpus = 2`: Linux brings up CPU 1 (`VCPUOP_initialise` with its full PV context,
+/// `VCPUOP_up`), both CPUs are online, and two busy loops pinned with busybox
+/// `taskset` each run on their own CPU in guest user mode; `/proc/stat` shows user
+/// time on both CPUs; CPU 1 goes offline and comes back through sysfs; then `/init`
+/// prints [`SMP_MARKER`] and powers off.
+#[test]
+fn linux_runs_on_two_vcpus() {
+    let _serial = one_linux_at_a_time();
+    let test = "linux_runs_on_two_vcpus";
+    let init = format!(
+        "#!/bin/sh\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox mount -t sysfs sysfs /sys\n\
+         /bin/busybox mount -t devtmpfs devtmpfs /dev\n\
+         echo RXEN-NPROC=$(/bin/busybox nproc)\n\
+         echo RXEN-PROCESSORS=$(/bin/busybox grep -c ^processor /proc/cpuinfo)\n\
+         echo RXEN-ONLINE=$(/bin/busybox cat /sys/devices/system/cpu/online)\n\
+         for c in 0 1; do\n\
+           /bin/busybox taskset -c $c /bin/sh -c 'i=0; while [ $i -lt 30000 ]; do i=$((i+1)); done; echo RXEN-LOOP-DONE-on-$(/bin/busybox taskset -p $$)' &\n\
+         done\n\
+         wait\n\
+         /bin/busybox grep ^cpu /proc/stat\n\
+         echo 0 > /sys/devices/system/cpu/cpu1/online\n\
+         echo RXEN-AFTER-DOWN=$(/bin/busybox cat /sys/devices/system/cpu/online)\n\
+         echo 1 > /sys/devices/system/cpu/cpu1/online\n\
+         echo RXEN-AFTER-UP=$(/bin/busybox cat /sys/devices/system/cpu/online)\n\
+         /bin/busybox taskset -c 1 /bin/sh -c 'echo RXEN-BACK-ON-$(/bin/busybox taskset -p $$)'\n\
+         echo {SMP_MARKER}\n\
+         /bin/busybox poweroff -f\n"
+    );
+    let Some(env) = boot(test, "linuxsmp", &init, &[], "vcpus = 2\n") else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "the SMP marker", |t| {
+        t.contains(SMP_MARKER) && t.contains("reboot: ")
+    });
+    let text = boot_text(&state);
+    let tail = linux::tail(&text, 40);
+    let report: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("RXEN-") || l.contains("smp: ") || l.starts_with("cpu"))
+        .collect();
+    eprintln!("{test}:\n{}", report.join("\n"));
+    assert!(
+        text.contains("RXEN-ONLINE=0-1"),
+        "CPU 1 not online:\n{tail}"
+    );
+    assert!(text.contains("RXEN-NPROC=2"), "nproc is not 2:\n{tail}");
+    assert!(text.contains("RXEN-PROCESSORS=2"), "/proc/cpuinfo:\n{tail}");
+    assert_eq!(
+        text.matches("RXEN-LOOP-DONE").count(),
+        2,
+        "both loops finish:\n{tail}"
+    );
+    // Each loop ran pinned to its CPU (busybox: "pid N's current affinity mask: 1").
+    for mask in ["mask: 1", "mask: 2"] {
+        assert!(
+            text.lines()
+                .any(|l| l.contains("RXEN-LOOP-DONE") && l.contains(mask)),
+            "no loop with affinity {mask}:\n{tail}"
+        );
+    }
+    // CPU hotplug: Linux takes CPU 1 down (`VCPUOP_down` of itself from its
+    // `play_dead`) and up again (`VCPUOP_up`: the vCPU resumes after its down), and a
+    // process pinned to it runs there again.
+    assert!(
+        text.contains("RXEN-AFTER-DOWN=0\n") || text.contains("RXEN-AFTER-DOWN=0\r"),
+        "CPU 1 did not go offline:\n{tail}"
+    );
+    assert!(
+        text.contains("RXEN-AFTER-UP=0-1"),
+        "CPU 1 did not come back:\n{tail}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.contains("RXEN-BACK-ON-") && l.contains("mask: 2")),
+        "nothing ran on CPU 1 after it came back:\n{tail}"
+    );
+    // `/proc/stat`'s `cpuN user nice system ...` (in USER_HZ ticks): both CPUs ran
+    // user code.
+    for cpu in ["cpu0 ", "cpu1 "] {
+        let line = text
+            .lines()
+            .find_map(|l| l.find(cpu).map(|i| &l[i..]))
+            .unwrap_or_else(|| panic!("no {cpu} line in /proc/stat:\n{tail}"));
+        let user: u64 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("bad /proc/stat line {line:?}"));
+        assert!(user > 0, "{cpu}ran no user code: {line:?}\n{tail}");
+    }
+}

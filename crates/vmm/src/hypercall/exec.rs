@@ -386,15 +386,17 @@ fn vcpu_op(dom: &DomainShared, mem: &GuestView<'_>, current: u32, target: u64, o
     let target = target as u32;
     let now = dom.clock.now_ns();
     match op {
-        VcpuOp::Initialise(ctx) => ok_or(ctl.lock().initialise_with(ctx, |ctx| {
-            // A PV vCPU runs on the L4 its context names (`ctrlreg[3]`), which becomes
-            // its base in the MMU (validated and referenced like `NEW_BASEPTR`).
-            if dom.pv_mmu.is_some() {
-                crate::pv::hypercall::initialise_vcpu_base(dom, target, ctx.ctrlreg[3])
-            } else {
-                Ok(())
+        VcpuOp::Initialise(ctx) => {
+            // A PV vCPU takes its context's L4s, GDT, trap table, callbacks, kernel
+            // stack and IOPL (`pv::vcpu_context`); the thread loads the registers.
+            let iopl = crate::pv::vcpu_context::virtual_iopl(&ctx);
+            let mut s = ctl.lock();
+            let r = s.initialise_with(ctx, |ctx| crate::pv::vcpu_context::accept(dom, target, ctx));
+            if r.is_ok() && dom.pv_mmu.is_some() {
+                s.virtual_iopl = iopl;
             }
-        })),
+            ok_or(r)
+        }
         VcpuOp::Up => {
             let r = dom.online.up(ctl, now);
             if r.is_ok() {

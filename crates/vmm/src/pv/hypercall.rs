@@ -128,28 +128,6 @@ pub fn handle(
     Some(rc)
 }
 
-/// `VCPUOP_initialise` of a PV vCPU: the context's `ctrlreg[3]` (`xen_pfn_to_cr3`:
-/// the L4's machine frame << 12) becomes vCPU `vcpu`'s kernel base, as
-/// `MMUEXT_NEW_BASEPTR` would make it; the vCPU thread loads it into CR3 with the
-/// rest of the context. A frame that is not (and does not validate as) an L4 of the
-/// domain is `-EINVAL`, as Xen's `arch_set_info_guest`.
-pub fn initialise_vcpu_base(dom: &DomainShared, vcpu: u32, cr3: u64) -> Result<(), i32> {
-    let Some(mmu) = dom.pv_mmu.as_ref() else {
-        return Ok(());
-    };
-    let mut mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
-    let mut frames = frames(dom);
-    mmu.new_baseptr(&mut frames, vcpu as usize, cr3 >> 12)
-        .map_err(|e| {
-            tracing::debug!(
-                vcpu,
-                cr3 = format_args!("{cr3:#x}"),
-                "VCPUOP_initialise: {e}"
-            );
-            -EINVAL
-        })
-}
-
 /// `set_gdt(frame_list, entries)`: the list (unsigned longs, `ceil(entries / 512)` of
 /// them) is copied from the guest, then the MMU takes the frames as the vCPU's GDT.
 /// The CPU keeps using rxen's GDT, whose page 0 holds the same flat user selectors

@@ -23,6 +23,7 @@ pub mod mmu;
 pub mod notes;
 pub mod ram_frames;
 pub mod rxen_area;
+pub mod vcpu_context;
 pub mod xen_guest;
 
 pub use elfnotes::{ElfNotesError, NoteSource, XenNotes};

@@ -23,7 +23,11 @@
 //! Frames, from `first` (the first frame after the guest's RAM): 0 `shared_info`,
 //! 1 stub, 2..=4 TSS, 5 L3, 6 L2, 7 L1 (slot 257), 8 M2P L3, 9 M2P L2 (slot 256),
 //! 10 zero frame (GDT pages 0-13), 11 GDT page 14, 12 IDT, 13 trap stubs, 14 the
-//! exception stack (`IST1`), then the M2P's L1s, then the M2P itself.
+//! exception stack (`IST1`), then the M2P's L1s, then the M2P itself. Before the grant
+//! frames at the end of the area: the TSS page and exception stack of each vCPU after
+//! the first ([`MAX_VCPUS`]` - 1` pairs, whatever the domain's count): every vCPU has
+//! its own TSS (the TR base, [`tss_va`]) whose `IST1` is its own exception stack
+//! ([`exception_stack_va`]); the TSS's two I/O-bitmap pages are shared.
 
 use rxen_abi::mmu::{HYPERVISOR_VIRT_START, RO_MPT_VIRT_START};
 
@@ -58,17 +62,43 @@ pub const M2P_ALIAS_VA: u64 = RXEN_VA + (1 << 30);
 /// CPL 3), NX; rxen's frame. The upper levels of slot 257 are therefore writable; every
 /// other page of the slot stays read-only in its L1 entry.
 pub const EXCEPTION_STACK_VA: u64 = RXEN_VA + 8 * PAGE_SIZE;
-/// Where exception delivery finds its pages in a PV domain. Gates use `IST1` in a
-/// domain with one vCPU; with more they share one TSS, so they push on the interrupted
-/// stack as before (a TSS per vCPU is future work).
+/// Where exception delivery finds its pages in a PV domain. Every gate uses `IST1`:
+/// each vCPU's TSS points it at that vCPU's own exception stack.
 pub const TRAPS: TrapLayout = TrapLayout {
     gdt: GDT_VA,
     gdt_limit: XEN_GDT_LIMIT,
     idt: IDT_VA,
     stubs: TRAP_STUBS_VA,
     code_selector: XEN_FLAT_CS64,
-    ist: 0,
+    ist: 1,
 };
+/// The vCPUs a domain may have (`XEN_LEGACY_MAX_VCPUS`).
+pub const MAX_VCPUS: u32 = rxen_abi::layout::MAX_VCPUS;
+/// Page of rxen's mapping where the TSS of vCPU 1 starts; each vCPU after the first
+/// has [`VCPU_PAGES`] there: its TSS (three pages) and its exception stack.
+const VCPU_AREA_PAGE: u64 = 64;
+/// Pages of rxen's mapping per vCPU after the first.
+const VCPU_PAGES: u64 = 4;
+/// Frames of rxen's area for the vCPUs after the first: a TSS page and an exception
+/// stack each.
+const VCPU_FRAMES: u64 = 2 * (MAX_VCPUS as u64 - 1);
+
+/// Virtual address of vCPU `vcpu`'s TSS (its TR base): vCPU 0's is [`TSS_VA`].
+pub fn tss_va(vcpu: u32) -> u64 {
+    match vcpu {
+        0 => TSS_VA,
+        v => RXEN_VA + (VCPU_AREA_PAGE + u64::from(v) * VCPU_PAGES) * PAGE_SIZE,
+    }
+}
+
+/// Virtual address of vCPU `vcpu`'s exception stack (the bottom of its page; `IST1`
+/// is its top): vCPU 0's is [`EXCEPTION_STACK_VA`].
+pub fn exception_stack_va(vcpu: u32) -> u64 {
+    match vcpu {
+        0 => EXCEPTION_STACK_VA,
+        v => tss_va(v) + TSS_PAGES * PAGE_SIZE,
+    }
+}
 /// `IST1`'s offset in the 64-bit TSS.
 const TSS_IST1: u64 = 0x24;
 /// rxen's RAM is added in these steps (GuestRam sizes are multiples of 2 MiB).
@@ -115,7 +145,7 @@ impl AreaLayout {
             let total = guest_pages + pages;
             let m2p_pages = (total * 8).div_ceil(PAGE_SIZE);
             let m2p_l1s = m2p_pages.div_ceil(512);
-            if M2P_L1 + m2p_l1s + m2p_pages + GRANT_FRAMES <= pages {
+            if M2P_L1 + m2p_l1s + m2p_pages + VCPU_FRAMES + GRANT_FRAMES <= pages {
                 return AreaLayout {
                     first: guest_pages,
                     pages,
@@ -140,6 +170,14 @@ impl AreaLayout {
     /// [`GRANT_FRAMES`] frames of the area; the guest maps them like its own RAM).
     pub fn grant_frames(&self) -> (u64, u64) {
         (self.first + self.pages - GRANT_FRAMES, GRANT_FRAMES)
+    }
+
+    /// Area frame indices of vCPU `vcpu`'s TSS page and exception stack (`vcpu` ≥ 1),
+    /// just before the grant frames.
+    fn vcpu_frames(&self, vcpu: u32) -> (u64, u64) {
+        let first = self.pages - GRANT_FRAMES - VCPU_FRAMES;
+        let i = first + 2 * (u64::from(vcpu) - 1);
+        (i, i + 1)
     }
 
     /// Guest-physical address of the M2P's first entry, and its number of entries.
@@ -195,10 +233,7 @@ pub struct RxenArea {
 
 /// Writes rxen's pages into `ram` where `layout` puts them, for a domain of `vcpus`.
 pub fn write(ram: &GuestRam, layout: AreaLayout, vcpus: u32) -> Result<RxenArea, MemoryError> {
-    let traps = TrapLayout {
-        ist: u8::from(vcpus == 1),
-        ..TRAPS
-    };
+    let traps = TRAPS;
     let frame = |i: u64| layout.frame(i);
     let zeros = [0u8; PAGE_SIZE as usize];
     for i in 0..M2P_L1 + layout.m2p_l1s {
@@ -226,6 +261,25 @@ pub fn write(ram: &GuestRam, layout: AreaLayout, vcpus: u32) -> Result<RxenArea,
         frame(L1) + slot(EXCEPTION_STACK_VA, 12),
         &(frame(EXCEPTION_STACK) | LINK | PAGE_RW | PAGE_NX),
     )?;
+    // The other vCPUs: vCPU 0's TSS page with their own IST1, the same I/O bitmap.
+    let mut tss_page = vec![0u8; PAGE_SIZE as usize];
+    ram.read(frame(TSS), &mut tss_page)?;
+    for v in 1..vcpus.min(MAX_VCPUS) {
+        let (tss, stack) = layout.vcpu_frames(v);
+        ram.write(frame(tss), &tss_page)?;
+        ram.write(frame(stack), &zeros)?;
+        let ist1 = exception_stack_va(v) + PAGE_SIZE;
+        ram.write_obj(frame(tss) + TSS_IST1, &ist1)?;
+        for i in 0..TSS_PAGES {
+            let f = if i == 0 { tss } else { TSS + i };
+            let va = tss_va(v) + i * PAGE_SIZE;
+            ram.write_obj(frame(L1) + slot(va, 12), &(frame(f) | LINK | PAGE_NX))?;
+        }
+        ram.write_obj(
+            frame(L1) + slot(exception_stack_va(v), 12),
+            &(frame(stack) | LINK | PAGE_RW | PAGE_NX),
+        )?;
+    }
     ram.write(frame(TRAP_STUBS), &pages::stub_page())?;
     let ro_nx = LINK | PAGE_NX;
     ram.write_obj(
@@ -416,18 +470,67 @@ mod tests {
         assert_eq!(e >> 63, 0, "stubs executable");
         assert_eq!(stub & 0xffff_ffff, 0x0b0f_e1e6);
         assert_eq!(area.traps, TrapLayout { ist: 1, ..TRAPS });
-        // One vCPU: gates switch to IST1, the TSS's IST1 is the top of the exception
-        // stack, which is user-writable (the CPU pushes at CPL 3) and NX. Debian's
-        // /init triple-faulted before when its first user page fault pushed its frame
-        // on a user stack page that was not populated yet.
+        // Gates switch to IST1, the TSS's IST1 is the top of the exception stack,
+        // which is user-writable (the CPU pushes at CPL 3) and NX. Debian's /init
+        // triple-faulted before when its first user page fault pushed its frame on a
+        // user stack page that was not populated yet.
         assert_eq!((lo >> 32) & 7, 1, "IST 1");
         let ist1 = ram.read_obj::<u64>(layout.frame(TSS) + TSS_IST1).unwrap();
         assert_eq!(ist1, EXCEPTION_STACK_VA + PAGE_SIZE);
         let e = walk(&ram, area.l4_entry, EXCEPTION_STACK_VA);
         assert_eq!(e & 0x7, PAGE_PRESENT | PAGE_RW | PAGE_USER);
         assert_eq!(e >> 63, 1, "NX");
-        // Several vCPUs would share the one TSS: no IST.
-        let ram2 = GuestRam::new("rxen-area-smp", 10 << 20).unwrap();
-        assert_eq!(write(&ram2, layout, 2).unwrap().traps.ist, 0);
+    }
+
+    /// Reads the 8 bytes at `va` through rxen's mapping.
+    fn read_va(ram: &GuestRam, l4_entry: u64, va: u64) -> u64 {
+        let e = walk(ram, l4_entry, va);
+        assert_eq!(e & PAGE_PRESENT, PAGE_PRESENT, "{va:#x} mapped");
+        ram.read_obj((e & ADDR) + (va & 0xfff)).unwrap()
+    }
+
+    /// Linux SMP: each vCPU has its own TSS whose IST1 is its own exception stack, so
+    /// two vCPUs in user mode never push exception frames on each other's (before, an
+    /// SMP domain had one TSS and no IST: frames went on the interrupted user stack).
+    #[test]
+    fn every_vcpu_has_its_own_tss_and_exception_stack() {
+        let ram = GuestRam::new("rxen-area-smp", 10 << 20).unwrap();
+        let layout = AreaLayout::for_guest(2048);
+        let area = write(&ram, layout, 3).unwrap();
+        assert_eq!(area.traps.ist, 1, "IST1 with several vCPUs too");
+        let mut stacks = Vec::new();
+        for v in 0..3 {
+            let tss = tss_va(v);
+            let ist1 = read_va(&ram, area.l4_entry, tss + TSS_IST1);
+            assert_eq!(ist1, exception_stack_va(v) + PAGE_SIZE, "vCPU {v}");
+            let stack = walk(&ram, area.l4_entry, exception_stack_va(v));
+            assert_eq!(stack & 0x7, PAGE_PRESENT | PAGE_RW | PAGE_USER);
+            assert_eq!(stack >> 63, 1, "NX");
+            stacks.push(stack & ADDR);
+            // The TSS: read-only, its I/O bitmap offset and the bitmap itself the
+            // same as vCPU 0's (the hypercall port allowed, port 0 refused).
+            let page0 = walk(&ram, area.l4_entry, tss);
+            assert_eq!(page0 & 0x7, PAGE_PRESENT | PAGE_USER, "read-only");
+            let iomap = read_va(&ram, area.l4_entry, tss + 0x60) >> 48;
+            assert_eq!(iomap, rxen_abi::layout::TSS_IOMAP_OFFSET);
+            let port = u64::from(rxen_abi::layout::HYPERCALL_PORT);
+            let byte = |p: u64| {
+                let va = tss + rxen_abi::layout::TSS_IOMAP_OFFSET + p / 8;
+                (read_va(&ram, area.l4_entry, va) & 0xff) >> (p % 8) & 1
+            };
+            assert_eq!(byte(port), 0, "hypercall port allowed");
+            assert_eq!(byte(0), 1, "port 0 refused");
+            assert_eq!(byte(0xffff), 1, "last port refused");
+        }
+        stacks.sort_unstable();
+        stacks.dedup();
+        assert_eq!(stacks.len(), 3, "one exception stack each");
+        // The vCPU frames lie before the grant frames, after the M2P.
+        let (grants, _) = layout.grant_frames();
+        let (_, last_stack) = layout.vcpu_frames(MAX_VCPUS - 1);
+        assert_eq!(layout.first + last_stack + 1, grants);
+        let (m2p, entries) = layout.m2p();
+        assert!(m2p + entries * 8 <= layout.frame(layout.vcpu_frames(1).0));
+        assert!(tss_va(MAX_VCPUS - 1) + VCPU_PAGES * PAGE_SIZE <= RXEN_VA + (512 << 12));
     }
 }

@@ -349,7 +349,7 @@ fn build(
         };
         let fresh = fd.get_sregs().map_err(kvm_err("get sregs"))?;
         let expected = vcpu::regs::long_mode_sregs(fresh, 0, &state.boot.traps);
-        super::cpu::check_control_state(&v.cpu, &expected, state.boot.tss_base)
+        super::cpu::check_control_state(&v.cpu, &expected, state.boot.tss_base_of(i as u32))
             .map_err(vcpu_err)?;
         if let Some((_, mmu)) = &pv {
             // A PV vCPU runs on an L4 the MMU validated (its kernel or user base),

@@ -232,20 +232,30 @@ fn load_context(
     fd.set_regs(&regs::context_regs(ctx))
         .map_err(|e| kvm("set regs", e))?;
     let mut s = fd.get_sregs().map_err(|e| kvm("get sregs", e))?;
+    // A PV kernel lives in the upper half: its segment bases may be any canonical
+    // address (Linux's `gs_base_kernel` is the CPU's per-CPU offset, 0xffff88...);
+    // `pv::vcpu_context` refused a non-canonical one.
+    let base_ok = |base: u64| {
+        if pv {
+            crate::guest_view::is_canonical(base)
+        } else {
+            regs::is_canonical_user(base)
+        }
+    };
     if pv {
         s.cr3 = ctx.ctrlreg[3] & 0x000f_ffff_ffff_f000;
-        if regs::is_canonical_user(ctx.gs_base_kernel) {
+        if base_ok(ctx.gs_base_kernel) {
             s.gs.base = ctx.gs_base_kernel;
         }
     }
-    if regs::is_canonical_user(ctx.fs_base) {
+    if base_ok(ctx.fs_base) {
         s.fs.base = ctx.fs_base;
     }
-    if !pv && regs::is_canonical_user(ctx.gs_base_user) {
+    if !pv && base_ok(ctx.gs_base_user) {
         s.gs.base = ctx.gs_base_user;
     }
     fd.set_sregs(&s).map_err(|e| kvm("set sregs", e))?;
-    if pv && regs::is_canonical_user(ctx.gs_base_user) {
+    if pv && base_ok(ctx.gs_base_user) {
         // The user GS base is the one `swapgs` brings in (`MSR_KERNEL_GS_BASE`).
         crate::traps::msr::write_shadow_gs(fd, ctx.gs_base_user)?;
     }

@@ -152,8 +152,9 @@ pub fn wait_for_text(state: &Path, what: &str, mut done: impl FnMut(&str) -> boo
         }
         assert!(
             !text.contains("Kernel panic") && !text.contains("triple-faulted"),
-            "the guest died waiting for {what}:\n{}",
-            tail(&text, 40)
+            "the guest died waiting for {what}:\n{}\n--- the VMM's own lines:\n{}",
+            tail(&text, 40),
+            tail(&vmm_lines(&text), 30)
         );
         assert!(
             std::time::Instant::now() < deadline,
