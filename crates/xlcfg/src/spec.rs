@@ -108,6 +108,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ramdisk",
     "cmdline",
     "extra",
+    "root",
     "on_poweroff",
     "on_reboot",
     "on_crash",
@@ -204,6 +205,7 @@ impl DomainSpec {
     /// parsed with the same syntax and applied last.
     pub fn from_settings(settings: &[Setting]) -> Result<(DomainSpec, Vec<String>), SpecError> {
         let mut warnings = Vec::new();
+        let mut root: Option<(String, &Setting)> = None;
         let mut spec = DomainSpec {
             name: String::new(),
             uuid: None,
@@ -254,6 +256,8 @@ impl DomainSpec {
                         return Err(invalid(s, "command line longer than 1023 bytes"));
                     }
                 }
+                // xl: `root=STRING` goes first on the kernel command line.
+                "root" => root = Some((string(s)?, s)),
                 "on_poweroff" | "on_reboot" | "on_crash" => {
                     let v = string(s)?;
                     let a = Action::parse(&v).ok_or_else(|| {
@@ -298,6 +302,16 @@ impl DomainSpec {
                     "line {}, column {}: unknown setting {other:?} ignored",
                     s.line, s.col
                 )),
+            }
+        }
+        if let Some((r, s)) = root {
+            spec.cmdline = if spec.cmdline.is_empty() {
+                format!("root={r}")
+            } else {
+                format!("root={r} {}", spec.cmdline)
+            };
+            if spec.cmdline.len() > 1023 {
+                return Err(invalid(s, "command line longer than 1023 bytes"));
             }
         }
         spec.validate()?;
@@ -517,6 +531,33 @@ colour = "blue"
             .unwrap_err()
             .to_string()
             .contains("override 1"));
+    }
+
+    #[test]
+    fn root_goes_first_on_the_command_line_as_xl_puts_it() {
+        let cmd = |src: &str| DomainSpec::from_xl(src).map(|(s, _)| s.cmdline);
+        let base = "name = \"l\"\nkernel = \"/k\"\n";
+        assert_eq!(
+            cmd(&format!(
+                "{base}root = \"/dev/xvda1 ro\"\nextra = \"console=hvc0\"\n"
+            ))
+            .unwrap(),
+            "root=/dev/xvda1 ro console=hvc0"
+        );
+        assert_eq!(
+            cmd(&format!("{base}extra = \"quiet\"\nroot = \"/dev/xvda\"\n")).unwrap(),
+            "root=/dev/xvda quiet"
+        );
+        assert_eq!(
+            cmd(&format!("{base}root = \"/dev/xvda\"\n")).unwrap(),
+            "root=/dev/xvda"
+        );
+        let long = "x".repeat(1020);
+        assert!(matches!(
+            cmd(&format!("{base}extra = \"{long}\"\nroot = \"/dev/xvda\"\n")),
+            Err(SpecError::Invalid { .. })
+        ));
+        assert!(cmd(&format!("{base}root = 3\n")).is_err());
     }
 
     #[test]
