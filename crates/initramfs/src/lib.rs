@@ -3,12 +3,26 @@
 //! `/bin/busybox` with `/bin/sh`, `/dev/console`, `/sbin/poweroff`, an `/init` script
 //! and extra files.
 //!
-//! It only writes archives from bytes it is given: finding the kernel or busybox, and
-//! what the guest does with them, belong to its callers (`crates/xm/tests`, `bench`).
-//! Not product code.
+//! Its callers are rxen's Linux tests (`crates/xm/tests`), benchmarks (`bench`) and
+//! the `rxen-mkinitramfs` tool (a general `/init`: [`boot_init`]), which users boot
+//! Debian's kernel with. The library only writes archives from bytes it is given;
+//! finding the kernel, busybox and modules belongs to its callers.
+
+mod boot_init;
+pub use boot_init::{boot_init, ROOT_MARKER, SHELL_MARKER};
 
 /// Directories every archive has; extra files must go in one of them.
-pub const DIRS: [&str; 8] = ["bin", "sbin", "dev", "proc", "sys", "mnt", "lib", "www"];
+pub const DIRS: [&str; 9] = [
+    "bin",
+    "sbin",
+    "dev",
+    "proc",
+    "sys",
+    "mnt",
+    "lib",
+    "lib/modules-rxen",
+    "www",
+];
 
 const DIR: u32 = 0o040755;
 const FILE: u32 = 0o100755;

@@ -251,11 +251,16 @@ fn xm_shutdown_powers_linux_off_through_control_shutdown() {
 fn xm_console_gives_a_shell_on_hvc0() {
     let _serial = one_linux_at_a_time();
     let test = "xm_console_gives_a_shell_on_hvc0";
-    let Some(env) = boot(test, "linuxsh", &shell_init(""), &[], "") else {
+    // rxen-mkinitramfs's /init without root=: a shell (setsid cttyhack: hvc0 as its
+    // controlling terminal).
+    let init = rxen_initramfs::boot_init(&[]);
+    let Some(env) = boot(test, "linuxsh", &init, &[], "") else {
         return;
     };
     let state = env.dir.join("state");
-    linux::wait_for_text(&state, "/init's marker", |t| t.contains(INIT_MARKER));
+    linux::wait_for_text(&state, "the shell's marker", |t| {
+        t.contains(rxen_initramfs::SHELL_MARKER)
+    });
     let mut console = common::guests::Console::attach(&env, "linuxsh");
     // The typed line is echoed back as typed; only the shell's arithmetic makes "42-".
     console.type_line("echo $((6*7))-RXEN-SHELL; uname -r");
@@ -428,10 +433,12 @@ fn ext2_image(test: &str, tree: &std::path::Path) -> Option<std::path::PathBuf> 
     }
 }
 
-/// The issue's root disk: an ext2 image holding busybox and `/sbin/init`; the
-/// initramfs's `/init` loads blkfront and ext4, mounts xvda and `switch_root`s to it;
-/// the disk's `/sbin/init` runs as PID 1 from xvda, prints its marker and a file of
-/// the disk, and powers off.
+/// The issue's root disk, booted as a user would: an ext2 image holding busybox and
+/// `/sbin/init`; the initramfs is made by the `rxen-mkinitramfs` tool with
+/// blkfront's and ext4's modules, and the config's `root = "/dev/xvda"` (xl's key: it
+/// puts `root=` on the command line) makes its `/init` mount xvda and `switch_root`
+/// to it; the disk's `/sbin/init` runs as PID 1 from xvda, prints its marker and a
+/// file of the disk, and powers off.
 #[test]
 fn linux_switches_root_to_an_ext2_disk() {
     let _serial = one_linux_at_a_time();
@@ -445,9 +452,13 @@ fn linux_switches_root_to_an_ext2_disk() {
     let Some(busybox) = linux::busybox(&kernel, test) else {
         return;
     };
-    let Some(files) = disk_modules(&kernel, test) else {
-        return;
-    };
+    let mut modules = Vec::new();
+    for m in DISK_MODULES {
+        let Some(path) = linux::module(&kernel, m, test) else {
+            return;
+        };
+        modules.push(path);
+    }
     let tree = tempfile_dir(test);
     for d in ["bin", "sbin", "etc", "dev", "proc"] {
         std::fs::create_dir_all(tree.join(d)).unwrap();
@@ -466,23 +477,34 @@ fn linux_switches_root_to_an_ext2_disk() {
     let Some(img) = ext2_image(test, &tree) else {
         return;
     };
-    let init = format!(
-        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n{}\
-         /bin/busybox mount -t ext4 /dev/xvda /mnt && echo {INIT_MARKER}\n\
-         /bin/busybox umount /sys /proc\n\
-         exec /bin/busybox switch_root /mnt /sbin/init\n",
-        load_disk_modules()
+    let env = Env::start("linuxroot");
+    let ramdisk = env.dir.join("initramfs.cpio");
+    let mut mk = std::process::Command::new(rxen_testkit::bin("rxen-mkinitramfs"));
+    mk.arg("--busybox").arg(&busybox).arg("-o").arg(&ramdisk);
+    for m in &modules {
+        mk.arg("--module").arg(m);
+    }
+    let made = mk
+        .output()
+        .expect("rxen-mkinitramfs (cargo build --workspace first)");
+    assert!(made.status.success(), "rxen-mkinitramfs: {made:?}");
+    let cfg = env.dir.join("linuxroot.cfg");
+    let extra = format!(
+        "disk = [ 'file:{},xvda,w' ]\nroot = \"/dev/xvda ro\"\n",
+        img.display()
     );
-    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(p, d)| (p.as_str(), d.clone())).collect();
-    let extra = format!("disk = [ 'file:{},xvda,w' ]\n", img.display());
-    let Some(env) = boot(test, "linuxroot", &init, &files, &extra) else {
-        return;
-    };
+    std::fs::write(&cfg, linux::config("linuxroot", &kernel, &ramdisk, &extra)).unwrap();
+    env.xm_ok(&["create", cfg.to_str().unwrap()]);
     let state = env.dir.join("state");
     linux::wait_for_text(&state, "the disk's init to power off", |t| {
         t.contains("reboot: ")
     });
     let text = boot_text(&state);
+    assert!(
+        text.contains(rxen_initramfs::ROOT_MARKER),
+        "rxen-mkinitramfs's /init did not switch to /dev/xvda:\n{}",
+        linux::tail(&text, 40)
+    );
     assert!(
         text.contains("RXEN-ROOT-INIT pid 1") && text.contains(DISK_FILE),
         "the disk's /sbin/init did not run as PID 1:\n{}",
