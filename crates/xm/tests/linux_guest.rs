@@ -675,11 +675,14 @@ fn linux_survives_save_and_restore() {
     );
     let down = env.xm(&["shutdown", "-w", "--timeout", "180", "linuxsave"]);
     let text = boot_text(&state);
+    let control = common::domid_of(&env, "linuxsave");
+    let control = common::read_node(&env, &format!("/local/domain/{control}/control/shutdown"));
     assert!(
         down.status.success(),
-        "xm shutdown after the restore: {}\n{}",
+        "xm shutdown after the restore: {}\ncontrol/shutdown now {control:?}\n{}\n--- the VMM's own lines:\n{}",
         String::from_utf8_lossy(&down.stderr),
-        linux::tail(&text, 40)
+        linux::tail(&text, 40),
+        linux::tail(&linux::vmm_lines(&text), 40)
     );
     assert_powered_off(&env, "linuxsave");
 }
