@@ -8,7 +8,12 @@
 //!   buffer (integer work, a working set that stays in cache), printing
 //!   `RXEN-PROBE cpu_s <seconds> <checksum>`.
 //!
+//! * `rxen-linux-probe getcpu | tls | ldt | badiret | peek ADDR`: segment probes for rxen's
+//!   tests ([`segments`]).
+//!
 //! It must stay dependency-free and measure only: no rxen logic.
+
+mod segments;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -95,8 +100,9 @@ fn main() -> ExitCode {
             let (s, crc) = cpu_workload(n);
             println!("{PREFIX} cpu_s {s:.6} {crc:08x}");
         }
+        (Some(what), _) if segments::run(what, args.get(1).map(String::as_str)) => {}
         _ => {
-            eprintln!("usage: rxen-linux-probe getpid N | cpu N");
+            eprintln!("usage: rxen-linux-probe getpid N | cpu N | getcpu | tls | ldt | badiret | peek ADDR");
             return ExitCode::from(2);
         }
     }

@@ -784,3 +784,77 @@ fn linux_runs_on_two_vcpus() {
         assert!(user > 0, "{cpu}ran no user code: {line:?}\n{tail}");
     }
 }
+
+/// What `/init` prints after the segment probes.
+const SEGMENTS_MARKER: &str = "RXEN-SEGMENTS-DONE";
+
+/// What a guest user process can do with segments and rxen's pages, on two vCPUs
+/// (docs/linux-guest.md, "Segments, the failsafe callback and the exception stacks"):
+///
+/// * a process whose `rt_sigreturn` restores a bad CS (0x1234) makes Linux's `iret`
+///   carry it; rxen bounces to Linux's failsafe callback, as Xen does, and Linux kills
+///   the process with SIGSEGV while the domain goes on (before: the domain crashed
+///   with "iret to foreign selectors");
+/// * no process can read a vCPU's exception stack (rxen's slot 257): SIGSEGV (before:
+///   the page was user-readable and writable from every vCPU);
+/// * `modify_ldt` is accepted; what loading its selector, a `set_thread_area` TLS
+///   entry and `lsl` of the CPUNODE selector give on this host (KVM's PVM runs CPL-3
+///   code on the host's own GDT and no LDT) is printed, not required.
+#[test]
+fn linux_user_processes_survive_bad_iret_and_cannot_reach_exception_stacks() {
+    let _serial = one_linux_at_a_time();
+    let test = "linux_user_processes_survive_bad_iret_and_cannot_reach_exception_stacks";
+    let Some(probe) = linux::probe(test) else {
+        return;
+    };
+    // `rxen_vmm::pv::rxen_area::exception_stack_va(0)` and `(1)`, near their tops.
+    let stacks = [0xffff_8080_0000_8f00u64, 0xffff_8080_0004_7f00];
+    let init = format!(
+        "#!/bin/sh\n\
+         for c in 0 1; do /bin/busybox taskset -c $c /bin/probe getcpu; done\n\
+         /bin/probe tls\n\
+         echo RXEN-TLS-STATUS=$?\n\
+         /bin/probe ldt\n\
+         echo RXEN-LDT-STATUS=$?\n\
+         /bin/probe badiret\n\
+         echo RXEN-BADIRET-STATUS=$?\n\
+         /bin/busybox taskset -c 1 /bin/probe peek {:x}\n\
+         echo RXEN-PEEK0-STATUS=$?\n\
+         /bin/busybox taskset -c 0 /bin/probe peek {:x}\n\
+         echo RXEN-PEEK1-STATUS=$?\n\
+         echo {SEGMENTS_MARKER}\n\
+         /bin/busybox poweroff -f\n",
+        stacks[0], stacks[1]
+    );
+    let files = [("bin/probe", std::fs::read(&probe).unwrap())];
+    let Some(env) = boot(test, "linuxseg", &init, &files, "vcpus = 2\n") else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "the segments marker", |t| {
+        t.contains(SEGMENTS_MARKER) && t.contains("reboot: ")
+    });
+    let text = boot_text(&state);
+    let tail = linux::tail(&text, 40);
+    let report: Vec<&str> = text.lines().filter(|l| l.contains("RXEN-")).collect();
+    eprintln!("{test}:\n{}", report.join("\n"));
+    assert!(
+        text.contains("RXEN-BADIRET-STATUS=139") && !text.contains("badiret survived"),
+        "bad iret:\n{tail}"
+    );
+    for v in 0..2 {
+        assert!(
+            text.contains(&format!("RXEN-PEEK{v}-STATUS=139")) && !text.contains("peek read"),
+            "vCPU {v}'s exception stack readable from user mode:\n{tail}"
+        );
+    }
+    assert!(
+        text.contains("RXEN-PROBE ldt modify_ldt=0"),
+        "modify_ldt:\n{tail}"
+    );
+    // `reboot: ` is printed before Linux's SCHEDOP_shutdown ends the domain.
+    common::wait_until("linuxseg to end", || {
+        env.get("/domains/linuxseg").1["state"] == "shutdown"
+    });
+    assert_powered_off(&env, "linuxseg");
+}

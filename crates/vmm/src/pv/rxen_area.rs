@@ -32,7 +32,7 @@
 use rxen_abi::mmu::{HYPERVISOR_VIRT_START, RO_MPT_VIRT_START};
 
 use super::layout::PAGE_SIZE;
-use super::mmu::entry::{PAGE_ACCESSED, PAGE_NX, PAGE_PRESENT, PAGE_RW, PAGE_USER};
+use super::mmu::entry::{PAGE_ACCESSED, PAGE_DIRTY, PAGE_NX, PAGE_PRESENT, PAGE_RW, PAGE_USER};
 use crate::memory::{GuestRam, MemoryError};
 use crate::traps::pages::{self, TrapLayout, XEN_FLAT_CS64, XEN_GDT_LIMIT, XEN_GDT_PAGE};
 
@@ -58,8 +58,13 @@ pub const GDT_VA: u64 = RXEN_VA + 16 * PAGE_SIZE;
 pub const M2P_ALIAS_VA: u64 = RXEN_VA + (1 << 30);
 /// The exception stack (`IST1`): the CPU pushes its frame for an exception here, not
 /// on the guest's stack (whose next page may not be populated: a guest user stack
-/// growing) and not over a user red zone. One page, user-writable (the push happens at
-/// CPL 3), NX; rxen's frame. The upper levels of slot 257 are therefore writable; every
+/// growing) and not over a user red zone. One page, NX, rxen's frame, and
+/// *supervisor-only*: KVM (PVM) delivers the exception in software and writes the frame
+/// with a supervisor access, so no guest code (kernel or user, which both run at CPL 3)
+/// can read or write any vCPU's exception stack: a user process on one vCPU cannot
+/// rewrite the frame another vCPU's exception just pushed before rxen reads it, nor read
+/// a stale kernel frame (rip, rsp) left there. The upper levels of slot 257 are writable
+/// for it; every
 /// other page of the slot stays read-only in its L1 entry.
 pub const EXCEPTION_STACK_VA: u64 = RXEN_VA + 8 * PAGE_SIZE;
 /// Where exception delivery finds its pages in a PV domain. Every gate uses `IST1`:
@@ -124,6 +129,9 @@ const TRAP_STUBS: u64 = 13;
 const EXCEPTION_STACK: u64 = 14;
 const M2P_L1: u64 = 15;
 const LINK: u64 = PAGE_PRESENT | PAGE_USER | PAGE_ACCESSED;
+/// An exception stack's L1 entry flags: supervisor-only (no `PAGE_USER`), writable,
+/// pre-dirtied, NX.
+const EXCEPTION_STACK_FLAGS: u64 = PAGE_PRESENT | PAGE_ACCESSED | PAGE_DIRTY | PAGE_RW | PAGE_NX;
 
 /// Where rxen's pages go for a domain of `guest_pages`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -259,7 +267,7 @@ pub fn write(ram: &GuestRam, layout: AreaLayout, vcpus: u32) -> Result<RxenArea,
     ram.write_obj(frame(TSS) + TSS_IST1, &(EXCEPTION_STACK_VA + PAGE_SIZE))?;
     ram.write_obj(
         frame(L1) + slot(EXCEPTION_STACK_VA, 12),
-        &(frame(EXCEPTION_STACK) | LINK | PAGE_RW | PAGE_NX),
+        &(frame(EXCEPTION_STACK) | EXCEPTION_STACK_FLAGS),
     )?;
     // The other vCPUs: vCPU 0's TSS page with their own IST1, the same I/O bitmap.
     let mut tss_page = vec![0u8; PAGE_SIZE as usize];
@@ -277,7 +285,7 @@ pub fn write(ram: &GuestRam, layout: AreaLayout, vcpus: u32) -> Result<RxenArea,
         }
         ram.write_obj(
             frame(L1) + slot(exception_stack_va(v), 12),
-            &(frame(stack) | LINK | PAGE_RW | PAGE_NX),
+            &(frame(stack) | EXCEPTION_STACK_FLAGS),
         )?;
     }
     ram.write(frame(TRAP_STUBS), &pages::stub_page())?;
@@ -471,14 +479,15 @@ mod tests {
         assert_eq!(stub & 0xffff_ffff, 0x0b0f_e1e6);
         assert_eq!(area.traps, TrapLayout { ist: 1, ..TRAPS });
         // Gates switch to IST1, the TSS's IST1 is the top of the exception stack,
-        // which is user-writable (the CPU pushes at CPL 3) and NX. Debian's /init
+        // which is writable, supervisor-only (KVM writes the frame with a supervisor
+        // access; guest code at CPL 3 cannot touch it) and NX. Debian's /init
         // triple-faulted before when its first user page fault pushed its frame on a
         // user stack page that was not populated yet.
         assert_eq!((lo >> 32) & 7, 1, "IST 1");
         let ist1 = ram.read_obj::<u64>(layout.frame(TSS) + TSS_IST1).unwrap();
         assert_eq!(ist1, EXCEPTION_STACK_VA + PAGE_SIZE);
         let e = walk(&ram, area.l4_entry, EXCEPTION_STACK_VA);
-        assert_eq!(e & 0x7, PAGE_PRESENT | PAGE_RW | PAGE_USER);
+        assert_eq!(e & 0x7, PAGE_PRESENT | PAGE_RW, "not PAGE_USER");
         assert_eq!(e >> 63, 1, "NX");
     }
 
@@ -504,7 +513,11 @@ mod tests {
             let ist1 = read_va(&ram, area.l4_entry, tss + TSS_IST1);
             assert_eq!(ist1, exception_stack_va(v) + PAGE_SIZE, "vCPU {v}");
             let stack = walk(&ram, area.l4_entry, exception_stack_va(v));
-            assert_eq!(stack & 0x7, PAGE_PRESENT | PAGE_RW | PAGE_USER);
+            assert_eq!(
+                stack & 0x7,
+                PAGE_PRESENT | PAGE_RW,
+                "vCPU {v}: not PAGE_USER"
+            );
             assert_eq!(stack >> 63, 1, "NX");
             stacks.push(stack & ADDR);
             // The TSS: read-only, its I/O bitmap offset and the bitmap itself the
@@ -522,6 +535,9 @@ mod tests {
             assert_eq!(byte(0), 1, "port 0 refused");
             assert_eq!(byte(0xffff), 1, "last port refused");
         }
+        // The addresses crates/xm/tests/linux_guest.rs probes from a guest process.
+        assert_eq!(exception_stack_va(0), 0xffff_8080_0000_8000);
+        assert_eq!(exception_stack_va(1), 0xffff_8080_0004_7000);
         stacks.sort_unstable();
         stacks.dedup();
         assert_eq!(stacks.len(), 3, "one exception stack each");

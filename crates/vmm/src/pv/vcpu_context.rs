@@ -17,8 +17,9 @@
 //! the trap table, callbacks, kernel stack and virtual IOPL are stored. Registers, CR3
 //! and the segment bases are loaded by the vCPU's thread (`vcpu::thread`). Not taken:
 //! `debugreg` (rxen emulates no debug registers), `vm_assist` (domain-wide in rxen, as
-//! the `vm_assist` hypercall sets it), the LDT (`ldt_ents`, as `MMUEXT_SET_LDT` is
-//! not supported) and the selectors (every vCPU runs on rxen's flat ones).
+//! the `vm_assist` hypercall sets it), the LDT (`ldt_ents`: KVM here has no LDT, see
+//! docs/linux-guest.md "Segments on this host") and the selectors (every vCPU runs on
+//! rxen's flat ones).
 
 use rxen_abi::errno::EINVAL;
 use rxen_abi::vcpu::{VcpuGuestContext, VGCF_IN_KERNEL};

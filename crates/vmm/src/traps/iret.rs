@@ -68,6 +68,79 @@ pub fn apply(
     Ok((n, c.rflags & RFLAGS_IF == 0))
 }
 
+/// The failsafe callback's entry for a refused `iret` frame `c`: the registers the
+/// callback starts with, where its frame goes and its words (lowest address first),
+/// and whether events are masked once it runs. `r` are the registers at the
+/// hypercall, `segs` the data segment selectors `ds, es, fs, gs`, `kernel_sp` the
+/// `stack_switch` stack.
+pub fn failsafe_bounce(
+    r: &kvm_regs,
+    c: &IretContext,
+    segs: [u16; 4],
+    callback: &crate::traps::Callback,
+    kernel_sp: u64,
+) -> (kvm_regs, u64, Vec<u64>, bool) {
+    // Xen's do_iret restored the registers and the mask before its iretq faulted.
+    let mut n = *r;
+    n.rax = c.rax;
+    if c.flags & VGCF_IN_SYSCALL == 0 {
+        n.r11 = c.r11;
+        n.rcx = c.rcx;
+    }
+    let saved_mask = c.rflags & RFLAGS_IF == 0;
+    let virtual_if = if saved_mask { 0 } else { RFLAGS_IF };
+    let mut words = vec![n.rcx, n.r11];
+    words.extend(segs.map(u64::from));
+    words.extend([
+        c.rip,
+        (c.cs & 0xffff) | (u64::from(saved_mask) << 32),
+        (c.rflags & !RFLAGS_IF) | virtual_if,
+        c.rsp,
+        c.ss & 0xffff,
+    ]);
+    let top = if c.cs & 3 == 3 { kernel_sp } else { c.rsp };
+    let at = (top & !0xf).wrapping_sub(8 * words.len() as u64);
+    n.rip = callback.address;
+    n.rsp = at;
+    n.rflags = crate::vcpu::syscall::user_rflags(c.rflags);
+    (n, at, words, saved_mask || callback.mask_events)
+}
+
+/// Bounces a refused `iret` to vCPU `id`'s failsafe callback; `Err` (the domain
+/// crashes) when it has none or the frame cannot be written.
+fn to_failsafe(
+    fd: &mut VcpuFd,
+    dom: &DomainShared,
+    id: u32,
+    sync_regs: bool,
+    r: &kvm_regs,
+    c: &IretContext,
+) -> Result<(), String> {
+    let (callback, kernel_sp) = {
+        let t = dom.traps.vcpu(id).ok_or("no trap state")?;
+        (t.callbacks.failsafe, t.kernel_stack.1)
+    };
+    let callback = callback
+        .filter(|cb| cb.address != 0 && dom.address_range().contains(cb.address))
+        .ok_or("no failsafe callback")?;
+    // Xen's frame holds the data selectors the CPU has, and Linux compares them with
+    // its own `mov %ds` etc.: equal means a bad `iret` (#GP), different a bad segment
+    // (retry the `iret`). KVM's view of them is not the CPU's here (PVM loads them
+    // through the host's GDT: KVM answered Xen's 0xe02b where the CPU had 0, and Linux
+    // retried forever), so rxen makes them known: null, bases kept, and pushes those.
+    let mut s = fd.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
+    for seg in [&mut s.ds, &mut s.es, &mut s.fs, &mut s.gs] {
+        seg.selector = 0;
+    }
+    fd.set_sregs(&s).map_err(|e| format!("set sregs: {e}"))?;
+    let (next, at, words, masked) = failsafe_bounce(r, c, [0; 4], &callback, kernel_sp);
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    super::guest_mem::write(dom, id, at, &bytes)
+        .map_err(|_| format!("failsafe frame at {at:#x} not writable"))?;
+    dom.shared_info.set_upcall_mask(id, masked);
+    super::exit::write_regs(fd, sync_regs, &next)
+}
+
 /// Handles the `iret` hypercall with the registers `r` at entry (`rsp` at the frame).
 /// Returns `false` when the vCPU must stop.
 pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool, r: &kvm_regs) -> bool {
@@ -94,6 +167,18 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool, r: 
                 Ok(()) => true,
                 Err(e) => {
                     dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
+                    false
+                }
+            }
+        }
+        Err(why @ (BadIret::Selectors { .. } | BadIret::Address { .. })) => {
+            match to_failsafe(fd, dom, id, sync_regs, r, &c) {
+                Ok(()) => {
+                    tracing::debug!(vcpu = id, %why, "iret refused: failsafe callback");
+                    true
+                }
+                Err(e) => {
+                    super::exit::crash(fd, dom, id, &format!("{why} ({e})"));
                     false
                 }
             }
@@ -175,5 +260,86 @@ mod tests {
         c.cs = 0xe033;
         c.ss = 0xe02b;
         assert!(apply(&r, &c, AddressRange::UserHalf).is_ok());
+    }
+
+    /// A user process's `rt_sigreturn` to CS 0x1237 made Linux's `iret` carry it: rxen
+    /// crashed the domain ("iret to foreign selectors"); Xen bounces to the failsafe
+    /// callback with Linux's expected frame on the kernel stack.
+    #[test]
+    fn a_refused_user_iret_bounces_to_the_failsafe_callback_on_the_kernel_stack() {
+        let r = kvm_regs {
+            rcx: 0x77,
+            r11: 0x88,
+            rbx: 5,
+            ..Default::default()
+        };
+        let c = IretContext {
+            cs: 0x1237,
+            ..ctx()
+        };
+        assert!(matches!(
+            apply(&r, &c, AddressRange::UserHalf),
+            Err(BadIret::Selectors { .. })
+        ));
+        let cb = crate::traps::Callback {
+            address: 0xffff_ffff_8100_2000,
+            mask_events: true,
+        };
+        let kernel_sp = 0xffff_c900_0040_4008;
+        let (n, at, words, masked) = failsafe_bounce(&r, &c, [0x2b, 0x2b, 0, 0x63], &cb, kernel_sp);
+        assert_eq!(
+            at,
+            0xffff_c900_0040_4000 - 11 * 8,
+            "below the aligned kernel stack"
+        );
+        assert_eq!(
+            words,
+            vec![3, 2, 0x2b, 0x2b, 0, 0x63, 0x40_1000, 0x1237, 0x3246, 0x3f_ff00, 0x2b],
+            "rcx, r11 (from the frame), ds, es, fs, gs, rip, cs, rflags, rsp, ss"
+        );
+        assert_eq!((n.rip, n.rsp, n.rax, n.rbx), (cb.address, at, 1, 5));
+        assert_eq!(n.rflags, crate::vcpu::syscall::user_rflags(0x3246));
+        assert!(masked, "VGCF_failsafe_disables_events");
+        // Events off in the frame: the saved mask in CS bits 32-39, virtual IF clear.
+        let c = IretContext {
+            rflags: 0x46,
+            flags: VGCF_IN_SYSCALL,
+            ..c
+        };
+        let cb = crate::traps::Callback {
+            mask_events: false,
+            ..cb
+        };
+        let (n, _, words, masked) = failsafe_bounce(&r, &c, [0; 4], &cb, kernel_sp);
+        assert_eq!(
+            (words[0], words[1]),
+            (0x77, 0x88),
+            "in_syscall keeps rcx/r11"
+        );
+        assert_eq!((n.rcx, n.r11), (0x77, 0x88));
+        assert_eq!(words[7], 0x1237 | (1 << 32));
+        assert_eq!(words[8], 0x46);
+        assert!(masked, "the frame's IF was clear");
+    }
+
+    /// A refused `iret` back to the kernel (RPL 0 CS) puts the failsafe frame below the
+    /// frame's own `rsp`, as Xen's bounce on the kernel's current stack.
+    #[test]
+    fn a_refused_kernel_iret_puts_the_failsafe_frame_on_the_returned_to_stack() {
+        let c = IretContext {
+            cs: 0x08,
+            rsp: 0xffff_c900_0000_1f08,
+            ..ctx()
+        };
+        let cb = crate::traps::Callback {
+            address: 0xffff_ffff_8100_2000,
+            mask_events: false,
+        };
+        let (n, at, words, masked) =
+            failsafe_bounce(&kvm_regs::default(), &c, [0; 4], &cb, 0xdead_0000);
+        assert_eq!(at, 0xffff_c900_0000_1f00 - 88);
+        assert_eq!(n.rsp, at);
+        assert_eq!(words[7], 0x08);
+        assert!(!masked);
     }
 }

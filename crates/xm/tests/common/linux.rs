@@ -183,3 +183,33 @@ fn linux_wait_secs() -> u64 {
         .and_then(|s| s.parse().ok())
         .unwrap_or(300)
 }
+
+/// The static `rxen-linux-probe` (`bench/linux-probe`): `RXEN_LINUX_PROBE`, else built
+/// with cargo into `target/linux-probe` (its own target directory, `crt-static`, as
+/// the bench builds it). `None` after a loud skip when it cannot be built.
+pub fn probe(test: &str) -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("RXEN_LINUX_PROBE") {
+        return Some(PathBuf::from(p));
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let target_dir = root.join("target/linux-probe");
+    let target = "x86_64-unknown-linux-gnu";
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["build", "--release", "--quiet", "--target", target])
+        .arg("--manifest-path")
+        .arg(root.join("bench/linux-probe/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            Some(target_dir.join(target).join("release/rxen-linux-probe"))
+        }
+        r => {
+            skip(test, &format!("rxen-linux-probe could not be built: {r:?}"));
+            None
+        }
+    }
+}

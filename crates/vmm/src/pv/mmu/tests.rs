@@ -631,3 +631,43 @@ fn update_va_mapping_walks_the_kernel_tables() {
     );
     mmu.audit(&mem).unwrap();
 }
+
+/// `MMUEXT_SET_LDT` as Xen's `do_mmuext_op` checks it: a page-aligned, canonical
+/// linear base outside Xen's range and at most 8192 entries (a base of anything with 0
+/// entries clears the LDT); the vCPU's LDT is recorded, a refused one changes nothing.
+/// Xen validates the LDT's pages as descriptor pages only when a selector loads from
+/// it (lazily, on the fault); on this host no LDT selector can load (KVM's PVM has no
+/// LDT), so rxen only records it (docs/linux-guest.md, "Segments on this host").
+#[test]
+fn set_ldt_records_the_ldt_and_refuses_what_xen_refuses() {
+    let (mut mmu, mut mem) = booted();
+    let set = |base: u64, ents: u64| MmuextOp {
+        cmd: MMUEXT_SET_LDT,
+        arg1: base,
+        arg2: ents,
+        ..Default::default()
+    };
+    let ldt = |mmu: &Mmu| mmu.vcpu(0).map(|v| v.ldt);
+    // Linux's `xen_set_ldt`: a vmalloc'ed page, one entry (`modify_ldt`).
+    let base = 0xffff_c900_0012_3000;
+    ext_ops(&mut mmu, &mut mem, &[set(base, 1)]).unwrap();
+    assert_eq!(ldt(&mmu), Some((base, 1)));
+    ext_ops(&mut mmu, &mut mem, &[set(0x7000, 8192)]).unwrap();
+    assert_eq!(ldt(&mmu), Some((0x7000, 8192)));
+    for (bad_base, ents) in [
+        (0x7008, 1),                         // not page-aligned
+        (0x7000, 8193),                      // too many entries
+        (0x0000_8000_0000_0000, 1),          // not canonical
+        (HYPERVISOR_VIRT_START + 0x1000, 1), // Xen's range
+    ] {
+        assert_eq!(
+            errno(ext_ops(&mut mmu, &mut mem, &[set(bad_base, ents)])),
+            EINVAL,
+            "base {bad_base:#x}, {ents} entries"
+        );
+        assert_eq!(ldt(&mmu), Some((0x7000, 8192)), "unchanged");
+    }
+    // No entries: no LDT, whatever the base.
+    ext_ops(&mut mmu, &mut mem, &[set(0x7008, 0)]).unwrap();
+    assert_eq!(ldt(&mmu), Some((0, 0)));
+}
