@@ -74,7 +74,9 @@ pub fn migrate_with_progress(
     backends: &dyn QuiesceBackends,
     progress: &mut dyn FnMut(u32, u64, u64),
 ) -> Result<MigrationFigures, MigrateError> {
-    let was_paused = dom.vcpus.iter().all(|v| v.lock().paused);
+    // A guest that suspended itself for the migration is paused by its suspend: if
+    // the migration fails, the unpause cancels the suspend (its hypercall returns 1).
+    let was_paused = dom.vcpus.iter().all(|v| v.lock().paused) && dom.suspended().is_none();
     let result = migrate_paused_on_success(dom, address, token, config, live, backends, progress);
     if let Err(e) = &result {
         tracing::warn!(domain = %dom.config.name, address, "migration failed: {e}");

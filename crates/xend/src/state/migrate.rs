@@ -71,12 +71,6 @@ impl Xend {
         if !matches!(d.state, DomainState::Running | DomainState::Paused) {
             return Err(DomainError::WrongState(d.state));
         }
-        let config = serde_json::to_string(&SavedConfig {
-            toolstack: TOOLSTACK.into(),
-            uuid: d.uuid.clone(),
-            spec: d.spec.clone(),
-        })
-        .map_err(|e| DomainError::Internal(format!("encoding the config: {e}")))?;
         tracing::info!(domid, name = d.name, target, live = req.live, "migrating");
         self.emit(
             Some(domid),
@@ -84,6 +78,22 @@ impl Xend {
             "migrating",
             serde_json::json!({"target": target, "live": req.live}),
         );
+        // A guest that takes part in Xen's suspend protocol suspends itself first, as
+        // for a save: in the target's new domain it binds its event channels, watches
+        // and devices again (a transparent migration would leave it without its
+        // xenstore watches there). Its memory is then sent while it is suspended. If
+        // the migration fails, the source VMM's unpause cancels the suspend.
+        let guest_suspended = self.suspend_guest(domid).await.map_err(|e| match e {
+            DomainError::SaveFailed(m) => DomainError::MigrateFailed(m),
+            other => other,
+        })?;
+        let config = serde_json::to_string(&SavedConfig {
+            toolstack: TOOLSTACK.into(),
+            uuid: d.uuid.clone(),
+            spec: d.spec.clone(),
+            guest_suspends: guest_suspended,
+        })
+        .map_err(|e| DomainError::Internal(format!("encoding the config: {e}")))?;
         let figures = vmm::migrate(
             &self.files(domid).control(),
             target.clone(),
@@ -188,7 +198,8 @@ impl Xend {
         let mut spec = config.spec;
         spec.uuid = Some(config.uuid);
         let name = spec.name.clone();
-        tracing::info!(name, live, "receiving a migrating domain");
+        let guest_suspends = config.guest_suspends;
+        tracing::info!(name, live, guest_suspends, "receiving a migrating domain");
         let opts = CreateOptions {
             paused: false,
             restore: Some("-".into()),
@@ -201,6 +212,11 @@ impl Xend {
                         "the migrated domain ended at once".into(),
                     ));
                 };
+                if guest_suspends {
+                    if let Err(e) = self.advertise_suspend_again(domid).await {
+                        tracing::warn!(domid, name, "control/feature-suspend: {e}");
+                    }
+                }
                 tracing::info!(domid, name, "migrated domain runs");
                 self.emit(
                     Some(domid),

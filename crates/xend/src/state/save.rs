@@ -26,6 +26,13 @@ pub(super) struct SavedConfig {
     pub(super) toolstack: String,
     pub(super) uuid: String,
     pub(super) spec: DomainSpec,
+    /// The guest took part in Xen's suspend protocol (it advertised
+    /// `control/feature-suspend`, which Linux writes once at boot, never again after
+    /// a resume): the domain made from the image advertises it again, so that its
+    /// next save or migration asks the guest to suspend once more. Absent in images
+    /// of older xends (false).
+    #[serde(default)]
+    pub(super) guest_suspends: bool,
 }
 
 pub(super) const TOOLSTACK: &str = "rxen-xend";
@@ -88,12 +95,6 @@ impl Xend {
         if !matches!(d.state, DomainState::Running | DomainState::Paused) {
             return Err(DomainError::WrongState(d.state));
         }
-        let config = serde_json::to_string(&SavedConfig {
-            toolstack: TOOLSTACK.into(),
-            uuid: d.uuid.clone(),
-            spec: d.spec.clone(),
-        })
-        .map_err(|e| DomainError::Internal(format!("encoding the config: {e}")))?;
         self.emit(
             Some(domid),
             &d.name,
@@ -103,6 +104,13 @@ impl Xend {
         // Xen's suspend protocol for a guest that advertises it; others are saved
         // transparently.
         let guest_suspended = self.suspend_guest(domid).await?;
+        let config = serde_json::to_string(&SavedConfig {
+            toolstack: TOOLSTACK.into(),
+            uuid: d.uuid.clone(),
+            spec: d.spec.clone(),
+            guest_suspends: guest_suspended,
+        })
+        .map_err(|e| DomainError::Internal(format!("encoding the config: {e}")))?;
         let (pages, paused_ms) = vmm::save(
             &self.files(domid).control(),
             &path,
@@ -149,6 +157,10 @@ impl Xend {
             restore: Some(path),
             incoming: None,
         };
-        self.create(spec, false, opts).await
+        let info = self.create(spec, false, opts).await?;
+        if let (true, Some(domid)) = (config.guest_suspends, info.domid) {
+            self.advertise_suspend_again(domid).await?;
+        }
+        Ok(info)
     }
 }

@@ -60,6 +60,18 @@ impl Xend {
         }
     }
 
+    /// Writes `control/feature-suspend` = 1 for domain `domid`, made from the image
+    /// of a guest that suspended itself for its save or migration: the guest wrote it
+    /// at boot, in the old domain, and does not write it again after its resume
+    /// (Linux's `setup_shutdown_watcher` runs once), so the toolstack carries it over.
+    pub(super) async fn advertise_suspend_again(&self, domid: u32) -> DomainResult<()> {
+        let sock = self.cfg.xenstored_socket.clone();
+        tokio::task::spawn_blocking(move || xs::write(&sock, domid, "control/feature-suspend", "1"))
+            .await
+            .map_err(internal("xenstore task"))?
+            .map_err(xenstore)
+    }
+
     async fn write_control_shutdown(&self, domid: u32, what: &'static str) -> DomainResult<()> {
         let sock = self.cfg.xenstored_socket.clone();
         tokio::task::spawn_blocking(move || xs::write(&sock, domid, "control/shutdown", what))
