@@ -396,3 +396,62 @@ fn linux_with_devices_migrates_live_to_a_second_xend() {
         "the image's /count.txt is {on_disk:?}, the guest last printed {last}"
     );
 }
+
+/// `vcpus = 2`, saved and restored twice through Linux's suspend path: at the resume
+/// Linux's `xen_vcpu_restore` takes CPU 1 down (`VCPUOP_down`), registers each vCPU's
+/// runstate area and `vcpu_info` again and brings CPU 1 back up (`VCPUOP_up`). Each
+/// round of `/init`'s counter runs a process pinned to CPU 1 (busybox `taskset -c 1`)
+/// and prints `RXEN-COUNT-n` only when it ran: the counter goes on past where it was,
+/// so CPU 1 runs again after each restore, and `xm shutdown` powers the domain off.
+#[test]
+fn linux_on_two_vcpus_survives_save_and_restore() {
+    let _serial = one_linux_at_a_time();
+    let test = "linux_on_two_vcpus_survives_save_and_restore";
+    let init = format!(
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n\
+         echo RXEN-NPROC=$(/bin/busybox nproc)\necho {}\ni=0\n\
+         while true; do i=$((i+1)); /bin/busybox taskset -c 1 /bin/busybox true && echo RXEN-COUNT-$i; /bin/busybox sleep 0.2; done\n",
+        linux::INIT_MARKER
+    );
+    let name = "linuxsmpsave";
+    let Some(env) = linux::boot(test, name, &init, &[], "vcpus = 2\n") else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "the counter to reach 3", |t| {
+        last_count(t).is_some_and(|n| n >= 3)
+    });
+    assert!(
+        boot_text(&state).contains("RXEN-NPROC=2"),
+        "{}",
+        guest_tail(&state)
+    );
+    for round in 1..=2 {
+        let before = last_count(&boot_text(&state)).unwrap();
+        let image = env.dir.join(format!("{name}-{round}.save"));
+        let save = env.xm(&["save", name, image.to_str().unwrap()]);
+        assert!(
+            save.status.success(),
+            "xm save {round}: {}\n{}",
+            String::from_utf8_lossy(&save.stderr),
+            guest_tail(&state)
+        );
+        env.xm_ok(&["restore", image.to_str().unwrap()]);
+        linux::wait_for_text(&state, "the counter to go on after the restore", |t| {
+            last_count(t).is_some_and(|n| n >= before + 5)
+        });
+        eprintln!(
+            "{test}: restore {round}: count {before} -> {:?}",
+            last_count(&boot_text(&state))
+        );
+        let _ = std::fs::remove_file(&image);
+    }
+    let down = env.xm(&["shutdown", "-w", "--timeout", "180", name]);
+    assert!(
+        down.status.success(),
+        "xm shutdown after the restores: {}\n{}",
+        String::from_utf8_lossy(&down.stderr),
+        guest_tail(&state)
+    );
+    assert_powered_off(&env, name);
+}
