@@ -328,7 +328,8 @@ fn move_domids_past(env: &Env, past: u64) {
 /// to suspend (as for a save) and its memory goes over while it is suspended; at the
 /// target it resumes in a new domain (event channels, xenstore watches, blkfront and
 /// netfront reconnected to the target's backends on the same disk file and a TAP of
-/// its own on the bridge). The disk counter goes on past where it was, the guest
+/// its own on the bridge). First a migration the target refuses (the name is in use
+/// there): the guest's suspend is cancelled and it runs on at the source. The disk counter goes on past where it was, the guest
 /// answers ping and curl from the target, the source has no domain left, and `xm
 /// shutdown` at the target powers it off cleanly with the last count on the disk.
 #[test]
@@ -354,6 +355,27 @@ fn linux_with_devices_migrates_live_to_a_second_xend() {
         last_count(t).is_some_and(|n| n >= 3)
     });
     assert_answers(&net, &ip, &state_a, "before the migration");
+    // A refused migration (the name is in use at the target): the guest had suspended
+    // for it, the source VMM's unpause cancels the suspend (its hypercall returns 1)
+    // and it runs on here, devices and xenstore watches as they were.
+    b.create(&format!(
+        "name = \"{name}\"\nkernel = \"{}\"\nmemory = 16\nextra = \"mib=1 tick_ms=50\"\n",
+        rxen_testkit::guest("memcheck").display()
+    ));
+    let refused = a.xm(&["migrate", "--live", name, &format!("127.0.0.1:{port_b}")]);
+    assert!(
+        !refused.status.success() && String::from_utf8_lossy(&refused.stderr).contains("name"),
+        "a migration to a target with that name: {refused:?}"
+    );
+    b.xm_ok(&["destroy", name]);
+    let before = last_count(&boot_text(&state_a)).unwrap();
+    linux::wait_for_text(
+        &state_a,
+        "the disk counter to go on after the refusal",
+        |t| last_count(t).is_some_and(|n| n >= before + 5),
+    );
+    assert_no_bad_disk_round(&state_a);
+    assert_answers(&net, &ip, &state_a, "after the refused migration");
     // The source's logs go with its domain: the count before asking.
     let before = last_count(&boot_text(&state_a)).unwrap();
     let migrate = a.xm(&["migrate", "--live", name, &format!("127.0.0.1:{port_b}")]);
