@@ -164,3 +164,36 @@ impl Xend {
         Ok(info)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DomainSpec {
+        DomainSpec::from_xl("name = \"g\"\nkernel = \"/k\"\nmemory = 16\n")
+            .expect("a valid config")
+            .0
+    }
+
+    /// An image of an older xend has no `guest_suspends`: read as a guest that does
+    /// not take part in the suspend protocol.
+    #[test]
+    fn a_header_without_guest_suspends_reads_as_false() {
+        let old = serde_json::json!({"toolstack": TOOLSTACK, "uuid": "u", "spec": spec()});
+        let c: SavedConfig = serde_json::from_value(old).expect("an old header");
+        assert!(!c.guest_suspends);
+    }
+
+    #[test]
+    fn guest_suspends_round_trips() {
+        let c = SavedConfig {
+            toolstack: TOOLSTACK.into(),
+            uuid: "u".into(),
+            spec: spec(),
+            guest_suspends: true,
+        };
+        let back: SavedConfig =
+            serde_json::from_str(&serde_json::to_string(&c).expect("encodes")).expect("decodes");
+        assert!(back.guest_suspends);
+    }
+}
