@@ -324,12 +324,12 @@ fn move_domids_past(env: &Env, past: u64) {
 }
 
 /// `xm migrate --live` of a Linux domain with a disk and a vif to a second xend on
-/// this host: Linux advertises `control/feature-suspend`, so the source xend asks it
-/// to suspend (as for a save) and its memory goes over while it is suspended; at the
-/// target it resumes in a new domain (event channels, xenstore watches, blkfront and
+/// this host: Linux advertises `control/feature-suspend`, so once the pre-copy rounds
+/// (while it runs) are over the source asks it to suspend (as Xen does) and the
+/// stop-and-copy sends the rest; at the target it resumes in a new domain (event channels, xenstore watches, blkfront and
 /// netfront reconnected to the target's backends on the same disk file and a TAP of
 /// its own on the bridge). First a migration the target refuses (the name is in use
-/// there): the guest's suspend is cancelled and it runs on at the source. The disk counter goes on past where it was, the guest
+/// there): the guest runs on at the source. The disk counter goes on past where it was, the guest
 /// answers ping and curl from the target, the source has no domain left, and `xm
 /// shutdown` at the target powers it off cleanly with the last count on the disk.
 #[test]
@@ -355,9 +355,9 @@ fn linux_with_devices_migrates_live_to_a_second_xend() {
         last_count(t).is_some_and(|n| n >= 3)
     });
     assert_answers(&net, &ip, &state_a, "before the migration");
-    // A refused migration (the name is in use at the target): the guest had suspended
-    // for it, the source VMM's unpause cancels the suspend (its hypercall returns 1)
-    // and it runs on here, devices and xenstore watches as they were.
+    // A refused migration (the name is in use at the target): refused at the hello,
+    // before the guest is asked to suspend; it runs on here, devices and xenstore
+    // watches as they were.
     b.create(&format!(
         "name = \"{name}\"\nkernel = \"{}\"\nmemory = 16\nextra = \"mib=1 tick_ms=50\"\n",
         rxen_testkit::guest("memcheck").display()
@@ -387,9 +387,19 @@ fn linux_with_devices_migrates_live_to_a_second_xend() {
         guest_tail(&state_a),
         guest_tail(&state_b)
     );
-    eprintln!(
-        "{test}: migrated at count {before}:\n{}",
-        String::from_utf8_lossy(&migrate.stdout)
+    let figures = String::from_utf8_lossy(&migrate.stdout).into_owned();
+    eprintln!("{test}: migrated at count {before}:\n{figures}");
+    // The source asked the guest only after the pre-copy (its xend's log).
+    let log: String = std::fs::read_dir(a.dir.join("log"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(
+        log.contains("asking the guest to suspend for the stop-and-copy"),
+        "the source xend did not ask the guest to suspend:\n{}",
+        linux::tail(&log, 30)
     );
     assert_eq!(
         a.get(&format!("/domains/{name}")).0,

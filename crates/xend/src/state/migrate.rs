@@ -78,15 +78,12 @@ impl Xend {
             "migrating",
             serde_json::json!({"target": target, "live": req.live}),
         );
-        // A guest that takes part in Xen's suspend protocol suspends itself first, as
-        // for a save: in the target's new domain it binds its event channels, watches
-        // and devices again (a transparent migration would leave it without its
-        // xenstore watches there). Its memory is then sent while it is suspended. If
-        // the migration fails, the source VMM's unpause cancels the suspend.
-        let guest_suspended = self.suspend_guest(domid).await.map_err(|e| match e {
-            DomainError::SaveFailed(m) => DomainError::MigrateFailed(m),
-            other => other,
-        })?;
+        // A guest that takes part in Xen's suspend protocol is asked to suspend once
+        // the pre-copy is over, as Xen does (the VMM says when): in the target's new
+        // domain it binds its event channels, watches and devices again (a
+        // transparent migration would leave it without its xenstore watches there).
+        // If the migration fails, the source VMM's unpause cancels the suspend.
+        let guest_suspended = self.guest_advertises_suspend(domid).await?;
         let config = serde_json::to_string(&SavedConfig {
             toolstack: TOOLSTACK.into(),
             uuid: d.uuid.clone(),
@@ -94,7 +91,16 @@ impl Xend {
             guest_suspends: guest_suspended,
         })
         .map_err(|e| DomainError::Internal(format!("encoding the config: {e}")))?;
-        let figures = vmm::migrate(
+        let sock = self.cfg.xenstored_socket.clone();
+        // A short write on xenstored's local socket, from the task that reads the
+        // VMM's lines (the VMM waits for the suspend meanwhile).
+        let mut ask = || {
+            tracing::info!(domid, "asking the guest to suspend for the stop-and-copy");
+            if let Err(e) = crate::xs::write(&sock, domid, "control/shutdown", "suspend") {
+                tracing::warn!(domid, "control/shutdown: {e}");
+            }
+        };
+        let result = vmm::migrate(
             &self.files(domid).control(),
             target.clone(),
             token,
@@ -110,9 +116,19 @@ impl Xend {
                     serde_json::json!({"round": round, "pages": pages, "dirty": dirty}),
                 );
             },
+            if guest_suspended {
+                Some(&mut ask)
+            } else {
+                None
+            },
         )
-        .await
-        .map_err(|e| {
+        .await;
+        if result.is_err() && guest_suspended {
+            // Withdrawn, as after a save's timeout; a guest that suspended was
+            // resumed (cancelled) by the VMM's unpause.
+            let _ = self.write_control_shutdown(domid, "").await;
+        }
+        let figures = result.map_err(|e| {
             let message = match e {
                 vmm::ControlError::Refused { message, .. } => message,
                 other => other.to_string(),
