@@ -123,6 +123,13 @@ pub enum Request {
         config: String,
         #[serde(default)]
         live: bool,
+        /// The guest takes part in Xen's suspend protocol: once the pre-copy is over
+        /// the VMM sends [`Reply::MigrationSuspendGuest`], the toolstack asks the
+        /// guest to suspend (`control/shutdown` = `suspend`), and the VMM waits (at
+        /// most 60 s, libxl's limit) for its `SHUTDOWN_suspend` before the
+        /// stop-and-copy, instead of pausing it. Absent: false.
+        #[serde(default)]
+        suspend_guest: bool,
     },
     /// Say what the frontend of every connected device negotiated (ring grant
     /// references, event channels, queues, features), for the toolstack to write
@@ -327,6 +334,9 @@ pub enum Reply {
     /// `pages` sent in round `round`, `dirty` pages written meanwhile (the next
     /// round's). Not an answer: the final reply follows on the same connection.
     MigrationProgress { round: u32, pages: u64, dirty: u64 },
+    /// Sent during a [`Request::Migrate`] with `suspend_guest`, once the pre-copy is
+    /// over: the toolstack now asks the guest to suspend itself. Not an answer.
+    MigrationSuspendGuest,
 }
 
 /// A domain's counters since it started ([`Request::Stats`]): the ones that are not

@@ -261,24 +261,45 @@ fn answer_request(
             token,
             config,
             live,
-        } => match crate::snapshot::migrate_with_progress(
-            dom,
-            &address,
-            &token,
-            &config,
-            live,
-            backends(devices),
-            &mut |round, pages, dirty| {
-                progress(Reply::MigrationProgress {
+            suspend_guest,
+        } => {
+            // Both callbacks write on the same connection, one after the other.
+            let progress = std::cell::RefCell::new(progress);
+            let mut rounds = |round, pages, dirty| {
+                (progress.borrow_mut())(Reply::MigrationProgress {
                     round,
                     pages,
                     dirty,
                 })
-            },
-        ) {
-            Ok(figures) => Reply::Migrated(figures),
-            Err(e) => Reply::error(ErrorKind::Migrate, e.to_string()),
-        },
+            };
+            let mut ask_suspend = || (progress.borrow_mut())(Reply::MigrationSuspendGuest);
+            let result = if suspend_guest {
+                crate::snapshot::migrate_suspending(
+                    dom,
+                    &address,
+                    &token,
+                    &config,
+                    live,
+                    backends(devices),
+                    &mut rounds,
+                    &mut ask_suspend,
+                )
+            } else {
+                crate::snapshot::migrate_with_progress(
+                    dom,
+                    &address,
+                    &token,
+                    &config,
+                    live,
+                    backends(devices),
+                    &mut rounds,
+                )
+            };
+            match result {
+                Ok(figures) => Reply::Migrated(figures),
+                Err(e) => Reply::error(ErrorKind::Migrate, e.to_string()),
+            }
+        }
         Request::DeviceStates => device_states(devices),
         Request::Stats => Reply::Stats(dom.stats.snapshot()),
     }

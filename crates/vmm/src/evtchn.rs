@@ -620,6 +620,27 @@ mod tests {
         assert_eq!(kicks.0.lock().unwrap().len(), 1);
     }
 
+    /// A restore as a new domain (the guest suspended itself) masks every port but
+    /// the kept ones and clears every pending bit, as Xen's restore does: a port the
+    /// guest binds again for an event it keeps masked (Linux's spinlock kick) gets no
+    /// upcall from the old port's clear mask bit.
+    #[test]
+    fn new_domain_reset_masks_every_port_but_the_kept_ones() {
+        let (mut t, sh, _) = table(1);
+        let kick = t.bind_ipi(0).unwrap();
+        let store = t.bind_ipi(0).unwrap();
+        sh.set_masked(kick, false);
+        sh.set_masked(store, false);
+        sh.set_pending(store);
+        sh.reset_events_for_new_domain(&[store]);
+        assert!(sh.is_masked(kick) && !sh.is_masked(store));
+        assert!(!sh.is_pending(store));
+        sh.clear_upcall_pending(0);
+        t.send(kick).unwrap();
+        assert!(sh.is_pending(kick));
+        assert!(!sh.upcall_pending(0), "a masked port raised an upcall");
+    }
+
     #[test]
     fn masked_port_stays_quiet_until_unmask() {
         let (mut t, sh, _) = table(1);

@@ -218,6 +218,29 @@ impl SharedInfoPage {
         self.vcpu_byte(vcpu, off::UPCALL_PENDING).swap(1, SeqCst) == 0
     }
 
+    /// What Xen's restore of a PV domain does to `shared_info` for the new domain
+    /// (libxc's handling of the `SHARED_INFO` record): every event channel's pending
+    /// bit cleared, every mask bit **set**, each legacy `vcpu_info`'s
+    /// `evtchn_pending_sel` cleared. The guest unmasks what it binds again; a port
+    /// number reused for a binding the guest keeps masked (Linux's spinlock-kick IPI)
+    /// must not inherit the old port's clear mask bit. The ports in `keep` (the
+    /// xenstore and console ports, which stay bound) keep their mask bits: Linux
+    /// unmasks them itself when it rebinds them, the SDK's guests never mask them.
+    pub fn reset_events_for_new_domain(&self, keep: &[u32]) {
+        let kept: Vec<(u32, bool)> = keep.iter().map(|&p| (p, self.is_masked(p))).collect();
+        for w in 0..NR_EVENT_CHANNELS / BITS_PER_EVTCHN_WORD {
+            self.word(off::evtchn_pending(w)).store(0, SeqCst);
+            self.word(off::evtchn_mask(w)).store(u64::MAX, SeqCst);
+        }
+        for (p, masked) in kept {
+            self.set_masked(p, masked);
+        }
+        for v in 0..rxen_abi::xen::LEGACY_MAX_VCPUS {
+            self.word(off::vcpu_info(v) + off::PENDING_SEL)
+                .store(0, SeqCst);
+        }
+    }
+
     /// The `evtchn_upcall_pending` flag of `vcpu`.
     pub fn upcall_pending(&self, vcpu: u32) -> bool {
         self.vcpu_byte(vcpu, off::UPCALL_PENDING).load(SeqCst) != 0

@@ -224,7 +224,10 @@ pub async fn save(
 
 /// Asks a VMM to migrate its domain to the relocation server at `address`
 /// (`Request::Migrate`); `progress` hears each pre-copy round as `(round, pages sent,
-/// pages dirty)`; returns the figures once the target runs the domain.
+/// pages dirty)`; with `ask_suspend` the guest takes part in the suspend protocol and
+/// `ask_suspend` is called when the VMM wants it suspended (after the pre-copy);
+/// returns the figures once the target runs the domain.
+#[allow(clippy::too_many_arguments)]
 pub async fn migrate(
     socket: &Path,
     address: String,
@@ -233,12 +236,16 @@ pub async fn migrate(
     live: bool,
     timeout: Duration,
     mut progress: impl FnMut(u32, u64, u64),
+    ask_suspend: Option<&mut (dyn FnMut() + Send)>,
 ) -> Result<rxen_vmm_api::MigrationFigures, ControlError> {
+    let suspend_guest = ask_suspend.is_some();
+    let mut ask_suspend = ask_suspend;
     let req = Request::Migrate {
         address,
         token,
         config,
         live,
+        suspend_guest,
     };
     let fut = async {
         let s = UnixStream::connect(socket).await?;
@@ -257,6 +264,11 @@ pub async fn migrate(
                     pages,
                     dirty,
                 } => progress(round, pages, dirty),
+                Reply::MigrationSuspendGuest => {
+                    if let Some(ask) = ask_suspend.as_mut() {
+                        ask();
+                    }
+                }
                 other => return Ok::<_, ControlError>(other),
             }
         }

@@ -11,7 +11,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::linux::{self, boot_text, INIT_MARKER};
+use common::linux::{
+    self, assert_powered_off, boot, boot_text, counter_init, disk_modules, ext2_image, last_count,
+    load_disk_modules, shell_init, tempfile_dir, DISK_FILE, INIT_MARKER,
+};
 use common::{kvm_available, Env};
 
 /// Boot messages in the order Debian's 6.1 kernel prints them; the test reports the
@@ -178,43 +181,6 @@ fn printk_seconds(line: &str) -> Option<f64> {
     line[open + 1..end].trim().parse().ok()
 }
 
-/// An `/init` that prints [`INIT_MARKER`] and leaves a shell on the console (hvc0).
-fn shell_init(before: &str) -> String {
-    format!(
-        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n{before}echo {INIT_MARKER}\nexec /bin/sh\n"
-    )
-}
-
-/// Boots Debian's kernel under a fresh xend with `init` and `files` in its initramfs
-/// and `extra` config lines, as domain `name`; `None` after a loud skip.
-fn boot(test: &str, name: &str, init: &str, files: &[(&str, Vec<u8>)], extra: &str) -> Option<Env> {
-    if !kvm_available(test) {
-        return None;
-    }
-    let kernel = linux::kernel(test)?;
-    let busybox = linux::busybox(&kernel, test)?;
-    let env = Env::start(name);
-    let ramdisk = env.dir.join("initramfs.cpio");
-    std::fs::write(&ramdisk, linux::initramfs(&busybox, init, files)).unwrap();
-    let cfg = env.dir.join(format!("{name}.cfg"));
-    std::fs::write(&cfg, linux::config(name, &kernel, &ramdisk, extra)).unwrap();
-    env.xm_ok(&["create", cfg.to_str().unwrap()]);
-    Some(env)
-}
-
-/// `xm shutdown -w` on a domain that ended: a clean poweroff, preserved.
-fn assert_powered_off(env: &Env, name: &str) {
-    let (_, dom) = env.get(&format!("/domains/{name}"));
-    assert_eq!(dom["state"], "shutdown", "{dom}");
-    assert!(
-        dom["exit_reason"]
-            .as_str()
-            .unwrap_or("")
-            .starts_with("poweroff"),
-        "{dom}"
-    );
-}
-
 /// `xm shutdown` writes `poweroff` to the domain's `control/shutdown`: Linux's xenbus
 /// watch on it fires, Linux runs `/sbin/poweroff` (busybox `poweroff -f`), powers
 /// down (`reboot: `) and the domain ends with reason poweroff.
@@ -301,19 +267,6 @@ fn wait_for_uname(console: &common::guests::Console) {
     }
 }
 
-/// What the disk test's file holds.
-const DISK_FILE: &str = "hello from an rxen disk under Linux";
-
-/// Modules the disk test's `/init` loads, in order (Debian builds them as modules).
-const DISK_MODULES: &[&str] = &[
-    "xen-blkfront.ko",
-    "crc16.ko",
-    "crc32c_generic.ko",
-    "mbcache.ko",
-    "jbd2.ko",
-    "ext4.ko",
-];
-
 /// `disk = [ 'file:IMG,xvda,w' ]` with an ext2 image made by `mke2fs -d`: Linux's
 /// xen-blkfront connects to the VMM's blkback (xenbus state 4 on both ends), `/init`
 /// mounts `/dev/xvda` with ext4 (which reads ext2), prints the image's file and writes
@@ -386,53 +339,6 @@ fn linux_blkfront_mounts_an_ext2_disk() {
     let _ = std::fs::remove_file(&img);
 }
 
-/// The disk modules as initramfs files (`lib/NAME.ko`), or `None` after a loud skip.
-fn disk_modules(kernel: &std::path::Path, test: &str) -> Option<Vec<(String, Vec<u8>)>> {
-    let mut files = Vec::new();
-    for m in DISK_MODULES {
-        let path = linux::module(kernel, m, test)?;
-        files.push((format!("lib/{m}"), std::fs::read(path).unwrap()));
-    }
-    Some(files)
-}
-
-/// `/init` lines loading [`DISK_MODULES`] and waiting (bounded: blkfront probes
-/// asynchronously) for xvda, then making its node.
-fn load_disk_modules() -> String {
-    let mut lines = String::from("/bin/busybox mount -t sysfs sysfs /sys\n");
-    for m in DISK_MODULES {
-        lines.push_str(&format!("/bin/busybox insmod /lib/{m}\n"));
-    }
-    lines.push_str(
-        "i=0; while [ ! -e /sys/block/xvda ] && [ $i -lt 300 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done\n\
-         /bin/busybox mknod /dev/xvda b 202 0\n",
-    );
-    lines
-}
-
-/// An ext2 image of `tree` made by `mke2fs -d` (next to it), or `None` after a loud
-/// skip when mke2fs is missing.
-fn ext2_image(test: &str, tree: &std::path::Path) -> Option<std::path::PathBuf> {
-    let img = tree.with_extension("img");
-    let made = std::process::Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext2", "-d"])
-        .arg(tree)
-        .arg(&img)
-        .arg("16M")
-        .output();
-    match made {
-        Ok(o) if o.status.success() => Some(img),
-        Ok(o) => panic!("mke2fs: {}", String::from_utf8_lossy(&o.stderr)),
-        Err(e) => {
-            common::guests::skip(
-                test,
-                &format!("mke2fs is not usable ({e}); apt-get install e2fsprogs"),
-            );
-            None
-        }
-    }
-}
-
 /// The issue's root disk, booted as a user would: an ext2 image holding busybox and
 /// `/sbin/init`; the initramfs is made by the `rxen-mkinitramfs` tool with
 /// blkfront's and ext4's modules, and the config's `root = "/dev/xvda"` (xl's key: it
@@ -453,7 +359,7 @@ fn linux_switches_root_to_an_ext2_disk() {
         return;
     };
     let mut modules = Vec::new();
-    for m in DISK_MODULES {
+    for m in linux::DISK_MODULES {
         let Some(path) = linux::module(&kernel, m, test) else {
             return;
         };
@@ -518,14 +424,6 @@ fn linux_switches_root_to_an_ext2_disk() {
     assert_powered_off(&env, "linuxroot");
     let _ = std::fs::remove_dir_all(&tree);
     let _ = std::fs::remove_file(&img);
-}
-
-/// A fresh directory for `test`'s disk tree (its image goes next to it).
-fn tempfile_dir(test: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("rxen-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// The page busybox's httpd serves in the vif test.
@@ -613,24 +511,6 @@ fn linux_netfront_answers_ping_on_a_bridge() {
     );
     env.xm_ok(&["shutdown", "-w", "--timeout", "180", "linuxnet"]);
     assert_powered_off(&env, "linuxnet");
-}
-
-/// The largest `RXEN-COUNT-<n>` the counter loop of [`counter_init`] printed in `text`.
-fn last_count(text: &str) -> Option<u64> {
-    text.split("RXEN-COUNT-")
-        .skip(1)
-        .filter_map(|s| {
-            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
-        .max()
-}
-
-/// An `/init` that prints an incrementing counter on hvc0 every ~0.2 s forever.
-fn counter_init() -> String {
-    format!(
-        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\necho {INIT_MARKER}\ni=0\nwhile true; do i=$((i+1)); echo RXEN-COUNT-$i; /bin/busybox sleep 0.2; done\n"
-    )
 }
 
 /// `xm save` of a Linux domain goes through Xen's suspend protocol (Linux advertises

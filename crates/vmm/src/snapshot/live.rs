@@ -89,6 +89,7 @@ pub fn send(
     opts: LiveOptions,
     backends: &dyn QuiesceBackends,
     progress: &mut dyn FnMut(u32, u64, u64),
+    ask_suspend: Option<&mut dyn FnMut()>,
 ) -> Result<LiveReport, SaveError> {
     if dom.exit_reason().is_some() {
         return Err(SaveError::Ended);
@@ -97,7 +98,7 @@ pub fn send(
     if tracking {
         dom.ram.start_dirty_tracking()?;
     }
-    let result = send_rounds(dom, out, config, opts, backends, progress);
+    let result = send_rounds(dom, out, config, opts, backends, progress, ask_suspend);
     if tracking {
         dom.ram.stop_dirty_tracking();
     }
@@ -111,6 +112,7 @@ fn send_rounds(
     opts: LiveOptions,
     backends: &dyn QuiesceBackends,
     progress: &mut dyn FnMut(u32, u64, u64),
+    ask_suspend: Option<&mut dyn FnMut()>,
 ) -> Result<LiveReport, SaveError> {
     let started = Instant::now();
     let nr_pages = dom.ram.nr_pages();
@@ -143,9 +145,19 @@ fn send_rounds(
             break;
         }
     }
-    // Stop and copy.
+    // Stop and copy: a guest that takes part in the suspend protocol suspends itself
+    // first (Xen asks at this point too), which pauses the domain.
+    let asked_at = Instant::now();
+    if let Some(ask) = ask_suspend {
+        ask();
+        wait_for_suspend(dom, SUSPEND_WAIT)?;
+    }
     dom.pause();
-    let paused_at = Instant::now();
+    let paused_at = if dom.suspended().is_some() {
+        asked_at
+    } else {
+        Instant::now()
+    };
     report.paused_at = Some(paused_at);
     let devices = backends.quiesce().map_err(SaveError::Devices)?;
     match stop_and_copy(dom, w, dirty, &devices) {
@@ -167,6 +179,25 @@ fn send_rounds(
         "sent"
     );
     Ok(report)
+}
+
+/// How long a guest asked to suspend for a migration has (libxl's 60 s).
+const SUSPEND_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until the guest has called `SHUTDOWN_suspend` (the domain is paused then),
+/// at most `limit`.
+fn wait_for_suspend(dom: &DomainShared, limit: Duration) -> Result<(), SaveError> {
+    let deadline = Instant::now() + limit;
+    while dom.suspended().is_none() {
+        if dom.exit_reason().is_some() {
+            return Err(SaveError::Ended);
+        }
+        if Instant::now() >= deadline {
+            return Err(SaveError::GuestDidNotSuspend(limit));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
 }
 
 /// The paused domain's last pages (those of `dirty`, or all without pre-copy), its

@@ -32,4 +32,4 @@ pub use devices::DeviceStates;
 pub use live::{LiveOptions, LiveReport};
 pub use restore::{restore, restore_file, RestoreError, RestoreOptions, Restored};
 pub use save::{save, save_with_devices, SaveError, SaveReport};
-pub use transport::{migrate, migrate_with_progress, MigrateError};
+pub use transport::{migrate, migrate_suspending, migrate_with_progress, MigrateError};

@@ -278,6 +278,12 @@ fn build(
         .map(|(i, v)| restore_vcpu(i as u32, v, opts.start_paused))
         .collect::<Result<_, _>>()?;
     let shared_info = SharedInfoPage::new(ram.clone(), state.shared_info_base)?;
+    if state.suspended_vcpu.is_some() {
+        shared_info.reset_events_for_new_domain(&[
+            state.boot_channels.store_evtchn,
+            state.boot_channels.console_evtchn,
+        ]);
+    }
     restore_vcpu_infos(&state, pv.as_ref(), &shared_info)?;
     let traps = crate::traps::DomainTraps::new(config.vcpus);
     for (i, v) in state.vcpu_states.iter().enumerate() {

@@ -33,6 +33,8 @@ pub enum SaveError {
     Encode(#[from] serde_json::Error),
     #[error("{0}")]
     Devices(String),
+    #[error("the guest was asked to suspend and did not within {0:?}")]
+    GuestDidNotSuspend(std::time::Duration),
 }
 
 /// What a save wrote.

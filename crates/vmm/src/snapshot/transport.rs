@@ -63,6 +63,34 @@ pub fn migrate(
     )
 }
 
+/// [`migrate_with_progress`] of a guest that takes part in Xen's suspend protocol:
+/// once the pre-copy is over `ask_suspend` is called (the toolstack asks the guest to
+/// suspend) and the guest's `SHUTDOWN_suspend` is awaited (60 s) before the
+/// stop-and-copy. The target resumes it as a new domain; if the migration fails the
+/// unpause cancels the suspend.
+#[allow(clippy::too_many_arguments)]
+pub fn migrate_suspending(
+    dom: &DomainShared,
+    address: &str,
+    token: &str,
+    config: &str,
+    live: bool,
+    backends: &dyn QuiesceBackends,
+    progress: &mut dyn FnMut(u32, u64, u64),
+    ask_suspend: &mut dyn FnMut(),
+) -> Result<MigrationFigures, MigrateError> {
+    migrate_inner(
+        dom,
+        address,
+        token,
+        config,
+        live,
+        backends,
+        progress,
+        Some(ask_suspend),
+    )
+}
+
 /// [`migrate`] of a domain with the device `backends`, telling `progress` each
 /// pre-copy round as `(round, pages sent, pages dirty)`.
 pub fn migrate_with_progress(
@@ -74,8 +102,33 @@ pub fn migrate_with_progress(
     backends: &dyn QuiesceBackends,
     progress: &mut dyn FnMut(u32, u64, u64),
 ) -> Result<MigrationFigures, MigrateError> {
-    let was_paused = dom.vcpus.iter().all(|v| v.lock().paused);
-    let result = migrate_paused_on_success(dom, address, token, config, live, backends, progress);
+    migrate_inner(dom, address, token, config, live, backends, progress, None)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn migrate_inner(
+    dom: &DomainShared,
+    address: &str,
+    token: &str,
+    config: &str,
+    live: bool,
+    backends: &dyn QuiesceBackends,
+    progress: &mut dyn FnMut(u32, u64, u64),
+    ask_suspend: Option<&mut dyn FnMut()>,
+) -> Result<MigrationFigures, MigrateError> {
+    // A guest that suspended itself for the migration is paused by its suspend: if
+    // the migration fails, the unpause cancels the suspend (its hypercall returns 1).
+    let was_paused = dom.vcpus.iter().all(|v| v.lock().paused) && dom.suspended().is_none();
+    let result = migrate_paused_on_success(
+        dom,
+        address,
+        token,
+        config,
+        live,
+        backends,
+        progress,
+        ask_suspend,
+    );
     if let Err(e) = &result {
         tracing::warn!(domain = %dom.config.name, address, "migration failed: {e}");
         if !was_paused {
@@ -85,6 +138,7 @@ pub fn migrate_with_progress(
     result
 }
 
+#[allow(clippy::too_many_arguments)]
 fn migrate_paused_on_success(
     dom: &DomainShared,
     address: &str,
@@ -93,6 +147,7 @@ fn migrate_paused_on_success(
     live: bool,
     backends: &dyn QuiesceBackends,
     progress: &mut dyn FnMut(u32, u64, u64),
+    ask_suspend: Option<&mut dyn FnMut()>,
 ) -> Result<MigrationFigures, MigrateError> {
     let started = Instant::now();
     let stream = connect(address)?;
@@ -133,7 +188,15 @@ fn migrate_paused_on_success(
         }
     };
     let out = std::io::BufWriter::with_capacity(1 << 20, &stream);
-    let mut report = send(dom, out, config.as_bytes(), opts, backends, progress)?;
+    let mut report = send(
+        dom,
+        out,
+        config.as_bytes(),
+        opts,
+        backends,
+        progress,
+        ask_suspend,
+    )?;
     let domid = match wait_running(&stream, &mut reader) {
         Ok(domid) => domid,
         Err(e) => {

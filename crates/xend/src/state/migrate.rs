@@ -71,12 +71,6 @@ impl Xend {
         if !matches!(d.state, DomainState::Running | DomainState::Paused) {
             return Err(DomainError::WrongState(d.state));
         }
-        let config = serde_json::to_string(&SavedConfig {
-            toolstack: TOOLSTACK.into(),
-            uuid: d.uuid.clone(),
-            spec: d.spec.clone(),
-        })
-        .map_err(|e| DomainError::Internal(format!("encoding the config: {e}")))?;
         tracing::info!(domid, name = d.name, target, live = req.live, "migrating");
         self.emit(
             Some(domid),
@@ -84,7 +78,29 @@ impl Xend {
             "migrating",
             serde_json::json!({"target": target, "live": req.live}),
         );
-        let figures = vmm::migrate(
+        // A guest that takes part in Xen's suspend protocol is asked to suspend once
+        // the pre-copy is over, as Xen does (the VMM says when): in the target's new
+        // domain it binds its event channels, watches and devices again (a
+        // transparent migration would leave it without its xenstore watches there).
+        // If the migration fails, the source VMM's unpause cancels the suspend.
+        let guest_suspended = self.guest_advertises_suspend(domid).await?;
+        let config = serde_json::to_string(&SavedConfig {
+            toolstack: TOOLSTACK.into(),
+            uuid: d.uuid.clone(),
+            spec: d.spec.clone(),
+            guest_suspends: guest_suspended,
+        })
+        .map_err(|e| DomainError::Internal(format!("encoding the config: {e}")))?;
+        let sock = self.cfg.xenstored_socket.clone();
+        // A short write on xenstored's local socket, from the task that reads the
+        // VMM's lines (the VMM waits for the suspend meanwhile).
+        let mut ask = || {
+            tracing::info!(domid, "asking the guest to suspend for the stop-and-copy");
+            if let Err(e) = crate::xs::write(&sock, domid, "control/shutdown", "suspend") {
+                tracing::warn!(domid, "control/shutdown: {e}");
+            }
+        };
+        let result = vmm::migrate(
             &self.files(domid).control(),
             target.clone(),
             token,
@@ -100,9 +116,19 @@ impl Xend {
                     serde_json::json!({"round": round, "pages": pages, "dirty": dirty}),
                 );
             },
+            if guest_suspended {
+                Some(&mut ask)
+            } else {
+                None
+            },
         )
-        .await
-        .map_err(|e| {
+        .await;
+        if result.is_err() && guest_suspended {
+            // Withdrawn, as after a save's timeout; a guest that suspended was
+            // resumed (cancelled) by the VMM's unpause.
+            let _ = self.write_control_shutdown(domid, "").await;
+        }
+        let figures = result.map_err(|e| {
             let message = match e {
                 vmm::ControlError::Refused { message, .. } => message,
                 other => other.to_string(),
@@ -188,7 +214,8 @@ impl Xend {
         let mut spec = config.spec;
         spec.uuid = Some(config.uuid);
         let name = spec.name.clone();
-        tracing::info!(name, live, "receiving a migrating domain");
+        let guest_suspends = config.guest_suspends;
+        tracing::info!(name, live, guest_suspends, "receiving a migrating domain");
         let opts = CreateOptions {
             paused: false,
             restore: Some("-".into()),
@@ -201,6 +228,11 @@ impl Xend {
                         "the migrated domain ended at once".into(),
                     ));
                 };
+                if guest_suspends {
+                    if let Err(e) = self.advertise_suspend_again(domid).await {
+                        tracing::warn!(domid, name, "control/feature-suspend: {e}");
+                    }
+                }
                 tracing::info!(domid, name, "migrated domain runs");
                 self.emit(
                     Some(domid),

@@ -26,6 +26,13 @@ pub(super) struct SavedConfig {
     pub(super) toolstack: String,
     pub(super) uuid: String,
     pub(super) spec: DomainSpec,
+    /// The guest took part in Xen's suspend protocol (it advertised
+    /// `control/feature-suspend`, which Linux writes once at boot, never again after
+    /// a resume): the domain made from the image advertises it again, so that its
+    /// next save or migration asks the guest to suspend once more. Absent in images
+    /// of older xends (false).
+    #[serde(default)]
+    pub(super) guest_suspends: bool,
 }
 
 pub(super) const TOOLSTACK: &str = "rxen-xend";
@@ -88,12 +95,6 @@ impl Xend {
         if !matches!(d.state, DomainState::Running | DomainState::Paused) {
             return Err(DomainError::WrongState(d.state));
         }
-        let config = serde_json::to_string(&SavedConfig {
-            toolstack: TOOLSTACK.into(),
-            uuid: d.uuid.clone(),
-            spec: d.spec.clone(),
-        })
-        .map_err(|e| DomainError::Internal(format!("encoding the config: {e}")))?;
         self.emit(
             Some(domid),
             &d.name,
@@ -103,6 +104,13 @@ impl Xend {
         // Xen's suspend protocol for a guest that advertises it; others are saved
         // transparently.
         let guest_suspended = self.suspend_guest(domid).await?;
+        let config = serde_json::to_string(&SavedConfig {
+            toolstack: TOOLSTACK.into(),
+            uuid: d.uuid.clone(),
+            spec: d.spec.clone(),
+            guest_suspends: guest_suspended,
+        })
+        .map_err(|e| DomainError::Internal(format!("encoding the config: {e}")))?;
         let (pages, paused_ms) = vmm::save(
             &self.files(domid).control(),
             &path,
@@ -149,6 +157,43 @@ impl Xend {
             restore: Some(path),
             incoming: None,
         };
-        self.create(spec, false, opts).await
+        let info = self.create(spec, false, opts).await?;
+        if let (true, Some(domid)) = (config.guest_suspends, info.domid) {
+            self.advertise_suspend_again(domid).await?;
+        }
+        Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> DomainSpec {
+        DomainSpec::from_xl("name = \"g\"\nkernel = \"/k\"\nmemory = 16\n")
+            .expect("a valid config")
+            .0
+    }
+
+    /// An image of an older xend has no `guest_suspends`: read as a guest that does
+    /// not take part in the suspend protocol.
+    #[test]
+    fn a_header_without_guest_suspends_reads_as_false() {
+        let old = serde_json::json!({"toolstack": TOOLSTACK, "uuid": "u", "spec": spec()});
+        let c: SavedConfig = serde_json::from_value(old).expect("an old header");
+        assert!(!c.guest_suspends);
+    }
+
+    #[test]
+    fn guest_suspends_round_trips() {
+        let c = SavedConfig {
+            toolstack: TOOLSTACK.into(),
+            uuid: "u".into(),
+            spec: spec(),
+            guest_suspends: true,
+        };
+        let back: SavedConfig =
+            serde_json::from_str(&serde_json::to_string(&c).expect("encodes")).expect("decodes");
+        assert!(back.guest_suspends);
     }
 }

@@ -22,13 +22,7 @@ impl Xend {
     /// Asks domain `domid` to suspend itself if it advertises the feature; returns
     /// whether it did (false: it does not take part, the save is transparent).
     pub(super) async fn suspend_guest(&self, domid: u32) -> DomainResult<bool> {
-        let sock = self.cfg.xenstored_socket.clone();
-        let feature =
-            tokio::task::spawn_blocking(move || xs::read(&sock, domid, "control/feature-suspend"))
-                .await
-                .map_err(internal("xenstore task"))?
-                .map_err(xenstore)?;
-        if feature.as_deref() != Some("1") {
+        if !self.guest_advertises_suspend(domid).await? {
             return Ok(false);
         }
         self.write_control_shutdown(domid, "suspend").await?;
@@ -60,7 +54,34 @@ impl Xend {
         }
     }
 
-    async fn write_control_shutdown(&self, domid: u32, what: &'static str) -> DomainResult<()> {
+    /// Does domain `domid`'s guest advertise `control/feature-suspend` = 1?
+    pub(super) async fn guest_advertises_suspend(&self, domid: u32) -> DomainResult<bool> {
+        let sock = self.cfg.xenstored_socket.clone();
+        let feature =
+            tokio::task::spawn_blocking(move || xs::read(&sock, domid, "control/feature-suspend"))
+                .await
+                .map_err(internal("xenstore task"))?
+                .map_err(xenstore)?;
+        Ok(feature.as_deref() == Some("1"))
+    }
+
+    /// Writes `control/feature-suspend` = 1 for domain `domid`, made from the image
+    /// of a guest that suspended itself for its save or migration: the guest wrote it
+    /// at boot, in the old domain, and does not write it again after its resume
+    /// (Linux's `setup_shutdown_watcher` runs once), so the toolstack carries it over.
+    pub(super) async fn advertise_suspend_again(&self, domid: u32) -> DomainResult<()> {
+        let sock = self.cfg.xenstored_socket.clone();
+        tokio::task::spawn_blocking(move || xs::write(&sock, domid, "control/feature-suspend", "1"))
+            .await
+            .map_err(internal("xenstore task"))?
+            .map_err(xenstore)
+    }
+
+    pub(super) async fn write_control_shutdown(
+        &self,
+        domid: u32,
+        what: &'static str,
+    ) -> DomainResult<()> {
         let sock = self.cfg.xenstored_socket.clone();
         tokio::task::spawn_blocking(move || xs::write(&sock, domid, "control/shutdown", what))
             .await

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::guests::skip;
+use super::{kvm_available, Env};
 
 /// What every test's `/init` prints once it runs in guest user mode.
 pub const INIT_MARKER: &str = "RXEN-INIT-OK";
@@ -212,4 +213,147 @@ pub fn probe(test: &str) -> Option<PathBuf> {
             None
         }
     }
+}
+
+/// An `/init` that prints [`INIT_MARKER`] and leaves a shell on the console (hvc0).
+pub fn shell_init(before: &str) -> String {
+    format!(
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\n{before}echo {INIT_MARKER}\nexec /bin/sh\n"
+    )
+}
+
+/// Boots Debian's kernel under a fresh xend with `init` and `files` in its initramfs
+/// and `extra` config lines, as domain `name`; `None` after a loud skip.
+pub fn boot(
+    test: &str,
+    name: &str,
+    init: &str,
+    files: &[(&str, Vec<u8>)],
+    extra: &str,
+) -> Option<Env> {
+    if !kvm_available(test) {
+        return None;
+    }
+    let kernel = kernel(test)?;
+    let busybox = busybox(&kernel, test)?;
+    let env = Env::start(name);
+    create_in(&env, &kernel, &busybox, name, init, files, extra);
+    Some(env)
+}
+
+/// `xm create` of domain `name` in `env`: `kernel` with an initramfs of `busybox`,
+/// `init` and `files`, plus `extra` config lines (see [`config`]).
+pub fn create_in(
+    env: &Env,
+    kernel: &Path,
+    busybox: &Path,
+    name: &str,
+    init: &str,
+    files: &[(&str, Vec<u8>)],
+    extra: &str,
+) {
+    let ramdisk = env.dir.join(format!("{name}-initramfs.cpio"));
+    std::fs::write(&ramdisk, initramfs(busybox, init, files)).unwrap();
+    let cfg = env.dir.join(format!("{name}.cfg"));
+    std::fs::write(&cfg, config(name, kernel, &ramdisk, extra)).unwrap();
+    env.xm_ok(&["create", cfg.to_str().unwrap()]);
+}
+
+/// `xm shutdown -w` on a domain that ended: a clean poweroff, preserved.
+pub fn assert_powered_off(env: &Env, name: &str) {
+    let (_, dom) = env.get(&format!("/domains/{name}"));
+    assert_eq!(dom["state"], "shutdown", "{dom}");
+    assert!(
+        dom["exit_reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("poweroff"),
+        "{dom}"
+    );
+}
+
+/// What the disk test's file holds.
+pub const DISK_FILE: &str = "hello from an rxen disk under Linux";
+
+/// Modules the disk test's `/init` loads, in order (Debian builds them as modules).
+pub const DISK_MODULES: &[&str] = &[
+    "xen-blkfront.ko",
+    "crc16.ko",
+    "crc32c_generic.ko",
+    "mbcache.ko",
+    "jbd2.ko",
+    "ext4.ko",
+];
+
+/// The disk modules as initramfs files (`lib/NAME.ko`), or `None` after a loud skip.
+pub fn disk_modules(kernel: &std::path::Path, test: &str) -> Option<Vec<(String, Vec<u8>)>> {
+    let mut files = Vec::new();
+    for m in DISK_MODULES {
+        let path = module(kernel, m, test)?;
+        files.push((format!("lib/{m}"), std::fs::read(path).unwrap()));
+    }
+    Some(files)
+}
+
+/// `/init` lines loading [`DISK_MODULES`] and waiting (bounded: blkfront probes
+/// asynchronously) for xvda, then making its node.
+pub fn load_disk_modules() -> String {
+    let mut lines = String::from("/bin/busybox mount -t sysfs sysfs /sys\n");
+    for m in DISK_MODULES {
+        lines.push_str(&format!("/bin/busybox insmod /lib/{m}\n"));
+    }
+    lines.push_str(
+        "i=0; while [ ! -e /sys/block/xvda ] && [ $i -lt 300 ]; do /bin/busybox sleep 0.1; i=$((i+1)); done\n\
+         /bin/busybox mknod /dev/xvda b 202 0\n",
+    );
+    lines
+}
+
+/// An ext2 image of `tree` made by `mke2fs -d` (next to it), or `None` after a loud
+/// skip when mke2fs is missing.
+pub fn ext2_image(test: &str, tree: &std::path::Path) -> Option<std::path::PathBuf> {
+    let img = tree.with_extension("img");
+    let made = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext2", "-d"])
+        .arg(tree)
+        .arg(&img)
+        .arg("16M")
+        .output();
+    match made {
+        Ok(o) if o.status.success() => Some(img),
+        Ok(o) => panic!("mke2fs: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            skip(
+                test,
+                &format!("mke2fs is not usable ({e}); apt-get install e2fsprogs"),
+            );
+            None
+        }
+    }
+}
+
+/// A fresh directory for `test`'s disk tree (its image goes next to it).
+pub fn tempfile_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("rxen-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The largest `RXEN-COUNT-<n>` the counter loop of [`counter_init`] printed in `text`.
+pub fn last_count(text: &str) -> Option<u64> {
+    text.split("RXEN-COUNT-")
+        .skip(1)
+        .filter_map(|s| {
+            let digits: String = s.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .max()
+}
+
+/// An `/init` that prints an incrementing counter on hvc0 every ~0.2 s forever.
+pub fn counter_init() -> String {
+    format!(
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\necho {INIT_MARKER}\ni=0\nwhile true; do i=$((i+1)); echo RXEN-COUNT-$i; /bin/busybox sleep 0.2; done\n"
+    )
 }
