@@ -103,7 +103,7 @@ pub fn handle(
         },
         nr::MULTICALL => multicall(dom, vcpu, fd, mem, a0, a1),
         nr::FPU_TASKSWITCH => fpu_taskswitch(fd, a0),
-        nr::SET_SEGMENT_BASE => set_segment_base(fd, a0, a1),
+        nr::SET_SEGMENT_BASE => set_segment_base(dom, vcpu, fd, a0, a1),
         nr::VM_ASSIST => vm_assist(a0, a1),
         nr::MEMORY_OP if a0 == XENMEM_MACHPHYS_MAPPING => {
             let (_, entries) = dom.pv_m2p;
@@ -324,7 +324,7 @@ fn fpu_taskswitch(fd: &VcpuFd, set: u64) -> i64 {
 /// `set_segment_base(which, value)` as Xen's 64-bit PV kernels use it: the FS base,
 /// the kernel's (active) GS base, the user GS base (swapped in by `swapgs`, here
 /// `MSR_KERNEL_GS_BASE`), or a user GS selector (its base becomes the descriptor's, 0).
-fn set_segment_base(fd: &VcpuFd, which: u64, value: u64) -> i64 {
+fn set_segment_base(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, which: u64, value: u64) -> i64 {
     use rxen_abi::hypercall::{
         SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL,
     };
@@ -339,7 +339,7 @@ fn set_segment_base(fd: &VcpuFd, which: u64, value: u64) -> i64 {
         }
     };
     let shadow = |base: u64| -> i64 {
-        match crate::traps::msr::write_shadow_gs(fd, base) {
+        match crate::traps::msr::write_shadow_gs(dom, vcpu, fd, base) {
             Ok(()) => 0,
             Err(_) => i64::from(-EIO),
         }

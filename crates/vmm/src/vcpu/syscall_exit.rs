@@ -82,7 +82,7 @@ fn user_syscall(
         });
         return false;
     };
-    let kernel_sp = match crate::traps::guest_mode::enter_kernel(fd, dom, id) {
+    let kernel_sp = match crate::traps::guest_mode::enter_kernel(fd, dom, id, sync_regs) {
         Ok(Some(sp)) => sp,
         Ok(None) => regs.rsp,
         Err(e) => {

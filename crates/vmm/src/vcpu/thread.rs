@@ -43,6 +43,8 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
         fd.set_sync_valid_reg(SyncReg::Register);
         // `cr2` and the selectors for the trap path (`crate::traps`).
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        // Pending exceptions, for the upcall check (`crate::traps::upcall`).
+        fd.set_sync_valid_reg(SyncReg::VcpuEvents);
     }
     // Whether sync regs hold this vCPU's registers (after its first `KVM_RUN`).
     let mut ran = false;
@@ -57,9 +59,11 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
                 if s.capture_wanted {
                     // A save of the paused domain (`crate::snapshot::save`).
                     s.capture_wanted = false;
-                    s.captured = Some(
-                        crate::snapshot::cpu::capture(&mut fd, sync_regs && ran).map(Box::new),
-                    );
+                    // KVM's `MSR_KERNEL_GS_BASE` may lag behind the VMM's copy.
+                    let flushed = crate::traps::msr::flush_shadow_gs(&dom, id, &fd);
+                    s.captured = Some(flushed.and_then(|()| {
+                        crate::snapshot::cpu::capture(&mut fd, sync_regs && ran).map(Box::new)
+                    }));
                     ctl.notify_locked();
                     continue;
                 }
@@ -75,7 +79,7 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
         };
         let fresh = context.is_none();
         if let Some(ctx) = context {
-            if let Err(e) = load_context(&fd, &ctx, dom.pv_mmu.is_some()) {
+            if let Err(e) = load_context(&mut fd, &dom, id, &ctx) {
                 dom.request_exit(DomainExit::Internal(format!(
                     "vCPU {id}: loading context: {e}"
                 )));
@@ -222,12 +226,16 @@ fn handle_out(
 
 /// Loads a `VCPUOP_initialise` context. For a PV vCPU (`pv`) also CR3 =
 /// `ctrlreg[3]`, which `VCPUOP_initialise` made the vCPU's base in the MMU, and the
-/// kernel GS base; the selectors stay the domain's flat ones.
+/// kernel GS base; the selectors stay the domain's flat ones. The context replaces
+/// whatever an earlier exit left in `kvm_run`'s sync regs for the next `KVM_RUN`.
 fn load_context(
-    fd: &VcpuFd,
+    fd: &mut VcpuFd,
+    dom: &DomainShared,
+    id: u32,
     ctx: &rxen_abi::vcpu::VcpuGuestContext,
-    pv: bool,
 ) -> Result<(), String> {
+    let pv = dom.pv_mmu.is_some();
+    fd.get_kvm_run().kvm_dirty_regs = 0;
     let kvm = |what: &str, e: kvm_ioctls::Error| format!("{what}: {e}");
     fd.set_regs(&regs::context_regs(ctx))
         .map_err(|e| kvm("set regs", e))?;
@@ -257,7 +265,7 @@ fn load_context(
     fd.set_sregs(&s).map_err(|e| kvm("set sregs", e))?;
     if pv && base_ok(ctx.gs_base_user) {
         // The user GS base is the one `swapgs` brings in (`MSR_KERNEL_GS_BASE`).
-        crate::traps::msr::write_shadow_gs(fd, ctx.gs_base_user)?;
+        crate::traps::msr::write_shadow_gs(dom, id, fd, ctx.gs_base_user)?;
     }
     Ok(())
 }
