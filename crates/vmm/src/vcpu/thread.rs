@@ -210,6 +210,9 @@ fn handle_out(
         args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
     };
     let result = hypercall::handle(dom, id, fd, call);
+    if !super::syscall_exit::apply_sregs_edits(fd, dom, id, sync_regs) {
+        return Next::Stop;
+    }
     if sync_regs {
         fd.sync_regs_mut().regs.rax = result as u64;
         fd.set_sync_dirty_reg(SyncReg::Register);
