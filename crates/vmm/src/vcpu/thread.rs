@@ -197,22 +197,35 @@ fn handle_out(
             }
         }
     };
-    if value == rxen_abi::hypercall::IRET {
+    let result = if crate::traps::guest_mode::is_user(dom, id) {
+        // Hypercalls are the guest kernel's ("may only be issued by kernel-level
+        // software", Xen's hypercall ABI), but the port is open to every CPL-3 `out`,
+        // guest user processes included: refused as Xen refuses a user-mode hypercall
+        // of an HVM guest.
+        tracing::debug!(
+            vcpu = id,
+            nr = value,
+            "hypercall from guest user mode refused"
+        );
+        i64::from(-rxen_abi::errno::EPERM)
+    } else if value == rxen_abi::hypercall::IRET {
         // `iret` through the hypercall page: `rsp` is at the `iret_context`.
         return if crate::traps::iret::handle(fd, dom, id, sync_regs, &r) {
             Next::Continue
         } else {
             Next::Stop
         };
-    }
-    let call = HypercallArgs {
-        nr: value as u64,
-        args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
+    } else {
+        let call = HypercallArgs {
+            nr: value as u64,
+            args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
+        };
+        let result = hypercall::handle(dom, id, fd, call);
+        if !super::syscall_exit::apply_sregs_edits(fd, dom, id, sync_regs) {
+            return Next::Stop;
+        }
+        result
     };
-    let result = hypercall::handle(dom, id, fd, call);
-    if !super::syscall_exit::apply_sregs_edits(fd, dom, id, sync_regs) {
-        return Next::Stop;
-    }
     if sync_regs {
         fd.sync_regs_mut().regs.rax = result as u64;
         fd.set_sync_dirty_reg(SyncReg::Register);
