@@ -46,8 +46,9 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
         // Pending exceptions, for the upcall check (`crate::traps::upcall`).
         fd.set_sync_valid_reg(SyncReg::VcpuEvents);
     }
-    // Whether sync regs hold this vCPU's registers (after its first `KVM_RUN`).
-    let mut ran = false;
+    // Whether sync regs hold this vCPU's registers: after a `KVM_RUN`, and not since a
+    // context was loaded by ioctl.
+    let mut in_sync_regs = false;
     loop {
         // Scheduling gate: wait until the vCPU may run guest code.
         let context = {
@@ -62,7 +63,8 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
                     // KVM's `MSR_KERNEL_GS_BASE` may lag behind the VMM's copy.
                     let flushed = crate::traps::msr::flush_shadow_gs(&dom, id, &fd);
                     s.captured = Some(flushed.and_then(|()| {
-                        crate::snapshot::cpu::capture(&mut fd, sync_regs && ran).map(Box::new)
+                        crate::snapshot::cpu::capture(&mut fd, sync_regs && in_sync_regs)
+                            .map(Box::new)
                     }));
                     ctl.notify_locked();
                     continue;
@@ -77,7 +79,6 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
             }
             s.pending_context.take()
         };
-        let fresh = context.is_none();
         if let Some(ctx) = context {
             if let Err(e) = load_context(&mut fd, &dom, id, &ctx) {
                 dom.request_exit(DomainExit::Internal(format!(
@@ -85,9 +86,12 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
                 )));
                 break;
             }
+            // The registers are KVM's now, not the sync regs' copy, until the next
+            // `KVM_RUN` (also when a kick sends the loop round again before it).
+            in_sync_regs = false;
         }
         // An event upcall due (see `crate::traps::upcall`).
-        if !crate::traps::upcall::maybe_deliver(&mut fd, &dom, id, sync_regs, fresh && ran) {
+        if !crate::traps::upcall::maybe_deliver(&mut fd, &dom, id, sync_regs, in_sync_regs) {
             break;
         }
         if !ctl.thread.enter_guest() {
@@ -96,7 +100,7 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
         }
         let exit = fd.run();
         dom.stats.exit(crate::stats::Exit::of(&exit));
-        ran = true;
+        in_sync_regs = true;
         ctl.thread.leave_guest();
         let next = match exit {
             Ok(VcpuExit::IoOut(SYSCALL_STUB_PORT, _)) => {
