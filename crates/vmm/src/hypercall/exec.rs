@@ -2,7 +2,6 @@
 
 use std::time::Instant;
 
-use kvm_ioctls::VcpuFd;
 use rxen_abi::errno::*;
 use rxen_abi::event_channel::*;
 use rxen_abi::features::*;
@@ -55,13 +54,7 @@ fn is_self(dom: &DomainShared, d: u16) -> bool {
     d == DOMID_SELF || d == dom.config.domid
 }
 
-pub(super) fn execute(
-    dom: &DomainShared,
-    vcpu: u32,
-    fd: &VcpuFd,
-    mem: &GuestView<'_>,
-    op: Op,
-) -> i64 {
+pub(super) fn execute(dom: &DomainShared, vcpu: u32, mem: &GuestView<'_>, op: Op) -> i64 {
     match op {
         Op::XenVersion { cmd, ptr } => xen_version(dom, mem, cmd, ptr),
         Op::ConsoleWrite { bytes } => {
@@ -148,7 +141,7 @@ pub(super) fn execute(
             nr_entries,
             buffer,
         } => memory_map(dom, mem, ptr, nr_entries, buffer),
-        Op::SetSegmentBase { which, base } => set_segment_base(fd, which, base),
+        Op::SetSegmentBase { which, base } => set_segment_base(dom, vcpu, which, base),
         Op::GrantTable(op) => crate::grant::hypercall::execute(&dom.grants, mem, op),
         Op::AddToPhysmap(arg) => crate::grant::hypercall::add_to_physmap(&dom.grants, &arg),
     }
@@ -555,22 +548,21 @@ fn memory_map(
     )
 }
 
-fn set_segment_base(fd: &VcpuFd, which: u64, base: u64) -> i64 {
+/// `set_segment_base` of rxen's own guests: the FS or GS base, in the user half. The
+/// vCPU thread loads it after the hypercall (`crate::vcpu::sregs_edits`).
+fn set_segment_base(dom: &DomainShared, vcpu: u32, which: u64, base: u64) -> i64 {
     if !crate::vcpu::regs::is_canonical_user(base) {
         return -EINVAL as i64;
     }
-    let Ok(mut s) = fd.get_sregs() else {
+    let Some(ctl) = dom.vcpus.get(vcpu as usize) else {
         return -EIO as i64;
     };
     match which {
-        SEGBASE_FS => s.fs.base = base,
-        SEGBASE_GS_USER => s.gs.base = base,
+        SEGBASE_FS => ctl.edit_sregs(|e| e.fs_base = Some(base)),
+        SEGBASE_GS_USER => ctl.edit_sregs(|e| e.gs_base = Some(base)),
         _ => return -EINVAL as i64,
     }
-    match fd.set_sregs(&s) {
-        Ok(()) => 0,
-        Err(_) => -EIO as i64,
-    }
+    0
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ pub fn handle(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, call: HypercallArgs) -
         rc
     } else {
         match decode::decode(call, &mem) {
-            Ok(op) => exec::execute(dom, vcpu, fd, &mem, op),
+            Ok(op) => exec::execute(dom, vcpu, &mem, op),
             Err(e) => e as i64,
         }
     };

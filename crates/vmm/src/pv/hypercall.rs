@@ -67,8 +67,8 @@ pub fn handle(
             drop(mmu);
             if after != before {
                 if let Some(l4) = after {
-                    if let Err(e) = load_cr3(fd, l4 * PAGE_SIZE) {
-                        tracing::error!(vcpu, "loading CR3: {e}");
+                    // The vCPU thread loads it after the hypercall.
+                    if edit_sregs(dom, vcpu, |e| e.cr3 = Some(l4 * PAGE_SIZE)) != 0 {
                         return Some(i64::from(-EFAULT));
                     }
                 }
@@ -102,8 +102,8 @@ pub fn handle(
             Err(_) => i64::from(-EFAULT),
         },
         nr::MULTICALL => multicall(dom, vcpu, fd, mem, a0, a1),
-        nr::FPU_TASKSWITCH => fpu_taskswitch(fd, a0),
-        nr::SET_SEGMENT_BASE => set_segment_base(fd, a0, a1),
+        nr::FPU_TASKSWITCH => fpu_taskswitch(dom, vcpu, a0),
+        nr::SET_SEGMENT_BASE => set_segment_base(dom, vcpu, fd, a0, a1),
         nr::VM_ASSIST => vm_assist(a0, a1),
         nr::MEMORY_OP if a0 == XENMEM_MACHPHYS_MAPPING => {
             let (_, entries) = dom.pv_m2p;
@@ -302,44 +302,38 @@ fn mmuext_op(
     })
 }
 
+/// Records a change of the calling vCPU's special registers, which its thread applies
+/// after the hypercall (`crate::vcpu::sregs_edits`); `-EIO` for an unknown vCPU.
+fn edit_sregs(
+    dom: &DomainShared,
+    vcpu: u32,
+    f: impl FnOnce(&mut crate::vcpu::sregs_edits::SregsEdits),
+) -> i64 {
+    match dom.vcpus.get(vcpu as usize) {
+        Some(ctl) => {
+            ctl.edit_sregs(f);
+            0
+        }
+        None => i64::from(-EIO),
+    }
+}
+
 /// `fpu_taskswitch(set)`: sets (`set` != 0) or clears CR0.TS, so that the guest's
 /// next FPU instruction raises #NM (delivered to its trap table) — Xen's lazy FPU
 /// switching for PV kernels.
-fn fpu_taskswitch(fd: &VcpuFd, set: u64) -> i64 {
-    const CR0_TS: u64 = 1 << 3;
-    let Ok(mut s) = fd.get_sregs() else {
-        return i64::from(-EIO);
-    };
-    if set != 0 {
-        s.cr0 |= CR0_TS;
-    } else {
-        s.cr0 &= !CR0_TS;
-    }
-    match fd.set_sregs(&s) {
-        Ok(()) => 0,
-        Err(_) => i64::from(-EIO),
-    }
+fn fpu_taskswitch(dom: &DomainShared, vcpu: u32, set: u64) -> i64 {
+    edit_sregs(dom, vcpu, |e| e.cr0_ts = Some(set != 0))
 }
 
 /// `set_segment_base(which, value)` as Xen's 64-bit PV kernels use it: the FS base,
 /// the kernel's (active) GS base, the user GS base (swapped in by `swapgs`, here
 /// `MSR_KERNEL_GS_BASE`), or a user GS selector (its base becomes the descriptor's, 0).
-fn set_segment_base(fd: &VcpuFd, which: u64, value: u64) -> i64 {
+fn set_segment_base(dom: &DomainShared, vcpu: u32, fd: &VcpuFd, which: u64, value: u64) -> i64 {
     use rxen_abi::hypercall::{
         SEGBASE_FS, SEGBASE_GS_KERNEL, SEGBASE_GS_USER, SEGBASE_GS_USER_SEL,
     };
-    let sregs = |f: &dyn Fn(&mut kvm_bindings::kvm_sregs)| -> i64 {
-        let Ok(mut s) = fd.get_sregs() else {
-            return i64::from(-EIO);
-        };
-        f(&mut s);
-        match fd.set_sregs(&s) {
-            Ok(()) => 0,
-            Err(_) => i64::from(-EIO),
-        }
-    };
     let shadow = |base: u64| -> i64 {
-        match crate::traps::msr::write_shadow_gs(fd, base) {
+        match crate::traps::msr::write_shadow_gs(dom, vcpu, fd, base) {
             Ok(()) => 0,
             Err(_) => i64::from(-EIO),
         }
@@ -350,8 +344,8 @@ fn set_segment_base(fd: &VcpuFd, which: u64, value: u64) -> i64 {
         {
             i64::from(-EINVAL)
         }
-        SEGBASE_FS => sregs(&|s| s.fs.base = value),
-        SEGBASE_GS_KERNEL => sregs(&|s| s.gs.base = value),
+        SEGBASE_FS => edit_sregs(dom, vcpu, |e| e.fs_base = Some(value)),
+        SEGBASE_GS_KERNEL => edit_sregs(dom, vcpu, |e| e.gs_base = Some(value)),
         SEGBASE_GS_USER => shadow(value),
         SEGBASE_GS_USER_SEL => match value as u16 | 3 {
             3 => 0,
@@ -361,13 +355,6 @@ fn set_segment_base(fd: &VcpuFd, which: u64, value: u64) -> i64 {
         },
         _ => i64::from(-EINVAL),
     }
-}
-
-/// Loads `cr3` into the calling vCPU (after `MMUEXT_NEW_BASEPTR`).
-fn load_cr3(fd: &VcpuFd, cr3: u64) -> Result<(), kvm_ioctls::Error> {
-    let mut sregs = fd.get_sregs()?;
-    sregs.cr3 = cr3;
-    fd.set_sregs(&sregs)
 }
 
 /// `multicall(entries, count)`: each entry runs as its own hypercall, in order; its

@@ -67,7 +67,7 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
     // An exception in guest user mode enters the kernel first; its frame goes on the
     // kernel stack.
     let kernel_stack = if user {
-        match super::guest_mode::enter_kernel(fd, dom, id) {
+        match super::guest_mode::enter_kernel(fd, dom, id, sync_regs) {
             Ok(k) => k,
             Err(e) => {
                 dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
@@ -247,12 +247,12 @@ fn emulate_msr(
     next.rsp = frame.rsp;
     next.rflags = crate::vcpu::syscall::user_rflags(frame.rflags);
     let mut next_sregs = *sregs;
-    let shadow = msr::read_shadow_gs(fd);
+    let shadow = msr::read_shadow_gs(dom, id, fd);
     let effect = msr::emulate(&code, &mut next, &mut next_sregs, shadow)?;
     dom.stats.emulated(crate::stats::Emulated::Msr);
     let applied = (|| -> Result<(), String> {
         if let msr::Effect::ShadowGs(value) = effect {
-            msr::write_shadow_gs(fd, value)?;
+            msr::write_shadow_gs(dom, id, fd, value)?;
         }
         if next_sregs != *sregs {
             if sync_regs {

@@ -11,8 +11,14 @@
 //!   stack of `stack_switch`, with the user CS/SS in it (RPL 3).
 //!
 //! Only the vCPU's own thread changes its mode, between two `KVM_RUN`s.
+//!
+//! A switch costs no ioctl when KVM has sync regs (`KVM_CAP_SYNC_REGS`): the new CR3
+//! and GS base go into `kvm_run`'s copy of the special registers, which the next
+//! `KVM_RUN` loads together with the general registers the caller writes there; the
+//! inactive GS base stays in the VMM ([`super::msr::ShadowGs`]). Without sync regs it
+//! takes `KVM_GET_SREGS` and `KVM_SET_SREGS`.
 
-use kvm_ioctls::VcpuFd;
+use kvm_ioctls::{SyncReg, VcpuFd};
 
 use crate::domain::DomainShared;
 
@@ -21,20 +27,43 @@ pub fn is_user(dom: &DomainShared, id: u32) -> bool {
     dom.traps.vcpu(id).is_some_and(|t| t.user_mode)
 }
 
-/// Loads `cr3` and swaps the GS bases (`KVM_SET_SREGS`, `KVM_SET_MSRS`).
-fn switch(fd: &VcpuFd, cr3: u64) -> Result<(), String> {
-    let mut sregs = fd.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
-    let shadow = super::msr::read_shadow_gs(fd);
-    super::msr::write_shadow_gs(fd, sregs.gs.base)?;
-    sregs.gs.base = shadow;
-    sregs.cr3 = cr3;
-    fd.set_sregs(&sregs).map_err(|e| format!("set sregs: {e}"))
+/// Loads `cr3` and swaps the active and the inactive GS base. `sync`: `kvm_run`'s sync
+/// regs hold the vCPU's current special registers (the thread ran it and loaded
+/// nothing by ioctl since), so the change goes there; else by ioctl.
+fn switch(
+    fd: &mut VcpuFd,
+    sync: bool,
+    cr3: u64,
+    shadow_gs: &mut super::msr::ShadowGs,
+) -> Result<(), String> {
+    let inactive = shadow_gs.get(fd);
+    let active = if sync {
+        let sregs = &mut fd.sync_regs_mut().sregs;
+        let active = std::mem::replace(&mut sregs.gs.base, inactive);
+        sregs.cr3 = cr3;
+        fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+        active
+    } else {
+        let mut sregs = fd.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
+        let active = std::mem::replace(&mut sregs.gs.base, inactive);
+        sregs.cr3 = cr3;
+        fd.set_sregs(&sregs)
+            .map_err(|e| format!("set sregs: {e}"))?;
+        active
+    };
+    shadow_gs.set(active);
+    Ok(())
 }
 
 /// Enters guest kernel mode if the vCPU is in user mode: the kernel L4, the kernel's
 /// GS. Returns the kernel stack pointer (`stack_switch`) where the entry's frame goes,
-/// or `None` when the vCPU was in kernel mode already.
-pub fn enter_kernel(fd: &VcpuFd, dom: &DomainShared, id: u32) -> Result<Option<u64>, String> {
+/// or `None` when the vCPU was in kernel mode already. `sync`: as for `switch`.
+pub fn enter_kernel(
+    fd: &mut VcpuFd,
+    dom: &DomainShared,
+    id: u32,
+    sync: bool,
+) -> Result<Option<u64>, String> {
     let Some(mut t) = dom.traps.vcpu(id) else {
         return Ok(None);
     };
@@ -48,7 +77,7 @@ pub fn enter_kernel(fd: &VcpuFd, dom: &DomainShared, id: u32) -> Result<Option<u
         .vcpu(id as usize)
         .and_then(|b| b.kernel)
         .ok_or("no kernel page table")?;
-    switch(fd, kernel * rxen_abi::PAGE_SIZE)?;
+    switch(fd, sync, kernel * rxen_abi::PAGE_SIZE, &mut t.shadow_gs)?;
     dom.stats.event(crate::stats::Event::ToKernel);
     t.user_mode = false;
     Ok(Some(t.kernel_stack.1))
@@ -56,7 +85,13 @@ pub fn enter_kernel(fd: &VcpuFd, dom: &DomainShared, id: u32) -> Result<Option<u
 
 /// Enters guest user mode (an `iret` to RPL 3): the user L4 and the user's GS. Returns
 /// `false`, changing nothing, when the vCPU has no user L4 or is in user mode already.
-pub fn enter_user(fd: &VcpuFd, dom: &DomainShared, id: u32) -> Result<bool, String> {
+/// `sync`: as for `switch`.
+pub fn enter_user(
+    fd: &mut VcpuFd,
+    dom: &DomainShared,
+    id: u32,
+    sync: bool,
+) -> Result<bool, String> {
     let Some(mmu) = dom.pv_mmu.as_ref() else {
         return Ok(false);
     };
@@ -74,7 +109,7 @@ pub fn enter_user(fd: &VcpuFd, dom: &DomainShared, id: u32) -> Result<bool, Stri
     else {
         return Ok(false);
     };
-    switch(fd, user * rxen_abi::PAGE_SIZE)?;
+    switch(fd, sync, user * rxen_abi::PAGE_SIZE, &mut t.shadow_gs)?;
     dom.stats.event(crate::stats::Event::ToUser);
     t.user_mode = true;
     Ok(true)

@@ -158,7 +158,7 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool, r: 
             dom.shared_info.set_upcall_mask(id, masked);
             // Xen's rule: an RPL-3 CS returns to guest user mode.
             if c.cs & 3 == 3 {
-                if let Err(e) = super::guest_mode::enter_user(fd, dom, id) {
+                if let Err(e) = super::guest_mode::enter_user(fd, dom, id, sync_regs) {
                     dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
                     return false;
                 }

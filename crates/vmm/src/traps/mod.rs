@@ -81,6 +81,8 @@ pub struct VcpuTraps {
     pub kernel_stack: (u16, u64),
     /// Whether the vCPU runs guest user code ([`guest_mode`]).
     pub user_mode: bool,
+    /// The inactive GS base as the VMM keeps it ([`msr::ShadowGs`]).
+    pub shadow_gs: msr::ShadowGs,
 }
 
 impl Default for VcpuTraps {
@@ -90,6 +92,7 @@ impl Default for VcpuTraps {
             callbacks: Callbacks::default(),
             kernel_stack: (0, 0),
             user_mode: false,
+            shadow_gs: msr::ShadowGs::default(),
         }
     }
 }

@@ -70,8 +70,61 @@ pub fn emulate(
     Some(effect)
 }
 
-/// The vCPU's `MSR_SHADOW_GS_BASE` (0 if KVM does not answer).
-pub(crate) fn read_shadow_gs(fd: &VcpuFd) -> u64 {
+/// The vCPU's inactive GS base (`MSR_SHADOW_GS_BASE`, KVM's `MSR_KERNEL_GS_BASE`),
+/// as the VMM keeps it. A guest mode switch ([`super::guest_mode`]) swaps the active
+/// and the inactive base on every user system call; writing KVM's MSR each time would
+/// cost an ioctl, so the switch changes only this copy and KVM's MSR is brought up to
+/// date ([`ShadowGs::flush`]) before anything reads it from KVM (a snapshot). Nothing
+/// in the guest reads the MSR behind the VMM's back: `swapgs` and `rdmsr` fault at
+/// CPL 3 and come here.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ShadowGs {
+    /// The value, once read from KVM or written by the VMM.
+    value: Option<u64>,
+    /// Whether KVM's MSR differs from `value` (a switch changed it lazily).
+    kvm_stale: bool,
+}
+
+impl ShadowGs {
+    /// The inactive GS base; asks KVM only the first time (0 if KVM does not answer).
+    pub fn get(&mut self, fd: &VcpuFd) -> u64 {
+        if let Some(v) = self.value {
+            return v;
+        }
+        let v = read_kvm_shadow_gs(fd);
+        self.value = Some(v);
+        v
+    }
+
+    /// Sets it in the VMM's copy only (a mode switch, the guest's `wrmsr` or
+    /// `set_segment_base`); KVM's MSR follows at the next [`ShadowGs::flush`].
+    pub fn set(&mut self, value: u64) {
+        if self.value != Some(value) {
+            self.value = Some(value);
+            self.kvm_stale = true;
+        }
+    }
+
+    /// Whether KVM's MSR lags behind the VMM's copy.
+    pub fn is_stale(&self) -> bool {
+        self.kvm_stale
+    }
+
+    /// Writes a lazily set value to KVM's MSR (before KVM's MSRs are read).
+    pub fn flush(&mut self, fd: &VcpuFd) -> Result<(), String> {
+        match self.value {
+            Some(v) if self.kvm_stale => {
+                write_kvm_shadow_gs(fd, v)?;
+                self.kvm_stale = false;
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// KVM's `MSR_KERNEL_GS_BASE` of the vCPU (0 if KVM does not answer).
+fn read_kvm_shadow_gs(fd: &VcpuFd) -> u64 {
     let Ok(mut msrs) = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
         index: MSR_SHADOW_GS_BASE,
         ..Default::default()
@@ -84,8 +137,8 @@ pub(crate) fn read_shadow_gs(fd: &VcpuFd) -> u64 {
     }
 }
 
-/// Sets the vCPU's `MSR_SHADOW_GS_BASE`.
-pub(crate) fn write_shadow_gs(fd: &VcpuFd, value: u64) -> Result<(), String> {
+/// Sets KVM's `MSR_KERNEL_GS_BASE` of the vCPU.
+fn write_kvm_shadow_gs(fd: &VcpuFd, value: u64) -> Result<(), String> {
     let msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
         index: MSR_SHADOW_GS_BASE,
         data: value,
@@ -96,6 +149,44 @@ pub(crate) fn write_shadow_gs(fd: &VcpuFd, value: u64) -> Result<(), String> {
         Ok(1) => Ok(()),
         Ok(_) => Err("KVM refused MSR_KERNEL_GS_BASE".into()),
         Err(e) => Err(format!("set MSR_KERNEL_GS_BASE: {e}")),
+    }
+}
+
+/// The inactive GS base of vCPU `id` of `dom` (see [`ShadowGs`]).
+pub(crate) fn read_shadow_gs(dom: &crate::domain::DomainShared, id: u32, fd: &VcpuFd) -> u64 {
+    match dom.traps.vcpu(id) {
+        Some(mut t) => t.shadow_gs.get(fd),
+        None => read_kvm_shadow_gs(fd),
+    }
+}
+
+/// Sets the inactive GS base of vCPU `id` of `dom` (see [`ShadowGs`]: KVM's MSR
+/// follows before a snapshot).
+pub(crate) fn write_shadow_gs(
+    dom: &crate::domain::DomainShared,
+    id: u32,
+    fd: &VcpuFd,
+    value: u64,
+) -> Result<(), String> {
+    match dom.traps.vcpu(id) {
+        Some(mut t) => {
+            t.shadow_gs.set(value);
+            Ok(())
+        }
+        None => write_kvm_shadow_gs(fd, value),
+    }
+}
+
+/// Brings KVM's `MSR_KERNEL_GS_BASE` of vCPU `id` up to date (before a snapshot reads
+/// the vCPU's MSRs).
+pub(crate) fn flush_shadow_gs(
+    dom: &crate::domain::DomainShared,
+    id: u32,
+    fd: &VcpuFd,
+) -> Result<(), String> {
+    match dom.traps.vcpu(id) {
+        Some(mut t) => t.shadow_gs.flush(fd),
+        None => Ok(()),
     }
 }
 
@@ -139,6 +230,32 @@ mod tests {
         let mut r = regs(u64::from(MSR_SHADOW_GS_BASE), 0, 0);
         emulate(&[0x0f, 0x32], &mut r, &mut s, 0xffff_8000_0000_1000).unwrap();
         assert_eq!((r.rax, r.rdx), (0x1000, 0xffff_8000));
+    }
+
+    /// A mode switch and the guest's writes change only the VMM's copy; KVM's MSR
+    /// gets the value at `flush` (before a snapshot reads the vCPU's MSRs), and a value
+    /// KVM already had is read from it once.
+    #[test]
+    fn the_inactive_gs_base_reaches_kvm_only_when_flushed() {
+        if !rxen_testkit::kvm_available("the_inactive_gs_base_reaches_kvm_only_when_flushed") {
+            return;
+        }
+        let kvm = kvm_ioctls::Kvm::new().expect("open /dev/kvm");
+        let vm = kvm.create_vm().expect("create VM");
+        let fd = vm.create_vcpu(0).expect("create vCPU");
+        write_kvm_shadow_gs(&fd, 0xffff_8880_0000_1000).expect("KVM takes the MSR");
+        let mut gs = ShadowGs::default();
+        assert_eq!(gs.get(&fd), 0xffff_8880_0000_1000, "read from KVM at first");
+        assert!(!gs.is_stale());
+        gs.set(0xffff_8880_0000_1000);
+        assert!(!gs.is_stale(), "the value KVM holds");
+        gs.set(0x7f00_0000_0000);
+        assert!(gs.is_stale());
+        assert_eq!(gs.get(&fd), 0x7f00_0000_0000);
+        assert_eq!(read_kvm_shadow_gs(&fd), 0xffff_8880_0000_1000, "not yet");
+        gs.flush(&fd).expect("flush");
+        assert!(!gs.is_stale());
+        assert_eq!(read_kvm_shadow_gs(&fd), 0x7f00_0000_0000);
     }
 
     #[test]

@@ -17,15 +17,20 @@ use crate::exit::DomainExit;
 const RFLAGS_IF: u64 = 1 << 9;
 
 /// Whether KVM holds an exception, interrupt or NMI it has not finished delivering.
-/// On an ioctl error, assume one is (deferring an upcall is always safe).
-fn exception_in_flight(fd: &VcpuFd) -> bool {
+/// `sync`: `kvm_run`'s sync regs hold the vCPU's current events (no ioctl). On an
+/// ioctl error, assume one is (deferring an upcall is always safe).
+fn exception_in_flight(fd: &mut VcpuFd, sync: bool) -> bool {
+    let in_flight = |e: &kvm_bindings::kvm_vcpu_events| {
+        e.exception.injected != 0
+            || e.exception.pending != 0
+            || e.interrupt.injected != 0
+            || e.nmi.injected != 0
+    };
+    if sync {
+        return in_flight(&fd.sync_regs().events);
+    }
     match fd.get_vcpu_events() {
-        Ok(e) => {
-            e.exception.injected != 0
-                || e.exception.pending != 0
-                || e.interrupt.injected != 0
-                || e.nmi.injected != 0
-        }
+        Ok(e) => in_flight(&e),
         Err(_) => true,
     }
 }
@@ -80,7 +85,7 @@ pub fn maybe_deliver(
     // finish the injection with a frame claiming the fault happened at the callback's
     // first instruction. Wait: the exception reaches rxen's trap stub, whose exit comes
     // back here before the vCPU runs again.
-    if exception_in_flight(fd) {
+    if exception_in_flight(fd, sync_regs && regs_fresh) {
         tracing::trace!(
             vcpu = id,
             "event upcall deferred: exception being delivered"
@@ -125,7 +130,7 @@ pub fn maybe_deliver(
     let (cs, ss) = dom.boot.selectors;
     // From guest user mode: kernel page table and GS first, the frame on the kernel
     // stack (`traps::guest_mode`).
-    let kernel_stack = match super::guest_mode::enter_kernel(fd, dom, id) {
+    let kernel_stack = match super::guest_mode::enter_kernel(fd, dom, id, sync_regs && regs_fresh) {
         Ok(k) => k,
         Err(e) => {
             dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));

@@ -1,12 +1,14 @@
 //! vCPUs: the scheduling state machine ([`state`]), the control block shared between
 //! threads ([`VcpuControl`]), the domain-wide count of online vCPUs ([`online`]), how
 //! other threads kick a vCPU thread and read its CPU time ([`kick`]), the initial
-//! register state ([`regs`]), hypercall entry by `syscall` ([`syscall`]) and the thread
-//! that runs `KVM_RUN` ([`thread`]).
+//! register state ([`regs`]), hypercall entry by `syscall` ([`syscall`]), the special-
+//! register changes hypercalls leave for the vCPU thread ([`sregs_edits`]) and the
+//! thread that runs `KVM_RUN` ([`thread`]).
 
 pub mod kick;
 pub mod online;
 pub mod regs;
+pub mod sregs_edits;
 pub mod state;
 pub mod syscall;
 mod syscall_exit;
@@ -33,6 +35,8 @@ pub struct VcpuControl {
     pub polling: AtomicBool,
     /// Hypercalls handled, for metrics.
     pub hypercalls: AtomicU64,
+    /// Special-register changes of the running hypercall ([`sregs_edits`]).
+    sregs_edits: Mutex<sregs_edits::SregsEdits>,
 }
 
 impl VcpuControl {
@@ -44,7 +48,19 @@ impl VcpuControl {
             thread: VcpuThreadHandle::default(),
             polling: AtomicBool::new(false),
             hypercalls: AtomicU64::new(0),
+            sregs_edits: Mutex::new(sregs_edits::SregsEdits::default()),
         }
+    }
+
+    /// Records a special-register change of this vCPU's running hypercall; the vCPU
+    /// thread applies it before the vCPU runs again ([`sregs_edits::apply`]).
+    pub fn edit_sregs(&self, f: impl FnOnce(&mut sregs_edits::SregsEdits)) {
+        f(&mut self.sregs_edits.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Takes the recorded changes.
+    pub fn take_sregs_edits(&self) -> sregs_edits::SregsEdits {
+        std::mem::take(&mut *self.sregs_edits.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Locks the scheduling record. A poisoned lock (a panicking vCPU thread) still

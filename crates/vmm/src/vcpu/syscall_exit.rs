@@ -42,6 +42,9 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
         args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8],
     };
     let result = hypercall::handle(dom, id, fd, call);
+    if !apply_sregs_edits(fd, dom, id, sync_regs) {
+        return false;
+    }
     let mut back = regs;
     syscall::return_regs(&mut back, result);
     if sync_regs {
@@ -53,6 +56,26 @@ pub fn handle(fd: &mut VcpuFd, dom: &DomainShared, id: u32, sync_regs: bool) -> 
         Ok(()) => true,
         Err(e) => {
             dom.request_exit(DomainExit::Internal(format!("vCPU {id}: set regs: {e}")));
+            false
+        }
+    }
+}
+
+/// Applies the special-register changes the hypercall recorded
+/// ([`super::sregs_edits`]). Returns `false` when the vCPU must stop.
+pub(super) fn apply_sregs_edits(
+    fd: &mut VcpuFd,
+    dom: &DomainShared,
+    id: u32,
+    sync_regs: bool,
+) -> bool {
+    let Some(ctl) = dom.vcpus.get(id as usize) else {
+        return true;
+    };
+    match super::sregs_edits::apply(fd, ctl, sync_regs) {
+        Ok(()) => true,
+        Err(e) => {
+            dom.request_exit(DomainExit::Internal(format!("vCPU {id}: {e}")));
             false
         }
     }
@@ -82,7 +105,7 @@ fn user_syscall(
         });
         return false;
     };
-    let kernel_sp = match crate::traps::guest_mode::enter_kernel(fd, dom, id) {
+    let kernel_sp = match crate::traps::guest_mode::enter_kernel(fd, dom, id, sync_regs) {
         Ok(Some(sp)) => sp,
         Ok(None) => regs.rsp,
         Err(e) => {

@@ -43,9 +43,12 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
         fd.set_sync_valid_reg(SyncReg::Register);
         // `cr2` and the selectors for the trap path (`crate::traps`).
         fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        // Pending exceptions, for the upcall check (`crate::traps::upcall`).
+        fd.set_sync_valid_reg(SyncReg::VcpuEvents);
     }
-    // Whether sync regs hold this vCPU's registers (after its first `KVM_RUN`).
-    let mut ran = false;
+    // Whether sync regs hold this vCPU's registers: after a `KVM_RUN`, and not since a
+    // context was loaded by ioctl.
+    let mut in_sync_regs = false;
     loop {
         // Scheduling gate: wait until the vCPU may run guest code.
         let context = {
@@ -57,9 +60,12 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
                 if s.capture_wanted {
                     // A save of the paused domain (`crate::snapshot::save`).
                     s.capture_wanted = false;
-                    s.captured = Some(
-                        crate::snapshot::cpu::capture(&mut fd, sync_regs && ran).map(Box::new),
-                    );
+                    // KVM's `MSR_KERNEL_GS_BASE` may lag behind the VMM's copy.
+                    let flushed = crate::traps::msr::flush_shadow_gs(&dom, id, &fd);
+                    s.captured = Some(flushed.and_then(|()| {
+                        crate::snapshot::cpu::capture(&mut fd, sync_regs && in_sync_regs)
+                            .map(Box::new)
+                    }));
                     ctl.notify_locked();
                     continue;
                 }
@@ -73,17 +79,19 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
             }
             s.pending_context.take()
         };
-        let fresh = context.is_none();
         if let Some(ctx) = context {
-            if let Err(e) = load_context(&fd, &ctx, dom.pv_mmu.is_some()) {
+            if let Err(e) = load_context(&mut fd, &dom, id, &ctx) {
                 dom.request_exit(DomainExit::Internal(format!(
                     "vCPU {id}: loading context: {e}"
                 )));
                 break;
             }
+            // The registers are KVM's now, not the sync regs' copy, until the next
+            // `KVM_RUN` (also when a kick sends the loop round again before it).
+            in_sync_regs = false;
         }
         // An event upcall due (see `crate::traps::upcall`).
-        if !crate::traps::upcall::maybe_deliver(&mut fd, &dom, id, sync_regs, fresh && ran) {
+        if !crate::traps::upcall::maybe_deliver(&mut fd, &dom, id, sync_regs, in_sync_regs) {
             break;
         }
         if !ctl.thread.enter_guest() {
@@ -92,7 +100,7 @@ pub fn run(mut fd: VcpuFd, dom: Arc<DomainShared>, id: u32, sync_regs: bool) {
         }
         let exit = fd.run();
         dom.stats.exit(crate::stats::Exit::of(&exit));
-        ran = true;
+        in_sync_regs = true;
         ctl.thread.leave_guest();
         let next = match exit {
             Ok(VcpuExit::IoOut(SYSCALL_STUB_PORT, _)) => {
@@ -193,19 +201,35 @@ fn handle_out(
             }
         }
     };
-    if value == rxen_abi::hypercall::IRET {
+    let result = if crate::traps::guest_mode::is_user(dom, id) {
+        // Hypercalls are the guest kernel's ("may only be issued by kernel-level
+        // software", Xen's hypercall ABI), but the port is open to every CPL-3 `out`,
+        // guest user processes included: refused as Xen refuses a user-mode hypercall
+        // of an HVM guest.
+        tracing::debug!(
+            vcpu = id,
+            nr = value,
+            "hypercall from guest user mode refused"
+        );
+        i64::from(-rxen_abi::errno::EPERM)
+    } else if value == rxen_abi::hypercall::IRET {
         // `iret` through the hypercall page: `rsp` is at the `iret_context`.
         return if crate::traps::iret::handle(fd, dom, id, sync_regs, &r) {
             Next::Continue
         } else {
             Next::Stop
         };
-    }
-    let call = HypercallArgs {
-        nr: value as u64,
-        args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
+    } else {
+        let call = HypercallArgs {
+            nr: value as u64,
+            args: [r.rdi, r.rsi, r.rdx, r.r10, r.r8],
+        };
+        let result = hypercall::handle(dom, id, fd, call);
+        if !super::syscall_exit::apply_sregs_edits(fd, dom, id, sync_regs) {
+            return Next::Stop;
+        }
+        result
     };
-    let result = hypercall::handle(dom, id, fd, call);
     if sync_regs {
         fd.sync_regs_mut().regs.rax = result as u64;
         fd.set_sync_dirty_reg(SyncReg::Register);
@@ -222,12 +246,16 @@ fn handle_out(
 
 /// Loads a `VCPUOP_initialise` context. For a PV vCPU (`pv`) also CR3 =
 /// `ctrlreg[3]`, which `VCPUOP_initialise` made the vCPU's base in the MMU, and the
-/// kernel GS base; the selectors stay the domain's flat ones.
+/// kernel GS base; the selectors stay the domain's flat ones. The context replaces
+/// whatever an earlier exit left in `kvm_run`'s sync regs for the next `KVM_RUN`.
 fn load_context(
-    fd: &VcpuFd,
+    fd: &mut VcpuFd,
+    dom: &DomainShared,
+    id: u32,
     ctx: &rxen_abi::vcpu::VcpuGuestContext,
-    pv: bool,
 ) -> Result<(), String> {
+    let pv = dom.pv_mmu.is_some();
+    fd.get_kvm_run().kvm_dirty_regs = 0;
     let kvm = |what: &str, e: kvm_ioctls::Error| format!("{what}: {e}");
     fd.set_regs(&regs::context_regs(ctx))
         .map_err(|e| kvm("set regs", e))?;
@@ -257,7 +285,7 @@ fn load_context(
     fd.set_sregs(&s).map_err(|e| kvm("set sregs", e))?;
     if pv && base_ok(ctx.gs_base_user) {
         // The user GS base is the one `swapgs` brings in (`MSR_KERNEL_GS_BASE`).
-        crate::traps::msr::write_shadow_gs(fd, ctx.gs_base_user)?;
+        crate::traps::msr::write_shadow_gs(dom, id, fd, ctx.gs_base_user)?;
     }
     Ok(())
 }
