@@ -159,6 +159,19 @@ fn expected() -> BTreeMap<&'static str, i64> {
         ("l4b-back-to-boot-l4", 0),
         ("l4b-unpin", 0),
         ("l4b-writable-again", 0),
+        // Non-leaf entries cleared and repointed, their tables reused (relink.rs).
+        ("relink-l2-first-sees-a", 1),
+        ("relink-l2-setup", 0),
+        ("relink-l2-old-slot-sees-b", 1),
+        ("relink-l2-reused-table-sees-c", 1),
+        ("relink-l2-old-slot-again-b", 1),
+        ("relink-l2-teardown", 0),
+        ("relink-l3-first-sees-a", 1),
+        ("relink-l3-setup", 0),
+        ("relink-l3-old-slot-sees-b", 1),
+        ("relink-l3-reused-table-sees-c", 1),
+        ("relink-l3-old-slot-again-b", 1),
+        ("relink-l3-teardown", 0),
     ];
     cases.iter().copied().collect()
 }

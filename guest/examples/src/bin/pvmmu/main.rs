@@ -7,7 +7,8 @@
 //! arrays at unmapped, non-canonical and read-only memory (rxen's area, the page tables
 //! themselves), nest multicalls, and use bad grant refs; then a legitimate sequence
 //! (make, pin, link and use a new L1 table, take it apart again; switch to a second L4
-//! and back) must succeed and see its data. `crates/vmm/tests/pv_hostile.rs` holds the expected value of every case
+//! and back) must succeed and see its data; non-leaf entries are cleared and repointed
+//! and their tables reused as Linux does, and the guest must see its current tables. `crates/vmm/tests/pv_hostile.rs` holds the expected value of every case
 //! (Xen's errnos, docs/guest-abi.md "Direct-paging MMU").
 #![no_std]
 #![no_main]
@@ -16,6 +17,7 @@ mod attacks;
 mod calls;
 mod grants;
 mod legit;
+mod relink;
 
 use rxen_guest::{println, pv, start};
 
@@ -85,5 +87,7 @@ fn main() {
     report("tables-intact", i64::from(after == l4_entry0));
     legit::new_l1_table(&setup);
     legit::second_l4(&setup);
+    relink::l2_relink(&setup);
+    relink::l3_relink(&setup);
     println!("pvmmu: done");
 }
