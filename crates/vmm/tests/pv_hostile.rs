@@ -172,6 +172,12 @@ fn expected() -> BTreeMap<&'static str, i64> {
         ("relink-l3-reused-table-sees-c", 1),
         ("relink-l3-old-slot-again-b", 1),
         ("relink-l3-teardown", 0),
+        ("relink-hv-first-sees-a", 1),
+        ("relink-hv-setup", 0),
+        ("relink-hv-old-slot-sees-b", 1),
+        ("relink-hv-reused-table-sees-c", 1),
+        ("relink-hv-old-slot-again-b", 1),
+        ("relink-hv-teardown", 0),
     ];
     cases.iter().copied().collect()
 }

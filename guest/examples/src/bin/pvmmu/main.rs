@@ -89,5 +89,6 @@ fn main() {
     legit::second_l4(&setup);
     relink::l2_relink(&setup);
     relink::l3_relink(&setup);
+    relink::l2_relink_hypervisor_written(&setup);
     println!("pvmmu: done");
 }

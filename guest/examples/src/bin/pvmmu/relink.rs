@@ -122,3 +122,36 @@ pub fn l3_relink(s: &Setup) {
     rc += drop_table(s, 11) + drop_table(s, 13) + drop_table(s, 12) + drop_table(s, 14);
     report("relink-l3-teardown", rc);
 }
+
+/// As [`l2_relink`], but the reused table's new contents are written by the hypervisor
+/// (`MMUEXT_CLEAR_PAGE`, then an ordinary `mmu_update` write while it is no table),
+/// which the host's shadow MMU cannot see, and the guest never writes the frame.
+pub fn l2_relink_hypervisor_written(s: &Setup) {
+    // Scratch pages: 15 = T, 16 = T2; data pages A, B, C of `l2_relink`.
+    const OLD2: u64 = 103;
+    const NEW2: u64 = 104;
+    let page = |i: u64| s.scratch_frame(i) << 12 | P | RW | A;
+    let l2 = s.l2 << 12;
+    let t = s.scratch_frame(15);
+    let mut rc = make_table(s, 15, &[(0, page(7))], MMUEXT_PIN_L1_TABLE);
+    rc += update(l2 + OLD2 * 8, t << 12 | LINK).abs();
+    report("relink-hv-first-sees-a", i64::from(read(OLD2 << 21) == MARK_A));
+    rc += update(l2 + OLD2 * 8, 0).abs();
+    rc += ext(MMUEXT_UNPIN_TABLE, t).abs();
+    rc += ext(MMUEXT_CLEAR_PAGE, t).abs();
+    rc += update(t << 12, page(9)).abs();
+    rc += ext(MMUEXT_PIN_L1_TABLE, t).abs();
+    rc += update(l2 + NEW2 * 8, t << 12 | LINK).abs();
+    rc += make_table(s, 16, &[(0, page(8))], MMUEXT_PIN_L1_TABLE);
+    rc += update(l2 + OLD2 * 8, s.scratch_frame(16) << 12 | LINK).abs();
+    report("relink-hv-setup", rc);
+    let first_old = read(OLD2 << 21);
+    let first_new = read(NEW2 << 21);
+    let again_old = read(OLD2 << 21);
+    report("relink-hv-old-slot-sees-b", i64::from(first_old == MARK_B));
+    report("relink-hv-reused-table-sees-c", i64::from(first_new == MARK_C));
+    report("relink-hv-old-slot-again-b", i64::from(again_old == MARK_B));
+    let mut rc = update(l2 + OLD2 * 8, 0).abs() + update(l2 + NEW2 * 8, 0).abs();
+    rc += drop_table(s, 15) + drop_table(s, 16);
+    report("relink-hv-teardown", rc);
+}
