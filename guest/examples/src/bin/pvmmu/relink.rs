@@ -84,7 +84,10 @@ pub fn l2_relink(s: &Setup) {
     let first_new = read(new_va);
     let again_old = read(old_va);
     report("relink-l2-old-slot-sees-b", i64::from(first_old == MARK_B));
-    report("relink-l2-reused-table-sees-c", i64::from(first_new == MARK_C));
+    report(
+        "relink-l2-reused-table-sees-c",
+        i64::from(first_new == MARK_C),
+    );
     report("relink-l2-old-slot-again-b", i64::from(again_old == MARK_B));
     let mut rc = update(l2 + OLD * 8, 0).abs() + update(l2 + NEW * 8, 0).abs();
     rc += drop_table(s, 6) + drop_table(s, 10);
@@ -116,7 +119,10 @@ pub fn l3_relink(s: &Setup) {
     let first_new = read(new_va);
     let again_old = read(old_va);
     report("relink-l3-old-slot-sees-b", i64::from(first_old == MARK_B));
-    report("relink-l3-reused-table-sees-c", i64::from(first_new == MARK_C));
+    report(
+        "relink-l3-reused-table-sees-c",
+        i64::from(first_new == MARK_C),
+    );
     report("relink-l3-old-slot-again-b", i64::from(again_old == MARK_B));
     let mut rc = update(l3 + L3_OLD * 8, 0).abs() + update(l3 + L3_NEW * 8, 0).abs();
     rc += drop_table(s, 11) + drop_table(s, 13) + drop_table(s, 12) + drop_table(s, 14);
@@ -135,7 +141,10 @@ pub fn l2_relink_hypervisor_written(s: &Setup) {
     let t = s.scratch_frame(15);
     let mut rc = make_table(s, 15, &[(0, page(7))], MMUEXT_PIN_L1_TABLE);
     rc += update(l2 + OLD2 * 8, t << 12 | LINK).abs();
-    report("relink-hv-first-sees-a", i64::from(read(OLD2 << 21) == MARK_A));
+    report(
+        "relink-hv-first-sees-a",
+        i64::from(read(OLD2 << 21) == MARK_A),
+    );
     rc += update(l2 + OLD2 * 8, 0).abs();
     rc += ext(MMUEXT_UNPIN_TABLE, t).abs();
     rc += ext(MMUEXT_CLEAR_PAGE, t).abs();
@@ -149,7 +158,10 @@ pub fn l2_relink_hypervisor_written(s: &Setup) {
     let first_new = read(NEW2 << 21);
     let again_old = read(OLD2 << 21);
     report("relink-hv-old-slot-sees-b", i64::from(first_old == MARK_B));
-    report("relink-hv-reused-table-sees-c", i64::from(first_new == MARK_C));
+    report(
+        "relink-hv-reused-table-sees-c",
+        i64::from(first_new == MARK_C),
+    );
     report("relink-hv-old-slot-again-b", i64::from(again_old == MARK_B));
     let mut rc = update(l2 + OLD2 * 8, 0).abs() + update(l2 + NEW2 * 8, 0).abs();
     rc += drop_table(s, 15) + drop_table(s, 16);
