@@ -15,6 +15,27 @@ pub const XENMEM_MACHINE_MEMORY_MAP: u64 = 10;
 /// Low bits of the `memory_op` command; the rest carry a continuation start.
 pub const MEMOP_CMD_MASK: u64 = 0x3f;
 
+/// The high bits of a reservation command: the extent to start at (Xen's
+/// continuation of a preempted call).
+pub const MEMOP_EXTENT_SHIFT: u32 = 6;
+
+/// `struct xen_memory_reservation` (`XENMEM_increase_reservation`,
+/// `XENMEM_decrease_reservation`, `XENMEM_populate_physmap`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+pub struct XenMemoryReservation {
+    /// Guest handle of an array of `xen_pfn_t` (eight bytes each): the frames to give
+    /// up, the pseudo-physical frames to populate; written with the frames given.
+    pub extent_start: u64,
+    pub nr_extents: u64,
+    /// Each extent is `2^extent_order` contiguous frames.
+    pub extent_order: u32,
+    /// `XENMEMF_*` (address bits, NUMA node).
+    pub mem_flags: u32,
+    pub domid: u16,
+    pub pad: [u8; 6],
+}
+
 /// `struct xen_memory_map`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -44,6 +65,15 @@ mod tests {
 
     #[test]
     fn layouts() {
+        assert_layout!(
+            XenMemoryReservation,
+            size = 32,
+            extent_start = 0,
+            nr_extents = 8,
+            extent_order = 16,
+            mem_flags = 20,
+            domid = 24
+        );
         assert_layout!(XenMemoryMap, size = 16, nr_entries = 0, buffer = 8);
         assert_layout!(E820Entry, size = 20, addr = 0, size = 8, kind = 16);
     }

@@ -395,6 +395,43 @@ impl GuestRam {
         Ok(())
     }
 
+    /// Gives the host memory of frames `first..first+count` back: punches a hole in the
+    /// memfd (the pages are freed and read as zeros again) and drops the VMM's mapping
+    /// of them ([`GuestRam::discard_frames`]), whose MMU notifier makes KVM forget
+    /// every guest mapping of these frames. For frames a guest gave up
+    /// (`XENMEM_decrease_reservation`).
+    pub fn release_frames(&self, first: u64, count: u64) -> Result<(), MemoryError> {
+        let page = rxen_abi::PAGE_SIZE;
+        let (Some(offset), Some(len)) = (first.checked_mul(page), count.checked_mul(page)) else {
+            return Err(MemoryError::Misaligned(first));
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        self.host_ptr(offset, len, page)?;
+        let (Ok(off), Ok(l)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+            return Err(MemoryError::Misaligned(first));
+        };
+        // SAFETY: fallocate on the memfd this RAM owns, inside its size (checked by
+        // `host_ptr`); punching a hole only changes the contents to zeros, which guest
+        // memory may do at any time (Rust code reads it through raw copies and atomics).
+        let rc = unsafe {
+            libc::fallocate(
+                self.memfd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                off,
+                l,
+            )
+        };
+        if rc != 0 {
+            return Err(MemoryError::Map(format!(
+                "fallocate(PUNCH_HOLE): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        self.discard_frames(first, count)
+    }
+
     /// Maps `len` bytes of `file` at `offset` privately (copy-on-write) over guest RAM
     /// at `addr`, in place of the memfd there: the guest sees the file's content,
     /// read from the file when first touched, and its writes stay its own. For a

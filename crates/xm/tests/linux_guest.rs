@@ -905,3 +905,68 @@ fn linux_boots_debian_userland_with_systemd() {
     assert_powered_off(&env, "debian");
     let _ = std::fs::remove_file(&disk);
 }
+
+/// The last complete `RXEN-MEMTOTAL-<kB>-kB` the balloon test's `/init` printed.
+fn last_mem_total(text: &str) -> Option<u64> {
+    text.split("RXEN-MEMTOTAL-")
+        .skip(1)
+        .filter_map(|s| s.split_once("-kB").and_then(|(n, _)| n.parse().ok()))
+        .last()
+}
+
+/// `xm mem-set` balloons Linux down and up: xend writes `memory/target`, Linux's
+/// xen-balloon driver gives pages back (`XENMEM_decrease_reservation`, after unmapping
+/// them from its direct map) and takes them again (`XENMEM_populate_physmap`);
+/// `MemTotal` follows. Then `xm shutdown` powers the domain off.
+#[test]
+fn linux_balloons_down_and_up_with_xm_mem_set() {
+    let _serial = one_linux_at_a_time();
+    let test = "linux_balloons_down_and_up_with_xm_mem_set";
+    let init = format!(
+        "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\necho {INIT_MARKER}\n\
+         while true; do /bin/busybox awk '/^MemTotal:/ {{ print \"RXEN-MEMTOTAL-\" $2 \"-kB\" }}' /proc/meminfo; /bin/busybox sleep 0.5; done\n"
+    );
+    let Some(env) = boot(test, "linuxbal", &init, &[], "maxmem = 256\n") else {
+        return;
+    };
+    let state = env.dir.join("state");
+    linux::wait_for_text(&state, "MemTotal from /init", |t| {
+        last_mem_total(t).is_some()
+    });
+    let full = last_mem_total(&boot_text(&state)).unwrap();
+    eprintln!("{test}: MemTotal {full} kB at boot");
+    let started = Instant::now();
+    env.xm_ok(&["mem-set", "linuxbal", "128"]);
+    linux::wait_for_text(&state, "MemTotal to drop by ~128 MiB", |t| {
+        last_mem_total(t).is_some_and(|kb| kb + 120 * 1024 <= full)
+    });
+    let low = last_mem_total(&boot_text(&state)).unwrap();
+    eprintln!(
+        "{test}: MemTotal {low} kB {:.1} s after mem-set 128",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        low + 136 * 1024 >= full,
+        "ballooned too far: {low} kB of {full} kB"
+    );
+    let started = Instant::now();
+    env.xm_ok(&["mem-set", "linuxbal", "256"]);
+    linux::wait_for_text(&state, "MemTotal to come back", |t| {
+        last_mem_total(t).is_some_and(|kb| kb + 8 * 1024 >= full)
+    });
+    eprintln!(
+        "{test}: MemTotal {:?} kB {:.1} s after mem-set 256",
+        last_mem_total(&boot_text(&state)),
+        started.elapsed().as_secs_f64()
+    );
+    let down = env.xm(&["shutdown", "-w", "--timeout", "180", "linuxbal"]);
+    let text = boot_text(&state);
+    assert!(
+        down.status.success(),
+        "xm shutdown after ballooning: {}\n{}\n--- the VMM's own lines:\n{}",
+        String::from_utf8_lossy(&down.stderr),
+        linux::tail(&text, 40),
+        linux::tail(&linux::vmm_lines(&text), 40)
+    );
+    assert_powered_off(&env, "linuxbal");
+}

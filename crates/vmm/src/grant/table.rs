@@ -276,6 +276,14 @@ impl GrantTable {
         self.lock().active.len()
     }
 
+    /// Whether an active (mapped or being copied) grant names guest frame `frame`.
+    pub fn frame_pinned(&self, frame: u64) -> bool {
+        self.lock()
+            .active
+            .values()
+            .any(|a| a.frame_gpa / PAGE_SIZE == frame)
+    }
+
     /// Places grant frame `idx` at guest pfn `pfn`
     /// (`XENMEM_add_to_physmap(XENMAPSPACE_grant_table)`), growing the table to
     /// `idx + 1` frames. A frame placed for the first time is zeroed (all entries

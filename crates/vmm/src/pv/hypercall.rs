@@ -1,6 +1,7 @@
 //! The memory-management hypercalls of a Xen PV domain: `mmu_update`,
 //! `update_va_mapping`, `mmuext_op`, `multicall`, `vm_assist` and the PV answers of
-//! `memory_op` (`XENMEM_machphys_mapping`, no `XENMEM_memory_map`).
+//! `memory_op` (`XENMEM_machphys_mapping`, no `XENMEM_memory_map`, the balloon's
+//! reservation operations in [`super::balloon`]).
 //!
 //! This is the glue between the guest (arrays read and results written through its
 //! [`GuestView`], nothing trusted before it is copied) and the validation core
@@ -12,6 +13,7 @@
 use kvm_ioctls::VcpuFd;
 use rxen_abi::errno::*;
 use rxen_abi::hypercall as nr;
+use rxen_abi::memory::{MEMOP_CMD_MASK, XENMEM_CURRENT_RESERVATION};
 use rxen_abi::mmu::*;
 use rxen_abi::{DOMID_SELF, PAGE_SIZE};
 use zerocopy::{FromBytes, IntoBytes};
@@ -118,6 +120,33 @@ pub fn handle(
             match mem.write(a1, &map) {
                 Ok(()) => 0,
                 Err(_) => i64::from(-EFAULT),
+            }
+        }
+        nr::MEMORY_OP if super::balloon::Reservation::of_command(a0).is_some() => {
+            let op = super::balloon::Reservation::of_command(a0)?;
+            let granted = |frame: u64| dom.grants.frame_pinned(frame);
+            let target = super::balloon::BalloonDomain {
+                ram: &dom.ram,
+                m2p: dom.pv_m2p,
+                domid: dom.config.domid,
+                granted: &granted,
+            };
+            let mut mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            super::balloon::reservation(&target, &mut mmu, mem, op, a0, a1)
+        }
+        nr::MEMORY_OP if a0 & MEMOP_CMD_MASK == XENMEM_CURRENT_RESERVATION => {
+            let Ok(domid) = mem.read::<u16>(a1) else {
+                return Some(i64::from(-EFAULT));
+            };
+            let mmu = mmu.lock().unwrap_or_else(|e| e.into_inner());
+            match super::balloon::current_reservation(
+                &mmu,
+                dom.config.domid,
+                domid,
+                dom.guest_pages(),
+            ) {
+                Ok(pages) => pages as i64,
+                Err(e) => i64::from(e),
             }
         }
         // A PV domain has no pseudo-physical memory map: Xen answers -ENOSYS and the

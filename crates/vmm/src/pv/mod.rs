@@ -11,6 +11,7 @@
 //! `GuestRam`), builds and pins the bootstrap page tables and writes the hypercall page
 //! ([`hypercall_page`]); nothing here may perform file I/O, touch KVM or panic on input.
 
+pub mod balloon;
 pub mod boot;
 pub mod builder;
 pub mod elfnotes;

@@ -18,6 +18,11 @@ pub enum Owner {
     Rxen,
     /// No RAM here (a hole in the frame space): treated like MMIO without permission.
     Absent,
+    /// RAM the domain gave back (`XENMEM_decrease_reservation`, a balloon driver):
+    /// nothing may map or type it, its host memory is released, and only
+    /// `XENMEM_populate_physmap`/`XENMEM_increase_reservation` make it the domain's
+    /// again (`super::balloon`).
+    Ballooned,
 }
 
 impl Owner {

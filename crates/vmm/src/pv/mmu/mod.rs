@@ -14,6 +14,7 @@
 //! never a page table and writable at once; page-table frames belong to the domain.
 
 mod audit;
+mod balloon;
 pub mod entry;
 mod error;
 mod ext;
