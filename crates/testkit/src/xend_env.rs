@@ -254,6 +254,13 @@ impl Drop for Env {
             // own directory.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() && std::env::var_os("RXEN_KEEP_FAILED_TEST_DIRS").is_some() {
+            eprintln!(
+                "RXEN_KEEP_FAILED_TEST_DIRS: kept {} (logs: state/)",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }

@@ -553,18 +553,7 @@ fn linux_survives_save_and_restore() {
         "{test}: restored; count {:?}",
         last_count(&boot_text(&state))
     );
-    let down = env.xm(&["shutdown", "-w", "--timeout", "180", "linuxsave"]);
-    let text = boot_text(&state);
-    let control = common::domid_of(&env, "linuxsave");
-    let control = common::read_node(&env, &format!("/local/domain/{control}/control/shutdown"));
-    assert!(
-        down.status.success(),
-        "xm shutdown after the restore: {}\ncontrol/shutdown now {control:?}\n{}\n--- the VMM's own lines:\n{}",
-        String::from_utf8_lossy(&down.stderr),
-        linux::tail(&text, 40),
-        linux::tail(&linux::vmm_lines(&text), 40)
-    );
-    assert_powered_off(&env, "linuxsave");
+    linux::shutdown_powers_off(&env, "linuxsave");
 }
 
 /// What the SMP test's `/init` prints when both CPUs ran its loops.
@@ -959,14 +948,5 @@ fn linux_balloons_down_and_up_with_xm_mem_set() {
         last_mem_total(&boot_text(&state)),
         started.elapsed().as_secs_f64()
     );
-    let down = env.xm(&["shutdown", "-w", "--timeout", "180", "linuxbal"]);
-    let text = boot_text(&state);
-    assert!(
-        down.status.success(),
-        "xm shutdown after ballooning: {}\n{}\n--- the VMM's own lines:\n{}",
-        String::from_utf8_lossy(&down.stderr),
-        linux::tail(&text, 40),
-        linux::tail(&linux::vmm_lines(&text), 40)
-    );
-    assert_powered_off(&env, "linuxbal");
+    linux::shutdown_powers_off(&env, "linuxbal");
 }

@@ -357,3 +357,22 @@ pub fn counter_init() -> String {
         "#!/bin/sh\n/bin/busybox mount -t proc proc /proc\necho {INIT_MARKER}\ni=0\nwhile true; do i=$((i+1)); echo RXEN-COUNT-$i; /bin/busybox sleep 0.2; done\n"
     )
 }
+
+/// `xm shutdown -w` of Linux domain `name` must power it off; on a failure the panic
+/// says what `control/shutdown` holds (still the request: Linux never took it; empty:
+/// it took it and did not finish) and the last console and VMM lines.
+pub fn shutdown_powers_off(env: &Env, name: &str) {
+    let down = env.xm(&["shutdown", "-w", "--timeout", "180", name]);
+    if !down.status.success() {
+        let text = boot_text(&env.dir.join("state"));
+        let domid = super::domid_of(env, name);
+        let control = super::read_node(env, &format!("/local/domain/{domid}/control/shutdown"));
+        panic!(
+            "xm shutdown {name}: {}\ncontrol/shutdown now {control:?}\n{}\n--- the VMM's own lines:\n{}",
+            String::from_utf8_lossy(&down.stderr),
+            tail(&text, 40),
+            tail(&vmm_lines(&text), 40)
+        );
+    }
+    assert_powered_off(env, name);
+}
