@@ -11,9 +11,13 @@
 //! * `rxen-linux-probe getcpu | tls | ldt | badiret | peek ADDR`: segment probes for rxen's
 //!   tests ([`segments`]).
 //!
+//! * `rxen-linux-probe vregs SECONDS PATTERN`: whether the vector registers survive
+//!   context switches ([`vregs`]).
+//!
 //! It must stay dependency-free and measure only: no rxen logic.
 
 mod segments;
+mod vregs;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -100,9 +104,16 @@ fn main() -> ExitCode {
             let (s, crc) = cpu_workload(n);
             println!("{PREFIX} cpu_s {s:.6} {crc:08x}");
         }
+        (Some("vregs"), _) if args.len() == 3 => match vregs::run(&args[1], &args[2]) {
+            Some(status) => return ExitCode::from(status),
+            None => {
+                eprintln!("usage: rxen-linux-probe vregs SECONDS HEX-PATTERN");
+                return ExitCode::from(2);
+            }
+        },
         (Some(what), _) if segments::run(what, args.get(1).map(String::as_str)) => {}
         _ => {
-            eprintln!("usage: rxen-linux-probe getpid N | cpu N | getcpu | tls | ldt | badiret | peek ADDR");
+            eprintln!("usage: rxen-linux-probe getpid N | cpu N | getcpu | tls | ldt | badiret | peek ADDR | vregs SECONDS PATTERN");
             return ExitCode::from(2);
         }
     }

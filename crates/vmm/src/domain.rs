@@ -116,6 +116,8 @@ pub enum DomainError {
     Thread(std::io::Error),
     #[error("building the PV domain: {0}")]
     PvBuild(#[from] crate::pv::builder::PvBuildError),
+    #[error("vCPU XSAVE state: {0}")]
+    Xstate(String),
 }
 
 /// What kind of kernel a domain boots, which decides its start-of-day layout.
@@ -569,7 +571,18 @@ impl Domain {
             ] {
                 seg.selector = boot.selectors.1;
             }
+            // PV vCPUs get Xen's XSAVE: CPUID first (KVM refuses CR4.OSXSAVE
+            // without it), then CR4, then XCR0.
+            let xsave = if pv_area.is_some() {
+                vcpu::xstate::set_cpuid(&fd, Some(&mut sregs)).map_err(DomainError::Xstate)?
+            } else {
+                false
+            };
             fd.set_sregs(&sregs).map_err(kvm_err("set sregs"))?;
+            if xsave {
+                vcpu::xstate::set_xcr0(&fd, vcpu::xstate::XCR0_INIT)
+                    .map_err(DomainError::Xstate)?;
+            }
             let fpu = kvm_bindings::kvm_fpu {
                 fcw: 0x37f,
                 mxcsr: 0x1f80,

@@ -748,14 +748,13 @@ const DEBIAN_PROMPT: &str = "root@rxen-debian:~#";
 /// autologin come up, a command typed through `xm console` runs, and `xm shutdown -w`
 /// powers the domain off through systemd (`reboot: Power down`).
 ///
-/// Ignored for now: most boots go wrong in Debian's user space before the login
-/// (systemd's PID 1 aborts in `vtable_member_hash_func`, services fail with EINVAL,
-/// journald "Can't write entry"): user memory is corrupted, with 1 vCPU as with 2
-/// (docs/linux-guest.md, "A Debian userland"). Run it with `--ignored`;
-/// `RXEN_DEBIAN_BOOT_LOG=FILE` keeps what the domain printed, `RXEN_DEBIAN_EXTRA`
-/// adds kernel arguments.
+/// Before rxen gave PV guests XSAVE, most boots went wrong in Debian's user space
+/// before the login (systemd's PID 1 aborted in `vtable_member_hash_func`, services
+/// failed with EINVAL, journald "Can't write entry"): glibc's AVX-512 functions ran on
+/// another process's vector registers (docs/linux-guest.md, "XSAVE"). Skips loudly
+/// without the image; `RXEN_DEBIAN_BOOT_LOG=FILE` keeps what the domain printed,
+/// `RXEN_DEBIAN_EXTRA` adds kernel arguments.
 #[test]
-#[ignore = "Debian's user space sees corrupted memory on most boots (docs/linux-guest.md, A Debian userland)"]
 fn linux_boots_debian_userland_with_systemd() {
     let _serial = one_linux_at_a_time();
     let test = "linux_boots_debian_userland_with_systemd";

@@ -377,6 +377,10 @@ fn build(
                 )));
             }
         }
+        // The CPUID before the saved CR4 (OSXSAVE) and XCR0 (`cpu::load`).
+        if pv.is_some() {
+            vcpu::xstate::set_cpuid(&fd, None).map_err(vcpu_err)?;
+        }
         super::cpu::load(&fd, &v.cpu).map_err(vcpu_err)?;
         fds.push(fd);
     }

@@ -7,9 +7,15 @@
 //! The policy follows Xen's PV defaults where Linux looks: the hypervisor leaves at
 //! 0x40000000 ("XenVMMXenVMM", version, one hypercall page), the hypervisor bit, and
 //! host features a PV guest cannot use hidden (VMX/SVM, MONITOR, x2APIC, the local APIC
-//! and MTRRs of a domU, XSAVE — the guest cannot set CR4.OSXSAVE — PCID, SMEP/SMAP,
-//! FSGSBASE, PKU, LA57, the thermal/power and perfmon leaves). It never reads guest
-//! memory and never fails: unknown leaves give the host's answer or zeros.
+//! and MTRRs of a domU, PCID, SMEP/SMAP, FSGSBASE, PKU, LA57, the thermal/power and
+//! perfmon leaves). It never reads guest memory and never fails: unknown leaves give
+//! the host's answer or zeros.
+//!
+//! XSAVE is shown as Xen shows it to PV guests (XSAVE and OSXSAVE in leaf 1, leaf 0xD
+//! for the user states of [`crate::vcpu::xstate`], without XSAVES/XRSTORS, which are
+//! CPL-0 instructions): user code's own CPUID is the host's, so it uses AVX and
+//! AVX-512 whatever the kernel is told, and a kernel told "no XSAVE" saves only the
+//! FXSAVE state across context switches (docs/linux-guest.md, "XSAVE").
 
 /// The prefix bytes: `ud2` (0f 0b), "xen", then `cpuid` (0f a2).
 pub const FORCED_CPUID: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
@@ -35,7 +41,7 @@ pub struct Cpuid {
 }
 
 /// Bits cleared from leaf 1 ECX: DTES64, MONITOR, DS-CPL, VMX, SMX, EST, TM2, PDCM,
-/// PCID, x2APIC, TSC-deadline, XSAVE, OSXSAVE.
+/// PCID, x2APIC, TSC-deadline, and XSAVE/OSXSAVE (set again by [`xsave_leaves`]).
 const LEAF1_ECX_HIDDEN: u32 = (1 << 2)
     | (1 << 3)
     | (1 << 4)
@@ -77,20 +83,38 @@ const EXT1_ECX_HIDDEN: u32 = (1 << 2) | (1 << 3) | (1 << 29);
 /// Leaf 0x80000001 EDX hidden: PSE36, 1 GiB pages (no superpages for PV), RDTSCP.
 const EXT1_EDX_HIDDEN: u32 = (1 << 17) | (1 << 26) | (1 << 27);
 
+/// Leaf 1 ECX: XSAVE and OSXSAVE.
+const LEAF1_ECX_XSAVE: u32 = 1 << 26;
+const LEAF1_ECX_OSXSAVE: u32 = 1 << 27;
+/// Leaf 0xD subleaf 1 EAX shown: XSAVEOPT, XSAVEC, XGETBV with ECX=1 (not XSAVES, not
+/// XFD).
+const XSAVE_LEAF1_EAX_SHOWN: u32 = 0b111;
+/// Leaf 0xD subleaf `n` ECX bit 1: component `n` is 64-byte aligned in the compacted
+/// format.
+const XSTATE_ALIGN64: u32 = 1 << 1;
+/// The legacy area and the XSAVE header: where extended components start.
+const XSAVE_HEADER_END: u32 = 512 + 64;
+
 /// The answer Xen's PV policy gives for `leaf`/`subleaf`, from the host's
-/// answers (`host`).
-pub fn pv_cpuid(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> Cpuid) -> Cpuid {
+/// answers (`host`); `xcr0` is the asking vCPU's XCR0 (leaf 0xD reports the size of
+/// the area it needs).
+pub fn pv_cpuid(leaf: u32, subleaf: u32, xcr0: u64, host: impl Fn(u32, u32) -> Cpuid) -> Cpuid {
     let mut r = match leaf {
         XEN_CPUID_BASE..=XEN_CPUID_MAX => return hypervisor_leaf(leaf),
         // Thermal and power, MONITOR, perfmon: nothing for a PV domain.
         0x5 | 0x6 | 0xa => return Cpuid::default(),
-        // XSAVE is hidden, so its leaf is empty too.
-        0xd => return Cpuid::default(),
+        0xd => return xsave_leaf(subleaf, xcr0, &host),
         _ => host(leaf, subleaf),
     };
     match leaf {
         0x1 => {
+            let xsave = crate::vcpu::xstate::allowed_xcr0(&host) != 0;
             r.ecx = (r.ecx & !LEAF1_ECX_HIDDEN) | LEAF1_ECX_HYPERVISOR;
+            if xsave {
+                // Xen's PV guests run with CR4.OSXSAVE set from the start (rxen sets
+                // the vCPU's; Linux's `xen_check_xsave` wants both bits).
+                r.ecx |= LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE;
+            }
             r.edx &= !LEAF1_EDX_HIDDEN;
         }
         0x7 if subleaf == 0 => {
@@ -105,6 +129,62 @@ pub fn pv_cpuid(leaf: u32, subleaf: u32, host: impl Fn(u32, u32) -> Cpuid) -> Cp
         _ => {}
     }
     r
+}
+
+/// Leaf 0xD for the user states rxen lets the guest enable
+/// ([`crate::vcpu::xstate::allowed_xcr0`]); all zeros without XSAVE.
+fn xsave_leaf(subleaf: u32, xcr0: u64, host: &impl Fn(u32, u32) -> Cpuid) -> Cpuid {
+    let allowed = crate::vcpu::xstate::allowed_xcr0(host);
+    if allowed == 0 {
+        return Cpuid::default();
+    }
+    // The extended components of `mask`: (size, offset, flags) each.
+    let components = |mask: u64| {
+        (2..64u32)
+            .filter(move |&i| mask & (1 << i) != 0)
+            .map(|i| host(0xd, i))
+    };
+    // The standard-format area for `mask`: the end of its last component.
+    let standard_size = |mask: u64| {
+        components(mask)
+            .map(|c| c.ebx.saturating_add(c.eax))
+            .fold(XSAVE_HEADER_END, u32::max)
+    };
+    match subleaf {
+        0 => Cpuid {
+            eax: allowed as u32,
+            ebx: standard_size(xcr0 & allowed),
+            ecx: standard_size(allowed),
+            edx: (allowed >> 32) as u32,
+        },
+        1 => {
+            // The compacted-format size for XCR0 (no supervisor states: XSS is 0).
+            let compacted = components(xcr0 & allowed).fold(XSAVE_HEADER_END, |end, c| {
+                let start = if c.ecx & XSTATE_ALIGN64 != 0 {
+                    end.saturating_add(63) & !63
+                } else {
+                    end
+                };
+                start.saturating_add(c.eax)
+            });
+            Cpuid {
+                eax: host(0xd, 1).eax & XSAVE_LEAF1_EAX_SHOWN,
+                ebx: compacted,
+                ecx: 0,
+                edx: 0,
+            }
+        }
+        n @ 2..=63 if allowed & (1 << n) != 0 => {
+            let c = host(0xd, n);
+            // A user state: not supervisor (ECX bit 0), no XFD (bit 2).
+            Cpuid {
+                ecx: c.ecx & XSTATE_ALIGN64,
+                edx: 0,
+                ..c
+            }
+        }
+        _ => Cpuid::default(),
+    }
 }
 
 fn hypervisor_leaf(leaf: u32) -> Cpuid {
@@ -160,7 +240,13 @@ pub(super) fn emulate(
     }
     let (leaf, subleaf) = (regs.rax as u32, regs.rcx as u32);
     dom.stats.emulated(crate::stats::Emulated::Cpuid);
-    let r = pv_cpuid(leaf, subleaf, host_cpuid);
+    // Leaf 0xD reports sizes for the vCPU's XCR0; no other leaf needs the ioctl.
+    let xcr0 = if leaf == 0xd {
+        crate::vcpu::xstate::current_xcr0(fd)
+    } else {
+        crate::vcpu::xstate::XCR0_INIT
+    };
+    let r = pv_cpuid(leaf, subleaf, xcr0, host_cpuid);
     let mut next = *regs;
     next.rip = frame.rip.wrapping_add(FORCED_CPUID.len() as u64);
     next.rsp = frame.rsp;
@@ -199,23 +285,25 @@ mod tests {
 
     #[test]
     fn hypervisor_leaves_say_xen() {
-        let r = pv_cpuid(XEN_CPUID_BASE, 0, fake_host);
+        let r = pv_cpuid(XEN_CPUID_BASE, 0, 3, fake_host);
         let mut sig = Vec::new();
         for w in [r.ebx, r.ecx, r.edx] {
             sig.extend_from_slice(&w.to_le_bytes());
         }
         assert_eq!(&sig, b"XenVMMXenVMM");
         assert!(r.eax >= XEN_CPUID_BASE + 2);
-        assert_eq!(pv_cpuid(XEN_CPUID_BASE + 1, 0, fake_host).eax, XEN_VERSION);
-        assert_eq!(pv_cpuid(XEN_CPUID_BASE + 2, 0, fake_host).eax, 1);
+        assert_eq!(
+            pv_cpuid(XEN_CPUID_BASE + 1, 0, 3, fake_host).eax,
+            XEN_VERSION
+        );
+        assert_eq!(pv_cpuid(XEN_CPUID_BASE + 2, 0, 3, fake_host).eax, 1);
     }
 
     #[test]
     fn features_a_pv_guest_cannot_use_are_hidden() {
-        let r = pv_cpuid(1, 0, fake_host);
+        let r = pv_cpuid(1, 0, 3, fake_host);
         assert_ne!(r.ecx & LEAF1_ECX_HYPERVISOR, 0);
         assert_eq!(r.ecx & (1 << 5), 0, "VMX");
-        assert_eq!(r.ecx & (1 << 26), 0, "XSAVE");
         assert_eq!(r.ecx & (1 << 21), 0, "x2APIC");
         assert_eq!(r.edx & (1 << 9), 0, "APIC");
         // Debian's kernel mapped its direct map with 1 GiB pages and every such
@@ -225,17 +313,74 @@ mod tests {
         assert_eq!(r.edx & (1 << 7), 0, "MCE");
         assert_eq!(r.edx & (1 << 14), 0, "MCA");
         assert_eq!(
-            pv_cpuid(0x8000_0001, 0, fake_host).edx & (1 << 26),
+            pv_cpuid(0x8000_0001, 0, 3, fake_host).edx & (1 << 26),
             0,
             "1 GiB pages"
         );
         assert_ne!(r.edx & 1, 0, "FPU stays");
-        let r = pv_cpuid(7, 0, fake_host);
+        let r = pv_cpuid(7, 0, 3, fake_host);
         assert_eq!(r.ebx & (1 << 7), 0, "SMEP");
         assert_eq!(r.ebx & (1 << 20), 0, "SMAP");
-        assert_eq!(pv_cpuid(0xd, 0, fake_host), Cpuid::default());
-        assert_eq!(pv_cpuid(0x8000_0001, 0, fake_host).ecx & (1 << 2), 0);
-        assert_eq!(pv_cpuid(0, 0, fake_host).eax, 0x1234);
+        assert_eq!(pv_cpuid(0x8000_0001, 0, 3, fake_host).ecx & (1 << 2), 0);
+        assert_eq!(pv_cpuid(0, 0, 3, fake_host).eax, 0x1234);
+    }
+
+    /// A host like this one (AMD Zen 4): x87, SSE, AVX, the three AVX-512 states and
+    /// PKRU, with XSAVEOPT, XSAVEC, XGETBV1 and XSAVES.
+    fn avx512_host(leaf: u32, sub: u32) -> Cpuid {
+        let c = |eax, ebx, ecx| Cpuid {
+            eax,
+            ebx,
+            ecx,
+            edx: 0,
+        };
+        match (leaf, sub) {
+            (1, _) => c(0, 0, LEAF1_ECX_XSAVE | LEAF1_ECX_OSXSAVE | 1),
+            (0xd, 0) => c(0x2e7, 0x988, 0x988),
+            (0xd, 1) => Cpuid {
+                eax: 0xf,
+                ebx: 0x990,
+                ecx: 0x1800,
+                edx: 0,
+            },
+            (0xd, 2) => c(256, 576, 0),
+            (0xd, 5) => c(64, 832, 0),
+            (0xd, 6) => c(512, 896, 0),
+            (0xd, 7) => c(1024, 1408, 0),
+            (0xd, 9) => c(8, 2432, 0),
+            (0xd, 11) => c(16, 0, 1),
+            _ => Cpuid::default(),
+        }
+    }
+
+    /// Before, XSAVE was hidden and leaf 0xD empty: Linux saved user state with
+    /// FXSAVE while user code (host CPUID) used AVX-512, and processes saw each
+    /// other's vector registers.
+    #[test]
+    fn xsave_is_shown_for_the_user_states_only() {
+        let r = pv_cpuid(1, 0, 3, avx512_host);
+        assert_ne!(r.ecx & LEAF1_ECX_XSAVE, 0, "XSAVE");
+        assert_ne!(r.ecx & LEAF1_ECX_OSXSAVE, 0, "OSXSAVE");
+        // Without PKRU (PKU is hidden) and no supervisor state.
+        let r = pv_cpuid(0xd, 0, 3, avx512_host);
+        assert_eq!((r.eax, r.edx), (0xe7, 0));
+        assert_eq!(r.ebx, 576, "the area XCR0 = x87|SSE needs");
+        assert_eq!(r.ecx, 1408 + 1024, "everything allowed, PKRU excluded");
+        assert_eq!(pv_cpuid(0xd, 0, 0xe7, avx512_host).ebx, 2432);
+        assert_eq!(pv_cpuid(0xd, 0, 7, avx512_host).ebx, 832);
+        let r = pv_cpuid(0xd, 1, 0xe7, avx512_host);
+        assert_eq!(r.eax, 0x7, "XSAVES/XRSTORS hidden");
+        assert_eq!((r.ebx, r.ecx, r.edx), (576 + 256 + 64 + 512 + 1024, 0, 0));
+        assert_eq!(pv_cpuid(0xd, 2, 3, avx512_host).eax, 256);
+        assert_eq!(pv_cpuid(0xd, 9, 3, avx512_host), Cpuid::default(), "PKRU");
+        assert_eq!(pv_cpuid(0xd, 11, 3, avx512_host), Cpuid::default(), "CET");
+        // A host without XSAVE: nothing.
+        let old = |leaf, sub| match leaf {
+            1 => Cpuid::default(),
+            _ => avx512_host(leaf, sub),
+        };
+        assert_eq!(pv_cpuid(1, 0, 3, old).ecx & LEAF1_ECX_XSAVE, 0);
+        assert_eq!(pv_cpuid(0xd, 0, 3, old), Cpuid::default());
     }
 
     #[test]

@@ -21,6 +21,10 @@
 //!   writes are dropped, as Xen answers a PV guest for ports it was not granted (Linux's
 //!   early AMD code reads PCI config space through 0xcf8/0xcfc after
 //!   `PHYSDEVOP_set_iopl`).
+//! * `xsetbv` (0f 01 d1) of XCR0 (ECX 0), checked as Xen's `set_xcr0` and the hardware
+//!   check it ([`crate::vcpu::xstate::valid_xcr0`]): loaded into the vCPU's XCR0,
+//!   which KVM switches to on entry (the vCPU's CR4 has OSXSAVE); anything else is the
+//!   guest's #GP. `xgetbv` runs natively.
 //! * `rdmsr`/`wrmsr` of a few MSRs Linux reads without `_safe` (after [`super::msr`]'s
 //!   segment bases): EFER, PAT (Xen's PV PAT), MISC_ENABLE, and writes of PAT that
 //!   keep Xen's value.
@@ -55,6 +59,8 @@ pub struct CpuState {
     pub cr4: u64,
     /// The virtual IOPL (`PHYSDEVOP_set_iopl`).
     pub iopl: u32,
+    /// The XCR0 bits `xsetbv` may set (0: no XSAVE).
+    pub xcr0_allowed: u64,
 }
 
 /// The I/O ports a PV guest reaches through `in`/`out`, one byte at a time.
@@ -103,6 +109,8 @@ pub enum Effect {
     Regs,
     /// The guest's CR4 shadow is now this.
     Cr4(u64),
+    /// XCR0 is now this (already checked).
+    Xcr0(u64),
 }
 
 /// Emulates the instruction at the faulting `rip` (its first bytes in `code`) if it is
@@ -149,6 +157,13 @@ pub fn emulate(
             (effect, 3)
         }
         [0x0f, 0x08 | 0x09, ..] if rex == 0 => (Effect::Regs, 2),
+        [0x0f, 0x01, 0xd1, ..] if rex == 0 => {
+            let value = (regs.rdx << 32) | (regs.rax & 0xffff_ffff);
+            if regs.rcx as u32 != 0 || !crate::vcpu::xstate::valid_xcr0(value, cpu.xcr0_allowed) {
+                return None;
+            }
+            (Effect::Xcr0(value), 3)
+        }
         [0x0f, 0x32, ..] if rex == 0 => {
             let value = match regs.rcx as u32 {
                 MSR_EFER => PV_EFER,
@@ -206,6 +221,7 @@ pub(super) fn emulate_exit(
             .and_then(|b| b.kernel),
         cr4,
         iopl,
+        xcr0_allowed: crate::vcpu::xstate::allowed_xcr0(&super::cpuid::host_cpuid),
     };
     let mut next = *regs;
     next.rip = frame.rip;
@@ -221,8 +237,17 @@ pub(super) fn emulate_exit(
     };
     dom.stats
         .emulated(crate::stats::Emulated::of_privileged(&code[..n]));
-    if let Effect::Cr4(value) = effect {
-        ctl.lock().guest_cr4 = value;
+    match effect {
+        Effect::Cr4(value) => ctl.lock().guest_cr4 = value,
+        Effect::Xcr0(value) => {
+            if let Err(e) = crate::vcpu::xstate::set_xcr0(fd, value) {
+                dom.request_exit(crate::exit::DomainExit::Internal(format!(
+                    "vCPU {id}: xsetbv {value:#x}: {e}"
+                )));
+                return Some(false);
+            }
+        }
+        Effect::Regs => {}
     }
     tracing::trace!(
         vcpu = id,
@@ -308,6 +333,7 @@ mod tests {
         cr2: 0xdead_b000,
         kernel_base: Some(0x4a03),
         cr4: PV_CR4,
+        xcr0_allowed: 0xe7,
         iopl: 1,
     };
 
@@ -481,5 +507,43 @@ mod tests {
         assert_eq!(r.rip, 0x1002);
         assert_eq!(emulate(&[0x0f], &mut regs(), &CPU, &mut NoPorts), None);
         assert_eq!(emulate(&[], &mut regs(), &CPU, &mut NoPorts), None);
+    }
+
+    /// Linux's `fpu__init_cpu_xstate` loads XCR0 with `xsetbv`; before, rxen hid XSAVE
+    /// and user code ran with the host's XCR0 while Linux saved only FXSAVE state.
+    #[test]
+    fn xsetbv_loads_checked_xcr0_values() {
+        let xsetbv = [0x0f, 0x01, 0xd1];
+        let mut r = regs();
+        r.rax = 0xe7;
+        r.rdx = 0;
+        r.rcx = 0;
+        assert_eq!(
+            emulate(&xsetbv, &mut r, &CPU, &mut NoPorts),
+            Some(Effect::Xcr0(0xe7))
+        );
+        assert_eq!(r.rip, 0x1003);
+        for (rcx, rax, rdx) in [
+            (1, 0xe7, 0),
+            (0, 0x2e7, 0),
+            (0, 0x67, 0),
+            (0, 3, 1),
+            (0, 0, 0),
+        ] {
+            let mut r = regs();
+            (r.rcx, r.rax, r.rdx) = (rcx, rax, rdx);
+            assert_eq!(
+                emulate(&xsetbv, &mut r, &CPU, &mut NoPorts),
+                None,
+                "ecx {rcx} edx:eax {rdx:#x}:{rax:#x}"
+            );
+        }
+        let no_xsave = CpuState {
+            xcr0_allowed: 0,
+            ..CPU
+        };
+        let mut r = regs();
+        r.rax = 3;
+        assert_eq!(emulate(&xsetbv, &mut r, &no_xsave, &mut NoPorts), None);
     }
 }

@@ -2,8 +2,8 @@
 //! threads ([`VcpuControl`]), the domain-wide count of online vCPUs ([`online`]), how
 //! other threads kick a vCPU thread and read its CPU time ([`kick`]), the initial
 //! register state ([`regs`]), hypercall entry by `syscall` ([`syscall`]), the special-
-//! register changes hypercalls leave for the vCPU thread ([`sregs_edits`]) and the
-//! thread that runs `KVM_RUN` ([`thread`]).
+//! register changes hypercalls leave for the vCPU thread ([`sregs_edits`]), the XSAVE
+//! state a PV vCPU may use ([`xstate`]) and the thread that runs `KVM_RUN` ([`thread`]).
 
 pub mod kick;
 pub mod online;
@@ -13,6 +13,7 @@ pub mod state;
 pub mod syscall;
 mod syscall_exit;
 pub mod thread;
+pub mod xstate;
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Condvar, Mutex, MutexGuard};
