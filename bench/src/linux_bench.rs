@@ -81,9 +81,22 @@ fn initramfs(busybox: &Path) -> Result<Vec<u8>, String> {
 /// How many counters of a boot are printed.
 const TOP_COUNTS: usize = 25;
 
+/// What [`run_linux`] does once the marker is on the console, before it deletes the
+/// domain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterMarker {
+    /// Nothing: no counters.
+    Delete,
+    /// Waits for the domain to power off by itself (`on_poweroff='preserve'`) and
+    /// reads its VMM's counter table.
+    AwaitPoweroff,
+    /// Asks the guest to shut down (xend's `shutdown`, Linux's `control/shutdown`),
+    /// then as [`AfterMarker::AwaitPoweroff`].
+    ShutDown,
+}
+
 /// A Linux domain booted under xend: seconds from create to `marker` on its console,
-/// its console text then, and its counters when `keep` (the domain is left to power
-/// off, preserved, and its VMM's log read).
+/// its console text then, and its counters unless [`AfterMarker::Delete`].
 pub(crate) struct LinuxRun {
     pub(crate) secs: f64,
     pub(crate) console: String,
@@ -99,14 +112,14 @@ pub(crate) fn linux_config(name: &str, kernel: &Path, ramdisk: &Path) -> String 
     )
 }
 
-/// Boots `config` and waits for `marker` on its console; with `keep`, then for the
-/// domain to end and its VMM's counter table (see [`LinuxRun`]). Deletes the domain.
+/// Boots `config` and waits for `marker` on its console, then does `after` (see
+/// [`LinuxRun`]). Deletes the domain.
 pub(crate) fn run_linux(
     d: &Daemons,
     name: &str,
     config: &str,
     marker: &str,
-    keep: bool,
+    after: AfterMarker,
 ) -> Result<LinuxRun, String> {
     let t0 = Instant::now();
     let reply = create_reply(d, name, config)?;
@@ -124,9 +137,12 @@ pub(crate) fn run_linux(
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let stats = match (keep, reply.domain.domid) {
-            (true, Some(domid)) => Some(logged_stats(&d.domain_dir(domid).join("vmm.log"))?),
-            _ => None,
+        if after == AfterMarker::ShutDown {
+            request_shutdown(d, name)?;
+        }
+        let stats = match (after, reply.domain.domid) {
+            (AfterMarker::Delete, _) | (_, None) => None,
+            (_, Some(domid)) => Some(logged_stats(&d.domain_dir(domid).join("vmm.log"))?),
         };
         Ok(LinuxRun {
             secs,
@@ -136,6 +152,19 @@ pub(crate) fn run_linux(
     })();
     let _ = d.agent.delete(format!("{}/domains/{name}", d.url)).call();
     result
+}
+
+/// `POST /domains/{name}/shutdown` (without waiting: the caller waits for the end).
+fn request_shutdown(d: &Daemons, name: &str) -> Result<(), String> {
+    let r = d
+        .agent
+        .post(format!("{}/domains/{name}/shutdown", d.url))
+        .send_empty()
+        .map_err(|e| format!("{name}: shutdown: {e}"))?;
+    match r.status().as_u16() {
+        200..=299 => Ok(()),
+        code => Err(format!("{name}: shutdown: HTTP {code}")),
+    }
 }
 
 /// The counter table the VMM logs at `log` when its domain ends (waits for it).
@@ -195,6 +224,19 @@ fn boot_s(d: &Daemons, name: &str, config: &str, marker: &str) -> Result<f64, St
     result
 }
 
+/// The median, over `n` boots, of rxen's default guest from the create request to
+/// its first console output: the Linux figures' baseline.
+pub(crate) fn default_guest_first_output_s(d: &Daemons, n: usize) -> Result<f64, String> {
+    Ok(median(
+        (0..n)
+            .map(|i| {
+                let name = format!("lbase{i}");
+                boot_s(d, &name, &format!("name='{name}'\nmemory=32\n"), "")
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    ))
+}
+
 pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, String> {
     if !wants(NAME) {
         return Ok(Vec::new());
@@ -212,20 +254,18 @@ pub fn run(wants: &dyn Fn(&str) -> bool, quick: bool) -> Result<Vec<Figure>, Str
     let d = start()?;
     let n = if quick { 1 } else { 3 };
     let measured = (|| -> Result<(f64, f64), String> {
-        let baseline = median(
-            (0..n)
-                .map(|i| {
-                    let name = format!("lbase{i}");
-                    boot_s(&d, &name, &format!("name='{name}'\nmemory=32\n"), "")
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        );
+        let baseline = default_guest_first_output_s(&d, n)?;
         let value = median(
             (0..n)
                 .map(|i| {
                     let name = format!("linux{i}");
                     let config = linux_config(&name, &kernel, &ramdisk);
-                    let run = run_linux(&d, &name, &config, MARKER, i == 0)?;
+                    let after = if i == 0 {
+                        AfterMarker::AwaitPoweroff
+                    } else {
+                        AfterMarker::Delete
+                    };
+                    let run = run_linux(&d, &name, &config, MARKER, after)?;
                     if let Some(stats) = &run.stats {
                         print_stats("Linux boot to poweroff", stats);
                     }

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::linux_bench::{inputs, linux_config, print_stats, run_linux};
+use crate::linux_bench::{inputs, linux_config, print_stats, run_linux, AfterMarker};
 use crate::xend_bench::start;
 use crate::Figure;
 
@@ -116,7 +116,7 @@ pub fn run(wants: &dyn Fn(&str) -> bool, _quick: bool) -> Result<Vec<Figure>, St
     let guest = (|| {
         let d = start()?;
         let config = linux_config("lprobe", &kernel, &ramdisk);
-        run_linux(&d, "lprobe", &config, DONE, true)
+        run_linux(&d, "lprobe", &config, DONE, AfterMarker::AwaitPoweroff)
     })();
     let _ = std::fs::remove_file(&ramdisk);
     let guest = guest?;

@@ -5,6 +5,7 @@
 //! Owns measurement only; it must not contain VMM or guest logic.
 
 mod blk_bench;
+mod debian_bench;
 mod linux_bench;
 mod linux_probe_bench;
 mod migrate_bench;
@@ -65,6 +66,7 @@ fn main() {
             "Linux guests against the host",
             linux_probe_bench::run(&wants, cli.quick),
         ),
+        ("Debian userland", debian_bench::run(&wants, cli.quick)),
         ("network", net_bench::run(&wants, cli.quick)),
         (
             "save, restore, migration",
