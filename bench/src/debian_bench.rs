@@ -26,15 +26,8 @@ const NAME: &str = "linux_debian_boot_to_login_s";
 /// What systemd's autologin on hvc0 leaves: root's bash prompt.
 const PROMPT: &str = "root@rxen-debian:~#";
 
-/// The modules the root disk needs, in load order (Debian builds them as modules).
-const DISK_MODULES: &[&str] = &[
-    "xen-blkfront.ko",
-    "crc16.ko",
-    "crc32c_generic.ko",
-    "mbcache.ko",
-    "jbd2.ko",
-    "ext4.ko",
-];
+/// The modules the root disk needs, in load order.
+const DISK_MODULES: &[&str] = rxen_initramfs::EXT4_ROOT_MODULES;
 
 /// Where `scripts/make-debian-rootfs.sh` leaves its image.
 const IMAGE: &str = "target/debian-rootfs/bookworm.img";

@@ -11,6 +11,17 @@
 mod boot_init;
 pub use boot_init::{boot_init, ROOT_MARKER, SHELL_MARKER};
 
+/// The modules a root file system on an rxen disk needs with Debian's kernel, in load
+/// order (Debian builds xen-blkfront and ext4, which also mounts ext2, as modules).
+pub const EXT4_ROOT_MODULES: &[&str] = &[
+    "xen-blkfront.ko",
+    "crc16.ko",
+    "crc32c_generic.ko",
+    "mbcache.ko",
+    "jbd2.ko",
+    "ext4.ko",
+];
+
 /// Directories every archive has; extra files must go in one of them.
 pub const DIRS: [&str; 9] = [
     "bin",

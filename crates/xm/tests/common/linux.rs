@@ -275,15 +275,8 @@ pub fn assert_powered_off(env: &Env, name: &str) {
 /// What the disk test's file holds.
 pub const DISK_FILE: &str = "hello from an rxen disk under Linux";
 
-/// Modules the disk test's `/init` loads, in order (Debian builds them as modules).
-pub const DISK_MODULES: &[&str] = &[
-    "xen-blkfront.ko",
-    "crc16.ko",
-    "crc32c_generic.ko",
-    "mbcache.ko",
-    "jbd2.ko",
-    "ext4.ko",
-];
+/// Modules the disk tests' `/init` loads, in order (Debian builds them as modules).
+pub const DISK_MODULES: &[&str] = rxen_initramfs::EXT4_ROOT_MODULES;
 
 /// The disk modules as initramfs files (`lib/NAME.ko`), or `None` after a loud skip.
 pub fn disk_modules(kernel: &std::path::Path, test: &str) -> Option<Vec<(String, Vec<u8>)>> {
