@@ -352,19 +352,9 @@ fn linux_switches_root_to_an_ext2_disk() {
     if !kvm_available(test) {
         return;
     }
-    let Some(kernel) = linux::kernel(test) else {
+    let Some((kernel, busybox, modules)) = linux::root_disk_inputs(test) else {
         return;
     };
-    let Some(busybox) = linux::busybox(&kernel, test) else {
-        return;
-    };
-    let mut modules = Vec::new();
-    for m in linux::DISK_MODULES {
-        let Some(path) = linux::module(&kernel, m, test) else {
-            return;
-        };
-        modules.push(path);
-    }
     let tree = tempfile_dir(test);
     for d in ["bin", "sbin", "etc", "dev", "proc"] {
         std::fs::create_dir_all(tree.join(d)).unwrap();
@@ -384,16 +374,7 @@ fn linux_switches_root_to_an_ext2_disk() {
         return;
     };
     let env = Env::start("linuxroot");
-    let ramdisk = env.dir.join("initramfs.cpio");
-    let mut mk = std::process::Command::new(rxen_testkit::bin("rxen-mkinitramfs"));
-    mk.arg("--busybox").arg(&busybox).arg("-o").arg(&ramdisk);
-    for m in &modules {
-        mk.arg("--module").arg(m);
-    }
-    let made = mk
-        .output()
-        .expect("rxen-mkinitramfs (cargo build --workspace first)");
-    assert!(made.status.success(), "rxen-mkinitramfs: {made:?}");
+    let ramdisk = linux::mkinitramfs(&env, &busybox, &modules);
     let cfg = env.dir.join("linuxroot.cfg");
     let extra = format!(
         "disk = [ 'file:{},xvda,w' ]\nroot = \"/dev/xvda ro\"\n",
@@ -772,19 +753,9 @@ fn linux_boots_debian_userland_with_systemd() {
         );
         return;
     }
-    let Some(kernel) = linux::kernel(test) else {
+    let Some((kernel, busybox, modules)) = linux::root_disk_inputs(test) else {
         return;
     };
-    let Some(busybox) = linux::busybox(&kernel, test) else {
-        return;
-    };
-    let mut modules = Vec::new();
-    for m in linux::DISK_MODULES {
-        let Some(path) = linux::module(&kernel, m, test) else {
-            return;
-        };
-        modules.push(path);
-    }
     let env = Env::start("debian");
     // The domain writes its disk (journal, machine-id, ...): boot a sparse copy.
     let disk = env.dir.join("bookworm.img");
@@ -795,16 +766,7 @@ fn linux_boots_debian_userland_with_systemd() {
         .status()
         .expect("cp");
     assert!(copied.success(), "cp {} failed", image.display());
-    let ramdisk = env.dir.join("initramfs.cpio");
-    let mut mk = std::process::Command::new(rxen_testkit::bin("rxen-mkinitramfs"));
-    mk.arg("--busybox").arg(&busybox).arg("-o").arg(&ramdisk);
-    for m in &modules {
-        mk.arg("--module").arg(m);
-    }
-    let made = mk
-        .output()
-        .expect("rxen-mkinitramfs (cargo build --workspace first)");
-    assert!(made.status.success(), "rxen-mkinitramfs: {made:?}");
+    let ramdisk = linux::mkinitramfs(&env, &busybox, &modules);
     let cfg = env.dir.join("debian.cfg");
     std::fs::write(
         &cfg,

@@ -369,3 +369,31 @@ pub fn shutdown_powers_off(env: &Env, name: &str) {
     }
     assert_powered_off(env, name);
 }
+
+/// What booting a root disk needs: Debian's kernel, busybox and the paths of
+/// [`DISK_MODULES`]; `None` after a loud skip when one is missing.
+pub fn root_disk_inputs(test: &str) -> Option<(PathBuf, PathBuf, Vec<PathBuf>)> {
+    let kernel = kernel(test)?;
+    let busybox = busybox(&kernel, test)?;
+    let mut modules = Vec::new();
+    for m in DISK_MODULES {
+        modules.push(module(&kernel, m, test)?);
+    }
+    Some((kernel, busybox, modules))
+}
+
+/// Writes `initramfs.cpio` in `env`'s directory with the `rxen-mkinitramfs` tool, as a
+/// user would: `busybox` and `modules`; returns its path.
+pub fn mkinitramfs(env: &Env, busybox: &Path, modules: &[PathBuf]) -> PathBuf {
+    let ramdisk = env.dir.join("initramfs.cpio");
+    let mut mk = std::process::Command::new(rxen_testkit::bin("rxen-mkinitramfs"));
+    mk.arg("--busybox").arg(busybox).arg("-o").arg(&ramdisk);
+    for m in modules {
+        mk.arg("--module").arg(m);
+    }
+    let made = mk
+        .output()
+        .expect("rxen-mkinitramfs (cargo build --workspace first)");
+    assert!(made.status.success(), "rxen-mkinitramfs: {made:?}");
+    ramdisk
+}
