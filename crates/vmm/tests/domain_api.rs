@@ -25,10 +25,6 @@ fn start(cmdline: &str) -> (Domain, CaptureSink) {
     )
 }
 
-fn output(s: &CaptureSink) -> String {
-    String::from_utf8_lossy(&s.0.lock().unwrap()).into_owned()
-}
-
 #[test]
 fn pause_unpause_destroy() {
     if !kvm_available("pause_unpause_destroy") {
@@ -36,7 +32,7 @@ fn pause_unpause_destroy() {
     }
     let (d, sink) = start("forever");
     wait_until("the guest to be up", Duration::from_secs(10), || {
-        output(&sink).contains("heap free").then_some(())
+        sink.text().contains("heap free").then_some(())
     });
     d.shared().pause();
     for v in &d.shared().vcpus {
@@ -55,7 +51,7 @@ fn dom0_endpoint_reaches_a_live_guest() {
     }
     let (d, sink) = start("forever");
     wait_until("the guest to be up", Duration::from_secs(10), || {
-        output(&sink).contains("heap free").then_some(())
+        sink.text().contains("heap free").then_some(())
     });
     let shared = d.shared().clone();
     // The builder allocated the xenstore port for domain 0 (in-process domains have no
@@ -213,7 +209,7 @@ fn console_ring_carries_output_and_input() {
     wait_until(
         "the guest to wait for events",
         Duration::from_secs(10),
-        || output(&sink).contains("waiting for events").then_some(()),
+        || sink.text().contains("waiting for events").then_some(()),
     );
     let (out_prod, in_prod) = ring_prods(&d);
     assert!(out_prod > 0, "the SDK printed through the ring");
@@ -224,7 +220,7 @@ fn console_ring_carries_output_and_input() {
 
     d.shared().console_input(b"ping\n");
     wait_until("the guest to echo", Duration::from_secs(10), || {
-        output(&sink).contains("console input: ping").then_some(())
+        sink.text().contains("console input: ping").then_some(())
     });
     assert_eq!(ring_prods(&d).1, 5, "the input went through the ring");
     d.destroy();
@@ -242,14 +238,14 @@ fn console_input_goes_to_console_io_for_virq_console_readers() {
     wait_until(
         "the guest to wait for events",
         Duration::from_secs(10),
-        || output(&sink).contains("waiting for events").then_some(()),
+        || sink.text().contains("waiting for events").then_some(()),
     );
     d.shared().console_input(b"pong\n");
     wait_until("the guest to echo", Duration::from_secs(10), || {
-        output(&sink).contains("console input: pong").then_some(())
+        sink.text().contains("console input: pong").then_some(())
     });
     assert_eq!(ring_prods(&d).1, 0, "nothing went into the ring");
-    assert_eq!(output(&sink).matches("console input").count(), 1);
+    assert_eq!(sink.text().matches("console input").count(), 1);
     d.destroy();
     assert_eq!(d.wait(), DomainExit::Destroyed);
 }
@@ -264,6 +260,6 @@ fn console_ring_is_drained_when_the_domain_ends() {
     for _ in 0..5 {
         let (d, sink) = start("");
         assert_eq!(d.wait(), DomainExit::Poweroff);
-        assert!(output(&sink).ends_with("goodbye\n"), "{}", output(&sink));
+        assert!(sink.text().ends_with("goodbye\n"), "{}", sink.text());
     }
 }

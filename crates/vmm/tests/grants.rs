@@ -33,23 +33,19 @@ fn start(cmdline: &str) -> (Domain, CaptureSink) {
     (d, sink)
 }
 
-fn output(s: &CaptureSink) -> String {
-    String::from_utf8_lossy(&s.0.lock().unwrap()).into_owned()
-}
-
 fn wait_for(sink: &CaptureSink, text: &str) {
     wait_until(&format!("{text:?} on the console"), WAIT, || {
-        output(sink).contains(text).then_some(())
+        sink.text().contains(text).then_some(())
     });
 }
 
 /// Sends a command line and waits for the guest's answer line starting with `answer`;
 /// returns the rest of that (newest) line.
 fn command(d: &Domain, sink: &CaptureSink, line: &str, answer: &str) -> String {
-    let before = output(sink).len();
+    let before = sink.text().len();
     d.shared().console_input(format!("{line}\n").as_bytes());
     wait_until(&format!("the answer to {line:?}"), WAIT, || {
-        let out = output(sink);
+        let out = sink.text();
         out[before..]
             .lines()
             .find_map(|l| l.strip_prefix(answer))
@@ -77,7 +73,7 @@ fn dom0_maps_reads_writes_and_the_guest_revokes() {
         return;
     }
     let (d, sink) = start("");
-    let out = output(&sink);
+    let out = sink.text();
     assert!(
         out.contains("granttest: ro ref=8 pfn=0x") && out.contains(" rw ref=9 pfn=0x"),
         "{out}"
@@ -151,7 +147,7 @@ fn dom0_maps_reads_writes_and_the_guest_revokes() {
 
     d.shared().console_input(b"off\n");
     assert_eq!(d.wait(), DomainExit::Poweroff);
-    assert!(output(&sink).contains("granttest: goodbye"));
+    assert!(sink.text().contains("granttest: goodbye"));
 }
 
 #[test]
@@ -160,7 +156,7 @@ fn hostile_grants_get_xen_statuses_and_the_vmm_stays_healthy() {
         return;
     }
     let (d, sink) = start("hostile");
-    let out = output(&sink);
+    let out = sink.text();
     assert!(out.contains("granttest: hostile done"), "{out}");
     let grants = &d.shared().grants;
 

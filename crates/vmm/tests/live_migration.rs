@@ -20,22 +20,9 @@ use rxen_vmm_api::relocation::{Answer, Hello};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-fn output(s: &CaptureSink) -> String {
-    String::from_utf8_lossy(&s.0.lock().unwrap()).into_owned()
-}
-
-fn last_tick(s: &CaptureSink) -> Option<u64> {
-    let out = output(s);
-    assert!(!out.contains("FAILED"), "{out}");
-    out.lines()
-        .filter(|l| l.starts_with("memcheck: tick=") && l.ends_with(" ok"))
-        .filter_map(|l| l["memcheck: tick=".len()..].split(' ').next()?.parse().ok())
-        .next_back()
-}
-
 fn wait_tick(s: &CaptureSink, at_least: u64) -> u64 {
     wait_until(&format!("tick {at_least}"), WAIT, || {
-        last_tick(s).filter(|&t| t >= at_least)
+        memcheck_last_tick(s).filter(|&t| t >= at_least)
     })
 }
 
@@ -163,7 +150,7 @@ fn dirtying_memcheck_migrates_live_and_keeps_its_memory() {
     let (l, addr) = listener();
     let t = target(l, "secret");
     let figures = migrate(src.shared(), &addr, "secret", "{\"x\":1}", true).expect("migrate");
-    let at = last_tick(&src_sink).unwrap();
+    let at = memcheck_last_tick(&src_sink).unwrap();
     let (dst, dst_sink, image) = t.join().unwrap().expect("target ran");
     assert_eq!(figures.target_domid, 9);
     // Pages sent more than once are still a stream Xen's own checker accepts.
@@ -188,7 +175,8 @@ fn dirtying_memcheck_migrates_live_and_keeps_its_memory() {
     assert!(src.shared().vcpus.iter().all(|v| v.lock().paused));
     let resumed = wait_tick(&dst_sink, at + 5);
     assert!(resumed > at);
-    let first = output(&dst_sink)
+    let first = dst_sink
+        .text()
         .lines()
         .find_map(|l| l.strip_prefix("memcheck: tick="))
         .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
@@ -215,7 +203,7 @@ fn migration_without_live_sends_one_paused_round() {
     let figures = migrate(src.shared(), &addr, "secret", "{}", false).expect("migrate");
     let (dst, dst_sink, _) = t.join().unwrap().expect("target ran");
     assert_eq!(figures.pages_per_round.len(), 1, "{figures:?}");
-    wait_tick(&dst_sink, last_tick(&src_sink).unwrap() + 2);
+    wait_tick(&dst_sink, memcheck_last_tick(&src_sink).unwrap() + 2);
     src.destroy();
     src.wait();
     dst.destroy();
@@ -238,7 +226,7 @@ fn refused_or_broken_migration_leaves_the_source_running() {
         "{err}"
     );
     assert!(t.join().unwrap().is_none());
-    let after = last_tick(&sink).unwrap();
+    let after = memcheck_last_tick(&sink).unwrap();
     wait_tick(&sink, after + 3);
     // A target that takes the image and hangs up without an answer.
     let (l, addr) = listener();
@@ -274,7 +262,7 @@ fn refused_or_broken_migration_leaves_the_source_running() {
     let err = migrate(src.shared(), &addr, "secret", "{}", true).unwrap_err();
     assert!(matches!(err, MigrateError::Connect { .. }), "{err}");
     assert!(src.shared().vcpus.iter().all(|v| !v.lock().paused));
-    let after = last_tick(&sink).unwrap();
+    let after = memcheck_last_tick(&sink).unwrap();
     wait_tick(&sink, after + 3);
     src.destroy();
     src.wait();
@@ -344,7 +332,7 @@ fn the_stop_and_copy_quiesces_backends_and_a_refusal_resumes_them() {
     t.join().unwrap();
     assert_eq!(*backends.calls.lock().unwrap(), ["quiesce", "resume"]);
     assert!(src.shared().vcpus.iter().all(|v| !v.lock().paused));
-    let after = last_tick(&sink).unwrap();
+    let after = memcheck_last_tick(&sink).unwrap();
     wait_tick(&sink, after + 3);
     // Accepted: quiesced, not resumed (the toolstack destroys the domain).
     let (l, addr) = listener();

@@ -18,22 +18,9 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn output(s: &CaptureSink) -> String {
-    String::from_utf8_lossy(&s.0.lock().unwrap()).into_owned()
-}
-
-fn last_tick(s: &CaptureSink) -> Option<u64> {
-    let out = output(s);
-    assert!(!out.contains("FAILED"), "{out}");
-    out.lines()
-        .filter(|l| l.starts_with("memcheck: tick=") && l.ends_with(" ok"))
-        .filter_map(|l| l["memcheck: tick=".len()..].split(' ').next()?.parse().ok())
-        .next_back()
-}
-
 fn wait_tick(s: &CaptureSink, at_least: u64) -> u64 {
     wait_until(&format!("tick {at_least}"), WAIT, || {
-        last_tick(s).filter(|&t| t >= at_least)
+        memcheck_last_tick(s).filter(|&t| t >= at_least)
     })
 }
 
@@ -59,7 +46,7 @@ fn saved_image(kind: BootKind) -> (Vec<u8>, u64) {
     wait_tick(&sink, 3);
     let mut out = Vec::new();
     save(d.shared(), &mut out, b"{}").expect("save");
-    let at = last_tick(&sink).unwrap();
+    let at = memcheck_last_tick(&sink).unwrap();
     d.destroy();
     d.wait();
     (out, at)
@@ -72,8 +59,9 @@ fn round_trip(kind: BootKind) {
     let (d, config) = (r.domain, r.toolstack_config);
     assert_eq!(config, b"{}");
     let resumed = wait_tick(&sink, at + 3);
-    assert!(resumed > at, "{}", output(&sink));
-    let first = output(&sink)
+    assert!(resumed > at, "{}", sink.text());
+    let first = sink
+        .text()
         .lines()
         .find_map(|l| l.strip_prefix("memcheck: tick="))
         .and_then(|l| l.split(' ').next()?.parse::<u64>().ok())
@@ -234,7 +222,7 @@ fn restore_from_file(image: &[u8], at: u64, kind: &str, mapped: bool) {
         "the padding of an aligned image is not config"
     );
     let resumed = wait_tick(&sink, at + 3);
-    assert!(resumed > at, "{}", output(&sink));
+    assert!(resumed > at, "{}", sink.text());
     d.destroy();
     d.wait();
 }
@@ -306,7 +294,7 @@ fn a_hundred_save_restore_cycles_keep_the_counter() {
         save(d.shared(), &mut out, b"{}").unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
         d.destroy();
         d.wait();
-        text.push_str(&output(&sink));
+        text.push_str(&sink.text());
         assert!(!text.contains("FAILED"), "cycle {cycle}:\n{text}");
         image = out;
     }

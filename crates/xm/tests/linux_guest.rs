@@ -323,8 +323,7 @@ fn linux_blkfront_mounts_an_ext2_disk() {
         (Some("4"), Some("4")),
         "xenbus states"
     );
-    env.xm_ok(&["shutdown", "-w", "--timeout", "180", "linuxdisk"]);
-    assert_powered_off(&env, "linuxdisk");
+    linux::shutdown_powers_off(&env, "linuxdisk");
     let cat = std::process::Command::new("debugfs")
         .args(["-R", "cat /from-linux.txt"])
         .arg(&img)
@@ -490,8 +489,7 @@ fn linux_netfront_answers_ping_on_a_bridge() {
         (Some("4"), Some("4")),
         "xenbus states"
     );
-    env.xm_ok(&["shutdown", "-w", "--timeout", "180", "linuxnet"]);
-    assert_powered_off(&env, "linuxnet");
+    linux::shutdown_powers_off(&env, "linuxnet");
 }
 
 /// `xm save` of a Linux domain goes through Xen's suspend protocol (Linux advertises

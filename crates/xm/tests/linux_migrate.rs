@@ -13,8 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::linux::{
-    self, assert_powered_off, boot_text, disk_modules, ext2_image, last_count, load_disk_modules,
-    tempfile_dir,
+    self, boot_text, disk_modules, ext2_image, last_count, load_disk_modules, tempfile_dir,
 };
 use common::{kvm_available, Env};
 
@@ -96,6 +95,17 @@ impl DeviceKit {
             .output()
             .ok()?;
         String::from_utf8_lossy(&cat.stdout).trim().parse().ok()
+    }
+
+    /// The image holds the count the guest under `state` last printed (give or take
+    /// the round in flight when it powered off).
+    fn assert_holds_last_count(&self, state: &Path) {
+        let last = last_count(&boot_text(state)).unwrap();
+        let on_disk = self.count_on_disk();
+        assert!(
+            on_disk.is_some_and(|n| n + 1 >= last && n <= last + 1),
+            "the image's /count.txt is {on_disk:?}, the guest last printed {last}"
+        );
     }
 }
 
@@ -267,20 +277,8 @@ fn linux_with_a_disk_and_a_vif_survives_save_and_restore() {
         assert_answers(&net, &ip, &state, &format!("after restore {round}"));
         let _ = std::fs::remove_file(&image);
     }
-    let down = env.xm(&["shutdown", "-w", "--timeout", "180", name]);
-    assert!(
-        down.status.success(),
-        "xm shutdown after the restores: {}\n{}",
-        String::from_utf8_lossy(&down.stderr),
-        guest_tail(&state)
-    );
-    assert_powered_off(&env, name);
-    let last = last_count(&boot_text(&state)).unwrap();
-    let on_disk = kit.count_on_disk();
-    assert!(
-        on_disk.is_some_and(|n| n + 1 >= last && n <= last + 1),
-        "the image's /count.txt is {on_disk:?}, the guest last printed {last}"
-    );
+    linux::shutdown_powers_off(&env, name);
+    kit.assert_holds_last_count(&state);
 }
 
 /// An xend with a relocation server on a free port (token `token`); returns it and
@@ -413,20 +411,8 @@ fn linux_with_devices_migrates_live_to_a_second_xend() {
     assert_connected(&b, name, "vbd", "51712");
     assert_connected(&b, name, "vif", "0");
     assert_answers(&net, &ip, &state_b, "after the migration");
-    let down = b.xm(&["shutdown", "-w", "--timeout", "180", name]);
-    assert!(
-        down.status.success(),
-        "xm shutdown at the target: {}\n{}",
-        String::from_utf8_lossy(&down.stderr),
-        guest_tail(&state_b)
-    );
-    assert_powered_off(&b, name);
-    let last = last_count(&boot_text(&state_b)).unwrap();
-    let on_disk = kit.count_on_disk();
-    assert!(
-        on_disk.is_some_and(|n| n + 1 >= last && n <= last + 1),
-        "the image's /count.txt is {on_disk:?}, the guest last printed {last}"
-    );
+    linux::shutdown_powers_off(&b, name);
+    kit.assert_holds_last_count(&state_b);
 }
 
 /// `vcpus = 2`, saved and restored twice through Linux's suspend path: at the resume
@@ -478,12 +464,5 @@ fn linux_on_two_vcpus_survives_save_and_restore() {
         );
         let _ = std::fs::remove_file(&image);
     }
-    let down = env.xm(&["shutdown", "-w", "--timeout", "180", name]);
-    assert!(
-        down.status.success(),
-        "xm shutdown after the restores: {}\n{}",
-        String::from_utf8_lossy(&down.stderr),
-        guest_tail(&state)
-    );
-    assert_powered_off(&env, name);
+    linux::shutdown_powers_off(&env, name);
 }

@@ -49,6 +49,13 @@ impl ConsoleSink for StdoutSink {
 #[derive(Clone, Default)]
 pub struct CaptureSink(pub std::sync::Arc<Mutex<Vec<u8>>>);
 
+impl CaptureSink {
+    /// What was captured so far, as text (invalid UTF-8 replaced).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
 impl ConsoleSink for CaptureSink {
     fn write(&mut self, bytes: &[u8]) {
         self.0

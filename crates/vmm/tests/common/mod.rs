@@ -161,3 +161,14 @@ pub fn run_guest_within(
         err.join().expect("stderr"),
     )
 }
+
+/// The last tick the `memcheck` guest printed as checked (`memcheck: tick=N ... ok`)
+/// on `s`; panics on a line saying a check FAILED.
+pub fn memcheck_last_tick(s: &rxen_vmm::console::CaptureSink) -> Option<u64> {
+    let out = s.text();
+    assert!(!out.contains("FAILED"), "{out}");
+    out.lines()
+        .filter(|l| l.starts_with("memcheck: tick=") && l.ends_with(" ok"))
+        .filter_map(|l| l["memcheck: tick=".len()..].split(' ').next()?.parse().ok())
+        .next_back()
+}
