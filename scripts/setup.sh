@@ -38,15 +38,6 @@ fi
 # Debian's stock kernel for the Linux guest test (crates/xm/tests/linux_guest.rs).
 "$(dirname "$0")/fetch-linux-kernel.sh" "$(dirname "$0")/../target/linux-kernel" >/dev/null \
     || echo "setup: WARNING: Debian's kernel could not be fetched; the Linux guest test will skip" >&2
-# A Debian bookworm userland (systemd as PID 1) for the Debian test
-# (linux_boots_debian_userland_with_systemd): as root only (debootstrap, chroot);
-# ~2 min and ~830 MB under target/debian-rootfs the first time, seconds afterwards.
-if [ "$(id -u)" -eq 0 ]; then
-    "$(dirname "$0")/make-debian-rootfs.sh" >/dev/null 2>&1 \
-        || echo "setup: WARNING: the Debian userland image could not be made; its test will skip" >&2
-else
-    echo "setup: not root: no Debian userland image (sudo scripts/make-debian-rootfs.sh); its test will skip" >&2
-fi
 if [ ! -e /dev/kvm ]; then
     echo "setup: WARNING: /dev/kvm is missing; domains cannot run here (KVM tests will be skipped)" >&2
 fi
