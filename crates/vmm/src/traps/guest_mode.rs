@@ -18,7 +18,7 @@
 //! inactive GS base stays in the VMM ([`super::msr::ShadowGs`]). Without sync regs it
 //! takes `KVM_GET_SREGS` and `KVM_SET_SREGS`.
 
-use kvm_ioctls::{SyncReg, VcpuFd};
+use kvm_ioctls::VcpuFd;
 
 use crate::domain::DomainShared;
 
@@ -37,20 +37,10 @@ fn switch(
     shadow_gs: &mut super::msr::ShadowGs,
 ) -> Result<(), String> {
     let inactive = shadow_gs.get(fd);
-    let active = if sync {
-        let sregs = &mut fd.sync_regs_mut().sregs;
-        let active = std::mem::replace(&mut sregs.gs.base, inactive);
+    let active = crate::vcpu::sregs_edits::update(fd, sync, |sregs| {
         sregs.cr3 = cr3;
-        fd.set_sync_dirty_reg(SyncReg::SystemRegister);
-        active
-    } else {
-        let mut sregs = fd.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
-        let active = std::mem::replace(&mut sregs.gs.base, inactive);
-        sregs.cr3 = cr3;
-        fd.set_sregs(&sregs)
-            .map_err(|e| format!("set sregs: {e}"))?;
-        active
-    };
+        std::mem::replace(&mut sregs.gs.base, inactive)
+    })?;
     shadow_gs.set(active);
     Ok(())
 }

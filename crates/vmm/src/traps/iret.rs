@@ -128,21 +128,11 @@ fn to_failsafe(
     // (retry the `iret`). KVM's view of them is not the CPU's here (PVM loads them
     // through the host's GDT: KVM answered Xen's 0xe02b where the CPU had 0, and Linux
     // retried forever), so rxen makes them known: null, bases kept, and pushes those.
-    // With sync regs the change goes through kvm_run's copy (an ioctl here would be
-    // undone by a later write of that copy in the same exit).
-    let null_selectors = |s: &mut kvm_bindings::kvm_sregs| {
+    crate::vcpu::sregs_edits::update(fd, sync_regs, |s| {
         for seg in [&mut s.ds, &mut s.es, &mut s.fs, &mut s.gs] {
             seg.selector = 0;
         }
-    };
-    if sync_regs {
-        null_selectors(&mut fd.sync_regs_mut().sregs);
-        fd.set_sync_dirty_reg(kvm_ioctls::SyncReg::SystemRegister);
-    } else {
-        let mut s = fd.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
-        null_selectors(&mut s);
-        fd.set_sregs(&s).map_err(|e| format!("set sregs: {e}"))?;
-    }
+    })?;
     let (next, at, words, masked) = failsafe_bounce(r, c, [0; 4], &callback, kernel_sp);
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     super::guest_mem::write(dom, id, at, &bytes)

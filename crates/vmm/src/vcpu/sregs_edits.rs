@@ -54,14 +54,26 @@ pub fn apply(fd: &mut VcpuFd, ctl: &super::VcpuControl, sync: bool) -> Result<()
     if edits.is_empty() {
         return Ok(());
     }
+    update(fd, sync, |s| edits.apply_to(s))
+}
+
+/// Changes the special registers of the vCPU of `fd` with `f`: in `kvm_run`'s sync
+/// copy when `sync` (it holds the current values; KVM loads it at the next
+/// `KVM_RUN`), else by `KVM_GET_SREGS`/`KVM_SET_SREGS`. Returns what `f` returned.
+pub fn update<T>(
+    fd: &mut VcpuFd,
+    sync: bool,
+    f: impl FnOnce(&mut kvm_sregs) -> T,
+) -> Result<T, String> {
     if sync {
-        edits.apply_to(&mut fd.sync_regs_mut().sregs);
+        let out = f(&mut fd.sync_regs_mut().sregs);
         fd.set_sync_dirty_reg(SyncReg::SystemRegister);
-        return Ok(());
+        return Ok(out);
     }
     let mut s = fd.get_sregs().map_err(|e| format!("get sregs: {e}"))?;
-    edits.apply_to(&mut s);
-    fd.set_sregs(&s).map_err(|e| format!("set sregs: {e}"))
+    let out = f(&mut s);
+    fd.set_sregs(&s).map_err(|e| format!("set sregs: {e}"))?;
+    Ok(out)
 }
 
 #[cfg(test)]
